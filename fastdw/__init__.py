@@ -1,0 +1,16 @@
+"""fastdw: fused depthwise / inverted-residual kernels and MobileNet models for PyTorch."""
+from fastdw import ops
+from fastdw.backend import (BackendUnavailableError, format_info, info, set_backend,
+                            use_backend)
+
+__version__ = "0.1.0"
+__all__ = ["ops", "nn", "models", "info", "format_info", "use_backend", "set_backend",
+           "BackendUnavailableError"]
+
+
+def __getattr__(name):
+    # nn and models import torchvision; load them on first use to keep `import fastdw` light.
+    if name in ("nn", "models"):
+        import importlib
+        return importlib.import_module(f"fastdw.{name}")
+    raise AttributeError(f"module 'fastdw' has no attribute {name!r}")

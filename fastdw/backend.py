@@ -1,0 +1,131 @@
+"""Which backend runs an op call.
+
+Precedence: the call's `backend=` argument > the innermost `with use_backend(name)` >
+`set_backend(name)` > the FASTDW_BACKEND environment variable > "auto". "auto" takes the first
+usable backend in AUTO_ORDER for the tensor's device, and reference always is usable, so
+"auto" never fails where reference works. Naming a backend that does not exist raises
+ValueError; naming one that cannot run here raises BackendUnavailableError with the reason.
+
+A backend is a module under fastdw.kernels that defines the kernel functions it implements
+(names as in fastdw.kernels.reference; a missing function means reference runs that op),
+`DEVICES` (device types it runs on) and optionally `unavailable()` -> reason or None and
+`NOTES` (limits it hands to reference, shown by info()). Modules load lazily, on first use.
+"""
+import contextlib
+import importlib
+import os
+
+import torch
+
+from fastdw.kernels import reference
+
+BACKEND_MODULES = {
+    "reference": "fastdw.kernels.reference",
+    "cpp": "fastdw.kernels.cpp",
+    "triton": "fastdw.kernels.triton",
+    "cuda": "fastdw.kernels.cuda",
+}
+AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for by name but cannot run on this machine or device."""
+
+
+_loaded = {}  # name -> (module or None, reason it is unusable or None)
+_stack = []
+_default = None
+
+
+def _load(name):
+    if name not in _loaded:
+        try:
+            module = importlib.import_module(BACKEND_MODULES[name])
+            check = getattr(module, "unavailable", None)
+            reason = check() if check else None
+        except ImportError as err:  # an optional backend that is not built or not installed
+            module, reason = None, f"cannot import {BACKEND_MODULES[name]}: {err}"
+        _loaded[name] = (module if reason is None else None, reason)
+    return _loaded[name]
+
+
+@torch.compiler.assume_constant_result  # availability is fixed for the life of the process
+def _unusable_reason(name, device_type):
+    module, reason = _load(name)
+    if module is None:
+        return reason
+    if device_type not in module.DEVICES:
+        return f"runs on {', '.join(module.DEVICES)} tensors, not {device_type}"
+    return None
+
+
+def _check_name(name, origin):
+    if name != "auto" and name not in BACKEND_MODULES:
+        raise ValueError(f"{origin}: unknown backend {name!r}; choose from "
+                         f"{['auto', *BACKEND_MODULES]}")
+    return name
+
+
+def resolve(requested, device_type):
+    """The backend name one op call runs on (torch.compile guards on the choice)."""
+    if requested is not None:
+        name = _check_name(requested, "backend")
+    elif _stack:
+        name = _stack[-1]
+    elif _default is not None:
+        name = _default
+    else:
+        name = _check_name(os.environ.get("FASTDW_BACKEND", "auto"), "FASTDW_BACKEND")
+    if name == "auto":
+        return next(n for n in AUTO_ORDER.get(device_type, ("reference",))
+                    if _unusable_reason(n, device_type) is None)
+    reason = _unusable_reason(name, device_type)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {name!r} cannot run on {device_type}: {reason}")
+    return name
+
+
+def kernel(name, op):
+    """The function of backend `name` that computes `op` (reference where it has none)."""
+    module, _ = _load(name)
+    return getattr(module, op, None) or getattr(reference, op)
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Run the fastdw ops called inside the block on backend `name` (or "auto")."""
+    _stack.append(_check_name(name, "use_backend"))
+    try:
+        yield
+    finally:
+        _stack.pop()
+
+
+def set_backend(name):
+    """Set the process-wide backend (None goes back to FASTDW_BACKEND / auto)."""
+    global _default
+    _default = None if name is None else _check_name(name, "set_backend")
+
+
+def info():
+    """{backend name: {"devices": [...], "usable": bool, "reason": str, "notes": str}}."""
+    report = {}
+    for name in BACKEND_MODULES:
+        module, reason = _load(name)
+        report[name] = {
+            "devices": list(module.DEVICES) if module else [],
+            "usable": module is not None,
+            "reason": reason or "",
+            "notes": getattr(module, "NOTES", "") if module else "",
+        }
+    return report
+
+
+def format_info():
+    lines = [f"{'backend':<10} {'usable':<7} {'devices':<10} why not / notes"]
+    for name, row in info().items():
+        lines.append(f"{name:<10} {'yes' if row['usable'] else 'no':<7} "
+                     f"{','.join(row['devices']) or '-':<10} {row['reason'] or row['notes']}")
+    order = ", ".join(f"{dev}: {' > '.join(names)}" for dev, names in AUTO_ORDER.items())
+    lines.append(f"auto picks the first usable backend per device ({order})")
+    return "\n".join(lines)

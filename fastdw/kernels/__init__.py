@@ -1,0 +1,1 @@
+"""Kernel implementations of the fastdw ops, one module (or package) per backend."""

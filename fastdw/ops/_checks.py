@@ -1,0 +1,82 @@
+"""Argument checks shared by the public ops: every bad input becomes a TypeError or ValueError
+that names the argument, before any kernel touches memory."""
+import torch
+
+from fastdw._common import ACTIVATIONS, FLOAT_DTYPES, compute_dtype
+
+
+def activation(act, name="act"):
+    if not isinstance(act, str) or act not in ACTIVATIONS:
+        raise ValueError(f"{name} must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+    return act
+
+
+def integer(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _tensor(t, name):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor "
+                        f"(float32, float16, bfloat16 or float64), got {t.dtype}")
+    return t
+
+
+def _same_device(t, name, x):
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+
+
+def feature_map(x, name="x"):
+    """A 4-D (N, C, H, W) floating tensor, any strides."""
+    _tensor(x, name)
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    return x
+
+
+def like_input(t, name, x, shape):
+    """A tensor with x's dtype and device and exactly `shape` (None entries match anything)."""
+    _tensor(t, name)
+    _same_device(t, name, x)
+    if t.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}")
+    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        want = tuple("*" if s is None else s for s in shape)
+        raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+    return t
+
+
+def one_by_one(w, name, x, c_in):
+    """A 1x1 conv weight, (C_out, C_in, 1, 1) or (C_out, C_in), returned as 2-D."""
+    if isinstance(w, torch.Tensor) and w.dim() == 4:
+        like_input(w, name, x, (None, c_in, 1, 1))
+        return w.flatten(1)
+    return like_input(w, name, x, (None, c_in))
+
+
+def per_channel(t, name, x, length, default):
+    """A 1-D per-channel vector (BN scale/shift, bias) in x's compute dtype; None -> `default`."""
+    if t is None:
+        return torch.full((length,), default, dtype=compute_dtype(x.dtype), device=x.device)
+    _tensor(t, name)
+    _same_device(t, name, x)
+    if t.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},), got {tuple(t.shape)}")
+    return t.to(compute_dtype(x.dtype))
+
+
+def conv_output_size(size, kernel, stride, padding, dilation, name):
+    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    if out < 1:
+        raise ValueError(f"{name}: input of size {size} is too small for kernel {kernel} "
+                         f"with padding {padding} and dilation {dilation}")
+    return out

@@ -1,0 +1,84 @@
+"""fastdw::dwconv_bn_act = act(depthwise_conv2d(x, weight) * scale[c] + shift[c])."""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastdw import backend as _backend
+from fastdw.ops import _checks
+from fastdw.ops._registry import as_grad, empty_grad, empty_output
+
+
+@torch.library.custom_op("fastdw::dwconv_bn_act", mutates_args=())
+def _dwconv_bn_act(x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor, stride: int,
+                   padding: int, dilation: int, act: str, backend: str) -> Tensor:
+    return _backend.kernel(backend, "dwconv_bn_act")(
+        x, weight, scale, shift, stride, padding, dilation, act)
+
+
+@_dwconv_bn_act.register_fake
+def _(x, weight, scale, shift, stride, padding, dilation, act, backend):
+    k = weight.shape[-1]
+    out = [(s + 2 * padding - dilation * (k - 1) - 1) // stride + 1 for s in x.shape[2:]]
+    return empty_output(x, weight.shape[0], *out)
+
+
+@torch.library.custom_op("fastdw::dwconv_bn_act_backward", mutates_args=())
+def _dwconv_bn_act_backward(grad: Tensor, x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor,
+                            stride: int, padding: int, dilation: int, act: str,
+                            backend: str) -> list[Tensor]:
+    """Gradients of (x, weight, scale, shift)."""
+    grads = _backend.kernel(backend, "dwconv_bn_act_backward")(
+        grad, x, weight, scale, shift, stride, padding, dilation, act)
+    return [as_grad(g, t) for g, t in zip(grads, (x, weight, scale, shift))]
+
+
+@_dwconv_bn_act_backward.register_fake
+def _(grad, x, weight, scale, shift, stride, padding, dilation, act, backend):
+    return [empty_grad(t) for t in (x, weight, scale, shift)]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:4])
+    ctx.config = inputs[4:]
+
+
+def _backward(ctx, grad):
+    grads = torch.ops.fastdw.dwconv_bn_act_backward(grad, *ctx.saved_tensors, *ctx.config)
+    return (*grads, None, None, None, None, None)
+
+
+_dwconv_bn_act.register_autograd(_backward, setup_context=_setup_context)
+
+
+def dwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
+                  shift: Optional[Tensor] = None, *, stride: int = 1,
+                  padding: Optional[int] = None, dilation: int = 1, act: str = "relu6",
+                  backend: Optional[str] = None) -> Tensor:
+    """Depthwise k x k convolution, per-channel affine (folded BatchNorm) and activation, fused.
+
+    x: (N, C, H, W), NCHW or channels_last; the output keeps x's memory format.
+    weight: (C*m, 1, k, k) for channel multiplier m; the output has C*m channels.
+    scale, shift: (C*m,) or None (meaning 1 and 0). padding defaults to dilation*(k-1)//2.
+    act: "none", "relu", "relu6", "hardswish", "hardsigmoid" or "silu".
+    backend: a backend name or "auto"; None follows use_backend()/FASTDW_BACKEND.
+    """
+    _checks.feature_map(x)
+    c = x.shape[1]
+    _checks.like_input(weight, "weight", x, (None, 1, None, None))
+    k = weight.shape[-1]
+    if weight.shape[-2] != k:
+        raise ValueError(f"weight must have a square k x k window, got {tuple(weight.shape)}")
+    if weight.shape[0] % c:
+        raise ValueError(f"weight has {weight.shape[0]} output channels, not a multiple of the "
+                         f"{c} input channels of x (weight must be (C*m, 1, k, k))")
+    _checks.integer(stride, "stride", 1)
+    _checks.integer(dilation, "dilation", 1)
+    padding = dilation * (k - 1) // 2 if padding is None else _checks.integer(padding, "padding", 0)
+    _checks.activation(act)
+    for size in x.shape[2:]:
+        _checks.conv_output_size(size, k, stride, padding, dilation, "x")
+    scale = _checks.per_channel(scale, "scale", x, weight.shape[0], 1.0)
+    shift = _checks.per_channel(shift, "shift", x, weight.shape[0], 0.0)
+    return _dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act,
+                          _backend.resolve(backend, x.device.type))

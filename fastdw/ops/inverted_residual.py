@@ -1,0 +1,147 @@
+"""fastdw::inverted_residual: a whole MobileNetV2/V3 block in one op.
+
+    h = act(expand_1x1(x) * expand_scale + expand_shift)       (skipped when expand_w is None)
+    h = act(depthwise_kxk(h, stride) * dw_scale + dw_shift)     (padding (k-1)//2)
+    h = h * hardsigmoid(fc2(relu(fc1(avgpool(h)))))             (only with squeeze-excite weights)
+    y = project_1x1(h) * project_scale + project_shift  (+ x when residual)
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastdw import backend as _backend
+from fastdw.ops import _checks
+from fastdw.ops._registry import as_grad, empty_grad, empty_output
+
+# Positions of the tensor arguments of the op, in schema order, for the backward op's list.
+_TENSOR_ARGS = ("x", "expand_w", "expand_scale", "expand_shift", "dw_w", "dw_scale", "dw_shift",
+                "project_w", "project_scale", "project_shift", "se_w1", "se_b1", "se_w2", "se_b2")
+
+
+@torch.library.custom_op("fastdw::inverted_residual", mutates_args=())
+def _inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Optional[Tensor],
+                       expand_shift: Optional[Tensor], dw_w: Tensor, dw_scale: Tensor,
+                       dw_shift: Tensor, project_w: Tensor, project_scale: Tensor,
+                       project_shift: Tensor, stride: int, act: str, se_w1: Optional[Tensor],
+                       se_b1: Optional[Tensor], se_w2: Optional[Tensor], se_b2: Optional[Tensor],
+                       residual: bool, backend: str) -> Tensor:
+    return _backend.kernel(backend, "inverted_residual")(
+        x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
+        project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual)
+
+
+@_inverted_residual.register_fake
+def _(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
+      project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual, backend):
+    k = dw_w.shape[-1]
+    out = [(s + 2 * ((k - 1) // 2) - k) // stride + 1 for s in x.shape[2:]]
+    return empty_output(x, project_w.shape[0], *out)
+
+
+@torch.library.custom_op("fastdw::inverted_residual_backward", mutates_args=())
+def _inverted_residual_backward(
+        grad: Tensor, x: Tensor, expand_w: Optional[Tensor], expand_scale: Optional[Tensor],
+        expand_shift: Optional[Tensor], dw_w: Tensor, dw_scale: Tensor, dw_shift: Tensor,
+        project_w: Tensor, project_scale: Tensor, project_shift: Tensor, stride: int, act: str,
+        se_w1: Optional[Tensor], se_b1: Optional[Tensor], se_w2: Optional[Tensor],
+        se_b2: Optional[Tensor], residual: bool, backend: str) -> list[Tensor]:
+    """Gradients of every tensor argument that is not None, in schema order."""
+    grads = _backend.kernel(backend, "inverted_residual_backward")(
+        grad, x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
+        project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual)
+    present = [t for t in (x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift,
+                           project_w, project_scale, project_shift, se_w1, se_b1, se_w2, se_b2)
+               if t is not None]
+    return [as_grad(g, t) for g, t in zip(grads, present)]
+
+
+@_inverted_residual_backward.register_fake
+def _(grad, x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
+      project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual, backend):
+    return [empty_grad(t) for t in (x, expand_w, expand_scale, expand_shift, dw_w, dw_scale,
+                                    dw_shift, project_w, project_scale, project_shift, se_w1,
+                                    se_b1, se_w2, se_b2) if t is not None]
+
+
+def _setup_context(ctx, inputs, output):
+    (x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w, project_scale,
+     project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual, backend) = inputs
+    tensors = (x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
+               project_scale, project_shift, se_w1, se_b1, se_w2, se_b2)
+    ctx.save_for_backward(*tensors)
+    ctx.config = (stride, act, residual, backend)
+
+
+def _backward(ctx, grad):
+    t = ctx.saved_tensors
+    stride, act, residual, backend = ctx.config
+    grads = iter(torch.ops.fastdw.inverted_residual_backward(
+        grad, *t[:10], stride, act, *t[10:], residual, backend))
+    by_name = {name: next(grads) if tensor is not None else None
+               for name, tensor in zip(_TENSOR_ARGS, t)}
+    return (*(by_name[n] for n in _TENSOR_ARGS[:10]), None, None,
+            *(by_name[n] for n in _TENSOR_ARGS[10:]), None, None)
+
+
+_inverted_residual.register_autograd(_backward, setup_context=_setup_context)
+
+
+def inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Optional[Tensor],
+                      expand_shift: Optional[Tensor], dw_w: Tensor, dw_scale: Optional[Tensor],
+                      dw_shift: Optional[Tensor], project_w: Tensor,
+                      project_scale: Optional[Tensor], project_shift: Optional[Tensor], *,
+                      stride: int = 1, act: str = "relu6", se_w1: Optional[Tensor] = None,
+                      se_b1: Optional[Tensor] = None, se_w2: Optional[Tensor] = None,
+                      se_b2: Optional[Tensor] = None, residual: bool = True,
+                      backend: Optional[str] = None) -> Tensor:
+    """A fused inverted-residual block (see the module docstring for the math).
+
+    x: (N, C_in, H, W). expand_w: (hidden, C_in[, 1, 1]) or None for no expansion (hidden =
+    C_in). dw_w: (hidden, 1, k, k). project_w: (C_out, hidden[, 1, 1]). Scales/shifts are
+    per-channel vectors or None (1 / 0). Squeeze-excite: se_w1 (S, hidden[, 1, 1]), se_b1 (S,),
+    se_w2 (hidden, S[, 1, 1]), se_b2 (hidden,), all four or none. `act` is the activation of the
+    expand and depthwise stages; `residual` adds x when stride is 1 and C_in == C_out.
+    """
+    _checks.feature_map(x)
+    c_in = x.shape[1]
+    if expand_w is None:
+        for name, t in (("expand_scale", expand_scale), ("expand_shift", expand_shift)):
+            if t is not None:
+                raise ValueError(f"{name} is given but expand_w is None (no expansion)")
+        hidden = c_in
+    else:
+        expand_w = _checks.one_by_one(expand_w, "expand_w", x, c_in)
+        hidden = expand_w.shape[0]
+        expand_scale = _checks.per_channel(expand_scale, "expand_scale", x, hidden, 1.0)
+        expand_shift = _checks.per_channel(expand_shift, "expand_shift", x, hidden, 0.0)
+    _checks.like_input(dw_w, "dw_w", x, (hidden, 1, None, None))
+    k = dw_w.shape[-1]
+    if dw_w.shape[-2] != k or k % 2 == 0:
+        raise ValueError(f"dw_w must have an odd square k x k window, got {tuple(dw_w.shape)}")
+    dw_scale = _checks.per_channel(dw_scale, "dw_scale", x, hidden, 1.0)
+    dw_shift = _checks.per_channel(dw_shift, "dw_shift", x, hidden, 0.0)
+    project_w = _checks.one_by_one(project_w, "project_w", x, hidden)
+    c_out = project_w.shape[0]
+    project_scale = _checks.per_channel(project_scale, "project_scale", x, c_out, 1.0)
+    project_shift = _checks.per_channel(project_shift, "project_shift", x, c_out, 0.0)
+    _checks.integer(stride, "stride", 1)
+    _checks.activation(act)
+    for size in x.shape[2:]:
+        _checks.conv_output_size(size, k, stride, (k - 1) // 2, 1, "x")
+    se = (se_w1, se_b1, se_w2, se_b2)
+    if any(t is not None for t in se):
+        if any(t is None for t in se):
+            raise ValueError("squeeze-excite needs all of se_w1, se_b1, se_w2, se_b2, or none")
+        se_w1 = _checks.one_by_one(se_w1, "se_w1", x, hidden)
+        squeeze = se_w1.shape[0]
+        se_b1 = _checks.per_channel(se_b1, "se_b1", x, squeeze, 0.0)
+        se_w2 = _checks.one_by_one(se_w2, "se_w2", x, squeeze)
+        _checks.like_input(se_w2, "se_w2", x, (hidden, squeeze))
+        se_b2 = _checks.per_channel(se_b2, "se_b2", x, hidden, 0.0)
+    if not isinstance(residual, bool):
+        raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
+    residual = residual and stride == 1 and c_in == c_out
+    return _inverted_residual(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift,
+                              project_w, project_scale, project_shift, stride, act, se_w1, se_b1,
+                              se_w2, se_b2, residual, _backend.resolve(backend, x.device.type))

@@ -1,0 +1,67 @@
+"""fastdw::pwconv_bn_act = act(conv1x1(x, weight) * scale[c] + shift[c]) (+ residual)."""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastdw import backend as _backend
+from fastdw.ops import _checks
+from fastdw.ops._registry import as_grad, empty_grad, empty_output
+
+
+@torch.library.custom_op("fastdw::pwconv_bn_act", mutates_args=())
+def _pwconv_bn_act(x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor, act: str,
+                   residual: Optional[Tensor], backend: str) -> Tensor:
+    return _backend.kernel(backend, "pwconv_bn_act")(x, weight, scale, shift, act, residual)
+
+
+@_pwconv_bn_act.register_fake
+def _(x, weight, scale, shift, act, residual, backend):
+    return empty_output(x, weight.shape[0], *x.shape[2:])
+
+
+@torch.library.custom_op("fastdw::pwconv_bn_act_backward", mutates_args=())
+def _pwconv_bn_act_backward(grad: Tensor, x: Tensor, weight: Tensor, scale: Tensor,
+                            shift: Tensor, act: str, backend: str) -> list[Tensor]:
+    """Gradients of (x, weight, scale, shift); the residual's gradient is `grad` itself."""
+    grads = _backend.kernel(backend, "pwconv_bn_act_backward")(grad, x, weight, scale, shift, act)
+    return [as_grad(g, t) for g, t in zip(grads, (x, weight, scale, shift))]
+
+
+@_pwconv_bn_act_backward.register_fake
+def _(grad, x, weight, scale, shift, act, backend):
+    return [empty_grad(t) for t in (x, weight, scale, shift)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, scale, shift, act, residual, backend = inputs
+    ctx.save_for_backward(x, weight, scale, shift)
+    ctx.act, ctx.backend, ctx.has_residual = act, backend, residual is not None
+
+
+def _backward(ctx, grad):
+    grads = torch.ops.fastdw.pwconv_bn_act_backward(grad, *ctx.saved_tensors, ctx.act, ctx.backend)
+    return (*grads, None, grad if ctx.has_residual else None, None)
+
+
+_pwconv_bn_act.register_autograd(_backward, setup_context=_setup_context)
+
+
+def pwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
+                  shift: Optional[Tensor] = None, *, act: str = "none",
+                  residual: Optional[Tensor] = None, backend: Optional[str] = None) -> Tensor:
+    """1x1 convolution, per-channel affine and activation, then `+ residual`, fused.
+
+    x: (N, C_in, H, W); weight: (C_out, C_in, 1, 1) or (C_out, C_in); scale, shift: (C_out,)
+    or None; residual: None or a tensor of the output's shape (N, C_out, H, W).
+    """
+    _checks.feature_map(x)
+    weight = _checks.one_by_one(weight, "weight", x, x.shape[1])
+    _checks.activation(act)
+    c_out = weight.shape[0]
+    if residual is not None:
+        _checks.like_input(residual, "residual", x, (x.shape[0], c_out, *x.shape[2:]))
+    scale = _checks.per_channel(scale, "scale", x, c_out, 1.0)
+    shift = _checks.per_channel(shift, "shift", x, c_out, 0.0)
+    return _pwconv_bn_act(x, weight, scale, shift, act, residual,
+                          _backend.resolve(backend, x.device.type))
