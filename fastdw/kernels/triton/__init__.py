@@ -1,0 +1,35 @@
+"""The triton backend: fastdw's GPU kernels, also runnable on CPU tensors under the interpreter
+(TRITON_INTERPRET=1), which is how they are tested on machines without a GPU.
+
+Functions follow the kernel contract of fastdw.kernels.reference; a call these kernels do not
+handle (see NOTES) is passed to reference, so every call still returns the right answer.
+"""
+import os
+
+import torch
+
+from fastdw.kernels import reference
+from fastdw.kernels.triton import dwconv_bn_act as _dw
+
+DEVICES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
+NOTES = ("float64 and depthwise channel multiplier > 1 run on reference; "
+         "pwconv_bn_act and inverted_residual backward run on reference")
+
+
+def unavailable():
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU tensors)"
+    return None
+
+
+def dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act):
+    if not _dw.handled(x, weight):
+        return reference.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
+    return _dw.forward(x, weight, scale, shift, stride, padding, dilation, act)
+
+
+def dwconv_bn_act_backward(grad, x, weight, scale, shift, stride, padding, dilation, act):
+    if not _dw.handled(x, weight):
+        return reference.dwconv_bn_act_backward(grad, x, weight, scale, shift, stride, padding,
+                                                dilation, act)
+    return _dw.backward(grad, x, weight, scale, shift, stride, padding, dilation, act)

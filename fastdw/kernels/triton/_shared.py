@@ -1,0 +1,48 @@
+"""Pieces every fastdw Triton kernel shares: the activations and their derivatives (one jit
+helper each, so every kernel computes exactly the same math), and launch-time facts."""
+import os
+
+import triton
+import triton.language as tl
+
+
+def interpreting():
+    """True when kernels run on CPU tensors through Triton's interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def activation(u, ACT: tl.constexpr):
+    """act(u) for the op contract's act names (fastdw._common.ACTIVATIONS), in fp32."""
+    if ACT == "relu":
+        u = tl.maximum(u, 0.0)
+    elif ACT == "relu6":
+        u = tl.minimum(tl.maximum(u, 0.0), 6.0)
+    elif ACT == "hardswish":
+        u = u * tl.minimum(tl.maximum(u + 3.0, 0.0), 6.0) * (1.0 / 6.0)
+    elif ACT == "hardsigmoid":
+        u = tl.minimum(tl.maximum(u + 3.0, 0.0), 6.0) * (1.0 / 6.0)
+    elif ACT == "silu":
+        u = u * tl.sigmoid(u)
+    return u
+
+
+@triton.jit
+def activation_grad(u, ACT: tl.constexpr):
+    """d act(u) / du, with PyTorch's choice at the kinks (so gradients match autograd exactly):
+    relu 0 at u=0; relu6/hardsigmoid 0 at both ends of the open linear range; hardswish
+    (2u+3)/6 on the closed range [-3, 3]."""
+    if ACT == "relu":
+        d = tl.where(u > 0.0, 1.0, 0.0)
+    elif ACT == "relu6":
+        d = tl.where((u > 0.0) & (u < 6.0), 1.0, 0.0)
+    elif ACT == "hardswish":
+        d = tl.where(u < -3.0, 0.0, tl.where(u <= 3.0, (2.0 * u + 3.0) * (1.0 / 6.0), 1.0))
+    elif ACT == "hardsigmoid":
+        d = tl.where((u > -3.0) & (u < 3.0), 1.0 / 6.0, 0.0)
+    elif ACT == "silu":
+        s = tl.sigmoid(u)
+        d = s * (1.0 + u * (1.0 - s))
+    else:
+        d = tl.full(u.shape, 1.0, tl.float32)
+    return d
