@@ -10,6 +10,7 @@ import torch
 
 from fastdw.kernels import reference
 from fastdw.kernels.triton import dwconv_bn_act as _dw
+from fastdw.kernels.triton import pwconv_bn_act as _pw
 
 DEVICES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
 NOTES = ("float64 and depthwise channel multiplier > 1 run on reference; "
@@ -33,3 +34,9 @@ def dwconv_bn_act_backward(grad, x, weight, scale, shift, stride, padding, dilat
         return reference.dwconv_bn_act_backward(grad, x, weight, scale, shift, stride, padding,
                                                 dilation, act)
     return _dw.backward(grad, x, weight, scale, shift, stride, padding, dilation, act)
+
+
+def pwconv_bn_act(x, weight, scale, shift, act, residual):
+    if not _pw.handled(x):
+        return reference.pwconv_bn_act(x, weight, scale, shift, act, residual)
+    return _pw.forward(x, weight, scale, shift, act, residual)

@@ -1,0 +1,123 @@
+"""1x1 convolution + folded BatchNorm + activation (+ residual) as one GEMM with tl.dot.
+
+Pixels are the GEMM's M dimension (all images and positions, flattened), input channels K,
+output channels N. Row addresses come from (image, row, column) and the tensor's strides, so
+channels_last (K contiguous: vectorised loads), NCHW and non-contiguous inputs all run with no
+copy. The same kernel is the project stage of a split inverted-residual block: its prologue then
+multiplies the A tile by the block's squeeze-excite gate.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from fastdw._common import output_memory_format
+from fastdw.kernels.triton._shared import activation, interpreting
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; resources.py compiles each of them.
+GPU_CONFIGS = {"small_n": (128, 32, 32, 4), "mid_n": (64, 64, 32, 4), "wide_n": (64, 128, 32, 8)}
+
+
+def pick_config(m, c_in, c_out):
+    if interpreting():  # few, large programs: each one costs ~35 ms under the interpreter
+        return (min(triton.next_power_of_2(m), 1024), min(max(triton.next_power_of_2(c_out), 16), 256),
+                min(max(triton.next_power_of_2(c_in), 16), 256), 4)
+    if c_out <= 32:
+        return GPU_CONFIGS["small_n"]
+    return GPU_CONFIGS["mid_n" if c_out <= 64 else "wide_n"]
+
+
+def dot_in_fp32(dtype):
+    """Multiply bf16 operands as fp32 under the interpreter: Triton 3.8's interpreter computes
+    tl.dot on bf16 operands wrongly. On a GPU bf16 goes to the tensor cores as bf16."""
+    return dtype == torch.bfloat16 and interpreting()
+
+
+@triton.jit
+def pixel_rows(m, HW, W, sn, sh, sw):
+    """Element offset of flat pixel index m = (n*H + h)*W + w in a tensor with these strides."""
+    img = m // HW
+    hw = m % HW
+    return img.to(tl.int64) * sn + (hw // W) * sh + (hw % W) * sw
+
+
+# For each pixel m = (n, h, w) and output channel o:
+#   a[m, i]  = x[n, i, h, w] * gate[n, i]                (gate only when HAS_GATE)
+#   y[n, o, h, w] = act(sum_i a[m, i] * w[o, i] * scale[o] + shift[o]) + residual[n, o, h, w]
+# fp32 accumulation in tl.dot; fp32 operands are multiplied in IEEE fp32 (not TF32).
+@triton.jit
+def pw_kernel(
+    x_ptr,        # input (N, C_IN, H, W), any strides
+    w_ptr,        # weight (C_OUT, C_IN), contiguous
+    scale_ptr,    # (C_OUT,) fp32
+    shift_ptr,    # (C_OUT,) fp32
+    gate_ptr,     # (N, C_IN) fp32 squeeze-excite gate (read only when HAS_GATE)
+    res_ptr,      # residual (N, C_OUT, H, W), any strides (read only when HAS_RES)
+    y_ptr,        # output (N, C_OUT, H, W), any strides
+    M, HW, W, C_IN, C_OUT,    # M = N*H*W pixels, HW = H*W
+    sxn, sxc, sxh, sxw,       # strides of x
+    srn, src, srh, srw,       # strides of the residual
+    syn, syc, syh, syw,       # strides of y
+    ACT: tl.constexpr,        # activation name
+    HAS_GATE: tl.constexpr,   # multiply A by gate[n, i] in the prologue
+    HAS_RES: tl.constexpr,    # add the residual after the activation
+    DOT_FP32: tl.constexpr,   # cast operands to fp32 before tl.dot (bf16 under the interpreter)
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = m < M
+    o_mask = o < C_OUT
+    x_rows = pixel_rows(m, HW, W, sxn, sxh, sxw)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, C_IN, BLOCK_K):
+        i = k0 + tl.arange(0, BLOCK_K)
+        i_mask = i < C_IN
+        a = tl.load(x_ptr + x_rows[:, None] + (i * sxc)[None, :],
+                    mask=m_mask[:, None] & i_mask[None, :], other=0.0)
+        if HAS_GATE:
+            gate = tl.load(gate_ptr + (m // HW)[:, None] * C_IN + i[None, :],
+                           mask=m_mask[:, None] & i_mask[None, :], other=0.0)
+            a = (a.to(tl.float32) * gate).to(x_ptr.dtype.element_ty)
+        b = tl.load(w_ptr + o[None, :] * C_IN + i[:, None],
+                    mask=i_mask[:, None] & o_mask[None, :], other=0.0)
+        if DOT_FP32:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    scale = tl.load(scale_ptr + o, mask=o_mask, other=0.0)
+    shift = tl.load(shift_ptr + o, mask=o_mask, other=0.0)
+    y = activation(acc * scale[None, :] + shift[None, :], ACT)
+    mask = m_mask[:, None] & o_mask[None, :]
+    if HAS_RES:
+        r_rows = pixel_rows(m, HW, W, srn, srh, srw)
+        y += tl.load(res_ptr + r_rows[:, None] + (o * src)[None, :], mask=mask,
+                     other=0.0).to(tl.float32)
+    y_rows = pixel_rows(m, HW, W, syn, syh, syw)
+    tl.store(y_ptr + y_rows[:, None] + (o * syc)[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=mask)
+
+
+def handled(x):
+    return x.dtype != torch.float64
+
+
+def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None):
+    """y = act(conv1x1(x * gate) * scale + shift) + residual. The output takes the dtype and
+    memory format of `out_like` (default x): a block's project stage reads its NHWC hidden
+    tensor but writes in the layout of the block's input."""
+    out_like = x if out_like is None else out_like
+    n, c_in, h, w = x.shape
+    c_out = weight.shape[0]
+    y = torch.empty((n, c_out, h, w), dtype=out_like.dtype, device=x.device,
+                    memory_format=output_memory_format(out_like))
+    m = n * h * w
+    block_m, block_n, block_k, warps = pick_config(m, c_in, c_out)
+    res = y if residual is None else residual  # never read when HAS_RES is False
+    grid = (triton.cdiv(m, block_m), triton.cdiv(c_out, block_n))
+    pw_kernel[grid](
+        x, weight.contiguous(), scale, shift, scale if gate is None else gate, res, y,
+        m, h * w, w, c_in, c_out, *x.stride(), *res.stride(), *y.stride(),
+        ACT=act, HAS_GATE=gate is not None, HAS_RES=residual is not None,
+        DOT_FP32=dot_in_fp32(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=warps)
+    return y
