@@ -43,6 +43,8 @@ def _load(name):
             module = importlib.import_module(BACKEND_MODULES[name])
             check = getattr(module, "unavailable", None)
             reason = check() if check else None
+            if not hasattr(module, "DEVICES"):
+                reason = f"{BACKEND_MODULES[name]} is not a backend yet (it defines no DEVICES)"
         except ImportError as err:  # an optional backend that is not built or not installed
             module, reason = None, f"cannot import {BACKEND_MODULES[name]}: {err}"
         _loaded[name] = (module if reason is None else None, reason)

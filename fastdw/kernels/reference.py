@@ -2,8 +2,8 @@
 
 It is the CPU fallback and the oracle every other backend is tested against, so it is written
 to be obviously correct, not fast: it computes in `compute_dtype` (fp32 for fp16/bf16 inputs),
-returns the input's dtype in the input's memory format, and its backward passes are
-`torch.func.vjp` of these same forward functions.
+returns the input's dtype in the input's memory format. Backward passes recompute the forward
+and apply stock aten backward ops stage by stage.
 
 Kernel contract shared by all backends (the public ops in fastdw.ops normalise to it):
   x (N, C, H, W); depthwise weight (C*m, 1, k, k); 1x1 weights 2-D (C_out, C_in);
@@ -70,34 +70,89 @@ def inverted_residual(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, d
     return _finish(y, x)
 
 
-def _vjp(forward, primals, grad):
-    _, pullback = torch.func.vjp(forward, *primals)
-    return list(pullback(grad))
+# d act(u) / du applied to an incoming gradient g, as stock aten backward ops.
+_ACT_BACKWARD = {
+    "none": lambda g, u: g,
+    "relu": lambda g, u: torch.ops.aten.threshold_backward(g, u, 0),
+    "relu6": lambda g, u: torch.ops.aten.hardtanh_backward(g, u, 0.0, 6.0),
+    "hardswish": torch.ops.aten.hardswish_backward,
+    "hardsigmoid": torch.ops.aten.hardsigmoid_backward,
+    "silu": torch.ops.aten.silu_backward,
+}
+
+
+def _conv_bn_act_backward(grad, h, weight, scale, shift, stride, padding, dilation, groups, act):
+    """y = act(conv(h, weight) * scale + shift), all in one dtype: gradients of h, weight, scale,
+    shift. The pre-activation is recomputed rather than saved by the forward."""
+    z = F.conv2d(h, weight, None, stride, padding, dilation, groups)
+    g = _ACT_BACKWARD[act](grad, z * scale[:, None, None] + shift[:, None, None])
+    grad_shift = g.sum((0, 2, 3))
+    grad_scale = (g * z).sum((0, 2, 3))
+    grad_h, grad_weight, _ = torch.ops.aten.convolution_backward(
+        g * scale[:, None, None], h, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2,
+        False, [0, 0], groups, [True, True, False])
+    return grad_h, grad_weight, grad_scale, grad_shift
+
+
+def _squeeze_excite_backward(grad, h, w1, b1, w2, b2):
+    """Gradients of h, w1, b1, w2, b2 for out = h * hardsigmoid(fc2(relu(fc1(mean_hw(h)))))."""
+    pooled = h.mean((2, 3))
+    u1 = F.linear(pooled, w1, b1)
+    a = F.relu(u1)
+    u2 = F.linear(a, w2, b2)
+    gate = F.hardsigmoid(u2)
+    g_u2 = torch.ops.aten.hardsigmoid_backward((grad * h).sum((2, 3)), u2)
+    g_u1 = torch.ops.aten.threshold_backward(g_u2 @ w2, u1, 0)
+    g_pooled = g_u1 @ w1
+    grad_h = grad * gate[:, :, None, None] + g_pooled[:, :, None, None] / (h.shape[2] * h.shape[3])
+    return grad_h, g_u1.t() @ pooled, g_u1.sum(0), g_u2.t() @ a, g_u2.sum(0)
+
+
+def _in_compute_dtype(x, *tensors):
+    cd = compute_dtype(x.dtype)
+    return [None if t is None else t.to(cd) for t in tensors]
 
 
 def dwconv_bn_act_backward(grad, x, weight, scale, shift, stride, padding, dilation, act):
-    def forward(x, weight, scale, shift):
-        return dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
-    return _vjp(forward, (x, weight, scale, shift), grad)
+    grad, h, weight, scale, shift = _in_compute_dtype(x, grad, x, weight, scale, shift)
+    return list(_conv_bn_act_backward(grad, h, weight, scale, shift, stride, padding, dilation,
+                                      h.shape[1], act))
 
 
 def pwconv_bn_act_backward(grad, x, weight, scale, shift, act):
-    def forward(x, weight, scale, shift):
-        return pwconv_bn_act(x, weight, scale, shift, act, None)
-    return _vjp(forward, (x, weight, scale, shift), grad)
+    grad, h, weight, scale, shift = _in_compute_dtype(x, grad, x, weight, scale, shift)
+    grads = _conv_bn_act_backward(grad, h, weight[:, :, None, None], scale, shift, 1, 0, 1, 1, act)
+    return [grads[0], grads[1].flatten(1), *grads[2:]]
 
 
 def inverted_residual_backward(grad, x, expand_w, expand_scale, expand_shift, dw_w, dw_scale,
                                dw_shift, project_w, project_scale, project_shift, stride, act,
                                se_w1, se_b1, se_w2, se_b2, residual):
-    """Gradients of every tensor argument that is not None, in argument order."""
-    args = [x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift,
-            project_w, project_scale, project_shift, se_w1, se_b1, se_w2, se_b2]
-    present = [i for i, a in enumerate(args) if a is not None]
+    """Gradients of every tensor argument that is not None, in argument order: the forward is
+    recomputed stage by stage, then each stage's backward runs in reverse."""
+    (grad, x_c, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
+     project_scale, project_shift, se_w1, se_b1, se_w2, se_b2) = _in_compute_dtype(
+        x, grad, x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
+        project_scale, project_shift, se_w1, se_b1, se_w2, se_b2)
+    pad = (dw_w.shape[-1] - 1) // 2
+    expanded = x_c if expand_w is None else _pw(x_c, expand_w, expand_scale, expand_shift, act)
+    dw_out = _dw(expanded, dw_w, dw_scale, dw_shift, stride, pad, 1, act)
+    se_out = dw_out if se_w1 is None else _squeeze_excite(dw_out, se_w1, se_b1, se_w2, se_b2)
 
-    def forward(*tensors):
-        full = list(args)
-        for i, t in zip(present, tensors):
-            full[i] = t
-        return inverted_residual(*full[:10], stride, act, *full[10:], residual)
-    return _vjp(forward, [args[i] for i in present], grad)
+    g_h, g_pw, g_ps, g_pb = _conv_bn_act_backward(
+        grad, se_out, project_w[:, :, None, None], project_scale, project_shift, 1, 0, 1, 1, "none")
+    grads = {"project_w": g_pw.flatten(1), "project_scale": g_ps, "project_shift": g_pb}
+    if se_w1 is not None:
+        g_h, *g_se = _squeeze_excite_backward(g_h, dw_out, se_w1, se_b1, se_w2, se_b2)
+        grads.update(zip(("se_w1", "se_b1", "se_w2", "se_b2"), g_se))
+    g_h, *g_dw = _conv_bn_act_backward(g_h, expanded, dw_w, dw_scale, dw_shift, stride, pad, 1,
+                                       expanded.shape[1], act)
+    grads.update(zip(("dw_w", "dw_scale", "dw_shift"), g_dw))
+    if expand_w is not None:
+        g_h, g_ew, g_es, g_eb = _conv_bn_act_backward(
+            g_h, x_c, expand_w[:, :, None, None], expand_scale, expand_shift, 1, 0, 1, 1, act)
+        grads.update(expand_w=g_ew.flatten(1), expand_scale=g_es, expand_shift=g_eb)
+    grads["x"] = g_h + grad if residual else g_h
+    order = ("x", "expand_w", "expand_scale", "expand_shift", "dw_w", "dw_scale", "dw_shift",
+             "project_w", "project_scale", "project_shift", "se_w1", "se_b1", "se_w2", "se_b2")
+    return [grads[name] for name in order if name in grads]
