@@ -1,0 +1,45 @@
+"""MobileNetV1 (Howard et al. 2017): a 3x3 stride-2 stem and 13 depthwise-separable blocks.
+
+There is no torchvision MobileNetV1, so the tree is fastdw's own: features.0 is the stem,
+features.i (i >= 1) is Sequential(DWConvBNAct, ConvBNAct 1x1), then pool, dropout, linear.
+"""
+import torch
+from torch import nn
+
+from fastdw.models._build import init_weights, make_divisible
+from fastdw.nn import ConvBNAct, DWConvBNAct
+
+# (output channels, depthwise stride) of the 13 depthwise-separable blocks.
+_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
+           (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]
+
+
+class MobileNetV1(nn.Module):
+    def __init__(self, width_mult=1.0, depth_multiplier=1, num_classes=1000, dropout=0.001):
+        super().__init__()
+        if width_mult <= 0:
+            raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, int) \
+                or depth_multiplier < 1:
+            raise ValueError(f"depth_multiplier must be an int >= 1, got {depth_multiplier!r}")
+        channels = make_divisible(32 * width_mult)
+        layers = [ConvBNAct(3, channels, 3, 2)]
+        for out, stride in _BLOCKS:
+            out = make_divisible(out * width_mult)
+            # depth_multiplier: every depthwise conv makes that many outputs per input channel.
+            layers.append(nn.Sequential(
+                DWConvBNAct(channels, 3, stride, multiplier=depth_multiplier),
+                ConvBNAct(channels * depth_multiplier, out, 1)))
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+        init_weights(self)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def mobilenet_v1(*, width_mult=1.0, depth_multiplier=1, num_classes=1000, dropout=0.001):
+    """MobileNetV1 with ReLU6 and BatchNorm; no pretrained weights are provided."""
+    return MobileNetV1(width_mult, depth_multiplier, num_classes, dropout)

@@ -1,0 +1,8 @@
+"""Fused modules with torchvision-compatible parameter names, and convert() for torchvision
+models. Eval-mode forwards fold BatchNorm and run one fastdw op per layer or block."""
+from fastdw.nn.blocks import InvertedResidual, InvertedResidualV3
+from fastdw.nn.convert import convert
+from fastdw.nn.layers import ConvBNAct, DWConvBNAct, SqueezeExcite
+
+__all__ = ["ConvBNAct", "DWConvBNAct", "SqueezeExcite", "InvertedResidual",
+           "InvertedResidualV3", "convert"]

@@ -1,0 +1,136 @@
+"""Inverted-residual blocks (MobileNetV2 and V3) with torchvision's module trees.
+
+Both styles are expand 1x1 (optional) -> depthwise k x k -> squeeze-excite (V3, optional) ->
+project 1x1 + BN, plus the input when the shapes allow. They differ only in how torchvision laid
+out the modules, so one base class holds the behaviour and each subclass says where its stages
+sit:
+  V2 (`conv`):  [ConvBNAct expand], DWConvBNAct, Conv2d project, BatchNorm2d
+  V3 (`block`): [ConvBNAct expand], DWConvBNAct, [SqueezeExcite], ConvBNAct(act="none") project
+In eval mode (every BN folded) a block is exactly one fastdw.ops.inverted_residual call.
+"""
+from torch import nn
+
+from fastdw import ops
+from fastdw.nn._fold import cached, foldable
+from fastdw.nn.layers import ConvBNAct, DWConvBNAct, SqueezeExcite
+
+
+class _InvertedResidualBlock(nn.Module):
+    _layers_name = None  # "conv" (V2) or "block" (V3): the Sequential holding the stages
+
+    def _setup(self, layers, in_channels, out_channels, stride):
+        setattr(self, self._layers_name, nn.Sequential(*layers))
+        self.stride = stride
+        self.out_channels = out_channels
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        self._is_cn = stride > 1  # torchvision's marker for stage boundaries (detection heads)
+
+    @classmethod
+    def wrap(cls, layers: nn.Sequential):
+        """A block around existing stage modules (parameters shared, not copied); call only
+        when fusable(layers)."""
+        expand, dw, _, project, _ = cls._stages_of(layers)
+        block = cls.__new__(cls)
+        nn.Module.__init__(block)
+        in_channels = (dw if expand is None else expand)[0].in_channels
+        block._setup(list(layers), in_channels, project.out_channels, dw[0].stride[0])
+        return block
+
+    @staticmethod
+    def _stages_of(layers):
+        """(expand ConvBNAct or None, DWConvBNAct, SqueezeExcite or None, project conv, BN)."""
+        raise NotImplementedError
+
+    @classmethod
+    def fusable(cls, layers) -> bool:
+        """Whether `layers` has the shape the fused op computes (used by convert())."""
+        try:
+            expand, dw, se, project, project_bn = cls._stages_of(layers)
+        except (IndexError, TypeError, ValueError):
+            return False
+        if not isinstance(dw, DWConvBNAct):
+            return False
+        conv = dw[0]
+        k = conv.kernel_size[0]
+        return (conv.out_channels == conv.in_channels and conv.kernel_size == (k, k) and k % 2
+                and conv.stride[0] == conv.stride[1] and conv.dilation == (1, 1)
+                and conv.padding == ((k - 1) // 2,) * 2
+                and (expand is None or (isinstance(expand, ConvBNAct)
+                                        and expand.kind == "pointwise" and expand.act == dw.act))
+                and (se is None or isinstance(se, SqueezeExcite))
+                and isinstance(project, nn.Conv2d) and project.kernel_size == (1, 1)
+                and project.stride == (1, 1) and project.bias is None and project.groups == 1
+                and project.padding == (0, 0) and isinstance(project_bn, nn.BatchNorm2d))
+
+    def forward(self, x):
+        layers = getattr(self, self._layers_name)
+        expand, dw, se, project, project_bn = self._stages_of(layers)
+        bns = [dw[1], project_bn] if expand is None else [expand[1], dw[1], project_bn]
+        if not foldable(*bns):
+            y = layers(x)
+            return x + y if self.use_res_connect else y
+        folded = cached(self, bns, lambda: [ops.fold_bn(bn) for bn in bns])
+        (expand_scale, expand_shift), (dw_scale, dw_shift), (p_scale, p_shift) = (
+            [(None, None)] if expand is None else []) + folded
+        se_args = {} if se is None else dict(se_w1=se.fc1.weight, se_b1=se.fc1.bias,
+                                              se_w2=se.fc2.weight, se_b2=se.fc2.bias)
+        return ops.inverted_residual(
+            x, None if expand is None else expand[0].weight, expand_scale, expand_shift,
+            dw[0].weight, dw_scale, dw_shift, project.weight, p_scale, p_shift,
+            stride=self.stride, act=dw.act, residual=self.use_res_connect, **se_args)
+
+
+class InvertedResidual(_InvertedResidualBlock):
+    """MobileNetV2 block: ReLU6, 3x3 depthwise, hidden = round(in_channels * expand_ratio)."""
+    _layers_name = "conv"
+
+    def __init__(self, in_channels, out_channels, stride, expand_ratio, *, eps=1e-5,
+                 momentum=0.1):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        hidden = int(round(in_channels * expand_ratio))
+        bn = dict(eps=eps, momentum=momentum)
+        layers = [ConvBNAct(in_channels, hidden, 1, **bn)] if expand_ratio != 1 else []
+        layers += [DWConvBNAct(hidden, 3, stride, **bn),
+                   nn.Conv2d(hidden, out_channels, 1, bias=False),
+                   nn.BatchNorm2d(out_channels, **bn)]
+        self._setup(layers, in_channels, out_channels, stride)
+
+    @staticmethod
+    def _stages_of(layers):
+        if len(layers) not in (3, 4):
+            raise ValueError(f"a V2 block has 3 or 4 stages, got {len(layers)}")
+        expand = layers[0] if len(layers) == 4 else None
+        return expand, layers[-3], None, layers[-2], layers[-1]
+
+
+class InvertedResidualV3(_InvertedResidualBlock):
+    """MobileNetV3 block: relu or hardswish, k x k depthwise, optional squeeze-excite whose
+    squeeze width is squeeze_channels (torchvision: make_divisible(expanded // 4, 8))."""
+    _layers_name = "block"
+
+    def __init__(self, in_channels, kernel_size, expanded_channels, out_channels, stride, *,
+                 act="relu", squeeze_channels=None, eps=1e-3, momentum=0.01):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        bn = dict(eps=eps, momentum=momentum)
+        layers = ([ConvBNAct(in_channels, expanded_channels, 1, act=act, **bn)]
+                  if expanded_channels != in_channels else [])
+        layers.append(DWConvBNAct(expanded_channels, kernel_size, stride, act=act, **bn))
+        if squeeze_channels is not None:
+            layers.append(SqueezeExcite(expanded_channels, squeeze_channels))
+        layers.append(ConvBNAct(expanded_channels, out_channels, 1, act="none", **bn))
+        self._setup(layers, in_channels, out_channels, stride)
+
+    @staticmethod
+    def _stages_of(layers):
+        expand = None if isinstance(layers[0], DWConvBNAct) else layers[0]
+        se = layers[-2] if isinstance(layers[-2], SqueezeExcite) else None
+        project = layers[-1]
+        if len(layers) != 2 + (expand is not None) + (se is not None):
+            raise ValueError(f"unexpected stages in a V3 block: {[type(m).__name__ for m in layers]}")
+        if not (isinstance(project, ConvBNAct) and project.act == "none"):
+            raise ValueError("the last stage of a V3 block must be a ConvBNAct with act='none'")
+        return expand, layers[int(expand is not None)], se, project[0], project[1]

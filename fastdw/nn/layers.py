@@ -1,0 +1,106 @@
+"""Conv + BatchNorm + activation layers and squeeze-excite, with torchvision's parameter names.
+
+ConvBNAct is an nn.Sequential whose children are "0" Conv2d, "1" BatchNorm2d and "2" the
+activation (absent for act="none"), exactly like torchvision's Conv2dNormActivation, so the two
+share state_dict keys. While its BatchNorm trains, the layer runs conv -> the BN module itself ->
+activation, so batch statistics and running-stat updates are nn.BatchNorm2d's own. Once the BN
+is in eval mode it is folded and the layer is one fused fastdw op.
+"""
+import torch.nn.functional as F
+from torch import nn
+
+from fastdw import ops
+from fastdw._common import ACTIVATIONS
+from fastdw.nn._fold import cached, fold_conv, foldable
+
+# act name -> activation module class; "none" has no module.
+ACT_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish,
+               "hardsigmoid": nn.Hardsigmoid, "silu": nn.SiLU}
+
+
+def act_module(act):
+    if act != "none" and act not in ACT_MODULES:
+        raise ValueError(f"act must be one of {['none', *ACT_MODULES]}, got {act!r}")
+    return [] if act == "none" else [ACT_MODULES[act](inplace=True)]
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv2d (no bias) -> BatchNorm2d -> activation; padding dilation*(k-1)//2."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, *, groups=1,
+                 dilation=1, act="relu6", eps=1e-5, momentum=0.1):
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
+                         dilation * (kernel_size - 1) // 2, dilation, groups, bias=False)
+        super().__init__(conv, nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum),
+                         *act_module(act))
+        self._describe(act)
+
+    @classmethod
+    def wrap(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: str):
+        """A layer around existing modules (parameters shared, not copied)."""
+        layer = cls.__new__(cls)
+        nn.Sequential.__init__(layer, conv, bn, *act_module(act))
+        layer._describe(act)
+        return layer
+
+    def _describe(self, act):
+        conv = self[0]
+        self.act = act
+        self.out_channels = conv.out_channels
+        # Which fused op computes this layer: depthwise, pointwise, or a general conv (the stem).
+        if conv.groups == conv.in_channels:
+            self.kind = "depthwise"
+        elif (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+              and conv.padding == (0, 0)):
+            self.kind = "pointwise"
+        else:
+            self.kind = "conv"
+
+    def _conv(self, x):
+        conv = self[0]
+        if self.kind == "depthwise":
+            return ops.dwconv_bn_act(x, conv.weight, stride=conv.stride[0],
+                                     padding=conv.padding[0], dilation=conv.dilation[0],
+                                     act="none")
+        if self.kind == "pointwise":
+            return ops.pwconv_bn_act(x, conv.weight)
+        return conv(x)
+
+    def forward(self, x):
+        conv, bn = self[0], self[1]
+        if not foldable(bn):
+            x = bn(self._conv(x))
+            return self[2](x) if len(self) > 2 else x
+        if self.kind == "conv":
+            weight, bias = cached(self, [bn], lambda: fold_conv(conv, bn), conv.weight)
+            return ACTIVATIONS[self.act](F.conv2d(x, weight, bias, conv.stride, conv.padding,
+                                                  conv.dilation, conv.groups))
+        scale, shift = cached(self, [bn], lambda: ops.fold_bn(bn))
+        if self.kind == "depthwise":
+            return ops.dwconv_bn_act(x, conv.weight, scale, shift, stride=conv.stride[0],
+                                     padding=conv.padding[0], dilation=conv.dilation[0],
+                                     act=self.act)
+        return ops.pwconv_bn_act(x, conv.weight, scale, shift, act=self.act)
+
+
+class DWConvBNAct(ConvBNAct):
+    """Depthwise k x k conv with channel multiplier m (channels -> channels*m) + BN + act."""
+
+    def __init__(self, channels, kernel_size=3, stride=1, *, multiplier=1, dilation=1,
+                 act="relu6", eps=1e-5, momentum=0.1):
+        super().__init__(channels, channels * multiplier, kernel_size, stride, groups=channels,
+                         dilation=dilation, act=act, eps=eps, momentum=momentum)
+
+
+class SqueezeExcite(nn.Module):
+    """x * hardsigmoid(fc2(relu(fc1(avgpool(x))))), fc1/fc2 1x1 convs with bias (torchvision's
+    SqueezeExcitation with scale_activation=Hardsigmoid, as in MobileNetV3)."""
+
+    def __init__(self, channels, squeeze_channels):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
+        self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
+
+    def forward(self, x):
+        gate = self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1))))
+        return x * F.hardsigmoid(gate)
