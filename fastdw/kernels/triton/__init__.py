@@ -11,6 +11,7 @@ import torch
 from fastdw.kernels import reference
 from fastdw.kernels.triton import dwconv_bn_act as _dw
 from fastdw.kernels.triton import pwconv_bn_act as _pw
+from fastdw.kernels.triton import inverted_residual as _ir
 
 DEVICES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
 NOTES = ("float64 and depthwise channel multiplier > 1 run on reference; "
@@ -40,3 +41,11 @@ def pwconv_bn_act(x, weight, scale, shift, act, residual):
     if not _pw.handled(x):
         return reference.pwconv_bn_act(x, weight, scale, shift, act, residual)
     return _pw.forward(x, weight, scale, shift, act, residual)
+
+
+def inverted_residual(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift,
+                      project_w, project_scale, project_shift, stride, act, se_w1, se_b1, se_w2,
+                      se_b2, residual):
+    run = _ir.forward if _ir.handled(x) else reference.inverted_residual
+    return run(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
+               project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual)

@@ -46,3 +46,14 @@ def activation_grad(u, ACT: tl.constexpr):
     else:
         d = tl.full(u.shape, 1.0, tl.float32)
     return d
+
+
+@triton.jit
+def dot_operand(t, like_ptr, DOT_FP32: tl.constexpr):
+    """t in the dtype tl.dot multiplies: like_ptr's element type, or fp32 when DOT_FP32 (bf16
+    under the interpreter, whose tl.dot is wrong on bf16 operands in Triton 3.8)."""
+    if DOT_FP32:
+        r = t.to(tl.float32)
+    else:
+        r = t.to(like_ptr.dtype.element_ty)
+    return r

@@ -33,7 +33,7 @@ def pick_config(channels, element_size, out_h, out_w):
 
 
 @triton.jit
-def _tile(pid, TILES_W, TILES_HW, BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr):
+def spatial_tile(pid, TILES_W, TILES_HW, BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr):
     """Image n and the (BLOCK_OH*BLOCK_OW,) row/column indices of program pid's 2-D tile."""
     n = pid // TILES_HW
     t = pid % TILES_HW
@@ -44,14 +44,15 @@ def _tile(pid, TILES_W, TILES_HW, BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr
 
 
 @triton.jit
-def _tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
+def window_tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
          STRIDE: tl.constexpr, DILATION: tl.constexpr):
-    """x at tap (i, j) of each output pixel of the tile, zero in the padding, as fp32."""
+    """x at tap (i, j) of each output pixel of the tile, zero in the padding, as fp32; and
+    which pixels of the tile that tap finds inside the image."""
     ih = rows * STRIDE - PAD + i * DILATION
     iw = cols * STRIDE - PAD + j * DILATION
     inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     ptrs = x_base + (ih * sxh + iw * sxw)[:, None] + (c * sxc)[None, :]
-    return tl.load(ptrs, mask=inside[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+    return tl.load(ptrs, mask=inside[:, None] & c_mask[None, :], other=0.0).to(tl.float32), inside
 
 
 @triton.jit
@@ -62,8 +63,8 @@ def _window(x_base, w_ptr, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD,
     z = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
     for i in tl.static_range(K):
         for j in tl.static_range(K):
-            xv = _tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
-                      STRIDE, DILATION)
+            xv, _ = window_tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
+                         STRIDE, DILATION)
             wv = tl.load(w_ptr + c * (K * K) + (i * K + j), mask=c_mask, other=0.0)
             z += xv * wv.to(tl.float32)[None, :]
     return z
@@ -93,7 +94,7 @@ def dw_forward_kernel(
     BLOCK_OW: tl.constexpr,   # output columns per tile
     BLOCK_C: tl.constexpr,    # channels per program (innermost, vectorised for NHWC)
 ):
-    n, rows, cols = _tile(tl.program_id(0), TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
+    n, rows, cols = spatial_tile(tl.program_id(0), TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     x_base = x_ptr + n.to(tl.int64) * sxn
@@ -131,7 +132,7 @@ def dw_backward_params_kernel(
     BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    n, rows, cols = _tile(pid, TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
+    n, rows, cols = spatial_tile(pid, TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     out = ((rows < OH) & (cols < OW))[:, None] & c_mask[None, :]
@@ -149,8 +150,8 @@ def dw_backward_params_kernel(
     row = partial_ptr + pid.to(tl.int64) * ((K * K + 2) * C) + c
     for i in tl.static_range(K):
         for j in tl.static_range(K):
-            xv = _tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
-                      STRIDE, DILATION)
+            xv, _ = window_tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
+                         STRIDE, DILATION)
             tl.store(row + (i * K + j) * C, tl.sum(g_z * xv, axis=0), mask=c_mask)
     tl.store(row + (K * K) * C, tl.sum(g_u * z, axis=0), mask=c_mask)
     tl.store(row + (K * K + 1) * C, tl.sum(g_u, axis=0), mask=c_mask)
@@ -171,7 +172,7 @@ def dw_backward_input_kernel(
     K: tl.constexpr, STRIDE: tl.constexpr, DILATION: tl.constexpr,
     BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    n, ih, iw = _tile(tl.program_id(0), TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
+    n, ih, iw = spatial_tile(tl.program_id(0), TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     acc = tl.zeros((BLOCK_OH * BLOCK_OW, BLOCK_C), tl.float32)

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from fastdw._common import output_memory_format
-from fastdw.kernels.triton._shared import activation, interpreting
+from fastdw.kernels.triton._shared import activation, dot_operand, interpreting
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; resources.py compiles each of them.
 GPU_CONFIGS = {"small_n": (128, 32, 32, 4), "mid_n": (64, 64, 32, 4), "wide_n": (64, 128, 32, 8)}
@@ -80,10 +80,8 @@ def pw_kernel(
             a = (a.to(tl.float32) * gate).to(x_ptr.dtype.element_ty)
         b = tl.load(w_ptr + o[None, :] * C_IN + i[:, None],
                     mask=i_mask[:, None] & o_mask[None, :], other=0.0)
-        if DOT_FP32:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision="ieee")
+        acc = tl.dot(dot_operand(a, x_ptr, DOT_FP32), dot_operand(b, x_ptr, DOT_FP32), acc,
+                     input_precision="ieee")
     scale = tl.load(scale_ptr + o, mask=o_mask, other=0.0)
     shift = tl.load(shift_ptr + o, mask=o_mask, other=0.0)
     y = activation(acc * scale[None, :] + shift[None, :], ACT)

@@ -1,0 +1,195 @@
+"""A whole inverted-residual block (expand 1x1 -> depthwise k x k -> [squeeze-excite] ->
+project 1x1 [+ x]) in as few passes over memory as its shape allows.
+
+Fused (one kernel, x read and y written, nothing else): a program owns a 2-D tile of output
+pixels and walks the hidden channels in chunks of BLOCK_HID. For each chunk it builds the
+depthwise output from the expanded activations of every tap and folds it straight into the
+project accumulator (BLOCK_P x C_OUT, fp32), so the expanded tensor never leaves the chip.
+Triton has no shifted views of an on-chip tile, so the expansion is recomputed at each of the
+k*k taps (tl.dot of the tap's input pixels with the chunk's expand weights): k*k times the
+expand FLOPs, traded for zero hidden-tensor traffic.
+
+Split (two kernels) when the project accumulator would not fit in registers (C_OUT > 128) or
+the block has squeeze-excite (its gate needs the whole map pooled before projecting): the same
+kernel with PROJECT=False writes the hidden tensor once (NHWC, x's dtype) and, for SE, per-tile
+channel sums; the gate's tiny fc1/relu/fc2/hardsigmoid run as torch ops; the 1x1 GEMM kernel of
+pwconv_bn_act reads the hidden tensor once, applies the gate in its prologue and adds x.
+"""
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from fastdw._common import output_memory_format
+from fastdw.kernels.triton import pwconv_bn_act as pw
+from fastdw.kernels.triton._shared import activation, dot_operand, interpreting
+from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
+
+# The fused kernel keeps BLOCK_P x BLOCK_COUT fp32 accumulators; above this it splits.
+MAX_FUSED_COUT = 128
+# GPU tiles (BLOCK_OH, BLOCK_OW, BLOCK_HID, num_warps), by the widest channel block in use.
+GPU_CONFIGS = {"narrow": (8, 8, 32, 4), "wide": (4, 8, 32, 4)}
+GPU_MAX_BLOCK_CIN = 64  # input channels per expand tl.dot step
+
+
+def _block(channels, cap):
+    return min(max(triton.next_power_of_2(channels), 16), cap)
+
+
+def pick_config(c_in, hidden, c_out, out_h, out_w, fused):
+    """(BLOCK_OH, BLOCK_OW, BLOCK_CIN, BLOCK_HID, BLOCK_COUT, num_warps)."""
+    block_cout = _block(c_out, MAX_FUSED_COUT) if fused else 16  # unused when not fused
+    if interpreting():  # few, large programs: each costs ~35 ms under the interpreter
+        block_ow = min(triton.next_power_of_2(out_w), 32)
+        block_oh = min(triton.next_power_of_2(out_h), max(1, 1024 // block_ow))
+        return block_oh, block_ow, _block(c_in, 256), _block(hidden, 256), block_cout, 4
+    block_cin = _block(c_in, GPU_MAX_BLOCK_CIN)
+    oh, ow, bh, warps = GPU_CONFIGS["wide" if max(block_cin, block_cout) > 64 else "narrow"]
+    return oh, ow, block_cin, bh, block_cout, warps
+
+
+# For output pixel p = (n, oh, ow) of the tile and hidden channel h (padding P = (K-1)//2):
+#   e[q, h]  = act(sum_i x[n, i, q] * we[h, i] * es[h] + eb[h])  at input pixel q, 0 outside
+#              the image (without expansion: e = x)
+#   d[p, h]  = act(sum_{a,b < K} e[(oh*S - P + a, ow*S - P + b), h] * wd[h, a, b] * ds[h] + db[h])
+# PROJECT:   y[n, o, p] = sum_h d[p, h] * wp[o, h] * ps[o] + pb[o]  (+ x[n, o, p] if RESIDUAL)
+# otherwise: hidden[n, p, h] = d[p, h] for this program's chunk of h, and with POOL
+#            pool[tile, h] = sum over the tile's pixels of d[p, h]
+@triton.jit
+def ir_kernel(
+    x_ptr,                     # block input (N, C_IN, H, W), any strides
+    we_ptr, es_ptr, eb_ptr,    # expand weight (HID, C_IN) contiguous, scale, shift (fp32)
+    wd_ptr, ds_ptr, db_ptr,    # depthwise weight (HID, 1, K, K) contiguous, scale, shift
+    wp_ptr, ps_ptr, pb_ptr,    # project weight (C_OUT, HID) contiguous, scale, shift
+    hid_ptr,                   # out when not PROJECT: hidden (N, OH, OW, HID), x's dtype
+    pool_ptr,                  # out when POOL: (N * TILES_HW, HID) fp32 per-tile sums
+    y_ptr,                     # out when PROJECT: (N, C_OUT, OH, OW), any strides
+    C_IN, HID, C_OUT, H, W, OH, OW,
+    sxn, sxc, sxh, sxw,        # strides of x
+    syn, syc, syh, syw,        # strides of y
+    PAD, TILES_W, TILES_HW,    # padding (K-1)//2; output tiles per tile row / per image
+    K: tl.constexpr, STRIDE: tl.constexpr, ACT: tl.constexpr,
+    EXPAND: tl.constexpr,      # the block has an expand 1x1 stage
+    PROJECT: tl.constexpr,     # fused: project into y; else write the hidden tensor
+    POOL: tl.constexpr,        # (not PROJECT) also write per-tile channel sums for SE
+    RESIDUAL: tl.constexpr,    # (PROJECT) add x; stride 1 and C_IN == C_OUT
+    DOT_FP32: tl.constexpr,    # tl.dot on fp32 operands (bf16 under the interpreter)
+    BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr,   # output tile
+    BLOCK_CIN: tl.constexpr,   # input channels per expand tl.dot step
+    BLOCK_HID: tl.constexpr,   # hidden channels per chunk
+    BLOCK_COUT: tl.constexpr,  # (PROJECT) all output channels, padded to a power of 2
+):
+    pid = tl.program_id(0)
+    n, rows, cols = spatial_tile(pid, TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
+    x_base = x_ptr + n.to(tl.int64) * sxn
+    out = (rows < OH) & (cols < OW)
+    o = tl.arange(0, BLOCK_COUT)
+    o_mask = o < C_OUT
+    acc = tl.zeros((BLOCK_OH * BLOCK_OW, BLOCK_COUT), tl.float32)
+    if PROJECT:  # this program walks every hidden chunk
+        h_start = 0
+        h_end = HID
+    else:        # one chunk per program along grid axis 1
+        h_start = tl.program_id(1) * BLOCK_HID
+        h_end = h_start + BLOCK_HID
+    for h0 in range(h_start, h_end, BLOCK_HID):
+        hc = h0 + tl.arange(0, BLOCK_HID)
+        h_mask = hc < HID
+        dw = tl.zeros((BLOCK_OH * BLOCK_OW, BLOCK_HID), tl.float32)
+        for a in tl.static_range(K):
+            for b in tl.static_range(K):
+                if EXPAND:
+                    e = tl.zeros((BLOCK_OH * BLOCK_OW, BLOCK_HID), tl.float32)
+                    for i0 in range(0, C_IN, BLOCK_CIN):
+                        ci = i0 + tl.arange(0, BLOCK_CIN)
+                        ci_mask = ci < C_IN
+                        xv, inside = window_tap(x_base, rows, cols, ci, ci_mask, H, W, sxc, sxh,
+                                                sxw, PAD, a, b, STRIDE, 1)
+                        we = tl.load(we_ptr + hc[None, :] * C_IN + ci[:, None],
+                                     mask=ci_mask[:, None] & h_mask[None, :], other=0.0)
+                        e = tl.dot(dot_operand(xv, x_ptr, DOT_FP32),
+                                   dot_operand(we, x_ptr, DOT_FP32), e, input_precision="ieee")
+                    es = tl.load(es_ptr + hc, mask=h_mask, other=0.0)
+                    eb = tl.load(eb_ptr + hc, mask=h_mask, other=0.0)
+                    # The depthwise stage pads the hidden map with zeros, not with act(eb).
+                    e = tl.where(inside[:, None], activation(e * es[None, :] + eb[None, :], ACT),
+                                 0.0)
+                else:
+                    e, _ = window_tap(x_base, rows, cols, hc, h_mask, H, W, sxc, sxh, sxw, PAD,
+                                      a, b, STRIDE, 1)
+                wd = tl.load(wd_ptr + hc * (K * K) + (a * K + b), mask=h_mask, other=0.0)
+                dw += e * wd.to(tl.float32)[None, :]
+        ds = tl.load(ds_ptr + hc, mask=h_mask, other=0.0)
+        db = tl.load(db_ptr + hc, mask=h_mask, other=0.0)
+        d = activation(dw * ds[None, :] + db[None, :], ACT)
+        if PROJECT:
+            wp = tl.load(wp_ptr + o[None, :] * HID + hc[:, None],
+                         mask=h_mask[:, None] & o_mask[None, :], other=0.0)
+            acc = tl.dot(dot_operand(d, x_ptr, DOT_FP32), dot_operand(wp, x_ptr, DOT_FP32), acc,
+                         input_precision="ieee")
+        else:
+            pix = (n.to(tl.int64) * OH + rows) * OW + cols
+            tl.store(hid_ptr + pix[:, None] * HID + hc[None, :], d.to(hid_ptr.dtype.element_ty),
+                     mask=out[:, None] & h_mask[None, :])
+            if POOL:
+                pooled = tl.sum(tl.where(out[:, None], d, 0.0), axis=0)
+                tl.store(pool_ptr + pid.to(tl.int64) * HID + hc, pooled, mask=h_mask)
+    if PROJECT:
+        ps = tl.load(ps_ptr + o, mask=o_mask, other=0.0)
+        pb = tl.load(pb_ptr + o, mask=o_mask, other=0.0)
+        y = acc * ps[None, :] + pb[None, :]
+        mask = out[:, None] & o_mask[None, :]
+        if RESIDUAL:  # stride 1: output pixel (oh, ow) is input pixel (oh, ow)
+            y += tl.load(x_base + (rows * sxh + cols * sxw)[:, None] + (o * sxc)[None, :],
+                         mask=mask, other=0.0).to(tl.float32)
+        ptrs = y_ptr + n.to(tl.int64) * syn + (rows * syh + cols * syw)[:, None] \
+            + (o * syc)[None, :]
+        tl.store(ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def handled(x):
+    return x.dtype != torch.float64
+
+
+def forward(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
+            project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual):
+    n, c_in, h, w = x.shape
+    hidden, k, c_out = dw_w.shape[0], dw_w.shape[-1], project_w.shape[0]
+    pad = (k - 1) // 2
+    oh, ow = ((s + 2 * pad - k) // stride + 1 for s in (h, w))
+    se = se_w1 is not None
+    fused = not se and c_out <= MAX_FUSED_COUT
+    block_oh, block_ow, block_cin, block_hid, block_cout, warps = pick_config(
+        c_in, hidden, c_out, oh, ow, fused)
+    tiles_w = triton.cdiv(ow, block_ow)
+    tiles_hw = triton.cdiv(oh, block_oh) * tiles_w
+    expand = expand_w is not None
+    if fused:
+        y = torch.empty((n, c_out, oh, ow), dtype=x.dtype, device=x.device,
+                        memory_format=output_memory_format(x))
+        hid = pool = y  # not touched by the fused kernel
+        grid = (n * tiles_hw, 1)
+    else:
+        hid = torch.empty((n, oh, ow, hidden), dtype=x.dtype, device=x.device)
+        pool = torch.empty((n * tiles_hw, hidden) if se else (1,), dtype=torch.float32,
+                           device=x.device)
+        y = hid
+        grid = (n * tiles_hw, triton.cdiv(hidden, block_hid))
+    ew = expand_w.contiguous() if expand else dw_scale  # placeholders are never read
+    ir_kernel[grid](
+        x, ew, expand_scale if expand else dw_scale, expand_shift if expand else dw_shift,
+        dw_w.contiguous(), dw_scale, dw_shift, project_w.contiguous(), project_scale,
+        project_shift, hid, pool, y, c_in, hidden, c_out, h, w, oh, ow, *x.stride(),
+        *y.stride(), pad, tiles_w, tiles_hw, K=k, STRIDE=stride, ACT=act, EXPAND=expand,
+        PROJECT=fused, POOL=se, RESIDUAL=residual, DOT_FP32=pw.dot_in_fp32(x.dtype),
+        BLOCK_OH=block_oh, BLOCK_OW=block_ow, BLOCK_CIN=block_cin, BLOCK_HID=block_hid,
+        BLOCK_COUT=block_cout, num_warps=warps)
+    if fused:
+        return y
+    gate = None
+    if se:  # torchvision SqueezeExcitation on the pooled (N, HID) vector: tiny, torch ops
+        pooled = pool.view(n, tiles_hw, hidden).sum(1) / (oh * ow)
+        gate = F.hardsigmoid(F.linear(F.relu(F.linear(pooled, se_w1.float(), se_b1.float())),
+                                      se_w2.float(), se_b2.float()))
+    return pw.forward(hid.permute(0, 3, 1, 2), project_w, project_scale, project_shift, "none",
+                      x if residual else None, gate=gate, out_like=x)
