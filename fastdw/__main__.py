@@ -1,0 +1,106 @@
+"""python -m fastdw {demo,info}: classify a photo with fastdw and torchvision, or list backends."""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+
+def _image(path):
+    import numpy as np
+    import torch
+    if path is None:
+        from skimage import data
+        array, name = data.chelsea(), "skimage.data.chelsea()"
+    else:
+        from skimage import io
+        array, name = io.imread(path), path
+    if array.ndim == 2:  # grey scale -> 3 identical channels
+        array = np.stack([array] * 3, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1), name
+
+
+def _median_ms(fn, x, runs):
+    fn(x)  # warm-up: first-call allocations and fold caches
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def demo(args):
+    import torch
+    import torchvision
+
+    from fastdw import backend, models
+    from fastdw.models import weights as _weights
+
+    enum = models.MobileNet_V2_Weights.IMAGENET1K_V1
+    path = _weights.cache_path(enum)
+    pretrained = os.path.isfile(path)
+    ours = models.mobilenet_v2(weights=enum if pretrained else None).eval()
+    stock = torchvision.models.mobilenet_v2().eval()
+    stock.load_state_dict(ours.state_dict())  # same weights in both, pretrained or not
+    if pretrained:
+        print(f"weights: {enum} from {path}")
+    else:
+        banner = "!" * 78
+        print(f"{banner}\nWARNING: {os.path.basename(path)} is not in {os.path.dirname(path)}; "
+              f"using RANDOM weights,\nso the labels below are meaningless. Put the file there "
+              f"(or run torchvision.models.mobilenet_v2(weights='IMAGENET1K_V1') once online).\n"
+              f"{banner}")
+
+    image, name = _image(args.image)
+    x = enum.transforms()(image).unsqueeze(0)
+    categories = enum.meta["categories"]
+    print(f"image: {name} -> input {tuple(x.shape)} float32")
+    with torch.inference_mode():
+        logits = {"fastdw": ours(x), "torchvision": stock(x)}
+        for label, out in logits.items():
+            probs, idx = out.softmax(1)[0].topk(5)
+            print(f"\ntop-5 {label}:")
+            for p, i in zip(probs.tolist(), idx.tolist()):
+                print(f"  {p:7.2%}  {categories[i]}")
+        diff = (logits["fastdw"] - logits["torchvision"]).abs().max().item()
+        print(f"\nmax |logit difference| fastdw vs torchvision: {diff:.3g}")
+        print(f"fastdw backend: {backend.resolve(None, 'cpu')}")
+        # Alternate the two providers so machine noise hits both alike.
+        runs = {"fastdw": [], "torchvision": []}
+        for _ in range(args.rounds):
+            runs["fastdw"].append(_median_ms(ours, x, args.runs))
+            runs["torchvision"].append(_median_ms(stock, x, args.runs))
+    print(f"latency (median ms, batch 1, fp32, {torch.get_num_threads()} threads, eager, "
+          f"{args.rounds}x{args.runs} runs each):")
+    for label, times in runs.items():
+        print(f"  {label:<12} {statistics.median(times):8.2f} ms")
+
+
+def info(args):
+    import torch
+    import torchvision
+
+    import fastdw
+    print(fastdw.format_info())
+    print(f"fastdw {fastdw.__version__}, torch {torch.__version__}, "
+          f"torchvision {torchvision.__version__}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastdw", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("demo", help="classify a photo with fastdw and torchvision "
+                              "MobileNetV2 and compare labels, logits and latency")
+    run.add_argument("--image", help="image file (default: skimage.data.chelsea())")
+    run.add_argument("--runs", type=int, default=5, help="timed runs per round (default 5)")
+    run.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    run.set_defaults(func=demo)
+    commands.add_parser("info", help="list backends and why each is or is not usable"
+                        ).set_defaults(func=info)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
