@@ -141,10 +141,13 @@ class Kernel:
     def bytes(self):
         return sum(self.bytes_by_layer.values())
 
+    def memory_time(self, gpu):
+        return self.bytes / gpu.dram_bytes_per_s
+
     def time(self, gpu, dtype):
         compute = (self.tensor_flops / gpu.tensor_flops[dtype]
                    + self.cuda_flops / gpu.cuda_core_flops)
-        return max(self.bytes / gpu.dram_bytes_per_s, compute)
+        return max(self.memory_time(gpu), compute)
 
 
 @dataclass
@@ -447,6 +450,7 @@ class Report:
     layer_bytes: dict   # strategy -> [bytes per layer]
     block_time: dict    # strategy -> {block: seconds}
     block_kernels: dict  # strategy -> {block: number of kernels}
+    block_memory_time: dict  # strategy -> {block: seconds its kernels spend on DRAM traffic}
 
     def total_bytes(self, strategy):
         return sum(self.layer_bytes[strategy])
@@ -465,6 +469,10 @@ class Report:
         """[(block, [layer indices])] in network order."""
         return _blocks(self.trace.layers)
 
+    def compute_bound(self, strategy, block):
+        """True when the block's modelled time exceeds its DRAM time (some kernel is FLOP-bound)."""
+        return self.block_time[strategy][block] > 1.001 * self.block_memory_time[strategy][block]
+
     def fused_blocks(self):
         """Blocks fastdw runs as a fused inverted residual."""
         return [b for b, idx in self.blocks() if _is_inverted_residual(self.trace.layers, idx)]
@@ -475,16 +483,17 @@ def model(name, batch=32, resolution=224, dtype="fp16", gpu=H100_SXM):
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     tr = trace(name, batch, resolution)
-    layer_bytes, block_time, block_kernels = {}, {}, {}
+    layer_bytes, block_time, block_kernels, block_memory_time = {}, {}, {}, {}
     for strategy in STRATEGIES:
         per_layer = [0] * len(tr.layers)
-        times, counts = {}, {}
+        times, counts, memory = {}, {}, {}
         for block, ks in kernels(tr, strategy, dtype):
             for k in ks:
                 for i, b in k.bytes_by_layer.items():
                     per_layer[i] += b
             times[block] = sum(k.time(gpu, dtype) for k in ks)
+            memory[block] = sum(k.memory_time(gpu) for k in ks)
             counts[block] = len(ks)
         layer_bytes[strategy], block_time[strategy] = per_layer, times
-        block_kernels[strategy] = counts
-    return Report(tr, dtype, gpu, layer_bytes, block_time, block_kernels)
+        block_kernels[strategy], block_memory_time[strategy] = counts, memory
+    return Report(tr, dtype, gpu, layer_bytes, block_time, block_kernels, block_memory_time)
