@@ -51,7 +51,6 @@ def _load(name):
     return _loaded[name]
 
 
-@torch.compiler.assume_constant_result  # availability is fixed for the life of the process
 def _unusable_reason(name, device_type):
     module, reason = _load(name)
     if module is None:
@@ -59,6 +58,13 @@ def _unusable_reason(name, device_type):
     if device_type not in module.DEVICES:
         return f"runs on {', '.join(module.DEVICES)} tensors, not {device_type}"
     return None
+
+
+# Availability is fixed for the life of the process, so torch.compile may call this at trace
+# time and bake in the answer instead of tracing a lazy import. This is what
+# torch.compiler.assume_constant_result does; calling that would import torch._dynamo (and
+# triton) on `import fastdw`, so set its marker directly. The compile tests catch a rename.
+_unusable_reason._dynamo_marked_constant = True
 
 
 def _check_name(name, origin):

@@ -78,8 +78,8 @@ def squeeze_excite(h, w1, b1, w2, b2):
     return h * gate
 
 
-def inverted_residual(x, expand, dw, project, stride, act, se=None, residual=True):
-    """expand/dw/project are (weight, scale, shift) triples; expand may be None."""
+def inverted_residual(x, expand, dw, project, se, stride, act, residual=True):
+    """expand/dw/project are (weight, scale, shift) triples; expand and se may be None."""
     h = x.double()
     if expand is not None:
         h = pwconv_bn_act(h, *expand, act)

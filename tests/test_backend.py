@@ -1,0 +1,82 @@
+"""Backend selection: explicit > use_backend() > set_backend() > FASTDW_BACKEND > auto."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastdw
+from fastdw import backend
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch):
+    monkeypatch.delenv("FASTDW_BACKEND", raising=False)
+    yield
+    fastdw.set_backend(None)
+
+
+def test_precedence(monkeypatch):
+    monkeypatch.setenv("FASTDW_BACKEND", "reference")
+    assert backend.resolve(None, "cpu") == "reference"
+    monkeypatch.setenv("FASTDW_BACKEND", "auto")
+    auto = backend.resolve(None, "cpu")
+    assert auto in backend.AUTO_ORDER["cpu"]
+    fastdw.set_backend("reference")
+    assert backend.resolve(None, "cpu") == "reference"
+    with fastdw.use_backend("auto"):
+        assert backend.resolve(None, "cpu") == auto
+        with fastdw.use_backend("reference"):
+            assert backend.resolve(None, "cpu") == "reference"
+            assert backend.resolve("auto", "cpu") == auto  # the call's argument wins
+        assert backend.resolve(None, "cpu") == auto
+    assert backend.resolve(None, "cpu") == "reference"
+
+
+def test_auto_takes_the_first_usable_backend_for_the_device():
+    usable = [n for n, row in fastdw.info().items() if row["usable"] and "cpu" in row["devices"]]
+    first = next(n for n in backend.AUTO_ORDER["cpu"] if n in usable)
+    assert backend.resolve("auto", "cpu") == first
+    # reference is always usable, so auto never fails where reference works
+    assert "reference" in usable
+
+
+@pytest.mark.parametrize("where", ["argument", "use_backend", "set_backend", "env"])
+def test_unknown_backend_is_a_value_error(where, monkeypatch):
+    with pytest.raises(ValueError, match="unknown backend 'warp'"):
+        if where == "argument":
+            backend.resolve("warp", "cpu")
+        elif where == "use_backend":
+            with fastdw.use_backend("warp"):
+                pass
+        elif where == "set_backend":
+            fastdw.set_backend("warp")
+        else:
+            monkeypatch.setenv("FASTDW_BACKEND", "warp")
+            backend.resolve(None, "cpu")
+
+
+def test_unusable_backend_requested_explicitly_says_why():
+    unusable = [n for n, row in fastdw.info().items() if not row["usable"]]
+    wrong_device = [n for n, row in fastdw.info().items()
+                    if row["usable"] and "cpu" not in row["devices"]]
+    for name in unusable + wrong_device:
+        with pytest.raises(fastdw.BackendUnavailableError, match=f"backend '{name}' cannot run"):
+            fastdw.ops.dwconv_bn_act(torch.randn(1, 4, 5, 5), torch.randn(4, 1, 3, 3),
+                                     backend=name)
+    assert unusable + wrong_device, "expected at least one backend that cannot run here (cuda)"
+
+
+def test_info_reports_every_backend_with_a_reason():
+    report = fastdw.info()
+    assert set(report) == {"reference", "cpp", "triton", "cuda"}
+    for name, row in report.items():
+        assert row["usable"] or row["reason"], f"{name} is unusable without a reason"
+    assert "reference" in fastdw.format_info()
+
+
+def test_import_does_not_load_optional_backends():
+    code = ("import sys, fastdw; "
+            "print(any(m in sys.modules for m in ('triton', 'fastdw._C', 'torchvision')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
