@@ -278,7 +278,12 @@ class _Recorder(TorchDispatchMode):
 
 def trace(name, batch=32, resolution=224):
     """Record every aten op of model `name` on a (batch, 3, resolution, resolution) input."""
-    model = build_model(name)
+    return trace_module(build_model(name), name, batch, resolution)
+
+
+def trace_module(model, name, batch, resolution, in_channels=3):
+    """Record every aten op of a meta-device, eval-mode `model` on a (batch, in_channels,
+    resolution, resolution) input."""
     params = {id(t): t.numel() for t in (*model.parameters(), *model.buffers())}
     stack = [("", model)]
     hooks = []
@@ -289,7 +294,7 @@ def trace(name, batch=32, resolution=224):
             lambda m, a, q=qualname: stack.append((q, m))))
         hooks.append(module.register_forward_hook(lambda m, a, o: stack.pop() and None))
     recorder = _Recorder(params, stack)
-    x = torch.empty(batch, 3, resolution, resolution, device="meta")
+    x = torch.empty(batch, in_channels, resolution, resolution, device="meta")
     try:
         with torch.no_grad(), recorder:
             input_id = recorder.read(x)[0]
@@ -310,11 +315,18 @@ def _layers(ops, shape):
         for vid in op.reads:
             readers[vid] = readers.get(vid, 0) + 1
     layers, owner = [], {}  # owner: value id -> the layer whose current output it is
+    def fusable(op, v):
+        # Value ids grow in creation order: an add's other operand must exist before the head
+        # layer starts, or the head's epilogue could not read it.
+        head = owner.get(v)
+        return (head is not None and head.out == v and readers[v] == 1
+                and head.role.split("+")[0] in _FUSES_EPILOGUE
+                and not (op.kind == "bn" and "+" in head.role)
+                and all(u < head.ops[0].out for u in op.reads if u != v))
+
     for op in ops:
         candidates = op.reads[:1] if op.kind in ("bn", "act") else op.reads
-        head = next((owner[v] for v in candidates if v in owner and owner[v].out == v
-                     and readers[v] == 1 and owner[v].role.split("+")[0] in _FUSES_EPILOGUE
-                     and not (op.kind == "bn" and "+" in owner[v].role)), None)
+        head = next((owner[v] for v in candidates if fusable(op, v)), None)
         if op.kind in ("bn", "act", "add") and head is not None:
             head.ops.append(op)
             if op.kind == "bn":
@@ -480,9 +492,13 @@ class Report:
 
 def model(name, batch=32, resolution=224, dtype="fp16", gpu=H100_SXM):
     """The modelled report for one network; see the module docstring for every assumption."""
+    return report(trace(name, batch, resolution), dtype, gpu)
+
+
+def report(tr, dtype="fp16", gpu=H100_SXM):
+    """The modelled report of a trace (see trace() and trace_module())."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    tr = trace(name, batch, resolution)
     layer_bytes, block_time, block_kernels, block_memory_time = {}, {}, {}, {}
     for strategy in STRATEGIES:
         per_layer = [0] * len(tr.layers)
