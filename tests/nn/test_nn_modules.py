@@ -1,0 +1,207 @@
+"""fastdw.nn modules: fused eval forwards against the stock composition of their own children,
+train-mode behaviour, fold invalidation, one op per block, torch.compile."""
+import pytest
+import torch
+from torch import nn
+from torchvision.ops.misc import Conv2dNormActivation, SqueezeExcitation
+
+import fastdw.ops
+from fastdw.nn import ConvBNAct, DWConvBNAct, InvertedResidual, InvertedResidualV3, SqueezeExcite
+
+
+def rel_err(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def stock(module, x):
+    """The module's children run one after another with stock PyTorch (BN in its own mode)."""
+    if isinstance(module, SqueezeExcite):
+        return nn.Module.__call__(module, x)
+    if isinstance(module, (InvertedResidual, InvertedResidualV3)):
+        y = stock(module.conv if isinstance(module, InvertedResidual) else module.block, x)
+        return x + y if module.use_res_connect else y
+    if isinstance(module, nn.Sequential):
+        for child in module:
+            x = stock(child, x)
+        return x
+    return module(x)
+
+
+LAYERS = {
+    "stem 3x3 s2": lambda: ConvBNAct(3, 16, 3, 2, act="hardswish"),
+    "pointwise": lambda: ConvBNAct(16, 24, 1, act="relu6"),
+    "pointwise linear": lambda: ConvBNAct(16, 24, 1, act="none"),
+    "depthwise 3x3": lambda: DWConvBNAct(24, 3, 1, act="relu"),
+    "depthwise 5x5 s2": lambda: DWConvBNAct(24, 5, 2, act="hardswish"),
+    "depthwise multiplier 2": lambda: DWConvBNAct(12, 3, 2, multiplier=2),
+    "depthwise dilation 2": lambda: DWConvBNAct(12, 3, 1, dilation=2, act="silu"),
+}
+BLOCKS = {
+    "v2 expand": lambda: InvertedResidual(16, 16, 1, 6),
+    "v2 no expand": lambda: InvertedResidual(16, 24, 1, 1),
+    "v2 stride 2": lambda: InvertedResidual(16, 24, 2, 6),
+    "v3 se hardswish k5": lambda: InvertedResidualV3(24, 5, 72, 24, 1, act="hardswish",
+                                                     squeeze_channels=24),
+    "v3 no expand se s2": lambda: InvertedResidualV3(16, 3, 16, 16, 2, squeeze_channels=8),
+    "v3 no se": lambda: InvertedResidualV3(24, 3, 88, 24, 1),
+}
+
+
+def in_channels(module):
+    return next(m for m in module.modules() if isinstance(m, nn.Conv2d)).in_channels
+
+
+def last_bn(module):
+    return [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)][-1]
+
+
+@pytest.mark.parametrize("name", [*LAYERS, *BLOCKS])
+def test_eval_fused_equals_stock(name, randomize_bn):
+    module = randomize_bn({**LAYERS, **BLOCKS}[name]()).eval()
+    x = torch.randn(2, in_channels(module), 15, 13)  # odd sizes: stride-2 edges
+    with torch.no_grad():
+        fused, ref = module(x), stock(module, x)
+        ref64 = stock(module.double(), x.double())
+    assert fused.shape == ref.shape
+    # Folding BN reassociates the float32 math; both sides stay ~1e-7 from the float64 truth.
+    assert rel_err(fused, ref64) < 1e-5
+    assert rel_err(ref, ref64) < 1e-5
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_eval_block_is_one_fused_op(name, randomize_bn, monkeypatch):
+    calls = []
+    for op in ("inverted_residual", "dwconv_bn_act", "pwconv_bn_act"):
+        real = getattr(fastdw.ops, op)
+        monkeypatch.setattr(fastdw.ops, op,
+                            lambda *a, _op=op, _real=real, **k: calls.append(_op) or _real(*a, **k))
+    block = randomize_bn(BLOCKS[name]()).eval()
+    block(torch.randn(1, in_channels(block), 8, 8))
+    assert calls == ["inverted_residual"]
+
+
+@pytest.mark.parametrize("name, op", [("depthwise 5x5 s2", "dwconv_bn_act"),
+                                      ("pointwise", "pwconv_bn_act")])
+def test_eval_layer_is_one_fused_op(name, op, randomize_bn, monkeypatch):
+    calls = []
+    real = getattr(fastdw.ops, op)
+    monkeypatch.setattr(fastdw.ops, op, lambda *a, **k: calls.append(op) or real(*a, **k))
+    layer = randomize_bn(LAYERS[name]()).eval()
+    layer(torch.randn(1, in_channels(layer), 8, 8))
+    assert calls == [op]
+
+
+@pytest.mark.parametrize("act", ["relu6", "hardswish", "none"])
+@pytest.mark.parametrize("groups", [1, 16])
+def test_conv_bn_act_matches_torchvision_layer(act, groups, randomize_bn):
+    """Same state_dict keys as Conv2dNormActivation; train forward, running stats and
+    gradients identical to it; eval outputs equal."""
+    activation = {"relu6": nn.ReLU6, "hardswish": nn.Hardswish, "none": None}[act]
+    tv = randomize_bn(Conv2dNormActivation(16, 32, 3, 2, groups=groups, activation_layer=activation))
+    ours = ConvBNAct(16, 32, 3, 2, groups=groups, act=act)
+    assert list(ours.state_dict()) == list(tv.state_dict())
+    ours.load_state_dict(tv.state_dict())
+    x = torch.randn(4, 16, 9, 9)
+    y_ours, y_tv = ours(x), tv(x)  # train mode: batch statistics
+    # The reference backend runs the very same stock ops; other backends' fp32 kernels may sum
+    # in another order (~1e-7 relative), far inside these bounds.
+    assert rel_err(y_ours, y_tv) < 1e-5
+    for name, buf in tv.named_buffers():
+        torch.testing.assert_close(ours.get_buffer(name), buf, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(y_tv)
+    (y_ours * g).sum().backward()
+    (y_tv * g).sum().backward()
+    for name, p in tv.named_parameters():
+        assert rel_err(ours.get_parameter(name).grad, p.grad) < 1e-4, name
+    ours.eval(), tv.eval()
+    with torch.no_grad():
+        assert rel_err(ours(x), tv(x)) < 1e-5
+
+
+def test_squeeze_excite_matches_torchvision():
+    tv = SqueezeExcitation(32, 8, scale_activation=nn.Hardsigmoid)
+    ours = SqueezeExcite(32, 8)
+    assert list(ours.state_dict()) == list(tv.state_dict())
+    ours.load_state_dict(tv.state_dict())
+    x = torch.randn(2, 32, 7, 7)
+    assert rel_err(ours(x), tv(x)) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["depthwise 3x3", "stem 3x3 s2", "v3 se hardswish k5"])
+def test_fold_follows_in_place_bn_changes(name, randomize_bn, monkeypatch):
+    """Under no_grad the fold is cached; an in-place change of a BN tensor must refold."""
+    module = randomize_bn({**LAYERS, **BLOCKS}[name]()).eval()
+    folds = []
+    real = fastdw.ops.fold_bn
+    monkeypatch.setattr(fastdw.ops, "fold_bn", lambda bn: folds.append(bn) or real(bn))
+    x = torch.randn(1, in_channels(module), 10, 10)
+    with torch.no_grad():
+        before = module(x)
+        n_folds = len(folds)
+        assert n_folds > 0
+        torch.testing.assert_close(module(x), before, rtol=0, atol=0)
+        assert len(folds) == n_folds, "an unchanged model must reuse the cached fold"
+        bn = last_bn(module)
+        bn.running_var.mul_(4.0)
+        after = module(x)
+        assert len(folds) > n_folds
+        assert rel_err(after, before) > 1e-3
+        assert rel_err(after, stock(module, x)) < 1e-5
+        bn.weight.copy_(torch.zeros_like(bn.weight))  # optimizer-style in-place write
+        assert rel_err(module(x), stock(module, x)) < 1e-5
+
+
+def test_fold_follows_dtype_change(randomize_bn):
+    module = randomize_bn(BLOCKS["v2 expand"]()).eval()
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        module(x)
+        module.double()  # swaps .data in place: same Parameter objects, new storage
+        out = module(x.double())
+    assert out.dtype == torch.float64
+    assert rel_err(out, stock(module, x.double())) < 1e-12
+
+
+def test_eval_gradients_flow_through_the_fold(randomize_bn):
+    """With autograd on, eval-mode (frozen-statistics) fine-tuning gets BN weight gradients."""
+    fused = randomize_bn(BLOCKS["v3 se hardswish k5"]()).eval()
+    ref = randomize_bn(BLOCKS["v3 se hardswish k5"]()).eval()
+    ref.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 24, 9, 9)
+    fused(x).square().sum().backward()
+    stock(ref, x).square().sum().backward()
+    for name, p in ref.named_parameters():
+        assert rel_err(fused.get_parameter(name).grad, p.grad) < 1e-4, name
+
+
+def test_train_mode_uses_batch_statistics(randomize_bn):
+    block = randomize_bn(BLOCKS["v2 expand"]())
+    ref = randomize_bn(BLOCKS["v2 expand"]())
+    ref.load_state_dict(block.state_dict())
+    x = torch.randn(4, 16, 8, 8) * 3 + 1
+    assert rel_err(block(x), stock(ref, x)) < 1e-5
+    for name, buf in ref.named_buffers():
+        torch.testing.assert_close(block.get_buffer(name), buf, rtol=1e-5, atol=1e-6)
+    assert block.conv[0][1].num_batches_tracked.item() == 1
+
+
+@pytest.mark.parametrize("name", ["v2 stride 2", "v3 se hardswish k5"])
+def test_compile_fullgraph_block(name, randomize_bn):
+    block = randomize_bn(BLOCKS[name]()).eval()
+    x = torch.randn(2, in_channels(block), 12, 12)
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True)  # fullgraph: any graph break raises
+    with torch.no_grad():
+        eager = block(x)
+        assert rel_err(compiled(x), eager) < 1e-5
+        last_bn(block).running_var.mul_(2)  # the compiled graph folds on every call
+        changed = block(x)
+        assert rel_err(changed, eager) > 1e-3
+        assert rel_err(compiled(x), changed) < 1e-5
+
+
+def test_bad_act_and_stride():
+    with pytest.raises(ValueError, match="act"):
+        ConvBNAct(3, 8, act="gelu")
+    with pytest.raises(ValueError, match="stride"):
+        InvertedResidual(8, 8, 3, 6)
