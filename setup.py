@@ -1,10 +1,36 @@
 """Build entry point: `pip install --no-build-isolation -e .` (it builds against the torch you have).
 
-fastdw is pure Python plus optional compiled backends; the C++/CUDA extensions are added here by
-their own modules as they land. Package metadata gives only lower bounds so installing fastdw
-never replaces a user's torch; requirements.txt pins the tested stack.
+fastdw is pure Python plus optional compiled backends. fastdw._C (csrc/ops.cpp + csrc/cpu) is
+built whenever torch is importable at build time; if it cannot be built, `import fastdw` still
+works and fastdw.info() says why the cpp backend is unusable. Package metadata gives only lower
+bounds so installing fastdw never replaces a user's torch; requirements.txt pins the tested stack.
 """
+import glob
+import os
+
 from setuptools import find_packages, setup
+
+
+def _extensions():
+    """fastdw._C: the schemas (csrc/ops.cpp), the ATen-facing op files (csrc/cpu/*.cpp) and the
+    vectorised loops compiled once per instruction set (csrc/cpu/isa/*.cpp, which set their own
+    `#pragma GCC target`; the runtime choice is in csrc/cpu/isa/select.cpp)."""
+    if os.environ.get("FASTDW_NO_EXTENSION") == "1":
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp", root_dir=here)) \
+        + sorted(glob.glob("csrc/cpu/isa/*.cpp", root_dir=here))
+    ext = CppExtension(
+        "fastdw._C", sources,
+        # -Wno-psabi: wide GCC vector types in the per-ISA files trigger ABI notes that do not
+        # apply (they never cross a non-inline call boundary between ISAs).
+        extra_compile_args=["-O3", "-Wno-psabi"])
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
 
 setup(
     name="fastdw",
@@ -17,4 +43,6 @@ setup(
         "demo": ["scikit-image"],
         "test": ["pytest", "pytest-benchmark", "scikit-image"],
     },
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
 )

@@ -1,0 +1,67 @@
+// fastdw_cpp::dwconv_bn_act on CPU:
+//   y[n,c,oh,ow] = act(scale[c] * sum_{i,j} x[n,c,oh*s-p+i*d,ow*s-p+j*d] * w[c,0,i,j] + shift[c])
+// computed channels-last by the vectorised loops in csrc/cpu/isa (see dw_chunk there).
+#include "checks.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+namespace fastdw_cpu {
+namespace {
+
+at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                         const at::Tensor& shift, int64_t stride, int64_t padding,
+                         int64_t dilation, c10::string_view act) {
+  check_feature_map(x, "x", /*allow_bf16=*/true);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  check_shape(weight, "weight", x.scalar_type(), {-1, 1, -1, -1});
+  TORCH_CHECK(weight.size(0) == C, "weight must have C = ", C, " output channels (channel "
+              "multiplier 1; multipliers > 1 run on the reference backend), got shape ",
+              weight.sizes());
+  const int64_t k = weight.size(2);
+  TORCH_CHECK(k >= 1 && weight.size(3) == k, "weight must be (C, 1, k, k) with a square window, "
+              "got shape ", weight.sizes());
+  check_shape(scale, "scale", at::kFloat, {C});
+  check_shape(shift, "shift", at::kFloat, {C});
+  check_range(stride, "stride", 1);
+  check_range(padding, "padding", 0);
+  check_range(dilation, "dilation", 1);
+  const Act a = parse_act(act);
+  const int64_t OH = conv_out(H, k, stride, padding, dilation, "x (height)");
+  const int64_t OW = conv_out(W, k, stride, padding, dilation, "x (width)");
+
+  // The loops need channel stride 1; any other strides of x are used as they are.
+  const at::Tensor xc = (x.stride(1) == 1 || C == 1)
+                            ? x : x.contiguous(at::MemoryFormat::ChannelsLast);
+  // Packed [k*k][C] fp32 taps with the BN scale folded in: one vector load per tap and channel
+  // block. Tiny next to the feature map.
+  const at::Tensor wp = weight.reshape({C, k * k}).to(at::kFloat).mul(scale.unsqueeze(1))
+                            .t().contiguous();
+  const at::Tensor sh = shift.contiguous();
+  at::Tensor y = at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+
+  DwParams p{};
+  p.x = xc.data_ptr();
+  p.y = y.data_ptr();
+  p.w = wp.data_ptr<float>();
+  p.shift = sh.data_ptr<float>();
+  p.C = C; p.H = H; p.W = W; p.OH = OH; p.OW = OW;
+  p.xs_n = xc.stride(0); p.xs_h = xc.stride(2); p.xs_w = xc.stride(3); p.x_h0 = 0;
+  p.ys_n = y.stride(0); p.ys_h = y.stride(2); p.ys_w = y.stride(3); p.y_h0 = 0;
+  p.k = k; p.stride = stride; p.pad = padding; p.dil = dilation;
+  p.act = a;
+  p.dtype = x.scalar_type() == at::kBFloat16 ? kBFloat16 : kFloat;
+  // Parallel over output rows of all images; a grain of ~16k multiply-adds keeps thread
+  // start-up small against the work of a chunk.
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, OW * C * k * k));
+  at::parallel_for(0, N * OH, grain, [&](int64_t begin, int64_t end) { dw_rows(p, begin, end); });
+  return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
+}
+
+}  // namespace
+}  // namespace fastdw_cpu
+
+TORCH_LIBRARY_IMPL(fastdw_cpp, CPU, m) {
+  m.impl("dwconv_bn_act", &fastdw_cpu::dwconv_bn_act);
+}

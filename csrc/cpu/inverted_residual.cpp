@@ -1,0 +1,223 @@
+// fastdw_cpp::inverted_residual on CPU (float32), a MobileNetV2/V3 block in one call:
+//   h = act(x @ (We*se)^T + eb)                 expand 1x1 (skipped without expand_w)
+//   d = act(dwconv_kxk(h, stride) * ds + db)    depthwise, padding (k-1)/2
+//   d = d * hardsigmoid(W2 relu(W1 mean_hw(d) + b1) + b2)      squeeze-excite (optional)
+//   y = d @ (Wp*ps)^T + pb  (+ x)               project 1x1 (+ residual)
+// all on channels-last memory, where a 1x1 conv is a GEMM over pixels.
+//
+// Eager PyTorch writes the expanded tensor h (6x the block's input) to DRAM and reads it back
+// twice. Here the output is produced in tiles of output rows: a tile expands only the input rows
+// its depthwise window needs (plus the k-s halo rows, recomputed by the neighbouring tile), so h
+// and d of one tile are sized to stay in L2 (kTileBytes) and never reach DRAM.
+// Squeeze-excite needs the spatial mean of d over the whole image before anything is projected,
+// so with SE a unit of work is one image: its tiles fill d for the whole image (one image of
+// d fits in L2 for the SE layers of MobileNetV3), then the gate scales the rows of the project
+// weights (y = (Wp diag(g)) d, which equals Wp (g * d)) and one GEMM projects the image.
+#include "checks.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/addmv.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/hardsigmoid.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/relu.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+namespace fastdw_cpu {
+namespace {
+
+// Target size of one tile's expanded rows, about half of a 1 MiB L2.
+constexpr int64_t kTileBytes = 512 * 1024;
+
+at::Tensor mat(const float* p, int64_t rows, int64_t cols) {
+  return at::from_blob(const_cast<float*>(p), {rows, cols}, at::TensorOptions(at::kFloat));
+}
+
+// Shapes, packed weights and pointers of one call; the per-tile work reads only this.
+struct Block {
+  const float* x;
+  float* y;
+  int64_t H, W, Cin, hidden, Cout, OH, OW, k, s, pad, tile_rows;
+  Act act;
+  bool residual;
+  at::Tensor we, eb;  // (C_in, hidden) expand weights with scale folded, shift; undefined: none
+  at::Tensor wp, pb;  // (hidden, C_out) project weights with scale folded, shift
+  DwParams dw;        // depthwise weights/shift/shape; pointers filled per tile
+  at::Tensor se_w1, se_b1, se_w2, se_b2;
+
+  // Expand and depthwise for output rows [oh0, oh1) of image n; d row oh goes to
+  // d + (oh - d_h0) * OW * hidden. `h` holds the expanded input rows.
+  void expand_dw(int64_t n, int64_t oh0, int64_t oh1, float* h, float* d, int64_t d_h0) const {
+    DwParams p = dw;
+    const float* xn = x + n * H * W * Cin;
+    if (we.defined()) {
+      const int64_t ih_lo = std::max<int64_t>(0, oh0 * s - pad);
+      const int64_t ih_hi = std::min<int64_t>(H, (oh1 - 1) * s - pad + k);
+      const int64_t rows = (ih_hi - ih_lo) * W;
+      at::Tensor hm = mat(h, rows, hidden);
+      at::mm_out(hm, mat(xn + ih_lo * W * Cin, rows, Cin), we);
+      const EpilogueParams e{h, eb.data_ptr<float>(), nullptr, hidden, hidden, 0, act};
+      at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / hidden),
+                       [&](int64_t b, int64_t end) { epilogue_rows(e, b, end); });
+      p.x = h;
+      p.x_h0 = ih_lo;
+    } else {
+      p.x = xn;
+      p.x_h0 = 0;
+    }
+    p.y = d;
+    p.y_h0 = d_h0;
+    at::parallel_for(oh0, oh1, 1, [&](int64_t b, int64_t end) { dw_rows(p, b, end); });
+  }
+
+  // y rows [oh0, oh1) of image n = d @ w + pb (+ x): one GEMM and one epilogue pass.
+  void project(int64_t n, int64_t oh0, int64_t oh1, const float* d, const at::Tensor& w) const {
+    const int64_t rows = (oh1 - oh0) * OW;
+    float* out = y + (n * OH + oh0) * OW * Cout;
+    at::Tensor om = mat(out, rows, Cout);
+    at::mm_out(om, mat(d, rows, hidden), w);
+    const float* res = residual ? x + (n * H + oh0) * W * Cin : nullptr;
+    const EpilogueParams e{out, pb.data_ptr<float>(), res, Cout, Cout, Cin, kNone};
+    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / Cout),
+                     [&](int64_t b, int64_t end) { epilogue_rows(e, b, end); });
+  }
+
+  int64_t tiles_per_image() const { return (OH + tile_rows - 1) / tile_rows; }
+  int64_t h_floats() const {
+    return we.defined() ? ((tile_rows - 1) * s + k) * W * hidden : 0;
+  }
+  int64_t d_floats() const { return (se_w1.defined() ? OH : tile_rows) * OW * hidden; }
+
+  // Unit u: (image, row tile) without SE, an image with SE.
+  void run(int64_t u, float* h, float* d) const {
+    if (!se_w1.defined()) {
+      const int64_t n = u / tiles_per_image(), oh0 = (u % tiles_per_image()) * tile_rows;
+      const int64_t oh1 = std::min(OH, oh0 + tile_rows);
+      expand_dw(n, oh0, oh1, h, d, oh0);
+      project(n, oh0, oh1, d, wp);
+      return;
+    }
+    for (int64_t oh0 = 0; oh0 < OH; oh0 += tile_rows)
+      expand_dw(u, oh0, std::min(OH, oh0 + tile_rows), h, d, 0);
+    const at::Tensor pooled = mat(d, OH * OW, hidden).mean(0);
+    const at::Tensor gate =
+        at::hardsigmoid(at::addmv(se_b2, se_w2, at::relu(at::addmv(se_b1, se_w1, pooled))));
+    project(u, 0, OH, d, wp.mul(gate.unsqueeze(1)));
+  }
+};
+
+void check_affine(const at::Tensor& scale, const char* sname, const at::Tensor& shift,
+                  const char* bname, int64_t c) {
+  check_shape(scale, sname, at::kFloat, {c});
+  check_shape(shift, bname, at::kFloat, {c});
+}
+
+at::Tensor inverted_residual(
+    const at::Tensor& x, const std::optional<at::Tensor>& expand_w,
+    const std::optional<at::Tensor>& expand_scale, const std::optional<at::Tensor>& expand_shift,
+    const at::Tensor& dw_w, const at::Tensor& dw_scale, const at::Tensor& dw_shift,
+    const at::Tensor& project_w, const at::Tensor& project_scale,
+    const at::Tensor& project_shift, int64_t stride, c10::string_view act,
+    const std::optional<at::Tensor>& se_w1, const std::optional<at::Tensor>& se_b1,
+    const std::optional<at::Tensor>& se_w2, const std::optional<at::Tensor>& se_b2,
+    bool residual) {
+  check_feature_map(x, "x", /*allow_bf16=*/false);
+  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
+  int64_t hidden = Cin;
+  if (expand_w) {
+    check_shape(*expand_w, "expand_w", at::kFloat, {-1, Cin});
+    hidden = expand_w->size(0);
+    TORCH_CHECK(hidden >= 1, "expand_w must have at least one output channel");
+    TORCH_CHECK(expand_scale && expand_shift, "expand_scale and expand_shift are required with "
+                "expand_w");
+    check_affine(*expand_scale, "expand_scale", *expand_shift, "expand_shift", hidden);
+  } else {
+    TORCH_CHECK(!expand_scale && !expand_shift, "expand_scale/expand_shift given without "
+                "expand_w");
+  }
+  check_shape(dw_w, "dw_w", at::kFloat, {hidden, 1, -1, -1});
+  const int64_t k = dw_w.size(2);
+  TORCH_CHECK(dw_w.size(3) == k && k % 2 == 1, "dw_w must have an odd square k x k window, got "
+              "shape ", dw_w.sizes());
+  check_affine(dw_scale, "dw_scale", dw_shift, "dw_shift", hidden);
+  check_shape(project_w, "project_w", at::kFloat, {-1, hidden});
+  const int64_t Cout = project_w.size(0);
+  TORCH_CHECK(Cout >= 1, "project_w must have at least one output channel");
+  check_affine(project_scale, "project_scale", project_shift, "project_shift", Cout);
+  check_range(stride, "stride", 1);
+  const Act a = parse_act(act);
+  const bool has_se = se_w1.has_value();
+  TORCH_CHECK(has_se == se_b1.has_value() && has_se == se_w2.has_value() &&
+              has_se == se_b2.has_value(), "squeeze-excite needs all of se_w1, se_b1, se_w2, "
+              "se_b2, or none");
+  if (has_se) {
+    check_shape(*se_w1, "se_w1", at::kFloat, {-1, hidden});
+    const int64_t sq = se_w1->size(0);
+    TORCH_CHECK(sq >= 1, "se_w1 must have at least one output channel");
+    check_shape(*se_b1, "se_b1", at::kFloat, {sq});
+    check_shape(*se_w2, "se_w2", at::kFloat, {hidden, sq});
+    check_shape(*se_b2, "se_b2", at::kFloat, {hidden});
+  }
+  const int64_t pad = (k - 1) / 2;
+  const int64_t OH = conv_out(H, k, stride, pad, 1, "x (height)");
+  const int64_t OW = conv_out(W, k, stride, pad, 1, "x (width)");
+  TORCH_CHECK(!residual || (stride == 1 && Cin == Cout), "residual needs stride 1 and C_in == "
+              "C_out, got stride ", stride, ", C_in ", Cin, ", C_out ", Cout);
+
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor y = at::empty({N, Cout, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const at::Tensor dwp = dw_w.reshape({hidden, k * k}).mul(dw_scale.unsqueeze(1)).t().contiguous();
+  const at::Tensor dwb = dw_shift.contiguous();
+
+  Block blk{};
+  blk.x = xc.data_ptr<float>();
+  blk.y = y.data_ptr<float>();
+  blk.H = H; blk.W = W; blk.Cin = Cin; blk.hidden = hidden; blk.Cout = Cout;
+  blk.OH = OH; blk.OW = OW; blk.k = k; blk.s = stride; blk.pad = pad;
+  blk.act = a;
+  blk.residual = residual;
+  if (expand_w) {
+    blk.we = expand_w->mul(expand_scale->unsqueeze(1)).t().contiguous();
+    blk.eb = expand_shift->contiguous();
+  }
+  blk.wp = project_w.mul(project_scale.unsqueeze(1)).t().contiguous();
+  blk.pb = project_shift.contiguous();
+  if (has_se) {
+    blk.se_w1 = *se_w1; blk.se_b1 = *se_b1; blk.se_w2 = *se_w2; blk.se_b2 = *se_b2;
+  }
+  DwParams& p = blk.dw;
+  p.w = dwp.data_ptr<float>();
+  p.shift = dwb.data_ptr<float>();
+  p.C = hidden; p.H = H; p.W = W; p.OH = OH; p.OW = OW;
+  p.xs_n = 0; p.xs_h = W * hidden; p.xs_w = hidden;  // NHWC rows of one image (x or h)
+  if (!expand_w) p.xs_h = W * Cin, p.xs_w = Cin;
+  p.ys_n = 0; p.ys_h = OW * hidden; p.ys_w = hidden;
+  p.k = k; p.stride = stride; p.pad = pad; p.dil = 1;
+  p.act = a;
+  p.dtype = kFloat;
+  const int64_t row_bytes = W * hidden * static_cast<int64_t>(sizeof(float));
+  blk.tile_rows = std::clamp<int64_t>((kTileBytes / row_bytes - k) / stride + 1, 1, OH);
+
+  // Enough units: each thread takes whole units and runs their GEMMs single-threaded (nested
+  // at::parallel_for runs inline). Few units (batch 1 at low resolution): units run in turn and
+  // the GEMMs, depthwise rows and epilogues inside each use all threads.
+  const int64_t units = has_se ? N : N * blk.tiles_per_image();
+  auto work = [&](int64_t begin, int64_t end) {
+    at::Tensor h = at::empty({std::max<int64_t>(1, blk.h_floats())}, xc.options());
+    at::Tensor d = at::empty({blk.d_floats()}, xc.options());
+    for (int64_t u = begin; u < end; ++u) blk.run(u, h.data_ptr<float>(), d.data_ptr<float>());
+  };
+  if (units >= 2 * at::get_num_threads()) at::parallel_for(0, units, 1, work);
+  else work(0, units);
+  return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
+}
+
+}  // namespace
+}  // namespace fastdw_cpu
+
+TORCH_LIBRARY_IMPL(fastdw_cpp, CPU, m) {
+  m.impl("inverted_residual", &fastdw_cpu::inverted_residual);
+}

@@ -1,0 +1,207 @@
+// The vectorised CPU loops, written once and compiled once per instruction set. Each including
+// file sets FASTDW_ISA (namespace name), FASTDW_VW (fp32 lanes of the widest vector) and a
+// `#pragma GCC target` before including this header; standard headers are included here first,
+// before that pragma takes effect on anything they define, and all code lives in the ISA's own
+// namespace, so no inline function compiled for AVX-512 can be merged by the linker into code
+// that runs on an AVX2 machine (the ODR trap that turns per-ISA builds into SIGILL).
+//
+// Vectors are GCC vector extensions: the same source gives 16-lane AVX-512, 8-lane AVX2 and
+// 4-lane SSE2 code, with 1-lane vectors for channel tails.
+#ifndef FASTDW_ISA
+#error "include through one of csrc/cpu/isa/{avx512,avx2,baseline}.cpp"
+#endif
+#include "../kernels.h"
+
+namespace fastdw_cpu {
+namespace FASTDW_ISA {
+
+template <int N> struct Lanes {
+  typedef float F __attribute__((vector_size(4 * N)));
+  typedef int32_t I __attribute__((vector_size(4 * N)));
+  typedef uint32_t U __attribute__((vector_size(4 * N)));
+  typedef uint16_t H __attribute__((vector_size(2 * N)));
+};
+
+// Storage types: float, or bfloat16 kept as its raw 16 bits.
+struct bf16 { uint16_t bits; };
+
+template <int N> inline typename Lanes<N>::F load(const float* p) {
+  typename Lanes<N>::F v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+// bf16 -> fp32 is exact: the 16 bits are the high half of the float.
+template <int N> inline typename Lanes<N>::F load(const bf16* p) {
+  typename Lanes<N>::H h;
+  __builtin_memcpy(&h, p, sizeof h);
+  typename Lanes<N>::U u = __builtin_convertvector(h, typename Lanes<N>::U) << 16;
+  return (typename Lanes<N>::F)u;
+}
+template <int N> inline void store(float* p, typename Lanes<N>::F v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+// fp32 -> bf16 rounds to nearest even (what torch's .to(bfloat16) does): add 0x7fff plus the
+// lowest kept bit, then truncate; NaN becomes a quiet NaN instead of rounding into infinity.
+template <int N> inline void store(bf16* p, typename Lanes<N>::F v) {
+  using U = typename Lanes<N>::U;
+  U u = (U)v;
+  U r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  r = (v != v) ? (U)(r * 0u + 0x7fc0u) : r;
+  typename Lanes<N>::H h = __builtin_convertvector(r, typename Lanes<N>::H);
+  __builtin_memcpy(p, &h, sizeof h);
+}
+
+// The activations of fastdw._common.ACTIVATIONS, lane-wise.
+template <int A, int N> inline typename Lanes<N>::F activate(typename Lanes<N>::F v) {
+  using F = typename Lanes<N>::F;
+  const F zero = v * 0.f, six = zero + 6.f;
+  auto relu6 = [&](F t) { t = t > zero ? t : zero; return t < six ? t : six; };
+  if constexpr (A == kRelu) return v > zero ? v : zero;
+  else if constexpr (A == kRelu6) return relu6(v);
+  else if constexpr (A == kHardswish) return v * relu6(v + 3.f) * (1.f / 6.f);
+  else if constexpr (A == kHardsigmoid) return relu6(v + 3.f) * (1.f / 6.f);
+  else if constexpr (A == kSilu) {
+    // x * sigmoid(x), lane by lane through libm: silu is not on MobileNet's hot path.
+    for (int l = 0; l < N; ++l) v[l] = v[l] / (1.f + __builtin_expf(-v[l]));
+    return v;
+  } else return v;
+}
+
+// Depthwise conv + affine + act for one output row (n, oh) and N channels starting at c0.
+//   y[n, oh, ow, c] = act( sum_{i,j < k} x[n, oh*s - p + i*d, ow*s - p + j*d, c] * w'[i*k+j, c]
+//                          + shift[c] ),   w' = weight * scale (folded by the op file),
+// taps outside the image contribute 0 (zero padding). K and S are compile-time for the common
+// 3x3 / 5x5, stride 1 / 2 cases (fully unrolled taps, weights in registers); 0 means "read
+// p.k / p.stride at run time". Output pixels whose whole window is inside the image take the
+// branch-free loop; the image border takes the checked loop.
+template <class T, int N, int K, int S, int A>
+void dw_chunk(const DwParams& p, int64_t n, int64_t oh, int64_t c0) {
+  using F = typename Lanes<N>::F;
+  const int64_t k = K ? K : p.k, s = S ? S : p.stride, d = p.dil, C = p.C;
+  const T* x = static_cast<const T*>(p.x) + n * p.xs_n + c0;
+  T* y = static_cast<T*>(p.y) + n * p.ys_n + (oh - p.y_h0) * p.ys_h + c0;
+  const int64_t ih0 = oh * s - p.pad;
+  const F shift = load<N>(p.shift + c0);
+
+  F wreg[K ? K * K : 1];
+  if constexpr (K != 0)
+    for (int t = 0; t < K * K; ++t) wreg[t] = load<N>(p.w + t * C + c0);
+  auto weight = [&](int64_t t) -> F {
+    if constexpr (K != 0) return wreg[t];
+    else return load<N>(p.w + t * C + c0);
+  };
+
+  auto checked = [&](int64_t ow) {
+    F acc = shift * 0.f;
+    const int64_t iw0 = ow * s - p.pad;
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t ih = ih0 + i * d;
+      if (ih < 0 || ih >= p.H) continue;
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t iw = iw0 + j * d;
+        if (iw < 0 || iw >= p.W) continue;
+        acc += load<N>(x + (ih - p.x_h0) * p.xs_h + iw * p.xs_w) * weight(i * k + j);
+      }
+    }
+    store<N>(y + ow * p.ys_w, activate<A, N>(acc + shift));
+  };
+
+  // Interior columns: iw0 >= 0 and iw0 + (k-1)*d <= W-1.
+  int64_t lo = (p.pad + s - 1) / s;
+  int64_t hi = (p.W - 1 - (k - 1) * d + p.pad) >= 0 ? (p.W - 1 - (k - 1) * d + p.pad) / s + 1 : 0;
+  hi = hi < p.OW ? hi : p.OW;
+  lo = lo < hi ? lo : hi;
+  const bool rows_inside = ih0 >= 0 && ih0 + (k - 1) * d < p.H;
+  if (!rows_inside) lo = hi = p.OW;
+
+  int64_t ow = 0;
+  for (; ow < lo; ++ow) checked(ow);
+  const T* xr = x + (ih0 - p.x_h0) * p.xs_h;
+  const int64_t dh = d * p.xs_h, dw = d * p.xs_w;
+  for (; ow < hi; ++ow) {
+    const T* px = xr + (ow * s - p.pad) * p.xs_w;
+    F acc = shift;
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) acc += load<N>(px + i * dh + j * dw) * weight(i * k + j);
+    store<N>(y + ow * p.ys_w, activate<A, N>(acc));
+  }
+  for (; ow < p.OW; ++ow) checked(ow);
+}
+
+// One output row, all channels: full-width vectors, then (on AVX-512) one 8-lane vector, then
+// single lanes for the rest, so C need not be a multiple of anything.
+template <class T, int K, int S, int A>
+void dw_row(const DwParams& p, int64_t n, int64_t oh) {
+  int64_t c = 0;
+  for (; c + FASTDW_VW <= p.C; c += FASTDW_VW) dw_chunk<T, FASTDW_VW, K, S, A>(p, n, oh, c);
+  if constexpr (FASTDW_VW > 8)
+    for (; c + 8 <= p.C; c += 8) dw_chunk<T, 8, K, S, A>(p, n, oh, c);
+  for (; c < p.C; ++c) dw_chunk<T, 1, K, S, A>(p, n, oh, c);
+}
+
+using RowFn = void (*)(const DwParams&, int64_t, int64_t);
+
+template <class T, int K, int S>
+RowFn pick_act(int act) {
+  switch (act) {
+    case kRelu: return dw_row<T, K, S, kRelu>;
+    case kRelu6: return dw_row<T, K, S, kRelu6>;
+    case kHardswish: return dw_row<T, K, S, kHardswish>;
+    case kHardsigmoid: return dw_row<T, K, S, kHardsigmoid>;
+    case kSilu: return dw_row<T, K, S, kSilu>;
+    default: return dw_row<T, K, S, kNone>;
+  }
+}
+
+template <class T>
+RowFn pick_shape(const DwParams& p) {
+  if (p.k == 3 && p.stride == 1) return pick_act<T, 3, 1>(p.act);
+  if (p.k == 3 && p.stride == 2) return pick_act<T, 3, 2>(p.act);
+  if (p.k == 5 && p.stride == 1) return pick_act<T, 5, 1>(p.act);
+  if (p.k == 5 && p.stride == 2) return pick_act<T, 5, 2>(p.act);
+  return pick_act<T, 0, 0>(p.act);
+}
+
+void dw_rows(const DwParams& p, int64_t begin, int64_t end) {
+  const RowFn row = p.dtype == kBFloat16 ? pick_shape<bf16>(p) : pick_shape<float>(p);
+  for (int64_t r = begin; r < end; ++r) row(p, r / p.OH, r % p.OH);
+}
+
+template <int N, int A, bool RES>
+inline void epilogue_chunk(const EpilogueParams& p, float* y, const float* res, int64_t c) {
+  auto v = activate<A, N>(load<N>(y + c) + load<N>(p.shift + c));
+  if constexpr (RES) v += load<N>(res + c);
+  store<N>(y + c, v);
+}
+
+// y = act(y + shift) (+ res), row by row.
+template <int A, bool RES>
+void epilogue(const EpilogueParams& p, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    float* y = p.y + r * p.ldy;
+    const float* res = RES ? p.res + r * p.ldr : nullptr;
+    int64_t c = 0;
+    for (; c + FASTDW_VW <= p.cols; c += FASTDW_VW) epilogue_chunk<FASTDW_VW, A, RES>(p, y, res, c);
+    for (; c < p.cols; ++c) epilogue_chunk<1, A, RES>(p, y, res, c);
+  }
+}
+
+template <bool RES>
+void epilogue_act(const EpilogueParams& p, int64_t begin, int64_t end) {
+  switch (p.act) {
+    case kRelu: return epilogue<kRelu, RES>(p, begin, end);
+    case kRelu6: return epilogue<kRelu6, RES>(p, begin, end);
+    case kHardswish: return epilogue<kHardswish, RES>(p, begin, end);
+    case kHardsigmoid: return epilogue<kHardsigmoid, RES>(p, begin, end);
+    case kSilu: return epilogue<kSilu, RES>(p, begin, end);
+    default: return epilogue<kNone, RES>(p, begin, end);
+  }
+}
+
+void epilogue_rows(const EpilogueParams& p, int64_t begin, int64_t end) {
+  if (p.res) epilogue_act<true>(p, begin, end);
+  else epilogue_act<false>(p, begin, end);
+}
+
+}  // namespace FASTDW_ISA
+}  // namespace fastdw_cpu

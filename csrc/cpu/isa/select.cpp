@@ -1,0 +1,67 @@
+// Runtime choice of the instruction set, once per process (the role of ATen's DispatchStub).
+#include <cstdlib>
+#include <cstring>
+
+#include "../kernels.h"
+
+namespace fastdw_cpu {
+
+#define FASTDW_DECLARE(isa)                                              \
+  namespace isa {                                                        \
+  void dw_rows(const DwParams& p, int64_t begin, int64_t end);           \
+  void epilogue_rows(const EpilogueParams& p, int64_t begin, int64_t end); \
+  }
+FASTDW_DECLARE(avx512)
+FASTDW_DECLARE(avx2)
+FASTDW_DECLARE(baseline)
+#undef FASTDW_DECLARE
+
+namespace {
+
+enum Isa { kBaseline, kAvx2, kAvx512 };
+
+Isa detect() {
+  // __builtin_cpu_supports reads cpuid through libgcc, which also checks that the OS saves the
+  // wide registers (XCR0), so a CPU or VM without AVX-512 state never gets AVX-512 code.
+  __builtin_cpu_init();
+  Isa best = kBaseline;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = kAvx2;
+  if (best == kAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    best = kAvx512;
+  if (const char* want = std::getenv("FASTDW_CPU_CAPABILITY")) {  // may only lower the choice
+    if (!std::strcmp(want, "baseline")) best = kBaseline;
+    else if (!std::strcmp(want, "avx2") && best > kAvx2) best = kAvx2;
+  }
+  return best;
+}
+
+Isa isa() {
+  static const Isa chosen = detect();
+  return chosen;
+}
+
+}  // namespace
+
+void dw_rows(const DwParams& p, int64_t begin, int64_t end) {
+  switch (isa()) {
+    case kAvx512: return avx512::dw_rows(p, begin, end);
+    case kAvx2: return avx2::dw_rows(p, begin, end);
+    default: return baseline::dw_rows(p, begin, end);
+  }
+}
+
+void epilogue_rows(const EpilogueParams& p, int64_t begin, int64_t end) {
+  switch (isa()) {
+    case kAvx512: return avx512::epilogue_rows(p, begin, end);
+    case kAvx2: return avx2::epilogue_rows(p, begin, end);
+    default: return baseline::epilogue_rows(p, begin, end);
+  }
+}
+
+const char* capability() {
+  static const char* names[] = {"baseline", "avx2", "avx512"};
+  return names[isa()];
+}
+
+}  // namespace fastdw_cpu

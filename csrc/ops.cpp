@@ -1,0 +1,26 @@
+// The schemas of the C++ kernels, declared once. Namespace fastdw_cpp, not fastdw: the public
+// "fastdw" ops are Python custom ops (fastdw/ops) that validate arguments and then call these
+// through fastdw/kernels/cpp.py. The CPU implementations live in csrc/cpu/<op>.cpp.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/kernels.h"
+
+TORCH_LIBRARY(fastdw_cpp, m) {
+  m.def("dwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
+        "int padding, int dilation, str act) -> Tensor");
+  m.def("pwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, str act, "
+        "Tensor? residual) -> Tensor");
+  m.def("inverted_residual(Tensor x, Tensor? expand_w, Tensor? expand_scale, "
+        "Tensor? expand_shift, Tensor dw_w, Tensor dw_scale, Tensor dw_shift, Tensor project_w, "
+        "Tensor project_scale, Tensor project_shift, int stride, str act, Tensor? se_w1, "
+        "Tensor? se_b1, Tensor? se_w2, Tensor? se_b2, bool residual) -> Tensor");
+  // Which vectorised variant runs here (avx512 / avx2 / baseline), for info() and benchmarks.
+  m.def("capability() -> str", [] { return std::string(fastdw_cpu::capability()); });
+}
+
+// `import fastdw._C` loads this library, which registers the ops above; it has no Python API.
+extern "C" PyObject* PyInit__C() {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fastdw C++ CPU kernels", -1, nullptr};
+  return PyModule_Create(&module);
+}
