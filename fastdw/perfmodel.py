@@ -92,7 +92,7 @@ _KIND = {"convolution": "conv", "addmm": "linear", "native_batch_norm": "bn",
          **{name: "act" for name in _ACT_FLOPS}}
 # Ops that only relabel memory (no DRAM traffic): their output is the same data as their input.
 _VIEWS = {"view", "_unsafe_view", "reshape", "t", "flatten", "squeeze", "unsqueeze", "detach",
-          "alias", "expand"}
+          "alias"}
 _FREE = {"empty"}  # BatchNorm's empty saved-statistics outputs
 _SUM_BYTES = 4  # fastdw's SE kernels emit per-channel sums in fp32
 
@@ -109,7 +109,8 @@ class Op:
     out: int           # value id written
     flops: int
     tensor_core: bool  # dense conv or linear: runs on tensor cores
-    conv: dict = field(default_factory=dict)  # k, stride, groups, c_in, c_out for convs
+    conv: dict = field(default_factory=dict)  # convs: k, stride, groups, c_in, c_out, bias
+    #                                             (elements); linears: c_in, c_out, bias
 
 
 @dataclass
@@ -159,7 +160,6 @@ class Trace:
     shape: dict        # value id -> shape
     ops: list
     layers: list
-    input: int         # value id of the network input
 
 
 def build_model(name):
@@ -233,7 +233,7 @@ class _Recorder(TorchDispatchMode):
                 self.params[id(out)] = self.params[id(src)]
             else:
                 self.value[id(out)] = self.read(src)[0]
-                self.keep.append(out)
+            self.keep.append(out)
             return out
         if name not in _KIND:
             raise NotImplementedError(
@@ -258,9 +258,8 @@ class _Recorder(TorchDispatchMode):
     @staticmethod
     def _flops(kind, name, args, tensors, result):
         if kind == "conv":
-            x, w, bias = args[0], args[1], args[2]
-            n, c_out, h, w_out = result.shape
-            groups = args[8]
+            x, w, bias, groups = args[0], args[1], args[2], args[8]
+            c_out = result.shape[1]
             flops = 2 * result.numel() * (x.shape[1] // groups) * w.shape[2] * w.shape[3]
             conv = {"k": w.shape[2], "stride": args[3][0], "groups": groups,
                     "c_in": x.shape[1], "c_out": c_out,
@@ -285,26 +284,29 @@ def trace_module(model, name, batch, resolution, in_channels=3):
     """Record every aten op of a meta-device, eval-mode `model` on a (batch, in_channels,
     resolution, resolution) input."""
     params = {id(t): t.numel() for t in (*model.parameters(), *model.buffers())}
-    stack = [("", model)]
+    stack = [("", model)]  # (qualified name, module) of the modules running right now
+
+    def enter(qualname, module, args):
+        stack.append((qualname, module))
+
+    def leave(module, args, output):
+        stack.pop()  # and return None: a forward hook's return value would replace the output
+
     hooks = []
     for qualname, module in model.named_modules():
-        if module is model:
-            continue
-        hooks.append(module.register_forward_pre_hook(
-            lambda m, a, q=qualname: stack.append((q, m))))
-        hooks.append(module.register_forward_hook(lambda m, a, o: stack.pop() and None))
+        if module is not model:
+            hooks.append(module.register_forward_pre_hook(functools.partial(enter, qualname)))
+            hooks.append(module.register_forward_hook(leave))
     recorder = _Recorder(params, stack)
     x = torch.empty(batch, in_channels, resolution, resolution, device="meta")
     try:
         with torch.no_grad(), recorder:
-            input_id = recorder.read(x)[0]
             model(x)
     finally:
         for h in hooks:
             h.remove()
     layers = _layers(recorder.ops, recorder.shape)
-    return Trace(name, batch, resolution, recorder.numel, recorder.shape, recorder.ops, layers,
-                 input_id)
+    return Trace(name, batch, resolution, recorder.numel, recorder.shape, recorder.ops, layers)
 
 
 def _layers(ops, shape):
@@ -315,6 +317,7 @@ def _layers(ops, shape):
         for vid in op.reads:
             readers[vid] = readers.get(vid, 0) + 1
     layers, owner = [], {}  # owner: value id -> the layer whose current output it is
+
     def fusable(op, v):
         # Value ids grow in creation order: an add's other operand must exist before the head
         # layer starts, or the head's epilogue could not read it.
@@ -439,7 +442,8 @@ def kernels(tr, strategy, dtype):
             if strategy == "eager":
                 for op in layer.ops:
                     elems = sum(tr.numel[v] for v in op.reads) + op.params + tr.numel[op.out]
-                    ks.append(Kernel({i: elems * itemsize}, *_split(op.flops, op.tensor_core)))
+                    tensor = op.flops if op.tensor_core else 0
+                    ks.append(Kernel({i: elems * itemsize}, tensor, op.flops - tensor))
             else:
                 elems = (sum(tr.numel[v] for v in layer.inputs) + layer.folded_params
                          + tr.numel[layer.out])
@@ -447,10 +451,6 @@ def kernels(tr, strategy, dtype):
                 ks.append(Kernel({i: elems * itemsize}, tensor, layer.flops - tensor))
         out.append((block, ks))
     return out
-
-
-def _split(flops, tensor_core):
-    return (flops, 0) if tensor_core else (0, flops)
 
 
 @dataclass
