@@ -1,0 +1,45 @@
+"""python -m fastdw demo / info, run as a user would."""
+import os
+import shutil
+import subprocess
+import sys
+
+from skimage import data  # noqa: F401  (the demo needs scikit-image; fail here if missing)
+
+CAT_CLASSES = ("tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat")
+
+
+def run(args, torch_home):
+    env = {**os.environ, "TORCH_HOME": str(torch_home)}
+    done = subprocess.run([sys.executable, "-m", "fastdw", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def top5_section(out, label):
+    lines = out.split(f"top-5 {label}:\n", 1)[1].splitlines()[:5]
+    assert len(lines) == 5 and all("%" in line for line in lines), out
+    return "\n".join(lines)
+
+
+def test_demo_with_cached_imagenet_weights(checkpoint, tmp_path):
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoint, tmp_path / "hub" / "checkpoints")
+    out = run(["demo", "--runs", "1", "--rounds", "1"], tmp_path)
+    assert "RANDOM" not in out
+    for label in ("fastdw", "torchvision"):
+        assert any(cat in top5_section(out, label) for cat in CAT_CLASSES), out
+    assert top5_section(out, "fastdw") == top5_section(out, "torchvision")
+    assert "max |logit difference|" in out and "fastdw backend:" in out
+    assert "latency" in out
+
+
+def test_demo_without_weights_says_random(tmp_path):
+    out = run(["demo", "--runs", "1", "--rounds", "1"], tmp_path)
+    assert "RANDOM weights" in out and "mobilenet_v2-b0353104.pth" in out
+
+
+def test_info_lists_backends(tmp_path):
+    out = run(["info"], tmp_path)
+    assert "reference" in out and "torchvision" in out

@@ -1,0 +1,97 @@
+"""weights=: torchvision's ImageNet checkpoint through the torch hub cache, offline."""
+import shutil
+
+import pytest
+import torch
+import torchvision
+from skimage import data
+
+import fastdw.models as fm
+from fastdw.models import MobileNet_V2_Weights, MobileNet_V3_Large_Weights
+from fastdw.models.weights import WeightsUnavailableError, resolve
+
+CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
+
+
+@pytest.fixture
+def cached_checkpoint(checkpoint, hub_dir):
+    (hub_dir / "checkpoints").mkdir(parents=True)
+    return shutil.copy(checkpoint, hub_dir / "checkpoints")
+
+
+def top5(model, image):
+    x = MobileNet_V2_Weights.IMAGENET1K_V1.transforms()(
+        torch.from_numpy(image).permute(2, 0, 1)).unsqueeze(0)
+    with torch.no_grad():
+        logits = model(x)
+    return logits, logits[0].topk(5).indices.tolist()
+
+
+def test_imagenet_checkpoint_offline_matches_torchvision(cached_checkpoint):
+    ours = fm.mobilenet_v2(weights="IMAGENET1K_V1").eval()
+    # torchvision finds the same cached file (downloads are disabled by the hub_dir fixture).
+    tv = torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1").eval()
+    categories = fm.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
+    for image, expected in ((data.chelsea(), CAT_CLASSES), (data.coffee(), {"espresso"})):
+        ours_logits, ours_top5 = top5(ours, image)
+        tv_logits, tv_top5 = top5(tv, image)
+        assert ours_top5 == tv_top5
+        # 224x224 through 52 folded layers in float32: ~1e-6 relative, see the random-weight tests.
+        torch.testing.assert_close(ours_logits, tv_logits, rtol=0, atol=1e-4)
+        assert categories[ours_top5[0]] in expected, [categories[i] for i in ours_top5]
+
+
+def test_weights_by_enum_qualified_name_and_path(cached_checkpoint):
+    reference = fm.mobilenet_v2(weights=MobileNet_V2_Weights.IMAGENET1K_V1).state_dict()
+    for weights in ("MobileNet_V2_Weights.IMAGENET1K_V1", str(cached_checkpoint)):
+        loaded = fm.mobilenet_v2(weights=weights).state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in reference.items()), weights
+    assert resolve("DEFAULT", MobileNet_V2_Weights) is MobileNet_V2_Weights.IMAGENET1K_V2
+    assert resolve("IMAGENET1K_V2", MobileNet_V2_Weights) is MobileNet_V2_Weights.IMAGENET1K_V2
+
+
+def test_missing_checkpoint_is_downloaded_once_into_the_hub_cache(checkpoint, hub_dir,
+                                                                    monkeypatch):
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, hash_prefix))
+        shutil.copy(checkpoint, dst)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    fm.mobilenet_v2(weights="IMAGENET1K_V1", progress=False)
+    fm.mobilenet_v2(weights="IMAGENET1K_V1", progress=False)  # now cached: no second download
+    assert calls == [(MobileNet_V2_Weights.IMAGENET1K_V1.url, "b0353104")]
+    assert (hub_dir / "checkpoints" / "mobilenet_v2-b0353104.pth").is_file()
+
+
+@pytest.mark.parametrize("builder, filename", [
+    (fm.mobilenet_v2, "mobilenet_v2-b0353104.pth"),
+    (fm.mobilenet_v3_large, "mobilenet_v3_large-8738ca79.pth"),
+])
+def test_offline_and_missing_names_file_and_directory(builder, filename, hub_dir):
+    with pytest.raises(WeightsUnavailableError) as err:
+        builder(weights="IMAGENET1K_V1")
+    assert filename in str(err.value)
+    assert str(hub_dir / "checkpoints") in str(err.value)
+
+
+def test_num_classes_must_match_weights(hub_dir):
+    with pytest.raises(ValueError, match="num_classes=10"):
+        fm.mobilenet_v2(weights="IMAGENET1K_V1", num_classes=10)
+
+
+@pytest.mark.parametrize("weights, error, match", [
+    ("IMAGENET1K_V9", ValueError, "IMAGENET1K_V1"),
+    ("MobileNet_V3_Small_Weights.IMAGENET1K_V1", ValueError, "unknown weights"),
+    (MobileNet_V3_Large_Weights.IMAGENET1K_V1, ValueError, "another model"),
+    (1, TypeError, "weights must be"),
+])
+def test_bad_weights_argument(weights, error, match, hub_dir):
+    with pytest.raises(error, match=match):
+        fm.mobilenet_v2(weights=weights)
+
+
+def test_missing_local_file(tmp_path):
+    from pathlib import Path
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        fm.mobilenet_v2(weights=Path(tmp_path / "nope.pth"))
