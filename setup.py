@@ -41,7 +41,7 @@ setup(
     install_requires=["torch>=2.4", "torchvision>=0.19", "numpy"],
     extras_require={
         "demo": ["scikit-image"],
-        "test": ["pytest", "pytest-benchmark", "scikit-image"],
+        "test": ["pytest", "pytest-benchmark", "scikit-image", "matplotlib"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
