@@ -87,7 +87,8 @@ def calibrate_bn(module: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module
 
 
 def _missing_fastdw(what: str, err: Exception) -> Unavailable:
-    return Unavailable(f"{what} is not available yet ({type(err).__name__}: {err})")
+    return Unavailable(f"{what} is not available ({type(err).__name__}: {err}; install fastdw "
+                       "with pip install --no-build-isolation -e . from the repo root)")
 
 
 # ---------------------------------------------------------------- op level: depthwise layers
@@ -125,26 +126,27 @@ def depthwise_layers(models=OP_MODELS, size: int = IMAGE_SIZE) -> tuple:
     found = {}
     for model_name in models:
         model = getattr(torchvision.models, model_name)().eval()
-        hooks = []
-        for path, block in model.named_modules():
-            if not _is_depthwise_block(block):
-                continue
-
-            def record(block, inputs, output, path=path, model_name=model_name):
-                conv = block[0]
-                act = ACT_NAMES[type(block[2])] if len(block) > 2 else "none"
-                key = (conv.in_channels, *inputs[0].shape[2:], conv.kernel_size[0],
-                       conv.stride[0], conv.padding[0], conv.dilation[0], act)
-                user = f"{model_name}:{path}"
-                if key in found:
-                    found[key] = dataclasses.replace(found[key], users=found[key].users + (user,))
-                else:
-                    found[key] = DepthwiseLayer(*key, users=(user,), module=copy.deepcopy(block))
-            hooks.append(block.register_forward_hook(record))
+        blocks = {path: block for path, block in model.named_modules()
+                  if _is_depthwise_block(block)}
+        input_sizes = {}
+        hooks = [block.register_forward_hook(
+                     lambda block, inputs, output, path=path:
+                         input_sizes.__setitem__(path, inputs[0].shape[2:]))
+                 for path, block in blocks.items()]
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size))
         for hook in hooks:
             hook.remove()
+        for path, block in blocks.items():
+            conv = block[0]
+            act = ACT_NAMES[type(block[2])] if len(block) > 2 else "none"
+            key = (conv.in_channels, *input_sizes[path], conv.kernel_size[0], conv.stride[0],
+                   conv.padding[0], conv.dilation[0], act)
+            user = f"{model_name}:{path}"
+            if key in found:
+                found[key] = dataclasses.replace(found[key], users=found[key].users + (user,))
+            else:
+                found[key] = DepthwiseLayer(*key, users=(user,), module=copy.deepcopy(block))
     return tuple(found.values())
 
 

@@ -1,0 +1,189 @@
+"""Side-by-side CPU latency of whole MobileNets under every provider, in one process.
+
+    python bench/compare_cpu.py --models mobilenet_v2 mobilenet_v3_large mobilenet_v3_small \
+        --batch 1 8 --threads 2
+
+For each (model, batch) every provider of _providers.MODEL_PROVIDERS is built, warmed up and
+checked against stock eager (a provider whose output is off is reported, never timed); then
+each repetition times one call of every provider, in a fresh random order per repetition, so
+load from other jobs on a shared machine spreads over all providers alike. Prints a markdown
+table (stdout) of medians with ratios to the best stock PyTorch path and to ONNX Runtime;
+progress goes to stderr.
+"""
+import argparse
+import datetime
+import gc
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+import torch
+import torchvision
+
+import _providers
+
+
+def machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                    if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def versions() -> str:
+    found = [f"torch {torch.__version__}", f"torchvision {torchvision.__version__}"]
+    try:
+        import onnxruntime
+        found.append(f"onnxruntime {onnxruntime.__version__}")
+    except ImportError:
+        pass
+    try:
+        import fastdw
+        usable = [name for name, row in fastdw.info().items() if row["usable"]]
+        found.append(f"fastdw {fastdw.__version__} (usable backends: {', '.join(usable)})")
+    except ImportError:
+        found.append("fastdw not importable")
+    return ", ".join(found)
+
+
+def build_all(workload, providers, warmup):
+    """{provider name: (fn, x)} of the providers that run correctly, and {name: note} of the
+    others (unavailable, failed, or wrong output)."""
+    ready, notes, diffs = {}, {}, {}
+    reference = workload.oracle()
+    for provider in providers:
+        print(f"  building {provider.name}", file=sys.stderr, flush=True)
+        try:
+            fn, x = provider.build(workload)
+            with torch.no_grad():
+                for _ in range(warmup):
+                    out = fn(x)
+            diffs[provider.name] = _providers.max_abs_diff(out, reference)
+            _providers.check_close(out, reference, provider.name)
+        except _providers.Unavailable as why:
+            notes[provider.name] = f"skipped: {why}"
+        except Exception as err:  # a broken provider is reported, the others still run
+            last = traceback.format_exception_only(err)[-1].strip().splitlines()[0]
+            notes[provider.name] = f"failed: {last[:300]}"
+        else:
+            ready[provider.name] = (fn, x)
+    return ready, notes, diffs
+
+
+def time_alternating(ready, reps, seed):
+    """{name: [seconds per call]}: every repetition calls each provider once, in random order."""
+    times = {name: [] for name in ready}
+    order = list(ready)
+    rng = random.Random(seed)
+    gc.disable()
+    try:
+        with torch.no_grad():
+            for _ in range(reps):
+                rng.shuffle(order)
+                for name in order:
+                    fn, x = ready[name]
+                    start = time.perf_counter()
+                    fn(x)
+                    times[name].append(time.perf_counter() - start)
+    finally:
+        gc.enable()
+    return times
+
+
+def table_rows(model, batch, providers, times, notes, diffs):
+    medians = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+    stock = [medians[p.name] for p in providers if p.stock and p.name in medians]
+    best_stock = min(stock) if stock else None
+    ort = medians.get(_providers.ORT.name)
+    rows = []
+    for provider in providers:
+        name = provider.name
+        if name not in medians:
+            rows.append(f"| {model} | {batch} | {name} | - | - | - | - | - | "
+                        f"{_diff(diffs.get(name))} | {notes[name]} |")
+            continue
+        ms = medians[name]
+        q1, _, q3 = statistics.quantiles(times[name], n=4)
+        rows.append(f"| {model} | {batch} | {name} | {ms:.2f} | {min(times[name]) * 1e3:.2f} | "
+                    f"{(q3 - q1) * 1e3:.2f} | "
+                    f"{_ratio(ms, best_stock)} | {_ratio(ms, ort)} | {_diff(diffs[name])} | |")
+    return rows
+
+
+def _load():
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def _ratio(ms, base):
+    return "-" if base is None else f"{ms / base:.2f}x"
+
+
+def _diff(diff):
+    return "-" if diff is None else f"{diff:.1e}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(_providers.OP_MODELS),
+                        choices=_providers.MODELS)
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--threads", type=int, default=_providers.DEFAULT_THREADS)
+    parser.add_argument("--reps", type=int, default=20,
+                        help="timed calls per provider per (model, batch); default 20")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed calls per provider before timing (compiles); default 3")
+    parser.add_argument("--providers", nargs="+",
+                        choices=[p.name for p in _providers.MODEL_PROVIDERS],
+                        help="only these providers (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    _providers.setup(args.threads)
+    providers = [p for p in _providers.MODEL_PROVIDERS
+                 if args.providers is None or p.name in args.providers]
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_start = _load()
+    loads = [os.getloadavg()[0]]  # 1-minute load average, sampled after each (model, batch)
+    rows = []
+    for model in args.models:
+        for batch in args.batch:
+            print(f"{model} batch {batch}", file=sys.stderr, flush=True)
+            workload = _providers.model_workload(model, batch, args.seed)
+            ready, notes, diffs = build_all(workload, providers, args.warmup)
+            times = time_alternating(ready, args.reps, args.seed)
+            rows += table_rows(model, batch, providers, times, notes, diffs)
+            loads.append(os.getloadavg()[0])
+    minutes = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() / 60
+
+    print(f"machine: {machine()} ({platform.machine()}), {torch.get_num_threads()} threads, "
+          f"float32, batch {' '.join(map(str, args.batch))}, "
+          f"{_providers.IMAGE_SIZE}x{_providers.IMAGE_SIZE}, "
+          f"{started:%Y-%m-%d %H:%M} UTC, {versions()}")
+    print(f"median of {args.reps} alternating calls after {args.warmup} warm-up calls, "
+          f"load average (1/5/15 min) at start {load_start}, at end {_load()} "
+          f"({os.cpu_count()} CPUs), run took {minutes:.1f} min")
+    if max(loads) > os.cpu_count() + 1:  # this run itself accounts for up to ~--threads
+        print("WARNING: load average well above the CPU count: other jobs took cores during "
+              "the run, "
+              "which penalises multi-threaded providers (their OpenMP barriers wait for "
+              "descheduled threads) far more than single-threaded kernels; rerun on a quiet "
+              "machine before drawing conclusions")
+    print()
+    print("| model | batch | provider | median ms | min ms | IQR ms | x best stock | x ORT "
+          "| max abs diff vs eager | note |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print()
+    print("x best stock: median / the fastest of eager, eager_cl, compile_cl for that row "
+          "(below 1 = faster). x ORT: median / ORT's.")
+
+
+if __name__ == "__main__":
+    main()
