@@ -6,6 +6,12 @@ import triton
 import triton.language as tl
 
 
+# Registers per thread for the tl.dot kernels (pwconv, inverted residual). Left alone, ptxas caps
+# them at 64-128 registers and spills a few loop-carried values (seen in the static check,
+# resources.py); 255 removes every spill and still fits 256 threads in a 64K register file.
+MAXNREG = 255
+
+
 def interpreting():
     """True when kernels run on CPU tensors through Triton's interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET") == "1"

@@ -5,6 +5,10 @@ traffic: a direct multiply-add over the k x k window (never tl.dot), channels in
 channels_last) so every tap is one vectorised load of BLOCK_C consecutive channels, and a 2-D
 spatial tile whose neighbouring taps re-read the same cache lines instead of DRAM. Any strides
 work (NCHW too: the same kernel, only the loads are no longer vectorised), so no input is copied.
+
+The window's rows are a run-time loop and only its columns are unrolled: fully unrolled, the
+compiler issues all k*k tile loads up front, and for k = 7 those 49 live tiles spill (seen in the
+static check, resources.py).
 """
 import torch
 import triton
@@ -44,15 +48,23 @@ def spatial_tile(pid, TILES_W, TILES_HW, BLOCK_OH: tl.constexpr, BLOCK_OW: tl.co
 
 
 @triton.jit
-def window_tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
-         STRIDE: tl.constexpr, DILATION: tl.constexpr):
-    """x at tap (i, j) of each output pixel of the tile, zero in the padding, as fp32; and
-    which pixels of the tile that tap finds inside the image."""
+def tap_pixels(rows, cols, H, W, sxh, sxw, PAD, i, j,
+               STRIDE: tl.constexpr, DILATION: tl.constexpr):
+    """Offsets (within an image of x) of the input pixel that tap (i, j) of each output pixel
+    of the tile reads, and whether that pixel is inside the image (else it is padding)."""
     ih = rows * STRIDE - PAD + i * DILATION
     iw = cols * STRIDE - PAD + j * DILATION
     inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    ptrs = x_base + (ih * sxh + iw * sxw)[:, None] + (c * sxc)[None, :]
-    return tl.load(ptrs, mask=inside[:, None] & c_mask[None, :], other=0.0).to(tl.float32), inside
+    return ih * sxh + iw * sxw, inside
+
+
+@triton.jit
+def window_tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
+               STRIDE: tl.constexpr, DILATION: tl.constexpr):
+    """x at tap (i, j) of each output pixel of the tile, zero in the padding, as fp32."""
+    pix, inside = tap_pixels(rows, cols, H, W, sxh, sxw, PAD, i, j, STRIDE, DILATION)
+    ptrs = x_base + pix[:, None] + (c * sxc)[None, :]
+    return tl.load(ptrs, mask=inside[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -61,10 +73,10 @@ def _window(x_base, w_ptr, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD,
             BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """z[p, c] = sum_{i,j} x[ih(p, i), iw(p, j), c] * w[c, i, j], accumulated in fp32."""
     z = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-    for i in tl.static_range(K):
-        for j in tl.static_range(K):
-            xv, _ = window_tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
-                         STRIDE, DILATION)
+    for i in range(K):  # window rows run at run time: see the module docstring
+        for j in range(K):
+            xv = window_tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
+                            STRIDE, DILATION)
             wv = tl.load(w_ptr + c * (K * K) + (i * K + j), mask=c_mask, other=0.0)
             z += xv * wv.to(tl.float32)[None, :]
     return z
@@ -148,10 +160,10 @@ def dw_backward_params_kernel(
     gz_rows = (n.to(tl.int64) * OH + rows) * OW + cols
     tl.store(gz_ptr + gz_rows[:, None] * C + c[None, :], g_z, mask=out)
     row = partial_ptr + pid.to(tl.int64) * ((K * K + 2) * C) + c
-    for i in tl.static_range(K):
-        for j in tl.static_range(K):
-            xv, _ = window_tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
-                         STRIDE, DILATION)
+    for i in range(K):  # window rows run at run time: see the module docstring
+        for j in range(K):
+            xv = window_tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
+                            STRIDE, DILATION)
             tl.store(row + (i * K + j) * C, tl.sum(g_z * xv, axis=0), mask=c_mask)
     tl.store(row + (K * K) * C, tl.sum(g_u * z, axis=0), mask=c_mask)
     tl.store(row + (K * K + 1) * C, tl.sum(g_u, axis=0), mask=c_mask)
@@ -176,13 +188,13 @@ def dw_backward_input_kernel(
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     acc = tl.zeros((BLOCK_OH * BLOCK_OW, BLOCK_C), tl.float32)
-    for i in tl.static_range(K):
+    for i in range(K):  # window rows run at run time: see the module docstring
         # Shift by STRIDE*DILATION*K first so the numerator is never negative (// and % of
         # negative ints differ between C and Python); it cancels out of oh below.
         num_h = ih + PAD - i * DILATION + STRIDE * DILATION * K
         oh = num_h // STRIDE - DILATION * K
         ok_h = (num_h % STRIDE == 0) & (oh >= 0) & (oh < OH)
-        for j in tl.static_range(K):
+        for j in range(K):
             num_w = iw + PAD - j * DILATION + STRIDE * DILATION * K
             ow = num_w // STRIDE - DILATION * K
             ok = ok_h & (num_w % STRIDE == 0) & (ow >= 0) & (ow < OW)
@@ -248,5 +260,6 @@ def backward(grad, x, weight, scale, shift, stride, padding, dilation, act):
         g_z, weight, grad_x, c, h, w, oh, ow, *grad_x.stride(), padding, tiles_w, tiles_hw,
         K=k, STRIDE=stride, DILATION=dilation, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1],
         BLOCK_C=cfg[2], num_warps=cfg[3])
-    grad_w = sums[:k * k].t().reshape(weight.shape).to(weight.dtype)
-    return [grad_x, grad_w, sums[k * k], sums[k * k + 1]]
+    # Copies, not views of `sums`: a custom op's outputs must not alias one another.
+    grad_w = sums[:k * k].t().reshape(weight.shape).to(weight.dtype, copy=True)
+    return [grad_x, grad_w, sums[k * k].clone(), sums[k * k + 1].clone()]

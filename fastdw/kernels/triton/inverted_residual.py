@@ -21,31 +21,32 @@ import triton
 import triton.language as tl
 
 from fastdw._common import output_memory_format
-from fastdw.kernels.triton import pwconv_bn_act as pw
-from fastdw.kernels.triton._shared import activation, dot_operand, interpreting
-from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
+from fastdw.kernels.triton._shared import MAXNREG, activation, dot_operand, interpreting
+from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, tap_pixels, window_tap
+from fastdw.kernels.triton.pwconv_bn_act import dot_in_fp32, forward as pw_forward
 
 # The fused kernel keeps BLOCK_P x BLOCK_COUT fp32 accumulators; above this it splits.
 MAX_FUSED_COUT = 128
-# GPU tiles (BLOCK_OH, BLOCK_OW, BLOCK_HID, num_warps), by the widest channel block in use.
-GPU_CONFIGS = {"narrow": (8, 8, 32, 4), "wide": (4, 8, 32, 4)}
-GPU_MAX_BLOCK_CIN = 64  # input channels per expand tl.dot step
+# GPU tile (BLOCK_OH, BLOCK_OW, BLOCK_HID, num_warps). fp32 multiplies on CUDA cores (no TF32),
+# whose tl.dot operand layouts need more registers: it takes at most 32 input channels per
+# expand step, fp16/bf16 64 (beyond that ptxas spills, seen in resources.py).
+GPU_CONFIG = (8, 8, 16, 8)
+GPU_MAX_BLOCK_CIN = {4: 32, 2: 64}  # by element size
 
 
 def _block(channels, cap):
     return min(max(triton.next_power_of_2(channels), 16), cap)
 
 
-def pick_config(c_in, hidden, c_out, out_h, out_w, fused):
+def pick_config(c_in, hidden, c_out, out_h, out_w, fused, element_size):
     """(BLOCK_OH, BLOCK_OW, BLOCK_CIN, BLOCK_HID, BLOCK_COUT, num_warps)."""
     block_cout = _block(c_out, MAX_FUSED_COUT) if fused else 16  # unused when not fused
     if interpreting():  # few, large programs: each costs ~35 ms under the interpreter
         block_ow = min(triton.next_power_of_2(out_w), 32)
         block_oh = min(triton.next_power_of_2(out_h), max(1, 1024 // block_ow))
         return block_oh, block_ow, _block(c_in, 256), _block(hidden, 256), block_cout, 4
-    block_cin = _block(c_in, GPU_MAX_BLOCK_CIN)
-    oh, ow, bh, warps = GPU_CONFIGS["wide" if max(block_cin, block_cout) > 64 else "narrow"]
-    return oh, ow, block_cin, bh, block_cout, warps
+    oh, ow, bh, warps = GPU_CONFIG
+    return oh, ow, _block(c_in, GPU_MAX_BLOCK_CIN[element_size]), bh, block_cout, warps
 
 
 # For output pixel p = (n, oh, ow) of the tile and hidden channel h (padding P = (K-1)//2):
@@ -96,15 +97,16 @@ def ir_kernel(
         hc = h0 + tl.arange(0, BLOCK_HID)
         h_mask = hc < HID
         dw = tl.zeros((BLOCK_OH * BLOCK_OW, BLOCK_HID), tl.float32)
-        for a in tl.static_range(K):
-            for b in tl.static_range(K):
+        for a in range(K):  # window rows at run time, like the depthwise kernel
+            for b in range(K):
                 if EXPAND:
+                    pix, inside = tap_pixels(rows, cols, H, W, sxh, sxw, PAD, a, b, STRIDE, 1)
                     e = tl.zeros((BLOCK_OH * BLOCK_OW, BLOCK_HID), tl.float32)
                     for i0 in range(0, C_IN, BLOCK_CIN):
                         ci = i0 + tl.arange(0, BLOCK_CIN)
                         ci_mask = ci < C_IN
-                        xv, inside = window_tap(x_base, rows, cols, ci, ci_mask, H, W, sxc, sxh,
-                                                sxw, PAD, a, b, STRIDE, 1)
+                        xv = tl.load(x_base + pix[:, None] + (ci * sxc)[None, :],
+                                     mask=inside[:, None] & ci_mask[None, :], other=0.0)
                         we = tl.load(we_ptr + hc[None, :] * C_IN + ci[:, None],
                                      mask=ci_mask[:, None] & h_mask[None, :], other=0.0)
                         e = tl.dot(dot_operand(xv, x_ptr, DOT_FP32),
@@ -115,8 +117,8 @@ def ir_kernel(
                     e = tl.where(inside[:, None], activation(e * es[None, :] + eb[None, :], ACT),
                                  0.0)
                 else:
-                    e, _ = window_tap(x_base, rows, cols, hc, h_mask, H, W, sxc, sxh, sxw, PAD,
-                                      a, b, STRIDE, 1)
+                    e = window_tap(x_base, rows, cols, hc, h_mask, H, W, sxc, sxh, sxw, PAD,
+                                   a, b, STRIDE, 1)
                 wd = tl.load(wd_ptr + hc * (K * K) + (a * K + b), mask=h_mask, other=0.0)
                 dw += e * wd.to(tl.float32)[None, :]
         ds = tl.load(ds_ptr + hc, mask=h_mask, other=0.0)
@@ -160,7 +162,7 @@ def forward(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, p
     se = se_w1 is not None
     fused = not se and c_out <= MAX_FUSED_COUT
     block_oh, block_ow, block_cin, block_hid, block_cout, warps = pick_config(
-        c_in, hidden, c_out, oh, ow, fused)
+        c_in, hidden, c_out, oh, ow, fused, x.element_size())
     tiles_w = triton.cdiv(ow, block_ow)
     tiles_hw = triton.cdiv(oh, block_oh) * tiles_w
     expand = expand_w is not None
@@ -181,9 +183,9 @@ def forward(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, p
         dw_w.contiguous(), dw_scale, dw_shift, project_w.contiguous(), project_scale,
         project_shift, hid, pool, y, c_in, hidden, c_out, h, w, oh, ow, *x.stride(),
         *y.stride(), pad, tiles_w, tiles_hw, K=k, STRIDE=stride, ACT=act, EXPAND=expand,
-        PROJECT=fused, POOL=se, RESIDUAL=residual, DOT_FP32=pw.dot_in_fp32(x.dtype),
+        PROJECT=fused, POOL=se, RESIDUAL=residual, DOT_FP32=dot_in_fp32(x.dtype),
         BLOCK_OH=block_oh, BLOCK_OW=block_ow, BLOCK_CIN=block_cin, BLOCK_HID=block_hid,
-        BLOCK_COUT=block_cout, num_warps=warps)
+        BLOCK_COUT=block_cout, num_warps=warps, maxnreg=MAXNREG)
     if fused:
         return y
     gate = None
@@ -191,5 +193,5 @@ def forward(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, p
         pooled = pool.view(n, tiles_hw, hidden).sum(1) / (oh * ow)
         gate = F.hardsigmoid(F.linear(F.relu(F.linear(pooled, se_w1.float(), se_b1.float())),
                                       se_w2.float(), se_b2.float()))
-    return pw.forward(hid.permute(0, 3, 1, 2), project_w, project_scale, project_shift, "none",
+    return pw_forward(hid.permute(0, 3, 1, 2), project_w, project_scale, project_shift, "none",
                       x if residual else None, gate=gate, out_like=x)

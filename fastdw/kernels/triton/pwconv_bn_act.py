@@ -11,10 +11,10 @@ import triton
 import triton.language as tl
 
 from fastdw._common import output_memory_format
-from fastdw.kernels.triton._shared import activation, dot_operand, interpreting
+from fastdw.kernels.triton._shared import MAXNREG, activation, dot_operand, interpreting
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; resources.py compiles each of them.
-GPU_CONFIGS = {"small_n": (128, 32, 32, 4), "mid_n": (64, 64, 32, 4), "wide_n": (64, 128, 32, 8)}
+GPU_CONFIGS = {"small_n": (64, 32, 32, 4), "mid_n": (64, 64, 32, 4), "wide_n": (64, 128, 32, 8)}
 
 
 def pick_config(m, c_in, c_out):
@@ -117,5 +117,5 @@ def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None):
         m, h * w, w, c_in, c_out, *x.stride(), *res.stride(), *y.stride(),
         ACT=act, HAS_GATE=gate is not None, HAS_RES=residual is not None,
         DOT_FP32=dot_in_fp32(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=warps)
+        num_warps=warps, maxnreg=MAXNREG)
     return y

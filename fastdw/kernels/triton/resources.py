@@ -1,0 +1,211 @@
+"""Static resource check of every fastdw Triton kernel, no GPU needed.
+
+    python -m fastdw.kernels.triton.resources [--full] [--jobs N]
+
+Compiles each kernel for each config its launcher can pick (GPU_CONFIGS of every module, every
+dtype that config serves, the channel blocks of the inverted-residual kernel) for sm_80 and
+sm_90 with triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32)), then reads the
+cubin with the cuobjdump shipped with Triton: registers, local memory (spills) and stack; shared
+memory is Triton's own (dynamic) allocation from the compile metadata. Exits non-zero on any
+spill, any stack use, or shared memory above the architecture's per-block limit, and prints the
+table. Arguments are specialised the way a launch on a real tensor specialises them: pointers
+16-byte aligned, channel strides of channels_last tensors == 1, channel counts multiples of 16.
+
+Without --full the code-shape constexprs that do not change tile sizes (activation, stride,
+dilation, kernel size) are fixed at their heaviest values (silu/hardswish, stride 2, k = 7 for
+depthwise, 5 for blocks) instead of enumerated; --full enumerates them all (slow).
+"""
+import argparse
+import concurrent.futures
+import importlib
+import itertools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+# Max shared memory per block (opt-in), bytes.
+SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+ARCHS = (80, 90)
+_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "silu")
+
+
+def _cases(full):
+    """(kernel, config label, args {name: value}, constexprs, compile options).
+
+    Argument values are only types and specialisation: a torch dtype for a pointer, an int for
+    an int (1 and multiples of 16 specialise like at launch).
+    """
+    # By module path: the package's own attributes of these names are the kernel functions.
+    from fastdw.kernels.triton._shared import MAXNREG
+    dw, pw, ir = (importlib.import_module(f"fastdw.kernels.triton.{name}") for name in
+                  ("dwconv_bn_act", "pwconv_bn_act", "inverted_residual"))
+
+    f32 = torch.float32
+    # dwconv: each tile config with the dtypes pick_config serves it for.
+    dw_cfgs = [("narrow", dt) for dt in _DTYPES] + [("wide4", f32)] + \
+        [("wide2", dt) for dt in (torch.float16, torch.bfloat16)]
+    shapes = itertools.product((3, 5, 7), (1, 2), (1, 2), _ACTS) if full else \
+        [(7, 2, 1, "silu")]
+    for (label, dt), (k, stride, dil, act) in itertools.product(dw_cfgs, shapes):
+        boh, bow, bc, warps = dw.GPU_CONFIGS[label]
+        tile = dict(K=k, STRIDE=stride, DILATION=dil, BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_C=bc)
+        name = f"{label} {_DTYPES[dt]} k{k} s{stride} d{dil} {act}"
+        ints = dict(C=64, H=56, W=56, OH=56, OW=56, PAD=3, TILES_W=7, TILES_HW=49)
+        x = dict(sxn=200704, sxc=1, sxh=3584, sxw=64)
+        yield dw.dw_forward_kernel, name, dict(
+            x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, y_ptr=dt, **ints, **x,
+            syn=200704, syc=1, syh=3584, syw=64), dict(tile, ACT=act), dict(num_warps=warps)
+        yield dw.dw_backward_params_kernel, name, dict(
+            g_ptr=dt, x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, gz_ptr=f32,
+            partial_ptr=f32, **ints, sgn=200704, sgc=1, sgh=3584, sgw=64, **x), \
+            dict(tile, ACT=act), dict(num_warps=warps)
+        yield dw.dw_backward_input_kernel, name, dict(
+            gz_ptr=f32, w_ptr=dt, gx_ptr=dt, **ints, sgxn=200704, sgxc=1, sgxh=3584,
+            sgxw=64), tile, dict(num_warps=warps)
+
+    # pwconv: every config x dtype, with gate and residual (its heaviest form).
+    acts = _ACTS if full else ("hardswish",)
+    for label, dt, act in itertools.product(pw.GPU_CONFIGS, _DTYPES, acts):
+        bm, bn, bk, warps = pw.GPU_CONFIGS[label]
+        strides = {f"s{t}{d}": v for t in "xry" for d, v in zip("nchw", (200704, 1, 3584, 64))}
+        yield pw.pw_kernel, f"{label} {_DTYPES[dt]} {act}", dict(
+            x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, gate_ptr=f32, res_ptr=dt, y_ptr=dt,
+            M=3136, HW=3136, W=56, C_IN=64, C_OUT=64, **strides), dict(
+            ACT=act, HAS_GATE=True, HAS_RES=True, DOT_FP32=False, BLOCK_M=bm, BLOCK_N=bn,
+            BLOCK_K=bk), dict(num_warps=warps, maxnreg=MAXNREG)
+
+    # inverted residual: every channel block the launcher can pick, fused and split.
+    shapes = itertools.product((3, 5, 7), (1, 2), _ACTS, (True, False)) if full else \
+        [(5, 2, "hardswish", True)]
+    boh, bow, bh, warps = ir.GPU_CONFIG
+    for dt, (k, stride, act, expand) in itertools.product(_DTYPES, shapes):
+        cin_blocks = [b for b in (16, 32, 64) if b <= ir.GPU_MAX_BLOCK_CIN[dt.itemsize]]
+        modes = [(bcin, bcout, True) for bcin in cin_blocks for bcout in (16, 32, 64, 128)] + \
+                [(bcin, 16, False) for bcin in cin_blocks]
+        for bcin, bcout, fused in modes:
+            name = (f"{'fused' if fused else 'split'} {_DTYPES[dt]} cin{bcin} cout{bcout} k{k} "
+                    f"s{stride} {act}{'' if expand else ' no-expand'}")
+            strides = {f"s{t}{d}": v for t in "xy" for d, v in zip("nchw", (200704, 1, 3584, 64))}
+            yield ir.ir_kernel, name, dict(
+                x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
+                wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, pool_ptr=f32, y_ptr=dt,
+                C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=28, OW=28, **strides, PAD=2,
+                TILES_W=4, TILES_HW=28), dict(
+                K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=not fused,
+                RESIDUAL=fused and stride == 1, DOT_FP32=False, BLOCK_OH=boh, BLOCK_OW=bow,
+                BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout), \
+                dict(num_warps=warps, maxnreg=MAXNREG)
+
+
+def _signature(fn, args, constexprs):
+    """ASTSource signature, constexprs and divisibility attrs, specialised like a launch."""
+    import triton.language as tl  # noqa: F401  (dtype names below are triton's)
+    signature, consts, attrs = {}, dict(constexprs), {}
+    for index, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        value = args[name]
+        if isinstance(value, torch.dtype):
+            signature[name] = "*" + _DTYPES[value]
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif value == 1:
+            signature[name], consts[name] = "constexpr", 1
+        else:
+            signature[name] = "i32"
+            if value % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    return signature, consts, attrs
+
+
+def _usage(cubin):
+    """{'REG': n, 'STACK': n, 'SHARED': n, 'LOCAL': n} from cuobjdump --dump-resource-usage."""
+    from triton.backends.nvidia import compiler
+    tool = compiler.get_cuobjdump_path() if hasattr(compiler, "get_cuobjdump_path") else \
+        os.path.join(os.path.dirname(compiler.__file__), "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "--dump-resource-usage", f.name], check=True,
+                              capture_output=True, text=True).stdout
+    return {key: int(value) for key, value in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text)}
+
+
+def compile_one(case, arch):
+    """Compile one (kernel, config) for one arch; the row of the resource table."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn, label, args, constexprs, options = case
+    warps = options["num_warps"]
+    signature, consts, attrs = _signature(fn, args, constexprs)
+    target = GPUTarget("cuda", arch, 32)
+    compiled = triton.compile(ASTSource(fn, signature, consts, attrs), target=target,
+                              options=options)
+    use = _usage(compiled.asm["cubin"])
+    shared = compiled.metadata.shared + use.get("SHARED", 0)
+    problems = []
+    if use.get("LOCAL", 0) or use.get("STACK", 0):
+        problems.append(f"spills: local {use.get('LOCAL', 0)} B, stack {use.get('STACK', 0)} B")
+    if shared > SMEM_LIMIT[arch]:
+        problems.append(f"shared {shared} B > sm_{arch} limit {SMEM_LIMIT[arch]} B")
+    if use["REG"] * warps * 32 > 65536:
+        problems.append(f"{use['REG']} regs x {warps * 32} threads > 65536")
+    return dict(kernel=fn.__name__, config=label, arch=f"sm_{arch}", warps=warps, regs=use["REG"],
+                spill=use.get("LOCAL", 0) + use.get("STACK", 0), smem=shared,
+                problems="; ".join(problems))
+
+
+def check(full=False, jobs=None):
+    """Compile everything; return the rows (a row with `problems` set is a failure).
+
+    Needs the kernels imported without TRITON_INTERPRET=1 (interpreted kernels do not compile):
+    run it as its own process, as main() and the CI test do.
+    """
+    work = [(index, arch, full) for index in range(len(list(_cases(full)))) for arch in ARCHS]
+    jobs = jobs or os.cpu_count() or 1
+    if jobs == 1:
+        return [_compile_nth(w) for w in work]
+    with concurrent.futures.ProcessPoolExecutor(jobs) as pool:
+        return list(pool.map(_compile_nth, work, chunksize=4))
+
+
+def _compile_nth(work):
+    # Worker processes get an index, not the kernel: Triton's JIT functions do not pickle.
+    index, arch, full = work
+    return compile_one(next(itertools.islice(_cases(full), index, None)), arch)
+
+
+def format_table(rows):
+    lines = [f"{'kernel':<27} {'config':<44} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>6} "
+             f"{'smem B':>7}  problems"]
+    for r in rows:
+        lines.append(f"{r['kernel']:<27} {r['config']:<44} {r['arch']:<6} {r['warps']:>5} "
+                     f"{r['regs']:>5} {r['spill']:>6} {r['smem']:>7}  {r['problems']}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true",
+                        help="also enumerate act/stride/dilation/kernel size (slow)")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: cores)")
+    opts = parser.parse_args(argv)
+    # The kernels must be real JIT functions, not interpreted ones: drop the interpreter switch
+    # before anything imports them (they are imported lazily, by _cases).
+    os.environ.pop("TRITON_INTERPRET", None)
+    rows = check(opts.full, opts.jobs)
+    print(format_table(rows))
+    bad = [r for r in rows if r["problems"]]
+    print(f"{len(rows)} compiles, {len(bad)} with problems")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

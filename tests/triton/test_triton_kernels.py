@@ -1,0 +1,206 @@
+"""Triton-backend checks the shared op matrix (tests/ops) does not make: the backward kernels of
+dwconv_bn_act against float64 autograd in float32 (the matrix's float64 gradcheck runs on
+reference, since this backend hands float64 to reference), both inverted-residual paths (fused,
+and split with the SE gate prologue), which calls are handed to reference, and that every
+output element is written (outputs and scratch buffers are allocated NaN-poisoned).
+
+Under TRITON_INTERPRET=1 (no GPU) two interpreter artefacts of Triton 3.8 shape the bf16 cases:
+tl.dot on bf16 operands is wrong, so the kernels multiply bf16 as fp32 there (on a GPU bf16 goes
+to the tensor cores); and fp32 -> bf16 stores truncate instead of rounding to nearest, so bf16
+errors run ~4x larger than on a GPU (still under the bf16 bound).
+"""
+import importlib
+import math
+
+import pytest
+import torch
+
+kernels = pytest.importorskip("fastdw.kernels.triton", reason="needs triton installed")
+from fastdw import backend, ops  # noqa: E402
+from fastdw.kernels import reference  # noqa: E402
+# By module path: the package attribute of this name is the kernel function.
+ir_module = importlib.import_module("fastdw.kernels.triton.inverted_residual")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE not in kernels.DEVICES:
+    pytest.skip("the triton backend needs a CUDA device or TRITON_INTERPRET=1",
+                allow_module_level=True)
+
+# ||out - ref|| / ||ref|| against float64 stock PyTorch (DESIGN.md "Numerics").
+REL_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "silu")
+
+
+@pytest.fixture(autouse=True)
+def poisoned(monkeypatch):
+    """Every float tensor the kernels' launchers allocate starts as NaN."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(math.nan) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
+
+
+def rel_err(out, ref):
+    assert not torch.isnan(out).any(), "unwritten (NaN) elements"
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def layout(x, name):
+    if name == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if name == "strided":  # non-contiguous: every other column of a wider map
+        return torch.cat([x, x], dim=-1)[..., ::2]
+    return x
+
+
+def dw_inputs(c, h, w, k, dtype, lay, n=2):
+    x = layout(torch.randn(n, c, h, w, device=DEVICE).to(dtype), lay)
+    weight = (torch.randn(c, 1, k, k, device=DEVICE) / k).to(dtype)
+    scale = torch.empty(c, device=DEVICE).uniform_(0.5, 1.5)
+    shift = torch.empty(c, device=DEVICE).uniform_(-0.5, 0.5)
+    return x, weight, scale, shift
+
+
+def as64(*tensors):
+    return [t.double() if isinstance(t, torch.Tensor) else t for t in tensors]
+
+
+# (C, H, W, k, stride, padding, dilation, act, layout): every act, k 3/5/7, stride and dilation 2,
+# padding 0 and asymmetric output sizes, every layout.
+DW_GRAD_CASES = [
+    (24, 13, 11, 3, 1, 1, 1, "relu6", "channels_last"),
+    (20, 9, 14, 5, 2, 2, 1, "hardswish", "nchw"),
+    (16, 10, 10, 3, 2, 2, 2, "silu", "strided"),
+    (40, 8, 9, 7, 1, 3, 1, "hardsigmoid", "channels_last"),
+    (12, 11, 7, 3, 2, 0, 1, "relu", "channels_last"),
+    (33, 6, 6, 5, 1, 4, 2, "none", "nchw"),
+]
+
+
+@pytest.mark.parametrize("case", DW_GRAD_CASES, ids=lambda c: f"c{c[0]}-k{c[3]}-s{c[4]}-d{c[6]}-{c[7]}-{c[8]}")
+def test_dwconv_backward_fp32_vs_float64_autograd(case):
+    c, h, w, k, stride, padding, dilation, act, lay = case
+    x, weight, scale, shift = dw_inputs(c, h, w, k, torch.float32, lay)
+    out = kernels.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
+    grad = torch.randn(out.shape, device=DEVICE)
+    grads = kernels.dwconv_bn_act_backward(grad, x, weight, scale, shift, stride, padding,
+                                           dilation, act)
+    refs = reference.dwconv_bn_act_backward(grad.double(), *as64(x, weight, scale, shift),
+                                            stride, padding, dilation, act)
+    for name, g, r in zip(("x", "weight", "scale", "shift"), grads, refs):
+        assert g.shape == r.shape, name
+        assert rel_err(g, r) < REL_TOL[torch.float32], f"grad {name}"
+    assert grads[0].is_contiguous(memory_format=torch.channels_last) == (lay == "channels_last")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_dwconv_backward_half_vs_float64_autograd(dtype):
+    x, weight, scale, shift = dw_inputs(32, 12, 12, 3, dtype, "channels_last")
+    grad = torch.randn(2, 32, 6, 6, device=DEVICE).to(dtype)
+    grads = kernels.dwconv_bn_act_backward(grad, x, weight, scale, shift, 2, 1, 1, "hardswish")
+    refs = reference.dwconv_bn_act_backward(grad.double(), *as64(x, weight, scale, shift),
+                                            2, 1, 1, "hardswish")
+    for name, g, r in zip(("x", "weight", "scale", "shift"), grads, refs):
+        assert rel_err(g, r) < REL_TOL[dtype], f"grad {name}"
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_dwconv_training_step_through_public_op(act):
+    """Autograd through fastdw.ops on the triton backend: the op layer's backward runs these
+    kernels and gives the same gradients as float64 stock PyTorch."""
+    x, weight, scale, shift = dw_inputs(24, 10, 10, 3, torch.float32, "channels_last", n=1)
+    leaves = [t.clone().requires_grad_() for t in (x, weight, scale, shift)]
+    ops.dwconv_bn_act(*leaves, act=act, backend="triton").square().sum().backward()
+    ref_leaves = [t.double().requires_grad_() for t in (x, weight, scale, shift)]
+    reference.dwconv_bn_act(*ref_leaves, 1, 1, 1, act).square().sum().backward()
+    for leaf, ref in zip(leaves, ref_leaves):
+        assert rel_err(leaf.grad, ref.grad) < REL_TOL[torch.float32]
+
+
+def block(c_in, hidden, c_out, k, dtype, lay, se, n=1, h=10, w=10):
+    """Arguments of the inverted_residual kernel function (hidden None: no expansion)."""
+    def affine(ch):
+        return (torch.empty(ch, device=DEVICE).uniform_(0.5, 1.5),
+                torch.empty(ch, device=DEVICE).uniform_(-0.5, 0.5))
+
+    def weight(*shape):
+        return (torch.randn(*shape, device=DEVICE) / math.sqrt(math.prod(shape[1:]))).to(dtype)
+
+    x = layout(torch.randn(n, c_in, h, w, device=DEVICE).to(dtype), lay)
+    expand = (None, None, None) if hidden is None else (weight(hidden, c_in), *affine(hidden))
+    hidden = hidden or c_in
+    dw = (weight(hidden, 1, k, k), *affine(hidden))
+    project = (weight(c_out, hidden), *affine(c_out))
+    squeeze = max(8, hidden // 4)
+    se_args = (weight(squeeze, hidden), torch.randn(squeeze, device=DEVICE).to(dtype) * 0.1,
+               weight(hidden, squeeze), torch.randn(hidden, device=DEVICE).to(dtype) * 0.1) \
+        if se else (None,) * 4
+    return x, expand, dw, project, se_args
+
+
+# (C_in, hidden, C_out, k, stride, act, SE, H, W, split expected): fused blocks (C_out <= 128, no
+# SE) and split ones (SE, or C_out > 128), with and without expansion, residual, stride 2.
+IR_CASES = [
+    (24, 144, 24, 3, 1, "relu6", False, 10, 10, False),
+    (16, 96, 24, 3, 2, "relu6", False, 9, 11, False),
+    (32, None, 16, 3, 1, "relu6", False, 8, 8, False),
+    (40, 120, 40, 5, 1, "hardswish", True, 7, 7, True),
+    (16, None, 16, 3, 2, "relu", True, 12, 12, True),
+    (64, 192, 160, 3, 1, "silu", False, 6, 5, True),
+]
+
+
+@pytest.mark.parametrize("dtype,lay", [(torch.float32, "nchw"), (torch.float32, "channels_last"),
+                                       (torch.float32, "strided"),
+                                       (torch.float16, "channels_last"),
+                                       (torch.bfloat16, "channels_last")],
+                         ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("case", IR_CASES, ids=lambda c: "-".join(map(str, c[:7])))
+def test_inverted_residual_paths(case, dtype, lay, monkeypatch):
+    c_in, hidden, c_out, k, stride, act, se, h, w, split = case
+    x, expand, dw, project, se_args = block(c_in, hidden, c_out, k, dtype, lay, se, h=h, w=w)
+    residual = stride == 1 and c_in == c_out
+    calls = []
+    project_gemm = ir_module.pw_forward
+    monkeypatch.setattr(ir_module, "pw_forward", lambda *a, **kw: calls.append(1) or
+                        project_gemm(*a, **kw))
+    args = (x, *expand, *dw, *project, stride, act, *se_args, residual)
+    out = kernels.inverted_residual(*args)
+    assert bool(calls) == split, "fused/split path"
+    ref = reference.inverted_residual(*as64(*args))
+    assert rel_err(out, ref) < REL_TOL[dtype]
+    assert out.dtype == dtype
+    assert out.is_contiguous(memory_format=torch.channels_last) == (lay == "channels_last")
+
+
+def test_pwconv_residual_and_layouts():
+    x = torch.randn(2, 40, 7, 9, device=DEVICE)[..., ::1].contiguous(
+        memory_format=torch.channels_last)
+    weight = torch.randn(48, 40, device=DEVICE) / 40 ** 0.5
+    scale, shift = torch.rand(48, device=DEVICE) + 0.5, torch.randn(48, device=DEVICE)
+    residual = torch.randn(2, 48, 7, 9, device=DEVICE)  # NCHW while x is channels_last
+    out = kernels.pwconv_bn_act(x, weight, scale, shift, "hardswish", residual)
+    ref = reference.pwconv_bn_act(*as64(x, weight, scale, shift), "hardswish", residual.double())
+    assert rel_err(out, ref) < REL_TOL[torch.float32]
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_calls_the_kernels_do_not_take_go_to_reference(monkeypatch):
+    """float64 and channel multiplier > 1 (see NOTES) return reference's exact result."""
+    assert "float64" in kernels.NOTES and "multiplier" in kernels.NOTES
+    x, weight, scale, shift = dw_inputs(8, 6, 6, 3, torch.float64, "nchw")
+    out = kernels.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "relu")
+    assert torch.equal(out, reference.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "relu"))
+    x, _, _, _ = dw_inputs(8, 6, 6, 3, torch.float32, "nchw")
+    weight = torch.randn(16, 1, 3, 3, device=DEVICE)
+    scale, shift = torch.ones(16, device=DEVICE), torch.zeros(16, device=DEVICE)
+    out = kernels.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "relu")
+    assert torch.equal(out, reference.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "relu"))
+
+
+def test_backend_is_listed_for_cpu_under_the_interpreter():
+    row = backend.info()["triton"]
+    assert row["usable"] and DEVICE in row["devices"]
