@@ -14,7 +14,7 @@ from fastdw._common import output_memory_format
 from fastdw.kernels.triton._shared import MAXNREG, activation, dot_operand, interpreting
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; resources.py compiles each of them.
-GPU_CONFIGS = {"small_n": (64, 32, 32, 4), "mid_n": (64, 64, 32, 4), "wide_n": (64, 128, 32, 8)}
+GPU_CONFIGS = {"small_n": (64, 32, 32, 4), "mid_n": (64, 64, 32, 8), "wide_n": (64, 128, 32, 8)}
 
 
 def pick_config(m, c_in, c_out):
