@@ -20,7 +20,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/hardsigmoid.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/relu.h>
 #include <torch/library.h>
 
@@ -56,12 +55,9 @@ struct Block {
     if (we.defined()) {
       const int64_t ih_lo = std::max<int64_t>(0, oh0 * s - pad);
       const int64_t ih_hi = std::min<int64_t>(H, (oh1 - 1) * s - pad + k);
-      const int64_t rows = (ih_hi - ih_lo) * W;
-      at::Tensor hm = mat(h, rows, hidden);
-      at::mm_out(hm, mat(xn + ih_lo * W * Cin, rows, Cin), we);
-      const EpilogueParams e{h, eb.data_ptr<float>(), nullptr, hidden, hidden, 0, act};
-      at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / hidden),
-                       [&](int64_t b, int64_t end) { epilogue_rows(e, b, end); });
+      const GemmParams g{xn + ih_lo * W * Cin, we.data_ptr<float>(), h, eb.data_ptr<float>(),
+                         nullptr, Cin, hidden, Cin, hidden, 0, act};
+      gemm(g, (ih_hi - ih_lo) * W);
       p.x = h;
       p.x_h0 = ih_lo;
     } else {
@@ -73,16 +69,23 @@ struct Block {
     at::parallel_for(oh0, oh1, 1, [&](int64_t b, int64_t end) { dw_rows(p, b, end); });
   }
 
-  // y rows [oh0, oh1) of image n = d @ w + pb (+ x): one GEMM and one epilogue pass.
+  // All rows of one GEMM, split over threads in blocks of whole 4-row panels (inline when
+  // already inside the parallel loop over units).
+  static void gemm(const GemmParams& g, int64_t rows) {
+    const int64_t panels = (rows + 3) / 4;
+    const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.K * g.N / 16));
+    at::parallel_for(0, panels, grain, [&](int64_t b, int64_t e) {
+      gemm_rows(g, 4 * b, std::min(rows, 4 * e));
+    });
+  }
+
+  // y rows [oh0, oh1) of image n = d @ w + pb (+ x), epilogue fused into the GEMM.
   void project(int64_t n, int64_t oh0, int64_t oh1, const float* d, const at::Tensor& w) const {
     const int64_t rows = (oh1 - oh0) * OW;
     float* out = y + (n * OH + oh0) * OW * Cout;
-    at::Tensor om = mat(out, rows, Cout);
-    at::mm_out(om, mat(d, rows, hidden), w);
     const float* res = residual ? x + (n * H + oh0) * W * Cin : nullptr;
-    const EpilogueParams e{out, pb.data_ptr<float>(), res, Cout, Cout, Cin, kNone};
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / Cout),
-                     [&](int64_t b, int64_t end) { epilogue_rows(e, b, end); });
+    gemm(GemmParams{d, w.data_ptr<float>(), out, pb.data_ptr<float>(), res, hidden, Cout, hidden,
+                    Cout, Cin, kNone}, rows);
   }
 
   int64_t tiles_per_image() const { return (OH + tile_rows - 1) / tile_rows; }

@@ -36,10 +36,24 @@ struct EpilogueParams {
   int act;
 };
 
+// C = act(A @ B + shift) (+ res) for fp32 row-major A (M x K, row stride lda), B (K x N, dense)
+// and C (row stride ldc): the 1x1 convolutions of inverted_residual on channels-last tiles, with
+// the epilogue applied while the result is still in registers.
+struct GemmParams {
+  const float* a;
+  const float* b;
+  float* c;
+  const float* shift;   // [N]
+  const float* res;     // nullptr or [M][ldr]
+  int64_t K, N, lda, ldc, ldr;
+  int act;
+};
+
 // Each function handles output rows [begin, end) (for dw: flat index n*OH + oh), so the caller
 // parallelises with at::parallel_for. Both pick the widest instruction set this CPU supports.
 void dw_rows(const DwParams& p, int64_t begin, int64_t end);
 void epilogue_rows(const EpilogueParams& p, int64_t begin, int64_t end);
+void gemm_rows(const GemmParams& p, int64_t begin, int64_t end);
 
 // The instruction set in use: "avx512", "avx2" or "baseline". FASTDW_CPU_CAPABILITY (one of
 // those names) lowers it, like ATEN_CPU_CAPABILITY does for ATen, so tests can run every variant.

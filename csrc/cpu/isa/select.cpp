@@ -10,6 +10,7 @@ namespace fastdw_cpu {
   namespace isa {                                                        \
   void dw_rows(const DwParams& p, int64_t begin, int64_t end);           \
   void epilogue_rows(const EpilogueParams& p, int64_t begin, int64_t end); \
+  void gemm_rows(const GemmParams& p, int64_t begin, int64_t end);           \
   }
 FASTDW_DECLARE(avx512)
 FASTDW_DECLARE(avx2)
@@ -56,6 +57,14 @@ void epilogue_rows(const EpilogueParams& p, int64_t begin, int64_t end) {
     case kAvx512: return avx512::epilogue_rows(p, begin, end);
     case kAvx2: return avx2::epilogue_rows(p, begin, end);
     default: return baseline::epilogue_rows(p, begin, end);
+  }
+}
+
+void gemm_rows(const GemmParams& p, int64_t begin, int64_t end) {
+  switch (isa()) {
+    case kAvx512: return avx512::gemm_rows(p, begin, end);
+    case kAvx2: return avx2::gemm_rows(p, begin, end);
+    default: return baseline::gemm_rows(p, begin, end);
   }
 }
 

@@ -1,0 +1,164 @@
+"""Correctness cases of the raw C++ kernels (torch.ops.fastdw_cpp.*) against
+fastdw.kernels.reference evaluated in float64, shared by the in-process tests, the per-ISA
+subprocess runs and the AddressSanitizer run.
+
+    python tests/cpp/cases.py [--library SO]     # exit status 1 on any failure
+
+Outputs are poisoned: with torch.utils.deterministic.fill_uninitialized_memory and deterministic
+algorithms on, every at::empty the kernels allocate is filled with NaN, so an element a kernel
+forgets to write fails the comparison. Shapes are small (sanitizer runs are ~10x slower) but
+cover every template path: k 3/5 with stride 1/2, the runtime-k path (k 1, 7, stride 3,
+dilation 2), channel tails (C not a multiple of 16 or 8), 1-pixel images, every activation,
+NCHW / channels_last / strided inputs, fp32 and bf16.
+"""
+import argparse
+import sys
+
+import torch
+
+from fastdw.kernels import reference
+
+REL_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "silu")
+
+
+def layout(x, name):
+    if name == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if name == "strided":  # channel stride 1 but non-dense rows and columns
+        big = torch.randn(x.shape[0], x.shape[1], 2 * x.shape[2], 3 * x.shape[3], dtype=x.dtype)
+        big = big.contiguous(memory_format=torch.channels_last)
+        view = big[:, :, ::2, ::3]
+        view.copy_(x)
+        return view
+    if name == "transposed":  # no unit stride anywhere the kernel wants it
+        return x.transpose(2, 3).contiguous().transpose(2, 3)
+    return x
+
+
+def f64(t):
+    return None if t is None else t.double()
+
+
+def rel_err(out, ref):
+    if torch.isnan(out).any():
+        return float("inf")
+    return ((out.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def dw_cases():
+    # (N, C, H, W, k, stride, dilation, act, layout, dtype)
+    shapes = [(2, 32, 9, 11, 3, 1, 1), (1, 40, 10, 7, 3, 2, 1), (2, 24, 12, 12, 5, 1, 1),
+              (1, 72, 11, 9, 5, 2, 1), (1, 19, 8, 8, 7, 1, 1), (2, 13, 9, 9, 3, 1, 2),
+              (1, 5, 7, 8, 3, 3, 1), (2, 8, 5, 5, 1, 1, 1), (1, 17, 1, 1, 3, 1, 1),
+              (1, 16, 3, 3, 5, 2, 1)]
+    layouts = ("nchw", "channels_last", "strided", "transposed")
+    for i, (n, c, h, w, k, s, d) in enumerate(shapes):
+        for dtype in (torch.float32, torch.bfloat16):
+            yield (n, c, h, w, k, s, d, ACTS[i % len(ACTS)], layouts[i % len(layouts)], dtype)
+
+
+def run_dw(n, c, h, w, k, s, d, act, lay, dtype):
+    x = layout(torch.randn(n, c, h, w).to(dtype), lay)
+    weight = torch.randn(c, 1, k, k).to(dtype)
+    scale, shift = torch.rand(c) + 0.5, torch.randn(c)
+    pad = d * (k - 1) // 2
+    out = torch.ops.fastdw_cpp.dwconv_bn_act(x, weight, scale, shift, s, pad, d, act)
+    ref = reference.dwconv_bn_act(f64(x), f64(weight), f64(scale), f64(shift), s, pad, d, act)
+    return out, ref, x
+
+
+def pw_cases():
+    for i, (n, cin, cout, h, w, res, lay) in enumerate(
+            [(2, 16, 24, 5, 7, True, "channels_last"), (1, 37, 5, 4, 3, False, "nchw"),
+             (2, 8, 8, 1, 1, True, "strided"), (1, 24, 40, 6, 6, False, "channels_last")]):
+        yield (n, cin, cout, h, w, res, ACTS[i % len(ACTS)], lay)
+
+
+def run_pw(n, cin, cout, h, w, res, act, lay):
+    x = layout(torch.randn(n, cin, h, w), lay)
+    weight = torch.randn(cout, cin) / cin ** 0.5
+    scale, shift = torch.rand(cout) + 0.5, torch.randn(cout)
+    r = torch.randn(n, cout, h, w) if res else None
+    out = torch.ops.fastdw_cpp.pwconv_bn_act(x, weight, scale, shift, act, r)
+    ref = reference.pwconv_bn_act(f64(x), f64(weight), f64(scale), f64(shift), act, f64(r))
+    return out, ref, x
+
+
+def ir_cases():
+    # (N, C_in, hidden, C_out, H, W, k, stride, act, squeeze-excite, expand, layout)
+    yield (2, 16, 48, 16, 9, 7, 3, 1, "relu6", False, True, "channels_last")
+    yield (1, 24, 72, 40, 11, 11, 5, 2, "relu", True, True, "nchw")
+    yield (2, 40, 120, 40, 7, 6, 5, 1, "hardswish", True, True, "channels_last")
+    yield (3, 16, 16, 16, 6, 6, 3, 1, "relu6", False, False, "strided")
+    yield (1, 16, 16, 24, 9, 9, 3, 2, "relu", True, False, "channels_last")
+    yield (1, 8, 24, 12, 1, 1, 3, 1, "hardswish", False, True, "nchw")
+
+
+def run_ir(n, cin, hid, cout, h, w, k, s, act, se, expand, lay):
+    x = layout(torch.randn(n, cin, h, w), lay)
+    hid = hid if expand else cin
+    ew = torch.randn(hid, cin) / cin ** 0.5 if expand else None
+    es, eb = (torch.rand(hid) + 0.5, torch.randn(hid)) if expand else (None, None)
+    dw, ds, db = torch.randn(hid, 1, k, k) / k, torch.rand(hid) + 0.5, torch.randn(hid)
+    pw, ps, pb = torch.randn(cout, hid) / hid ** 0.5, torch.rand(cout) + 0.5, torch.randn(cout)
+    sq = max(4, hid // 4)
+    sew = ([torch.randn(sq, hid) / hid ** 0.5, torch.randn(sq), torch.randn(hid, sq) / sq ** 0.5,
+            torch.randn(hid)] if se else [None] * 4)
+    res = s == 1 and cin == cout
+    args = [x, ew, es, eb, dw, ds, db, pw, ps, pb]
+    out = torch.ops.fastdw_cpp.inverted_residual(*args, s, act, *sew, res)
+    ref = reference.inverted_residual(*map(f64, args), s, act, *map(f64, sew), res)
+    return out, ref, x
+
+
+def all_cases():
+    """(label, runner, case) of every case."""
+    for case in dw_cases():
+        yield f"dwconv_bn_act{case}", run_dw, case
+    for case in pw_cases():
+        yield f"pwconv_bn_act{case}", run_pw, case
+    for case in ir_cases():
+        yield f"inverted_residual{case}", run_ir, case
+
+
+def check(runner, case):
+    """None if the case passes, else what is wrong."""
+    from fastdw._common import output_memory_format
+    torch.manual_seed(hash(case) % 2**31)
+    out, ref, x = runner(*case)
+    if out.dtype != x.dtype or out.shape != ref.shape:
+        return f"dtype/shape {out.dtype} {tuple(out.shape)}, want {x.dtype} {tuple(ref.shape)}"
+    if not out.is_contiguous(memory_format=output_memory_format(x)):
+        return f"output strides {out.stride()} are not {output_memory_format(x)}"
+    err = rel_err(out, ref)
+    return None if err < REL_TOL[x.dtype] else f"relative error {err:.3g}"
+
+
+def poison_outputs():
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--library", help="load this build of the kernels instead of fastdw._C")
+    args = parser.parse_args()
+    if args.library:
+        torch.ops.load_library(args.library)
+    else:
+        import fastdw._C  # noqa: F401
+    poison_outputs()
+    print("capability:", torch.ops.fastdw_cpp.capability())
+    failures = 0
+    for label, runner, case in all_cases():
+        problem = check(runner, case)
+        if problem:
+            failures += 1
+            print(f"FAIL {label}: {problem}")
+    print(f"{failures} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

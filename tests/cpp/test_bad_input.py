@@ -1,0 +1,127 @@
+"""Bad arguments to the raw C++ entry points (torch.ops.fastdw_cpp.*, which skip the Python op's
+checks) raise RuntimeError naming the argument, before any memory is touched: never a crash."""
+import pytest
+import torch
+
+pytest.importorskip("fastdw._C", reason="fastdw._C is not built")
+ops = torch.ops.fastdw_cpp
+
+
+def dw_args(**change):
+    args = dict(x=torch.randn(2, 8, 6, 6), weight=torch.randn(8, 1, 3, 3),
+                scale=torch.ones(8), shift=torch.zeros(8), stride=1, padding=1, dilation=1,
+                act="relu6")
+    args.update(change)
+    return args
+
+
+def pw_args(**change):
+    args = dict(x=torch.randn(2, 8, 5, 5), weight=torch.randn(4, 8), scale=torch.ones(4),
+                shift=torch.zeros(4), act="relu", residual=None)
+    args.update(change)
+    return args
+
+
+def ir_args(**change):
+    args = dict(x=torch.randn(1, 8, 6, 6), expand_w=torch.randn(16, 8),
+                expand_scale=torch.ones(16), expand_shift=torch.zeros(16),
+                dw_w=torch.randn(16, 1, 3, 3), dw_scale=torch.ones(16), dw_shift=torch.zeros(16),
+                project_w=torch.randn(8, 16), project_scale=torch.ones(8),
+                project_shift=torch.zeros(8), stride=1, act="relu6", se_w1=None, se_b1=None,
+                se_w2=None, se_b2=None, residual=True)
+    args.update(change)
+    return args
+
+
+def expanded(shape, size):
+    """A tensor whose sizes are huge but whose storage is one element (stride 0 everywhere)."""
+    return torch.zeros(1).expand(*shape[:-1], size) if size else torch.zeros(1).expand(*shape)
+
+
+BAD_DW = {
+    "x rank": (dw_args(x=torch.randn(8, 6, 6)), "x must be 4-D"),
+    "x dtype": (dw_args(x=torch.randn(2, 8, 6, 6, dtype=torch.float64)), "x must be float32"),
+    "x int": (dw_args(x=torch.ones(2, 8, 6, 6, dtype=torch.int32)), "x must be float32"),
+    "x empty": (dw_args(x=torch.randn(0, 8, 6, 6)), "x must not be empty"),
+    # Non-CPU and sparse tensors are refused by the dispatcher (no kernel for their key) before
+    # the kernel's own device/layout checks, which cover mixed calls reaching the CPU kernel.
+    "x meta": (dw_args(x=torch.randn(2, 8, 6, 6, device="meta")), "Meta|CPU tensor"),
+    "weight meta": (dw_args(weight=torch.randn(8, 1, 3, 3, device="meta")), "Meta|CPU tensor"),
+    "x sparse": (dw_args(x=torch.randn(2, 8, 6, 6).to_sparse()), "SparseCPU|dense"),
+    "x too small": (dw_args(x=torch.randn(2, 8, 1, 1), padding=0), "too small for kernel"),
+    "x huge": (dw_args(x=expanded((1, 8, 6, 2**31), 0), weight=torch.randn(8, 1, 3, 3)),
+               "x has size 2147483648"),
+    "weight rank": (dw_args(weight=torch.randn(8, 3, 3)), "weight must be 4-D"),
+    "weight channels": (dw_args(weight=torch.randn(4, 1, 3, 3)), "weight must have C = 8"),
+    "weight multiplier": (dw_args(weight=torch.randn(16, 1, 3, 3)), "multipliers > 1"),
+    "weight groups": (dw_args(weight=torch.randn(8, 2, 3, 3)), "weight must have size 1"),
+    "weight square": (dw_args(weight=torch.randn(8, 1, 3, 5)), "square window"),
+    "weight dtype": (dw_args(weight=torch.randn(8, 1, 3, 3, dtype=torch.bfloat16)),
+                     "weight must have dtype Float"),
+    "scale size": (dw_args(scale=torch.ones(7)), "scale must have size 8"),
+    "scale dtype": (dw_args(scale=torch.ones(8, dtype=torch.float64)), "scale must have dtype"),
+    "shift rank": (dw_args(shift=torch.zeros(8, 1)), "shift must be 1-D"),
+    "stride": (dw_args(stride=0), "stride must be in"),
+    "padding": (dw_args(padding=-1), "padding must be in"),
+    "padding huge": (dw_args(padding=2**40), "padding must be in"),
+    "dilation": (dw_args(dilation=0), "dilation must be in"),
+    "act": (dw_args(act="gelu"), "act must be one of"),
+}
+
+BAD_PW = {
+    "x dtype": (pw_args(x=torch.randn(2, 8, 5, 5, dtype=torch.bfloat16)), "x must be float32"),
+    "weight 4-D": (pw_args(weight=torch.randn(4, 8, 1, 1)), "weight must be 2-D"),
+    "weight c_in": (pw_args(weight=torch.randn(4, 7)), "weight must have size 8"),
+    "scale": (pw_args(scale=torch.ones(5)), "scale must have size 4"),
+    "residual shape": (pw_args(residual=torch.randn(2, 4, 5, 4)), "residual must have size 5"),
+    "residual dtype": (pw_args(residual=torch.randn(2, 4, 5, 5, dtype=torch.float64)),
+                       "residual must have dtype"),
+    "act": (pw_args(act=""), "act must be one of"),
+}
+
+BAD_IR = {
+    "x rank": (ir_args(x=torch.randn(8, 6, 6)), "x must be 4-D"),
+    "expand_w c_in": (ir_args(expand_w=torch.randn(16, 4)), "expand_w must have size 8"),
+    "expand_scale missing": (ir_args(expand_scale=None), "expand_scale and expand_shift"),
+    "expand_scale without expand_w": (ir_args(expand_w=None), "given without expand_w"),
+    "dw_w hidden": (ir_args(dw_w=torch.randn(8, 1, 3, 3)), "dw_w must have size 16"),
+    "dw_w even": (ir_args(dw_w=torch.randn(16, 1, 4, 4)), "odd square"),
+    "dw_scale": (ir_args(dw_scale=torch.ones(15)), "dw_scale must have size 16"),
+    "project_w": (ir_args(project_w=torch.randn(8, 15)), "project_w must have size 16"),
+    "project_shift": (ir_args(project_shift=torch.zeros(9)), "project_shift must have size 8"),
+    "residual stride": (ir_args(stride=2), "residual needs stride 1"),
+    "stride": (ir_args(stride=0, residual=False), "stride must be in"),
+    "se partial": (ir_args(se_w1=torch.randn(4, 16)), "needs all of se_w1"),
+    "se_w2 shape": (ir_args(se_w1=torch.randn(4, 16), se_b1=torch.zeros(4),
+                            se_w2=torch.randn(16, 5), se_b2=torch.zeros(16)),
+                    "se_w2 must have size 4"),
+    "x dtype": (ir_args(x=torch.randn(1, 8, 6, 6, dtype=torch.bfloat16)), "x must be float32"),
+    "act": (ir_args(act="tanh"), "act must be one of"),
+}
+
+
+def _run(op, args, message):
+    with pytest.raises(RuntimeError, match=message):
+        op(*args.values())
+
+
+@pytest.mark.parametrize("name", BAD_DW)
+def test_dwconv_bn_act(name):
+    _run(ops.dwconv_bn_act, *BAD_DW[name])
+
+
+@pytest.mark.parametrize("name", BAD_PW)
+def test_pwconv_bn_act(name):
+    _run(ops.pwconv_bn_act, *BAD_PW[name])
+
+
+@pytest.mark.parametrize("name", BAD_IR)
+def test_inverted_residual(name):
+    _run(ops.inverted_residual, *BAD_IR[name])
+
+
+def test_good_arguments_run():
+    # The baselines the bad cases above are derived from are themselves accepted.
+    assert ops.dwconv_bn_act(*dw_args().values()).shape == (2, 8, 6, 6)
+    assert ops.pwconv_bn_act(*pw_args().values()).shape == (2, 4, 5, 5)
+    assert ops.inverted_residual(*ir_args().values()).shape == (1, 8, 6, 6)
