@@ -30,7 +30,7 @@ ACT_NAMES = {nn.ReLU6: "relu6", nn.ReLU: "relu", nn.Hardswish: "hardswish",
              nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu"}
 # fastdw backends that exist but are not timed on CPU, with the reason shown to the user.
 NOT_TIMED_ON_CPU = {
-    "triton": "runs on CPU only under TRITON_INTERPRET=1 (a numpy interpreter), far too slow to time",
+    "triton": "runs on CPU only under TRITON_INTERPRET=1, a numpy interpreter: far too slow",
     "cuda": "needs a CUDA GPU",
 }
 
@@ -229,7 +229,7 @@ def model_workload(model_name: str, batch: int, seed: int = 0) -> Workload:
 @dataclasses.dataclass(frozen=True)
 class Provider:
     name: str
-    about: str                 # one line for README / --list
+    about: str                 # what runs, one line (saved in extra_info)
     make: Callable[[Workload], Callable[[torch.Tensor], torch.Tensor]]
     channels_last: bool        # whether make()'s function takes a channels_last input
     stock: bool                # a stock PyTorch path ("x best stock" compares against these)
@@ -250,8 +250,8 @@ def _channels_last(module: nn.Module) -> nn.Module:
 
 def _compiled(workload: Workload):
     module = _channels_last(workload.stock_module())
-    # Each test compiles a new module whose forward is the same code object (Sequential.forward);
-    # without a reset, dynamo would reach its recompile limit and silently run eager.
+    # Each workload compiles a new module whose forward is the same code object (e.g.
+    # Sequential.forward); without a reset dynamo would soon hit its recompile limit.
     torch._dynamo.reset()
     return torch.compile(module, fullgraph=True, dynamic=False)
 
@@ -327,6 +327,6 @@ def check_close(out: torch.Tensor, ref: torch.Tensor, what: str) -> float:
     diff = max_abs_diff(out, ref)
     bound = 1e-3 * ref.abs().max().item() + 1e-5
     if out.shape != ref.shape or not diff <= bound:
-        raise AssertionError(f"{what}: output differs from stock eager by {diff:.3g} "
-                             f"(allowed {bound:.3g}, shapes {tuple(out.shape)} vs {tuple(ref.shape)})")
+        raise AssertionError(f"{what}: output differs from stock eager by {diff:.3g} (allowed "
+                             f"{bound:.3g}; shapes {tuple(out.shape)}, {tuple(ref.shape)})")
     return diff

@@ -158,6 +158,9 @@ def main(argv=None):
             workload = _providers.model_workload(model, batch, args.seed)
             ready, notes, diffs = build_all(workload, providers, args.warmup)
             times = time_alternating(ready, args.reps, args.seed)
+            print("  median ms: " + ", ".join(f"{name} {statistics.median(ts) * 1e3:.2f}"
+                                              for name, ts in times.items()),
+                  file=sys.stderr, flush=True)
             rows += table_rows(model, batch, providers, times, notes, diffs)
             loads.append(os.getloadavg()[0])
     minutes = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() / 60
@@ -169,6 +172,8 @@ def main(argv=None):
     print(f"median of {args.reps} alternating calls after {args.warmup} warm-up calls, "
           f"load average (1/5/15 min) at start {load_start}, at end {_load()} "
           f"({os.cpu_count()} CPUs), run took {minutes:.1f} min")
+    print("fastdw backends not timed on CPU: " + "; ".join(
+        f"{name} ({why})" for name, why in _providers.NOT_TIMED_ON_CPU.items()))
     if max(loads) > os.cpu_count() + 1:  # this run itself accounts for up to ~--threads
         print("WARNING: load average well above the CPU count: other jobs took cores during "
               "the run, "

@@ -2,8 +2,6 @@
 
 Options: --bench-batch=1,8 (batch sizes, default 1), --bench-threads=N (default 2).
 """
-import platform
-
 import pytest
 import torch
 
@@ -41,8 +39,7 @@ def run_provider(benchmark):
         benchmark.group = workload.group
         benchmark.extra_info.update(
             workload.about, provider=provider.name, provider_about=provider.about,
-            threads=torch.get_num_threads(), dtype="float32", torch=torch.__version__,
-            machine=platform.processor() or platform.machine())
+            threads=torch.get_num_threads(), dtype="float32", torch=torch.__version__)
         with torch.no_grad():
             for _ in range(warmup):  # the first call compiles / exports / packs weights
                 out = fn(x)
