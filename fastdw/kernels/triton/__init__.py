@@ -9,13 +9,17 @@ import os
 import torch
 
 from fastdw.kernels import reference
+# The op modules, imported before the functions below rebind these package attributes to the
+# kernel functions the backend loader looks up (elsewhere, import them by module path).
 from fastdw.kernels.triton import dwconv_bn_act as _dw
 from fastdw.kernels.triton import pwconv_bn_act as _pw
 from fastdw.kernels.triton import inverted_residual as _ir
 
 DEVICES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
-NOTES = ("float64 and depthwise channel multiplier > 1 run on reference; "
-         "pwconv_bn_act and inverted_residual backward run on reference")
+NOTES = ("float64 and depthwise channel multiplier > 1 run on reference; pwconv_bn_act and "
+         "inverted_residual backward run on reference (dwconv_bn_act backward is Triton); "
+         "under TRITON_INTERPRET=1 bf16 tl.dot operands are multiplied as fp32 (Triton 3.8's "
+         "interpreter computes bf16 dot wrongly)")
 
 
 def unavailable():
