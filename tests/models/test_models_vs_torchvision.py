@@ -59,15 +59,14 @@ def test_eval_outputs_equal(name, randomize_bn):
     ours.eval(), tv.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        out, ref32 = ours(x), tv(x)
-        ref = tv.double()(x.double())
-        # float64 through both: any structural difference (wrong padding, act, residual,
-        # SE placement, BN eps) shows up far above float64 rounding (~1e-16).
-        assert rel_err(ours.double()(x.double()), ref) < 1e-12
-    # float32: BN folding reassociates the math, so fastdw is not bit-equal to torchvision, but
-    # both sit ~3e-7 (relative) from the float64 truth here; 1e-5 is the project-wide fp32 bar.
+        out, ref = ours(x), tv(x)
+    # float32: BN folding reassociates the math, so fastdw is not bit-equal to torchvision; both
+    # sit ~3e-7 (relative) from a float64 run of torchvision (measured on these models), so
+    # 1e-5, the project-wide fp32 bar, leaves 30x for kernel summation order while any
+    # structural slip (padding, activation, residual, SE, BN eps) is off by far more.
+    # (No float64 run here: CPU grouped convs in float64 take a per-group slow path, seconds
+    # per model; tests/nn checks each block in float64 instead.)
     assert rel_err(out, ref) < 1e-5
-    assert rel_err(ref32, ref) < 1e-5
     assert torch.equal(out.argmax(1), ref.argmax(1))
 
 
@@ -75,26 +74,31 @@ def test_eval_outputs_equal(name, randomize_bn):
 def test_train_forward_stats_and_gradients_equal(name, randomize_bn):
     ours, tv = make_pair(name, randomize_bn)
     ours.train(), tv.train()
-    x = torch.randn(4, 3, 64, 64)
+    x = torch.randn(4, 3, 32, 32)  # 1x1 at the last stage: 4 values per BN channel
     torch.manual_seed(1)  # the same dropout mask for both
     y_ours = ours(x)
     torch.manual_seed(1)
     y_tv = tv(x)
     # In train mode fastdw runs conv (fastdw op, act="none") -> the nn.BatchNorm2d module ->
-    # activation: on the reference backend the same float32 ops in the same order (measured
+    # activation: the reference backend runs the same float32 ops in the same order (measured
     # difference 0); a kernel backend may sum in another order, ~1e-7 relative.
     assert rel_err(y_ours, y_tv) < 1e-5
     tv_buffers = dict(tv.named_buffers())
-    for name, buf in ours.named_buffers():
-        torch.testing.assert_close(buf, tv_buffers[name], rtol=1e-5, atol=1e-6, msg=name)
+    for key, buf in ours.named_buffers():
+        torch.testing.assert_close(buf, tv_buffers[key], rtol=1e-5, atol=1e-6, msg=key)
     g = torch.randn_like(y_tv)
     (y_ours * g).sum().backward()
     (y_tv * g).sum().backward()
-    tv_params = dict(tv.named_parameters())
-    for name, p in ours.named_parameters():
-        # Backward through ~50 batch-statistics BNs amplifies summation-order noise more than
-        # the forward does, hence 1e-4 (the reference backend again measures 0).
-        assert rel_err(p.grad, tv_params[name].grad) < 1e-4, name
+    tv_grads = {key: p.grad for key, p in tv.named_parameters()}
+    total = torch.cat([t.flatten() for t in tv_grads.values()]).norm()
+    for key, p in ours.named_parameters():
+        # Backward through ~50 batch-statistics BNs amplifies summation-order noise (up to
+        # ~5e-5 relative measured with the C++ backend; 0 with reference), hence 1e-4. Some
+        # true gradients are exactly 0 (a BN bias feeding, through a 1x1 conv, a train-mode BN
+        # that removes any per-channel shift): those hold only rounding noise, ~1e-9 of the
+        # total gradient norm, so the floor is float32 epsilon (~1e-7) times that norm.
+        err = (p.grad - tv_grads[key]).norm()
+        assert err <= 1e-4 * tv_grads[key].norm() + 1e-7 * total, (key, err.item())
 
 
 @pytest.mark.parametrize("width_mult, depth_multiplier", [(1.0, 1), (0.5, 2)])
