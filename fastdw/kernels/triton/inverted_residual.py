@@ -97,7 +97,7 @@ def ir_kernel(
         hc = h0 + tl.arange(0, BLOCK_HID)
         h_mask = hc < HID
         dw = tl.zeros((BLOCK_OH * BLOCK_OW, BLOCK_HID), tl.float32)
-        for a in range(K):  # window rows at run time, like the depthwise kernel
+        for a in range(K):  # run-time loops, like the depthwise kernel's window
             for b in range(K):
                 if EXPAND:
                     pix, inside = tap_pixels(rows, cols, H, W, sxh, sxw, PAD, a, b, STRIDE, 1)
