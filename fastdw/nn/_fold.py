@@ -1,11 +1,12 @@
-"""BatchNorm folding for eval-mode forwards, with a cache that cannot go stale.
+"""BatchNorm folding for eval-mode forwards, with a cache keyed on the folded tensors' state.
 
 Folding costs a handful of tiny ops per BatchNorm (~50 per model), which is noticeable at batch
-1, so folded tensors are cached, but only when nothing can observe the difference: no autograd
-(cached tensors carry no graph) and not while torch.compile traces (the compiled graph folds
-itself). The cache key holds every input tensor by identity plus its version counter and data
-pointer, so in-place edits (`bn.running_var.mul_(2)`, optimizer steps), `.data` swaps and
-`.to()`/`.half()` all invalidate it.
+1, so folded tensors are cached, but only where nothing can observe it: no autograd (cached
+tensors carry no graph) and not while torch.compile traces (the compiled graph folds itself).
+The key holds every input tensor by identity plus its version counter and data pointer, so
+in-place edits (`bn.running_var.mul_(2)`, optimizer steps, load_state_dict), `.data = ...`
+swaps and `.to()`/`.half()` all invalidate it. The one thing it cannot see is an in-place edit
+through `.data` (`bn.weight.data.mul_(2)`): `.data` has its own version counter.
 """
 import torch
 from torch import nn
@@ -24,7 +25,8 @@ def _stamp(tensors, bns):
 
 
 def cached(owner: nn.Module, bns, compute, *extra):
-    """compute() -> folded tensors of `bns` (and of the `extra` tensors it reads), cached on owner."""
+    """compute(): the folded tensors of `bns` (and of the `extra` tensors it reads), cached on
+    `owner` (one entry per module: a module folds the same BNs every call)."""
     watched = [t for bn in bns for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)]
     watched += extra
     if (torch.compiler.is_compiling() or torch.is_grad_enabled()

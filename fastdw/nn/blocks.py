@@ -70,8 +70,9 @@ class _InvertedResidualBlock(nn.Module):
             y = layers(x)
             return x + y if self.use_res_connect else y
         folded = cached(self, bns, lambda: [ops.fold_bn(bn) for bn in bns])
-        (expand_scale, expand_shift), (dw_scale, dw_shift), (p_scale, p_shift) = (
-            [(None, None)] if expand is None else []) + folded
+        if expand is None:
+            folded = [(None, None), *folded]
+        (expand_scale, expand_shift), (dw_scale, dw_shift), (p_scale, p_shift) = folded
         se_args = {} if se is None else dict(se_w1=se.fc1.weight, se_b1=se.fc1.bias,
                                               se_w2=se.fc2.weight, se_b2=se.fc2.bias)
         return ops.inverted_residual(
@@ -130,7 +131,8 @@ class InvertedResidualV3(_InvertedResidualBlock):
         se = layers[-2] if isinstance(layers[-2], SqueezeExcite) else None
         project = layers[-1]
         if len(layers) != 2 + (expand is not None) + (se is not None):
-            raise ValueError(f"unexpected stages in a V3 block: {[type(m).__name__ for m in layers]}")
+            raise ValueError("unexpected stages in a V3 block: "
+                             f"{[type(m).__name__ for m in layers]}")
         if not (isinstance(project, ConvBNAct) and project.act == "none"):
             raise ValueError("the last stage of a V3 block must be a ConvBNAct with act='none'")
         return expand, layers[int(expand is not None)], se, project[0], project[1]

@@ -35,7 +35,8 @@ def _conv_bn_act(module):
 
 
 def _squeeze_excite(module):
-    if type(module.activation) is not nn.ReLU or type(module.scale_activation) is not nn.Hardsigmoid:
+    if (type(module.activation) is not nn.ReLU
+            or type(module.scale_activation) is not nn.Hardsigmoid):
         return None
     se = SqueezeExcite(module.fc1.in_channels, module.fc1.out_channels)
     se.fc1, se.fc2 = module.fc1, module.fc2

@@ -97,7 +97,8 @@ def test_conv_bn_act_matches_torchvision_layer(act, groups, randomize_bn):
     """Same state_dict keys as Conv2dNormActivation; train forward, running stats and
     gradients identical to it; eval outputs equal."""
     activation = {"relu6": nn.ReLU6, "hardswish": nn.Hardswish, "none": None}[act]
-    tv = randomize_bn(Conv2dNormActivation(16, 32, 3, 2, groups=groups, activation_layer=activation))
+    tv = randomize_bn(Conv2dNormActivation(16, 32, 3, 2, groups=groups,
+                                           activation_layer=activation))
     ours = ConvBNAct(16, 32, 3, 2, groups=groups, act=act)
     assert list(ours.state_dict()) == list(tv.state_dict())
     ours.load_state_dict(tv.state_dict())
