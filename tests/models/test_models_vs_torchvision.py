@@ -70,6 +70,16 @@ def test_eval_outputs_equal(name, randomize_bn):
     assert torch.equal(out.argmax(1), ref.argmax(1))
 
 
+def test_channels_last_model(randomize_bn):
+    """A channels_last model and input (how the benchmarks run) give torchvision's NCHW result."""
+    ours, tv = make_pair("mobilenet_v3_small", randomize_bn)
+    ours.eval().to(memory_format=torch.channels_last), tv.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = ours(x.to(memory_format=torch.channels_last))
+        assert rel_err(out, tv(x)) < 1e-5  # same bound and reasoning as test_eval_outputs_equal
+
+
 @pytest.mark.parametrize("name", STANDARD)
 def test_train_forward_stats_and_gradients_equal(name, randomize_bn):
     ours, tv = make_pair(name, randomize_bn)
