@@ -6,7 +6,7 @@ import sys
 
 from skimage import data  # noqa: F401  (the demo needs scikit-image; fail here if missing)
 
-CAT_CLASSES = ("tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat")
+CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 
 
 def run(args, torch_home):
@@ -17,10 +17,10 @@ def run(args, torch_home):
     return done.stdout
 
 
-def top5_section(out, label):
+def top5_labels(out, label):
     lines = out.split(f"top-5 {label}:\n", 1)[1].splitlines()[:5]
-    assert len(lines) == 5 and all("%" in line for line in lines), out
-    return "\n".join(lines)
+    assert len(lines) == 5 and all("%  " in line for line in lines), out
+    return [line.split("%  ", 1)[1] for line in lines]
 
 
 def test_demo_with_cached_imagenet_weights(checkpoint, tmp_path):
@@ -29,8 +29,9 @@ def test_demo_with_cached_imagenet_weights(checkpoint, tmp_path):
     out = run(["demo", "--runs", "1", "--rounds", "1"], tmp_path)
     assert "RANDOM" not in out
     for label in ("fastdw", "torchvision"):
-        assert any(cat in top5_section(out, label) for cat in CAT_CLASSES), out
-    assert top5_section(out, "fastdw") == top5_section(out, "torchvision")
+        assert set(top5_labels(out, label)) & CAT_CLASSES, out
+    # Labels only: a printed percentage may round differently for ~1e-6 logit differences.
+    assert top5_labels(out, "fastdw") == top5_labels(out, "torchvision")
     assert "max |logit difference|" in out and "fastdw backend:" in out
     assert "latency" in out
 
