@@ -273,9 +273,11 @@ def _fastdw_backend(backend: str):
 
 def _onnxruntime(workload: Workload):
     try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it to write the model)
         import onnxruntime
     except ImportError as err:
-        raise Unavailable("onnxruntime is not installed (pip install onnxruntime)") from err
+        raise Unavailable(f"{err.name} is not installed (the ort provider needs "
+                          "pip install onnxruntime onnx)") from err
     buf = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(workload.stock_module(), (workload.x,), buf, dynamo=False,
