@@ -6,8 +6,10 @@
 Every depthwise shape of MobileNetV2 at 224x224 (fp32). Providers: eager Conv2d -> BatchNorm2d ->
 ReLU6 on NCHW and on channels_last, torch.compile with freezing on channels_last (oneDNN's fused
 conv + post-ops, the best stock path), fastdw's public op on the cpp and reference backends
-(channels_last). Each repetition times one call of every provider in turn, so load from other
-jobs on this shared machine spreads over all of them; medians in ms, and the cpp column's
+(channels_last), and cpp-kernel, the C++ entry point torch.ops.fastdw_cpp.* alone (its
+difference to fastdw-cpp is the Python custom-op layer of fastdw.ops). Each repetition times
+one call of every provider in turn, so load from other jobs on this shared machine spreads
+over all of them; medians in ms, and the fastdw-cpp column's
 ratios to compile-cl (target <= 1.0) and to eager NCHW (target >= 3x faster). Outputs are
 checked against eager before anything is timed. Compare with shared/tools/cpu_op_anchors.py.
 """
@@ -71,7 +73,9 @@ def dw_providers(c, hw, stride, x):
                                                 backend=backend)
     return {"eager": lambda: m(x), "eager-cl": lambda: m_cl(x_cl),
             "compile-cl": (lambda f: lambda: f(x_cl))(compiled(m_cl, x_cl)),
-            "fastdw-cpp": fastdw_op("cpp"), "fastdw-ref": fastdw_op("reference")}
+            "fastdw-cpp": fastdw_op("cpp"), "fastdw-ref": fastdw_op("reference"),
+            "cpp-kernel": lambda: torch.ops.fastdw_cpp.dwconv_bn_act(x_cl, w, scale, shift,
+                                                                     stride, 1, 1, "relu6")}
 
 
 def block_providers(cin, e, cout, hw, stride, x):
@@ -95,7 +99,10 @@ def block_providers(cin, e, cout, hw, stride, x):
             residual=residual, backend=backend)
     return {"eager": lambda: m(x), "eager-cl": lambda: m_cl(x_cl),
             "compile-cl": (lambda f: lambda: f(x_cl))(compiled(m_cl, x_cl)),
-            "fastdw-cpp": fastdw_op("cpp"), "fastdw-ref": fastdw_op("reference")}
+            "fastdw-cpp": fastdw_op("cpp"), "fastdw-ref": fastdw_op("reference"),
+            "cpp-kernel": lambda: torch.ops.fastdw_cpp.inverted_residual(
+                x_cl, ws[0].flatten(1), *folded[0:2], ws[1], *folded[2:4], ws[2].flatten(1),
+                *folded[4:6], stride, "relu6", None, None, None, None, residual)}
 
 
 def measure(providers, iters, warmup=5):
@@ -120,7 +127,7 @@ def check(providers, tol=1e-4):
 
 
 def run(title, shapes, make, label, batches, iters):
-    names = ["eager", "eager-cl", "compile-cl", "fastdw-cpp", "fastdw-ref"]
+    names = ["eager", "eager-cl", "compile-cl", "fastdw-cpp", "fastdw-ref", "cpp-kernel"]
     print(f"\n### {title}\n")
     print("| batch | layer | " + " | ".join(names)
           + " | cpp / compile-cl | eager / cpp |")

@@ -39,7 +39,8 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   const at::Tensor wp = weight.reshape({C, k * k}).to(at::kFloat).mul(scale.unsqueeze(1))
                             .t().contiguous();
   const at::Tensor sh = shift.contiguous();
-  at::Tensor y = at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y =
+      at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
 
   DwParams p{};
   p.x = xc.data_ptr();

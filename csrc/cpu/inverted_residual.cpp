@@ -6,9 +6,11 @@
 // all on channels-last memory, where a 1x1 conv is a GEMM over pixels.
 //
 // Eager PyTorch writes the expanded tensor h (6x the block's input) to DRAM and reads it back
-// twice. Here the output is produced in tiles of output rows: a tile expands only the input rows
-// its depthwise window needs (plus the k-s halo rows, recomputed by the neighbouring tile), so h
-// and d of one tile are sized to stay in L2 (kTileBytes) and never reach DRAM.
+// twice. Here the output is produced in tiles of output rows (1x1 convs by the register-blocked
+// GEMM with fused epilogue of csrc/cpu/isa/loops.h, depthwise by dw_rows): a tile expands only
+// the input rows its depthwise window needs (plus the k-s halo rows, recomputed by the
+// neighbouring tile), so h and d of one tile are sized to stay in L2 (kTileBytes) and never
+// reach DRAM.
 // Squeeze-excite needs the spatial mean of d over the whole image before anything is projected,
 // so with SE a unit of work is one image: its tiles fill d for the whole image (one image of
 // d fits in L2 for the SE layers of MobileNetV3), then the gate scales the rows of the project
@@ -171,7 +173,8 @@ at::Tensor inverted_residual(
               "C_out, got stride ", stride, ", C_in ", Cin, ", C_out ", Cout);
 
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  at::Tensor y = at::empty({N, Cout, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y =
+      at::empty({N, Cout, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const at::Tensor dwp = dw_w.reshape({hidden, k * k}).mul(dw_scale.unsqueeze(1)).t().contiguous();
   const at::Tensor dwb = dw_shift.contiguous();
 
@@ -206,7 +209,7 @@ at::Tensor inverted_residual(
 
   // Enough units: each thread takes whole units and runs their GEMMs single-threaded (nested
   // at::parallel_for runs inline). Few units (batch 1 at low resolution): units run in turn and
-  // the GEMMs, depthwise rows and epilogues inside each use all threads.
+  // the GEMMs and depthwise rows inside each use all threads.
   const int64_t units = has_se ? N : N * blk.tiles_per_image();
   auto work = [&](int64_t begin, int64_t end) {
     at::Tensor h = at::empty({std::max<int64_t>(1, blk.h_floats())}, xc.options());

@@ -14,8 +14,8 @@ enum DType : int { kFloat = 0, kBFloat16 = 1 };
 // Input rows are addressed relative to x_h0 and output rows relative to y_h0, so a row tile of a
 // larger image (the hidden tile of inverted_residual) is described by the same struct.
 struct DwParams {
-  const void* x;        // input (dtype), element (n, c, ih, iw) at n*xs_n + (ih-x_h0)*xs_h + iw*xs_w + c
-  void* y;              // output (dtype), element (n, c, oh, ow) at n*ys_n + (oh-y_h0)*ys_h + ow*ys_w + c
+  const void* x;  // input (dtype): (n, c, ih, iw) at n*xs_n + (ih-x_h0)*xs_h + iw*xs_w + c
+  void* y;        // output (dtype): (n, c, oh, ow) at n*ys_n + (oh-y_h0)*ys_h + ow*ys_w + c
   const float* w;       // packed weights [k*k][C]: weight[c, 0, i, j] * scale[c] at (i*k + j)*C + c
   const float* shift;   // [C]
   int64_t C, H, W, OH, OW;
@@ -26,19 +26,9 @@ struct DwParams {
   int dtype;            // DType of x and y
 };
 
-// Rows of a 2-D fp32 matrix y (rows x cols, row stride ldy) get y = act(y + shift[col]) + res,
-// res optional (row stride ldr). The epilogue of the 1x1 convolutions after at::mm.
-struct EpilogueParams {
-  float* y;
-  const float* shift;   // [cols]
-  const float* res;     // nullptr or [rows][ldr]
-  int64_t cols, ldy, ldr;
-  int act;
-};
-
 // C = act(A @ B + shift) (+ res) for fp32 row-major A (M x K, row stride lda), B (K x N, dense)
-// and C (row stride ldc): the 1x1 convolutions of inverted_residual on channels-last tiles, with
-// the epilogue applied while the result is still in registers.
+// and C (row stride ldc): the 1x1 convolutions (pwconv_bn_act, and inverted_residual on
+// channels-last tiles), with the epilogue applied while the result is still in registers.
 struct GemmParams {
   const float* a;
   const float* b;
@@ -49,10 +39,10 @@ struct GemmParams {
   int act;
 };
 
-// Each function handles output rows [begin, end) (for dw: flat index n*OH + oh), so the caller
-// parallelises with at::parallel_for. Both pick the widest instruction set this CPU supports.
+// Each function handles output rows [begin, end) (for dw: flat index n*OH + oh; for the GEMM:
+// rows of C), so the caller parallelises with at::parallel_for. Both run the widest instruction
+// set this CPU supports.
 void dw_rows(const DwParams& p, int64_t begin, int64_t end);
-void epilogue_rows(const EpilogueParams& p, int64_t begin, int64_t end);
 void gemm_rows(const GemmParams& p, int64_t begin, int64_t end);
 
 // The instruction set in use: "avx512", "avx2" or "baseline". FASTDW_CPU_CAPABILITY (one of

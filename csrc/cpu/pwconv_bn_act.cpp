@@ -32,7 +32,8 @@ at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor wt = weight.mul(scale.unsqueeze(1)).t().contiguous();  // (C_in, C_out)
   const at::Tensor sh = shift.contiguous();
-  at::Tensor y = at::empty({N, Cout, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y =
+      at::empty({N, Cout, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   at::Tensor rc;
   if (residual) rc = residual->contiguous(at::MemoryFormat::ChannelsLast);
   const GemmParams g{xc.data_ptr<float>(), wt.data_ptr<float>(), y.data_ptr<float>(),

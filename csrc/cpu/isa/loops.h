@@ -167,42 +167,6 @@ void dw_rows(const DwParams& p, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) row(p, r / p.OH, r % p.OH);
 }
 
-template <int N, int A, bool RES>
-inline void epilogue_chunk(const EpilogueParams& p, float* y, const float* res, int64_t c) {
-  auto v = activate<A, N>(load<N>(y + c) + load<N>(p.shift + c));
-  if constexpr (RES) v += load<N>(res + c);
-  store<N>(y + c, v);
-}
-
-// y = act(y + shift) (+ res), row by row.
-template <int A, bool RES>
-void epilogue(const EpilogueParams& p, int64_t begin, int64_t end) {
-  for (int64_t r = begin; r < end; ++r) {
-    float* y = p.y + r * p.ldy;
-    const float* res = RES ? p.res + r * p.ldr : nullptr;
-    int64_t c = 0;
-    for (; c + FASTDW_VW <= p.cols; c += FASTDW_VW) epilogue_chunk<FASTDW_VW, A, RES>(p, y, res, c);
-    for (; c < p.cols; ++c) epilogue_chunk<1, A, RES>(p, y, res, c);
-  }
-}
-
-template <bool RES>
-void epilogue_act(const EpilogueParams& p, int64_t begin, int64_t end) {
-  switch (p.act) {
-    case kRelu: return epilogue<kRelu, RES>(p, begin, end);
-    case kRelu6: return epilogue<kRelu6, RES>(p, begin, end);
-    case kHardswish: return epilogue<kHardswish, RES>(p, begin, end);
-    case kHardsigmoid: return epilogue<kHardsigmoid, RES>(p, begin, end);
-    case kSilu: return epilogue<kSilu, RES>(p, begin, end);
-    default: return epilogue<kNone, RES>(p, begin, end);
-  }
-}
-
-void epilogue_rows(const EpilogueParams& p, int64_t begin, int64_t end) {
-  if (p.res) epilogue_act<true>(p, begin, end);
-  else epilogue_act<false>(p, begin, end);
-}
-
 // The activation chosen at run time: once per output vector of a GEMM block, next to K FMAs.
 template <int N> inline typename Lanes<N>::F activate(typename Lanes<N>::F v, int act) {
   switch (act) {

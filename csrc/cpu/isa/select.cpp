@@ -9,7 +9,6 @@ namespace fastdw_cpu {
 #define FASTDW_DECLARE(isa)                                              \
   namespace isa {                                                        \
   void dw_rows(const DwParams& p, int64_t begin, int64_t end);           \
-  void epilogue_rows(const EpilogueParams& p, int64_t begin, int64_t end); \
   void gemm_rows(const GemmParams& p, int64_t begin, int64_t end);           \
   }
 FASTDW_DECLARE(avx512)
@@ -49,14 +48,6 @@ void dw_rows(const DwParams& p, int64_t begin, int64_t end) {
     case kAvx512: return avx512::dw_rows(p, begin, end);
     case kAvx2: return avx2::dw_rows(p, begin, end);
     default: return baseline::dw_rows(p, begin, end);
-  }
-}
-
-void epilogue_rows(const EpilogueParams& p, int64_t begin, int64_t end) {
-  switch (isa()) {
-    case kAvx512: return avx512::epilogue_rows(p, begin, end);
-    case kAvx2: return avx2::epilogue_rows(p, begin, end);
-    default: return baseline::epilogue_rows(p, begin, end);
   }
 }
 
