@@ -19,7 +19,8 @@ GPU_CONFIGS = {"small_n": (64, 32, 32, 4), "mid_n": (64, 64, 32, 8), "wide_n": (
 
 def pick_config(m, c_in, c_out):
     if interpreting():  # few, large programs: each one costs ~35 ms under the interpreter
-        return (min(triton.next_power_of_2(m), 1024), min(max(triton.next_power_of_2(c_out), 16), 256),
+        return (min(triton.next_power_of_2(m), 1024),
+                min(max(triton.next_power_of_2(c_out), 16), 256),
                 min(max(triton.next_power_of_2(c_in), 16), 256), 4)
     if c_out <= 32:
         return GPU_CONFIGS["small_n"]

@@ -104,7 +104,6 @@ def _cases(full):
 
 def _signature(fn, args, constexprs):
     """ASTSource signature, constexprs and divisibility attrs, specialised like a launch."""
-    import triton.language as tl  # noqa: F401  (dtype names below are triton's)
     signature, consts, attrs = {}, dict(constexprs), {}
     for index, name in enumerate(fn.arg_names):
         if name in constexprs:
