@@ -54,7 +54,7 @@ template <int N> inline void store(bf16* p, typename Lanes<N>::F v) {
 // The activations of fastdw._common.ACTIVATIONS, lane-wise.
 template <int A, int N> inline typename Lanes<N>::F activate(typename Lanes<N>::F v) {
   using F = typename Lanes<N>::F;
-  const F zero = v * 0.f, six = zero + 6.f;
+  const F zero{}, six = zero + 6.f;  // constants (not v * 0.f, which costs a multiply)
   auto relu6 = [&](F t) { t = t > zero ? t : zero; return t < six ? t : six; };
   if constexpr (A == kRelu) return v > zero ? v : zero;
   else if constexpr (A == kRelu6) return relu6(v);
@@ -92,7 +92,7 @@ void dw_chunk(const DwParams& p, int64_t n, int64_t oh, int64_t c0) {
   };
 
   auto checked = [&](int64_t ow) {
-    F acc = shift * 0.f;
+    F acc{};
     const int64_t iw0 = ow * s - p.pad;
     for (int64_t i = 0; i < k; ++i) {
       const int64_t ih = ih0 + i * d;
@@ -201,8 +201,8 @@ void gemm_block(const GemmParams& p, int64_t m, int64_t n) {
     F bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = load<L>(b + k * p.N + v * L);
     for (int r = 0; r < R; ++r) {
-      const F av = bv[0] * 0.f + a[r * p.lda + k];
-      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+      const float av = a[r * p.lda + k];  // vector * scalar: one broadcast, then FMAs
+      for (int v = 0; v < NV; ++v) acc[r][v] += bv[v] * av;
     }
   }
   for (int r = 0; r < R; ++r)
@@ -213,22 +213,31 @@ void gemm_block(const GemmParams& p, int64_t m, int64_t n) {
     }
 }
 
-// All columns of R rows: wide blocks, then one vector, (AVX-512) 8 lanes, then single lanes.
-template <int R>
-void gemm_panel(const GemmParams& p, int64_t m) {
-  int64_t n = 0;
-  for (; n + kGemmNV * FASTDW_VW <= p.N; n += kGemmNV * FASTDW_VW)
-    gemm_block<R, kGemmNV, FASTDW_VW>(p, m, n);
-  for (; n + FASTDW_VW <= p.N; n += FASTDW_VW) gemm_block<R, 1, FASTDW_VW>(p, m, n);
-  if constexpr (FASTDW_VW > 8)
-    for (; n + 8 <= p.N; n += 8) gemm_block<R, 1, 8>(p, m, n);
-  for (; n < p.N; ++n) gemm_block<R, 1, 1>(p, m, n);
+// One column block of NV*L columns over rows [begin, end): R-row blocks, then single rows.
+template <int NV, int L>
+void gemm_columns(const GemmParams& p, int64_t begin, int64_t end, int64_t n) {
+  int64_t m = begin;
+  for (; m + kGemmR <= end; m += kGemmR) gemm_block<kGemmR, NV, L>(p, m, n);
+  for (; m < end; ++m) gemm_block<1, NV, L>(p, m, n);
 }
 
+// Rows in chunks of kGemmRows; within a chunk, column blocks outside rows, so one K x (NV*L)
+// panel of B is reused by every row of the chunk while it is in L1, and the chunk's rows of A
+// (kGemmRows x K) stay in L1/L2 across the column blocks. Columns: wide blocks, then one
+// vector, (AVX-512) 8 lanes, then single lanes.
+constexpr int64_t kGemmRows = 48;
+
 void gemm_rows(const GemmParams& p, int64_t begin, int64_t end) {
-  int64_t m = begin;
-  for (; m + kGemmR <= end; m += kGemmR) gemm_panel<kGemmR>(p, m);
-  for (; m < end; ++m) gemm_panel<1>(p, m);
+  for (int64_t m0 = begin; m0 < end; m0 += kGemmRows) {
+    const int64_t m1 = m0 + kGemmRows < end ? m0 + kGemmRows : end;
+    int64_t n = 0;
+    for (; n + kGemmNV * FASTDW_VW <= p.N; n += kGemmNV * FASTDW_VW)
+      gemm_columns<kGemmNV, FASTDW_VW>(p, m0, m1, n);
+    for (; n + FASTDW_VW <= p.N; n += FASTDW_VW) gemm_columns<1, FASTDW_VW>(p, m0, m1, n);
+    if constexpr (FASTDW_VW > 8)
+      for (; n + 8 <= p.N; n += 8) gemm_columns<1, 8>(p, m0, m1, n);
+    for (; n < p.N; ++n) gemm_columns<1, 1>(p, m0, m1, n);
+  }
 }
 
 }  // namespace FASTDW_ISA
