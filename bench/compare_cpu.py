@@ -165,7 +165,9 @@ def main(argv=None):
             loads.append(os.getloadavg()[0])
     minutes = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() / 60
 
-    print(f"machine: {machine()} ({platform.machine()}), {torch.get_num_threads()} threads, "
+    threads = torch.get_num_threads()
+    print(f"machine: {machine()} ({platform.machine()}), "
+          f"{threads} thread{'s' if threads > 1 else ''}, "
           f"float32, batch {' '.join(map(str, args.batch))}, "
           f"{_providers.IMAGE_SIZE}x{_providers.IMAGE_SIZE}, "
           f"{started:%Y-%m-%d %H:%M} UTC, {versions()}")
