@@ -57,7 +57,10 @@ def build_all(workload, providers, warmup):
     """{provider name: (fn, x)} of the providers that run correctly, and {name: note} of the
     others (unavailable, failed, or wrong output)."""
     ready, notes, diffs = {}, {}, {}
-    reference = workload.oracle()
+    try:
+        reference = workload.oracle()
+    except _providers.Unavailable as why:  # no stock model to check against: nothing runs
+        return ready, {p.name: f"skipped: {why}" for p in providers}, diffs
     for provider in providers:
         print(f"  building {provider.name}", file=sys.stderr, flush=True)
         try:
@@ -71,7 +74,7 @@ def build_all(workload, providers, warmup):
             notes[provider.name] = f"skipped: {why}"
         except Exception as err:  # a broken provider is reported, the others still run
             last = traceback.format_exception_only(err)[-1].strip().splitlines()[0]
-            notes[provider.name] = f"failed: {last[:300]}"
+            notes[provider.name] = f"failed: {last[:300]}".replace("|", "/")  # table-safe
         else:
             ready[provider.name] = (fn, x)
     return ready, notes, diffs
@@ -144,6 +147,8 @@ def main(argv=None):
                         help="only these providers (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.reps < 2:
+        parser.error("--reps must be at least 2 (the table shows quartiles)")
 
     _providers.setup(args.threads)
     providers = [p for p in _providers.MODEL_PROVIDERS
