@@ -128,11 +128,11 @@ def depthwise_layers(models=OP_MODELS, size: int = IMAGE_SIZE) -> tuple:
         model = getattr(torchvision.models, model_name)().eval()
         blocks = {path: block for path, block in model.named_modules()
                   if _is_depthwise_block(block)}
-        input_sizes = {}
-        hooks = [block.register_forward_hook(
-                     lambda block, inputs, output, path=path:
-                         input_sizes.__setitem__(path, inputs[0].shape[2:]))
-                 for path, block in blocks.items()]
+        input_sizes = {}  # block -> (H, W) of its input
+
+        def record(block, inputs, output):
+            input_sizes[block] = tuple(inputs[0].shape[2:])
+        hooks = [block.register_forward_hook(record) for block in blocks.values()]
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size))
         for hook in hooks:
@@ -140,7 +140,7 @@ def depthwise_layers(models=OP_MODELS, size: int = IMAGE_SIZE) -> tuple:
         for path, block in blocks.items():
             conv = block[0]
             act = ACT_NAMES[type(block[2])] if len(block) > 2 else "none"
-            key = (conv.in_channels, *input_sizes[path], conv.kernel_size[0], conv.stride[0],
+            key = (conv.in_channels, *input_sizes[block], conv.kernel_size[0], conv.stride[0],
                    conv.padding[0], conv.dilation[0], act)
             user = f"{model_name}:{path}"
             if key in found:
