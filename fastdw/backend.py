@@ -46,7 +46,10 @@ def _load(name):
             if not hasattr(module, "DEVICES"):
                 reason = f"{BACKEND_MODULES[name]} is not a backend yet (it defines no DEVICES)"
         except ImportError as err:  # an optional backend that is not built or not installed
-            module, reason = None, f"cannot import {BACKEND_MODULES[name]}: {err}"
+            module = None
+            reason = (f"not implemented in this version of fastdw ({err.name} does not exist)"
+                      if err.name == BACKEND_MODULES[name]
+                      else f"cannot import {BACKEND_MODULES[name]}: {err}")
         _loaded[name] = (module if reason is None else None, reason)
     return _loaded[name]
 
