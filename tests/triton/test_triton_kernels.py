@@ -204,3 +204,114 @@ def test_calls_the_kernels_do_not_take_go_to_reference(monkeypatch):
 def test_backend_is_listed_for_cpu_under_the_interpreter():
     row = backend.info()["triton"]
     assert row["usable"] and DEVICE in row["devices"]
+
+
+# The inverted-residual kernel expands each pixel of a tile's window (tile + halo) once per
+# hidden chunk into scratch and reads the k*k taps from there. Small forced tiles put tiles at
+# every image border and between tiles, which the interpreter's default one-tile config does not.
+SMALL_TILE = (4, 4, 16, 32, 16, 4)  # (BLOCK_OH, BLOCK_OW, BLOCK_CIN, BLOCK_HID, BLOCK_COUT, warps)
+
+
+def expand_padded_wrongly(x, expand, dw, project, stride, act, residual):
+    """The block with the depthwise stage padding by expand(0) = act(eb) instead of zeros: what a
+    kernel computes if it expands padded input pixels instead of zeroing them afterwards."""
+    pad = (dw[0].shape[-1] - 1) // 2
+    h = reference._pw(torch.nn.functional.pad(x, [pad] * 4), *expand, act)
+    h = reference._dw(h, *dw, stride, 0, 1, act)
+    y = reference._pw(h, *project, "none")
+    return y + x if residual else y
+
+
+# (C_in, hidden, C_out, k, stride, act, SE, H, W): fused k=3 s=1 with residual, fused k=5 s=2,
+# split (SE) k=3 s=2; odd sizes so the last tiles are partial.
+BORDER_CASES = [
+    (16, 64, 16, 3, 1, "relu6", False, 10, 9),
+    (16, 48, 16, 5, 2, "hardswish", False, 11, 10),
+    (16, 64, 24, 3, 2, "relu", True, 9, 11),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("case", BORDER_CASES, ids=lambda c: "-".join(map(str, c[:7])))
+def test_inverted_residual_zero_pads_the_expanded_map_at_tile_borders(case, dtype, monkeypatch):
+    """A large expand shift makes act(eb) far from 0, so border tiles that padded with
+    expand(0) instead of 0 would miss the float64 oracle by far more than the tolerance."""
+    c_in, hidden, c_out, k, stride, act, se, h, w = case
+    monkeypatch.setattr(ir_module, "pick_config", lambda *a: SMALL_TILE)
+    x, (we, es, eb), dw, project, se_args = block(c_in, hidden, c_out, k, dtype, "nchw", se,
+                                                  n=2, h=h, w=w)
+    expand = (we, es, eb + 2.0)
+    residual = stride == 1 and c_in == c_out
+    args = (x, *expand, *dw, *project, stride, act, *se_args, residual)
+    out = kernels.inverted_residual(*args)
+    ref = reference.inverted_residual(*as64(*args))
+    assert rel_err(out, ref) < REL_TOL[dtype]
+    if not se:  # the wrong padding is far off: the test can see it
+        wrong = expand_padded_wrongly(*as64(x, expand, dw, project), stride, act, residual)
+        assert rel_err(wrong, ref) > 100 * REL_TOL[dtype]
+
+
+@pytest.mark.parametrize("case", BORDER_CASES, ids=lambda c: "-".join(map(str, c[:7])))
+def test_inverted_residual_expands_each_window_pixel_once(case, monkeypatch):
+    """Counts the expand tl.dot work the interpreter runs: per program and hidden chunk exactly
+    the tile's window, HALO_H x HALO_W = ((BLOCK_OH-1)*S+K) x ((BLOCK_OW-1)*S+K) pixels in whole
+    BLOCK_P steps (not k*k * BLOCK_P, as when each tap recomputed its expansion)."""
+    from triton.runtime.interpreter import InterpreterBuilder
+    c_in, hidden, c_out, k, stride, act, se, h, w = case
+    monkeypatch.setattr(ir_module, "pick_config", lambda *a: SMALL_TILE)
+    block_oh, block_ow, block_cin, block_hid, _, _ = SMALL_TILE
+    expand_rows = []
+    create_dot = InterpreterBuilder.create_dot
+
+    def counting_dot(self, a, b, *rest):
+        if b.data.shape == (block_cin, block_hid):  # the expand GEMM step
+            expand_rows.append(a.data.shape[0])
+        return create_dot(self, a, b, *rest)
+
+    monkeypatch.setattr(InterpreterBuilder, "create_dot", counting_dot)
+    n = 2
+    x, expand, dw, project, se_args = block(c_in, hidden, c_out, k, torch.float32, "nchw", se,
+                                            n=n, h=h, w=w)
+    residual = stride == 1 and c_in == c_out
+    args = (x, *expand, *dw, *project, stride, act, *se_args, residual)
+    out = kernels.inverted_residual(*args)
+    assert rel_err(out, reference.inverted_residual(*as64(*args))) < REL_TOL[torch.float32]
+
+    oh, ow = ((s + 2 * ((k - 1) // 2) - k) // stride + 1 for s in (h, w))
+    tiles = n * math.ceil(oh / block_oh) * math.ceil(ow / block_ow)
+    chunks = math.ceil(hidden / block_hid)
+    block_p = block_oh * block_ow
+    halo = ir_module.halo_pixels(k, stride, block_oh, block_ow)
+    assert halo == ((block_oh - 1) * stride + k) * ((block_ow - 1) * stride + k)
+    steps = math.ceil(halo / block_p)  # expand steps per program and chunk
+    assert set(expand_rows) == {block_p}
+    assert len(expand_rows) == tiles * chunks * steps * math.ceil(c_in / block_cin)
+    assert steps * block_p < halo + block_p  # no window pixel is expanded twice
+    assert steps < k * k  # the per-tap recompute took k*k steps
+    assert ir_module.scratch_region(k, stride, block_oh, block_ow, block_hid) == \
+        steps * block_p * block_hid
+
+
+@pytest.mark.parametrize("se", [False, True], ids=["fused", "split-se"])
+def test_inverted_residual_launches_in_waves_within_the_scratch_budget(se, monkeypatch):
+    """A scratch budget below one image's scratch launches image by image, every wave reusing
+    the same scratch (and, with SE, handing its per-tile sums over before the next wave)."""
+    monkeypatch.setattr(ir_module, "pick_config", lambda *a: SMALL_TILE)
+    monkeypatch.setattr(ir_module, "SCRATCH_BUDGET", 1)
+    launches = []
+    kernel = ir_module.ir_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(ir_module, "ir_kernel", Counting())
+    n = 3
+    x, expand, dw, project, se_args = block(16, 64, 16, 3, torch.float32, "channels_last", se,
+                                            n=n, h=9, w=8)
+    args = (x, *expand, *dw, *project, 1, "hardswish", *se_args, True)
+    out = kernels.inverted_residual(*args)
+    assert rel_err(out, reference.inverted_residual(*as64(*args))) < REL_TOL[torch.float32]
+    tiles = math.ceil(9 / 4) * math.ceil(8 / 4)
+    assert launches == [(tiles, 1 if not se else math.ceil(64 / 32))] * n

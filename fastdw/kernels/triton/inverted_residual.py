@@ -1,13 +1,21 @@
 """A whole inverted-residual block (expand 1x1 -> depthwise k x k -> [squeeze-excite] ->
 project 1x1 [+ x]) in as few passes over memory as its shape allows.
 
-Fused (one kernel, x read and y written, nothing else): a program owns a 2-D tile of output
-pixels and walks the hidden channels in chunks of BLOCK_HID. For each chunk it builds the
-depthwise output from the expanded activations of every tap and folds it straight into the
-project accumulator (BLOCK_P x C_OUT, fp32), so the expanded tensor never leaves the chip.
-Triton has no shifted views of an on-chip tile, so the expansion is recomputed at each of the
-k*k taps (tl.dot of the tap's input pixels with the chunk's expand weights): k*k times the
-expand FLOPs, traded for zero hidden-tensor traffic.
+Fused (one kernel, x read and y written, nothing else in DRAM): a program owns a 2-D tile of
+BLOCK_OH x BLOCK_OW output pixels and walks the hidden channels in chunks of BLOCK_HID. For
+each chunk it expands (1x1 GEMM with tl.dot + BN + act) the tile's input window, i.e. the tile
+plus its halo, HALO_H x HALO_W = ((BLOCK_OH-1)*S+K) x ((BLOCK_OW-1)*S+K) input pixels, each
+pixel exactly once, into a per-program scratch region; the k*k depthwise taps then read shifted
+windows of that region, and the depthwise output is folded straight into the project
+accumulator (BLOCK_P x C_OUT, fp32) with tl.dot. Triton has no shifted views of an on-chip
+tile, hence the scratch: one fp32 region of ceil(HALO/BLOCK_P)*BLOCK_P x BLOCK_HID per program
+(8 KiB for the 8x8 GPU tile at k=3 s=1, 20 KiB at k=3 s=2, 24 KiB at k=5 s=2), rewritten by
+every chunk, written and read back by the same program within one chunk. The launcher bounds
+the scratch of one launch to SCRATCH_BUDGET (launching in waves of whole images that reuse it),
+so on a GPU it should stay resident in L2 rather than reach DRAM (modelled; no GPU has measured
+it). Expand work per tile and chunk: the window's
+HALO_H*HALO_W pixels once, in whole BLOCK_P steps (8x8 tile: 128 rows for 100 pixels at k=3
+s=1, 320 for 289 at k=3 s=2), where recomputing the expansion at every tap took k*k*BLOCK_P.
 
 Split (two kernels) when the project accumulator would not fit in registers (C_OUT > 128) or
 the block has squeeze-excite (its gate needs the whole map pooled before projecting): the same
@@ -22,7 +30,7 @@ import triton.language as tl
 
 from fastdw._common import output_memory_format
 from fastdw.kernels.triton._shared import MAXNREG, activation, dot_operand, interpreting
-from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, tap_pixels, window_tap
+from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
 from fastdw.kernels.triton.pwconv_bn_act import dot_in_fp32, forward as pw_forward
 
 # The fused kernel keeps BLOCK_P x BLOCK_COUT fp32 accumulators; above this it splits.
@@ -32,6 +40,10 @@ MAX_FUSED_COUT = 128
 # expand step, fp16/bf16 64 (beyond that ptxas spills, seen in resources.py).
 GPU_CONFIG = (8, 8, 16, 8)
 GPU_MAX_BLOCK_CIN = {4: 32, 2: 64}  # by element size
+# Bytes of expand scratch one launch may use; larger batches launch in waves of whole images
+# that reuse the same scratch, so it stays in L2 (40 MB on A100, 50 MB on H100) and is not
+# written back to DRAM.
+SCRATCH_BUDGET = 8 << 20
 
 
 def _block(channels, cap):
@@ -49,13 +61,31 @@ def pick_config(c_in, hidden, c_out, out_h, out_w, fused, element_size):
     return oh, ow, _block(c_in, GPU_MAX_BLOCK_CIN[element_size]), bh, block_cout, warps
 
 
+def halo_pixels(k, stride, block_oh, block_ow):
+    """Input pixels (HALO_H * HALO_W) an output tile's depthwise window covers: the expanded
+    pixels one program computes per hidden chunk."""
+    return ((block_oh - 1) * stride + k) * ((block_ow - 1) * stride + k)
+
+
+def scratch_region(k, stride, block_oh, block_ow, block_hid):
+    """fp32 elements of one program's expand scratch: the halo rounded up to whole BLOCK_P
+    expand steps, by BLOCK_HID channels (the kernel's REGION)."""
+    block_p = block_oh * block_ow
+    return triton.cdiv(halo_pixels(k, stride, block_oh, block_ow), block_p) * block_p * block_hid
+
+
 # For output pixel p = (n, oh, ow) of the tile and hidden channel h (padding P = (K-1)//2):
 #   e[q, h]  = act(sum_i x[n, i, q] * we[h, i] * es[h] + eb[h])  at input pixel q, 0 outside
-#              the image (without expansion: e = x)
+#              the image (the depthwise stage pads the hidden map with zeros, not act(eb));
+#              without expansion e = x
 #   d[p, h]  = act(sum_{a,b < K} e[(oh*S - P + a, ow*S - P + b), h] * wd[h, a, b] * ds[h] + db[h])
 # PROJECT:   y[n, o, p] = sum_h d[p, h] * wp[o, h] * ps[o] + pb[o]  (+ x[n, o, p] if RESIDUAL)
 # otherwise: hidden[n, p, h] = d[p, h] for this program's chunk of h, and with POOL
 #            pool[tile, h] = sum over the tile's pixels of d[p, h]
+# With EXPAND, e is computed once per chunk for the tile's window: input pixel
+# q = (r0*S - P + u, c0*S - P + v), (u, v) < (HALO_H, HALO_W), (r0, c0) the tile's first output
+# pixel, goes to scratch[u*HALO_W + v, h]; tap (a, b) of tile pixel (i, j) reads
+# scratch[(i*S + a)*HALO_W + j*S + b, h].
 @triton.jit
 def ir_kernel(
     x_ptr,                     # block input (N, C_IN, H, W), any strides
@@ -63,7 +93,9 @@ def ir_kernel(
     wd_ptr, ds_ptr, db_ptr,    # depthwise weight (HID, 1, K, K) contiguous, scale, shift
     wp_ptr, ps_ptr, pb_ptr,    # project weight (C_OUT, HID) contiguous, scale, shift
     hid_ptr,                   # out when not PROJECT: hidden (N, OH, OW, HID), x's dtype
-    pool_ptr,                  # out when POOL: (N * TILES_HW, HID) fp32 per-tile sums
+    pool_ptr,                  # fp32 workspace: with EXPAND, the expand scratch (programs,
+                               # REGION) first, program = pid0 * programs(1) + pid1; then with
+                               # POOL the (N * TILES_HW, HID) per-tile sums
     y_ptr,                     # out when PROJECT: (N, C_OUT, OH, OW), any strides
     C_IN, HID, C_OUT, H, W, OH, OW,
     sxn, sxc, sxh, sxw,        # strides of x
@@ -80,13 +112,27 @@ def ir_kernel(
     BLOCK_HID: tl.constexpr,   # hidden channels per chunk
     BLOCK_COUT: tl.constexpr,  # (PROJECT) all output channels, padded to a power of 2
 ):
+    BLOCK_P: tl.constexpr = BLOCK_OH * BLOCK_OW
+    HALO_W: tl.constexpr = (BLOCK_OW - 1) * STRIDE + K
+    HALO: tl.constexpr = ((BLOCK_OH - 1) * STRIDE + K) * HALO_W
+    # scratch_region() of the launcher: the halo in whole expand steps of BLOCK_P pixels
+    REGION: tl.constexpr = (HALO + BLOCK_P - 1) // BLOCK_P * BLOCK_P * BLOCK_HID if EXPAND else 0
     pid = tl.program_id(0)
     n, rows, cols = spatial_tile(pid, TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
     x_base = x_ptr + n.to(tl.int64) * sxn
     out = (rows < OH) & (cols < OW)
     o = tl.arange(0, BLOCK_COUT)
     o_mask = o < C_OUT
-    acc = tl.zeros((BLOCK_OH * BLOCK_OW, BLOCK_COUT), tl.float32)
+    hl = tl.arange(0, BLOCK_HID)
+    programs = tl.num_programs(0) * tl.num_programs(1)
+    scratch = pool_ptr + (pid * tl.num_programs(1) + tl.program_id(1)).to(tl.int64) * REGION
+    # This tile's first input row/column of the window, and each tile pixel's window offset.
+    t = pid % TILES_HW
+    row0 = (t // TILES_W) * (BLOCK_OH * STRIDE) - PAD
+    col0 = (t % TILES_W) * (BLOCK_OW * STRIDE) - PAD
+    p = tl.arange(0, BLOCK_P)
+    p_win = (p // BLOCK_OW) * (STRIDE * HALO_W) + (p % BLOCK_OW) * STRIDE
+    acc = tl.zeros((BLOCK_P, BLOCK_COUT), tl.float32)
     if PROJECT:  # this program walks every hidden chunk
         h_start = 0
         h_end = HID
@@ -94,33 +140,44 @@ def ir_kernel(
         h_start = tl.program_id(1) * BLOCK_HID
         h_end = h_start + BLOCK_HID
     for h0 in range(h_start, h_end, BLOCK_HID):
-        hc = h0 + tl.arange(0, BLOCK_HID)
+        hc = h0 + hl
         h_mask = hc < HID
-        dw = tl.zeros((BLOCK_OH * BLOCK_OW, BLOCK_HID), tl.float32)
+        if EXPAND:  # the chunk's expanded window, each pixel once, into scratch
+            es = tl.load(es_ptr + hc, mask=h_mask, other=0.0)
+            eb = tl.load(eb_ptr + hc, mask=h_mask, other=0.0)
+            for q0 in range(0, HALO, BLOCK_P):
+                q = q0 + p
+                ih = row0 + q // HALO_W
+                iw = col0 + q % HALO_W
+                inside = (q < HALO) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                pix = ih * sxh + iw * sxw
+                e = tl.zeros((BLOCK_P, BLOCK_HID), tl.float32)
+                for i0 in range(0, C_IN, BLOCK_CIN):
+                    ci = i0 + tl.arange(0, BLOCK_CIN)
+                    ci_mask = ci < C_IN
+                    xv = tl.load(x_base + pix[:, None] + (ci * sxc)[None, :],
+                                 mask=inside[:, None] & ci_mask[None, :], other=0.0)
+                    we = tl.load(we_ptr + hc[None, :] * C_IN + ci[:, None],
+                                 mask=ci_mask[:, None] & h_mask[None, :], other=0.0)
+                    e = tl.dot(dot_operand(xv, x_ptr, DOT_FP32),
+                               dot_operand(we, x_ptr, DOT_FP32), e, input_precision="ieee")
+                # Zero padding applies to the expanded map: act(0 * es + eb) != 0.
+                e = tl.where(inside[:, None], activation(e * es[None, :] + eb[None, :], ACT), 0.0)
+                tl.store(scratch + q[:, None] * BLOCK_HID + hl[None, :], e)
+            tl.debug_barrier()  # the taps read pixels other threads stored
+        dw = tl.zeros((BLOCK_P, BLOCK_HID), tl.float32)
         for a in range(K):  # run-time loops, like the depthwise kernel's window
             for b in range(K):
                 if EXPAND:
-                    pix, inside = tap_pixels(rows, cols, H, W, sxh, sxw, PAD, a, b, STRIDE, 1)
-                    e = tl.zeros((BLOCK_OH * BLOCK_OW, BLOCK_HID), tl.float32)
-                    for i0 in range(0, C_IN, BLOCK_CIN):
-                        ci = i0 + tl.arange(0, BLOCK_CIN)
-                        ci_mask = ci < C_IN
-                        xv = tl.load(x_base + pix[:, None] + (ci * sxc)[None, :],
-                                     mask=inside[:, None] & ci_mask[None, :], other=0.0)
-                        we = tl.load(we_ptr + hc[None, :] * C_IN + ci[:, None],
-                                     mask=ci_mask[:, None] & h_mask[None, :], other=0.0)
-                        e = tl.dot(dot_operand(xv, x_ptr, DOT_FP32),
-                                   dot_operand(we, x_ptr, DOT_FP32), e, input_precision="ieee")
-                    es = tl.load(es_ptr + hc, mask=h_mask, other=0.0)
-                    eb = tl.load(eb_ptr + hc, mask=h_mask, other=0.0)
-                    # The depthwise stage pads the hidden map with zeros, not with act(eb).
-                    e = tl.where(inside[:, None], activation(e * es[None, :] + eb[None, :], ACT),
-                                 0.0)
+                    e = tl.load(scratch + (p_win + (a * HALO_W + b))[:, None] * BLOCK_HID
+                                + hl[None, :])
                 else:
                     e = window_tap(x_base, rows, cols, hc, h_mask, H, W, sxc, sxh, sxw, PAD,
                                    a, b, STRIDE, 1)
                 wd = tl.load(wd_ptr + hc * (K * K) + (a * K + b), mask=h_mask, other=0.0)
                 dw += e * wd.to(tl.float32)[None, :]
+        if EXPAND:
+            tl.debug_barrier()  # every tap is read before the next chunk overwrites scratch
         ds = tl.load(ds_ptr + hc, mask=h_mask, other=0.0)
         db = tl.load(db_ptr + hc, mask=h_mask, other=0.0)
         d = activation(dw * ds[None, :] + db[None, :], ACT)
@@ -135,7 +192,8 @@ def ir_kernel(
                      mask=out[:, None] & h_mask[None, :])
             if POOL:
                 pooled = tl.sum(tl.where(out[:, None], d, 0.0), axis=0)
-                tl.store(pool_ptr + pid.to(tl.int64) * HID + hc, pooled, mask=h_mask)
+                tl.store(pool_ptr + programs.to(tl.int64) * REGION + pid.to(tl.int64) * HID + hc,
+                         pooled, mask=h_mask)
     if PROJECT:
         ps = tl.load(ps_ptr + o, mask=o_mask, other=0.0)
         pb = tl.load(pb_ptr + o, mask=o_mask, other=0.0)
@@ -166,31 +224,43 @@ def forward(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, p
     tiles_w = triton.cdiv(ow, block_ow)
     tiles_hw = triton.cdiv(oh, block_oh) * tiles_w
     expand = expand_w is not None
+    chunks = 1 if fused else triton.cdiv(hidden, block_hid)  # grid axis 1
+    region = scratch_region(k, stride, block_oh, block_ow, block_hid) if expand else 0
+    # Images per launch: as many as SCRATCH_BUDGET allows (at least one).
+    wave = max(1, min(n, SCRATCH_BUDGET // max(1, tiles_hw * chunks * region * 4)))
+    scratch = wave * tiles_hw * chunks * region
+    workspace = torch.empty(scratch + (wave * tiles_hw * hidden if se else 0) or 1,
+                            dtype=torch.float32, device=x.device)
     if fused:
         y = torch.empty((n, c_out, oh, ow), dtype=x.dtype, device=x.device,
                         memory_format=output_memory_format(x))
-        hid = pool = y  # not touched by the fused kernel
-        grid = (n * tiles_hw, 1)
+        hid = y  # not touched by the fused kernel
     else:
         hid = torch.empty((n, oh, ow, hidden), dtype=x.dtype, device=x.device)
-        pool = torch.empty((n * tiles_hw, hidden) if se else (1,), dtype=torch.float32,
-                           device=x.device)
         y = hid
-        grid = (n * tiles_hw, triton.cdiv(hidden, block_hid))
+        pooled = torch.empty((n, hidden), dtype=torch.float32, device=x.device)
     ew = expand_w.contiguous() if expand else dw_scale  # placeholders are never read
-    ir_kernel[grid](
-        x, ew, expand_scale if expand else dw_scale, expand_shift if expand else dw_shift,
-        dw_w.contiguous(), dw_scale, dw_shift, project_w.contiguous(), project_scale,
-        project_shift, hid, pool, y, c_in, hidden, c_out, h, w, oh, ow, *x.stride(),
-        *y.stride(), pad, tiles_w, tiles_hw, K=k, STRIDE=stride, ACT=act, EXPAND=expand,
-        PROJECT=fused, POOL=se, RESIDUAL=residual, DOT_FP32=dot_in_fp32(x.dtype),
-        BLOCK_OH=block_oh, BLOCK_OW=block_ow, BLOCK_CIN=block_cin, BLOCK_HID=block_hid,
-        BLOCK_COUT=block_cout, num_warps=warps, maxnreg=MAXNREG)
+    weights = (ew, expand_scale if expand else dw_scale, expand_shift if expand else dw_shift,
+               dw_w.contiguous(), dw_scale, dw_shift, project_w.contiguous(), project_scale,
+               project_shift)
+    for n0 in range(0, n, wave):
+        images = min(wave, n - n0)
+        ir_kernel[(images * tiles_hw, chunks)](
+            x[n0:n0 + images], *weights, hid[n0:n0 + images], workspace, y[n0:n0 + images],
+            c_in, hidden, c_out, h, w, oh, ow, *x.stride(), *y.stride(), pad, tiles_w,
+            tiles_hw, K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=se,
+            RESIDUAL=residual, DOT_FP32=dot_in_fp32(x.dtype), BLOCK_OH=block_oh,
+            BLOCK_OW=block_ow, BLOCK_CIN=block_cin, BLOCK_HID=block_hid,
+            BLOCK_COUT=block_cout, num_warps=warps, maxnreg=MAXNREG)
+        if se:  # this wave's per-tile sums follow its scratch in the workspace
+            start = images * tiles_hw * chunks * region
+            pooled[n0:n0 + images] = workspace[start:start + images * tiles_hw * hidden].view(
+                images, tiles_hw, hidden).sum(1)
     if fused:
         return y
     gate = None
     if se:  # torchvision SqueezeExcitation on the pooled (N, HID) vector: tiny, torch ops
-        pooled = pool.view(n, tiles_hw, hidden).sum(1) / (oh * ow)
+        pooled = pooled / (oh * ow)
         gate = F.hardsigmoid(F.linear(F.relu(F.linear(pooled, se_w1.float(), se_b1.float())),
                                       se_w2.float(), se_b2.float()))
     return pw_forward(hid.permute(0, 3, 1, 2), project_w, project_scale, project_shift, "none",
