@@ -42,6 +42,8 @@ setup(
     extras_require={
         "demo": ["scikit-image"],
         "test": ["pytest", "pytest-benchmark", "scikit-image", "matplotlib"],
+        # ONNX Runtime is an optional provider of the CPU benchmarks (bench/README.md).
+        "bench": ["pytest-benchmark", "onnxruntime>=1.17", "onnx>=1.15"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -17,8 +17,6 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "dwconv_bn_act: the fastdw.ops.dwconv_bn_act op")
-    config.addinivalue_line("markers", "models: whole-model benchmarks")
     _providers.setup(config.getoption("--bench-threads"))
 
 

@@ -4,6 +4,8 @@ import torch
 import op_oracle as oracle
 from fastdw import ops
 
+pytestmark = pytest.mark.dwconv_bn_act
+
 # (N, C, H, W, k, stride, dilation, channel multiplier): MobileNetV1/V2/V3 depthwise layers at
 # small spatial sizes, then the edge cases the op contract promises.
 SHAPES = [

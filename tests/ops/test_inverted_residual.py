@@ -4,6 +4,8 @@ import torch
 import op_oracle as oracle
 from fastdw import ops
 
+pytestmark = pytest.mark.inverted_residual
+
 # (N, C_in, hidden or None for no expansion, C_out, k, stride, act, squeeze channels or None, H, W)
 BLOCKS = [
     pytest.param((1, 24, 144, 24, 3, 1, "relu6", None, 8, 8), id="v2-t6-residual"),

@@ -4,6 +4,8 @@ import torch
 import op_oracle as oracle
 from fastdw import ops
 
+pytestmark = pytest.mark.pwconv_bn_act
+
 # (N, C_in, H, W, C_out): MobileNet 1x1 layers at small spatial sizes, then odd sizes.
 SHAPES = [
     pytest.param((1, 32, 8, 8, 16), id="v2-project-c32"),
