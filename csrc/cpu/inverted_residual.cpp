@@ -16,8 +16,8 @@
 // d fits in L2 for the SE layers of MobileNetV3), then the gate scales the rows of the project
 // weights (y = (Wp diag(g)) d, which equals Wp (g * d)) and one GEMM projects the image.
 #include "checks.h"
+#include "parallel.h"
 
-#include <ATen/Parallel.h>
 #include <ATen/ops/addmv.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
@@ -68,7 +68,7 @@ struct Block {
     }
     p.y = d;
     p.y_h0 = d_h0;
-    at::parallel_for(oh0, oh1, 1, [&](int64_t b, int64_t end) { dw_rows(p, b, end); });
+    parallel_for(oh0, oh1, 1, [&](int64_t b, int64_t end) { dw_rows(p, b, end); });
   }
 
   // All rows of one GEMM, split over threads in blocks of whole 4-row panels (inline when
@@ -76,7 +76,7 @@ struct Block {
   static void gemm(const GemmParams& g, int64_t rows) {
     const int64_t panels = (rows + 3) / 4;
     const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.K * g.N / 16));
-    at::parallel_for(0, panels, grain, [&](int64_t b, int64_t e) {
+    parallel_for(0, panels, grain, [&](int64_t b, int64_t e) {
       gemm_rows(g, 4 * b, std::min(rows, 4 * e));
     });
   }
@@ -208,7 +208,7 @@ at::Tensor inverted_residual(
   blk.tile_rows = std::clamp<int64_t>((kTileBytes / row_bytes - k) / stride + 1, 1, OH);
 
   // Enough units: each thread takes whole units and runs their GEMMs single-threaded (nested
-  // at::parallel_for runs inline). Few units (batch 1 at low resolution): units run in turn and
+  // parallel_for runs inline). Few units (batch 1 at low resolution): units run in turn and
   // the GEMMs and depthwise rows inside each use all threads.
   const int64_t units = has_se ? N : N * blk.tiles_per_image();
   auto work = [&](int64_t begin, int64_t end) {
@@ -216,7 +216,7 @@ at::Tensor inverted_residual(
     at::Tensor d = at::empty({blk.d_floats()}, xc.options());
     for (int64_t u = begin; u < end; ++u) blk.run(u, h.data_ptr<float>(), d.data_ptr<float>());
   };
-  if (units >= 2 * at::get_num_threads()) at::parallel_for(0, units, 1, work);
+  if (units >= 2 * at::get_num_threads()) parallel_for(0, units, 1, work);
   else work(0, units);
   return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
 }

@@ -6,6 +6,7 @@ proves the AVX2 and baseline code."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -56,3 +57,52 @@ def test_capability_is_supported_by_this_cpu():
         assert " avx512f" in flags and " avx512bw" in flags
     if cap == "avx2":
         assert " avx2" in flags and " fma" in flags
+
+
+# Shapes big enough that every parallel_for of the kernels splits its range (the cases above are
+# mostly below the grain sizes): pwconv over pixel panels; inverted_residual over (image, row
+# tile) units (N >= 2 * threads), over images with squeeze-excite, and with one unit, where the
+# GEMM panels and depthwise rows inside it are split instead.
+PARALLEL_CASES = [
+    (cases.run_pw, (2, 64, 96, 14, 14, True, "relu6", "channels_last")),
+    (cases.run_dw, (2, 96, 28, 28, 3, 2, 1, "relu6", "channels_last", torch.float32)),
+    (cases.run_ir, (4, 24, 144, 24, 28, 28, 3, 1, "relu6", False, True, "channels_last")),
+    (cases.run_ir, (1, 24, 144, 32, 56, 56, 3, 2, "relu6", False, True, "channels_last")),
+    (cases.run_ir, (4, 40, 120, 40, 28, 28, 5, 1, "hardswish", True, True, "channels_last")),
+    (cases.run_ir, (1, 40, 120, 80, 28, 28, 3, 2, "hardswish", True, True, "nchw")),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("runner, case", PARALLEL_CASES,
+                         ids=[f"{r.__name__}{c}" for r, c in PARALLEL_CASES])
+def test_thread_counts(threads, runner, case):
+    was = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        problem = cases.check(runner, case)
+    finally:
+        torch.set_num_threads(was)
+    assert problem is None, f"{threads} threads, {case}: {problem}"
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs 2 CPUs")
+def test_kernels_use_every_thread():
+    # A kernel that runs on one core accumulates about as much CPU time as wall time; on two
+    # threads its CPU time is ~2x the wall time (threads that finish early wait in OpenMP's
+    # barrier, spinning, which also counts: a serial kernel gets no such second thread).
+    was = torch.get_num_threads()
+    torch.set_num_threads(2)
+    # ~40 ms per call, long against the few ms that idle OpenMP threads spin after ATen's own
+    # parallel regions (which gives a serial kernel a ratio of 1.1-1.2 here, a parallel one ~2.0).
+    x = torch.randn(8, 512, 56, 56).contiguous(memory_format=torch.channels_last)
+    w, scale, shift = torch.randn(512, 512), torch.ones(512), torch.zeros(512)
+    try:
+        torch.ops.fastdw_cpp.pwconv_bn_act(x, w, scale, shift, "relu", None)
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(5):
+            torch.ops.fastdw_cpp.pwconv_bn_act(x, w, scale, shift, "relu", None)
+        ratio = (time.process_time() - cpu) / (time.perf_counter() - wall)
+    finally:
+        torch.set_num_threads(was)
+    assert ratio > 1.5, f"CPU time / wall time {ratio:.2f}: the kernel ran on one thread"
