@@ -265,7 +265,7 @@ def _fastdw_backend(backend: str):
         row = fastdw.backend.info()[backend]
         if not row["usable"]:
             raise Unavailable(f"fastdw backend {backend!r} is not usable: {row['reason']}")
-        if "cpu" not in row["devices"]:
+        if backend not in fastdw.backend.usable("cpu"):
             raise Unavailable(f"fastdw backend {backend!r} does not run on CPU")
         return workload.fastdw(backend)
     return make

@@ -2,16 +2,19 @@
 
 Precedence: the call's `backend=` argument > the innermost `with use_backend(name)` >
 `set_backend(name)` > the FASTDW_BACKEND environment variable > "auto". "auto" takes the first
-usable backend in AUTO_ORDER for the tensor's device, and reference always is usable, so
-"auto" never fails where reference works. Naming a backend that does not exist raises
+usable backend in AUTO_ORDER for the tensor's device, and reference runs on every device, so
+"auto" never fails where reference works. `use_backend` is per thread and per asyncio task.
+Under torch.compile the choice is made when a call is traced: use_backend()/set_backend()
+changes trigger a recompile, but FASTDW_BACKEND is not guarded, so set it before compiling. Naming a backend that does not exist raises
 ValueError; naming one that cannot run here raises BackendUnavailableError with the reason.
 
 A backend is a module under fastdw.kernels that defines the kernel functions it implements
 (names as in fastdw.kernels.reference; a missing function means reference runs that op),
-`DEVICES` (device types it runs on) and optionally `unavailable()` -> reason or None and
+`DEVICES` (device types it runs on; None for every device) and optionally `unavailable()` -> reason or None and
 `NOTES` (limits it hands to reference, shown by info()). Modules load lazily, on first use.
 """
 import contextlib
+import contextvars
 import importlib
 import os
 
@@ -33,7 +36,7 @@ class BackendUnavailableError(RuntimeError):
 
 
 _loaded = {}  # name -> (module or None, reason it is unusable or None)
-_stack = []
+_stack = contextvars.ContextVar("fastdw_backend_stack", default=())  # use_backend() nesting
 _default = None
 
 
@@ -58,7 +61,7 @@ def _unusable_reason(name, device_type):
     module, reason = _load(name)
     if module is None:
         return reason
-    if device_type not in module.DEVICES:
+    if module.DEVICES is not None and device_type not in module.DEVICES:
         return f"runs on {', '.join(module.DEVICES)} tensors, not {device_type}"
     return None
 
@@ -81,19 +84,24 @@ def resolve(requested, device_type):
     """The backend name one op call runs on (torch.compile guards on the choice)."""
     if requested is not None:
         name = _check_name(requested, "backend")
-    elif _stack:
-        name = _stack[-1]
+    elif _stack.get():
+        name = _stack.get()[-1]
     elif _default is not None:
         name = _default
     else:
         name = _check_name(os.environ.get("FASTDW_BACKEND", "auto"), "FASTDW_BACKEND")
     if name == "auto":
-        return next(n for n in AUTO_ORDER.get(device_type, ("reference",))
-                    if _unusable_reason(n, device_type) is None)
+        return next((n for n in AUTO_ORDER.get(device_type, ())
+                     if _unusable_reason(n, device_type) is None), "reference")
     reason = _unusable_reason(name, device_type)
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run on {device_type}: {reason}")
     return name
+
+
+def usable(device_type):
+    """Names of the backends that can run ops on tensors of this device type."""
+    return [name for name in BACKEND_MODULES if _unusable_reason(name, device_type) is None]
 
 
 def kernel(name, op):
@@ -105,11 +113,11 @@ def kernel(name, op):
 @contextlib.contextmanager
 def use_backend(name):
     """Run the fastdw ops called inside the block on backend `name` (or "auto")."""
-    _stack.append(_check_name(name, "use_backend"))
+    token = _stack.set(_stack.get() + (_check_name(name, "use_backend"),))
     try:
         yield
     finally:
-        _stack.pop()
+        _stack.reset(token)
 
 
 def set_backend(name):
@@ -124,7 +132,8 @@ def info():
     for name in BACKEND_MODULES:
         module, reason = _load(name)
         report[name] = {
-            "devices": list(module.DEVICES) if module else [],
+            "devices": (["any"] if module.DEVICES is None else list(module.DEVICES))
+                       if module else [],
             "usable": module is not None,
             "reason": reason or "",
             "notes": getattr(module, "NOTES", "") if module else "",

@@ -13,8 +13,7 @@ from fastdw import backend  # noqa: E402  (after TRITON_INTERPRET is decided)
 
 def cpu_backends():
     """Every backend usable on CPU tensors here: the op matrix runs on each of them."""
-    return [name for name, row in backend.info().items()
-            if row["usable"] and "cpu" in row["devices"]]
+    return backend.usable("cpu")
 
 
 def pytest_generate_tests(metafunc):

@@ -121,9 +121,9 @@ def _max_autotune(workload):
 
 def _fastdw_triton(workload):
     import fastdw.backend
-    row = fastdw.backend.info()["triton"]
-    if not row["usable"] or "cuda" not in row["devices"]:
-        raise _providers.Unavailable(f"fastdw triton backend cannot run on CUDA: {row['reason']}")
+    if "triton" not in fastdw.backend.usable("cuda"):
+        reason = fastdw.backend.info()["triton"]["reason"] or "no CUDA device"
+        raise _providers.Unavailable(f"fastdw triton backend cannot run on CUDA: {reason}")
     return workload.fastdw()
 
 
