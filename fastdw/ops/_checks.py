@@ -11,11 +11,15 @@ def activation(act, name="act"):
     return act
 
 
+# Kernels index with 32-bit strides and offsets; larger conv hyper-parameters are never real.
+INT32_MAX = 2**31 - 1
+
+
 def integer(value, name, minimum):
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if not minimum <= value <= INT32_MAX:
+        raise ValueError(f"{name} must be >= {minimum} and < 2**31, got {value}")
     return value
 
 
@@ -52,6 +56,8 @@ def like_input(t, name, x, shape):
     if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
         want = tuple("*" if s is None else s for s in shape)
         raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
     return t
 
 
@@ -79,4 +85,6 @@ def conv_output_size(size, kernel, stride, padding, dilation, name):
     if out < 1:
         raise ValueError(f"{name}: input of size {size} is too small for kernel {kernel} "
                          f"with padding {padding} and dilation {dilation}")
+    if out > INT32_MAX:
+        raise ValueError(f"{name}: padding {padding} makes an output of size {out} (>= 2**31)")
     return out

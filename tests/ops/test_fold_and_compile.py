@@ -22,6 +22,16 @@ def test_fold_bn_equals_eval_batchnorm(affine):
                                rtol=1e-12, atol=1e-12)
 
 
+def test_fold_bn_of_a_half_precision_bn_is_fp32():
+    bn = nn.BatchNorm2d(4).eval()
+    with torch.no_grad():
+        bn.running_var.uniform_(1e-4, 1e-3)
+    scale, shift = ops.fold_bn(bn.half())
+    assert scale.dtype == shift.dtype == torch.float32
+    want = torch.rsqrt(bn.running_var.double() + bn.eps)
+    assert oracle.rel_err(scale, want) < 1e-6
+
+
 def block(x, params, backend_name):
     """A MobileNetV3-style stretch: dw+BN+hardswish, pw+BN, then a fused SE block."""
     dw_w, dw_s, dw_b, pw_w, pw_s, pw_b, ir = params
