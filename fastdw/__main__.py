@@ -87,14 +87,22 @@ def info(args):
           f"torchvision {torchvision.__version__}")
 
 
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastdw", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("demo", help="classify a photo with fastdw and torchvision "
                               "MobileNetV2 and compare labels, logits and latency")
     run.add_argument("--image", help="image file (default: skimage.data.chelsea())")
-    run.add_argument("--runs", type=int, default=5, help="timed runs per round (default 5)")
-    run.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    run.add_argument("--runs", type=_positive, default=5, help="timed runs per round (default 5)")
+    run.add_argument("--rounds", type=_positive, default=3,
+                     help="alternating rounds (default 3)")
     run.set_defaults(func=demo)
     commands.add_parser("info", help="list backends and why each is or is not usable"
                         ).set_defaults(func=info)

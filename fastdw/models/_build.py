@@ -23,3 +23,21 @@ def init_weights(model: nn.Module):
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+
+
+def check_arguments(*, width_mult, num_classes, dropout, **counts):
+    """Builder hyper-parameters: width_mult > 0, dropout in [0, 1], num_classes and every other
+    keyword (depth_multiplier, round_nearest) an int >= 1; errors name the argument."""
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)):
+        raise TypeError(f"width_mult must be a number, got {type(width_mult).__name__}")
+    if not width_mult > 0:
+        raise ValueError(f"width_mult must be > 0, got {width_mult}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise TypeError(f"dropout must be a number, got {type(dropout).__name__}")
+    if not 0 <= dropout <= 1:
+        raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+    for name, value in dict(num_classes=num_classes, **counts).items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")

@@ -6,7 +6,7 @@ features.i (i >= 1) is Sequential(DWConvBNAct, ConvBNAct 1x1), then pool, dropou
 import torch
 from torch import nn
 
-from fastdw.models._build import init_weights, make_divisible
+from fastdw.models._build import check_arguments, init_weights, make_divisible
 from fastdw.nn import ConvBNAct, DWConvBNAct
 
 # (output channels, depthwise stride) of the 13 depthwise-separable blocks.
@@ -17,11 +17,8 @@ _BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
 class MobileNetV1(nn.Module):
     def __init__(self, width_mult=1.0, depth_multiplier=1, num_classes=1000, dropout=0.001):
         super().__init__()
-        if width_mult <= 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
-        if isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, int) \
-                or depth_multiplier < 1:
-            raise ValueError(f"depth_multiplier must be an int >= 1, got {depth_multiplier!r}")
+        check_arguments(width_mult=width_mult, num_classes=num_classes, dropout=dropout,
+                        depth_multiplier=depth_multiplier)
         channels = make_divisible(32 * width_mult)
         layers = [ConvBNAct(3, channels, 3, 2)]
         for out, stride in _BLOCKS:

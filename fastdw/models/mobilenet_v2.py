@@ -5,7 +5,7 @@ from torch import nn
 from torchvision.models import MobileNet_V2_Weights
 
 from fastdw.models import weights as _weights
-from fastdw.models._build import init_weights, make_divisible
+from fastdw.models._build import check_arguments, init_weights, make_divisible
 from fastdw.nn import ConvBNAct, InvertedResidual
 
 # Stages of the paper's Table 2: (expand ratio t, channels c, repeats n, first stride s).
@@ -16,6 +16,8 @@ _STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3
 class MobileNetV2(nn.Module):
     def __init__(self, num_classes=1000, width_mult=1.0, round_nearest=8, dropout=0.2):
         super().__init__()
+        check_arguments(width_mult=width_mult, num_classes=num_classes, dropout=dropout,
+                        round_nearest=round_nearest)
         channels = make_divisible(32 * width_mult, round_nearest)
         self.last_channel = make_divisible(1280 * max(1.0, width_mult), round_nearest)
         layers = [ConvBNAct(3, channels, 3, 2)]

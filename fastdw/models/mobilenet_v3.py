@@ -5,7 +5,7 @@ from torch import nn
 from torchvision.models import MobileNet_V3_Large_Weights, MobileNet_V3_Small_Weights
 
 from fastdw.models import weights as _weights
-from fastdw.models._build import init_weights, make_divisible
+from fastdw.models._build import check_arguments, init_weights, make_divisible
 from fastdw.nn import ConvBNAct, InvertedResidualV3
 
 # Bottlenecks of the paper's Tables 1 and 2 after the 16-channel stem:
@@ -33,6 +33,7 @@ _BN = dict(eps=1e-3, momentum=0.01)
 class MobileNetV3(nn.Module):
     def __init__(self, arch, width_mult=1.0, reduced_tail=False, num_classes=1000, dropout=0.2):
         super().__init__()
+        check_arguments(width_mult=width_mult, num_classes=num_classes, dropout=dropout)
         table = {"large": _LARGE, "small": _SMALL}[arch]
         divider = 2 if reduced_tail else 1
 

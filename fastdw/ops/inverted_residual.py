@@ -12,7 +12,7 @@ from torch import Tensor
 
 from fastdw import backend as _backend
 from fastdw.ops import _checks
-from fastdw.ops._registry import as_grad, empty_grad, empty_output
+from fastdw.ops._outputs import as_grad, empty_grad, empty_output
 
 # Positions of the tensor arguments of the op, in schema order, for the backward op's list.
 _TENSOR_ARGS = ("x", "expand_w", "expand_scale", "expand_shift", "dw_w", "dw_scale", "dw_shift",

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from fastdw import backend as _backend
 from fastdw.ops import _checks
-from fastdw.ops._registry import as_grad, empty_grad, empty_output
+from fastdw.ops._outputs import as_grad, empty_grad, empty_output
 
 
 @torch.library.custom_op("fastdw::pwconv_bn_act", mutates_args=())

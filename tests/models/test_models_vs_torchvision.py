@@ -1,5 +1,7 @@
 """fastdw.models against torchvision with random weights: strict state_dict loading both ways,
 equal eval outputs, equal train forwards, running statistics and gradients."""
+import re
+
 import pytest
 import torch
 import torchvision
@@ -149,3 +151,27 @@ def test_mobilenet_v1_eval_equals_stock_composition(randomize_bn):
     y = model(x)
     torch.manual_seed(0)
     assert rel_err(y, stock(x)) < 1e-5
+
+
+@pytest.mark.parametrize("builder", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large",
+                                     "mobilenet_v3_small"])
+@pytest.mark.parametrize("kwargs,error,text", [
+    (dict(width_mult=0), ValueError, "width_mult must be > 0"),
+    (dict(width_mult=-1.0), ValueError, "width_mult must be > 0"),
+    (dict(width_mult="1"), TypeError, "width_mult must be a number"),
+    (dict(num_classes=0), ValueError, "num_classes must be >= 1"),
+    (dict(num_classes="10"), TypeError, "num_classes must be an int"),
+    (dict(dropout=1.5), ValueError, "dropout must be in [0, 1]"),
+])
+def test_builders_reject_bad_hyperparameters(builder, kwargs, error, text):
+    with pytest.raises(error, match=re.escape(text)):
+        getattr(fm, builder)(**kwargs)
+
+
+@pytest.mark.parametrize("builder,kwargs,text", [
+    ("mobilenet_v1", dict(depth_multiplier=0), "depth_multiplier must be >= 1"),
+    ("mobilenet_v2", dict(round_nearest=0), "round_nearest must be >= 1"),
+])
+def test_builders_reject_bad_counts(builder, kwargs, text):
+    with pytest.raises(ValueError, match=text):
+        getattr(fm, builder)(**kwargs)
