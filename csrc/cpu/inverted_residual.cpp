@@ -13,8 +13,8 @@
 // reach DRAM.
 // Squeeze-excite needs the spatial mean of d over the whole image before anything is projected,
 // so with SE a unit of work is one image: its tiles fill d for the whole image (one image of
-// d fits in L2 for the SE layers of MobileNetV3), then the gate scales the rows of the project
-// weights (y = (Wp diag(g)) d, which equals Wp (g * d)) and one GEMM projects the image.
+// d fits in L2 for the SE layers of MobileNetV3), then the gate scales either d or the rows of
+// the project weights (y = (Wp diag(g)) d, which equals Wp (g * d)) and one GEMM projects it.
 #include "checks.h"
 #include "parallel.h"
 
@@ -110,7 +110,17 @@ struct Block {
     const at::Tensor pooled = mat(d, OH * OW, hidden).mean(0);
     const at::Tensor gate =
         at::hardsigmoid(at::addmv(se_b2, se_w2, at::relu(at::addmv(se_b1, se_w1, pooled))));
-    project(u, 0, OH, d, wp.mul(gate.unsqueeze(1)));
+    // (g * d) @ Wp = d @ (diag(g) Wp): scale the operand with fewer elements, d (OH*OW x hidden)
+    // in place or a copy of Wp (hidden x C_out). Small late-stage maps (7x7 = 49 pixels against
+    // C_out = 160) take the first and skip allocating and writing a scaled copy of the weights.
+    if (OH * OW <= Cout) {
+      const float* g = gate.data_ptr<float>();
+      for (int64_t i = 0; i < OH * OW; ++i)
+        for (int64_t c = 0; c < hidden; ++c) d[i * hidden + c] *= g[c];
+      project(u, 0, OH, d, wp);
+    } else {
+      project(u, 0, OH, d, wp.mul(gate.unsqueeze(1)));
+    }
   }
 };
 

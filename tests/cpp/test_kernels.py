@@ -6,7 +6,6 @@ proves the AVX2 and baseline code."""
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -61,8 +60,9 @@ def test_capability_is_supported_by_this_cpu():
 
 # Shapes big enough that every parallel_for of the kernels splits its range (the cases above are
 # mostly below the grain sizes): pwconv over pixel panels; inverted_residual over (image, row
-# tile) units (N >= 2 * threads), over images with squeeze-excite, and with one unit, where the
-# GEMM panels and depthwise rows inside it are split instead.
+# tile) units (N >= 2 * threads), over images with squeeze-excite (gate applied to the project
+# weights, or to d when OH*OW <= C_out), and with one unit, where the GEMM panels and depthwise
+# rows inside it are split instead.
 PARALLEL_CASES = [
     (cases.run_pw, (2, 64, 96, 14, 14, True, "relu6", "channels_last")),
     (cases.run_dw, (2, 96, 28, 28, 3, 2, 1, "relu6", "channels_last", torch.float32)),
@@ -70,6 +70,7 @@ PARALLEL_CASES = [
     (cases.run_ir, (1, 24, 144, 32, 56, 56, 3, 2, "relu6", False, True, "channels_last")),
     (cases.run_ir, (4, 40, 120, 40, 28, 28, 5, 1, "hardswish", True, True, "channels_last")),
     (cases.run_ir, (1, 40, 120, 80, 28, 28, 3, 2, "hardswish", True, True, "nchw")),
+    (cases.run_ir, (4, 80, 480, 112, 7, 7, 3, 1, "hardswish", True, True, "channels_last")),
 ]
 
 
@@ -86,23 +87,21 @@ def test_thread_counts(threads, runner, case):
     assert problem is None, f"{threads} threads, {case}: {problem}"
 
 
-@pytest.mark.skipif(os.cpu_count() < 2, reason="needs 2 CPUs")
-def test_kernels_use_every_thread():
-    # A kernel that runs on one core accumulates about as much CPU time as wall time; on two
-    # threads its CPU time is ~2x the wall time (threads that finish early wait in OpenMP's
-    # barrier, spinning, which also counts: a serial kernel gets no such second thread).
+def chunks(n, grain, threads):
     was = torch.get_num_threads()
-    torch.set_num_threads(2)
-    # ~40 ms per call, long against the few ms that idle OpenMP threads spin after ATen's own
-    # parallel regions (which gives a serial kernel a ratio of 1.1-1.2 here, a parallel one ~2.0).
-    x = torch.randn(8, 512, 56, 56).contiguous(memory_format=torch.channels_last)
-    w, scale, shift = torch.randn(512, 512), torch.ones(512), torch.zeros(512)
+    torch.set_num_threads(threads)
     try:
-        torch.ops.fastdw_cpp.pwconv_bn_act(x, w, scale, shift, "relu", None)
-        cpu, wall = time.process_time(), time.perf_counter()
-        for _ in range(5):
-            torch.ops.fastdw_cpp.pwconv_bn_act(x, w, scale, shift, "relu", None)
-        ratio = (time.process_time() - cpu) / (time.perf_counter() - wall)
+        flat = torch.ops.fastdw_cpp.parallel_chunks(n, grain)
     finally:
         torch.set_num_threads(was)
-    assert ratio > 1.5, f"CPU time / wall time {ratio:.2f}: the kernel ran on one thread"
+    return sorted(tuple(flat[i:i + 3]) for i in range(0, len(flat), 3))
+
+
+def test_parallel_for_uses_every_thread():
+    # One chunk per thread, covering [0, n) without overlap, each on its own OpenMP thread (a
+    # build where the kernels' parallel_for ran serially gave one chunk on thread 0).
+    assert chunks(10, 1, 2) == [(0, 5, 0), (5, 10, 1)]
+    assert chunks(10, 4, 2) == [(0, 5, 0), (5, 10, 1)]
+    assert chunks(10, 1, 1) == [(0, 10, 0)]
+    assert chunks(10, 10, 2) == [(0, 10, 0)]  # not more than the grain: no region opened
+    assert chunks(0, 1, 2) == []
