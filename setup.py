@@ -24,9 +24,12 @@ def _extensions():
         + sorted(glob.glob("csrc/cpu/isa/*.cpp", root_dir=here))
     ext = CppExtension(
         "fastdw._C", sources,
-        # -Wno-psabi: wide GCC vector types in the per-ISA files trigger ABI notes that do not
-        # apply (they never cross a non-inline call boundary between ISAs).
-        extra_compile_args=["-O3", "-Wno-psabi"])
+        # -fopenmp: at::parallel_for is a header template that runs serially unless the including
+        # file is compiled with OpenMP; the GOMP symbols it calls resolve to the libgomp libtorch
+        # already loaded (no link flag, so no second OpenMP runtime). -Wno-psabi: wide GCC vector
+        # types in the per-ISA files trigger ABI notes that do not apply (they never cross a
+        # non-inline call boundary between ISAs).
+        extra_compile_args=["-O3", "-fopenmp", "-Wno-psabi"])
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

@@ -284,6 +284,9 @@ def _onnxruntime(workload: Workload):
                           opset_version=17)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    # ORT's pool spins after each run by default; in alternation on 2 cores that spinning holds
+    # the cores the next provider's OpenMP threads need and roughly doubles their times.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(buf.getvalue(), options,
                                            providers=["CPUExecutionProvider"])

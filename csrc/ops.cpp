@@ -5,7 +5,7 @@
 #include <torch/library.h>
 
 #include "cpu/kernels.h"
-#include "cpu/parallel.h"
+#include <ATen/Parallel.h>
 
 #include <mutex>
 #include <vector>
@@ -21,13 +21,14 @@ TORCH_LIBRARY(fastdw_cpp, m) {
         "Tensor? se_b1, Tensor? se_w2, Tensor? se_b2, bool residual) -> Tensor");
   // Which vectorised variant runs here (avx512 / avx2 / baseline), for info() and benchmarks.
   m.def("capability() -> str", [] { return std::string(fastdw_cpu::capability()); });
-  // How fastdw_cpu::parallel_for, which every kernel uses, splits [0, n) with this grain: one
-  // (begin, end, OpenMP thread number) triple per chunk, for the threading tests.
+  // How at::parallel_for, which every kernel uses, splits [0, n) with this grain: one
+  // (begin, end, intra-op thread number) triple per chunk, for the threading tests (a build
+  // without OpenMP runs one chunk on thread 0).
   m.def("parallel_chunks(int n, int grain) -> int[]", [](int64_t n, int64_t grain) {
     std::mutex mutex;
     std::vector<int64_t> chunks;
-    fastdw_cpu::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-      const int64_t thread = omp_get_thread_num ? omp_get_thread_num() : 0;
+    at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+      const int64_t thread = at::get_thread_num();
       std::lock_guard<std::mutex> lock(mutex);
       chunks.insert(chunks.end(), {begin, end, thread});
     });

@@ -2,7 +2,7 @@
 //   y[n,c,oh,ow] = act(scale[c] * sum_{i,j} x[n,c,oh*s-p+i*d,ow*s-p+j*d] * w[c,0,i,j] + shift[c])
 // computed channels-last by the vectorised loops in csrc/cpu/isa (see dw_chunk there).
 #include "checks.h"
-#include "parallel.h"
+#include <ATen/Parallel.h>
 
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -56,7 +56,7 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   // Parallel over output rows of all images; a grain of ~16k multiply-adds keeps thread
   // start-up small against the work of a chunk.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, OW * C * k * k));
-  parallel_for(0, N * OH, grain, [&](int64_t begin, int64_t end) { dw_rows(p, begin, end); });
+  at::parallel_for(0, N * OH, grain, [&](int64_t begin, int64_t end) { dw_rows(p, begin, end); });
   return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
 }
 

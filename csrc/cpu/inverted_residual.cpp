@@ -16,7 +16,7 @@
 // d fits in L2 for the SE layers of MobileNetV3), then the gate scales either d or the rows of
 // the project weights (y = (Wp diag(g)) d, which equals Wp (g * d)) and one GEMM projects it.
 #include "checks.h"
-#include "parallel.h"
+#include <ATen/Parallel.h>
 
 #include <ATen/ops/addmv.h>
 #include <ATen/ops/empty.h>
@@ -68,7 +68,7 @@ struct Block {
     }
     p.y = d;
     p.y_h0 = d_h0;
-    parallel_for(oh0, oh1, 1, [&](int64_t b, int64_t end) { dw_rows(p, b, end); });
+    at::parallel_for(oh0, oh1, 1, [&](int64_t b, int64_t end) { dw_rows(p, b, end); });
   }
 
   // All rows of one GEMM, split over threads in blocks of whole 4-row panels (inline when
@@ -76,7 +76,7 @@ struct Block {
   static void gemm(const GemmParams& g, int64_t rows) {
     const int64_t panels = (rows + 3) / 4;
     const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.K * g.N / 16));
-    parallel_for(0, panels, grain, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, panels, grain, [&](int64_t b, int64_t e) {
       gemm_rows(g, 4 * b, std::min(rows, 4 * e));
     });
   }
@@ -226,7 +226,7 @@ at::Tensor inverted_residual(
     at::Tensor d = at::empty({blk.d_floats()}, xc.options());
     for (int64_t u = begin; u < end; ++u) blk.run(u, h.data_ptr<float>(), d.data_ptr<float>());
   };
-  if (units >= 2 * at::get_num_threads()) parallel_for(0, units, 1, work);
+  if (units >= 2 * at::get_num_threads()) at::parallel_for(0, units, 1, work);
   else work(0, units);
   return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
 }

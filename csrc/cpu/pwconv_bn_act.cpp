@@ -7,7 +7,7 @@
 // pass and 0.65-1.0x oneDNN's conv + clamp; the K and N of these layers are small enough
 // (<= 1280) that a simple register-blocked kernel is not limited by cache blocking.
 #include "checks.h"
-#include "parallel.h"
+#include <ATen/Parallel.h>
 
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -41,7 +41,7 @@ at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
                      Cin, Cout, Cin, Cout, Cout, a};
   const int64_t M = N * H * W, panels = (M + 3) / 4;
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Cin * Cout / 16));
-  parallel_for(0, panels, grain, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, panels, grain, [&](int64_t b, int64_t e) {
     gemm_rows(g, 4 * b, std::min(M, 4 * e));
   });
   return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();

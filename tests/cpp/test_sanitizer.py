@@ -29,7 +29,7 @@ root, here, build = sys.argv[1:4]
 sources = [os.path.join(root, "csrc", "ops.cpp")] + sorted(
     glob.glob(os.path.join(root, "csrc", "cpu", "*.cpp"))
     + glob.glob(os.path.join(root, "csrc", "cpu", "isa", "*.cpp")))
-flags = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-Wno-psabi"]
+flags = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-fopenmp", "-Wno-psabi"]
 os.makedirs(build, exist_ok=True)
 ext.load(name="fastdw_asan", sources=sources, extra_cflags=flags,
          extra_ldflags=["-fsanitize=address"], build_directory=build, is_python_module=False)
