@@ -9,8 +9,10 @@
 // twice. Here the output is produced in tiles of output rows (1x1 convs by the register-blocked
 // GEMM with fused epilogue of csrc/cpu/isa/loops.h, depthwise by dw_rows): a tile expands only
 // the input rows its depthwise window needs (plus the k-s halo rows, recomputed by the
-// neighbouring tile), so h and d of one tile are sized to stay in L2 (kTileBytes) and never
-// reach DRAM.
+// neighbouring tile). The rows of h one tile needs are sized to kTileBytes (L2); with the
+// tile's depthwise output d (at most as large at stride 1, a quarter at stride 2) the working
+// set stays within ~1.5x that, so h and d are meant to stay in the 1 MiB L2 of this class of
+// CPU and not reach DRAM.
 // Squeeze-excite needs the spatial mean of d over the whole image before anything is projected,
 // so with SE a unit of work is one image: its tiles fill d for the whole image (one image of
 // d fits in L2 for the SE layers of MobileNetV3), then the gate scales either d or the rows of
