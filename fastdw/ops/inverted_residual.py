@@ -14,9 +14,15 @@ from fastdw import backend as _backend
 from fastdw.ops import _checks
 from fastdw.ops._outputs import as_grad, empty_grad, empty_output
 
-# Positions of the tensor arguments of the op, in schema order, for the backward op's list.
+# Names of the op's tensor arguments, in schema order (the backward op returns their gradients).
 _TENSOR_ARGS = ("x", "expand_w", "expand_scale", "expand_shift", "dw_w", "dw_scale", "dw_shift",
                 "project_w", "project_scale", "project_shift", "se_w1", "se_b1", "se_w2", "se_b2")
+
+
+def _tensor_args(op_args):
+    """The tensor arguments out of the op's argument tuple: positions 0-9 and 12-15 (10 and 11
+    are stride and act, 16 and 17 residual and backend)."""
+    return (*op_args[:10], *op_args[12:16])
 
 
 @torch.library.custom_op("fastdw::inverted_residual", mutates_args=())
@@ -57,20 +63,13 @@ def _inverted_residual_backward(
 
 
 @_inverted_residual_backward.register_fake
-def _(grad, x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
-      project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual, backend):
-    return [empty_grad(t) for t in (x, expand_w, expand_scale, expand_shift, dw_w, dw_scale,
-                                    dw_shift, project_w, project_scale, project_shift, se_w1,
-                                    se_b1, se_w2, se_b2) if t is not None]
+def _(grad, *op_args):
+    return [empty_grad(t) for t in _tensor_args(op_args) if t is not None]
 
 
 def _setup_context(ctx, inputs, output):
-    (x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w, project_scale,
-     project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual, backend) = inputs
-    tensors = (x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
-               project_scale, project_shift, se_w1, se_b1, se_w2, se_b2)
-    ctx.save_for_backward(*tensors)
-    ctx.config = (stride, act, residual, backend)
+    ctx.save_for_backward(*_tensor_args(inputs))
+    ctx.config = (inputs[10], inputs[11], inputs[16], inputs[17])  # stride, act, residual, backend
 
 
 def _backward(ctx, grad):
