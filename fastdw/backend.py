@@ -18,7 +18,6 @@ import contextvars
 import importlib
 import os
 
-import torch
 
 from fastdw.kernels import reference
 
