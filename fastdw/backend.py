@@ -18,7 +18,6 @@ import contextvars
 import importlib
 import os
 
-
 from fastdw.kernels import reference
 
 BACKEND_MODULES = {
