@@ -2,6 +2,7 @@
 //   y[n,c,oh,ow] = act(scale[c] * sum_{i,j} x[n,c,oh*s-p+i*d,ow*s-p+j*d] * w[c,0,i,j] + shift[c])
 // computed channels-last by the vectorised loops in csrc/cpu/isa (see dw_chunk there).
 #include "checks.h"
+#include "packed_weights.h"
 #include <ATen/Parallel.h>
 
 #include <ATen/ops/empty.h>
@@ -34,11 +35,9 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   // The loops need channel stride 1; any other strides of x are used as they are.
   const at::Tensor xc = (x.stride(1) == 1 || C == 1)
                             ? x : x.contiguous(at::MemoryFormat::ChannelsLast);
-  // Packed [k*k][C] fp32 taps with the BN scale folded in: one vector load per tap and channel
-  // block. Tiny next to the feature map.
-  const at::Tensor wp = weight.reshape({C, k * k}).to(at::kFloat).mul(scale.unsqueeze(1))
-                            .t().contiguous();
-  const at::Tensor sh = shift.contiguous();
+  // Packed [k*k][C] fp32 taps: one vector load per tap and channel block.
+  const at::Tensor wp = packed_dw_taps(weight);
+  const at::Tensor sc = scale.contiguous(), sh = shift.contiguous();
   at::Tensor y =
       at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
 
@@ -46,6 +45,7 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   p.x = xc.data_ptr();
   p.y = y.data_ptr();
   p.w = wp.data_ptr<float>();
+  p.scale = sc.data_ptr<float>();
   p.shift = sh.data_ptr<float>();
   p.C = C; p.H = H; p.W = W; p.OH = OH; p.OW = OW;
   p.xs_n = xc.stride(0); p.xs_h = xc.stride(2); p.xs_w = xc.stride(3); p.x_h0 = 0;

@@ -18,10 +18,12 @@
 // d fits in L2 for the SE layers of MobileNetV3), then the gate scales either d or the rows of
 // the project weights (y = (Wp diag(g)) d, which equals Wp (g * d)) and one GEMM projects it.
 #include "checks.h"
-#include <ATen/Parallel.h>
+#include "packed_weights.h"
+#include "parallel_gemm.h"
 
 #include <ATen/ops/addmv.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/hardsigmoid.h>
 #include <ATen/ops/relu.h>
@@ -46,9 +48,9 @@ struct Block {
   int64_t H, W, Cin, hidden, Cout, OH, OW, k, s, pad, tile_rows;
   Act act;
   bool residual;
-  at::Tensor we, eb;  // (C_in, hidden) expand weights with scale folded, shift; undefined: none
-  at::Tensor wp, pb;  // (hidden, C_out) project weights with scale folded, shift
-  DwParams dw;        // depthwise weights/shift/shape; pointers filled per tile
+  at::Tensor we, es, eb;  // packed expand weights (packed_gemm_weight), scale, shift; or none
+  at::Tensor wp, ps, pb;  // packed project weights, scale, shift
+  DwParams dw;            // depthwise taps/scale/shift/shape; pointers filled per tile
   at::Tensor se_w1, se_b1, se_w2, se_b2;
 
   // Expand and depthwise for output rows [oh0, oh1) of image n; d row oh goes to
@@ -59,9 +61,9 @@ struct Block {
     if (we.defined()) {
       const int64_t ih_lo = std::max<int64_t>(0, oh0 * s - pad);
       const int64_t ih_hi = std::min<int64_t>(H, (oh1 - 1) * s - pad + k);
-      const GemmParams g{xn + ih_lo * W * Cin, we.data_ptr<float>(), h, eb.data_ptr<float>(),
-                         nullptr, Cin, hidden, Cin, hidden, 0, act};
-      gemm(g, (ih_hi - ih_lo) * W);
+      const GemmParams g{xn + ih_lo * W * Cin, we.data_ptr<float>(), h, es.data_ptr<float>(),
+                         eb.data_ptr<float>(), nullptr, Cin, hidden, Cin, hidden, 0, act};
+      parallel_gemm(g, (ih_hi - ih_lo) * W);
       p.x = h;
       p.x_h0 = ih_lo;
     } else {
@@ -73,23 +75,14 @@ struct Block {
     at::parallel_for(oh0, oh1, 1, [&](int64_t b, int64_t end) { dw_rows(p, b, end); });
   }
 
-  // All rows of one GEMM, split over threads in blocks of whole 4-row panels (inline when
-  // already inside the parallel loop over units).
-  static void gemm(const GemmParams& g, int64_t rows) {
-    const int64_t panels = (rows + 3) / 4;
-    const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, g.K * g.N / 16));
-    at::parallel_for(0, panels, grain, [&](int64_t b, int64_t e) {
-      gemm_rows(g, 4 * b, std::min(rows, 4 * e));
-    });
-  }
-
-  // y rows [oh0, oh1) of image n = d @ w + pb (+ x), epilogue fused into the GEMM.
+  // y rows [oh0, oh1) of image n = (d @ w) * ps + pb (+ x), epilogue fused into the GEMM.
   void project(int64_t n, int64_t oh0, int64_t oh1, const float* d, const at::Tensor& w) const {
     const int64_t rows = (oh1 - oh0) * OW;
     float* out = y + (n * OH + oh0) * OW * Cout;
     const float* res = residual ? x + (n * H + oh0) * W * Cin : nullptr;
-    gemm(GemmParams{d, w.data_ptr<float>(), out, pb.data_ptr<float>(), res, hidden, Cout, hidden,
-                    Cout, Cin, kNone}, rows);
+    parallel_gemm(GemmParams{d, w.data_ptr<float>(), out, ps.data_ptr<float>(),
+                             pb.data_ptr<float>(), res, hidden, Cout, hidden, Cout, Cin, kNone},
+                  rows);
   }
 
   int64_t tiles_per_image() const { return (OH + tile_rows - 1) / tile_rows; }
@@ -113,16 +106,26 @@ struct Block {
     const at::Tensor gate =
         at::hardsigmoid(at::addmv(se_b2, se_w2, at::relu(at::addmv(se_b1, se_w1, pooled))));
     // (g * d) @ Wp = d @ (diag(g) Wp): scale the operand with fewer elements, d (OH*OW x hidden)
-    // in place or a copy of Wp (hidden x C_out). Small late-stage maps (7x7 = 49 pixels against
-    // C_out = 160) take the first and skip allocating and writing a scaled copy of the weights.
+    // in place or a copy of the packed Wp (hidden x C_out; row k of each panel times g[k]).
+    // Small late-stage maps (7x7 = 49 pixels against C_out = 160) take the first.
+    const float* g = gate.data_ptr<float>();
     if (OH * OW <= Cout) {
-      const float* g = gate.data_ptr<float>();
       for (int64_t i = 0; i < OH * OW; ++i)
         for (int64_t c = 0; c < hidden; ++c) d[i * hidden + c] *= g[c];
       project(u, 0, OH, d, wp);
-    } else {
-      project(u, 0, OH, d, wp.mul(gate.unsqueeze(1)));
+      return;
     }
+    at::Tensor scaled = at::empty_like(wp);
+    const float* src = wp.data_ptr<float>();
+    float* dst = scaled.data_ptr<float>();
+    const int64_t P = gemm_panel_width();
+    for (int64_t q = 0; q < Cout; q += P) {
+      const int64_t width = std::min(P, Cout - q);
+      for (int64_t c = 0; c < hidden; ++c)
+        for (int64_t j = 0; j < width; ++j)
+          dst[q * hidden + c * width + j] = src[q * hidden + c * width + j] * g[c];
+    }
+    project(u, 0, OH, d, scaled);
   }
 };
 
@@ -187,8 +190,8 @@ at::Tensor inverted_residual(
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor y =
       at::empty({N, Cout, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const at::Tensor dwp = dw_w.reshape({hidden, k * k}).mul(dw_scale.unsqueeze(1)).t().contiguous();
-  const at::Tensor dwb = dw_shift.contiguous();
+  const at::Tensor dwp = packed_dw_taps(dw_w);
+  const at::Tensor dws = dw_scale.contiguous(), dwb = dw_shift.contiguous();
 
   Block blk{};
   blk.x = xc.data_ptr<float>();
@@ -198,16 +201,19 @@ at::Tensor inverted_residual(
   blk.act = a;
   blk.residual = residual;
   if (expand_w) {
-    blk.we = expand_w->mul(expand_scale->unsqueeze(1)).t().contiguous();
+    blk.we = packed_gemm_weight(*expand_w);
+    blk.es = expand_scale->contiguous();
     blk.eb = expand_shift->contiguous();
   }
-  blk.wp = project_w.mul(project_scale.unsqueeze(1)).t().contiguous();
+  blk.wp = packed_gemm_weight(project_w);
+  blk.ps = project_scale.contiguous();
   blk.pb = project_shift.contiguous();
   if (has_se) {
     blk.se_w1 = *se_w1; blk.se_b1 = *se_b1; blk.se_w2 = *se_w2; blk.se_b2 = *se_b2;
   }
   DwParams& p = blk.dw;
   p.w = dwp.data_ptr<float>();
+  p.scale = dws.data_ptr<float>();
   p.shift = dwb.data_ptr<float>();
   p.C = hidden; p.H = H; p.W = W; p.OH = OH; p.OW = OW;
   p.xs_n = 0; p.xs_h = W * hidden; p.xs_w = hidden;  // NHWC rows of one image (x or h)

@@ -16,7 +16,8 @@ enum DType : int { kFloat = 0, kBFloat16 = 1 };
 struct DwParams {
   const void* x;  // input (dtype): (n, c, ih, iw) at n*xs_n + (ih-x_h0)*xs_h + iw*xs_w + c
   void* y;        // output (dtype): (n, c, oh, ow) at n*ys_n + (oh-y_h0)*ys_h + ow*ys_w + c
-  const float* w;       // packed weights [k*k][C]: weight[c, 0, i, j] * scale[c] at (i*k + j)*C + c
+  const float* w;       // packed taps [k*k][C]: weight[c, 0, i, j] at (i*k + j)*C + c
+  const float* scale;   // [C]
   const float* shift;   // [C]
   int64_t C, H, W, OH, OW;
   int64_t xs_n, xs_h, xs_w, x_h0;
@@ -26,24 +27,38 @@ struct DwParams {
   int dtype;            // DType of x and y
 };
 
-// C = act(A @ B + shift) (+ res) for fp32 row-major A (M x K, row stride lda), B (K x N, dense)
-// and C (row stride ldc): the 1x1 convolutions (pwconv_bn_act, and inverted_residual on
-// channels-last tiles), with the epilogue applied while the result is still in registers.
+// C = act((A @ B) * scale + shift) (+ res) for fp32 row-major A (M x K, row stride lda) and C
+// (row stride ldc), B (K x N) packed by pack_gemm_b: the 1x1 convolutions (pwconv_bn_act, and
+// inverted_residual on channels-last tiles), with the epilogue applied while the result is
+// still in registers.
 struct GemmParams {
   const float* a;
-  const float* b;
+  const float* b;       // pack_gemm_b's layout
   float* c;
+  const float* scale;   // [N]
   const float* shift;   // [N]
   const float* res;     // nullptr or [M][ldr]
   int64_t K, N, lda, ldc, ldr;
   int act;
 };
 
-// Each function handles output rows [begin, end) (for dw: flat index n*OH + oh; for the GEMM:
-// rows of C), so the caller parallelises with at::parallel_for. Both run the widest instruction
-// set this CPU supports.
+// The functions below run the widest instruction set this CPU supports (csrc/cpu/isa/select.cpp).
+
+// Output rows [begin, end) (flat index n*OH + oh), so the caller parallelises with
+// at::parallel_for.
 void dw_rows(const DwParams& p, int64_t begin, int64_t end);
-void gemm_rows(const GemmParams& p, int64_t begin, int64_t end);
+
+// B of the GEMM is stored in column panels of gemm_panel_width() columns (the micro-kernel's
+// width; the last panel may be narrower): panel q holds columns [q*P, q*P + w) as a dense K x w
+// row-major block starting at b + q*P*K, so the K loop of a block streams contiguous memory.
+// pack_gemm_b writes that layout from weight[n, k] = w[n * ws_n + k * ws_k] (a 1x1 conv weight
+// (C_out, C_in), i.e. B transposed), into out[N * K].
+int64_t gemm_panel_width();
+void pack_gemm_b(const float* w, int64_t ws_n, int64_t ws_k, int64_t N, int64_t K, float* out);
+
+// C rows [m0, m1), columns [n0, n1) with n0 a multiple of gemm_panel_width() and n1 one too or
+// N, so callers can split rows, column panels or both over threads.
+void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 
 // The instruction set in use: "avx512", "avx2" or "baseline". FASTDW_CPU_CAPABILITY (one of
 // those names) lowers it, like ATEN_CPU_CAPABILITY does for ATen, so tests can run every variant.

@@ -6,7 +6,8 @@
 // The K and N of MobileNet 1x1 layers are small (<= 1280), so a register-blocked kernel without
 // cache blocking over K is adequate; bench/cpu_ops.py times it against torch.compile.
 #include "checks.h"
-#include <ATen/Parallel.h>
+#include "packed_weights.h"
+#include "parallel_gemm.h"
 
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -29,20 +30,16 @@ at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   const Act a = parse_act(act);
 
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor wt = weight.mul(scale.unsqueeze(1)).t().contiguous();  // (C_in, C_out)
-  const at::Tensor sh = shift.contiguous();
+  const at::Tensor wp = packed_gemm_weight(weight);
+  const at::Tensor sc = scale.contiguous(), sh = shift.contiguous();
   at::Tensor y =
       at::empty({N, Cout, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   at::Tensor rc;
   if (residual) rc = residual->contiguous(at::MemoryFormat::ChannelsLast);
-  const GemmParams g{xc.data_ptr<float>(), wt.data_ptr<float>(), y.data_ptr<float>(),
-                     sh.data_ptr<float>(), residual ? rc.data_ptr<float>() : nullptr,
-                     Cin, Cout, Cin, Cout, Cout, a};
-  const int64_t M = N * H * W, panels = (M + 3) / 4;
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, Cin * Cout / 16));
-  at::parallel_for(0, panels, grain, [&](int64_t b, int64_t e) {
-    gemm_rows(g, 4 * b, std::min(M, 4 * e));
-  });
+  const GemmParams g{xc.data_ptr<float>(), wp.data_ptr<float>(), y.data_ptr<float>(),
+                     sc.data_ptr<float>(), sh.data_ptr<float>(),
+                     residual ? rc.data_ptr<float>() : nullptr, Cin, Cout, Cin, Cout, Cout, a};
+  parallel_gemm(g, N * H * W);
   return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
 }
 

@@ -9,7 +9,8 @@ algorithms on, every at::empty the kernels allocate is filled with NaN, so an el
 forgets to write fails the comparison. Shapes are small (sanitizer runs are ~10x slower) but
 cover every template path: k 3/5 with stride 1/2, the runtime-k path (k 1, 7, stride 3,
 dilation 2), channel tails (C not a multiple of 16 or 8), 1-pixel images, every activation,
-NCHW / channels_last / strided inputs, fp32 and bf16.
+NCHW / channels_last / strided inputs, fp32 and bf16, and weights reused (cached packs) and
+then edited in place.
 """
 import argparse
 import sys
@@ -86,16 +87,17 @@ def run_pw(n, cin, cout, h, w, res, act, lay):
 
 
 def ir_cases():
-    # (N, C_in, hidden, C_out, H, W, k, stride, act, squeeze-excite, expand, layout)
+    # (N, C_in, hidden, C_out, H, W, k, stride, act, squeeze-excite, expand, layout[, reuse])
     yield (2, 16, 48, 16, 9, 7, 3, 1, "relu6", False, True, "channels_last")
     yield (1, 24, 72, 40, 11, 11, 5, 2, "relu", True, True, "nchw")
     yield (2, 40, 120, 40, 7, 6, 5, 1, "hardswish", True, True, "channels_last")
     yield (3, 16, 16, 16, 6, 6, 3, 1, "relu6", False, False, "strided")
     yield (1, 16, 16, 24, 9, 9, 3, 2, "relu", True, False, "channels_last")
     yield (1, 8, 24, 12, 1, 1, 3, 1, "hardswish", False, True, "nchw")
+    yield (2, 24, 144, 24, 8, 8, 3, 1, "relu6", False, True, "channels_last", True)
 
 
-def run_ir(n, cin, hid, cout, h, w, k, s, act, se, expand, lay):
+def run_ir(n, cin, hid, cout, h, w, k, s, act, se, expand, lay, reuse=False):
     x = layout(torch.randn(n, cin, h, w), lay)
     hid = hid if expand else cin
     ew = torch.randn(hid, cin) / cin ** 0.5 if expand else None
@@ -108,6 +110,12 @@ def run_ir(n, cin, hid, cout, h, w, k, s, act, se, expand, lay):
     res = s == 1 and cin == cout
     args = [x, ew, es, eb, dw, ds, db, pw, ps, pb]
     out = torch.ops.fastdw_cpp.inverted_residual(*args, s, act, *sew, res)
+    if reuse:  # again with the same weight tensors, edited in place: cached packs are refreshed
+        torch.ops.fastdw_cpp.inverted_residual(*args, s, act, *sew, res)
+        for t in (ew, dw, pw):
+            if t is not None:
+                t.mul_(-1.5)
+        out = torch.ops.fastdw_cpp.inverted_residual(*args, s, act, *sew, res)
     ref = reference.inverted_residual(*map(f64, args), s, act, *map(f64, sew), res)
     return out, ref, x
 

@@ -68,8 +68,8 @@ template <int A, int N> inline typename Lanes<N>::F activate(typename Lanes<N>::
 }
 
 // Depthwise conv + affine + act for one output row (n, oh) and N channels starting at c0.
-//   y[n, oh, ow, c] = act( sum_{i,j < k} x[n, oh*s - p + i*d, ow*s - p + j*d, c] * w'[i*k+j, c]
-//                          + shift[c] ),   w' = weight * scale (folded by the op file),
+//   y[n, oh, ow, c] = act( scale[c] * sum_{i,j < k} x[n, oh*s - p + i*d, ow*s - p + j*d, c]
+//                          * w[i*k+j, c] + shift[c] ),
 // taps outside the image contribute 0 (zero padding). K and S are compile-time for the common
 // 3x3 / 5x5, stride 1 / 2 cases (fully unrolled taps, weights in registers); 0 means "read
 // p.k / p.stride at run time". Output pixels whose whole window is inside the image take the
@@ -81,7 +81,7 @@ void dw_chunk(const DwParams& p, int64_t n, int64_t oh, int64_t c0) {
   const T* x = static_cast<const T*>(p.x) + n * p.xs_n + c0;
   T* y = static_cast<T*>(p.y) + n * p.ys_n + (oh - p.y_h0) * p.ys_h + c0;
   const int64_t ih0 = oh * s - p.pad;
-  const F shift = load<N>(p.shift + c0);
+  const F scale = load<N>(p.scale + c0), shift = load<N>(p.shift + c0);
 
   F wreg[K ? K * K : 1];
   if constexpr (K != 0)
@@ -103,7 +103,7 @@ void dw_chunk(const DwParams& p, int64_t n, int64_t oh, int64_t c0) {
         acc += load<N>(x + (ih - p.x_h0) * p.xs_h + iw * p.xs_w) * weight(i * k + j);
       }
     }
-    store<N>(y + ow * p.ys_w, activate<A, N>(acc + shift));
+    store<N>(y + ow * p.ys_w, activate<A, N>(acc * scale + shift));
   };
 
   // Interior columns: iw0 >= 0 and iw0 + (k-1)*d <= W-1.
@@ -120,10 +120,10 @@ void dw_chunk(const DwParams& p, int64_t n, int64_t oh, int64_t c0) {
   const int64_t dh = d * p.xs_h, dw = d * p.xs_w;
   for (; ow < hi; ++ow) {
     const T* px = xr + (ow * s - p.pad) * p.xs_w;
-    F acc = shift;
+    F acc{};
     for (int64_t i = 0; i < k; ++i)
       for (int64_t j = 0; j < k; ++j) acc += load<N>(px + i * dh + j * dw) * weight(i * k + j);
-    store<N>(y + ow * p.ys_w, activate<A, N>(acc));
+    store<N>(y + ow * p.ys_w, activate<A, N>(acc * scale + shift));
   }
   for (; ow < p.OW; ++ow) checked(ow);
 }
@@ -180,63 +180,80 @@ template <int N> inline typename Lanes<N>::F activate(typename Lanes<N>::F v, in
 }
 
 // Register-blocked GEMM micro-kernel: an R x (NV*L) block of C starting at (m, n),
-//   C[m+r, n+j] = act(shift[n+j] + sum_k A[m+r, k] * B[k, n+j]) (+ res[m+r, n+j]),
+//   C[m+r, n+j] = act(scale[n+j] * sum_k A[m+r, k] * B[k, n+j] + shift[n+j]) (+ res[m+r, n+j]),
+// B[k, n+j] read at b[k*ldb + j] (b points into a column panel, ldb is the panel's width).
 // R*NV accumulators stay in registers for the whole K loop; each k loads NV vectors of B and
 // broadcasts R scalars of A (R*NV FMAs for R+NV loads). 4 x 4 vectors on AVX-512 (16 of 32
 // registers), 4 x 2 on AVX2/SSE (8 of 16), so nothing spills.
 constexpr int kGemmR = 4;
 constexpr int kGemmNV = FASTDW_VW == 16 ? 4 : 2;
+constexpr int64_t kPanel = kGemmNV * FASTDW_VW;
 
 template <int R, int NV, int L>
-void gemm_block(const GemmParams& p, int64_t m, int64_t n) {
+void gemm_block(const GemmParams& p, int64_t m, int64_t n, const float* b, int64_t ldb) {
   using F = typename Lanes<L>::F;
-  F acc[R][NV];
-  for (int v = 0; v < NV; ++v) {
-    const F s = load<L>(p.shift + n + v * L);
-    for (int r = 0; r < R; ++r) acc[r][v] = s;
-  }
+  F acc[R][NV] = {};
   const float* a = p.a + m * p.lda;
-  const float* b = p.b + n;
   for (int64_t k = 0; k < p.K; ++k) {
     F bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = load<L>(b + k * p.N + v * L);
+    for (int v = 0; v < NV; ++v) bv[v] = load<L>(b + k * ldb + v * L);
     for (int r = 0; r < R; ++r) {
       const float av = a[r * p.lda + k];  // vector * scalar: one broadcast, then FMAs
       for (int v = 0; v < NV; ++v) acc[r][v] += bv[v] * av;
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) {
-      F out = activate<L>(acc[r][v], p.act);
+  for (int v = 0; v < NV; ++v) {
+    const F scale = load<L>(p.scale + n + v * L), shift = load<L>(p.shift + n + v * L);
+    for (int r = 0; r < R; ++r) {
+      F out = activate<L>(acc[r][v] * scale + shift, p.act);
       if (p.res) out += load<L>(p.res + (m + r) * p.ldr + n + v * L);
       store<L>(p.c + (m + r) * p.ldc + n + v * L, out);
     }
+  }
 }
 
 // One column block of NV*L columns over rows [begin, end): R-row blocks, then single rows.
 template <int NV, int L>
-void gemm_columns(const GemmParams& p, int64_t begin, int64_t end, int64_t n) {
+void gemm_columns(const GemmParams& p, int64_t begin, int64_t end, int64_t n, const float* b,
+                  int64_t ldb) {
   int64_t m = begin;
-  for (; m + kGemmR <= end; m += kGemmR) gemm_block<kGemmR, NV, L>(p, m, n);
-  for (; m < end; ++m) gemm_block<1, NV, L>(p, m, n);
+  for (; m + kGemmR <= end; m += kGemmR) gemm_block<kGemmR, NV, L>(p, m, n, b, ldb);
+  for (; m < end; ++m) gemm_block<1, NV, L>(p, m, n, b, ldb);
 }
 
-// Rows in chunks of kGemmRows; within a chunk, column blocks outside rows, so one K x (NV*L)
-// panel of B is reused by every row of the chunk while it is in L1, and the chunk's rows of A
-// (kGemmRows x K) stay in L1/L2 across the column blocks. Columns: wide blocks, then one
-// vector, (AVX-512) 8 lanes, then single lanes.
+// Rows in chunks of kGemmRows; within a chunk, panels outside rows, so one panel of B is
+// reused by every row of the chunk while it is in L1/L2, and the chunk's rows of A
+// (kGemmRows x K) stay in L1/L2 across the panels. A full panel is one wide block; a narrower
+// last panel takes single vectors, (AVX-512) 8 lanes, then single lanes.
 constexpr int64_t kGemmRows = 48;
 
-void gemm_rows(const GemmParams& p, int64_t begin, int64_t end) {
-  for (int64_t m0 = begin; m0 < end; m0 += kGemmRows) {
-    const int64_t m1 = m0 + kGemmRows < end ? m0 + kGemmRows : end;
-    int64_t n = 0;
-    for (; n + kGemmNV * FASTDW_VW <= p.N; n += kGemmNV * FASTDW_VW)
-      gemm_columns<kGemmNV, FASTDW_VW>(p, m0, m1, n);
-    for (; n + FASTDW_VW <= p.N; n += FASTDW_VW) gemm_columns<1, FASTDW_VW>(p, m0, m1, n);
-    if constexpr (FASTDW_VW > 8)
-      for (; n + 8 <= p.N; n += 8) gemm_columns<1, 8>(p, m0, m1, n);
-    for (; n < p.N; ++n) gemm_columns<1, 1>(p, m0, m1, n);
+void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  for (int64_t mc = m0; mc < m1; mc += kGemmRows) {
+    const int64_t mc1 = mc + kGemmRows < m1 ? mc + kGemmRows : m1;
+    for (int64_t q = n0; q < n1; q += kPanel) {
+      const int64_t w = p.N - q < kPanel ? p.N - q : kPanel;
+      const float* panel = p.b + q * p.K;
+      if (w == kPanel) {
+        gemm_columns<kGemmNV, FASTDW_VW>(p, mc, mc1, q, panel, kPanel);
+        continue;
+      }
+      int64_t j = 0;
+      for (; j + FASTDW_VW <= w; j += FASTDW_VW)
+        gemm_columns<1, FASTDW_VW>(p, mc, mc1, q + j, panel + j, w);
+      if constexpr (FASTDW_VW > 8)
+        for (; j + 8 <= w; j += 8) gemm_columns<1, 8>(p, mc, mc1, q + j, panel + j, w);
+      for (; j < w; ++j) gemm_columns<1, 1>(p, mc, mc1, q + j, panel + j, w);
+    }
+  }
+}
+
+int64_t gemm_panel_width() { return kPanel; }
+
+void pack_gemm_b(const float* w, int64_t ws_n, int64_t ws_k, int64_t N, int64_t K, float* out) {
+  for (int64_t q = 0; q < N; q += kPanel) {
+    const int64_t width = N - q < kPanel ? N - q : kPanel;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < width; ++j) out[q * K + k * width + j] = w[(q + j) * ws_n + k * ws_k];
   }
 }
 

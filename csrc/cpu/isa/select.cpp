@@ -9,7 +9,10 @@ namespace fastdw_cpu {
 #define FASTDW_DECLARE(isa)                                              \
   namespace isa {                                                        \
   void dw_rows(const DwParams& p, int64_t begin, int64_t end);           \
-  void gemm_rows(const GemmParams& p, int64_t begin, int64_t end);           \
+  void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);  \
+  int64_t gemm_panel_width();                                            \
+  void pack_gemm_b(const float* w, int64_t ws_n, int64_t ws_k, int64_t N, int64_t K,  \
+                   float* out);                                          \
   }
 FASTDW_DECLARE(avx512)
 FASTDW_DECLARE(avx2)
@@ -43,21 +46,26 @@ Isa isa() {
 
 }  // namespace
 
-void dw_rows(const DwParams& p, int64_t begin, int64_t end) {
-  switch (isa()) {
-    case kAvx512: return avx512::dw_rows(p, begin, end);
-    case kAvx2: return avx2::dw_rows(p, begin, end);
-    default: return baseline::dw_rows(p, begin, end);
+// The same function of the chosen instruction set's namespace.
+#define FASTDW_DISPATCH(call)              \
+  switch (isa()) {                         \
+    case kAvx512: return avx512::call;     \
+    case kAvx2: return avx2::call;         \
+    default: return baseline::call;        \
   }
+
+void dw_rows(const DwParams& p, int64_t begin, int64_t end) {
+  FASTDW_DISPATCH(dw_rows(p, begin, end))
 }
 
-void gemm_rows(const GemmParams& p, int64_t begin, int64_t end) {
-  switch (isa()) {
-    case kAvx512: return avx512::gemm_rows(p, begin, end);
-    case kAvx2: return avx2::gemm_rows(p, begin, end);
-    default: return baseline::gemm_rows(p, begin, end);
-  }
+void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  FASTDW_DISPATCH(gemm(p, m0, m1, n0, n1))
 }
+int64_t gemm_panel_width() { FASTDW_DISPATCH(gemm_panel_width()) }
+void pack_gemm_b(const float* w, int64_t ws_n, int64_t ws_k, int64_t N, int64_t K, float* out) {
+  FASTDW_DISPATCH(pack_gemm_b(w, ws_n, ws_k, N, K, out))
+}
+#undef FASTDW_DISPATCH
 
 const char* capability() {
   static const char* names[] = {"baseline", "avx2", "avx512"};
