@@ -116,15 +116,7 @@ struct Block {
       return;
     }
     at::Tensor scaled = at::empty_like(wp);
-    const float* src = wp.data_ptr<float>();
-    float* dst = scaled.data_ptr<float>();
-    const int64_t P = gemm_panel_width();
-    for (int64_t q = 0; q < Cout; q += P) {
-      const int64_t width = std::min(P, Cout - q);
-      for (int64_t c = 0; c < hidden; ++c)
-        for (int64_t j = 0; j < width; ++j)
-          dst[q * hidden + c * width + j] = src[q * hidden + c * width + j] * g[c];
-    }
+    scale_gemm_b_rows(wp.data_ptr<float>(), g, Cout, hidden, scaled.data_ptr<float>());
     project(u, 0, OH, d, scaled);
   }
 };

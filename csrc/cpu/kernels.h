@@ -48,13 +48,17 @@ struct GemmParams {
 // at::parallel_for.
 void dw_rows(const DwParams& p, int64_t begin, int64_t end);
 
-// B of the GEMM is stored in column panels of gemm_panel_width() columns (the micro-kernel's
-// width; the last panel may be narrower): panel q holds columns [q*P, q*P + w) as a dense K x w
-// row-major block starting at b + q*P*K, so the K loop of a block streams contiguous memory.
-// pack_gemm_b writes that layout from weight[n, k] = w[n * ws_n + k * ws_k] (a 1x1 conv weight
-// (C_out, C_in), i.e. B transposed), into out[N * K].
+// B of the GEMM is stored in column panels of P = gemm_panel_width() columns (the
+// micro-kernel's width): panel q holds columns [q*P, q*P + w) as a K x w' row-major block
+// starting at b + q*P*K, w' being w rounded up to whole vectors (the last panel may be narrower;
+// its padding columns are zero), so the K loop of a block streams contiguous memory.
+// pack_gemm_b writes that layout, gemm_packed_floats(N, K) floats, from
+// weight[n, k] = w[n * ws_n + k * ws_k] (a 1x1 conv weight (C_out, C_in), i.e. B transposed).
 int64_t gemm_panel_width();
+int64_t gemm_packed_floats(int64_t N, int64_t K);
 void pack_gemm_b(const float* w, int64_t ws_n, int64_t ws_k, int64_t N, int64_t K, float* out);
+// out = diag(g) B for a packed B (row k of every panel times g[k]), in the same layout.
+void scale_gemm_b_rows(const float* b, const float* g, int64_t N, int64_t K, float* out);
 
 // C rows [m0, m1), columns [n0, n1) with n0 a multiple of gemm_panel_width() and n1 one too or
 // N, so callers can split rows, column panels or both over threads.

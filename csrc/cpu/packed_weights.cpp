@@ -58,7 +58,7 @@ at::Tensor cached(const at::Tensor& w, Kind kind, at::Tensor (*pack)(const at::T
 
 at::Tensor pack_gemm(const at::Tensor& w) {
   const at::Tensor w2 = w.reshape({w.size(0), w.size(1)});
-  at::Tensor out = at::empty({w2.numel()}, w2.options());
+  at::Tensor out = at::empty({gemm_packed_floats(w2.size(0), w2.size(1))}, w2.options());
   pack_gemm_b(w2.data_ptr<float>(), w2.stride(0), w2.stride(1), w2.size(0), w2.size(1),
               out.data_ptr<float>());
   return out;

@@ -181,16 +181,30 @@ template <int N> inline typename Lanes<N>::F activate(typename Lanes<N>::F v, in
 
 // Register-blocked GEMM micro-kernel: an R x (NV*L) block of C starting at (m, n),
 //   C[m+r, n+j] = act(scale[n+j] * sum_k A[m+r, k] * B[k, n+j] + shift[n+j]) (+ res[m+r, n+j]),
-// B[k, n+j] read at b[k*ldb + j] (b points into a column panel, ldb is the panel's width).
-// R*NV accumulators stay in registers for the whole K loop; each k loads NV vectors of B and
-// broadcasts R scalars of A (R*NV FMAs for R+NV loads). 4 x 4 vectors on AVX-512 (16 of 32
-// registers), 4 x 2 on AVX2/SSE (8 of 16), so nothing spills.
-constexpr int kGemmR = 4;
-constexpr int kGemmNV = FASTDW_VW == 16 ? 4 : 2;
+// B[k, n+j] read at b[k*ldb + j] (b points into a column panel, ldb is the panel's padded
+// width). R*NV accumulators stay in registers for the whole K loop; each k loads NV vectors of B
+// and broadcasts R scalars of A. Only the first `cols` of the NV*L columns are real (a narrow
+// last panel, zero-padded by pack_gemm_b): the epilogue reads and writes only those.
+constexpr int kGemmNV = FASTDW_VW == 16 ? 4 : 2;  // vectors in a full panel
 constexpr int64_t kPanel = kGemmNV * FASTDW_VW;
 
+// Rows of a block for NV vectors: enough independent accumulators to cover the FMA latency
+// (~24 of AVX-512's 32 registers, 12 of AVX2's 16), with the B vectors and a broadcast beside.
+template <int NV> constexpr int block_rows() {
+  if constexpr (FASTDW_VW == 16) return NV == 4 ? 6 : NV == 3 ? 8 : 12;
+  else return NV == 2 ? 6 : 12;
+}
+
+template <int L> inline typename Lanes<L>::F load_cols(const float* p, int64_t cols) {
+  if (cols >= L) return load<L>(p);
+  typename Lanes<L>::F v{};
+  for (int64_t l = 0; l < cols; ++l) v[l] = p[l];
+  return v;
+}
+
 template <int R, int NV, int L>
-void gemm_block(const GemmParams& p, int64_t m, int64_t n, const float* b, int64_t ldb) {
+void gemm_block(const GemmParams& p, int64_t m, int64_t n, int64_t cols, const float* b,
+                int64_t ldb) {
   using F = typename Lanes<L>::F;
   F acc[R][NV] = {};
   const float* a = p.a + m * p.lda;
@@ -203,58 +217,81 @@ void gemm_block(const GemmParams& p, int64_t m, int64_t n, const float* b, int64
     }
   }
   for (int v = 0; v < NV; ++v) {
-    const F scale = load<L>(p.scale + n + v * L), shift = load<L>(p.shift + n + v * L);
+    const int64_t c0 = n + v * L, vc = cols - v * L;  // vc >= L except in the last vector
+    const F scale = load_cols<L>(p.scale + c0, vc), shift = load_cols<L>(p.shift + c0, vc);
     for (int r = 0; r < R; ++r) {
       F out = activate<L>(acc[r][v] * scale + shift, p.act);
-      if (p.res) out += load<L>(p.res + (m + r) * p.ldr + n + v * L);
-      store<L>(p.c + (m + r) * p.ldc + n + v * L, out);
+      if (p.res) out += load_cols<L>(p.res + (m + r) * p.ldr + c0, vc);
+      float* c = p.c + (m + r) * p.ldc + c0;
+      if (vc >= L) store<L>(c, out);
+      else for (int64_t l = 0; l < vc; ++l) c[l] = out[l];
     }
   }
 }
 
-// One column block of NV*L columns over rows [begin, end): R-row blocks, then single rows.
-template <int NV, int L>
-void gemm_columns(const GemmParams& p, int64_t begin, int64_t end, int64_t n, const float* b,
-                  int64_t ldb) {
+// One panel (NV vectors, `cols` real columns) over rows [begin, end): blocks of R rows, the
+// remainder in blocks of R/2, R/4, ... rows.
+template <int NV, int R = block_rows<NV>()>
+void gemm_panel(const GemmParams& p, int64_t begin, int64_t end, int64_t n, int64_t cols,
+                const float* b, int64_t ldb) {
   int64_t m = begin;
-  for (; m + kGemmR <= end; m += kGemmR) gemm_block<kGemmR, NV, L>(p, m, n, b, ldb);
-  for (; m < end; ++m) gemm_block<1, NV, L>(p, m, n, b, ldb);
+  for (; m + R <= end; m += R) gemm_block<R, NV, FASTDW_VW>(p, m, n, cols, b, ldb);
+  if constexpr (R > 1)
+    if (m < end) gemm_panel<NV, R / 2>(p, m, end, n, cols, b, ldb);
 }
 
 // Rows in chunks of kGemmRows; within a chunk, panels outside rows, so one panel of B is
 // reused by every row of the chunk while it is in L1/L2, and the chunk's rows of A
-// (kGemmRows x K) stay in L1/L2 across the panels. A full panel is one wide block; a narrower
-// last panel takes single vectors, (AVX-512) 8 lanes, then single lanes.
+// (kGemmRows x K) stay in L1/L2 across the panels.
 constexpr int64_t kGemmRows = 48;
 
 void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   for (int64_t mc = m0; mc < m1; mc += kGemmRows) {
     const int64_t mc1 = mc + kGemmRows < m1 ? mc + kGemmRows : m1;
     for (int64_t q = n0; q < n1; q += kPanel) {
-      const int64_t w = p.N - q < kPanel ? p.N - q : kPanel;
+      const int64_t cols = p.N - q < kPanel ? p.N - q : kPanel;
+      const int64_t nv = (cols + FASTDW_VW - 1) / FASTDW_VW, ldb = nv * FASTDW_VW;
       const float* panel = p.b + q * p.K;
-      if (w == kPanel) {
-        gemm_columns<kGemmNV, FASTDW_VW>(p, mc, mc1, q, panel, kPanel);
-        continue;
+      if constexpr (kGemmNV == 4) {
+        if (nv == 4) gemm_panel<4>(p, mc, mc1, q, cols, panel, ldb);
+        else if (nv == 3) gemm_panel<3>(p, mc, mc1, q, cols, panel, ldb);
+        else if (nv == 2) gemm_panel<2>(p, mc, mc1, q, cols, panel, ldb);
+        else gemm_panel<1>(p, mc, mc1, q, cols, panel, ldb);
+      } else {
+        if (nv == 2) gemm_panel<2>(p, mc, mc1, q, cols, panel, ldb);
+        else gemm_panel<1>(p, mc, mc1, q, cols, panel, ldb);
       }
-      int64_t j = 0;
-      for (; j + FASTDW_VW <= w; j += FASTDW_VW)
-        gemm_columns<1, FASTDW_VW>(p, mc, mc1, q + j, panel + j, w);
-      if constexpr (FASTDW_VW > 8)
-        for (; j + 8 <= w; j += 8) gemm_columns<1, 8>(p, mc, mc1, q + j, panel + j, w);
-      for (; j < w; ++j) gemm_columns<1, 1>(p, mc, mc1, q + j, panel + j, w);
     }
   }
 }
 
 int64_t gemm_panel_width() { return kPanel; }
 
-void pack_gemm_b(const float* w, int64_t ws_n, int64_t ws_k, int64_t N, int64_t K, float* out) {
+int64_t gemm_packed_floats(int64_t N, int64_t K) {
+  return (N + FASTDW_VW - 1) / FASTDW_VW * FASTDW_VW * K;
+}
+
+// Visits the panels of a packed B (N x K): f(panel offset, padded width) for each.
+template <class Fn> void for_each_panel(int64_t N, int64_t K, Fn f) {
   for (int64_t q = 0; q < N; q += kPanel) {
-    const int64_t width = N - q < kPanel ? N - q : kPanel;
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t j = 0; j < width; ++j) out[q * K + k * width + j] = w[(q + j) * ws_n + k * ws_k];
+    const int64_t cols = N - q < kPanel ? N - q : kPanel;
+    f(q, cols, q * K, (cols + FASTDW_VW - 1) / FASTDW_VW * FASTDW_VW);
   }
+}
+
+void pack_gemm_b(const float* w, int64_t ws_n, int64_t ws_k, int64_t N, int64_t K, float* out) {
+  for_each_panel(N, K, [&](int64_t q, int64_t cols, int64_t off, int64_t ldb) {
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < ldb; ++j)
+        out[off + k * ldb + j] = j < cols ? w[(q + j) * ws_n + k * ws_k] : 0.f;
+  });
+}
+
+void scale_gemm_b_rows(const float* b, const float* g, int64_t N, int64_t K, float* out) {
+  for_each_panel(N, K, [&](int64_t, int64_t, int64_t off, int64_t ldb) {
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < ldb; ++j) out[off + k * ldb + j] = b[off + k * ldb + j] * g[k];
+  });
 }
 
 }  // namespace FASTDW_ISA

@@ -11,8 +11,10 @@ namespace fastdw_cpu {
   void dw_rows(const DwParams& p, int64_t begin, int64_t end);           \
   void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);  \
   int64_t gemm_panel_width();                                            \
+  int64_t gemm_packed_floats(int64_t N, int64_t K);                      \
   void pack_gemm_b(const float* w, int64_t ws_n, int64_t ws_k, int64_t N, int64_t K,  \
                    float* out);                                          \
+  void scale_gemm_b_rows(const float* b, const float* g, int64_t N, int64_t K, float* out); \
   }
 FASTDW_DECLARE(avx512)
 FASTDW_DECLARE(avx2)
@@ -62,8 +64,12 @@ void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   FASTDW_DISPATCH(gemm(p, m0, m1, n0, n1))
 }
 int64_t gemm_panel_width() { FASTDW_DISPATCH(gemm_panel_width()) }
+int64_t gemm_packed_floats(int64_t N, int64_t K) { FASTDW_DISPATCH(gemm_packed_floats(N, K)) }
 void pack_gemm_b(const float* w, int64_t ws_n, int64_t ws_k, int64_t N, int64_t K, float* out) {
   FASTDW_DISPATCH(pack_gemm_b(w, ws_n, ws_k, N, K, out))
+}
+void scale_gemm_b_rows(const float* b, const float* g, int64_t N, int64_t K, float* out) {
+  FASTDW_DISPATCH(scale_gemm_b_rows(b, g, N, K, out))
 }
 #undef FASTDW_DISPATCH
 
