@@ -1,8 +1,8 @@
 // fastdw_cpp::inverted_residual on CPU (float32), a MobileNetV2/V3 block in one call:
-//   h = act(x @ (We*se)^T + eb)                 expand 1x1 (skipped without expand_w)
+//   h = act((x @ We^T) * es + eb)               expand 1x1 (skipped without expand_w)
 //   d = act(dwconv_kxk(h, stride) * ds + db)    depthwise, padding (k-1)/2
 //   d = d * hardsigmoid(W2 relu(W1 mean_hw(d) + b1) + b2)      squeeze-excite (optional)
-//   y = d @ (Wp*ps)^T + pb  (+ x)               project 1x1 (+ residual)
+//   y = (d @ Wp^T) * ps + pb  (+ x)             project 1x1 (+ residual)
 // all on channels-last memory, where a 1x1 conv is a GEMM over pixels.
 //
 // Eager PyTorch writes the expanded tensor h (6x the block's input) to DRAM and reads it back
@@ -21,25 +21,18 @@
 #include "packed_weights.h"
 #include "parallel_gemm.h"
 
-#include <ATen/ops/addmv.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/from_blob.h>
-#include <ATen/ops/hardsigmoid.h>
-#include <ATen/ops/relu.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 namespace fastdw_cpu {
 namespace {
 
 // Target size of one tile's expanded rows, about half of a 1 MiB L2.
 constexpr int64_t kTileBytes = 512 * 1024;
-
-at::Tensor mat(const float* p, int64_t rows, int64_t cols) {
-  return at::from_blob(const_cast<float*>(p), {rows, cols}, at::TensorOptions(at::kFloat));
-}
 
 // Shapes, packed weights and pointers of one call; the per-tile work reads only this.
 struct Block {
@@ -51,7 +44,8 @@ struct Block {
   at::Tensor we, es, eb;  // packed expand weights (packed_gemm_weight), scale, shift; or none
   at::Tensor wp, ps, pb;  // packed project weights, scale, shift
   DwParams dw;            // depthwise taps/scale/shift/shape; pointers filled per tile
-  at::Tensor se_w1, se_b1, se_w2, se_b2;
+  at::Tensor se_w1, se_b1, se_w2, se_b2;  // se_w1/se_w2 packed (packed_gemm_weight); or none
+  int64_t squeeze;                        // se_w1's output channels
 
   // Expand and depthwise for output rows [oh0, oh1) of image n; d row oh goes to
   // d + (oh - d_h0) * OW * hidden. `h` holds the expanded input rows.
@@ -91,6 +85,23 @@ struct Block {
   }
   int64_t d_floats() const { return (se_w1.defined() ? OH : tile_rows) * OW * hidden; }
 
+  // The squeeze-excite gate of one image's d (OH*OW x hidden): the spatial mean, then fc1 + relu
+  // and fc2 + hardsigmoid as 1-row GEMMs with the activation in the epilogue. Returns a pointer
+  // into a thread-local buffer (hidden floats), valid until the next call on this thread.
+  const float* se_gate(const float* d) const {
+    thread_local std::vector<float> buf;
+    buf.resize(2 * hidden + squeeze);
+    float* pooled = buf.data();
+    float* z = pooled + hidden;
+    float* gate = z + squeeze;
+    column_means(d, OH * OW, hidden, pooled);
+    gemm(GemmParams{pooled, se_w1.data_ptr<float>(), z, nullptr, se_b1.data_ptr<float>(), nullptr,
+                    hidden, squeeze, hidden, squeeze, 0, kRelu}, 0, 1, 0, squeeze);
+    gemm(GemmParams{z, se_w2.data_ptr<float>(), gate, nullptr, se_b2.data_ptr<float>(), nullptr,
+                    squeeze, hidden, squeeze, hidden, 0, kHardsigmoid}, 0, 1, 0, hidden);
+    return gate;
+  }
+
   // Unit u: (image, row tile) without SE, an image with SE.
   void run(int64_t u, float* h, float* d) const {
     if (!se_w1.defined()) {
@@ -102,16 +113,12 @@ struct Block {
     }
     for (int64_t oh0 = 0; oh0 < OH; oh0 += tile_rows)
       expand_dw(u, oh0, std::min(OH, oh0 + tile_rows), h, d, 0);
-    const at::Tensor pooled = mat(d, OH * OW, hidden).mean(0);
-    const at::Tensor gate =
-        at::hardsigmoid(at::addmv(se_b2, se_w2, at::relu(at::addmv(se_b1, se_w1, pooled))));
+    const float* g = se_gate(d);
     // (g * d) @ Wp = d @ (diag(g) Wp): scale the operand with fewer elements, d (OH*OW x hidden)
     // in place or a copy of the packed Wp (hidden x C_out; row k of each panel times g[k]).
     // Small late-stage maps (7x7 = 49 pixels against C_out = 160) take the first.
-    const float* g = gate.data_ptr<float>();
     if (OH * OW <= Cout) {
-      for (int64_t i = 0; i < OH * OW; ++i)
-        for (int64_t c = 0; c < hidden; ++c) d[i * hidden + c] *= g[c];
+      scale_columns(d, OH * OW, hidden, g);
       project(u, 0, OH, d, wp);
       return;
     }
@@ -201,7 +208,11 @@ at::Tensor inverted_residual(
   blk.ps = project_scale.contiguous();
   blk.pb = project_shift.contiguous();
   if (has_se) {
-    blk.se_w1 = *se_w1; blk.se_b1 = *se_b1; blk.se_w2 = *se_w2; blk.se_b2 = *se_b2;
+    blk.se_w1 = packed_gemm_weight(*se_w1);
+    blk.se_b1 = se_b1->contiguous();
+    blk.se_w2 = packed_gemm_weight(*se_w2);
+    blk.se_b2 = se_b2->contiguous();
+    blk.squeeze = se_w1->size(0);
   }
   DwParams& p = blk.dw;
   p.w = dwp.data_ptr<float>();

@@ -35,7 +35,7 @@ struct GemmParams {
   const float* a;
   const float* b;       // pack_gemm_b's layout
   float* c;
-  const float* scale;   // [N]
+  const float* scale;   // [N], or nullptr for 1
   const float* shift;   // [N]
   const float* res;     // nullptr or [M][ldr]
   int64_t K, N, lda, ldc, ldr;
@@ -59,6 +59,10 @@ int64_t gemm_packed_floats(int64_t N, int64_t K);
 void pack_gemm_b(const float* w, int64_t ws_n, int64_t ws_k, int64_t N, int64_t K, float* out);
 // out = diag(g) B for a packed B (row k of every panel times g[k]), in the same layout.
 void scale_gemm_b_rows(const float* b, const float* g, int64_t N, int64_t K, float* out);
+
+// Squeeze-excite on d (rows x cols, dense): out[c] = mean_r d[r, c]; d[r, c] *= g[c].
+void column_means(const float* d, int64_t rows, int64_t cols, float* out);
+void scale_columns(float* d, int64_t rows, int64_t cols, const float* g);
 
 // C rows [m0, m1), columns [n0, n1) with n0 a multiple of gemm_panel_width() and n1 one too or
 // N, so callers can split rows, column panels or both over threads.

@@ -218,7 +218,8 @@ void gemm_block(const GemmParams& p, int64_t m, int64_t n, int64_t cols, const f
   }
   for (int v = 0; v < NV; ++v) {
     const int64_t c0 = n + v * L, vc = cols - v * L;  // vc >= L except in the last vector
-    const F scale = load_cols<L>(p.scale + c0, vc), shift = load_cols<L>(p.shift + c0, vc);
+    const F shift = load_cols<L>(p.shift + c0, vc);
+    const F scale = p.scale ? load_cols<L>(p.scale + c0, vc) : F{} + 1.f;
     for (int r = 0; r < R; ++r) {
       F out = activate<L>(acc[r][v] * scale + shift, p.act);
       if (p.res) out += load_cols<L>(p.res + (m + r) * p.ldr + c0, vc);
@@ -292,6 +293,21 @@ void scale_gemm_b_rows(const float* b, const float* g, int64_t N, int64_t K, flo
     for (int64_t k = 0; k < K; ++k)
       for (int64_t j = 0; j < ldb; ++j) out[off + k * ldb + j] = b[off + k * ldb + j] * g[k];
   });
+}
+
+// Squeeze-excite helpers on an image's d (rows x cols, dense): column means (the pooled
+// vector) and d[r, c] *= g[c]. Plain loops, vectorised by the compiler for this ISA.
+void column_means(const float* d, int64_t rows, int64_t cols, float* out) {
+  for (int64_t c = 0; c < cols; ++c) out[c] = 0.f;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[c] += d[r * cols + c];
+  const float inv = 1.f / static_cast<float>(rows);
+  for (int64_t c = 0; c < cols; ++c) out[c] *= inv;
+}
+
+void scale_columns(float* d, int64_t rows, int64_t cols, const float* g) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) d[r * cols + c] *= g[c];
 }
 
 }  // namespace FASTDW_ISA

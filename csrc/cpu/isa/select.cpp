@@ -15,6 +15,8 @@ namespace fastdw_cpu {
   void pack_gemm_b(const float* w, int64_t ws_n, int64_t ws_k, int64_t N, int64_t K,  \
                    float* out);                                          \
   void scale_gemm_b_rows(const float* b, const float* g, int64_t N, int64_t K, float* out); \
+  void column_means(const float* d, int64_t rows, int64_t cols, float* out); \
+  void scale_columns(float* d, int64_t rows, int64_t cols, const float* g);  \
   }
 FASTDW_DECLARE(avx512)
 FASTDW_DECLARE(avx2)
@@ -70,6 +72,12 @@ void pack_gemm_b(const float* w, int64_t ws_n, int64_t ws_k, int64_t N, int64_t 
 }
 void scale_gemm_b_rows(const float* b, const float* g, int64_t N, int64_t K, float* out) {
   FASTDW_DISPATCH(scale_gemm_b_rows(b, g, N, K, out))
+}
+void column_means(const float* d, int64_t rows, int64_t cols, float* out) {
+  FASTDW_DISPATCH(column_means(d, rows, cols, out))
+}
+void scale_columns(float* d, int64_t rows, int64_t cols, const float* g) {
+  FASTDW_DISPATCH(scale_columns(d, rows, cols, g))
 }
 #undef FASTDW_DISPATCH
 
