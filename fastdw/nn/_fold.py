@@ -1,17 +1,28 @@
-"""BatchNorm folding for eval-mode forwards, with a cache keyed on the folded tensors' state.
+"""BatchNorm folding for eval-mode forwards, a cache of everything such a forward computes that
+does not depend on its input, and the fused op call that uses it.
 
-Folding costs a handful of tiny ops per BatchNorm (~50 per model), which is noticeable at batch
-1, so folded tensors are cached, but only where nothing can observe it: no autograd (cached
-tensors carry no graph) and not while torch.compile traces (the compiled graph folds itself).
-The key holds every input tensor by identity plus its version counter and data pointer, so
+At batch 1 the Python around a kernel is a large share of a forward (folding is a handful of
+tiny ops per BatchNorm; the public ops check up to 14 tensors and go through the custom-op
+dispatcher), so a module's eval forward caches its fused op call, BN already folded, but only
+where nothing can observe it: no autograd (cached tensors carry no graph) and not while torch.compile traces
+(the compiled graph folds itself). The cache holds a stamp of every module under its owner:
+each module's attributes (`train()`, `bn.eps = ...`), children (`block.conv[1] = ...`) and
+parameters and buffers by identity, plus each tensor's version counter and data pointer, so
 in-place edits (`bn.running_var.mul_(2)`, optimizer steps, load_state_dict), `.data = ...`
 swaps and `.to()`/`.half()` all invalidate it. The one thing it cannot see is an in-place edit
 through `.data` (`bn.weight.data.mul_(2)`): `.data` has its own version counter.
 """
+import itertools
+import operator
+
 import torch
 from torch import nn
 
-from fastdw import ops
+from fastdw import backend, ops
+from fastdw.ops._checks import INT32_MAX
+
+_version = operator.attrgetter("_version")
+_values = itertools.chain.from_iterable
 
 
 def foldable(*bns: nn.BatchNorm2d) -> bool:
@@ -19,27 +30,64 @@ def foldable(*bns: nn.BatchNorm2d) -> bool:
     return all(not bn.training and bn.running_var is not None for bn in bns)
 
 
-def _stamp(tensors, bns):
-    return (tuple(None if t is None else (t._version, t.data_ptr()) for t in tensors),
-            tuple(bn.eps for bn in bns))
+def _stamp(owner):
+    """What _unchanged compares, or None when a tensor has no version counter (inference
+    tensors), which makes caching unsafe."""
+    # Leaves without tensors (activations) are never read, and neither are empty dicts.
+    mods = [m for m in owner.modules() if m._modules or m._parameters or m._buffers]
+    dicts = [d for m in mods for d in (m.__dict__, m._modules)]
+    tensor_dicts = [d for m in mods for d in (m._parameters, m._buffers) if d]
+    tensors = list(_values(map(dict.values, tensor_dicts)))
+    live = [t for t in tensors if t is not None]
+    if any(map(torch.Tensor.is_inference, live)):
+        return None
+    return (dicts, [dict(d) for d in dicts], tensor_dicts, tensors, live,
+            list(map(_version, live)), list(map(torch.Tensor.data_ptr, live)))
 
 
-def cached(owner: nn.Module, bns, compute, *extra):
-    """compute(): the folded tensors of `bns` (and of the `extra` tensors it reads), cached on
-    `owner` (one entry per module: a module folds the same BNs every call)."""
-    watched = [t for bn in bns for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)]
-    watched += extra
-    if (torch.compiler.is_compiling() or torch.is_grad_enabled()
-            or any(t is not None and t.is_inference() for t in watched)):
+def _unchanged(stamp):
+    # Only C-level loops (map, ==): this runs on every call. The live dicts are compared with
+    # their copies (same objects compare equal by identity, without calling their __eq__);
+    # tensors are compared by identity, never with ==.
+    dicts, copies, tensor_dicts, tensors, live, versions, pointers = stamp
+    try:
+        if dicts != copies:
+            return False
+    except (RuntimeError, TypeError, ValueError):  # a changed attribute whose == raises
+        return False  # (a tensor or an array, say): changed
+    now = list(_values(map(dict.values, tensor_dicts)))
+    return (len(now) == len(tensors) and all(map(operator.is_, now, tensors))
+            and list(map(_version, live)) == versions
+            and list(map(torch.Tensor.data_ptr, live)) == pointers)
+
+
+def cached(owner: nn.Module, compute):
+    """compute() (which reads only modules under `owner` and must not depend on the forward's
+    input), cached on `owner` while nothing there changes; None results are not cached."""
+    if torch.compiler.is_compiling() or torch.is_grad_enabled():
         return compute()
-    stamp = _stamp(watched, bns)
+    # [stamp, value], replaced in place (one atomic slice assignment, read with one unpack):
+    # owner's own __dict__ is part of the stamp.
     entry = owner.__dict__.get("_fold_cache")
-    if (entry is not None and len(entry[0]) == len(watched)
-            and all(a is b for a, b in zip(entry[0], watched)) and entry[1] == stamp):
-        return entry[2]
+    if entry is None:
+        entry = owner.__dict__["_fold_cache"] = [None, None]
+    stamp, value = entry
+    if stamp is not None and _unchanged(stamp):
+        return value
+    stamp = _stamp(owner)
     value = compute()
-    owner.__dict__["_fold_cache"] = (tuple(watched), stamp, value)
+    entry[:] = (stamp, value) if value is not None else (None, None)
     return value
+
+
+class CachedForward:
+    """Base of modules whose forward uses cached(): copies and pickles start with no cache, as
+    its stamp refers to this very module's dicts."""
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_fold_cache", None)
+        return state
 
 
 def fold_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d):
@@ -47,3 +95,55 @@ def fold_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     scale, shift = ops.fold_bn(bn)
     weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
     return weight, shift.to(conv.weight.dtype)
+
+
+def matrix(weight):
+    """A 1x1 conv weight as the (C_out, C_in) matrix the ops pass their kernels (the same view
+    of it); any other weight as it is, for the op to reject."""
+    return weight.flatten(1) if weight.dim() == 4 and weight.shape[2:] == (1, 1) else weight
+
+
+class FusedCall:
+    """`fastdw.ops.<name>(x, *tensors, **options)` with everything but x fixed, for a module
+    whose input has `in_channels` channels.
+
+    The public op checks its arguments, then the custom-op dispatcher runs the backend's
+    kernel. Calling this object runs the C++ kernel directly instead (options in order: the
+    ops' keyword order is the kernels' schema order) where that changes neither the result nor
+    the error raised: no autograd, no torch.compile, x a plain float32 CPU tensor, the backend
+    the op would pick is "cpp" and it runs this call in C++ (`cpp`), and the op has accepted
+    such an x before: the first call goes through the op, whose checks of the fixed arguments
+    then hold for every x of that dtype, device and channel count (a changed module makes a
+    new FusedCall). x's rank and channels are checked here, so the error names x, not a weight.
+    """
+
+    def __init__(self, name, tensors, options, in_channels, *, cpp=True, kernel_size=1,
+                 padding=0, dilation=1):
+        self.name, self.tensors, self.options = name, tensors, options
+        self.in_channels = in_channels
+        self.kernel_args = (*tensors, *options.values())
+        # The op casts per-channel vectors to x's compute dtype; the kernel takes them as they
+        # are, so it runs only when there is nothing to cast (float32 x needs float32).
+        self.cpp = cpp and all(t.dtype is torch.float32 for t in self.kernel_args
+                               if isinstance(t, torch.Tensor))
+        self.checked = False  # the op accepted a float32 CPU x
+        # Spatial sizes the op accepts: an output of at least 1 (the op's own check) and of
+        # less than 2**31 (kept a little tighter than the op's: absurd sizes just take the op).
+        self.sizes = (max(1, dilation * (kernel_size - 1) + 1 - 2 * padding),
+                      INT32_MAX - 2 * padding)
+
+    def __call__(self, x):
+        if isinstance(x, torch.Tensor) and (x.dim() != 4 or x.shape[1] != self.in_channels):
+            raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), "
+                             f"got {tuple(x.shape)}")
+        plain = (not torch.compiler.is_compiling() and not torch.is_grad_enabled()
+                 and type(x) is torch.Tensor and x.dtype is torch.float32 and x.is_cpu)
+        if plain and self.checked:
+            n, _, h, w = x.shape
+            lo, hi = self.sizes
+            if (n > 0 and lo <= h <= hi and lo <= w <= hi
+                    and backend.resolve(None, "cpu") == "cpp"):
+                return getattr(torch.ops.fastdw_cpp, self.name)(x, *self.kernel_args)
+        out = getattr(ops, self.name)(x, *self.tensors, **self.options)
+        self.checked = self.checked or (plain and self.cpp)
+        return out

@@ -6,16 +6,17 @@ out the modules, so one base class holds the behaviour and each subclass says wh
 sit:
   V2 (`conv`):  [ConvBNAct expand], DWConvBNAct, Conv2d project, BatchNorm2d
   V3 (`block`): [ConvBNAct expand], DWConvBNAct, [SqueezeExcite], ConvBNAct(act="none") project
-In eval mode (every BN folded) a block is exactly one fastdw.ops.inverted_residual call.
+In eval mode (every BN folded) a block is exactly one fastdw.ops.inverted_residual call (under
+no_grad, where nothing can tell, its C++ kernel called directly: _fold.FusedCall).
 """
 from torch import nn
 
 from fastdw import ops
-from fastdw.nn._fold import cached, foldable
+from fastdw.nn._fold import CachedForward, FusedCall, cached, foldable, matrix
 from fastdw.nn.layers import ConvBNAct, DWConvBNAct, SqueezeExcite
 
 
-class _InvertedResidualBlock(nn.Module):
+class _InvertedResidualBlock(CachedForward, nn.Module):
     _layers_name = None  # "conv" (V2) or "block" (V3): the Sequential holding the stages
 
     def _setup(self, layers, in_channels, out_channels, stride):
@@ -63,22 +64,41 @@ class _InvertedResidualBlock(nn.Module):
                 and project.padding == (0, 0) and isinstance(project_bn, nn.BatchNorm2d))
 
     def forward(self, x):
-        layers = getattr(self, self._layers_name)
-        expand, dw, se, project, project_bn = self._stages_of(layers)
+        fused = cached(self, self._fused_call)
+        if fused is None:  # a BN trains: the stages one by one
+            y = getattr(self, self._layers_name)(x)
+            return x + y if self.use_res_connect else y
+        return fused(x)
+
+    def _fused_call(self):
+        """This block as one FusedCall, or None while a BN trains."""
+        expand, dw, se, project, project_bn = self._stages_of(getattr(self, self._layers_name))
         bns = [dw[1], project_bn] if expand is None else [expand[1], dw[1], project_bn]
         if not foldable(*bns):
-            y = layers(x)
-            return x + y if self.use_res_connect else y
-        folded = cached(self, bns, lambda: [ops.fold_bn(bn) for bn in bns])
+            return None
+        folded = [ops.fold_bn(bn) for bn in bns]
         if expand is None:
             folded = [(None, None), *folded]
         (expand_scale, expand_shift), (dw_scale, dw_shift), (p_scale, p_shift) = folded
-        se_args = {} if se is None else dict(se_w1=se.fc1.weight, se_b1=se.fc1.bias,
-                                              se_w2=se.fc2.weight, se_b2=se.fc2.bias)
-        return ops.inverted_residual(
-            x, None if expand is None else expand[0].weight, expand_scale, expand_shift,
-            dw[0].weight, dw_scale, dw_shift, project.weight, p_scale, p_shift,
-            stride=self.stride, act=dw.act, residual=self.use_res_connect, **se_args)
+        expand_w = None if expand is None else matrix(expand[0].weight)
+        dw_w, project_w = dw[0].weight, matrix(project.weight)
+        se_w1, se_b1, se_w2, se_b2 = ((None,) * 4 if se is None else
+                                      (matrix(se.fc1.weight), se.fc1.bias,
+                                       matrix(se.fc2.weight), se.fc2.bias))
+        in_channels = (dw if expand is None else expand)[0].in_channels
+        # residual as the op normalises it, so the kernel gets the same flag either way
+        residual = self.use_res_connect and self.stride == 1 and in_channels == project_w.shape[0]
+        k = dw_w.shape[-1]
+        return FusedCall(
+            "inverted_residual",
+            (expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w, p_scale,
+             p_shift),
+            {"stride": self.stride, "act": dw.act, "se_w1": se_w1, "se_b1": se_b1,
+             "se_w2": se_w2, "se_b2": se_b2, "residual": residual},
+            in_channels,
+            # the op fills in a missing squeeze-excite bias; the kernel would not
+            cpp=se is None or (se_b1 is not None and se_b2 is not None),
+            kernel_size=k, padding=(k - 1) // 2)
 
 
 class InvertedResidual(_InvertedResidualBlock):

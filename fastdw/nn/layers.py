@@ -4,14 +4,22 @@ ConvBNAct is an nn.Sequential whose children are "0" Conv2d, "1" BatchNorm2d and
 activation (absent for act="none"), exactly like torchvision's Conv2dNormActivation, so the two
 share state_dict keys. While its BatchNorm trains, the layer runs conv -> the BN module itself ->
 activation, so batch statistics and running-stat updates are nn.BatchNorm2d's own. Once the BN
-is in eval mode it is folded and the layer is one fused fastdw op.
+is in eval mode it is folded and the layer is one fused fastdw op (under no_grad, where nothing
+can tell, its C++ kernel called directly: _fold.FusedCall).
 """
 import torch.nn.functional as F
 from torch import nn
 
 from fastdw import ops
 from fastdw._common import ACTIVATIONS
-from fastdw.nn._fold import cached, fold_conv, foldable
+from fastdw.nn._fold import (
+    CachedForward,
+    FusedCall,
+    cached,
+    fold_conv,
+    foldable,
+    matrix,
+)
 
 # act name -> activation module class; "none" has no module.
 ACT_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish,
@@ -24,7 +32,7 @@ def act_module(act):
     return [] if act == "none" else [ACT_MODULES[act](inplace=True)]
 
 
-class ConvBNAct(nn.Sequential):
+class ConvBNAct(CachedForward, nn.Sequential):
     """Conv2d (no bias) -> BatchNorm2d -> activation; padding dilation*(k-1)//2."""
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, *, groups=1,
@@ -67,20 +75,35 @@ class ConvBNAct(nn.Sequential):
         return conv(x)
 
     def forward(self, x):
-        conv, bn = self[0], self[1]
-        if not foldable(bn):
-            x = bn(self._conv(x))
+        folded = cached(self, self._folded)
+        if folded is None:  # the BN trains: batch statistics, running-stat updates
+            x = self[1](self._conv(x))
             return self[2](x) if len(self) > 2 else x
         if self.kind == "conv":
-            weight, bias = cached(self, [bn], lambda: fold_conv(conv, bn), conv.weight)
-            return ACTIVATIONS[self.act](F.conv2d(x, weight, bias, conv.stride, conv.padding,
+            conv = self[0]
+            return ACTIVATIONS[self.act](F.conv2d(x, *folded, conv.stride, conv.padding,
                                                   conv.dilation, conv.groups))
-        scale, shift = cached(self, [bn], lambda: ops.fold_bn(bn))
-        if self.kind == "depthwise":
-            return ops.dwconv_bn_act(x, conv.weight, scale, shift, stride=conv.stride[0],
-                                     padding=conv.padding[0], dilation=conv.dilation[0],
-                                     act=self.act)
-        return ops.pwconv_bn_act(x, conv.weight, scale, shift, act=self.act)
+        return folded(x)
+
+    def _folded(self):
+        """What the eval forward needs besides x: the conv's (weight, bias) with the BN folded
+        in (kind "conv"), else the layer as one FusedCall; None while the BN trains."""
+        conv, bn = self[0], self[1]
+        if not foldable(bn):
+            return None
+        if self.kind == "conv":
+            return fold_conv(conv, bn)
+        scale, shift = ops.fold_bn(bn)
+        if self.kind == "pointwise":
+            return FusedCall("pwconv_bn_act", (matrix(conv.weight), scale, shift),
+                             {"act": self.act, "residual": None}, conv.in_channels)
+        padding, dilation = conv.padding[0], conv.dilation[0]
+        return FusedCall("dwconv_bn_act", (conv.weight, scale, shift),
+                         {"stride": conv.stride[0], "padding": padding,
+                          "dilation": dilation, "act": self.act}, conv.in_channels,
+                         # fastdw.kernels.cpp runs channel multiplier 1 only in C++
+                         cpp=conv.weight.shape[0] == conv.in_channels,
+                         kernel_size=conv.kernel_size[0], padding=padding, dilation=dilation)
 
 
 class DWConvBNAct(ConvBNAct):
