@@ -245,6 +245,15 @@ at::Tensor inverted_residual(
   p.dtype = kFloat;
   const int64_t row_bytes = W * hidden * static_cast<int64_t>(sizeof(float));
   blk.tile_rows = std::clamp<int64_t>((kTileBytes / row_bytes - k) / stride + 1, 1, OH);
+  const int64_t threads = at::get_num_threads();
+  if (!has_se && N * blk.tiles_per_image() >= 2 * threads) {
+    // Units are handed out whole, so a unit count that is not a multiple of the thread count
+    // leaves threads idle at the end (7 tiles on 2 threads: one idle for an eighth of the
+    // block). Smaller tiles up to the next multiple, for one more halo row each at most.
+    int64_t tiles = blk.tiles_per_image();
+    while ((N * tiles) % threads && tiles < OH) ++tiles;
+    blk.tile_rows = (OH + tiles - 1) / tiles;
+  }
 
   // Enough units: each thread takes whole units and runs their GEMMs single-threaded (nested
   // parallel_for runs inline). Few units (batch 1 at low resolution): units run in turn and
@@ -254,7 +263,7 @@ at::Tensor inverted_residual(
     float* h = scratch(blk.h_floats() + blk.d_floats());
     for (int64_t u = begin; u < end; ++u) blk.run(u, h, h + blk.h_floats());
   };
-  if (units >= 2 * at::get_num_threads()) at::parallel_for(0, units, 1, work);
+  if (units >= 2 * threads) at::parallel_for(0, units, 1, work);
   else work(0, units);
   return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
 }

@@ -167,18 +167,6 @@ void dw_rows(const DwParams& p, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) row(p, r / p.OH, r % p.OH);
 }
 
-// The activation chosen at run time: once per output vector of a GEMM block, next to K FMAs.
-template <int N> inline typename Lanes<N>::F activate(typename Lanes<N>::F v, int act) {
-  switch (act) {
-    case kRelu: return activate<kRelu, N>(v);
-    case kRelu6: return activate<kRelu6, N>(v);
-    case kHardswish: return activate<kHardswish, N>(v);
-    case kHardsigmoid: return activate<kHardsigmoid, N>(v);
-    case kSilu: return activate<kSilu, N>(v);
-    default: return v;
-  }
-}
-
 // Register-blocked GEMM micro-kernel: an R x (NV*L) block of C starting at (m, n),
 //   C[m+r, n+j] = act(scale[n+j] * sum_k A[m+r, k] * B[k, n+j] + shift[n+j]) (+ res[m+r, n+j]),
 // B[k, n+j] read at b[k*ldb + j] (b points into a column panel, ldb is the panel's padded
@@ -202,11 +190,13 @@ template <int L> inline typename Lanes<L>::F load_cols(const float* p, int64_t c
   return v;
 }
 
-template <int R, int NV, int L>
+template <int R, int NV, int L, int A>
 void gemm_block(const GemmParams& p, int64_t m, int64_t n, int64_t cols, const float* b,
                 int64_t ldb) {
   using F = typename Lanes<L>::F;
-  F acc[R][NV] = {};
+  F acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = F{};
   const float* a = p.a + m * p.lda;
   for (int64_t k = 0; k < p.K; ++k) {
     F bv[NV];
@@ -221,7 +211,7 @@ void gemm_block(const GemmParams& p, int64_t m, int64_t n, int64_t cols, const f
     const F shift = load_cols<L>(p.shift + c0, vc);
     const F scale = p.scale ? load_cols<L>(p.scale + c0, vc) : F{} + 1.f;
     for (int r = 0; r < R; ++r) {
-      F out = activate<L>(acc[r][v] * scale + shift, p.act);
+      F out = activate<A, L>(acc[r][v] * scale + shift);
       if (p.res) out += load_cols<L>(p.res + (m + r) * p.ldr + c0, vc);
       float* c = p.c + (m + r) * p.ldc + c0;
       if (vc >= L) store<L>(c, out);
@@ -232,13 +222,13 @@ void gemm_block(const GemmParams& p, int64_t m, int64_t n, int64_t cols, const f
 
 // One panel (NV vectors, `cols` real columns) over rows [begin, end): blocks of R rows, the
 // remainder in blocks of R/2, R/4, ... rows.
-template <int NV, int R = block_rows<NV>()>
+template <int NV, int A, int R = block_rows<NV>()>
 void gemm_panel(const GemmParams& p, int64_t begin, int64_t end, int64_t n, int64_t cols,
                 const float* b, int64_t ldb) {
   int64_t m = begin;
-  for (; m + R <= end; m += R) gemm_block<R, NV, FASTDW_VW>(p, m, n, cols, b, ldb);
+  for (; m + R <= end; m += R) gemm_block<R, NV, FASTDW_VW, A>(p, m, n, cols, b, ldb);
   if constexpr (R > 1)
-    if (m < end) gemm_panel<NV, R / 2>(p, m, end, n, cols, b, ldb);
+    if (m < end) gemm_panel<NV, A, R / 2>(p, m, end, n, cols, b, ldb);
 }
 
 // Rows in chunks of kGemmRows; within a chunk, panels outside rows, so one panel of B is
@@ -246,7 +236,8 @@ void gemm_panel(const GemmParams& p, int64_t begin, int64_t end, int64_t n, int6
 // (kGemmRows x K) stay in L1/L2 across the panels.
 constexpr int64_t kGemmRows = 48;
 
-void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+template <int A>
+void gemm_act(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   for (int64_t mc = m0; mc < m1; mc += kGemmRows) {
     const int64_t mc1 = mc + kGemmRows < m1 ? mc + kGemmRows : m1;
     for (int64_t q = n0; q < n1; q += kPanel) {
@@ -254,15 +245,28 @@ void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       const int64_t nv = (cols + FASTDW_VW - 1) / FASTDW_VW, ldb = nv * FASTDW_VW;
       const float* panel = p.b + q * p.K;
       if constexpr (kGemmNV == 4) {
-        if (nv == 4) gemm_panel<4>(p, mc, mc1, q, cols, panel, ldb);
-        else if (nv == 3) gemm_panel<3>(p, mc, mc1, q, cols, panel, ldb);
-        else if (nv == 2) gemm_panel<2>(p, mc, mc1, q, cols, panel, ldb);
-        else gemm_panel<1>(p, mc, mc1, q, cols, panel, ldb);
+        if (nv == 4) gemm_panel<4, A>(p, mc, mc1, q, cols, panel, ldb);
+        else if (nv == 3) gemm_panel<3, A>(p, mc, mc1, q, cols, panel, ldb);
+        else if (nv == 2) gemm_panel<2, A>(p, mc, mc1, q, cols, panel, ldb);
+        else gemm_panel<1, A>(p, mc, mc1, q, cols, panel, ldb);
       } else {
-        if (nv == 2) gemm_panel<2>(p, mc, mc1, q, cols, panel, ldb);
-        else gemm_panel<1>(p, mc, mc1, q, cols, panel, ldb);
+        if (nv == 2) gemm_panel<2, A>(p, mc, mc1, q, cols, panel, ldb);
+        else gemm_panel<1, A>(p, mc, mc1, q, cols, panel, ldb);
       }
     }
+  }
+}
+
+// The activation is a template parameter of the micro-kernel (a run-time switch per output
+// vector cost ~10% of short-K GEMMs such as MobileNet's first expand, K = 16).
+void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  switch (p.act) {
+    case kRelu: return gemm_act<kRelu>(p, m0, m1, n0, n1);
+    case kRelu6: return gemm_act<kRelu6>(p, m0, m1, n0, n1);
+    case kHardswish: return gemm_act<kHardswish>(p, m0, m1, n0, n1);
+    case kHardsigmoid: return gemm_act<kHardsigmoid>(p, m0, m1, n0, n1);
+    case kSilu: return gemm_act<kSilu>(p, m0, m1, n0, n1);
+    default: return gemm_act<kNone>(p, m0, m1, n0, n1);
   }
 }
 
