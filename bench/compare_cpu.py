@@ -6,7 +6,10 @@
 For each (model, batch) every provider of _providers.MODEL_PROVIDERS is built, warmed up and
 checked against stock eager (a provider whose output is off is reported, never timed); then
 each repetition times one call of every provider, in a fresh random order per repetition, so
-load from other jobs on a shared machine spreads over all providers alike. Prints a markdown
+load from other jobs on a shared machine spreads over all providers alike. Each call then
+starts with the caches as the previous provider left them (its weights and buffers, not this
+one's); --burst 5 runs five consecutive calls per provider per repetition and times the last
+four, the steady-state latency of a model called repeatedly. Prints a markdown
 table (stdout) of medians with ratios to the best stock PyTorch path and to ONNX Runtime;
 progress goes to stderr.
 """
@@ -80,8 +83,11 @@ def build_all(workload, providers, warmup):
     return ready, notes, diffs
 
 
-def time_alternating(ready, reps, seed):
-    """{name: [seconds per call]}: every repetition calls each provider once, in random order."""
+def time_alternating(ready, reps, seed, burst=1):
+    """{name: [seconds per call]}: every repetition runs each provider in a fresh random order,
+    `burst` consecutive calls each; with burst > 1 the first call of a burst is not timed, so
+    the timed calls find the provider's own weights in cache (steady-state latency) instead of
+    whatever the previous provider left there."""
     times = {name: [] for name in ready}
     order = list(ready)
     rng = random.Random(seed)
@@ -92,9 +98,12 @@ def time_alternating(ready, reps, seed):
                 rng.shuffle(order)
                 for name in order:
                     fn, x = ready[name]
-                    start = time.perf_counter()
-                    fn(x)
-                    times[name].append(time.perf_counter() - start)
+                    if burst > 1:
+                        fn(x)
+                    for _ in range(max(1, burst - 1)):
+                        start = time.perf_counter()
+                        fn(x)
+                        times[name].append(time.perf_counter() - start)
     finally:
         gc.enable()
     return times
@@ -145,10 +154,16 @@ def main(argv=None):
     parser.add_argument("--providers", nargs="+",
                         choices=[p.name for p in _providers.MODEL_PROVIDERS],
                         help="only these providers (default: all)")
+    parser.add_argument("--burst", type=int, default=1,
+                        help="consecutive calls per provider per repetition; above 1 the "
+                             "first is untimed (steady state: the provider's weights in "
+                             "cache). Default 1: one cold-ish call each, alternating")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.reps < 2:
         parser.error("--reps must be at least 2 (the table shows quartiles)")
+    if args.burst < 1:
+        parser.error("--burst must be at least 1")
 
     _providers.setup(args.threads)
     providers = [p for p in _providers.MODEL_PROVIDERS
@@ -162,7 +177,7 @@ def main(argv=None):
             print(f"{model} batch {batch}", file=sys.stderr, flush=True)
             workload = _providers.model_workload(model, batch, args.seed)
             ready, notes, diffs = build_all(workload, providers, args.warmup)
-            times = time_alternating(ready, args.reps, args.seed)
+            times = time_alternating(ready, args.reps, args.seed, args.burst)
             print("  median ms: " + ", ".join(f"{name} {statistics.median(ts) * 1e3:.2f}"
                                               for name, ts in times.items()),
                   file=sys.stderr, flush=True)
@@ -176,7 +191,10 @@ def main(argv=None):
           f"float32, batch {' '.join(map(str, args.batch))}, "
           f"{_providers.IMAGE_SIZE}x{_providers.IMAGE_SIZE}, "
           f"{started:%Y-%m-%d %H:%M} UTC, {versions()}")
-    print(f"median of {args.reps} alternating calls after {args.warmup} warm-up calls, "
+    timed = (f"{args.reps} alternating calls" if args.burst == 1 else
+             f"{args.reps * (args.burst - 1)} calls in {args.reps} alternating bursts of "
+             f"{args.burst} (first call of each burst untimed)")
+    print(f"median of {timed} after {args.warmup} warm-up calls, "
           f"load average (1/5/15 min) at start {load_start}, at end {_load()} "
           f"({os.cpu_count()} CPUs), run took {minutes:.1f} min")
     print("fastdw backends not timed on CPU: " + "; ".join(
