@@ -118,6 +118,29 @@ void dw_chunk(const DwParams& p, int64_t n, int64_t oh, int64_t c0) {
   for (; ow < lo; ++ow) checked(ow);
   const T* xr = x + (ih0 - p.x_h0) * p.xs_h;
   const int64_t dh = d * p.xs_h, dw = d * p.xs_w;
+  if constexpr (K == 3) {
+    // Q = 4 neighbouring outputs at once (dilation 1): their windows overlap, so each input
+    // column of a window row is loaded once and feeds every output whose window holds it:
+    // (Q-1)*S + K loads per row instead of Q*K (stride 1: 18 loads for 36 FMAs, not 36).
+    // The loops have compile-time bounds and unroll; the `if` on j is resolved at compile time.
+    // Not for 5x5: its 25 weight registers plus 4 accumulators spill (measured slower).
+    constexpr int Q = 4, COLS = (Q - 1) * S + K;
+    if (d == 1)
+      for (; ow + Q <= hi; ow += Q) {
+        const T* px = xr + (ow * s - p.pad) * p.xs_w;
+        F acc[Q] = {};
+        for (int i = 0; i < K; ++i)
+          for (int c = 0; c < COLS; ++c) {
+            const F xv = load<N>(px + i * p.xs_h + c * p.xs_w);
+            for (int q = 0; q < Q; ++q) {
+              const int j = c - q * S;
+              if (j >= 0 && j < K) acc[q] += xv * wreg[i * K + j];
+            }
+          }
+        for (int q = 0; q < Q; ++q)
+          store<N>(y + (ow + q) * p.ys_w, activate<A, N>(acc[q] * scale + shift));
+      }
+  }
   for (; ow < hi; ++ow) {
     const T* px = xr + (ow * s - p.pad) * p.xs_w;
     F acc{};
