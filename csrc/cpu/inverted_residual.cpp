@@ -6,17 +6,18 @@
 // all on channels-last memory, where a 1x1 conv is a GEMM over pixels.
 //
 // Eager PyTorch writes the expanded tensor h (6x the block's input) to DRAM and reads it back
-// twice. Here the output is produced in tiles of output rows (1x1 convs by the register-blocked
-// GEMM with fused epilogue of csrc/cpu/isa/loops.h, depthwise by dw_rows): a tile expands only
-// the input rows its depthwise window needs (plus the k-s halo rows, recomputed by the
-// neighbouring tile). The rows of h one tile needs are sized to kTileBytes (L2); with the
-// tile's depthwise output d (at most as large at stride 1, a quarter at stride 2) the working
-// set stays within ~1.5x that, so h and d are meant to stay in the 1 MiB L2 of this class of
-// CPU and not reach DRAM.
+// twice. Here the work is split into units (an image, or a band of its output rows), each run
+// by one thread, which streams its output rows in groups (1x1 convs by the register-blocked GEMM
+// with fused epilogue of csrc/cpu/isa/loops.h, depthwise by dw_rows): a group expands only the
+// input rows its depthwise windows need that the previous group has not already expanded (the
+// k - s rows two consecutive groups share are kept, like a line buffer), runs the depthwise
+// rows, and projects them. The rows of h a group needs are sized to kGroupBytes, so h and the
+// group's d stay in the 1 MiB L2 of this class of CPU; h is never recomputed except at the
+// edges of bands.
 // Squeeze-excite needs the spatial mean of d over the whole image before anything is projected,
-// so with SE a unit of work is one image: its tiles fill d for the whole image (one image of
-// d fits in L2 for the SE layers of MobileNetV3), then the gate scales either d or the rows of
-// the project weights (y = (Wp diag(g)) d, which equals Wp (g * d)) and one GEMM projects it.
+// so with SE a unit is one image: its groups fill d for the whole image (one image of d fits
+// in L2 for the SE layers of MobileNetV3), then the gate scales either d or the rows of the
+// project weights (y = (Wp diag(g)) d, which equals Wp (g * d)) and one GEMM projects it.
 #include "checks.h"
 #include "packed_weights.h"
 #include "parallel_gemm.h"
@@ -28,16 +29,20 @@
 #include <ATen/Context.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 namespace fastdw_cpu {
 namespace {
 
-// Target size of one tile's expanded rows, about half of a 1 MiB L2.
-constexpr int64_t kTileBytes = 512 * 1024;
+// Target size of one group's expanded rows, a quarter of a 1 MiB L2.
+constexpr int64_t kGroupBytes = 256 * 1024;
+// Fewest output rows of a band (a unit smaller than an image): each band recomputes the k - s
+// rows of h it shares with the band above, at most 2/16 of its expand work.
+constexpr int64_t kMinBandRows = 16;
 
-// This thread's scratch for a tile's h and d, kept from call to call. Allocated per call, these
+// This thread's scratch for a group's h and d, kept from call to call. Allocated per call, these
 // blocks (up to ~1 MiB) were mapped anew and page-faulted in on every call (glibc maps blocks
 // this large afresh, and trims OpenMP workers' arenas on free): ~3,000 faults per batch-8
 // MobileNetV3 forward. When the tests poison uninitialised memory (as at::empty does under
@@ -52,32 +57,51 @@ float* scratch(int64_t floats) {
   return buf.data();
 }
 
-// Shapes, packed weights and pointers of one call; the per-tile work reads only this.
+// Shapes, packed weights and pointers of one call; the per-unit work reads only this.
 struct Block {
   const float* x;
   float* y;
-  int64_t H, W, Cin, hidden, Cout, OH, OW, k, s, pad, tile_rows;
+  int64_t H, W, Cin, hidden, Cout, OH, OW, k, s, pad;
+  int64_t group_rows, band_rows;  // output rows of a group and of a unit (OH: whole images)
   Act act;
   bool residual;
   at::Tensor we, es, eb;  // packed expand weights (packed_gemm_weight), scale, shift; or none
   at::Tensor wp, ps, pb;  // packed project weights, scale, shift
-  DwParams dw;            // depthwise taps/scale/shift/shape; pointers filled per tile
+  DwParams dw;            // depthwise taps/scale/shift/shape; pointers filled per group
   at::Tensor se_w1, se_b1, se_w2, se_b2;  // se_w1/se_w2 packed (packed_gemm_weight); or none
   int64_t squeeze;                        // se_w1's output channels
 
+  // Input rows [lo, hi) of the image being streamed, expanded into h (row lo at h[0]).
+  struct Window {
+    int64_t lo = 0, hi = 0;
+  };
+
   // Expand and depthwise for output rows [oh0, oh1) of image n; d row oh goes to
-  // d + (oh - d_h0) * OW * hidden. `h` holds the expanded input rows.
-  void expand_dw(int64_t n, int64_t oh0, int64_t oh1, float* h, float* d, int64_t d_h0) const {
+  // d + (oh - d_h0) * OW * hidden. Rows of h the previous group of this unit expanded and this
+  // one needs too are moved to the front of h, not recomputed.
+  void expand_dw(int64_t n, int64_t oh0, int64_t oh1, float* h, Window& win, float* d,
+                 int64_t d_h0) const {
     DwParams p = dw;
     const float* xn = x + n * H * W * Cin;
     if (we.defined()) {
-      const int64_t ih_lo = std::max<int64_t>(0, oh0 * s - pad);
-      const int64_t ih_hi = std::min<int64_t>(H, (oh1 - 1) * s - pad + k);
-      const GemmParams g{xn + ih_lo * W * Cin, we.data_ptr<float>(), h, es.data_ptr<float>(),
-                         eb.data_ptr<float>(), nullptr, Cin, hidden, Cin, hidden, 0, act};
-      parallel_gemm(g, (ih_hi - ih_lo) * W);
+      const int64_t lo = std::max<int64_t>(0, oh0 * s - pad);
+      const int64_t hi = std::min<int64_t>(H, (oh1 - 1) * s - pad + k);
+      const int64_t row = W * hidden;
+      if (lo < win.lo || lo >= win.hi) {
+        win.lo = win.hi = lo;
+      } else if (lo > win.lo) {
+        std::memmove(h, h + (lo - win.lo) * row, (win.hi - lo) * row * sizeof(float));
+        win.lo = lo;
+      }
+      if (hi > win.hi) {
+        const GemmParams g{xn + win.hi * W * Cin, we.data_ptr<float>(),
+                           h + (win.hi - win.lo) * row, es.data_ptr<float>(),
+                           eb.data_ptr<float>(), nullptr, Cin, hidden, Cin, hidden, 0, act};
+        parallel_gemm(g, (hi - win.hi) * W);
+        win.hi = hi;
+      }
       p.x = h;
-      p.x_h0 = ih_lo;
+      p.x_h0 = win.lo;
     } else {
       p.x = xn;
       p.x_h0 = 0;
@@ -97,11 +121,11 @@ struct Block {
                   rows);
   }
 
-  int64_t tiles_per_image() const { return (OH + tile_rows - 1) / tile_rows; }
+  int64_t bands_per_image() const { return (OH + band_rows - 1) / band_rows; }
   int64_t h_floats() const {
-    return we.defined() ? ((tile_rows - 1) * s + k) * W * hidden : 0;
+    return we.defined() ? ((group_rows - 1) * s + k) * W * hidden : 0;
   }
-  int64_t d_floats() const { return (se_w1.defined() ? OH : tile_rows) * OW * hidden; }
+  int64_t d_floats() const { return (se_w1.defined() ? OH : group_rows) * OW * hidden; }
 
   // The squeeze-excite gate of one image's d (OH*OW x hidden): the spatial mean, then fc1 + relu
   // and fc2 + hardsigmoid as 1-row GEMMs with the activation in the epilogue. Returns a pointer
@@ -120,17 +144,21 @@ struct Block {
     return gate;
   }
 
-  // Unit u: (image, row tile) without SE, an image with SE.
+  // Unit u: (image, band of output rows) without SE, an image with SE.
   void run(int64_t u, float* h, float* d) const {
+    Window win;
     if (!se_w1.defined()) {
-      const int64_t n = u / tiles_per_image(), oh0 = (u % tiles_per_image()) * tile_rows;
-      const int64_t oh1 = std::min(OH, oh0 + tile_rows);
-      expand_dw(n, oh0, oh1, h, d, oh0);
-      project(n, oh0, oh1, d, wp);
+      const int64_t n = u / bands_per_image(), r0 = (u % bands_per_image()) * band_rows;
+      const int64_t r1 = std::min(OH, r0 + band_rows);
+      for (int64_t oh0 = r0; oh0 < r1; oh0 += group_rows) {
+        const int64_t oh1 = std::min(r1, oh0 + group_rows);
+        expand_dw(n, oh0, oh1, h, win, d, oh0);
+        project(n, oh0, oh1, d, wp);
+      }
       return;
     }
-    for (int64_t oh0 = 0; oh0 < OH; oh0 += tile_rows)
-      expand_dw(u, oh0, std::min(OH, oh0 + tile_rows), h, d, 0);
+    for (int64_t oh0 = 0; oh0 < OH; oh0 += group_rows)
+      expand_dw(u, oh0, std::min(OH, oh0 + group_rows), h, win, d, 0);
     const float* g = se_gate(d);
     // (g * d) @ Wp = d @ (diag(g) Wp): scale the operand with fewer elements, d (OH*OW x hidden)
     // in place or a copy of the packed Wp (hidden x C_out; row k of each panel times g[k]).
@@ -243,27 +271,30 @@ at::Tensor inverted_residual(
   p.k = k; p.stride = stride; p.pad = pad; p.dil = 1;
   p.act = a;
   p.dtype = kFloat;
-  const int64_t row_bytes = W * hidden * static_cast<int64_t>(sizeof(float));
-  blk.tile_rows = std::clamp<int64_t>((kTileBytes / row_bytes - k) / stride + 1, 1, OH);
+  // Units are handed to threads whole, each running its GEMMs and depthwise rows
+  // single-threaded: no synchronisation inside the block. Without SE that takes a unit count
+  // that is a multiple of the thread count: whole images when the batch allows (no halo rows
+  // recomputed at all), else bands of at least kMinBandRows rows. Otherwise (batch 1 at 28x28
+  // and below, or SE with a batch below twice the threads) the units run in turn and the GEMMs
+  // and depthwise rows inside each use all threads.
   const int64_t threads = at::get_num_threads();
-  if (!has_se && N * blk.tiles_per_image() >= 2 * threads) {
-    // Units are handed out whole, so a unit count that is not a multiple of the thread count
-    // leaves threads idle at the end (7 tiles on 2 threads: one idle for an eighth of the
-    // block). Smaller tiles up to the next multiple, for one more halo row each at most.
-    int64_t tiles = blk.tiles_per_image();
-    while ((N * tiles) % threads && tiles < OH) ++tiles;
-    blk.tile_rows = (OH + tiles - 1) / tiles;
-  }
-
-  // Enough units: each thread takes whole units and runs their GEMMs single-threaded (nested
-  // parallel_for runs inline). Few units (batch 1 at low resolution): units run in turn and
-  // the GEMMs and depthwise rows inside each use all threads.
-  const int64_t units = has_se ? N : N * blk.tiles_per_image();
+  int64_t bands = (threads + N - 1) / N;
+  while ((N * bands) % threads) ++bands;
+  blk.band_rows = (OH + bands - 1) / bands;
+  const bool whole_units = threads > 1 && (has_se ? N >= 2 * threads
+                                                  : bands == 1 || blk.band_rows >= kMinBandRows);
+  if (!whole_units || has_se) blk.band_rows = OH;
+  // A group run by all threads together spreads its h over their L2s: a larger group, so fewer
+  // synchronised steps.
+  const int64_t row_bytes = W * hidden * static_cast<int64_t>(sizeof(float));
+  const int64_t group_bytes = whole_units ? kGroupBytes : kGroupBytes * threads;
+  blk.group_rows = std::clamp<int64_t>((group_bytes / row_bytes - k) / stride + 1, 1, OH);
+  const int64_t units = has_se ? N : N * blk.bands_per_image();
   auto work = [&](int64_t begin, int64_t end) {
     float* h = scratch(blk.h_floats() + blk.d_floats());
     for (int64_t u = begin; u < end; ++u) blk.run(u, h, h + blk.h_floats());
   };
-  if (units >= 2 * threads) at::parallel_for(0, units, 1, work);
+  if (whole_units) at::parallel_for(0, units, 1, work);
   else work(0, units);
   return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
 }

@@ -9,8 +9,8 @@ algorithms on, every at::empty the kernels allocate is filled with NaN, so an el
 forgets to write fails the comparison. Shapes are small (sanitizer runs are ~10x slower) but
 cover every template path: k 3/5 with stride 1/2, the runtime-k path (k 1, 7, stride 3,
 dilation 2), channel tails (C not a multiple of 16 or 8), 1-pixel images, every activation,
-NCHW / channels_last / strided inputs, fp32 and bf16, and weights reused (cached packs) and
-then edited in place.
+NCHW / channels_last / strided inputs, fp32 and bf16, weights reused (cached packs) and then
+edited in place, and inverted-residual blocks streamed in many row groups and in bands.
 """
 import argparse
 import sys
@@ -95,6 +95,12 @@ def ir_cases():
     yield (1, 16, 16, 24, 9, 9, 3, 2, "relu", True, False, "channels_last")
     yield (1, 8, 24, 12, 1, 1, 3, 1, "hardswish", False, True, "nchw")
     yield (2, 24, 144, 24, 8, 8, 3, 1, "relu6", False, True, "channels_last", True)
+    # Rows of h over 128 KiB: groups of one output row, so each group keeps the k - s rows it
+    # shares with the previous one (stride 1 and 2, SE); 40 rows at batch 1: two bands.
+    yield (1, 16, 576, 24, 9, 60, 3, 1, "relu6", False, True, "channels_last")
+    yield (1, 16, 288, 24, 11, 120, 5, 2, "hardswish", False, True, "nchw")
+    yield (1, 24, 480, 24, 8, 70, 5, 1, "hardswish", True, True, "channels_last")
+    yield (1, 16, 288, 16, 40, 60, 3, 1, "relu6", False, True, "channels_last")
 
 
 def run_ir(n, cin, hid, cout, h, w, k, s, act, se, expand, lay, reuse=False):
