@@ -5,7 +5,9 @@
 Part 1 (torch.profiler over --iters forwards of the whole fastdw model, cpp backend,
 channels_last): self + child time per op group, ms per forward. `fastdw::<op>` is the public
 Python custom op (validation, dispatch, backend lookup) and `fastdw_cpp::<op>` the C++ kernel
-inside it; their difference is the Python/custom-op overhead, shown per call. Profiler
+inside it; their difference is the Python/custom-op overhead, shown per call (under no_grad the
+fastdw.nn modules call the C++ kernels directly once their arguments have passed the public op,
+so a model forward shows only `fastdw_cpp::<op>` rows). Profiler
 instrumentation itself adds a few us per event, so totals are above compare_cpu.py's.
 
 Part 2 (--blocks): each feature block of the model timed alone on its real input, fastdw cpp
