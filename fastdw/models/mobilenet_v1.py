@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fastdw.models._build import check_arguments, init_weights, make_divisible
-from fastdw.nn import ConvBNAct, DWConvBNAct
+from fastdw.nn import ConvBNAct, DWConvBNAct, Linear
 
 # (output channels, depthwise stride) of the 13 depthwise-separable blocks.
 _BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -29,7 +29,7 @@ class MobileNetV1(nn.Module):
                 ConvBNAct(channels * depth_multiplier, out, 1)))
             channels = out
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), Linear(channels, num_classes))
         init_weights(self)
 
     def forward(self, x):

@@ -6,7 +6,7 @@ from torchvision.models import MobileNet_V2_Weights
 
 from fastdw.models import weights as _weights
 from fastdw.models._build import check_arguments, init_weights, make_divisible
-from fastdw.nn import ConvBNAct, InvertedResidual
+from fastdw.nn import ConvBNAct, InvertedResidual, Linear
 
 # Stages of the paper's Table 2: (expand ratio t, channels c, repeats n, first stride s).
 _STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -29,7 +29,7 @@ class MobileNetV2(nn.Module):
         layers.append(ConvBNAct(channels, self.last_channel, 1))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(dropout),
-                                        nn.Linear(self.last_channel, num_classes))
+                                        Linear(self.last_channel, num_classes))
         init_weights(self)
 
     def forward(self, x):

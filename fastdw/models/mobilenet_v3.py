@@ -6,7 +6,7 @@ from torchvision.models import MobileNet_V3_Large_Weights, MobileNet_V3_Small_We
 
 from fastdw.models import weights as _weights
 from fastdw.models._build import check_arguments, init_weights, make_divisible
-from fastdw.nn import ConvBNAct, InvertedResidualV3
+from fastdw.nn import ConvBNAct, InvertedResidualV3, Linear
 
 # Bottlenecks of the paper's Tables 1 and 2 after the 16-channel stem:
 # (kernel, expanded channels, output channels, squeeze-excite, activation, stride).
@@ -57,8 +57,8 @@ class MobileNetV3(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         last_channel = width(_LAST_CHANNEL[arch] // divider)
         self.classifier = nn.Sequential(
-            nn.Linear(6 * channels, last_channel), nn.Hardswish(inplace=True),
-            nn.Dropout(dropout, inplace=True), nn.Linear(last_channel, num_classes))
+            Linear(6 * channels, last_channel), nn.Hardswish(inplace=True),
+            nn.Dropout(dropout, inplace=True), Linear(last_channel, num_classes))
         init_weights(self)
 
     def forward(self, x):

@@ -7,10 +7,11 @@ activation, so batch statistics and running-stat updates are nn.BatchNorm2d's ow
 is in eval mode it is folded and the layer is one fused fastdw op (under no_grad, where nothing
 can tell, its C++ kernel called directly: _fold.FusedCall).
 """
+import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastdw import ops
+from fastdw import backend, ops
 from fastdw.nn._fold import (
     CachedForward,
     FusedCall,
@@ -129,3 +130,24 @@ class SqueezeExcite(nn.Module):
     def forward(self, x):
         gate = self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1))))
         return x * F.hardsigmoid(gate)
+
+
+class Linear(CachedForward, nn.Linear):
+    """nn.Linear (same parameters and state_dict keys) whose no_grad forward on a 2-D float32
+    CPU input with a bias runs fastdw's C++ GEMM: y = x W^T + b is a 1x1 convolution of x seen
+    as (N, C_in, 1, 1), i.e. pwconv_bn_act with unit scale and the bias as shift. The
+    classifiers of fastdw.models use it (torch's addmm is slower on their shapes, most at
+    batches above 1). Everything else (autograd, torch.compile, other devices and dtypes,
+    another backend) is nn.Linear's own forward."""
+
+    def forward(self, x):
+        if (torch.is_grad_enabled() or torch.compiler.is_compiling() or self.bias is None
+                or not isinstance(x, torch.Tensor)
+                or x.dim() != 2 or not x.is_cpu or x.dtype is not torch.float32
+                or backend.resolve(None, "cpu") != "cpp"):
+            return super().forward(x)
+        return cached(self, self._fused_call)(x[:, :, None, None]).flatten(1)
+
+    def _fused_call(self):
+        return FusedCall("pwconv_bn_act", (self.weight, torch.ones_like(self.bias), self.bias),
+                         {"act": "none", "residual": None}, self.in_features)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import fastdw
+import fastdw.models
 from fastdw import backend
 from fastdw.nn import ConvBNAct, DWConvBNAct, InvertedResidual, InvertedResidualV3
 
@@ -197,3 +198,38 @@ def test_copies_start_without_the_cache(randomize_bn):
                 last_bn(copy).running_var.mul_(2)
             assert not torch.equal(fast_eval(copy, x)[0], out)
         assert torch.equal(fast_eval(block, x)[0], out)
+
+
+def test_linear_runs_the_cpp_gemm_under_no_grad():
+    layer = fastdw.nn.Linear(96, 40)
+    x = torch.randn(3, 96)
+    ref = torch.nn.functional.linear(x.double(), layer.weight.double(), layer.bias.double())
+    with torch.no_grad():
+        for _ in range(2):  # the first call checks the arguments through the public op
+            out, ran = ops_run(layer, x)
+    assert "fastdw_cpp::pwconv_bn_act" in ran and "fastdw::pwconv_bn_act" not in ran
+    assert out.shape == (3, 40) and out.dtype == torch.float32
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+    with torch.no_grad():
+        layer.weight.mul_(-2)  # an in-place edit between calls is seen
+        out = layer(x)
+    ref = torch.nn.functional.linear(x.double(), layer.weight.double(), layer.bias.double())
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("case", ["grad", "float64", "reference", "3-D input"])
+def test_linear_is_nn_linear_elsewhere(case):
+    layer = fastdw.nn.Linear(32, 8)
+    x = torch.randn(2, 5, 32) if case == "3-D input" else torch.randn(4, 32)
+    if case == "float64":
+        layer, x = layer.double(), x.double()
+    with torch.set_grad_enabled(case == "grad"), \
+            fastdw.use_backend("reference" if case == "reference" else "cpp"):
+        out, ran = ops_run(layer, x)
+    assert not ran
+    assert torch.equal(out, torch.nn.functional.linear(x, layer.weight, layer.bias))
+
+
+def test_model_classifiers_use_it():
+    model = fastdw.models.mobilenet_v3_small()
+    assert [type(m) for m in model.classifier if isinstance(m, nn.Linear)] == [fastdw.nn.Linear] * 2
