@@ -13,9 +13,9 @@ turns in bursts of 10 calls, the first of each burst untimed (steady state, as c
 --burst); medians in us; the output check is the max abs difference from stock eager.
 
 Caution: on the 2-core VM this was written on, ONNX Runtime's times inside a process that also
-runs torch were up to 2x its times in a process of its own (MobileNetV3-Large features[0:4]:
-~600 us here, ~315 us alone) and varied from run to run; treat a row where fastdw wins as a lead
-to check against ORT alone (bench/README.md, "ONNX Runtime in its own process"), not a result.
+runs torch were well above its times in a process of its own, and varied from run to run; treat
+a row where fastdw wins as a lead to check against ORT alone (bench/README.md, "ONNX Runtime in
+its own process"), not a result.
 """
 import argparse
 import io

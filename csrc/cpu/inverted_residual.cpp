@@ -42,10 +42,10 @@ constexpr int64_t kGroupBytes = 256 * 1024;
 // rows of h it shares with the band above, at most 2/16 of its expand work.
 constexpr int64_t kMinBandRows = 16;
 
-// This thread's scratch for a group's h and d, kept from call to call. Allocated per call, these
-// blocks (up to ~1 MiB) were mapped anew and page-faulted in on every call (glibc maps blocks
-// this large afresh, and trims OpenMP workers' arenas on free): ~3,000 faults per batch-8
-// MobileNetV3 forward. When the tests poison uninitialised memory (as at::empty does under
+// This thread's scratch for a group's h and d, kept from call to call: allocated per call, blocks
+// this large (up to ~1 MiB) can be mapped and page-faulted in afresh every time (glibc maps
+// blocks above its mmap threshold anew and trims OpenMP workers' arenas on free). When the
+// tests poison uninitialised memory (as at::empty does under
 // torch.utils.deterministic.fill_uninitialized_memory), the scratch is NaN-filled too, so a
 // read of a value no stage wrote still shows up in the output.
 float* scratch(int64_t floats) {

@@ -1,7 +1,7 @@
 // Weights in the layouts the loops read (GEMM column panels, depthwise taps), packed once per
-// weight tensor and reused while the tensor is unchanged: packing on every call cost up to 60%
-// of a 7x7 block's time at batch 1 (a 960-channel block moves ~1.2 MB of weights to read 30 KB
-// of activations).
+// weight tensor and reused while the tensor is unchanged: packed on every call, the weights of a
+// late block at batch 1 were read and written twice more than the block itself reads (a
+// 960-channel 7x7 block holds ~1.2 MB of weights against ~30 KB of activations).
 //
 // A packed copy is looked up by the weight's storage, offset, sizes, strides, dtype, data
 // pointer and version counter, so in-place edits (optimizer steps, copy_, load_state_dict),

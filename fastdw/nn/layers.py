@@ -83,8 +83,8 @@ class ConvBNAct(CachedForward, nn.Sequential):
             conv = self[0]
             y = F.conv2d(x, *folded, conv.stride, conv.padding, conv.dilation, conv.groups)
             # The layer's own in-place activation module, as in training: an out-of-place act
-            # allocates a second stem-sized tensor, which page-faults in fresh on every call
-            # (glibc maps large blocks anew) and cost ~20% of a batch-8 forward.
+            # allocates a second stem-sized tensor, which glibc maps and page-faults in afresh
+            # on every call at batch 8.
             return self[2](y) if len(self) > 2 else y
         return folded(x)
 
