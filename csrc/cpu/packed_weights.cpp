@@ -70,7 +70,9 @@ at::Tensor pack_dw(const at::Tensor& w) {
 
 }  // namespace
 
-at::Tensor packed_gemm_weight(const at::Tensor& weight) { return cached(weight, kGemmB, pack_gemm); }
+at::Tensor packed_gemm_weight(const at::Tensor& weight) {
+  return cached(weight, kGemmB, pack_gemm);
+}
 
 at::Tensor packed_dw_taps(const at::Tensor& weight) { return cached(weight, kDwTaps, pack_dw); }
 

@@ -16,7 +16,8 @@ namespace fastdw_cpu {
 inline void parallel_gemm(const GemmParams& g, int64_t M) {
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   // Below ~64k multiply-adds a chunk does not pay for waking a thread.
-  const int64_t min_rows = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, g.K * g.N));
+  const int64_t min_rows =
+      std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, g.K * g.N));
   if (threads == 1 || M <= min_rows) return gemm(g, 0, M, 0, g.N);
   if (M >= g.N) {
     const int64_t blocks = (M + 3) / 4;  // whole 4-row register blocks

@@ -143,7 +143,7 @@ class Linear(CachedForward, nn.Linear):
     def forward(self, x):
         if (torch.is_grad_enabled() or torch.compiler.is_compiling() or self.bias is None
                 or not isinstance(x, torch.Tensor)
-                or x.dim() != 2 or not x.is_cpu or x.dtype is not torch.float32
+                or x.dim() != 2 or x.shape[0] == 0 or not x.is_cpu or x.dtype is not torch.float32
                 or backend.resolve(None, "cpu") != "cpp"):
             return super().forward(x)
         return cached(self, self._fused_call)(x[:, :, None, None]).flatten(1)

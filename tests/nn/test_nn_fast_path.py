@@ -217,10 +217,11 @@ def test_linear_runs_the_cpp_gemm_under_no_grad():
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
 
 
-@pytest.mark.parametrize("case", ["grad", "float64", "reference", "3-D input"])
+@pytest.mark.parametrize("case", ["grad", "float64", "reference", "3-D input", "empty batch"])
 def test_linear_is_nn_linear_elsewhere(case):
     layer = fastdw.nn.Linear(32, 8)
-    x = torch.randn(2, 5, 32) if case == "3-D input" else torch.randn(4, 32)
+    shapes = {"3-D input": (2, 5, 32), "empty batch": (0, 32)}
+    x = torch.randn(shapes.get(case, (4, 32)))
     if case == "float64":
         layer, x = layer.double(), x.double()
     with torch.set_grad_enabled(case == "grad"), \
