@@ -8,7 +8,8 @@ ORT fuses and lays out the whole range as it would inside the full model; timing
 at a time instead would add a layout conversion (NCHW <-> ORT's blocked NCHWc) at every session
 boundary and flatter fastdw. fastdw runs the same blocks of `fastdw.models.<model>()` (same
 weights, BN calibrated as in compare_cpu.py) on a channels_last input. The head is the global
-average pool plus the classifier: stock torch modules in fastdw's models too. The two take
+average pool plus the classifier (whose Linear layers fastdw's models run as
+fastdw.nn.Linear). The two take
 turns in bursts of 10 calls, the first of each burst untimed (steady state, as compare_cpu.py's
 --burst); medians in us; the output check is the max abs difference from stock eager.
 

@@ -43,7 +43,7 @@ constexpr int64_t kGroupBytes = 256 * 1024;
 constexpr int64_t kMinBandRows = 16;
 
 // This thread's scratch for a group's h and d, kept from call to call: allocated per call, blocks
-// this large (up to ~1 MiB) can be mapped and page-faulted in afresh every time (glibc maps
+// this large (hundreds of KiB) can be mapped and page-faulted in afresh every time (glibc maps
 // blocks above its mmap threshold anew and trims OpenMP workers' arenas on free). When the
 // tests poison uninitialised memory (as at::empty does under
 // torch.utils.deterministic.fill_uninitialized_memory), the scratch is NaN-filled too, so a
@@ -271,12 +271,12 @@ at::Tensor inverted_residual(
   p.k = k; p.stride = stride; p.pad = pad; p.dil = 1;
   p.act = a;
   p.dtype = kFloat;
-  // Units are handed to threads whole, each running its GEMMs and depthwise rows
-  // single-threaded: no synchronisation inside the block. Without SE that takes a unit count
-  // that is a multiple of the thread count: whole images when the batch allows (no halo rows
-  // recomputed at all), else bands of at least kMinBandRows rows. Otherwise (batch 1 at 28x28
-  // and below, or SE with a batch below twice the threads) the units run in turn and the GEMMs
-  // and depthwise rows inside each use all threads.
+  // Units are handed to threads whole, each running its GEMMs and depthwise rows single-threaded:
+  // no synchronisation inside the block. Without SE that takes a unit count that is a multiple of
+  // the thread count (up to rounding of band sizes): whole images when the batch allows (no halo
+  // rows recomputed at all), else bands of at least kMinBandRows rows. Otherwise (batch 1 at 28x28
+  // and below, or SE with a batch below twice the threads) the units run in turn and the GEMMs and
+  // depthwise rows inside each use all threads.
   const int64_t threads = at::get_num_threads();
   int64_t bands = (threads + N - 1) / N;
   while ((N * bands) % threads) ++bands;

@@ -29,7 +29,7 @@ struct DwParams {
 
 // C = act((A @ B) * scale + shift) (+ res) for fp32 row-major A (M x K, row stride lda) and C
 // (row stride ldc), B (K x N) packed by pack_gemm_b: the 1x1 convolutions (pwconv_bn_act, and
-// inverted_residual on channels-last tiles), with the epilogue applied while the result is
+// inverted_residual on groups of channels-last rows), with the epilogue applied while the result is
 // still in registers.
 struct GemmParams {
   const float* a;

@@ -29,7 +29,8 @@ struct Entry {
   }
 };
 
-// A cap on live entries, far above a few models' weights; past it the cache starts over.
+// A cap on live entries, far above a few models' weights; past it the cache starts over (the
+// sweep below then drops every entry).
 constexpr size_t kMaxEntries = 4096;
 
 std::mutex cache_mutex;
@@ -46,10 +47,16 @@ at::Tensor cached(const at::Tensor& w, Kind kind, at::Tensor (*pack)(const at::T
   }
   // Packed outside the lock; two threads packing the same weight both store the same result.
   at::Tensor packed = pack(w);
+  std::vector<at::Tensor> dropped;  // freed after the lock is released (declared before it)
   std::lock_guard<std::mutex> lock(cache_mutex);
-  for (auto it = cache.begin(); it != cache.end();)
-    it = it->second.storage.expired() ? cache.erase(it) : std::next(it);
-  if (cache.size() >= kMaxEntries) cache.clear();
+  for (auto it = cache.begin(); it != cache.end();) {
+    if (!it->second.storage.expired() && cache.size() < kMaxEntries) {
+      ++it;
+      continue;
+    }
+    dropped.push_back(std::move(it->second.packed));
+    it = cache.erase(it);
+  }
   cache.insert_or_assign(key, Entry{w.storage().getWeakStorageImpl(), w.data_ptr(),
                                     w.sizes().vec(), w.strides().vec(), w.scalar_type(),
                                     w._version(), packed});
@@ -64,8 +71,11 @@ at::Tensor pack_gemm(const at::Tensor& w) {
   return out;
 }
 
+// Always a copy: for 1x1 windows or one channel the transpose is already contiguous, and a view
+// of w would keep w's storage alive in the cache (never expiring).
 at::Tensor pack_dw(const at::Tensor& w) {
-  return w.reshape({w.size(0), w.size(2) * w.size(3)}).to(at::kFloat).t().contiguous();
+  return w.reshape({w.size(0), w.size(2) * w.size(3)}).to(at::kFloat).t().clone(
+      at::MemoryFormat::Contiguous);
 }
 
 }  // namespace

@@ -7,7 +7,8 @@
 // pointer and version counter, so in-place edits (optimizer steps, copy_, load_state_dict),
 // `.data = ...` swaps and new tensors all repack. Like every cache keyed on version counters
 // (fastdw/nn/_fold.py, torch.compile's freezing), it cannot see an in-place edit made through
-// `.data` (`w.data.mul_(2)`), which has its own counter. Inference tensors have no version
+// `.data` (`w.data.mul_(2)`), which has its own counter, or through memory shared outside torch
+// (`.numpy()`, DLPack, from_blob). Inference tensors have no version
 // counter and are packed on every call. Entries hold the storage weakly: a freed weight's packed
 // copy is dropped at the next insertion.
 #pragma once

@@ -1,5 +1,5 @@
 // The GEMM of csrc/cpu/isa/loops.h over the intra-op threads (inline when already inside a
-// parallel region, e.g. inverted_residual's loop over tiles).
+// parallel region, e.g. inverted_residual's loop over units).
 #pragma once
 #include <ATen/Parallel.h>
 

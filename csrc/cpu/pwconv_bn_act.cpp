@@ -1,7 +1,7 @@
 // fastdw_cpp::pwconv_bn_act on CPU (float32):
 //   y[n,o,h,w] = act(sum_i x[n,i,h,w] * weight[o,i] * scale[o] + shift[o]) + residual[n,o,h,w]
-// On channels-last memory this is one GEMM, Y (N*H*W, C_out) = X (N*H*W, C_in) @ (W*scale)^T,
-// with shift, act and residual applied while each output block is in registers (gemm_rows in
+// On channels-last memory this is one GEMM, Y (N*H*W, C_out) = (X (N*H*W, C_in) @ W^T) * scale,
+// with scale, shift, act and residual applied while each output block is in registers (gemm in
 // csrc/cpu/isa/loops.h): one pass over memory instead of eager's conv -> BN -> act (+ add).
 // The K and N of MobileNet 1x1 layers are small (<= 1280), so a register-blocked kernel without
 // cache blocking over K is adequate; bench/cpu_ops.py times it against torch.compile.

@@ -4,13 +4,14 @@ does not depend on its input, and the fused op call that uses it.
 At batch 1 the Python around a kernel is a large share of a forward (folding is a handful of
 tiny ops per BatchNorm; the public ops check up to 14 tensors and go through the custom-op
 dispatcher), so a module's eval forward caches its fused op call, BN already folded, but only
-where nothing can observe it: no autograd (cached tensors carry no graph) and not while torch.compile traces
-(the compiled graph folds itself). The cache holds a stamp of every module under its owner:
-each module's attributes (`train()`, `bn.eps = ...`), children (`block.conv[1] = ...`) and
-parameters and buffers by identity, plus each tensor's version counter and data pointer, so
-in-place edits (`bn.running_var.mul_(2)`, optimizer steps, load_state_dict), `.data = ...`
-swaps and `.to()`/`.half()` all invalidate it. The one thing it cannot see is an in-place edit
-through `.data` (`bn.weight.data.mul_(2)`): `.data` has its own version counter.
+where nothing can observe it: no autograd (cached tensors carry no graph) and not while
+torch.compile traces (the compiled graph folds itself). The cache holds a stamp of every module
+under its owner: each module's attributes (`train()`, `bn.eps = ...`), children
+(`block.conv[1] = ...`) and parameters and buffers by identity, plus each tensor's version
+counter and data pointer, so in-place edits (`bn.running_var.mul_(2)`, optimizer steps,
+load_state_dict), `.data = ...` swaps and `.to()`/`.half()` all invalidate it. What it cannot
+see is an in-place edit through `.data` (`bn.weight.data.mul_(2)`: `.data` has its own version
+counter) or through memory shared outside torch (`.numpy()`, DLPack), which bumps no counter.
 """
 import itertools
 import operator

@@ -138,15 +138,24 @@ class Linear(CachedForward, nn.Linear):
     as (N, C_in, 1, 1), i.e. pwconv_bn_act with unit scale and the bias as shift. The
     classifiers of fastdw.models use it (torch's addmm is slower on their shapes, most at
     batches above 1). Everything else (autograd, torch.compile, other devices and dtypes,
-    another backend) is nn.Linear's own forward."""
+    another backend) is nn.Linear's own forward. Tools that match the exact type nn.Linear
+    (e.g. torch.ao.quantization.quantize_dynamic with {nn.Linear}) need fastdw.nn.Linear named
+    too."""
 
     def forward(self, x):
-        if (torch.is_grad_enabled() or torch.compiler.is_compiling() or self.bias is None
-                or not isinstance(x, torch.Tensor)
-                or x.dim() != 2 or x.shape[0] == 0 or not x.is_cpu or x.dtype is not torch.float32
-                or backend.resolve(None, "cpu") != "cpp"):
+        if not self._gemm_applies(x):
             return super().forward(x)
         return cached(self, self._fused_call)(x[:, :, None, None]).flatten(1)
+
+    def _gemm_applies(self, x):
+        """Only where the result and any error are nn.Linear's: the op checks arguments in its
+        own words, and refuses empty tensors and mixed dtypes that nn.Linear handles."""
+        w, b = self.weight, self.bias
+        return (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and b is not None and isinstance(x, torch.Tensor) and x.dim() == 2
+                and x.shape[0] > 0 and x.shape[1] == self.in_features > 0 and x.is_cpu
+                and x.dtype is w.dtype is b.dtype is torch.float32 and w.is_cpu and b.is_cpu
+                and backend.resolve(None, "cpu") == "cpp")
 
     def _fused_call(self):
         return FusedCall("pwconv_bn_act", (self.weight, torch.ones_like(self.bias), self.bias),

@@ -128,3 +128,19 @@ def test_threads_share_the_cache():
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         list(pool.map(work, range(12)))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_the_cache_does_not_keep_weights_alive(k):
+    # A packed copy must never be a view of the weight (for k = 1 a transpose already is
+    # contiguous), or the cache entry would hold the weight's storage forever.
+    x = torch.randn(1, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 1, k, k)
+    ref = w.untyped_storage()._weak_ref()  # torch's own storage weak reference
+    try:
+        OPS.dwconv_bn_act(x, w, torch.ones(8), torch.zeros(8), 1, k // 2, 1, "none")
+        del w
+        gc.collect()
+        assert torch.UntypedStorage._expired(ref)
+    finally:
+        torch.UntypedStorage._free_weak_ref(ref)

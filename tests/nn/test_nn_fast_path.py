@@ -217,10 +217,12 @@ def test_linear_runs_the_cpp_gemm_under_no_grad():
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
 
 
-@pytest.mark.parametrize("case", ["grad", "float64", "reference", "3-D input", "empty batch"])
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # Linear(0, 8)
+@pytest.mark.parametrize("case", ["grad", "float64", "reference", "3-D input", "empty batch",
+                                  "no input features"])
 def test_linear_is_nn_linear_elsewhere(case):
-    layer = fastdw.nn.Linear(32, 8)
-    shapes = {"3-D input": (2, 5, 32), "empty batch": (0, 32)}
+    layer = fastdw.nn.Linear(0 if case == "no input features" else 32, 8)
+    shapes = {"3-D input": (2, 5, 32), "empty batch": (0, 32), "no input features": (4, 0)}
     x = torch.randn(shapes.get(case, (4, 32)))
     if case == "float64":
         layer, x = layer.double(), x.double()
@@ -234,3 +236,17 @@ def test_linear_is_nn_linear_elsewhere(case):
 def test_model_classifiers_use_it():
     model = fastdw.models.mobilenet_v3_small()
     assert [type(m) for m in model.classifier if isinstance(m, nn.Linear)] == [fastdw.nn.Linear] * 2
+
+
+@pytest.mark.parametrize("case", ["wrong in_features", "float64 bias"])
+def test_linear_errors_are_nn_linears(case):
+    layer = fastdw.nn.Linear(32, 8)
+    x = torch.randn(4, 31 if case == "wrong in_features" else 32)
+    if case == "float64 bias":
+        layer.bias.data = layer.bias.data.double()
+    with torch.no_grad(), pytest.raises(RuntimeError) as ours:
+        layer(x)
+    with torch.no_grad(), pytest.raises(RuntimeError) as stock:
+        torch.nn.functional.linear(x, layer.weight, layer.bias)
+    assert str(ours.value) == str(stock.value)
+
