@@ -199,6 +199,11 @@ void dw_rows(const DwParams& p, int64_t begin, int64_t end) {
 constexpr int kGemmNV = FASTDW_VW == 16 ? 4 : 2;  // vectors in a full panel
 constexpr int64_t kPanel = kGemmNV * FASTDW_VW;
 
+// Real columns of the panel that starts at column q of an N-column B, and the panel's width in
+// memory: whole vectors, zero-padded.
+inline int64_t panel_cols(int64_t N, int64_t q) { return N - q < kPanel ? N - q : kPanel; }
+inline int64_t padded(int64_t cols) { return (cols + FASTDW_VW - 1) / FASTDW_VW * FASTDW_VW; }
+
 // Rows of a block for NV vectors: enough independent accumulators to cover the FMA latency
 // (~24 of AVX-512's 32 registers, 12 of AVX2's 16), with the B vectors and a broadcast beside.
 template <int NV> constexpr int block_rows() {
@@ -264,8 +269,7 @@ void gemm_act(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n
   for (int64_t mc = m0; mc < m1; mc += kGemmRows) {
     const int64_t mc1 = mc + kGemmRows < m1 ? mc + kGemmRows : m1;
     for (int64_t q = n0; q < n1; q += kPanel) {
-      const int64_t cols = p.N - q < kPanel ? p.N - q : kPanel;
-      const int64_t nv = (cols + FASTDW_VW - 1) / FASTDW_VW, ldb = nv * FASTDW_VW;
+      const int64_t cols = panel_cols(p.N, q), ldb = padded(cols), nv = ldb / FASTDW_VW;
       const float* panel = p.b + q * p.K;
       if constexpr (kGemmNV == 4) {
         if (nv == 4) gemm_panel<4, A>(p, mc, mc1, q, cols, panel, ldb);
@@ -296,14 +300,14 @@ void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
 int64_t gemm_panel_width() { return kPanel; }
 
 int64_t gemm_packed_floats(int64_t N, int64_t K) {
-  return (N + FASTDW_VW - 1) / FASTDW_VW * FASTDW_VW * K;
+  return padded(N) * K;
 }
 
-// Visits the panels of a packed B (N x K): f(panel offset, padded width) for each.
+// Visits the panels of a packed B (N x K): f(first column, real columns, offset, padded width).
 template <class Fn> void for_each_panel(int64_t N, int64_t K, Fn f) {
   for (int64_t q = 0; q < N; q += kPanel) {
-    const int64_t cols = N - q < kPanel ? N - q : kPanel;
-    f(q, cols, q * K, (cols + FASTDW_VW - 1) / FASTDW_VW * FASTDW_VW);
+    const int64_t cols = panel_cols(N, q);
+    f(q, cols, q * K, padded(cols));
   }
 }
 
