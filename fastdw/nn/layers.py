@@ -132,31 +132,33 @@ class SqueezeExcite(nn.Module):
         return x * F.hardsigmoid(gate)
 
 
-class Linear(CachedForward, nn.Linear):
+class Linear(nn.Linear):
     """nn.Linear (same parameters and state_dict keys) whose no_grad forward on a 2-D float32
     CPU input with a bias runs fastdw's C++ GEMM: y = x W^T + b is a 1x1 convolution of x seen
-    as (N, C_in, 1, 1), i.e. pwconv_bn_act with unit scale and the bias as shift. The
-    classifiers of fastdw.models use it (torch's addmm is slower on their shapes, most at
-    batches above 1). Everything else (autograd, torch.compile, other devices and dtypes,
-    another backend) is nn.Linear's own forward. Tools that match the exact type nn.Linear
-    (e.g. torch.ao.quantization.quantize_dynamic with {nn.Linear}) need fastdw.nn.Linear named
-    too."""
+    as (N, C_in, 1, 1), i.e. the cpp backend's pwconv_bn_act with unit scale and the bias as
+    shift. The classifiers of fastdw.models use it (torch's addmm is slower on their shapes,
+    most at batches above 1). Everything else (autograd, torch.compile, other devices and
+    dtypes, another backend) is nn.Linear's own forward. Tools that match the exact type
+    nn.Linear (e.g. torch.ao.quantization.quantize_dynamic with {nn.Linear}) need
+    fastdw.nn.Linear named too."""
 
     def forward(self, x):
         if not self._gemm_applies(x):
             return super().forward(x)
-        return cached(self, self._fused_call)(x[:, :, None, None]).flatten(1)
+        # Nothing to fold or check: the weights go to the kernel as they are (its packed copies
+        # follow in-place edits), and only the unit scale is kept between calls.
+        scale = self.__dict__.get("_unit_scale")
+        if scale is None or scale.shape != self.bias.shape:
+            scale = self.__dict__["_unit_scale"] = torch.ones(self.out_features)
+        kernel = backend.kernel("cpp", "pwconv_bn_act")
+        return kernel(x[:, :, None, None], self.weight, scale, self.bias, "none", None).flatten(1)
 
     def _gemm_applies(self, x):
-        """Only where the result and any error are nn.Linear's: the op checks arguments in its
-        own words, and refuses empty tensors and mixed dtypes that nn.Linear handles."""
+        """Only where the result and any error are nn.Linear's (the kernel checks arguments in
+        its own words, and refuses empty tensors and mixed dtypes that nn.Linear handles)."""
         w, b = self.weight, self.bias
         return (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
                 and b is not None and isinstance(x, torch.Tensor) and x.dim() == 2
                 and x.shape[0] > 0 and x.shape[1] == self.in_features > 0 and x.is_cpu
                 and x.dtype is w.dtype is b.dtype is torch.float32 and w.is_cpu and b.is_cpu
                 and backend.resolve(None, "cpu") == "cpp")
-
-    def _fused_call(self):
-        return FusedCall("pwconv_bn_act", (self.weight, torch.ones_like(self.bias), self.bias),
-                         {"act": "none", "residual": None}, self.in_features)
