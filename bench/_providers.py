@@ -55,6 +55,8 @@ class Workload:
     module: Optional[nn.Module]  # stock eager module (eval, NCHW); None: not available
     fastdw: Callable[[str], Callable[[torch.Tensor], torch.Tensor]]  # backend -> fn(x)
     about: dict                # what extra_info / the table says about the workload
+    # model level: () -> fastdw.nn.freeze of the fastdw model; None: no frozen form (op level)
+    frozen: Optional[Callable[[], Callable[[torch.Tensor], torch.Tensor]]] = None
 
     def stock_module(self) -> nn.Module:
         if self.module is None:
@@ -203,24 +205,31 @@ def model_workload(model_name: str, batch: int, seed: int = 0) -> Workload:
     except Unavailable:
         module = None  # every provider reports why when it asks for the module
 
-    def fastdw_fn(backend):
+    def fastdw_model():
         try:
-            import fastdw
             import fastdw.models
             model = getattr(fastdw.models, model_name)()
         except (ImportError, AttributeError) as err:
             raise _missing_fastdw(f"fastdw.models.{model_name}", err) from err
         model.load_state_dict(workload.stock_module().state_dict(), strict=True)
-        model = model.eval().to(memory_format=torch.channels_last)
+        return model.eval()
+
+    def fastdw_fn(backend):
+        import fastdw
+        model = fastdw_model().to(memory_format=torch.channels_last)
 
         def run(inp):
             with fastdw.use_backend(backend):
                 return model(inp)
         return run
 
+    def frozen_fn():
+        import fastdw.nn
+        return fastdw.nn.freeze(fastdw_model())
+
     workload = Workload(name=f"{model_name}-b{batch}", group=f"{model_name} b{batch}", x=x,
                         module=module, fastdw=fastdw_fn,
-                        about=dict(model=model_name, batch=batch))
+                        about=dict(model=model_name, batch=batch), frozen=frozen_fn)
     return workload
 
 
@@ -271,6 +280,17 @@ def _fastdw_backend(backend: str):
     return make
 
 
+def _fastdw_frozen(workload: Workload):
+    if workload.frozen is None:
+        raise Unavailable("fastdw.nn.freeze applies to whole models only")
+    try:
+        return workload.frozen()
+    except ImportError as err:
+        raise _missing_fastdw("fastdw.nn.freeze", err) from err
+    except RuntimeError as err:  # BackendUnavailableError: no fastdw._C
+        raise Unavailable(str(err)) from err
+
+
 def _onnxruntime(workload: Workload):
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it to write the model)
@@ -315,11 +335,14 @@ STOCK = [
 FASTDW = [Provider(f"fastdw_{name}", f"fastdw, backend={name!r}, channels_last input",
                    _fastdw_backend(name), channels_last=True, stock=False)
           for name in fastdw_backends()]
+FROZEN = Provider("fastdw_frozen", "fastdw.nn.freeze(model): the cpp kernels run back to back "
+                  "in one C++ call (weights snapshotted), NCHW input", _fastdw_frozen,
+                  channels_last=False, stock=False)
 ORT = Provider("ort", "ONNX Runtime CPUExecutionProvider (torch.onnx.export, opset 17, "
                "intra_op_num_threads = torch threads), NCHW", _onnxruntime, channels_last=False,
                stock=False)
 OP_PROVIDERS = STOCK + FASTDW
-MODEL_PROVIDERS = STOCK + FASTDW + [ORT]
+MODEL_PROVIDERS = STOCK + FASTDW + [FROZEN, ORT]
 
 
 def max_abs_diff(out: torch.Tensor, ref: torch.Tensor) -> float:

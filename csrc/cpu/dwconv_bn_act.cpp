@@ -2,6 +2,7 @@
 //   y[n,c,oh,ow] = act(scale[c] * sum_{i,j} x[n,c,oh*s-p+i*d,ow*s-p+j*d] * w[c,0,i,j] + shift[c])
 // computed channels-last by the vectorised loops in csrc/cpu/isa (see dw_chunk there).
 #include "checks.h"
+#include "ops.h"
 #include "packed_weights.h"
 #include <ATen/Parallel.h>
 
@@ -9,7 +10,6 @@
 #include <torch/library.h>
 
 namespace fastdw_cpu {
-namespace {
 
 at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                          const at::Tensor& shift, int64_t stride, int64_t padding,
@@ -60,7 +60,6 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
 }
 
-}  // namespace
 }  // namespace fastdw_cpu
 
 TORCH_LIBRARY_IMPL(fastdw_cpp, CPU, m) {

@@ -19,6 +19,7 @@
 // in L2 for the SE layers of MobileNetV3), then the gate scales either d or the rows of the
 // project weights (y = (Wp diag(g)) d, which equals Wp (g * d)) and one GEMM projects it.
 #include "checks.h"
+#include "ops.h"
 #include "packed_weights.h"
 #include "parallel_gemm.h"
 
@@ -180,6 +181,8 @@ void check_affine(const at::Tensor& scale, const char* sname, const at::Tensor& 
   check_shape(shift, bname, at::kFloat, {c});
 }
 
+}  // namespace
+
 at::Tensor inverted_residual(
     const at::Tensor& x, const std::optional<at::Tensor>& expand_w,
     const std::optional<at::Tensor>& expand_scale, const std::optional<at::Tensor>& expand_shift,
@@ -299,7 +302,6 @@ at::Tensor inverted_residual(
   return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
 }
 
-}  // namespace
 }  // namespace fastdw_cpu
 
 TORCH_LIBRARY_IMPL(fastdw_cpp, CPU, m) {

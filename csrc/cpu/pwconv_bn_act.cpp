@@ -6,6 +6,7 @@
 // The K and N of MobileNet 1x1 layers are small (<= 1280), so a register-blocked kernel without
 // cache blocking over K is adequate; bench/cpu_ops.py times it against torch.compile.
 #include "checks.h"
+#include "ops.h"
 #include "packed_weights.h"
 #include "parallel_gemm.h"
 
@@ -13,7 +14,6 @@
 #include <torch/library.h>
 
 namespace fastdw_cpu {
-namespace {
 
 at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                          const at::Tensor& shift, c10::string_view act,
@@ -43,7 +43,6 @@ at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
 }
 
-}  // namespace
 }  // namespace fastdw_cpu
 
 TORCH_LIBRARY_IMPL(fastdw_cpp, CPU, m) {

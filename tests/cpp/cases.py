@@ -10,12 +10,14 @@ forgets to write fails the comparison. Shapes are small (sanitizer runs are ~10x
 cover every template path: k 3/5 with stride 1/2, the runtime-k path (k 1, 7, stride 3,
 dilation 2), channel tails (C not a multiple of 16 or 8), 1-pixel images, every activation,
 NCHW / channels_last / strided inputs, fp32 and bf16, weights reused (cached packs) and then
-edited in place, and inverted-residual blocks streamed in many row groups and in bands.
+edited in place, inverted-residual blocks streamed in many row groups and in bands, and
+programs (torch.classes.fastdw_cpp.Program) chaining every kind of step.
 """
 import argparse
 import sys
 
 import torch
+import torch.nn.functional as F
 
 from fastdw.kernels import reference
 
@@ -126,6 +128,43 @@ def run_ir(n, cin, hid, cout, h, w, k, s, act, se, expand, lay, reuse=False):
     return out, ref, x
 
 
+def program_cases():
+    # (N, H, W, layout, head): stem conv -> block -> dwconv -> pwconv -> act [-> pool -> linear
+    # with act -> linear]
+    yield (2, 13, 11, "nchw", False)
+    yield (1, 9, 10, "channels_last", True)
+    yield (3, 8, 8, "strided", True)
+
+
+def run_program(n, h, w, lay, head):
+    x = layout(torch.randn(n, 3, h, w), lay)
+    stem_w, stem_b = torch.randn(16, 3, 3, 3) / 5, torch.randn(16)
+    block = [torch.randn(48, 16) / 4, torch.rand(48) + 0.5, torch.randn(48),
+             torch.randn(48, 1, 5, 5) / 5, torch.rand(48) + 0.5, torch.randn(48),
+             torch.randn(24, 48) / 7, torch.rand(24) + 0.5, torch.randn(24)]
+    se = [torch.randn(12, 48) / 7, torch.randn(12), torch.randn(48, 12) / 4, torch.randn(48)]
+    dw = [torch.randn(24, 1, 3, 3) / 3, torch.rand(24) + 0.5, torch.randn(24)]
+    pw = [torch.randn(40, 24) / 5, torch.rand(40) + 0.5, torch.randn(40)]
+    fc = [torch.randn(32, 40) / 6, torch.randn(32), torch.randn(10, 32) / 6, torch.randn(10)]
+    program = torch.classes.fastdw_cpp.Program()
+    program.add_conv(stem_w, stem_b, 2, 1, 1, 1, "hardswish")
+    program.add_inverted_residual(*block, 2, "relu", *se, False)
+    program.add_dwconv_bn_act(*dw, 1, 2, 2, "relu6")
+    program.add_pwconv_bn_act(*pw, "none")
+    program.add_act("silu")
+    ref = F.hardswish(F.conv2d(f64(x), f64(stem_w), f64(stem_b), 2, 1))
+    ref = reference.inverted_residual(ref, *map(f64, block), 2, "relu", *map(f64, se), False)
+    ref = reference.dwconv_bn_act(ref, *map(f64, dw), 1, 2, 2, "relu6")
+    ref = F.silu(reference.pwconv_bn_act(ref, *map(f64, pw), "none", None))
+    if head:
+        program.add_global_avg_pool()
+        program.add_linear(fc[0], fc[1], "hardswish")
+        program.add_linear(fc[2], fc[3], "none")
+        ref = F.linear(F.hardswish(F.linear(ref.mean((2, 3)), *map(f64, fc[:2]))),
+                       *map(f64, fc[2:]))
+    return program.run(x), ref, x
+
+
 def all_cases():
     """(label, runner, case) of every case."""
     for case in dw_cases():
@@ -134,6 +173,8 @@ def all_cases():
         yield f"pwconv_bn_act{case}", run_pw, case
     for case in ir_cases():
         yield f"inverted_residual{case}", run_ir, case
+    for case in program_cases():
+        yield f"program{case}", run_program, case
 
 
 def check(runner, case):
@@ -143,8 +184,9 @@ def check(runner, case):
     out, ref, x = runner(*case)
     if out.dtype != x.dtype or out.shape != ref.shape:
         return f"dtype/shape {out.dtype} {tuple(out.shape)}, want {x.dtype} {tuple(ref.shape)}"
-    if not out.is_contiguous(memory_format=output_memory_format(x)):
-        return f"output strides {out.stride()} are not {output_memory_format(x)}"
+    fmt = output_memory_format(x) if out.dim() == 4 else torch.contiguous_format
+    if not out.is_contiguous(memory_format=fmt):
+        return f"output strides {out.stride()} are not {fmt}"
     err = rel_err(out, ref)
     return None if err < REL_TOL[x.dtype] else f"relative error {err:.3g}"
 

@@ -125,3 +125,36 @@ def test_good_arguments_run():
     assert ops.dwconv_bn_act(*dw_args().values()).shape == (2, 8, 6, 6)
     assert ops.pwconv_bn_act(*pw_args().values()).shape == (2, 4, 5, 5)
     assert ops.inverted_residual(*ir_args().values()).shape == (1, 8, 6, 6)
+
+
+def test_program_checks_its_steps_and_inputs():
+    Program = torch.classes.fastdw_cpp.Program
+    program = Program()
+    with pytest.raises(RuntimeError, match="the program has no steps"):
+        program.run(torch.randn(1, 8, 4, 4))
+    with pytest.raises(RuntimeError, match="act must be one of"):
+        program.add_act("gelu")
+    with pytest.raises(RuntimeError, match="stride must be in"):
+        program.add_conv(torch.randn(8, 3, 3, 3), torch.randn(8), 0, 1, 1, 1, "none")
+    with pytest.raises(RuntimeError, match="bias must have size 4"):
+        program.add_linear(torch.randn(4, 8), torch.randn(5), "none")
+    program.add_pwconv_bn_act(*list(pw_args().values())[1:5])
+    program.add_global_avg_pool()
+    program.add_linear(torch.randn(3, 4), torch.randn(3), "relu")
+    assert program.steps() == ["pwconv_bn_act", "global_avg_pool", "linear"]
+    assert program.run(torch.randn(2, 8, 5, 5)).shape == (2, 3)
+    # What a step's kernel refuses is raised with the step named, before memory is touched.
+    for x, message in [(torch.randn(2, 7, 5, 5), (r"weight must have size 7.*\(in step 0 "
+                                                  r"\(pwconv_bn_act\) of the program\)")),
+                       (torch.randn(2, 8, 5, 5, device="meta"), "x must be a CPU tensor"),
+                       (torch.randn(2, 8, 5, 5, dtype=torch.float64), "x must be float32")]:
+        with pytest.raises(RuntimeError, match=message):
+            program.run(x)
+    two_d = Program()
+    two_d.add_linear(torch.randn(3, 4), torch.randn(3), "none")
+    with pytest.raises(RuntimeError, match=r"x must be \(N >= 1, 4\).*in step 0 \(linear\)"):
+        two_d.run(torch.randn(2, 4, 1, 1))
+    pool = Program()
+    pool.add_global_avg_pool()
+    with pytest.raises(RuntimeError, match="x must be 4-D"):
+        pool.run(torch.randn(2, 4))

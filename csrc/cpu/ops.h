@@ -1,0 +1,29 @@
+// The C++ entry points of the fastdw_cpp ops (schemas in csrc/ops.cpp), callable from other C++
+// code too (csrc/cpu/program.cpp runs them back to back). Each validates all its arguments.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include <optional>
+
+namespace fastdw_cpu {
+
+at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                         const at::Tensor& shift, int64_t stride, int64_t padding,
+                         int64_t dilation, c10::string_view act);
+
+at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                         const at::Tensor& shift, c10::string_view act,
+                         const std::optional<at::Tensor>& residual);
+
+at::Tensor inverted_residual(
+    const at::Tensor& x, const std::optional<at::Tensor>& expand_w,
+    const std::optional<at::Tensor>& expand_scale, const std::optional<at::Tensor>& expand_shift,
+    const at::Tensor& dw_w, const at::Tensor& dw_scale, const at::Tensor& dw_shift,
+    const at::Tensor& project_w, const at::Tensor& project_scale,
+    const at::Tensor& project_shift, int64_t stride, c10::string_view act,
+    const std::optional<at::Tensor>& se_w1, const std::optional<at::Tensor>& se_b1,
+    const std::optional<at::Tensor>& se_w2, const std::optional<at::Tensor>& se_b2,
+    bool residual);
+
+}  // namespace fastdw_cpu

@@ -1,0 +1,191 @@
+// torch.classes.fastdw_cpp.Program: a frozen eval-mode forward, i.e. a fixed sequence of steps
+// (fastdw kernels, plus the ATen ops a MobileNet needs around them: a general conv for the stem,
+// in-place activations) run back to back in one C++ call. fastdw/nn/freeze.py builds it from a
+// model, with every BatchNorm folded and every tensor a private snapshot.
+//
+// Why: at batch 1 a MobileNet block takes 20-80 us, and a module's Python around its kernel
+// (nn.Module call, the fold cache's stamp, the custom-op dispatcher with 17 arguments) adds
+// ~10 us more. A program has none of that between steps, and it keeps activations channels-last
+// from the first step to the last whatever the input's layout.
+#include "checks.h"
+#include "ops.h"
+
+#include <ATen/ops/conv2d.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/hardsigmoid.h>
+#include <ATen/ops/hardswish.h>
+#include <ATen/ops/hardtanh.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/silu.h>
+#include <torch/custom_class.h>
+#include <torch/library.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fastdw_cpu {
+namespace {
+
+// y = act(y) in place, by the ATen op torch's own activation module runs (nn.ReLU6 is
+// hardtanh(0, 6)), so a frozen stem computes what the module-by-module forward does.
+void activate_(at::Tensor& y, Act act) {
+  switch (act) {
+    case kNone: return;
+    case kRelu: at::relu_(y); return;
+    case kRelu6: at::hardtanh_(y, 0, 6); return;
+    case kHardswish: at::hardswish_(y); return;
+    case kHardsigmoid: at::hardsigmoid_(y); return;
+    case kSilu: at::silu_(y); return;
+  }
+}
+
+void check_matrix(const at::Tensor& x, const char* name, int64_t cols) {
+  check_tensor(x, name);
+  TORCH_CHECK(x.scalar_type() == at::kFloat, name, " must be float32, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == cols && x.size(0) >= 1, name, " must be (N >= 1, ",
+              cols, "), got shape ", x.sizes());
+}
+
+class Program : public torch::CustomClassHolder {
+ public:
+  // Each add_* appends a step; its tensors are kept as given (freeze() passes snapshots), and
+  // the kernel validates them, and x, on every run.
+
+  // Conv2d with bias (BN folded in) + activation: layers no fastdw kernel covers (the stem).
+  void add_conv(at::Tensor weight, at::Tensor bias, int64_t stride, int64_t padding,
+                int64_t dilation, int64_t groups, const std::string& act) {
+    const Act a = parse_act(act);
+    check_range(stride, "stride", 1);
+    check_range(padding, "padding", 0);
+    check_range(dilation, "dilation", 1);
+    check_range(groups, "groups", 1);
+    add("conv", [=](const at::Tensor& x) {
+      at::Tensor y = at::conv2d(x, weight, bias, stride, padding, dilation, groups);
+      activate_(y, a);
+      return y;
+    });
+  }
+
+  void add_dwconv_bn_act(at::Tensor weight, at::Tensor scale, at::Tensor shift, int64_t stride,
+                         int64_t padding, int64_t dilation, const std::string& act) {
+    parse_act(act);
+    add("dwconv_bn_act", [=](const at::Tensor& x) {
+      return dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act);
+    });
+  }
+
+  void add_pwconv_bn_act(at::Tensor weight, at::Tensor scale, at::Tensor shift,
+                         const std::string& act) {
+    parse_act(act);
+    add("pwconv_bn_act", [=](const at::Tensor& x) {
+      return pwconv_bn_act(x, weight, scale, shift, act, std::nullopt);
+    });
+  }
+
+  void add_inverted_residual(std::optional<at::Tensor> expand_w,
+                             std::optional<at::Tensor> expand_scale,
+                             std::optional<at::Tensor> expand_shift, at::Tensor dw_w,
+                             at::Tensor dw_scale, at::Tensor dw_shift, at::Tensor project_w,
+                             at::Tensor project_scale, at::Tensor project_shift, int64_t stride,
+                             const std::string& act, std::optional<at::Tensor> se_w1,
+                             std::optional<at::Tensor> se_b1, std::optional<at::Tensor> se_w2,
+                             std::optional<at::Tensor> se_b2, bool residual) {
+    parse_act(act);
+    add("inverted_residual", [=](const at::Tensor& x) {
+      return inverted_residual(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift,
+                               project_w, project_scale, project_shift, stride, act, se_w1,
+                               se_b1, se_w2, se_b2, residual);
+    });
+  }
+
+  // (N, C, H, W) -> (N, C): adaptive_avg_pool2d(x, 1) flattened.
+  void add_global_avg_pool() {
+    add("global_avg_pool", [](const at::Tensor& x) {
+      check_feature_map(x, "x", /*allow_bf16=*/false);
+      const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+      const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+      at::Tensor y = at::empty({N, C}, x.options());
+      for (int64_t n = 0; n < N; ++n)
+        column_means(xc.data_ptr<float>() + n * HW * C, HW, C, y.data_ptr<float>() + n * C);
+      return y;
+    });
+  }
+
+  // (N, K) -> act(x W^T + b), (N, M): pwconv_bn_act on x as (N, K, 1, 1) with unit scale.
+  void add_linear(at::Tensor weight, at::Tensor bias, const std::string& act) {
+    parse_act(act);
+    check_shape(weight, "weight", at::kFloat, {-1, -1});
+    check_shape(bias, "bias", at::kFloat, {weight.size(0)});
+    const at::Tensor scale = at::ones_like(bias);
+    add("linear", [=](const at::Tensor& x) {
+      check_matrix(x, "x", weight.size(1));
+      const at::Tensor y = pwconv_bn_act(x.reshape({x.size(0), x.size(1), 1, 1}), weight, scale,
+                                         bias, act, std::nullopt);
+      return y.reshape({x.size(0), weight.size(0)});
+    });
+  }
+
+  // y = act(x) in place, for an activation no other step could absorb.
+  void add_act(const std::string& act) {
+    const Act a = parse_act(act);
+    add("act", [a](const at::Tensor& x) {
+      at::Tensor y = x;
+      activate_(y, a);
+      return y;
+    });
+  }
+
+  // The steps in order, for repr and tests.
+  std::vector<std::string> steps() const { return names_; }
+
+  // Runs every step. A 4-D x runs channels-last throughout and a 4-D result comes back in x's
+  // layout (fastdw's rule: channels-last in, channels-last out; otherwise NCHW).
+  at::Tensor run(const at::Tensor& x) const {
+    TORCH_CHECK(!steps_.empty(), "the program has no steps");
+    check_tensor(x, "x");
+    at::Tensor y = x.dim() == 4 ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
+    for (size_t i = 0; i < steps_.size(); ++i) {
+      try {
+        y = steps_[i](y);
+      } catch (c10::Error& err) {
+        err.add_context("in step " + std::to_string(i) + " (" + names_[i] + ") of the program");
+        throw;
+      }
+    }
+    if (y.dim() == 4 && output_memory_format(x) == at::MemoryFormat::Contiguous)
+      y = y.contiguous();
+    return y;
+  }
+
+ private:
+  using Step = std::function<at::Tensor(const at::Tensor&)>;
+
+  void add(const char* name, Step step) {
+    names_.emplace_back(name);
+    steps_.push_back(std::move(step));
+  }
+
+  std::vector<Step> steps_;
+  std::vector<std::string> names_;
+};
+
+}  // namespace
+}  // namespace fastdw_cpu
+
+TORCH_LIBRARY_FRAGMENT(fastdw_cpp, m) {
+  using fastdw_cpu::Program;
+  m.class_<Program>("Program")
+      .def(torch::init<>())
+      .def("add_conv", &Program::add_conv)
+      .def("add_dwconv_bn_act", &Program::add_dwconv_bn_act)
+      .def("add_pwconv_bn_act", &Program::add_pwconv_bn_act)
+      .def("add_inverted_residual", &Program::add_inverted_residual)
+      .def("add_global_avg_pool", &Program::add_global_avg_pool)
+      .def("add_linear", &Program::add_linear)
+      .def("add_act", &Program::add_act)
+      .def("steps", &Program::steps)
+      .def("run", &Program::run);
+}

@@ -1,0 +1,214 @@
+"""freeze(model): an eval-mode MobileNet, or an nn.Sequential of fastdw layers, as one C++ program.
+
+A frozen model runs the C++ kernels the model's own eval forward runs, with every BatchNorm folded
+once, at freeze time, and nothing between the kernels: no nn.Module calls, no fold-cache stamps,
+no custom-op dispatch (csrc/cpu/program.cpp). At batch 1 that Python costs ~10 us per fused
+module, a large share of a MobileNetV3-Small forward.
+
+Like torch.jit.freeze or an ONNX Runtime session it is a snapshot: it holds copies of the folded
+weights, so later edits to the model (training steps, load_state_dict, attribute changes) are not
+seen; freeze again after them. It runs float32 CPU inputs and has no autograd.
+"""
+import torch
+from torch import nn
+
+from fastdw import backend
+from fastdw.nn._fold import FusedCall, fold_conv, foldable
+from fastdw.nn.blocks import _InvertedResidualBlock
+from fastdw.nn.layers import ACT_MODULES, ConvBNAct, Linear
+
+_ACT_NAMES = {cls: name for name, cls in ACT_MODULES.items()}
+
+
+def _heads():
+    """Model classes whose forward is classifier(flatten(global_avg_pool(features(x))))."""
+    import torchvision.models as tv
+
+    from fastdw import models
+    return (models.MobileNetV1, models.MobileNetV2, models.MobileNetV3, tv.MobileNetV2,
+            tv.MobileNetV3)
+
+
+def freeze(model: nn.Module) -> "FrozenModel":
+    """`model`'s eval-mode forward as a FrozenModel. `model` is a fastdw or (converted)
+    torchvision MobileNet, or an nn.Sequential of fastdw layers and blocks, activations, dropout,
+    AdaptiveAvgPool2d(1) + Flatten and Linear layers; it must be in eval mode, float32, on the
+    CPU, without forward hooks. Needs the cpp backend (fastdw._C)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    cpp = backend.info()["cpp"]
+    if not cpp["usable"]:
+        reason = cpp["reason"]
+        raise backend.BackendUnavailableError(f"freeze() needs the cpp backend: {reason}")
+    for name, m in model.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            raise ValueError(f"freeze() cannot run forward hooks (found on {name or 'model'})")
+        for t in [*m._parameters.values(), *m._buffers.values()]:
+            if t is not None and (t.dtype not in (torch.float32, torch.int64) or not t.is_cpu):
+                raise TypeError(f"freeze() needs a float32 CPU model; {name or 'model'} holds "
+                                f"a {t.dtype} tensor on {t.device}")
+    builder = _Builder()
+    with torch.no_grad(), torch.inference_mode(False):
+        if type(model) in _heads():
+            builder.add(model.features, "features")
+            builder.pool()
+            builder.add(model.classifier, "classifier")
+        elif type(model) is nn.Sequential:
+            builder.add(model, "")
+        else:
+            raise TypeError(f"freeze() takes a MobileNet or an nn.Sequential, got "
+                            f"{type(model).__name__}")
+    return FrozenModel(builder.finish())
+
+
+def _snapshot(value):
+    """A private copy of a tensor, which no edit to the model reaches; other values as they are."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.detach().clone(memory_format=torch.contiguous_format)
+
+
+class _Builder:
+    """Walks modules in forward order and turns them into steps of a fastdw_cpp.Program,
+    tracking the rank and channels of the running tensor so that layouts the program cannot run
+    fail here, not at the first call. A step is added one module late: an activation module that
+    follows a step without one becomes that step's epilogue."""
+
+    def __init__(self):
+        self.program = torch.classes.fastdw_cpp.Program()
+        self.names = []          # step names, for repr
+        self.in_shape = None     # (rank, channels) the first step takes
+        self.rank = self.channels = None
+        self.pending = None      # [Program method, its arguments, index of its act or None]
+
+    def finish(self):
+        self._flush()
+        if not self.names:
+            raise ValueError("freeze(): the model computes nothing (no layers)")
+        return self
+
+    def _flush(self):
+        if self.pending is not None:
+            method, args, _ = self.pending
+            getattr(self.program, method)(*args)
+            self.pending = None
+
+    def _step(self, name, rank_in, channels_in, rank_out, channels_out, method, args,
+              act_index=None):
+        args = list(args)
+        self._flush()
+        if self.in_shape is None:
+            self.in_shape = (rank_in, channels_in)
+        if act_index is not None and args[act_index] != "none":
+            name += f"+{args[act_index]}"
+        self.names.append(name)
+        self.rank, self.channels = rank_out, channels_out
+        self.pending = [method, args, act_index]
+
+    def _expect(self, path, rank):
+        if self.rank is not None and self.rank != rank:
+            raise TypeError(f"freeze(): {path} takes a {rank}-D input but gets the "
+                            f"{self.rank}-D output of the layer before it")
+
+    def add(self, module, path):
+        if type(module) is nn.Sequential:
+            for name, child in module.named_children():
+                self.add(child, f"{path}.{name}" if path else name)
+        elif isinstance(module, _InvertedResidualBlock):
+            self._block(module, path)
+        elif isinstance(module, ConvBNAct):
+            self._conv_bn_act(module, path)
+        elif type(module) in (nn.Dropout, nn.Identity):
+            if module.training:
+                raise ValueError(f"freeze() needs an eval-mode model: {path} is in training "
+                                 "mode (call model.eval())")
+        elif type(module) in _ACT_NAMES:
+            self._act(_ACT_NAMES[type(module)], path)
+        elif type(module) in (nn.Linear, Linear):
+            self._linear(module, path)
+        else:
+            raise TypeError(f"freeze() cannot run {path} ({type(module).__name__}) in C++")
+
+    def pool(self):
+        """Global average pool + flatten, (N, C, H, W) -> (N, C)."""
+        self._expect("the global average pool", 4)
+        self._step("global_avg_pool", 4, None, 2, self.channels, "add_global_avg_pool", ())
+
+    def _block(self, block, path):
+        self._expect(path, 4)
+        fused = block._fused_call()
+        if fused is None:
+            raise ValueError(f"freeze() needs an eval-mode model: a BatchNorm of {path} is "
+                             "training (call model.eval())")
+        if not fused.cpp:  # only a squeeze-excite without biases
+            raise TypeError(f"freeze() cannot run {path} in C++ (its squeeze-excite has no bias)")
+        self._step("inverted_residual", 4, fused.in_channels, 4, block.out_channels,
+                   "add_inverted_residual", map(_snapshot, fused.kernel_args))
+
+    def _conv_bn_act(self, layer, path):
+        self._expect(path, 4)
+        conv, bn = layer[0], layer[1]
+        if not foldable(bn):
+            raise ValueError(f"freeze() needs an eval-mode model: {path}.1 is training "
+                             "(call model.eval())")
+        c_in, c_out = conv.in_channels, conv.out_channels
+        folded = layer._folded()
+        if isinstance(folded, FusedCall) and folded.cpp:
+            args = list(map(_snapshot, folded.kernel_args))
+            if folded.name == "pwconv_bn_act":
+                args = args[:4]  # the residual (None) is not a step's
+            self._step(folded.name, 4, c_in, 4, c_out, f"add_{folded.name}", args,
+                       act_index=len(args) - 1)
+            return
+        # Layers no fastdw kernel covers: the stem, depthwise with a channel multiplier.
+        weight, bias = fold_conv(conv, bn)
+        self._step("conv", 4, c_in, 4, c_out, "add_conv",
+                   (_snapshot(weight), _snapshot(bias), conv.stride[0], conv.padding[0],
+                    conv.dilation[0], conv.groups, layer.act), act_index=6)
+
+    def _linear(self, linear, path):
+        self._expect(path, 2)
+        bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
+        self._step("linear", 2, linear.in_features, 2, linear.out_features, "add_linear",
+                   (_snapshot(linear.weight), _snapshot(bias), "none"), act_index=2)
+
+    def _act(self, act, path):
+        if self.pending is None:
+            raise TypeError(f"freeze(): {path} ({act}) has no layer before it")
+        _, args, index = self.pending
+        if index is not None and args[index] == "none":
+            args[index] = act  # fused into the epilogue of the step before
+            self.names[-1] += f"+{act}"
+            return
+        self._step(act, self.rank, self.channels, self.rank, self.channels, "add_act", (act,))
+
+
+class FrozenModel:
+    """A frozen eval-mode forward (see freeze()). Call it with a float32 CPU tensor of the shape
+    the model takes; it returns what the model's eval forward returns."""
+
+    def __init__(self, builder: _Builder):
+        self._program = builder.program
+        self._rank, self._channels = builder.in_shape
+        self.steps = tuple(builder.names)
+
+    def __call__(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype is not torch.float32 or not x.is_cpu:
+            raise TypeError(f"x must be a float32 CPU tensor (a frozen model runs those only), "
+                            f"got {x.dtype} on {x.device}")
+        if x.dim() != self._rank or x.shape[1] != self._channels or x.numel() == 0:
+            want = "(N, C, H, W)" if self._rank == 4 else "(N, C)"
+            raise ValueError(f"x must be a non-empty {want} tensor with C = {self._channels}, "
+                             f"got shape {tuple(x.shape)}")
+        if x.requires_grad and torch.is_grad_enabled():
+            raise ValueError("x requires grad, but a frozen model has no autograd; call the "
+                             "model itself for gradients")
+        if torch.compiler.is_compiling():
+            raise RuntimeError("a frozen model cannot be traced by torch.compile; compile the "
+                               "model itself")
+        return self._program.run(x)
+
+    def __repr__(self):
+        return f"FrozenModel(steps={list(self.steps)})"

@@ -1,0 +1,235 @@
+"""fastdw.nn.freeze: a model's eval forward as one C++ program (csrc/cpu/program.cpp), compared
+with the float64 model, the live eval forward and torchvision; a snapshot that later edits do not
+reach; clear errors for what it cannot run and for bad inputs."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import fastdw.models
+from fastdw import backend
+from fastdw.nn import (
+    ConvBNAct,
+    DWConvBNAct,
+    FrozenModel,
+    InvertedResidual,
+    InvertedResidualV3,
+    Linear,
+    convert,
+    freeze,
+)
+
+pytestmark = pytest.mark.skipif(
+    "cpp" not in backend.usable("cpu"),
+    reason=f"needs fastdw._C (the cpp backend): {backend.info()['cpp']['reason']}")
+
+MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+
+
+def rel_err(out, ref):
+    assert not torch.isnan(out).any()
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def as_float64(module, x):
+    """module(x) computed in float64 (on a copy of the module: the original stays float32)."""
+    import copy
+    with torch.no_grad():
+        return copy.deepcopy(module).double()(x.double())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", MODELS)
+def test_frozen_models_match_float64_and_the_live_model(name, channels_last, randomize_bn):
+    model = randomize_bn(getattr(fastdw.models, name)(num_classes=20)).eval()
+    x = torch.randn(2, 3, 96, 80)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    frozen = freeze(model)
+    out = frozen(x)
+    assert out.shape == (2, 20) and out.dtype == torch.float32
+    assert rel_err(out, as_float64(model, x)) < 1e-5
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+    assert frozen.steps[0].startswith("conv+") and frozen.steps[-1] == "linear"
+    assert "global_avg_pool" in frozen.steps
+
+
+def test_v3_steps_fuse_the_classifier_activation(randomize_bn):
+    frozen = freeze(randomize_bn(fastdw.models.mobilenet_v3_small()).eval())
+    # stem, 11 blocks, last conv, pool, Linear+Hardswish (Dropout dropped), Linear
+    assert frozen.steps == ("conv+hardswish", *["inverted_residual"] * 11,
+                            "pwconv_bn_act+hardswish", "global_avg_pool", "linear+hardswish",
+                            "linear")
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_converted_torchvision_model(name, randomize_bn):
+    model = randomize_bn(getattr(torchvision.models, name)(num_classes=10)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    ref = as_float64(model, x)
+    out = freeze(convert(model))(x)
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_counts_agree(threads, randomize_bn):
+    model = randomize_bn(fastdw.models.mobilenet_v2(num_classes=10)).eval()
+    x = torch.randn(3, 3, 64, 72)
+    ref = as_float64(model, x)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = freeze(model)(x)
+    finally:
+        torch.set_num_threads(before)
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sequential_keeps_the_input_layout(channels_last, randomize_bn):
+    model = randomize_bn(fastdw.models.mobilenet_v3_large()).eval()
+    features = model.features[:6]
+    x = torch.randn(2, 3, 40, 36)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = freeze(features)(x)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.is_contiguous(memory_format=layout)
+    assert rel_err(out, as_float64(features, x)) < 1e-5
+
+
+def test_every_step_kind_and_activation_placement(randomize_bn):
+    # depthwise with a channel multiplier (a general conv step), pointwise and depthwise
+    # kernels, an activation after a block (its own step), after a layer with act "none"
+    # (fused), a Linear without bias, a plain nn.Linear with its activation fused.
+    seq = nn.Sequential(
+        ConvBNAct(3, 8, 3, 2, act="relu"),
+        DWConvBNAct(8, 3, 1, multiplier=2, act="relu6"),
+        InvertedResidual(16, 16, 1, 4),
+        nn.SiLU(),
+        ConvBNAct(16, 24, 1, act="none"),
+        nn.Hardswish(),
+        DWConvBNAct(24, 5, 2, dilation=2, act="none"),
+        nn.ReLU(inplace=True),
+        nn.Identity(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        Linear(24, 12, bias=False),
+        nn.Dropout(0.5),
+        nn.Linear(12, 5),
+        nn.Hardsigmoid())
+    randomize_bn(seq).eval()
+    with pytest.raises(TypeError, match="AdaptiveAvgPool2d"):
+        freeze(seq)  # pooling is only understood as a MobileNet's head (see below)
+    features, head = seq[:9], seq[11:]
+    frozen_features, frozen_head = freeze(features), freeze(head)
+    assert frozen_features.steps == ("conv+relu", "conv+relu6", "inverted_residual", "silu",
+                                     "pwconv_bn_act+hardswish", "dwconv_bn_act+relu")
+    assert frozen_head.steps == ("linear", "linear+hardsigmoid")
+    x = torch.randn(2, 3, 30, 26)
+    y = frozen_features(x)
+    assert rel_err(y, as_float64(features, x)) < 1e-5
+    pooled = y.mean((2, 3))
+    assert rel_err(frozen_head(pooled), as_float64(head, pooled)) < 1e-5
+
+
+def test_a_snapshot_that_later_edits_do_not_reach(randomize_bn):
+    model = randomize_bn(fastdw.models.mobilenet_v3_small(num_classes=10)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    frozen = freeze(model)
+    before = frozen(x)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+        model.features[3].block[1][1].running_var.mul_(4)
+        model.features[1].block[0][1].eps = 0.5
+        live = model(x)
+    assert not torch.allclose(live, before, atol=1e-3)  # the edits change the model's output
+    torch.testing.assert_close(frozen(x), before, rtol=0, atol=0)
+    assert rel_err(freeze(model)(x), as_float64(model, x)) < 1e-5  # freeze again: edits seen
+
+
+def test_freeze_and_run_under_inference_mode(randomize_bn):
+    model = randomize_bn(fastdw.models.mobilenet_v2(num_classes=10)).eval()
+    with torch.inference_mode():
+        frozen = freeze(model)
+        x = torch.randn(1, 3, 64, 64)
+        out = frozen(x)
+    assert rel_err(out, as_float64(model, x)) < 1e-5
+
+
+def test_output_carries_no_graph_under_grad_mode(randomize_bn):
+    model = randomize_bn(fastdw.models.mobilenet_v2(num_classes=10)).eval()
+    out = freeze(model)(torch.randn(1, 3, 64, 64))
+    assert not out.requires_grad and out.grad_fn is None
+
+
+def test_freeze_rejects_what_it_cannot_run(randomize_bn):
+    model = randomize_bn(fastdw.models.mobilenet_v2(num_classes=10))
+    with pytest.raises(ValueError, match=r"eval-mode model: features\.0\.1 is training"):
+        freeze(model.train())
+    model.eval()
+    model.features[3].train()
+    with pytest.raises(ValueError, match=r"a BatchNorm of features\.3 is training"):
+        freeze(model)
+    model.eval()
+    model.classifier[0].train()
+    with pytest.raises(ValueError, match=r"classifier\.0 is in training mode"):
+        freeze(model)
+    model.eval()
+    handle = model.features[4].register_forward_hook(lambda *args: None)
+    with pytest.raises(ValueError, match=r"forward hooks \(found on features\.4\)"):
+        freeze(model)
+    handle.remove()
+    with pytest.raises(TypeError, match="float32 CPU model"):
+        freeze(model.double())
+    with pytest.raises(TypeError, match="must be an nn.Module"):
+        freeze(lambda x: x)
+    with pytest.raises(TypeError, match=r"takes a MobileNet or an nn.Sequential, got Linear"):
+        freeze(nn.Linear(3, 4))
+    with pytest.raises(TypeError, match=r"cannot run 1 \(MaxPool2d\)"):
+        freeze(nn.Sequential(ConvBNAct(3, 8), nn.MaxPool2d(2)).eval())
+    with pytest.raises(TypeError, match=r"1 takes a 4-D input but gets the 2-D output"):
+        freeze(nn.Sequential(nn.Linear(3, 8), ConvBNAct(8, 8)).eval())
+    with pytest.raises(TypeError, match=r"0 \(relu6\) has no layer before it"):
+        freeze(nn.Sequential(nn.ReLU6(), ConvBNAct(8, 8)).eval())
+    with pytest.raises(ValueError, match="computes nothing"):
+        freeze(nn.Sequential(nn.Dropout()).eval())
+    # A torchvision block convert() leaves alone (dilated) is named.
+    tv = torchvision.models.mobilenet_v3_large(dilated=True).eval()
+    with pytest.raises(TypeError, match=r"features\.\d+ \(InvertedResidual\)"):
+        freeze(convert(tv))
+
+
+def test_frozen_call_rejects_bad_inputs(randomize_bn):
+    frozen = freeze(randomize_bn(fastdw.models.mobilenet_v3_small(num_classes=10)).eval())
+    good = torch.randn(1, 3, 64, 64)
+    assert frozen(good).shape == (1, 10)
+    bad = [
+        ([1.0], TypeError, "x must be a torch.Tensor, got list"),
+        (good.double(), TypeError, "float32 CPU tensor.*torch.float64"),
+        (good.to("meta"), TypeError, "float32 CPU tensor.*meta"),
+        (torch.randn(1, 4, 64, 64), ValueError, r"C = 3, got shape \(1, 4, 64, 64\)"),
+        (torch.randn(3, 64, 64), ValueError, r"\(N, C, H, W\).*got shape \(3, 64, 64\)"),
+        (torch.randn(0, 3, 64, 64), ValueError, "non-empty"),
+        (good.clone().requires_grad_(), ValueError, "no autograd"),
+    ]
+    for x, error, message in bad:
+        with pytest.raises(error, match=message):
+            frozen(x)
+    with torch.no_grad():  # no graph to build: a leaf that requires grad is fine
+        assert frozen(good.clone().requires_grad_()).shape == (1, 10)
+
+
+def test_one_pixel_images(randomize_bn):
+    # "same" padding everywhere: a 1x1 image stays 1x1 through all strides.
+    model = randomize_bn(fastdw.models.mobilenet_v3_small(num_classes=10)).eval()
+    x = torch.randn(2, 3, 1, 1)
+    assert rel_err(freeze(model)(x), as_float64(model, x)) < 1e-5
+
+
+def test_repr_lists_the_steps(randomize_bn):
+    frozen = freeze(nn.Sequential(InvertedResidualV3(8, 3, 16, 8, 1)).eval())
+    assert isinstance(frozen, FrozenModel)
+    assert repr(frozen) == "FrozenModel(steps=['inverted_residual'])"
