@@ -7,11 +7,12 @@ Each range (e.g. features[0:4]) is exported on its own and run as one ONNX Runti
 ORT fuses and lays out the whole range as it would inside the full model; timing ranges one block
 at a time instead would add a layout conversion (NCHW <-> ORT's blocked NCHWc) at every session
 boundary and flatter fastdw. fastdw runs the same blocks of `fastdw.models.<model>()` (same
-weights, BN calibrated as in compare_cpu.py) on a channels_last input. The head is the global
-average pool plus the classifier (whose Linear layers fastdw's models run as
-fastdw.nn.Linear). The two take
-turns in bursts of 10 calls, the first of each burst untimed (steady state, as compare_cpu.py's
---burst); medians in us; the output check is the max abs difference from stock eager.
+weights, BN calibrated as in compare_cpu.py) on a channels_last input, as modules ("fastdw") and
+frozen (`fastdw.nn.freeze` of the range: its kernels with no Python between them). The head is
+the global average pool plus the classifier (whose Linear layers fastdw's models run as
+fastdw.nn.Linear). The three take turns in bursts of 10 calls, the first of each burst untimed
+(steady state, as compare_cpu.py's --burst); medians in us; the output check is the larger max
+abs difference of the two fastdw forms from stock eager.
 
 Caution: on the 2-core VM this was written on, ONNX Runtime's times inside a process that also
 runs torch were well above its times in a process of its own, and varied from run to run; treat
@@ -49,6 +50,11 @@ class Head(nn.Module):
     def forward(self, x):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
+    def frozen(self):
+        import fastdw.nn
+        return fastdw.nn.freeze(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                              self.classifier))
+
 
 def ort_session(module, x, threads):
     import onnxruntime
@@ -82,6 +88,7 @@ def bursts(fns, reps, burst=10):
 
 def rows(model_name, batch, threads, reps):
     import fastdw.models
+    import fastdw.nn
     x = torch.randn(batch, 3, _providers.IMAGE_SIZE, _providers.IMAGE_SIZE)
     stock = _providers.calibrate_bn(_providers.stock_model(model_name), x)
     ours = getattr(fastdw.models, model_name)()
@@ -91,17 +98,23 @@ def rows(model_name, batch, threads, reps):
         inputs = [x]
         for block in stock.features:
             inputs.append(block(inputs[-1]))
-    pieces = [(f"features[{lo}:{hi}]", stock.features[lo:hi], ours.features[lo:hi], inputs[lo])
+    pieces = [(f"features[{lo}:{hi}]", stock.features[lo:hi], ours.features[lo:hi],
+               fastdw.nn.freeze(ours.features[lo:hi]), inputs[lo])
               for lo, hi in RANGES[model_name]]
-    pieces.append(("head", Head(stock), Head(ours), inputs[-1]))
-    for label, stock_part, our_part, inp in pieces:
+    head = Head(ours)
+    pieces.append(("head", Head(stock), head, head.frozen(), inputs[-1]))
+    for label, stock_part, our_part, frozen, inp in pieces:
         inp_cl = inp.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            diff = (our_part(inp_cl) - stock_part(inp)).abs().max().item()
+            ref = stock_part(inp)
+            diff = max((our_part(inp_cl) - ref).abs().max().item(),
+                       (frozen(inp_cl) - ref).abs().max().item())
         us = bursts({"ort": ort_session(stock_part, inp, threads),
-                        "fastdw": lambda p=our_part, i=inp_cl: p(i)}, reps)
+                     "fastdw": lambda p=our_part, i=inp_cl: p(i),
+                     "frozen": lambda f=frozen, i=inp_cl: f(i)}, reps)
         yield (f"| {model_name} | {batch} | {label} | {tuple(inp.shape)} | {us['ort']:.0f} | "
-               f"{us['fastdw']:.0f} | {us['fastdw'] / us['ort']:.2f}x | {diff:.1e} |")
+               f"{us['fastdw']:.0f} | {us['frozen']:.0f} | {us['fastdw'] / us['ort']:.2f}x | "
+               f"{us['frozen'] / us['ort']:.2f}x | {diff:.1e} |")
 
 
 def main(argv=None):
@@ -116,8 +129,9 @@ def main(argv=None):
     print(f"{torch.get_num_threads()} threads, float32, {time.strftime('%Y-%m-%d %H:%M %Z')}, "
           f"load average {load}; median us of about {args.reps} calls in bursts of 10")
     print()
-    print("| model | batch | range | input | ORT us | fastdw us | fastdw / ORT | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | batch | range | input | ORT us | fastdw us | frozen us | fastdw / ORT | "
+          "frozen / ORT | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for model_name in args.models:
         for batch in args.batch:
             for row in rows(model_name, batch, args.threads, args.reps):

@@ -31,9 +31,10 @@ def _heads():
 
 def freeze(model: nn.Module) -> "FrozenModel":
     """`model`'s eval-mode forward as a FrozenModel. `model` is a fastdw or (converted)
-    torchvision MobileNet, or an nn.Sequential of fastdw layers and blocks, activations, dropout,
-    AdaptiveAvgPool2d(1) + Flatten and Linear layers; it must be in eval mode, float32, on the
-    CPU, without forward hooks. Needs the cpp backend (fastdw._C)."""
+    torchvision MobileNet, or an nn.Sequential (nested ones too) of fastdw layers and blocks,
+    activation modules, Dropout, Identity, AdaptiveAvgPool2d(1) followed by Flatten(), and Linear
+    layers; it must be in eval mode, float32, on the CPU, without forward hooks. Needs the cpp
+    backend (fastdw._C)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     cpp = backend.info()["cpp"]
@@ -77,11 +78,15 @@ class _Builder:
     def __init__(self):
         self.program = torch.classes.fastdw_cpp.Program()
         self.names = []          # step names, for repr
-        self.in_shape = None     # (rank, channels) the first step takes
+        self.in_shape = None     # (rank, channels or None: any) the first step takes
         self.rank = self.channels = None
         self.pending = None      # [Program method, its arguments, index of its act or None]
+        self.pooled_at = None    # path of an AdaptiveAvgPool2d(1) still awaiting its Flatten
 
     def finish(self):
+        if self.pooled_at is not None:
+            raise TypeError(f"freeze(): {self.pooled_at} (AdaptiveAvgPool2d) must be followed "
+                            "by Flatten()")
         self._flush()
         if not self.names:
             raise ValueError("freeze(): the model computes nothing (no layers)")
@@ -111,6 +116,12 @@ class _Builder:
                             f"{self.rank}-D output of the layer before it")
 
     def add(self, module, path):
+        if self.pooled_at is not None and type(module) is not nn.Sequential:
+            if type(module) is not nn.Flatten or (module.start_dim, module.end_dim) != (1, -1):
+                raise TypeError(f"freeze(): {self.pooled_at} (AdaptiveAvgPool2d) must be "
+                                "followed by Flatten()")
+            self.pooled_at = None  # the pool step already returned (N, C)
+            return
         if type(module) is nn.Sequential:
             for name, child in module.named_children():
                 self.add(child, f"{path}.{name}" if path else name)
@@ -124,14 +135,17 @@ class _Builder:
                                  "mode (call model.eval())")
         elif type(module) in _ACT_NAMES:
             self._act(_ACT_NAMES[type(module)], path)
+        elif type(module) is nn.AdaptiveAvgPool2d and module.output_size in (1, (1, 1)):
+            self.pool(path)
+            self.pooled_at = path
         elif type(module) in (nn.Linear, Linear):
             self._linear(module, path)
         else:
             raise TypeError(f"freeze() cannot run {path} ({type(module).__name__}) in C++")
 
-    def pool(self):
+    def pool(self, path="the global average pool"):
         """Global average pool + flatten, (N, C, H, W) -> (N, C)."""
-        self._expect("the global average pool", 4)
+        self._expect(path, 4)
         self._step("global_avg_pool", 4, None, 2, self.channels, "add_global_avg_pool", ())
 
     def _block(self, block, path):
@@ -198,10 +212,12 @@ class FrozenModel:
         if x.dtype is not torch.float32 or not x.is_cpu:
             raise TypeError(f"x must be a float32 CPU tensor (a frozen model runs those only), "
                             f"got {x.dtype} on {x.device}")
-        if x.dim() != self._rank or x.shape[1] != self._channels or x.numel() == 0:
+        if (x.dim() != self._rank or x.numel() == 0
+                or self._channels not in (None, x.shape[1])):
             want = "(N, C, H, W)" if self._rank == 4 else "(N, C)"
-            raise ValueError(f"x must be a non-empty {want} tensor with C = {self._channels}, "
-                             f"got shape {tuple(x.shape)}")
+            if self._channels is not None:
+                want += f" tensor with C = {self._channels}"
+            raise ValueError(f"x must be a non-empty {want}, got shape {tuple(x.shape)}")
         if x.requires_grad and torch.is_grad_enabled():
             raise ValueError("x requires grad, but a frozen model has no autograd; call the "
                              "model itself for gradients")

@@ -59,12 +59,14 @@ def test_capability_is_supported_by_this_cpu():
 
 
 # Shapes big enough that every parallel_for of the kernels splits its range (the cases above are
-# mostly below the grain sizes): pwconv over pixel panels; inverted_residual over (image, row
+# mostly below the grain sizes): pwconv over pixels or column panels; inverted_residual over (image, row
 # tile) units (N >= 2 * threads), over images with squeeze-excite (gate applied to the project
 # weights, or to d when OH*OW <= C_out), and with one unit, where the GEMM panels and depthwise
 # rows inside it are split instead.
 PARALLEL_CASES = [
     (cases.run_pw, (2, 64, 96, 14, 14, True, "relu6", "channels_last")),
+    # one row (a classifier layer at batch 1): split by column panels, the last one narrow
+    (cases.run_pw, (1, 576, 1000, 1, 1, False, "hardswish", "nchw")),
     (cases.run_dw, (2, 96, 28, 28, 3, 2, 1, "relu6", "channels_last", torch.float32)),
     (cases.run_ir, (4, 24, 144, 24, 28, 28, 3, 1, "relu6", False, True, "channels_last")),
     (cases.run_ir, (1, 24, 144, 32, 56, 56, 3, 2, "relu6", False, True, "channels_last")),

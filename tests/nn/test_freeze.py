@@ -120,18 +120,24 @@ def test_every_step_kind_and_activation_placement(randomize_bn):
         nn.Linear(12, 5),
         nn.Hardsigmoid())
     randomize_bn(seq).eval()
-    with pytest.raises(TypeError, match="AdaptiveAvgPool2d"):
-        freeze(seq)  # pooling is only understood as a MobileNet's head (see below)
-    features, head = seq[:9], seq[11:]
-    frozen_features, frozen_head = freeze(features), freeze(head)
-    assert frozen_features.steps == ("conv+relu", "conv+relu6", "inverted_residual", "silu",
-                                     "pwconv_bn_act+hardswish", "dwconv_bn_act+relu")
-    assert frozen_head.steps == ("linear", "linear+hardsigmoid")
+    frozen = freeze(seq)
+    assert frozen.steps == ("conv+relu", "conv+relu6", "inverted_residual", "silu",
+                            "pwconv_bn_act+hardswish", "dwconv_bn_act+relu", "global_avg_pool",
+                            "linear", "linear+hardsigmoid")
     x = torch.randn(2, 3, 30, 26)
-    y = frozen_features(x)
-    assert rel_err(y, as_float64(features, x)) < 1e-5
-    pooled = y.mean((2, 3))
-    assert rel_err(frozen_head(pooled), as_float64(head, pooled)) < 1e-5
+    assert rel_err(frozen(x), as_float64(seq, x)) < 1e-5
+    head = seq[11:]  # a Sequential may also start at a Linear: it then takes (N, C)
+    pooled = torch.randn(3, 24)
+    assert rel_err(freeze(head)(pooled), as_float64(head, pooled)) < 1e-5
+    pool_first = freeze(seq[9:])  # takes any channel count until a Linear
+    y = torch.randn(2, 24, 5, 3)
+    assert rel_err(pool_first(y), as_float64(seq[9:], y)) < 1e-5
+    with pytest.raises(ValueError, match=r"non-empty \(N, C, H, W\), got shape \(2, 24\)"):
+        pool_first(y[:, :, 0, 0])
+    for bad in (seq[:10], nn.Sequential(*seq[:10], nn.Linear(24, 5))):
+        with pytest.raises(TypeError, match=r"9 \(AdaptiveAvgPool2d\) must be followed by "
+                                            r"Flatten\(\)"):
+            freeze(bad)
 
 
 def test_a_snapshot_that_later_edits_do_not_reach(randomize_bn):
@@ -210,7 +216,8 @@ def test_frozen_call_rejects_bad_inputs(randomize_bn):
         ([1.0], TypeError, "x must be a torch.Tensor, got list"),
         (good.double(), TypeError, "float32 CPU tensor.*torch.float64"),
         (good.to("meta"), TypeError, "float32 CPU tensor.*meta"),
-        (torch.randn(1, 4, 64, 64), ValueError, r"C = 3, got shape \(1, 4, 64, 64\)"),
+        (torch.randn(1, 4, 64, 64), ValueError,
+         r"\(N, C, H, W\) tensor with C = 3, got shape \(1, 4, 64, 64\)"),
         (torch.randn(3, 64, 64), ValueError, r"\(N, C, H, W\).*got shape \(3, 64, 64\)"),
         (torch.randn(0, 3, 64, 64), ValueError, "non-empty"),
         (good.clone().requires_grad_(), ValueError, "no autograd"),
