@@ -6,12 +6,15 @@
 Every depthwise shape of MobileNetV2 at 224x224 (fp32). Providers: eager Conv2d -> BatchNorm2d ->
 ReLU6 on NCHW and on channels_last, torch.compile with freezing on channels_last (oneDNN's fused
 conv + post-ops, the best stock path), fastdw's public op on the cpp and reference backends
-(channels_last), and cpp-kernel, the C++ entry point torch.ops.fastdw_cpp.* alone (its
-difference to fastdw-cpp is the Python custom-op layer of fastdw.ops). Each repetition times
-one call of every provider in turn, so load from other jobs on this shared machine spreads
-over all of them; medians in ms, and the fastdw-cpp column's
-ratios to compile-cl (target <= 1.0) and to eager NCHW (target >= 3x faster). Outputs are
-checked against eager before anything is timed. Compare with shared/tools/cpu_op_anchors.py.
+(channels_last), cpp-kernel, the C++ entry point torch.ops.fastdw_cpp.* alone (its
+difference to fastdw-cpp is the Python custom-op layer of fastdw.ops), and fastdw-frozen, the
+layer as a fastdw.nn module frozen with fastdw.nn.freeze (the same kernel with no Python
+between calls in a frozen model; here one call per layer, so it pays that call's overhead).
+Each repetition times one call of every provider in turn, so load from other jobs on this
+shared machine spreads over all of them; medians in ms, and the ratios of fastdw-cpp to
+compile-cl (target <= 1.0) and of eager NCHW to fastdw-cpp and to fastdw-frozen (target >= 3x
+faster). Outputs are checked against eager before anything is timed. Compare with
+shared/tools/cpu_op_anchors.py.
 """
 import argparse
 import copy
@@ -71,11 +74,13 @@ def dw_providers(c, hw, stride, x):
     def fastdw_op(backend):
         return lambda: fastdw.ops.dwconv_bn_act(x_cl, w, scale, shift, stride=stride,
                                                 backend=backend)
+    frozen = fastdw.nn.freeze(nn.Sequential(fastdw.nn.DWConvBNAct.wrap(m[0], m[1], "relu6")))
     return {"eager": lambda: m(x), "eager-cl": lambda: m_cl(x_cl),
             "compile-cl": (lambda f: lambda: f(x_cl))(compiled(m_cl, x_cl)),
             "fastdw-cpp": fastdw_op("cpp"), "fastdw-ref": fastdw_op("reference"),
             "cpp-kernel": lambda: torch.ops.fastdw_cpp.dwconv_bn_act(x_cl, w, scale, shift,
-                                                                     stride, 1, 1, "relu6")}
+                                                                     stride, 1, 1, "relu6"),
+            "fastdw-frozen": lambda: frozen(x_cl)}
 
 
 def block_providers(cin, e, cout, hw, stride, x):
@@ -97,12 +102,17 @@ def block_providers(cin, e, cout, hw, stride, x):
         return lambda: fastdw.ops.inverted_residual(
             x_cl, ws[0], *folded[0:2], ws[1], *folded[2:4], ws[2], *folded[4:6], stride=stride,
             residual=residual, backend=backend)
+    block = fastdw.nn.InvertedResidual.wrap(nn.Sequential(
+        fastdw.nn.ConvBNAct.wrap(seq[0], seq[1], "relu6"),
+        fastdw.nn.DWConvBNAct.wrap(seq[3], seq[4], "relu6"), seq[6], seq[7]))
+    frozen = fastdw.nn.freeze(nn.Sequential(block))
     return {"eager": lambda: m(x), "eager-cl": lambda: m_cl(x_cl),
             "compile-cl": (lambda f: lambda: f(x_cl))(compiled(m_cl, x_cl)),
             "fastdw-cpp": fastdw_op("cpp"), "fastdw-ref": fastdw_op("reference"),
             "cpp-kernel": lambda: torch.ops.fastdw_cpp.inverted_residual(
                 x_cl, ws[0].flatten(1), *folded[0:2], ws[1], *folded[2:4], ws[2].flatten(1),
-                *folded[4:6], stride, "relu6", None, None, None, None, residual)}
+                *folded[4:6], stride, "relu6", None, None, None, None, residual),
+            "fastdw-frozen": lambda: frozen(x_cl)}
 
 
 def measure(providers, iters, warmup=5):
@@ -127,11 +137,12 @@ def check(providers, tol=1e-4):
 
 
 def run(title, shapes, make, label, batches, iters):
-    names = ["eager", "eager-cl", "compile-cl", "fastdw-cpp", "fastdw-ref", "cpp-kernel"]
+    names = ["eager", "eager-cl", "compile-cl", "fastdw-cpp", "fastdw-ref", "cpp-kernel",
+             "fastdw-frozen"]
     print(f"\n### {title}\n")
     print("| batch | layer | " + " | ".join(names)
-          + " | cpp / compile-cl | eager / cpp |")
-    print("|---" * (len(names) + 4) + "|")
+          + " | cpp / compile-cl | eager / cpp | eager / frozen |")
+    print("|---" * (len(names) + 5) + "|")
     for b in batches:
         for shape in shapes:
             x = torch.randn(b, shape[0], shape[-2], shape[-2])
@@ -141,7 +152,8 @@ def run(title, shapes, make, label, batches, iters):
                 ms = measure(providers, iters)
             print(f"| {b} | {label(*shape)} | " + " | ".join(f"{ms[n]:.3f}" for n in names)
                   + f" | {ms['fastdw-cpp'] / ms['compile-cl']:.2f} | "
-                  f"{ms['eager'] / ms['fastdw-cpp']:.1f}x |", flush=True)
+                  f"{ms['eager'] / ms['fastdw-cpp']:.1f}x | "
+                  f"{ms['eager'] / ms['fastdw-frozen']:.1f}x |", flush=True)
 
 
 def main():
@@ -170,4 +182,5 @@ def main():
 
 if __name__ == "__main__":
     import fastdw.kernels.cpp  # noqa: F401  (capability())
+    import fastdw.nn  # noqa: F401  (freeze, the fused modules)
     main()

@@ -226,5 +226,9 @@ class FrozenModel:
                                "model itself")
         return self._program.run(x)
 
+    def __reduce__(self):  # pickle and copy.deepcopy
+        raise TypeError("a FrozenModel cannot be pickled or copied: save the model's state_dict "
+                        "and freeze the model again after loading it")
+
     def __repr__(self):
         return f"FrozenModel(steps={list(self.steps)})"

@@ -6,7 +6,9 @@ import torch
 import torchvision
 from skimage import data
 
+import fastdw.backend
 import fastdw.models as fm
+import fastdw.nn
 from fastdw.models import MobileNet_V2_Weights, MobileNet_V3_Large_Weights
 from fastdw.models.weights import WeightsUnavailableError, resolve
 
@@ -41,6 +43,10 @@ def test_imagenet_checkpoint_offline_matches_torchvision(cached_checkpoint):
         # 224x224 through 52 folded layers in float32: ~1e-6 relative, see the random-weight tests.
         torch.testing.assert_close(ours_logits, tv_logits, rtol=0, atol=1e-4)
         assert categories[ours_top5[0]] in expected, [categories[i] for i in ours_top5]
+        if "cpp" in fastdw.backend.usable("cpu"):  # the frozen form of the same model
+            frozen_logits, frozen_top5 = top5(fastdw.nn.freeze(ours), image)
+            assert frozen_top5 == tv_top5
+            torch.testing.assert_close(frozen_logits, tv_logits, rtol=0, atol=1e-4)
 
 
 def test_weights_by_enum_qualified_name_and_path(cached_checkpoint):

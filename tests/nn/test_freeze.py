@@ -1,6 +1,9 @@
 """fastdw.nn.freeze: a model's eval forward as one C++ program (csrc/cpu/program.cpp), compared
 with the float64 model, the live eval forward and torchvision; a snapshot that later edits do not
 reach; clear errors for what it cannot run and for bad inputs."""
+import copy
+import pickle
+
 import pytest
 import torch
 import torchvision
@@ -33,7 +36,6 @@ def rel_err(out, ref):
 
 def as_float64(module, x):
     """module(x) computed in float64 (on a copy of the module: the original stays float32)."""
-    import copy
     with torch.no_grad():
         return copy.deepcopy(module).double()(x.double())
 
@@ -236,7 +238,10 @@ def test_one_pixel_images(randomize_bn):
     assert rel_err(freeze(model)(x), as_float64(model, x)) < 1e-5
 
 
-def test_repr_lists_the_steps(randomize_bn):
+def test_repr_lists_the_steps_and_pickling_says_what_to_do():
     frozen = freeze(nn.Sequential(InvertedResidualV3(8, 3, 16, 8, 1)).eval())
     assert isinstance(frozen, FrozenModel)
     assert repr(frozen) == "FrozenModel(steps=['inverted_residual'])"
+    for save in (pickle.dumps, copy.deepcopy):
+        with pytest.raises(TypeError, match="save the model's state_dict"):
+            save(frozen)
