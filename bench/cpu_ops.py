@@ -182,5 +182,5 @@ def main():
 
 if __name__ == "__main__":
     import fastdw.kernels.cpp  # noqa: F401  (capability())
-    import fastdw.nn  # noqa: F401  (freeze, the fused modules)
+    import fastdw.nn  # freeze, the fused modules
     main()
