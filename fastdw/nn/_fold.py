@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from fastdw import backend, ops
+from fastdw.ops import _dispatch
 from fastdw.ops._checks import INT32_MAX
 
 _version = operator.attrgetter("_version")
@@ -111,7 +112,8 @@ class FusedCall:
     The public op checks its arguments, then the custom-op dispatcher runs the backend's
     kernel. Calling this object runs the C++ kernel directly instead (options in order: the
     ops' keyword order is the kernels' schema order) where that changes neither the result nor
-    the error raised: no autograd, no torch.compile, x a plain float32 CPU tensor, the backend
+    the error raised: no autograd, nothing watching (ops._dispatch.observed(): torch.compile,
+    tracing, modes), x a plain float32 CPU tensor, the backend
     the op would pick is "cpp" and it runs this call in C++ (`cpp`), and the op has accepted
     such an x before: the first call goes through the op, whose checks of the fixed arguments
     then hold for every x of that dtype, device and channel count (a changed module makes a
@@ -137,8 +139,8 @@ class FusedCall:
         if isinstance(x, torch.Tensor) and (x.dim() != 4 or x.shape[1] != self.in_channels):
             raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), "
                              f"got {tuple(x.shape)}")
-        plain = (not torch.compiler.is_compiling() and not torch.is_grad_enabled()
-                 and type(x) is torch.Tensor and x.dtype is torch.float32 and x.is_cpu)
+        plain = (not torch.is_grad_enabled() and type(x) is torch.Tensor
+                 and x.dtype is torch.float32 and x.is_cpu and not _dispatch.observed())
         if plain and self.checked:
             n, _, h, w = x.shape
             lo, hi = self.sizes

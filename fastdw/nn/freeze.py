@@ -14,6 +14,7 @@ from torch import nn
 
 from fastdw import backend
 from fastdw.nn._fold import FusedCall, fold_conv, foldable
+from fastdw.ops import _dispatch
 from fastdw.nn.blocks import _InvertedResidualBlock
 from fastdw.nn.layers import ACT_MODULES, ConvBNAct, Linear
 
@@ -221,9 +222,10 @@ class FrozenModel:
         if x.requires_grad and torch.is_grad_enabled():
             raise ValueError("x requires grad, but a frozen model has no autograd; call the "
                              "model itself for gradients")
-        if torch.compiler.is_compiling():
-            raise RuntimeError("a frozen model cannot be traced by torch.compile; compile the "
-                               "model itself")
+        if not _dispatch.plain(x) or _dispatch.observed():
+            raise RuntimeError("a frozen model runs plain eager calls only, not tensor "
+                               "subclasses, torch.compile, tracing, forward AD or torch "
+                               "function/dispatch modes; use the model itself there")
         return self._program.run(x)
 
     def __reduce__(self):  # pickle and copy.deepcopy

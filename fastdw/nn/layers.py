@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdw import backend, ops
+from fastdw.ops import _dispatch
 from fastdw.nn._fold import (
     CachedForward,
     FusedCall,
@@ -137,10 +138,10 @@ class Linear(nn.Linear):
     CPU input with a bias runs fastdw's C++ GEMM: y = x W^T + b is a 1x1 convolution of x seen
     as (N, C_in, 1, 1), i.e. the cpp backend's pwconv_bn_act with unit scale and the bias as
     shift. The classifiers of fastdw.models use it (torch's addmm is slower on their shapes,
-    most at batches above 1). Everything else (autograd, torch.compile, other devices and
-    dtypes, another backend) is nn.Linear's own forward. Tools that match the exact type
-    nn.Linear (e.g. torch.ao.quantization.quantize_dynamic with {nn.Linear}) need
-    fastdw.nn.Linear named too."""
+    most at batches above 1). Everything else (autograd, torch.compile, tracing or a mode
+    watching, other devices and dtypes, another backend) is nn.Linear's own forward. Tools
+    that match the exact type nn.Linear (e.g. torch.ao.quantization.quantize_dynamic with
+    {nn.Linear}) need fastdw.nn.Linear named too."""
 
     def forward(self, x):
         if not self._gemm_applies(x):
@@ -157,8 +158,9 @@ class Linear(nn.Linear):
         """Only where the result and any error are nn.Linear's (the kernel checks arguments in
         its own words, and refuses empty tensors and mixed dtypes that nn.Linear handles)."""
         w, b = self.weight, self.bias
-        return (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                and b is not None and isinstance(x, torch.Tensor) and x.dim() == 2
+        return (not torch.is_grad_enabled() and not _dispatch.observed()
+                and b is not None and isinstance(x, torch.Tensor)
+                and all(map(_dispatch.plain, (x, w, b))) and x.dim() == 2
                 and x.shape[0] > 0 and x.shape[1] == self.in_features > 0 and x.is_cpu
                 and x.dtype is w.dtype is b.dtype is torch.float32 and w.is_cpu and b.is_cpu
                 and backend.resolve(None, "cpu") == "cpp")

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from fastdw import backend as _backend
-from fastdw.ops import _checks
+from fastdw.ops import _checks, _dispatch
 from fastdw.ops._outputs import as_grad, empty_grad, empty_output
 
 
@@ -80,5 +80,6 @@ def dwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
         _checks.conv_output_size(size, k, stride, padding, dilation, "x")
     scale = _checks.per_channel(scale, "scale", x, weight.shape[0], 1.0)
     shift = _checks.per_channel(shift, "shift", x, weight.shape[0], 0.0)
-    return _dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act,
+    return _dispatch.call(_dwconv_bn_act, "dwconv_bn_act", (x, weight, scale, shift),
+                          (x, weight, scale, shift, stride, padding, dilation, act),
                           _backend.resolve(backend, x.device.type))

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from fastdw import backend as _backend
-from fastdw.ops import _checks
+from fastdw.ops import _checks, _dispatch
 from fastdw.ops._outputs import as_grad, empty_grad, empty_output
 
 # Names of the op's tensor arguments, in schema order (the backward op returns their gradients).
@@ -141,6 +141,9 @@ def inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Optio
     if not isinstance(residual, bool):
         raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
     residual = residual and stride == 1 and c_in == c_out
-    return _inverted_residual(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift,
-                              project_w, project_scale, project_shift, stride, act, se_w1, se_b1,
-                              se_w2, se_b2, residual, _backend.resolve(backend, x.device.type))
+    tensors = (x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
+               project_scale, project_shift)
+    se = (se_w1, se_b1, se_w2, se_b2)
+    return _dispatch.call(_inverted_residual, "inverted_residual", (*tensors, *se),
+                          (*tensors, stride, act, *se, residual),
+                          _backend.resolve(backend, x.device.type))

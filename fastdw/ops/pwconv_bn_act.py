@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from fastdw import backend as _backend
-from fastdw.ops import _checks
+from fastdw.ops import _checks, _dispatch
 from fastdw.ops._outputs import as_grad, empty_grad, empty_output
 
 
@@ -63,5 +63,6 @@ def pwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
         _checks.like_input(residual, "residual", x, (x.shape[0], c_out, *x.shape[2:]))
     scale = _checks.per_channel(scale, "scale", x, c_out, 1.0)
     shift = _checks.per_channel(shift, "shift", x, c_out, 0.0)
-    return _pwconv_bn_act(x, weight, scale, shift, act, residual,
+    return _dispatch.call(_pwconv_bn_act, "pwconv_bn_act", (x, weight, scale, shift, residual),
+                          (x, weight, scale, shift, act, residual),
                           _backend.resolve(backend, x.device.type))

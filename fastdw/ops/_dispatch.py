@@ -1,0 +1,47 @@
+"""How a public op reaches its backend kernel: through its torch.library custom op, or directly.
+
+The custom op is what autograd, torch.compile, torch.export, jit tracing, tensor subclasses and
+__torch_function__ / __torch_dispatch__ modes see. When none of them is involved, its body
+(`backend.kernel(backend, op)(*args)`) can be called directly with the same result: the
+custom-op layer (dispatcher, a Python kernel, autograd wrapping) costs more than a batch-1
+depthwise layer takes in C++ (bench/cpu_ops.py shows both).
+"""
+import torch
+import torch.autograd.forward_ad as _forward_ad
+from torch import nn
+
+from fastdw import backend as _backend
+
+_PLAIN_TYPES = (torch.Tensor, nn.Parameter)  # Parameter handles no torch function itself
+
+
+def observed() -> bool:
+    """True when something besides backward-mode autograd watches op calls: torch.compile or
+    jit tracing, forward-mode AD (a dual level is open), or a __torch_function__ or
+    __torch_dispatch__ mode (FakeTensorMode, FlopCounterMode, ...)."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or _forward_ad._current_level >= 0
+            or torch._C._is_torch_function_mode_enabled()
+            or torch._C._len_torch_dispatch_stack() > 0)
+
+
+def plain(t) -> bool:
+    """t is None or a tensor that is not a subclass handling ops itself."""
+    return t is None or type(t) in _PLAIN_TYPES
+
+
+def unobserved(tensors) -> bool:
+    """True when calling an op's kernel on `tensors` directly is indistinguishable from calling
+    its custom op: no autograd graph would be recorded, nothing is watching (observed()), and no
+    tensor is a subclass."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return False
+    return all(map(plain, tensors)) and not observed()
+
+
+def call(custom_op, name, tensors, args, backend):
+    """custom_op(*args, backend), which runs backend `backend`'s kernel for op `name`, or that
+    kernel called directly where nothing could tell the difference (unobserved(tensors))."""
+    if unobserved(tensors):
+        return _backend.kernel(backend, name)(*args)
+    return custom_op(*args, backend)

@@ -1,0 +1,130 @@
+"""fastdw/ops/_dispatch.py: a public op calls its backend kernel directly only where nothing could
+tell it from the custom op (same result bit for bit); wherever autograd, tracing, forward AD,
+a torch function / dispatch mode or a tensor subclass is involved, the custom op runs."""
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+import fastdw.models
+import fastdw.nn
+from fastdw import ops
+
+
+def dw_args(requires_grad=False):
+    w = torch.randn(8, 1, 3, 3, requires_grad=requires_grad)
+    return torch.randn(2, 8, 6, 5), w, torch.rand(8) + 0.5, torch.randn(8)
+
+
+CALLS = {  # op name -> call on fresh inputs (the weight possibly requiring grad)
+    "dwconv_bn_act": lambda rg: ops.dwconv_bn_act(*dw_args(rg), act="hardswish"),
+    "pwconv_bn_act": lambda rg: ops.pwconv_bn_act(
+        torch.randn(2, 8, 4, 4), torch.randn(6, 8, requires_grad=rg), act="relu",
+        residual=torch.randn(2, 6, 4, 4)),
+    "inverted_residual": lambda rg: ops.inverted_residual(
+        torch.randn(1, 8, 6, 6), torch.randn(16, 8, requires_grad=rg), None, None,
+        torch.randn(16, 1, 3, 3), None, None, torch.randn(8, 16), None, None,
+        se_w1=torch.randn(4, 16), se_b1=torch.randn(4), se_w2=torch.randn(16, 4),
+        se_b2=torch.randn(16)),
+}
+
+
+def fastdw_events(fn):
+    """(fn(), the names of the fastdw ops it dispatched)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn()
+    return out, {e.name for e in prof.events() if e.name.startswith("fastdw")}
+
+
+@pytest.mark.parametrize("name", CALLS)
+def test_direct_where_unobserved_and_equal_to_the_custom_op(name, backend_name):
+    call = CALLS[name]
+    with fastdw.use_backend(backend_name):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            direct, ran = fastdw_events(lambda: call(True))
+        assert f"fastdw::{name}" not in ran
+        torch.manual_seed(1)
+        grad_free, ran = fastdw_events(lambda: call(False))  # grad mode, nothing requires grad
+        assert f"fastdw::{name}" not in ran
+        torch.manual_seed(1)
+        through_op, ran = fastdw_events(lambda: call(True))  # autograd records the op
+        assert f"fastdw::{name}" in ran and through_op.grad_fn is not None
+    torch.testing.assert_close(direct, through_op.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(grad_free, through_op.detach(), rtol=0, atol=0)
+
+
+class SeenOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class SeenFunctions(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", [SeenOps, SeenFunctions])
+@pytest.mark.parametrize("name", CALLS)
+def test_modes_see_the_custom_op(name, mode):
+    with torch.no_grad(), mode() as watcher:
+        CALLS[name](False)
+    assert any(f"fastdw.{name}" in s for s in watcher.seen), watcher.seen
+
+
+def test_jit_trace_records_the_custom_op():
+    x, w, scale, shift = dw_args()
+    with torch.no_grad():
+        traced = torch.jit.trace(lambda t: ops.dwconv_bn_act(t, w, scale, shift), (x,))
+    assert "fastdw::dwconv_bn_act" in str(traced.graph)
+
+
+def test_forward_ad_reaches_the_custom_op():
+    # Whatever torch does with dual tensors at a custom op, the op is what decides.
+    x, w, scale, shift = dw_args()
+    with torch.no_grad(), fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.randn_like(x))
+        _, ran = fastdw_events(lambda: ops.dwconv_bn_act(dual, w, scale, shift))
+    assert "fastdw::dwconv_bn_act" in ran
+
+
+def test_fake_tensors_take_the_fake_kernel():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode:
+        x, w, scale, shift = (mode.from_tensor(t) for t in dw_args())
+        with torch.no_grad():
+            out = ops.dwconv_bn_act(x, w, scale, shift, stride=2)
+    assert out.shape == (2, 8, 3, 3)
+
+
+def test_flop_counter_sees_a_fused_model_classifier():
+    # fastdw.nn.Linear takes nn.Linear's own forward under a mode, so its FLOPs are counted.
+    model = fastdw.models.mobilenet_v2(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model(x)  # warm the fused modules' caches
+        with FlopCounterMode(display=False) as counter:
+            model.classifier(torch.randn(1, 1280))
+    assert counter.get_total_flops() == 2 * 1280 * 10
+
+
+def test_frozen_model_refuses_modes():
+    frozen = fastdw.nn.freeze(nn.Sequential(fastdw.nn.ConvBNAct(3, 8).eval()))
+    x = torch.randn(1, 3, 8, 8)
+    for mode in (SeenOps, SeenFunctions):
+        with mode(), pytest.raises(RuntimeError, match="plain eager calls only"):
+            frozen(x)
+    assert frozen(x).shape == (1, 8, 8, 8)
