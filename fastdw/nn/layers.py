@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdw import backend, ops
-from fastdw.ops import _dispatch
 from fastdw.nn._fold import (
     CachedForward,
     FusedCall,
@@ -21,6 +20,7 @@ from fastdw.nn._fold import (
     foldable,
     matrix,
 )
+from fastdw.ops import _dispatch
 
 # act name -> activation module class; "none" has no module.
 ACT_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish,
