@@ -284,10 +284,12 @@ def _fastdw_frozen(workload: Workload):
     if workload.frozen is None:
         raise Unavailable("fastdw.nn.freeze applies to whole models only")
     try:
-        return workload.frozen()
+        from fastdw.backend import BackendUnavailableError
     except ImportError as err:
         raise _missing_fastdw("fastdw.nn.freeze", err) from err
-    except RuntimeError as err:  # BackendUnavailableError: no fastdw._C
+    try:
+        return workload.frozen()
+    except BackendUnavailableError as err:  # no fastdw._C
         raise Unavailable(str(err)) from err
 
 

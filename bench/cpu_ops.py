@@ -6,8 +6,9 @@
 Every depthwise shape of MobileNetV2 at 224x224 (fp32). Providers: eager Conv2d -> BatchNorm2d ->
 ReLU6 on NCHW and on channels_last, torch.compile with freezing on channels_last (oneDNN's fused
 conv + post-ops, the best stock path), fastdw's public op on the cpp and reference backends
-(channels_last), cpp-kernel, the C++ entry point torch.ops.fastdw_cpp.* alone (its
-difference to fastdw-cpp is the Python custom-op layer of fastdw.ops), and fastdw-frozen, the
+(channels_last; under no_grad it checks its arguments in Python, then calls the backend kernel
+directly, see fastdw/ops/_dispatch.py), cpp-kernel, the C++ entry point torch.ops.fastdw_cpp.*
+alone (its difference to fastdw-cpp is those Python checks), and fastdw-frozen, the
 layer as a fastdw.nn module frozen with fastdw.nn.freeze (the same kernel with no Python
 between calls in a frozen model; here one call per layer, so it pays that call's overhead).
 Each repetition times one call of every provider in turn, so load from other jobs on this

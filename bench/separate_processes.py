@@ -64,7 +64,7 @@ def main(argv=None):
     print(header[0])
     print(f"{args.rounds} processes per provider and model, in turns; each process: "
           f"{header[1].split(', load average')[0]}; 1-minute load average "
-          f"{min(loads):.1f}-{max(loads):.1f}")
+          + (f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not reported"))
     base = args.providers[0]
     others = args.providers[1:]
     print()

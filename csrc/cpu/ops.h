@@ -1,5 +1,6 @@
 // The C++ entry points of the fastdw_cpp ops (schemas in csrc/ops.cpp), callable from other C++
-// code too (csrc/cpu/program.cpp runs them back to back). Each validates all its arguments.
+// code too (csrc/cpu/program.cpp runs them back to back). Each validates all its arguments;
+// called without the dispatcher, the caller must pass plain tensors (see check_plain there).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>

@@ -15,11 +15,13 @@ namespace fastdw_cpu {
 // panel by panel and each thread reads only its share of B's panels, the operand that costs.
 inline void parallel_gemm(const GemmParams& g, int64_t M) {
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  // Below ~64k multiply-adds a chunk does not pay for waking a thread. A single row can be
+  // Below ~64k multiply-adds a chunk does not pay for waking a thread, so fewer than two chunks'
+  // worth (M*K*N < 2*kMinChunk, tested without forming M*K*N) run here. A single row can be
   // worth splitting (by column panels): a classifier layer at batch 1 is ~1M.
   constexpr int64_t kMinChunk = int64_t{1} << 16;
-  const int64_t min_rows = std::max<int64_t>(1, kMinChunk / std::max<int64_t>(1, g.K * g.N));
-  if (threads == 1 || M * g.K * g.N < 2 * kMinChunk) return gemm(g, 0, M, 0, g.N);
+  const int64_t kn = std::max<int64_t>(1, g.K * g.N);
+  const int64_t min_rows = std::max<int64_t>(1, kMinChunk / kn);
+  if (threads == 1 || M < (2 * kMinChunk + kn - 1) / kn) return gemm(g, 0, M, 0, g.N);
   if (M >= g.N) {
     const int64_t blocks = (M + 3) / 4;  // whole 4-row register blocks
     at::parallel_for(0, blocks, (min_rows + 3) / 4, [&](int64_t b, int64_t e) {

@@ -18,6 +18,7 @@
 #include <ATen/ops/ones_like.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/silu.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
@@ -40,6 +41,25 @@ void activate_(at::Tensor& y, Act act) {
     case kHardsigmoid: at::hardsigmoid_(y); return;
     case kSilu: at::silu_(y); return;
   }
+}
+
+// The steps call the kernels as plain C++ functions, not through the dispatcher, so nothing
+// unwraps a Python subclass, a functorch (vmap, grad, functionalize) wrapper or a lazily
+// negated view on the way in, and inside a functorch transform even the outputs the kernels
+// allocate would be such wrappers: refuse all of them.
+void check_plain(const at::Tensor& x) {
+  using c10::DispatchKey;
+  const c10::DispatchKeySet wrappers({DispatchKey::Python, DispatchKey::PythonTLSSnapshot,
+                                      DispatchKey::Functionalize, DispatchKey::FuncTorchBatched,
+                                      DispatchKey::FuncTorchGradWrapper,
+                                      DispatchKey::FuncTorchDynamicLayerFrontMode,
+                                      DispatchKey::FuncTorchDynamicLayerBackMode,
+                                      DispatchKey::FuncTorchVmapMode});
+  TORCH_CHECK(!x.key_set().has_any(wrappers) && !x.is_neg() && !x.is_conj(),
+              "x must be a plain tensor, not a tensor subclass, functorch wrapper or lazy view");
+  TORCH_CHECK(!c10::impl::tls_local_dispatch_key_set().included_.has_any(wrappers),
+              "a program cannot run inside a functorch transform (vmap, grad, functionalize) "
+              "or a Python dispatch mode");
 }
 
 void check_matrix(const at::Tensor& x, const char* name, int64_t cols) {
@@ -128,11 +148,13 @@ class Program : public torch::CustomClassHolder {
     });
   }
 
-  // y = act(x) in place, for an activation no other step could absorb.
+  // y = act(x), for an activation no other step could absorb: in place on the step before's
+  // output, on a copy when it is the first step (its input is the caller's tensor).
   void add_act(const std::string& act) {
     const Act a = parse_act(act);
-    add("act", [a](const at::Tensor& x) {
-      at::Tensor y = x;
+    const bool first = steps_.empty();
+    add("act", [a, first](const at::Tensor& x) {
+      at::Tensor y = first ? x.clone() : x;
       activate_(y, a);
       return y;
     });
@@ -146,6 +168,7 @@ class Program : public torch::CustomClassHolder {
   at::Tensor run(const at::Tensor& x) const {
     TORCH_CHECK(!steps_.empty(), "the program has no steps");
     check_tensor(x, "x");
+    check_plain(x);
     at::Tensor y = x.dim() == 4 ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
     for (size_t i = 0; i < steps_.size(); ++i) {
       try {

@@ -14,9 +14,9 @@ from torch import nn
 
 from fastdw import backend
 from fastdw.nn._fold import FusedCall, fold_conv, foldable
-from fastdw.ops import _dispatch
 from fastdw.nn.blocks import _InvertedResidualBlock
 from fastdw.nn.layers import ACT_MODULES, ConvBNAct, Linear
+from fastdw.ops import _dispatch
 
 _ACT_NAMES = {cls: name for name, cls in ACT_MODULES.items()}
 
@@ -50,8 +50,13 @@ def freeze(model: nn.Module) -> "FrozenModel":
                 raise TypeError(f"freeze() needs a float32 CPU model; {name or 'model'} holds "
                                 f"a {t.dtype} tensor on {t.device}")
     builder = _Builder()
-    with torch.no_grad(), torch.inference_mode(False):
+    # Outside inference mode (tensors of a frozen model have version counters, so their packed
+    # copies are cached), then no_grad (inference_mode(False) turns grad mode back on).
+    with torch.inference_mode(False), torch.no_grad():
         if type(model) in _heads():
+            avgpool = getattr(model, "avgpool", None)  # V3's module; V1/V2 call the function
+            if avgpool is not None and not _is_global_pool(avgpool):
+                raise TypeError(f"freeze() cannot run avgpool ({avgpool!r}) in C++")
             builder.add(model.features, "features")
             builder.pool()
             builder.add(model.classifier, "classifier")
@@ -61,6 +66,27 @@ def freeze(model: nn.Module) -> "FrozenModel":
             raise TypeError(f"freeze() takes a MobileNet or an nn.Sequential, got "
                             f"{type(model).__name__}")
     return FrozenModel(builder.finish())
+
+
+def _check_foldable(bn, path):
+    if bn.training:
+        raise ValueError(f"freeze() needs an eval-mode model: {path} is training "
+                         "(call model.eval())")
+    if not foldable(bn):
+        raise ValueError(f"freeze(): {path} has no running statistics "
+                         "(track_running_stats=False) to fold")
+
+
+def _is_global_pool(module):
+    return type(module) is nn.AdaptiveAvgPool2d and module.output_size in (1, (1, 1))
+
+
+def _symmetric_conv(conv):
+    """What the program's steps assume of a ConvBNAct's conv, which ConvBNAct.wrap does not
+    check: square kernel, equal strides, paddings and dilations, zero padding, no bias."""
+    pairs = (conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+    return (all(isinstance(p, tuple) and len(set(p)) == 1 for p in pairs)
+            and conv.padding_mode == "zeros" and conv.bias is None)
 
 
 def _snapshot(value):
@@ -99,9 +125,12 @@ class _Builder:
             getattr(self.program, method)(*args)
             self.pending = None
 
-    def _step(self, name, rank_in, channels_in, rank_out, channels_out, method, args,
+    def _step(self, path, name, rank_in, channels_in, rank_out, channels_out, method, args,
               act_index=None):
         args = list(args)
+        if None not in (self.channels, channels_in) and self.channels != channels_in:
+            raise TypeError(f"freeze(): {path} takes {channels_in} channels but gets the "
+                            f"{self.channels} of the layer before it")
         self._flush()
         if self.in_shape is None:
             self.in_shape = (rank_in, channels_in)
@@ -136,7 +165,7 @@ class _Builder:
                                  "mode (call model.eval())")
         elif type(module) in _ACT_NAMES:
             self._act(_ACT_NAMES[type(module)], path)
-        elif type(module) is nn.AdaptiveAvgPool2d and module.output_size in (1, (1, 1)):
+        elif _is_global_pool(module):
             self.pool(path)
             self.pooled_at = path
         elif type(module) in (nn.Linear, Linear):
@@ -147,45 +176,54 @@ class _Builder:
     def pool(self, path="the global average pool"):
         """Global average pool + flatten, (N, C, H, W) -> (N, C)."""
         self._expect(path, 4)
-        self._step("global_avg_pool", 4, None, 2, self.channels, "add_global_avg_pool", ())
+        self._step(path, "global_avg_pool", 4, None, 2, self.channels, "add_global_avg_pool",
+                   ())
 
     def _block(self, block, path):
         self._expect(path, 4)
+        for name, bn in block.named_modules(prefix=path):
+            if isinstance(bn, nn.BatchNorm2d):
+                _check_foldable(bn, name)
         fused = block._fused_call()
-        if fused is None:
-            raise ValueError(f"freeze() needs an eval-mode model: a BatchNorm of {path} is "
-                             "training (call model.eval())")
         if not fused.cpp:  # only a squeeze-excite without biases
             raise TypeError(f"freeze() cannot run {path} in C++ (its squeeze-excite has no bias)")
-        self._step("inverted_residual", 4, fused.in_channels, 4, block.out_channels,
+        self._step(path, "inverted_residual", 4, fused.in_channels, 4, block.out_channels,
                    "add_inverted_residual", map(_snapshot, fused.kernel_args))
 
     def _conv_bn_act(self, layer, path):
         self._expect(path, 4)
         conv, bn = layer[0], layer[1]
-        if not foldable(bn):
-            raise ValueError(f"freeze() needs an eval-mode model: {path}.1 is training "
-                             "(call model.eval())")
+        _check_foldable(bn, f"{path}.1")
+        if not _symmetric_conv(conv):
+            raise TypeError(f"freeze() cannot run {path}.0 ({conv!r}) in C++: it runs square "
+                            "kernels with equal strides, paddings and dilations, zero padding "
+                            "and no conv bias")
+        act_modules = list(layer)[2:]
+        if [type(m) for m in act_modules] != [ACT_MODULES[a] for a in (layer.act,)
+                                              if a != "none"]:
+            raise TypeError(f"freeze(): {path}'s activation modules {act_modules} are not its "
+                            f"act {layer.act!r}")
         c_in, c_out = conv.in_channels, conv.out_channels
         folded = layer._folded()
         if isinstance(folded, FusedCall) and folded.cpp:
             args = list(map(_snapshot, folded.kernel_args))
             if folded.name == "pwconv_bn_act":
                 args = args[:4]  # the residual (None) is not a step's
-            self._step(folded.name, 4, c_in, 4, c_out, f"add_{folded.name}", args,
+            self._step(path, folded.name, 4, c_in, 4, c_out, f"add_{folded.name}", args,
                        act_index=len(args) - 1)
             return
         # Layers no fastdw kernel covers: the stem, depthwise with a channel multiplier.
         weight, bias = fold_conv(conv, bn)
-        self._step("conv", 4, c_in, 4, c_out, "add_conv",
+        self._step(path, "conv", 4, c_in, 4, c_out, "add_conv",
                    (_snapshot(weight), _snapshot(bias), conv.stride[0], conv.padding[0],
                     conv.dilation[0], conv.groups, layer.act), act_index=6)
 
     def _linear(self, linear, path):
         self._expect(path, 2)
         bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
-        self._step("linear", 2, linear.in_features, 2, linear.out_features, "add_linear",
-                   (_snapshot(linear.weight), _snapshot(bias), "none"), act_index=2)
+        self._step(path, "linear", 2, linear.in_features, 2, linear.out_features,
+                   "add_linear", (_snapshot(linear.weight), _snapshot(bias), "none"),
+                   act_index=2)
 
     def _act(self, act, path):
         if self.pending is None:
@@ -195,7 +233,8 @@ class _Builder:
             args[index] = act  # fused into the epilogue of the step before
             self.names[-1] += f"+{act}"
             return
-        self._step(act, self.rank, self.channels, self.rank, self.channels, "add_act", (act,))
+        self._step(path, act, self.rank, self.channels, self.rank, self.channels, "add_act",
+                   (act,))
 
 
 class FrozenModel:
@@ -222,10 +261,12 @@ class FrozenModel:
         if x.requires_grad and torch.is_grad_enabled():
             raise ValueError("x requires grad, but a frozen model has no autograd; call the "
                              "model itself for gradients")
-        if not _dispatch.plain(x) or _dispatch.observed():
+        if (not _dispatch.plain(x) or _dispatch.observed()
+                or torch._C._are_functorch_transforms_active()):
             raise RuntimeError("a frozen model runs plain eager calls only, not tensor "
-                               "subclasses, torch.compile, tracing, forward AD or torch "
-                               "function/dispatch modes; use the model itself there")
+                               "subclasses, torch.compile, tracing, functorch transforms, "
+                               "forward AD or torch function/dispatch modes; use the model "
+                               "itself there")
         return self._program.run(x)
 
     def __reduce__(self):  # pickle and copy.deepcopy

@@ -154,7 +154,28 @@ def test_program_checks_its_steps_and_inputs():
     two_d.add_linear(torch.randn(3, 4), torch.randn(3), "none")
     with pytest.raises(RuntimeError, match=r"x must be \(N >= 1, 4\).*in step 0 \(linear\)"):
         two_d.run(torch.randn(2, 4, 1, 1))
+    leading_act = Program()  # its input is the caller's tensor: computed on a copy
+    leading_act.add_act("relu")
+    x = torch.randn(2, 8, 3, 3)
+    before = x.clone()
+    torch.testing.assert_close(leading_act.run(x), torch.relu(before), rtol=0, atol=0)
+    assert torch.equal(x, before)
     pool = Program()
     pool.add_global_avg_pool()
     with pytest.raises(RuntimeError, match="x must be 4-D"):
         pool.run(torch.randn(2, 4))
+
+
+def test_program_refuses_wrappers_it_cannot_see_through():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    program = torch.classes.fastdw_cpp.Program()
+    program.add_pwconv_bn_act(*list(pw_args().values())[1:5])
+    x = torch.randn(2, 8, 5, 5)
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(x)
+    with pytest.raises(RuntimeError, match="x has no data in memory"):
+        program.run(fake)
+    with pytest.raises(RuntimeError, match="cannot run inside a functorch transform"):
+        torch.func.functionalize(lambda t: program.run(x))(torch.zeros(1))
+    with pytest.raises(RuntimeError, match="x must be a plain tensor"):
+        program.run(torch._neg_view(x))

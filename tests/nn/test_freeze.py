@@ -74,10 +74,12 @@ def test_converted_torchvision_model(name, randomize_bn):
     assert rel_err(out, ref) < 1e-5
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_thread_counts_agree(threads, randomize_bn):
-    model = randomize_bn(fastdw.models.mobilenet_v2(num_classes=10)).eval()
-    x = torch.randn(3, 3, 64, 72)
+def test_thread_counts_agree(threads, batch, randomize_bn):
+    # batch 1 with 1000 classes: the classifier is one row, split over threads by columns
+    model = randomize_bn(fastdw.models.mobilenet_v2(num_classes=1000)).eval()
+    x = torch.randn(batch, 3, 64, 72)
     ref = as_float64(model, x)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -158,12 +160,22 @@ def test_a_snapshot_that_later_edits_do_not_reach(randomize_bn):
     assert rel_err(freeze(model)(x), as_float64(model, x)) < 1e-5  # freeze again: edits seen
 
 
-def test_freeze_and_run_under_inference_mode(randomize_bn):
-    model = randomize_bn(fastdw.models.mobilenet_v2(num_classes=10)).eval()
-    with torch.inference_mode():
+def test_models_made_and_frozen_under_inference_mode(randomize_bn):
+    with torch.inference_mode():  # parameters are inference tensors
+        model = randomize_bn(fastdw.models.mobilenet_v2(num_classes=10)).eval()
         frozen = freeze(model)
         x = torch.randn(1, 3, 64, 64)
         out = frozen(x)
+        with torch.no_grad():
+            torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+    assert rel_err(out, as_float64(model, x)) < 1e-5
+
+
+def test_a_default_device_does_not_count_as_a_watching_mode(randomize_bn):
+    model = randomize_bn(fastdw.models.mobilenet_v3_small(num_classes=10)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.device("cpu"):
+        out = freeze(model)(x)
     assert rel_err(out, as_float64(model, x)) < 1e-5
 
 
@@ -179,7 +191,7 @@ def test_freeze_rejects_what_it_cannot_run(randomize_bn):
         freeze(model.train())
     model.eval()
     model.features[3].train()
-    with pytest.raises(ValueError, match=r"a BatchNorm of features\.3 is training"):
+    with pytest.raises(ValueError, match=r"eval-mode model: features\.3\.conv\.0\.1 is training"):
         freeze(model)
     model.eval()
     model.classifier[0].train()
@@ -204,6 +216,27 @@ def test_freeze_rejects_what_it_cannot_run(randomize_bn):
         freeze(nn.Sequential(nn.ReLU6(), ConvBNAct(8, 8)).eval())
     with pytest.raises(ValueError, match="computes nothing"):
         freeze(nn.Sequential(nn.Dropout()).eval())
+    # Conv settings the program's steps would not honour.
+    for conv in (nn.Conv2d(3, 8, (3, 1), (2, 1), (1, 0), bias=False),
+                 nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect", bias=False),
+                 nn.Conv2d(3, 8, 3, padding=1)):
+        layer = ConvBNAct.wrap(conv, nn.BatchNorm2d(8), "relu").eval()
+        with pytest.raises(TypeError, match=r"cannot run 0\.0 \(Conv2d"):
+            freeze(nn.Sequential(layer))
+    swapped = ConvBNAct(3, 8, act="relu6").eval()
+    swapped[2] = nn.ReLU()
+    with pytest.raises(TypeError, match=r"activation modules \[ReLU\(\)\] are not its act"):
+        freeze(nn.Sequential(swapped))
+    no_stats = ConvBNAct(3, 8).eval()
+    no_stats[1] = nn.BatchNorm2d(8, track_running_stats=False).eval()
+    with pytest.raises(ValueError, match=r"0\.1 has no running statistics"):
+        freeze(nn.Sequential(no_stats))
+    with pytest.raises(TypeError, match="1 takes 16 channels but gets the 8 of the layer"):
+        freeze(nn.Sequential(ConvBNAct(3, 8), ConvBNAct(16, 8, 1)).eval())
+    v3 = fastdw.models.mobilenet_v3_small(num_classes=10).eval()
+    v3.avgpool = nn.AdaptiveMaxPool2d(1)
+    with pytest.raises(TypeError, match="cannot run avgpool"):
+        freeze(v3)
     # A torchvision block convert() leaves alone (dilated) is named.
     tv = torchvision.models.mobilenet_v3_large(dilated=True).eval()
     with pytest.raises(TypeError, match=r"features\.\d+ \(InvertedResidual\)"):
@@ -229,6 +262,11 @@ def test_frozen_call_rejects_bad_inputs(randomize_bn):
             frozen(x)
     with torch.no_grad():  # no graph to build: a leaf that requires grad is fine
         assert frozen(good.clone().requires_grad_()).shape == (1, 10)
+    # functorch transforms: their wrappers never reach the C++ program
+    for transform in (torch.func.vmap, torch.func.functionalize):
+        with pytest.raises(RuntimeError, match="plain eager calls only"):
+            transform(lambda t: frozen(t))(good[None] if transform is torch.func.vmap
+                                           else good)
 
 
 def test_one_pixel_images(randomize_bn):

@@ -100,18 +100,23 @@ def test_fast_path_is_not_taken_where_the_op_would_not_run_the_cpp_kernel(name, 
     module, x = module.to(dtype), torch.randn(1, 16, 8, 8, dtype=dtype)
     with fastdw.use_backend(backend_name), torch.set_grad_enabled(grad):
         module(x)
-        _, ran = ops_run(module, x)
+        out, ran = ops_run(module, x)
     if grad:  # autograd records the public op, which runs the kernel
         assert f"fastdw::{op}" in ran
     else:  # the public op hands these to stock ops
         assert f"fastdw_cpp::{op}" not in ran
+    with fastdw.use_backend("reference"), torch.no_grad():
+        torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
 
 
-def test_depthwise_multiplier_2_takes_the_op(randomize_bn):
+def test_depthwise_multiplier_2_runs_no_cpp_kernel(randomize_bn):
     layer = randomize_bn(DWConvBNAct(8, 3, 1, multiplier=2)).eval()
+    x = torch.randn(1, 8, 6, 6)
     with fastdw.use_backend("cpp"):
-        _, ran = fast_eval(layer, torch.randn(1, 8, 6, 6))
-    assert ran == set()  # cpp hands it to reference: no C++ kernel
+        out, ran = fast_eval(layer, x)
+    assert ran == set()  # cpp hands it to reference: stock ops only
+    with fastdw.use_backend("reference"), torch.no_grad():
+        torch.testing.assert_close(out, layer(x), rtol=0, atol=0)
 
 
 def test_compiled_module_calls_the_public_op(randomize_bn):
