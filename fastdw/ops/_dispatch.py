@@ -50,7 +50,14 @@ def unobserved(tensors) -> bool:
 
 def call(custom_op, name, tensors, args, backend):
     """custom_op(*args, backend), which runs backend `backend`'s kernel for op `name`, or that
-    kernel called directly where nothing could tell the difference (unobserved(tensors))."""
+    kernel called directly where nothing could tell the difference (unobserved(tensors)).
+    Dual tensors (forward-mode AD: torch.func.jvp, torch.autograd.forward_ad) are refused: the
+    ops have no forward-mode formula, and the custom op would silently drop their tangents."""
     if unobserved(tensors):
         return _backend.kernel(backend, name)(*args)
+    if _forward_ad._current_level >= 0 and any(
+            t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(f"fastdw.ops.{name} has no forward-mode AD (jvp) formula; "
+                                  "use backward-mode autograd (torch.autograd.grad, "
+                                  "torch.func.vjp) instead")
     return custom_op(*args, backend)
