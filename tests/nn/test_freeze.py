@@ -283,3 +283,82 @@ def test_repr_lists_the_steps_and_pickling_says_what_to_do():
     for save in (pickle.dumps, copy.deepcopy):
         with pytest.raises(TypeError, match="save the model's state_dict"):
             save(frozen)
+
+
+# The models' own eval forward (fastdw.nn.freeze.eval_forward): a cached program of the model
+# as it is, rebuilt when anything changes, never used where the module path must run.
+
+def program_cached(model):
+    entry = model.__dict__.get("_fold_cache")
+    return entry is not None and bool(entry[1])
+
+
+def test_model_eval_runs_one_program_and_follows_edits(randomize_bn):
+    model = randomize_bn(fastdw.models.mobilenet_v3_small(num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out = model(x)
+        assert program_cached(model)
+        # the blocks' kernels ran inside the program, not through the dispatcher one by one
+        assert not any(e.name.startswith("fastdw") for e in prof.events())
+        torch.testing.assert_close(out, freeze(model)(x), rtol=0, atol=0)
+        assert rel_err(out, as_float64(model, x)) < 1e-5
+        model.features[3].block[1][1].running_var.mul_(3)  # in place
+        model.features[5].block[1][1].eps = 0.25            # an attribute
+        model.classifier[3].weight.mul_(-1)                 # a parameter
+        model.features[2] = InvertedResidualV3(16, 3, 72, 24, 2).eval()  # a module
+        randomize_bn(model.features[2], seed=3)
+        edited = model(x)
+    assert rel_err(edited, as_float64(model, x)) < 1e-5
+    assert not torch.allclose(edited, out, atol=1e-3)
+
+
+def test_model_eval_falls_back_where_the_program_cannot_stand_in(randomize_bn):
+    model = randomize_bn(fastdw.models.mobilenet_v2(num_classes=10)).eval()
+    x = torch.randn(1, 3, 48, 48)
+    calls = []
+    handle = model.features[4].register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        out = model(x)  # a submodule hook: the module path, which runs it
+    assert calls == [1] and not program_cached(model)
+    handle.remove()
+    with fastdw.use_backend("reference"), torch.no_grad():
+        ref_out = model(x)
+    assert not program_cached(model)
+    with torch.no_grad():
+        fast = model(x)
+    assert program_cached(model)
+    for other in (out, ref_out):
+        torch.testing.assert_close(fast, other, rtol=1e-5, atol=1e-5)
+    # training mode, and grad mode, take the module path too
+    model.train()
+    with torch.no_grad():
+        train_out = model(x)
+    model.eval()
+    assert not torch.allclose(train_out, fast, atol=1e-3)  # batch statistics
+    assert model(x).grad_fn is not None
+
+
+def test_model_eval_caches_a_refusal(randomize_bn):
+    model = randomize_bn(fastdw.models.mobilenet_v2(num_classes=10)).eval()
+    model.features[1] = nn.Sequential(model.features[1], nn.MaxPool2d(1))  # freeze() refuses
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        out = model(x)
+        assert model.__dict__["_fold_cache"][1] is False  # remembered, not retried per call
+        assert rel_err(model(x), as_float64(model, x)) < 1e-5
+    assert rel_err(out, as_float64(model, x)) < 1e-5
+
+
+def test_models_copy_and_pickle_after_an_eval_forward(randomize_bn):
+    model = randomize_bn(fastdw.models.mobilenet_v3_small(num_classes=10)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+        twin = copy.deepcopy(model)
+        loaded = pickle.loads(pickle.dumps(model))
+        twin.classifier[3].weight.mul_(2)
+        torch.testing.assert_close(loaded(x), out, rtol=0, atol=0)
+        assert not torch.allclose(twin(x), out, atol=1e-3)  # its own weights, not model's
+        torch.testing.assert_close(model(x), out, rtol=0, atol=0)
