@@ -9,8 +9,6 @@ Like torch.jit.freeze or an ONNX Runtime session it is a snapshot: it holds copi
 weights, so later edits to the model (training steps, load_state_dict, attribute changes) are not
 seen; freeze again after them. It runs float32 CPU inputs and has no autograd.
 """
-import itertools
-
 import torch
 from torch import nn
 
@@ -309,11 +307,7 @@ def _submodule_hooks(model):
 
 
 def _live_program(model):
-    """A FrozenModel viewing model's own tensors, or False where freeze() refuses the model or
-    the cache could not keep it: inference tensors have no version counter, so the stamp is
-    never valid and every call would build the program anew (milliseconds)."""
-    if any(t.is_inference() for t in itertools.chain(model.parameters(), model.buffers())):
-        return False
+    """A FrozenModel viewing model's own tensors, or False where freeze() refuses the model."""
     try:
         return freeze(model, _snapshot_weights=False)
     except (TypeError, ValueError, backend.BackendUnavailableError):
