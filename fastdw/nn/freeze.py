@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fastdw import backend
-from fastdw.nn._fold import FusedCall, cached, fold_conv, foldable
+from fastdw.nn._fold import FusedCall, fold_conv, foldable
 from fastdw.nn.blocks import _InvertedResidualBlock
 from fastdw.nn.layers import ACT_MODULES, ConvBNAct, Linear
 from fastdw.ops import _dispatch
@@ -30,7 +30,7 @@ def _heads():
             tv.MobileNetV3)
 
 
-def freeze(model: nn.Module, *, _snapshot_weights=True) -> "FrozenModel":
+def freeze(model: nn.Module) -> "FrozenModel":
     """`model`'s eval-mode forward as a FrozenModel. `model` is a fastdw or (converted)
     torchvision MobileNet, or an nn.Sequential (nested ones too) of fastdw layers and blocks,
     activation modules, Dropout, Identity, AdaptiveAvgPool2d(1) followed by Flatten(), and Linear
@@ -49,7 +49,7 @@ def freeze(model: nn.Module, *, _snapshot_weights=True) -> "FrozenModel":
             if t is not None and (t.dtype not in (torch.float32, torch.int64) or not t.is_cpu):
                 raise TypeError(f"freeze() needs a float32 CPU model; {name or 'model'} holds "
                                 f"a {t.dtype} tensor on {t.device}")
-    builder = _Builder(_snapshot if _snapshot_weights else torch.Tensor.detach)
+    builder = _Builder()
     # Outside inference mode (tensors of a frozen model have version counters, so their packed
     # copies are cached), then no_grad (inference_mode(False) turns grad mode back on).
     with torch.inference_mode(False), torch.no_grad():
@@ -89,9 +89,11 @@ def _symmetric_conv(conv):
             and conv.padding_mode == "zeros" and conv.bias is None)
 
 
-def _snapshot(tensor):
-    """A private copy, which no edit to the model reaches."""
-    return tensor.detach().clone(memory_format=torch.contiguous_format)
+def _snapshot(value):
+    """A private copy of a tensor, which no edit to the model reaches; other values as they are."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.detach().clone(memory_format=torch.contiguous_format)
 
 
 class _Builder:
@@ -100,17 +102,13 @@ class _Builder:
     fail here, not at the first call. A step is added one module late: an activation module that
     follows a step without one becomes that step's epilogue."""
 
-    def __init__(self, snapshot):
-        self.snapshot = snapshot  # what the program holds of each tensor: a copy, or a view
+    def __init__(self):
         self.program = torch.classes.fastdw_cpp.Program()
         self.names = []          # step names, for repr
         self.in_shape = None     # (rank, channels or None: any) the first step takes
         self.rank = self.channels = None
         self.pending = None      # [Program method, its arguments, index of its act or None]
         self.pooled_at = None    # path of an AdaptiveAvgPool2d(1) still awaiting its Flatten
-
-    def keep(self, value):
-        return self.snapshot(value) if isinstance(value, torch.Tensor) else value
 
     def finish(self):
         if self.pooled_at is not None:
@@ -190,7 +188,7 @@ class _Builder:
         if not fused.cpp:  # only a squeeze-excite without biases
             raise TypeError(f"freeze() cannot run {path} in C++ (its squeeze-excite has no bias)")
         self._step(path, "inverted_residual", 4, fused.in_channels, 4, block.out_channels,
-                   "add_inverted_residual", map(self.keep, fused.kernel_args))
+                   "add_inverted_residual", map(_snapshot, fused.kernel_args))
 
     def _conv_bn_act(self, layer, path):
         self._expect(path, 4)
@@ -208,7 +206,7 @@ class _Builder:
         c_in, c_out = conv.in_channels, conv.out_channels
         folded = layer._folded()
         if isinstance(folded, FusedCall) and folded.cpp:
-            args = list(map(self.keep, folded.kernel_args))
+            args = list(map(_snapshot, folded.kernel_args))
             if folded.name == "pwconv_bn_act":
                 args = args[:4]  # the residual (None) is not a step's
             self._step(path, folded.name, 4, c_in, 4, c_out, f"add_{folded.name}", args,
@@ -217,14 +215,14 @@ class _Builder:
         # Layers no fastdw kernel covers: the stem, depthwise with a channel multiplier.
         weight, bias = fold_conv(conv, bn)
         self._step(path, "conv", 4, c_in, 4, c_out, "add_conv",
-                   (self.keep(weight), self.keep(bias), conv.stride[0], conv.padding[0],
+                   (_snapshot(weight), _snapshot(bias), conv.stride[0], conv.padding[0],
                     conv.dilation[0], conv.groups, layer.act), act_index=6)
 
     def _linear(self, linear, path):
         self._expect(path, 2)
         bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
         self._step(path, "linear", 2, linear.in_features, 2, linear.out_features,
-                   "add_linear", (self.keep(linear.weight), self.keep(bias), "none"),
+                   "add_linear", (_snapshot(linear.weight), _snapshot(bias), "none"),
                    act_index=2)
 
     def _act(self, act, path):
@@ -277,38 +275,3 @@ class FrozenModel:
 
     def __repr__(self):
         return f"FrozenModel(steps={list(self.steps)})"
-
-
-def eval_forward(model, x):
-    """The eval forward of fastdw.models' MobileNets: model(x) through a program of the model as
-    it is now, cached under the fold cache's stamp of every submodule (fastdw/nn/_fold.py:
-    in-place edits, attribute and module changes all rebuild it), not a snapshot; or None where
-    the module-by-module forward must run instead: grad mode, training, anything watching
-    (ops._dispatch.observed, functorch), an x other than a plain non-empty 4-D float32 CPU tensor
-    with the model's input channels, a backend other than cpp, forward hooks on any submodule
-    (the program would skip them), or a model freeze() refuses (that answer is cached too).
-    At batch 1 this replaces ~10 us of Python per fused module by one stamp check of the model."""
-    if (torch.is_grad_enabled() or model.training or type(x) is not torch.Tensor
-            or x.dtype is not torch.float32 or not x.is_cpu or x.dim() != 4 or x.numel() == 0
-            or _dispatch.observed() or torch._C._are_functorch_transforms_active()
-            or backend.resolve(None, "cpu") != "cpp" or _submodule_hooks(model)):
-        return None
-    frozen = cached(model, lambda: _live_program(model))
-    if not frozen or frozen._channels != x.shape[1]:
-        return None
-    return frozen._program.run(x)
-
-
-def _submodule_hooks(model):
-    return (nn.modules.module._global_forward_hooks
-            or nn.modules.module._global_forward_pre_hooks
-            or any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()
-                   if m is not model))
-
-
-def _live_program(model):
-    """A FrozenModel viewing model's own tensors, or False where freeze() refuses the model."""
-    try:
-        return freeze(model, _snapshot_weights=False)
-    except (TypeError, ValueError, backend.BackendUnavailableError):
-        return False
