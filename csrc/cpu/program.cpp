@@ -169,6 +169,9 @@ class Program : public torch::CustomClassHolder {
     TORCH_CHECK(!steps_.empty(), "the program has no steps");
     check_tensor(x, "x");
     check_plain(x);
+    // A program computes in float32 throughout: autocast would turn the ATen steps' outputs
+    // (the stem conv) to bf16/fp16, which the next kernel refuses.
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     at::Tensor y = x.dim() == 4 ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
     for (size_t i = 0; i < steps_.size(); ++i) {
       try {

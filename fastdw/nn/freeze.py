@@ -54,6 +54,9 @@ def freeze(model: nn.Module) -> "FrozenModel":
     # copies are cached), then no_grad (inference_mode(False) turns grad mode back on).
     with torch.inference_mode(False), torch.no_grad():
         if type(model) in _heads():
+            if "forward" in model.__dict__:
+                raise TypeError("freeze(): the model has a forward of its own, which the "
+                                "program would not run")
             avgpool = getattr(model, "avgpool", None)  # V3's module; V1/V2 call the function
             if avgpool is not None and not _is_global_pool(avgpool):
                 raise TypeError(f"freeze() cannot run avgpool ({avgpool!r}) in C++")
@@ -66,6 +69,14 @@ def freeze(model: nn.Module) -> "FrozenModel":
             raise TypeError(f"freeze() takes a MobileNet or an nn.Sequential, got "
                             f"{type(model).__name__}")
     return FrozenModel(builder.finish())
+
+
+# The forwards the steps stand in for, as they were when this module was imported: a module
+# whose forward was replaced (on the instance, in a subclass or on the class) computes something
+# the program does not.
+_FORWARDS = {cls: cls.forward for cls in (
+    nn.Sequential, nn.Dropout, nn.Identity, nn.Flatten, nn.AdaptiveAvgPool2d, nn.Linear, Linear,
+    ConvBNAct, _InvertedResidualBlock, *ACT_MODULES.values())}
 
 
 def _check_foldable(bn, path):
@@ -146,6 +157,11 @@ class _Builder:
                             f"{self.rank}-D output of the layer before it")
 
     def add(self, module, path):
+        base = next((cls for cls in type(module).__mro__ if cls in _FORWARDS), None)
+        if base is not None and ("forward" in module.__dict__
+                                 or type(module).forward is not _FORWARDS[base]):
+            raise TypeError(f"freeze(): {path} ({type(module).__name__}) has a forward of its "
+                            "own, which the program would not run")
         if self.pooled_at is not None and type(module) is not nn.Sequential:
             if type(module) is not nn.Flatten or (module.start_dim, module.end_dim) != (1, -1):
                 raise TypeError(f"freeze(): {self.pooled_at} (AdaptiveAvgPool2d) must be "
@@ -220,7 +236,8 @@ class _Builder:
 
     def _linear(self, linear, path):
         self._expect(path, 2)
-        bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
+        bias = linear.bias if linear.bias is not None else linear.weight.new_zeros(
+            linear.out_features)
         self._step(path, "linear", 2, linear.in_features, 2, linear.out_features,
                    "add_linear", (_snapshot(linear.weight), _snapshot(bias), "none"),
                    act_index=2)
@@ -267,7 +284,7 @@ class FrozenModel:
                                "subclasses, torch.compile, tracing, functorch transforms, "
                                "forward AD or torch function/dispatch modes; use the model "
                                "itself there")
-        return self._program.run(x)
+        return self._program.run(x.resolve_neg().resolve_conj())  # no lazy views in C++
 
     def __reduce__(self):  # pickle and copy.deepcopy
         raise TypeError("a FrozenModel cannot be pickled or copied: save the model's state_dict "

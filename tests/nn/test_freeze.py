@@ -3,6 +3,7 @@ with the float64 model, the live eval forward and torchvision; a snapshot that l
 reach; clear errors for what it cannot run and for bad inputs."""
 import copy
 import pickle
+import re
 
 import pytest
 import torch
@@ -274,6 +275,39 @@ def test_one_pixel_images(randomize_bn):
     model = randomize_bn(fastdw.models.mobilenet_v3_small(num_classes=10)).eval()
     x = torch.randn(2, 3, 1, 1)
     assert rel_err(freeze(model)(x), as_float64(model, x)) < 1e-5
+
+
+def test_replaced_forwards_are_refused(randomize_bn):
+    class LoudConv(ConvBNAct):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    layer = ConvBNAct(3, 8).eval()
+    layer.forward = lambda x: x  # an instance override, as instrumentation does
+    subclass = LoudConv(3, 8).eval()
+    model = fastdw.models.mobilenet_v2(num_classes=10).eval()
+    model.forward = lambda x: x
+    for module, where in ((nn.Sequential(layer), "0 (ConvBNAct)"),
+                          (nn.Sequential(subclass), "0 (LoudConv)"), (model, "the model")):
+        with pytest.raises(TypeError, match=f"{re.escape(where)} has a forward of its own"):
+            freeze(module)
+
+
+def test_autocast_lazy_views_and_a_bias_free_linear(randomize_bn):
+    model = randomize_bn(fastdw.models.mobilenet_v3_small(num_classes=10)).eval()
+    model.classifier[3] = nn.Linear(1024, 10, bias=False)
+    torch.set_default_dtype(torch.float64)  # the missing bias must still be float32
+    try:
+        frozen = freeze(model)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    x = torch.randn(1, 3, 64, 64)
+    ref = as_float64(model, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a frozen model stays float32
+        assert rel_err(frozen(x), ref) < 1e-5
+    negated = torch.complex(torch.zeros_like(x), -x).conj().imag  # x, behind a negative bit
+    assert negated.is_neg()
+    assert rel_err(frozen(negated), ref) < 1e-5
 
 
 def test_repr_lists_the_steps_and_pickling_says_what_to_do():
