@@ -3,10 +3,11 @@
 // in-place activations) run back to back in one C++ call. fastdw/nn/freeze.py builds it from a
 // model, with every BatchNorm folded and every tensor a private snapshot.
 //
-// Why: at batch 1 a MobileNet block takes 20-80 us, and a module's Python around its kernel
-// (nn.Module call, the fold cache's stamp, the custom-op dispatcher with 17 arguments) adds
-// ~10 us more. A program has none of that between steps, and it keeps activations channels-last
-// from the first step to the last whatever the input's layout.
+// Why: at batch 1 a MobileNet block's kernel is short enough that the Python around it in a
+// module-by-module forward (nn.Module call, the fold cache's stamp, argument passing) is a large
+// share of its time (bench/compare_cpu.py: fastdw_cpp against fastdw_frozen). A program has none
+// of that between steps, and it keeps activations channels-last from the first step to the last
+// whatever the input's layout.
 #include "checks.h"
 #include "ops.h"
 
