@@ -11,13 +11,13 @@ from torchvision.models import mobilenetv3 as _tv_v3
 from torchvision.ops.misc import Conv2dNormActivation, SqueezeExcitation
 
 from fastdw.nn.blocks import InvertedResidual, InvertedResidualV3
-from fastdw.nn.layers import ACT_MODULES, ConvBNAct, DWConvBNAct, SqueezeExcite
-
-_ACT_NAMES = {cls: name for name, cls in ACT_MODULES.items()}
-
-
-def _symmetric(pair):
-    return isinstance(pair, tuple) and len(set(pair)) == 1
+from fastdw.nn.layers import (
+    ACT_NAMES,
+    ConvBNAct,
+    DWConvBNAct,
+    SqueezeExcite,
+    symmetric_conv,
+)
 
 
 def _conv_bn_act(module):
@@ -25,10 +25,8 @@ def _conv_bn_act(module):
             or type(module[1]) is not nn.BatchNorm2d:
         return None
     conv = module[0]
-    act = "none" if len(module) == 2 else _ACT_NAMES.get(type(module[2]))
-    if (act is None or conv.bias is not None or conv.padding_mode != "zeros"
-            or not all(_symmetric(p) for p in (conv.kernel_size, conv.stride, conv.padding,
-                                               conv.dilation))):
+    act = "none" if len(module) == 2 else ACT_NAMES.get(type(module[2]))
+    if act is None or not symmetric_conv(conv):
         return None
     cls = DWConvBNAct if conv.groups == conv.in_channels else ConvBNAct
     return cls.wrap(conv, module[1], act)

@@ -15,10 +15,8 @@ from torch import nn
 from fastdw import backend
 from fastdw.nn._fold import FusedCall, fold_conv, foldable
 from fastdw.nn.blocks import _InvertedResidualBlock
-from fastdw.nn.layers import ACT_MODULES, ConvBNAct, Linear
+from fastdw.nn.layers import ACT_MODULES, ACT_NAMES, ConvBNAct, Linear, symmetric_conv
 from fastdw.ops import _dispatch
-
-_ACT_NAMES = {cls: name for name, cls in ACT_MODULES.items()}
 
 
 def _heads():
@@ -90,14 +88,6 @@ def _check_foldable(bn, path):
 
 def _is_global_pool(module):
     return type(module) is nn.AdaptiveAvgPool2d and module.output_size in (1, (1, 1))
-
-
-def _symmetric_conv(conv):
-    """What the program's steps assume of a ConvBNAct's conv, which ConvBNAct.wrap does not
-    check: square kernel, equal strides, paddings and dilations, zero padding, no bias."""
-    pairs = (conv.kernel_size, conv.stride, conv.padding, conv.dilation)
-    return (all(isinstance(p, tuple) and len(set(p)) == 1 for p in pairs)
-            and conv.padding_mode == "zeros" and conv.bias is None)
 
 
 def _snapshot(value):
@@ -179,8 +169,8 @@ class _Builder:
             if module.training:
                 raise ValueError(f"freeze() needs an eval-mode model: {path} is in training "
                                  "mode (call model.eval())")
-        elif type(module) in _ACT_NAMES:
-            self._act(_ACT_NAMES[type(module)], path)
+        elif type(module) in ACT_NAMES:
+            self._act(ACT_NAMES[type(module)], path)
         elif _is_global_pool(module):
             self.pool(path)
             self.pooled_at = path
@@ -210,7 +200,7 @@ class _Builder:
         self._expect(path, 4)
         conv, bn = layer[0], layer[1]
         _check_foldable(bn, f"{path}.1")
-        if not _symmetric_conv(conv):
+        if not symmetric_conv(conv):
             raise TypeError(f"freeze() cannot run {path}.0 ({conv!r}) in C++: it runs square "
                             "kernels with equal strides, paddings and dilations, zero padding "
                             "and no conv bias")

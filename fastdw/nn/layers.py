@@ -27,6 +27,18 @@ ACT_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish,
                "hardsigmoid": nn.Hardsigmoid, "silu": nn.SiLU}
 
 
+# activation module class -> act name
+ACT_NAMES = {cls: name for name, cls in ACT_MODULES.items()}
+
+
+def symmetric_conv(conv: nn.Conv2d) -> bool:
+    """Whether a conv is one the fused layers compute exactly (ConvBNAct.wrap does not check):
+    square kernel, equal strides, paddings and dilations, zero padding, no bias."""
+    pairs = (conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+    return (all(isinstance(p, tuple) and len(set(p)) == 1 for p in pairs)
+            and conv.padding_mode == "zeros" and conv.bias is None)
+
+
 def act_module(act):
     if act != "none" and act not in ACT_MODULES:
         raise ValueError(f"act must be one of {['none', *ACT_MODULES]}, got {act!r}")

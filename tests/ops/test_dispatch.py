@@ -9,6 +9,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+import fastdw.backend
 import fastdw.models
 import fastdw.nn
 from fastdw import ops
@@ -134,6 +135,8 @@ def test_flop_counter_sees_a_fused_model_classifier():
     assert counter.get_total_flops() == 2 * 1280 * 10
 
 
+@pytest.mark.skipif("cpp" not in fastdw.backend.usable("cpu"),
+                    reason="freeze() needs fastdw._C (the cpp backend), which is not built")
 def test_frozen_model_refuses_modes():
     frozen = fastdw.nn.freeze(nn.Sequential(fastdw.nn.ConvBNAct(3, 8).eval()))
     x = torch.randn(1, 3, 8, 8)
