@@ -7,6 +7,8 @@ from torchvision.models import MobileNet_V3_Large_Weights, MobileNet_V3_Small_We
 from fastdw.models import weights as _weights
 from fastdw.models._build import check_arguments, init_weights, make_divisible
 from fastdw.nn import ConvBNAct, InvertedResidualV3, Linear
+from fastdw.nn._fold import CachedForward
+from fastdw.nn.freeze import eval_forward
 
 # Bottlenecks of the paper's Tables 1 and 2 after the 16-channel stem:
 # (kernel, expanded channels, output channels, squeeze-excite, activation, stride).
@@ -30,7 +32,7 @@ _LAST_CHANNEL = {"large": 1280, "small": 1024}
 _BN = dict(eps=1e-3, momentum=0.01)
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(CachedForward, nn.Module):
     def __init__(self, arch, width_mult=1.0, reduced_tail=False, num_classes=1000, dropout=0.2):
         super().__init__()
         check_arguments(width_mult=width_mult, num_classes=num_classes, dropout=dropout)
@@ -62,6 +64,9 @@ class MobileNetV3(nn.Module):
         init_weights(self)
 
     def forward(self, x):
+        out = eval_forward(self, x)  # no_grad eval on cpp: the model as one C++ call
+        if out is not None:
+            return out
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 

@@ -9,9 +9,12 @@ torch.compile traces (the compiled graph folds itself). The cache holds a stamp 
 under its owner: each module's attributes (`train()`, `bn.eps = ...`), children
 (`block.conv[1] = ...`) and parameters and buffers by identity, plus each tensor's version
 counter and data pointer, so in-place edits (`bn.running_var.mul_(2)`, optimizer steps,
-load_state_dict), `.data = ...` swaps and `.to()`/`.half()` all invalidate it. What it cannot
-see is an in-place edit through `.data` (`bn.weight.data.mul_(2)`: `.data` has its own version
-counter) or through memory shared outside torch (`.numpy()`, DLPack), which bumps no counter.
+load_state_dict), `.data = ...` swaps, `module.__class__ = ...` and `.to()`/`.half()` all
+invalidate it. A cache that stands in for a whole forward (the models' eval program,
+fastdw.nn.freeze.eval_forward) also stamps tensor-free leaves, hook dicts and the dicts of the
+modules' classes. What it cannot see is an in-place edit through `.data`
+(`bn.weight.data.mul_(2)`: `.data` has its own version counter) or through memory shared
+outside torch (`.numpy()`, DLPack), which bumps no counter.
 """
 import itertools
 import operator
@@ -32,26 +35,44 @@ def foldable(*bns: nn.BatchNorm2d) -> bool:
     return all(not bn.training and bn.running_var is not None for bn in bns)
 
 
-def _stamp(owner):
+# Module dicts a hook is added to in place (register_forward_hook and friends).
+_hook_dicts = operator.attrgetter("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks",
+                                  "_backward_hooks")
+
+
+def _stamp(owner, whole=False):
     """What _unchanged compares, or None when a tensor has no version counter (inference
-    tensors), which makes caching unsafe."""
-    # Leaves without tensors (activations) are never read, and neither are empty dicts.
-    mods = [m for m in owner.modules() if m._modules or m._parameters or m._buffers]
-    dicts = [d for m in mods for d in (m.__dict__, m._modules)]
+    tensors), which makes caching unsafe.
+
+    whole: for a value that stands in for owner's whole forward, so that no module under owner
+    runs its own: then every module counts, tensor-free leaves too (`dropout.train()`), with its
+    hook dicts and the dicts of its classes (a forward replaced on a class); otherwise the
+    modules a fused call reads."""
+    if whole:
+        mods = list(owner.modules())
+        classes = {c for m in mods for c in type(m).__mro__ if c not in (nn.Module, object)}
+        dicts = [d for m in mods for d in (m.__dict__, m._modules, *_hook_dicts(m))]
+        dicts += [c.__dict__ for c in classes]  # mappingproxies; == compares their dicts
+    else:
+        # Leaves without tensors (activations) are never read, and neither are empty dicts.
+        mods = [m for m in owner.modules() if m._modules or m._parameters or m._buffers]
+        dicts = [d for m in mods for d in (m.__dict__, m._modules)]
     tensor_dicts = [d for m in mods for d in (m._parameters, m._buffers) if d]
     tensors = list(_values(map(dict.values, tensor_dicts)))
     live = [t for t in tensors if t is not None]
     if any(map(torch.Tensor.is_inference, live)):
         return None
-    return (dicts, [dict(d) for d in dicts], tensor_dicts, tensors, live,
-            list(map(_version, live)), list(map(torch.Tensor.data_ptr, live)))
+    return (mods, list(map(type, mods)), dicts, [dict(d) for d in dicts], tensor_dicts, tensors,
+            live, list(map(_version, live)), list(map(torch.Tensor.data_ptr, live)))
 
 
 def _unchanged(stamp):
     # Only C-level loops (map, ==): this runs on every call. The live dicts are compared with
     # their copies (same objects compare equal by identity, without calling their __eq__);
     # tensors are compared by identity, never with ==.
-    dicts, copies, tensor_dicts, tensors, live, versions, pointers = stamp
+    mods, types, dicts, copies, tensor_dicts, tensors, live, versions, pointers = stamp
+    if list(map(type, mods)) != types:  # module.__class__ = ...
+        return False
     try:
         if dicts != copies:
             return False
@@ -63,9 +84,10 @@ def _unchanged(stamp):
             and list(map(torch.Tensor.data_ptr, live)) == pointers)
 
 
-def cached(owner: nn.Module, compute):
+def cached(owner: nn.Module, compute, whole=False):
     """compute() (which reads only modules under `owner` and must not depend on the forward's
-    input), cached on `owner` while nothing there changes; None results are not cached."""
+    input), cached on `owner` while nothing there changes (_stamp(owner, whole)); None results
+    are not cached."""
     if torch.compiler.is_compiling() or torch.is_grad_enabled():
         return compute()
     # [stamp, value], replaced in place (one atomic slice assignment, read with one unpack):
@@ -76,7 +98,7 @@ def cached(owner: nn.Module, compute):
     stamp, value = entry
     if stamp is not None and _unchanged(stamp):
         return value
-    stamp = _stamp(owner)
+    stamp = _stamp(owner, whole)
     value = compute()
     entry[:] = (stamp, value) if value is not None else (None, None)
     return value
@@ -84,12 +106,17 @@ def cached(owner: nn.Module, compute):
 
 class CachedForward:
     """Base of modules whose forward uses cached(): copies and pickles start with no cache, as
-    its stamp refers to this very module's dicts."""
+    its stamp refers to this very module's dicts, and `.to()`, `.double()` and the like drop it
+    at once rather than at the next forward (its tensors would stay alive until then)."""
 
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_fold_cache", None)
         return state
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__.pop("_fold_cache", None)
+        return super()._apply(fn, *args, **kwargs)
 
 
 def fold_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d):

@@ -8,12 +8,17 @@ forward (bench/compare_cpu.py: fastdw_cpp against fastdw_frozen).
 Like torch.jit.freeze or an ONNX Runtime session it is a snapshot: it holds copies of the folded
 weights, so later edits to the model (training steps, load_state_dict, attribute changes) are not
 seen; freeze again after them. It runs float32 CPU inputs and has no autograd.
+
+fastdw.models' own eval forward under no_grad runs the same program, but live (eval_forward):
+it views the model's tensors and is rebuilt whenever the model changes.
 """
+import itertools
+
 import torch
 from torch import nn
 
 from fastdw import backend
-from fastdw.nn._fold import FusedCall, fold_conv, foldable
+from fastdw.nn._fold import FusedCall, cached, fold_conv, foldable
 from fastdw.nn.blocks import _InvertedResidualBlock
 from fastdw.nn.layers import ACT_MODULES, ACT_NAMES, ConvBNAct, Linear, symmetric_conv
 from fastdw.ops import _dispatch
@@ -34,6 +39,12 @@ def freeze(model: nn.Module) -> "FrozenModel":
     activation modules, Dropout, Identity, AdaptiveAvgPool2d(1) followed by Flatten(), and Linear
     layers; it must be in eval mode, float32, on the CPU, without forward hooks. Needs the cpp
     backend (fastdw._C)."""
+    return FrozenModel(_build(model, _snapshot))
+
+
+def _build(model, keep):
+    """The program of model's eval forward (a finished _Builder); `keep(value)` is what a step
+    holds of each of its arguments."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     cpp = backend.info()["cpp"]
@@ -47,7 +58,7 @@ def freeze(model: nn.Module) -> "FrozenModel":
             if t is not None and (t.dtype not in (torch.float32, torch.int64) or not t.is_cpu):
                 raise TypeError(f"freeze() needs a float32 CPU model; {name or 'model'} holds "
                                 f"a {t.dtype} tensor on {t.device}")
-    builder = _Builder()
+    builder = _Builder(keep)
     # Outside inference mode (tensors of a frozen model have version counters, so their packed
     # copies are cached), then no_grad (inference_mode(False) turns grad mode back on).
     with torch.inference_mode(False), torch.no_grad():
@@ -66,7 +77,7 @@ def freeze(model: nn.Module) -> "FrozenModel":
         else:
             raise TypeError(f"freeze() takes a MobileNet or an nn.Sequential, got "
                             f"{type(model).__name__}")
-    return FrozenModel(builder.finish())
+    return builder.finish()
 
 
 # The forwards the steps stand in for, as they were when this module was imported: a module
@@ -75,6 +86,14 @@ def freeze(model: nn.Module) -> "FrozenModel":
 _FORWARDS = {cls: cls.forward for cls in (
     nn.Sequential, nn.Dropout, nn.Identity, nn.Flatten, nn.AdaptiveAvgPool2d, nn.Linear, Linear,
     ConvBNAct, _InvertedResidualBlock, *ACT_MODULES.values())}
+
+
+def _check_forward(module, path):
+    base = next((cls for cls in type(module).__mro__ if cls in _FORWARDS), None)
+    if base is not None and ("forward" in module.__dict__
+                             or type(module).forward is not _FORWARDS[base]):
+        raise TypeError(f"freeze(): {path} ({type(module).__name__}) has a forward of its "
+                        "own, which the program would not run")
 
 
 def _check_foldable(bn, path):
@@ -97,13 +116,20 @@ def _snapshot(value):
     return value.detach().clone(memory_format=torch.contiguous_format)
 
 
+def _view(value):
+    """The model's own tensor (for a program whose cache stamp sees every edit); other values as
+    they are."""
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
 class _Builder:
     """Walks modules in forward order and turns them into steps of a fastdw_cpp.Program,
     tracking the rank and channels of the running tensor so that layouts the program cannot run
     fail here, not at the first call. A step is added one module late: an activation module that
     follows a step without one becomes that step's epilogue."""
 
-    def __init__(self):
+    def __init__(self, keep):
+        self.keep = keep         # what a step holds of each argument: _snapshot or _view
         self.program = torch.classes.fastdw_cpp.Program()
         self.names = []          # step names, for repr
         self.in_shape = None     # (rank, channels or None: any) the first step takes
@@ -147,11 +173,7 @@ class _Builder:
                             f"{self.rank}-D output of the layer before it")
 
     def add(self, module, path):
-        base = next((cls for cls in type(module).__mro__ if cls in _FORWARDS), None)
-        if base is not None and ("forward" in module.__dict__
-                                 or type(module).forward is not _FORWARDS[base]):
-            raise TypeError(f"freeze(): {path} ({type(module).__name__}) has a forward of its "
-                            "own, which the program would not run")
+        _check_forward(module, path)
         if self.pooled_at is not None and type(module) is not nn.Sequential:
             if type(module) is not nn.Flatten or (module.start_dim, module.end_dim) != (1, -1):
                 raise TypeError(f"freeze(): {self.pooled_at} (AdaptiveAvgPool2d) must be "
@@ -194,7 +216,7 @@ class _Builder:
         if not fused.cpp:  # only a squeeze-excite without biases
             raise TypeError(f"freeze() cannot run {path} in C++ (its squeeze-excite has no bias)")
         self._step(path, "inverted_residual", 4, fused.in_channels, 4, block.out_channels,
-                   "add_inverted_residual", map(_snapshot, fused.kernel_args))
+                   "add_inverted_residual", map(self.keep, fused.kernel_args))
 
     def _conv_bn_act(self, layer, path):
         self._expect(path, 4)
@@ -205,6 +227,8 @@ class _Builder:
                             "kernels with equal strides, paddings and dilations, zero padding "
                             "and no conv bias")
         act_modules = list(layer)[2:]
+        for i, act in enumerate(act_modules, 2):  # the stem's eval forward calls its act module
+            _check_forward(act, f"{path}.{i}")
         if [type(m) for m in act_modules] != [ACT_MODULES[a] for a in (layer.act,)
                                               if a != "none"]:
             raise TypeError(f"freeze(): {path}'s activation modules {act_modules} are not its "
@@ -212,7 +236,7 @@ class _Builder:
         c_in, c_out = conv.in_channels, conv.out_channels
         folded = layer._folded()
         if isinstance(folded, FusedCall) and folded.cpp:
-            args = list(map(_snapshot, folded.kernel_args))
+            args = list(map(self.keep, folded.kernel_args))
             if folded.name == "pwconv_bn_act":
                 args = args[:4]  # the residual (None) is not a step's
             self._step(path, folded.name, 4, c_in, 4, c_out, f"add_{folded.name}", args,
@@ -221,7 +245,7 @@ class _Builder:
         # Layers no fastdw kernel covers: the stem, depthwise with a channel multiplier.
         weight, bias = fold_conv(conv, bn)
         self._step(path, "conv", 4, c_in, 4, c_out, "add_conv",
-                   (_snapshot(weight), _snapshot(bias), conv.stride[0], conv.padding[0],
+                   (self.keep(weight), self.keep(bias), conv.stride[0], conv.padding[0],
                     conv.dilation[0], conv.groups, layer.act), act_index=6)
 
     def _linear(self, linear, path):
@@ -229,7 +253,7 @@ class _Builder:
         bias = linear.bias if linear.bias is not None else linear.weight.new_zeros(
             linear.out_features)
         self._step(path, "linear", 2, linear.in_features, 2, linear.out_features,
-                   "add_linear", (_snapshot(linear.weight), _snapshot(bias), "none"),
+                   "add_linear", (self.keep(linear.weight), self.keep(bias), "none"),
                    act_index=2)
 
     def _act(self, act, path):
@@ -282,3 +306,44 @@ class FrozenModel:
 
     def __repr__(self):
         return f"FrozenModel(steps={list(self.steps)})"
+
+
+def eval_forward(model, x):
+    """model(x) for fastdw.models' MobileNets in eval mode: a program of the model as it is now
+    (not a snapshot: it views the model's tensors), cached under the stamp of the whole model
+    (_fold._stamp with whole=True: in-place edits, swapped tensors, attributes, modules, mode
+    changes, hooks and forwards replaced on a module or a class all rebuild it). None where the
+    module-by-module forward must run instead: grad mode, training, anything watching
+    (ops._dispatch.observed, functorch), autocast (the stem conv would run in its dtype, the
+    program runs float32), an x other than a plain non-empty 4-D float32 CPU tensor
+    with the model's input channels, a backend other than cpp, hooks (the program runs no
+    submodule), inference-tensor weights (no version counters, so no stamp), or a model
+    freeze() refuses (that answer is cached too)."""
+    if (torch.is_grad_enabled() or model.training or type(x) is not torch.Tensor
+            or x.dtype is not torch.float32 or not x.is_cpu or x.dim() != 4 or x.numel() == 0
+            or _global_hooks() or _dispatch.observed() or torch.is_autocast_enabled("cpu")
+            or torch._C._are_functorch_transforms_active()
+            or backend.resolve(None, "cpu") != "cpp"):
+        return None
+    frozen = cached(model, lambda: _live_program(model), whole=True)
+    if not frozen or frozen._channels != x.shape[1]:
+        return None
+    return frozen._program.run(x.resolve_neg().resolve_conj())
+
+
+def _global_hooks():
+    module = nn.modules.module
+    return (module._global_forward_pre_hooks or module._global_forward_hooks
+            or module._global_backward_pre_hooks or module._global_backward_hooks)
+
+
+def _live_program(model):
+    """A FrozenModel viewing model's own tensors, or False where freeze() refuses the model or
+    its tensors are inference tensors (they have no version counter, so no stamp would ever
+    hold and each call would build a program anew)."""
+    if any(t.is_inference() for t in itertools.chain(model.parameters(), model.buffers())):
+        return False
+    try:
+        return FrozenModel(_build(model, _view))
+    except (TypeError, ValueError):
+        return False

@@ -23,7 +23,7 @@ def count(model, cls):
     (torchvision.models.mobilenet_v3_small, {},
      (mobilenetv3.InvertedResidual, fnn.InvertedResidualV3)),
 ])
-def test_convert_torchvision_model(builder, kwargs, blocks, randomize_bn):
+def test_convert_torchvision_model(builder, kwargs, blocks, randomize_bn, accurate):
     tv = randomize_bn(builder(**kwargs)).eval()
     n_blocks = count(tv, blocks[0])
     model = fnn.convert(copy.deepcopy(tv))
@@ -34,7 +34,7 @@ def test_convert_torchvision_model(builder, kwargs, blocks, randomize_bn):
         assert torch.equal(a, b), name
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        assert rel_err(model(x), tv(x)) < 1e-5
+        assert accurate(model(x), tv, x)
     tv.load_state_dict(model.state_dict(), strict=True)
 
 
@@ -47,7 +47,7 @@ def test_convert_keeps_modules_and_train_mode():
     assert all(m.training for m in model.modules())
 
 
-def test_convert_leaves_dilated_v3_blocks_but_converts_their_layers(randomize_bn):
+def test_convert_leaves_dilated_v3_blocks_but_converts_their_layers(randomize_bn, accurate):
     """Dilated depthwise convs are outside the fused block op: those blocks stay torchvision's,
     their layers still become fastdw layers, and the function is unchanged."""
     tv = randomize_bn(torchvision.models.mobilenet_v3_small(dilated=True)).eval()
@@ -57,7 +57,7 @@ def test_convert_leaves_dilated_v3_blocks_but_converts_their_layers(randomize_bn
     assert all(isinstance(m.block[1], fnn.DWConvBNAct) for m in kept)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert rel_err(model(x), tv(x)) < 1e-5
+        assert accurate(model(x), tv, x)
 
 
 def test_convert_skips_what_it_cannot_compute():
