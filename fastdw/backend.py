@@ -78,19 +78,35 @@ def _check_name(name, origin):
     return name
 
 
+_auto_choices = {}  # device type -> the backend "auto" picks there
+
+
+def _auto(device_type):
+    """The backend "auto" picks for a device type (fixed, like availability; marked constant
+    for torch.compile below)."""
+    name = _auto_choices.get(device_type)
+    if name is None:
+        name = _auto_choices[device_type] = next(
+            (n for n in AUTO_ORDER.get(device_type, ())
+             if _unusable_reason(n, device_type) is None), "reference")
+    return name
+
+
+_auto._dynamo_marked_constant = True
+
+
 def resolve(requested, device_type):
     """The backend name one op call runs on (torch.compile guards on the choice)."""
     if requested is not None:
         name = _check_name(requested, "backend")
-    elif _stack.get():
-        name = _stack.get()[-1]
+    elif stack := _stack.get():
+        name = stack[-1]
     elif _default is not None:
         name = _default
     else:
         name = _check_name(os.environ.get("FASTDW_BACKEND", "auto"), "FASTDW_BACKEND")
     if name == "auto":
-        return next((n for n in AUTO_ORDER.get(device_type, ())
-                     if _unusable_reason(n, device_type) is None), "reference")
+        return _auto(device_type)
     reason = _unusable_reason(name, device_type)
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run on {device_type}: {reason}")

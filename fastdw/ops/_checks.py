@@ -33,7 +33,7 @@ def _tensor(t, name):
 
 
 def _same_device(t, name, x):
-    if t.device != x.device:
+    if not (t.is_cpu and x.is_cpu) and t.device != x.device:  # is_cpu: no device objects
         raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
 
 
@@ -53,7 +53,7 @@ def like_input(t, name, x, shape):
     _same_device(t, name, x)
     if t.dtype != x.dtype:
         raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}")
-    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+    if t.dim() != len(shape) or [s for s, d in zip(shape, t.shape) if s is not None and s != d]:
         want = tuple("*" if s is None else s for s in shape)
         raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
     if t.numel() == 0:
@@ -77,7 +77,8 @@ def per_channel(t, name, x, length, default):
     _same_device(t, name, x)
     if t.shape != (length,):
         raise ValueError(f"{name} must have shape ({length},), got {tuple(t.shape)}")
-    return t.to(compute_dtype(x.dtype))
+    dtype = compute_dtype(x.dtype)
+    return t if t.dtype is dtype else t.to(dtype)
 
 
 def conv_output_size(size, kernel, stride, padding, dilation, name):

@@ -14,7 +14,8 @@ from torch.utils._device import DeviceContext
 
 from fastdw import backend as _backend
 
-_PLAIN_TYPES = (torch.Tensor, nn.Parameter)  # Parameter handles no torch function itself
+# Parameter handles no torch function itself; None stands for an absent optional tensor.
+_PLAIN_TYPES = frozenset((torch.Tensor, nn.Parameter, type(None)))
 
 
 def _function_mode_watching():
@@ -36,7 +37,7 @@ def observed() -> bool:
 
 def plain(t) -> bool:
     """t is None or a tensor that is not a subclass handling ops itself."""
-    return t is None or type(t) in _PLAIN_TYPES
+    return type(t) in _PLAIN_TYPES
 
 
 def unobserved(tensors) -> bool:
@@ -45,7 +46,7 @@ def unobserved(tensors) -> bool:
     tensor is a subclass."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return False
-    return all(map(plain, tensors)) and not observed()
+    return _PLAIN_TYPES.issuperset(map(type, tensors)) and not observed()
 
 
 def call(custom_op, name, tensors, args, backend):
