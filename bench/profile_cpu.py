@@ -3,12 +3,14 @@
     python bench/profile_cpu.py --models mobilenet_v2 mobilenet_v3_large --batch 1 8 --threads 2
 
 Part 1 (torch.profiler over --iters forwards of the whole fastdw model, cpp backend,
-channels_last): self + child time per op group, ms per forward. `fastdw::<op>` is the public
-Python custom op (validation, dispatch, backend lookup) and `fastdw_cpp::<op>` the C++ kernel
-inside it; their difference is the Python/custom-op overhead, shown per call (under no_grad the
+channels_last, module by module: `model._forward_modules`, because the one C++ program that
+`model(x)` runs under no_grad calls the same kernels without the dispatcher events a profile
+needs): self + child time per op group, ms per forward. `fastdw::<op>` is the public Python
+custom op (validation, dispatch, backend lookup) and `fastdw_cpp::<op>` the C++ kernel inside
+it; their difference is the Python/custom-op overhead, shown per call (under no_grad the
 fastdw.nn modules call the C++ kernels directly once their arguments have passed the public op,
-so a model forward shows only `fastdw_cpp::<op>` rows). Profiler
-instrumentation itself adds a few us per event, so totals are above compare_cpu.py's.
+so a model forward shows only `fastdw_cpp::<op>` rows). Profiler instrumentation itself adds a
+few us per event, so totals are above compare_cpu.py's.
 
 Part 2 (--blocks): each feature block of the model timed alone on its real input, fastdw cpp
 against torch.compile + freezing of the stock torchvision block on channels_last (median of
@@ -61,20 +63,20 @@ def inside_aten_row(ev):
 
 
 def profile_model(stock, x, iters):
-    model = fastdw_model(stock)
+    forward = fastdw_model(stock)._forward_modules
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), fastdw.use_backend("cpp"):
         for _ in range(3):
-            model(x)
+            forward(x)
         t0 = time.perf_counter()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             for _ in range(iters):
-                model(x)
+                forward(x)
         wall = (time.perf_counter() - t0) * 1e3 / iters
         times = []
         for _ in range(iters):
             t = time.perf_counter()
-            model(x)
+            forward(x)
             times.append(time.perf_counter() - t)
     rows = collections.defaultdict(lambda: [0.0, 0])
     for ev in prof.events():

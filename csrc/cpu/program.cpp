@@ -1,7 +1,8 @@
 // torch.classes.fastdw_cpp.Program: a frozen eval-mode forward, i.e. a fixed sequence of steps
 // (fastdw kernels, plus the ATen ops a MobileNet needs around them: a general conv for the stem,
 // in-place activations) run back to back in one C++ call. fastdw/nn/freeze.py builds it from a
-// model, with every BatchNorm folded and every tensor a private snapshot.
+// model, with every BatchNorm folded: for freeze(), every tensor a private snapshot; for the
+// models' own eval forward, views of the model's tensors under a stamp that sees their edits.
 //
 // Why: at batch 1 a MobileNet block's kernel is short enough that the Python around it in a
 // module-by-module forward (nn.Module call, the fold cache's stamp, argument passing) is a large
@@ -72,7 +73,7 @@ void check_matrix(const at::Tensor& x, const char* name, int64_t cols) {
 
 class Program : public torch::CustomClassHolder {
  public:
-  // Each add_* appends a step; its tensors are kept as given (freeze() passes snapshots), and
+  // Each add_* appends a step; its tensors are kept as given (snapshots or views), and
   // the kernel validates them, and x, on every run.
 
   // Conv2d with bias (BN folded in) + activation: layers no fastdw kernel covers (the stem).

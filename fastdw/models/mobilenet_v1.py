@@ -35,9 +35,10 @@ class MobileNetV1(CachedForward, nn.Module):
         init_weights(self)
 
     def forward(self, x):
-        out = eval_forward(self, x)  # no_grad eval on cpp: the model as one C++ call
-        if out is not None:
-            return out
+        # no_grad eval on cpp: the model as one C++ program; otherwise module by module
+        return eval_forward(self, x, self._forward_modules)
+
+    def _forward_modules(self, x):
         x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
         return self.classifier(torch.flatten(x, 1))
 

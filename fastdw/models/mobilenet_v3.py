@@ -64,9 +64,10 @@ class MobileNetV3(CachedForward, nn.Module):
         init_weights(self)
 
     def forward(self, x):
-        out = eval_forward(self, x)  # no_grad eval on cpp: the model as one C++ call
-        if out is not None:
-            return out
+        # no_grad eval on cpp: the model as one C++ program; otherwise module by module
+        return eval_forward(self, x, self._forward_modules)
+
+    def _forward_modules(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 

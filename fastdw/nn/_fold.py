@@ -8,13 +8,16 @@ where nothing can observe it: no autograd (cached tensors carry no graph) and no
 torch.compile traces (the compiled graph folds itself). The cache holds a stamp of every module
 under its owner: each module's attributes (`train()`, `bn.eps = ...`), children
 (`block.conv[1] = ...`) and parameters and buffers by identity, plus each tensor's version
-counter and data pointer, so in-place edits (`bn.running_var.mul_(2)`, optimizer steps,
+counter and data pointer, so in-place edits (`bn.running_var.mul_(2)`, most optimizer steps,
 load_state_dict), `.data = ...` swaps, `module.__class__ = ...` and `.to()`/`.half()` all
 invalidate it. A cache that stands in for a whole forward (the models' eval program,
 fastdw.nn.freeze.eval_forward) also stamps tensor-free leaves, hook dicts and the dicts of the
-modules' classes. What it cannot see is an in-place edit through `.data`
-(`bn.weight.data.mul_(2)`: `.data` has its own version counter) or through memory shared
-outside torch (`.numpy()`, DLPack), which bumps no counter.
+modules' classes. What it cannot see is an in-place edit that bumps no version counter:
+through `.data` (`bn.weight.data.mul_(2)`: `.data` has its own counter), by an optimizer with
+fused=True (its kernel writes the parameters without bumping theirs; the default and
+foreach=True ones do) or through memory shared outside torch (`.numpy()`, DLPack); nor a
+`.data = ...` swap for a view of the same memory with other strides (`w.data = w.data.t()`).
+Toggling train()/eval() around such edits, as training loops do, invalidates it anyway.
 """
 import itertools
 import operator
@@ -40,8 +43,8 @@ _hook_dicts = operator.attrgetter("_forward_pre_hooks", "_forward_hooks", "_back
                                   "_backward_hooks")
 
 
-def _stamp(owner, whole=False):
-    """What _unchanged compares, or None when a tensor has no version counter (inference
+def take_stamp(owner, whole=False):
+    """What unchanged() compares, or None when a tensor has no version counter (inference
     tensors), which makes caching unsafe.
 
     whole: for a value that stands in for owner's whole forward, so that no module under owner
@@ -66,7 +69,7 @@ def _stamp(owner, whole=False):
             live, list(map(_version, live)), list(map(torch.Tensor.data_ptr, live)))
 
 
-def _unchanged(stamp):
+def unchanged(stamp):
     # Only C-level loops (map, ==): this runs on every call. The live dicts are compared with
     # their copies (same objects compare equal by identity, without calling their __eq__);
     # tensors are compared by identity, never with ==.
@@ -84,10 +87,9 @@ def _unchanged(stamp):
             and list(map(torch.Tensor.data_ptr, live)) == pointers)
 
 
-def cached(owner: nn.Module, compute, whole=False):
+def cached(owner: nn.Module, compute):
     """compute() (which reads only modules under `owner` and must not depend on the forward's
-    input), cached on `owner` while nothing there changes (_stamp(owner, whole)); None results
-    are not cached."""
+    input), cached on `owner` while nothing there changes; None results are not cached."""
     if torch.compiler.is_compiling() or torch.is_grad_enabled():
         return compute()
     # [stamp, value], replaced in place (one atomic slice assignment, read with one unpack):
@@ -96,18 +98,20 @@ def cached(owner: nn.Module, compute, whole=False):
     if entry is None:
         entry = owner.__dict__["_fold_cache"] = [None, None]
     stamp, value = entry
-    if stamp is not None and _unchanged(stamp):
+    if stamp is not None and unchanged(stamp):
         return value
-    stamp = _stamp(owner, whole)
+    stamp = take_stamp(owner)
     value = compute()
     entry[:] = (stamp, value) if value is not None else (None, None)
     return value
 
 
 class CachedForward:
-    """Base of modules whose forward uses cached(): copies and pickles start with no cache, as
-    its stamp refers to this very module's dicts, and `.to()`, `.double()` and the like drop it
-    at once rather than at the next forward (its tensors would stay alive until then)."""
+    """Base of modules whose forward uses cached() (or keeps a [stamp, value] entry of its own
+    under "_fold_cache"): copies and pickles start with no cache, as its stamp refers to this
+    very module's dicts, and a `.to()`, `.double()` or the like that changes the module's
+    tensors drops it at once rather than at the next forward (they would stay alive until
+    then)."""
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -115,8 +119,11 @@ class CachedForward:
         return state
 
     def _apply(self, fn, *args, **kwargs):
-        self.__dict__.pop("_fold_cache", None)
-        return super()._apply(fn, *args, **kwargs)
+        module = super()._apply(fn, *args, **kwargs)
+        entry = self.__dict__.get("_fold_cache")
+        if entry is not None and entry[0] is not None and not unchanged(entry[0]):
+            entry[:] = (None, None)
+        return module
 
 
 def fold_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d):

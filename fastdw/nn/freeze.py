@@ -1,24 +1,23 @@
 """freeze(model): an eval-mode MobileNet, or an nn.Sequential of fastdw layers, as one C++ program.
 
-A frozen model runs the C++ kernels the model's own eval forward runs, with every BatchNorm folded
-once, at freeze time, and nothing between the kernels: no nn.Module calls, no fold-cache stamps,
-no custom-op dispatch (csrc/cpu/program.cpp). At batch 1 that Python is a large share of a
-forward (bench/compare_cpu.py: fastdw_cpp against fastdw_frozen).
+A frozen model runs the C++ kernels the model's module-by-module eval forward runs, with every
+BatchNorm folded once, at freeze time, and nothing between the kernels: no nn.Module calls, no
+fold-cache stamps, no custom-op dispatch (csrc/cpu/program.cpp). At batch 1 that Python is a
+large share of a forward.
 
 Like torch.jit.freeze or an ONNX Runtime session it is a snapshot: it holds copies of the folded
 weights, so later edits to the model (training steps, load_state_dict, attribute changes) are not
 seen; freeze again after them. It runs float32 CPU inputs and has no autograd.
 
 fastdw.models' own eval forward under no_grad runs the same program, but live (eval_forward):
-it views the model's tensors and is rebuilt whenever the model changes.
+it views the model's tensors, and one stamp check of the whole model per call drops it
+whenever the model changes (bench/compare_cpu.py: fastdw_cpp against fastdw_frozen).
 """
-import itertools
-
 import torch
 from torch import nn
 
 from fastdw import backend
-from fastdw.nn._fold import FusedCall, cached, fold_conv, foldable
+from fastdw.nn._fold import FusedCall, fold_conv, foldable, take_stamp, unchanged
 from fastdw.nn.blocks import _InvertedResidualBlock
 from fastdw.nn.layers import ACT_MODULES, ACT_NAMES, ConvBNAct, Linear, symmetric_conv
 from fastdw.ops import _dispatch
@@ -63,12 +62,14 @@ def _build(model, keep):
     # copies are cached), then no_grad (inference_mode(False) turns grad mode back on).
     with torch.inference_mode(False), torch.no_grad():
         if type(model) in _heads():
-            if "forward" in model.__dict__:
+            if {"forward", "_forward_modules"} & model.__dict__.keys():
                 raise TypeError("freeze(): the model has a forward of its own, which the "
                                 "program would not run")
             avgpool = getattr(model, "avgpool", None)  # V3's module; V1/V2 call the function
-            if avgpool is not None and not _is_global_pool(avgpool):
-                raise TypeError(f"freeze() cannot run avgpool ({avgpool!r}) in C++")
+            if avgpool is not None:
+                _check_forward(avgpool, "avgpool")
+                if not _is_global_pool(avgpool):
+                    raise TypeError(f"freeze() cannot run avgpool ({avgpool!r}) in C++")
             builder.add(model.features, "features")
             builder.pool()
             builder.add(model.classifier, "classifier")
@@ -94,6 +95,15 @@ def _check_forward(module, path):
                              or type(module).forward is not _FORWARDS[base]):
         raise TypeError(f"freeze(): {path} ({type(module).__name__}) has a forward of its "
                         "own, which the program would not run")
+
+
+def _check_act_module(module, path):
+    """An activation module whose act name says what it computes: its class's own forward,
+    and a ReLU6 (a Hardtanh) still clamping to [0, 6]."""
+    _check_forward(module, path)
+    if isinstance(module, nn.Hardtanh) and (module.min_val, module.max_val) != (0.0, 6.0):
+        raise TypeError(f"freeze(): {path} clamps to [{module.min_val}, {module.max_val}], "
+                        "not ReLU6's [0, 6]")
 
 
 def _check_foldable(bn, path):
@@ -192,6 +202,7 @@ class _Builder:
                 raise ValueError(f"freeze() needs an eval-mode model: {path} is in training "
                                  "mode (call model.eval())")
         elif type(module) in ACT_NAMES:
+            _check_act_module(module, path)
             self._act(ACT_NAMES[type(module)], path)
         elif _is_global_pool(module):
             self.pool(path)
@@ -228,7 +239,7 @@ class _Builder:
                             "and no conv bias")
         act_modules = list(layer)[2:]
         for i, act in enumerate(act_modules, 2):  # the stem's eval forward calls its act module
-            _check_forward(act, f"{path}.{i}")
+            _check_act_module(act, f"{path}.{i}")
         if [type(m) for m in act_modules] != [ACT_MODULES[a] for a in (layer.act,)
                                               if a != "none"]:
             raise TypeError(f"freeze(): {path}'s activation modules {act_modules} are not its "
@@ -308,42 +319,53 @@ class FrozenModel:
         return f"FrozenModel(steps={list(self.steps)})"
 
 
-def eval_forward(model, x):
-    """model(x) for fastdw.models' MobileNets in eval mode: a program of the model as it is now
-    (not a snapshot: it views the model's tensors), cached under the stamp of the whole model
-    (_fold._stamp with whole=True: in-place edits, swapped tensors, attributes, modules, mode
-    changes, hooks and forwards replaced on a module or a class all rebuild it). None where the
-    module-by-module forward must run instead: grad mode, training, anything watching
-    (ops._dispatch.observed, functorch), autocast (the stem conv would run in its dtype, the
-    program runs float32), an x other than a plain non-empty 4-D float32 CPU tensor
-    with the model's input channels, a backend other than cpp, hooks (the program runs no
-    submodule), inference-tensor weights (no version counters, so no stamp), or a model
-    freeze() refuses (that answer is cached too)."""
+def eval_forward(model, x, forward_modules):
+    """model(x) for fastdw.models' MobileNets, whose module-by-module forward is
+    `forward_modules`. In eval mode under no_grad it runs a program of the model as it is now
+    (not a snapshot: it views the model's tensors), built on the first call that finds the
+    model unchanged since the one before, and kept while the stamp of the whole model holds
+    (_fold.take_stamp with whole=True: in-place edits, swapped tensors, attributes, modules,
+    mode changes, hooks and forwards replaced on a module or a class all drop it). So a model
+    that changes on every call (BatchNorms adapting to test data, torch.func.functional_call
+    between plain calls) costs a stamp per call, never a build.
+
+    forward_modules runs instead in grad mode, training, under anything watching
+    (ops._dispatch.observed, functorch), under autocast (the stem conv would run in its dtype,
+    the program runs float32), for an x other than a plain non-empty 4-D float32 CPU tensor
+    with the model's input channels, on a backend other than cpp, with hooks anywhere in the
+    model (the root's too), with inference-tensor weights (no version counters, so no stamp),
+    and for a model freeze() refuses (that answer is kept too)."""
     if (torch.is_grad_enabled() or model.training or type(x) is not torch.Tensor
             or x.dtype is not torch.float32 or not x.is_cpu or x.dim() != 4 or x.numel() == 0
             or _global_hooks() or _dispatch.observed() or torch.is_autocast_enabled("cpu")
             or torch._C._are_functorch_transforms_active()
             or backend.resolve(None, "cpu") != "cpp"):
-        return None
-    frozen = cached(model, lambda: _live_program(model), whole=True)
-    if not frozen or frozen._channels != x.shape[1]:
-        return None
-    return frozen._program.run(x.resolve_neg().resolve_conj())
+        return forward_modules(x)
+    entry = model.__dict__.get("_fold_cache")  # [stamp, program], replaced in one assignment
+    if entry is None:
+        entry = model.__dict__["_fold_cache"] = [None, None]
+    stamp, program = entry
+    if stamp is None or not unchanged(stamp):
+        out = forward_modules(x)
+        # Stamped after the call, which may itself have changed the model (fused modules
+        # create their fold caches on their first eval call).
+        entry[:] = (take_stamp(model, whole=True), None)
+        return out
+    if program is None:
+        try:
+            # A module in training mode, which freeze() refuses, is refused before anything
+            # is built: a BN adapting to test data changes the model on every call.
+            program = (not any(m.training for m in model.modules())
+                       and FrozenModel(_build(model, _view)))
+        except (TypeError, ValueError):  # what freeze() refuses
+            program = False
+        entry[:] = (stamp, program)
+    if not program or program._channels != x.shape[1]:
+        return forward_modules(x)
+    return program._program.run(x.resolve_neg().resolve_conj())
 
 
 def _global_hooks():
     module = nn.modules.module
     return (module._global_forward_pre_hooks or module._global_forward_hooks
             or module._global_backward_pre_hooks or module._global_backward_hooks)
-
-
-def _live_program(model):
-    """A FrozenModel viewing model's own tensors, or False where freeze() refuses the model or
-    its tensors are inference tensors (they have no version counter, so no stamp would ever
-    hold and each call would build a program anew)."""
-    if any(t.is_inference() for t in itertools.chain(model.parameters(), model.buffers())):
-        return False
-    try:
-        return FrozenModel(_build(model, _view))
-    except (TypeError, ValueError):
-        return False
