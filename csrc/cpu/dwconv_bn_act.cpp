@@ -2,11 +2,11 @@
 //   y[n,c,oh,ow] = act(scale[c] * sum_{i,j} x[n,c,oh*s-p+i*d,ow*s-p+j*d] * w[c,0,i,j] + shift[c])
 // computed channels-last by the vectorised loops in csrc/cpu/isa (see dw_chunk there).
 #include "checks.h"
+#include "output_arena.h"
 #include "ops.h"
 #include "packed_weights.h"
 #include <ATen/Parallel.h>
 
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 namespace fastdw_cpu {
@@ -38,8 +38,7 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   // Packed [k*k][C] fp32 taps: one vector load per tap and channel block.
   const at::Tensor wp = packed_dw_taps(weight);
   const at::Tensor sc = scale.contiguous(), sh = shift.contiguous();
-  at::Tensor y =
-      at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y = new_output(x, N, C, OH, OW);
 
   DwParams p{};
   p.x = xc.data_ptr();

@@ -19,11 +19,11 @@
 // in L2 for the SE layers of MobileNetV3), then the gate scales either d or the rows of the
 // project weights (y = (Wp diag(g)) d, which equals Wp (g * d)) and one GEMM projects it.
 #include "checks.h"
+#include "output_arena.h"
 #include "ops.h"
 #include "packed_weights.h"
 #include "parallel_gemm.h"
 
-#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
@@ -236,8 +236,7 @@ at::Tensor inverted_residual(
               "C_out, got stride ", stride, ", C_in ", Cin, ", C_out ", Cout);
 
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  at::Tensor y =
-      at::empty({N, Cout, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y = new_output(x, N, Cout, OH, OW);
   const at::Tensor dwp = packed_dw_taps(dw_w);
   const at::Tensor dws = dw_scale.contiguous(), dwb = dw_shift.contiguous();
 

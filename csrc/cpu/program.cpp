@@ -11,6 +11,7 @@
 // whatever the input's layout.
 #include "checks.h"
 #include "ops.h"
+#include "output_arena.h"
 
 #include <ATen/ops/conv2d.h>
 #include <ATen/ops/empty.h>
@@ -25,6 +26,8 @@
 #include <torch/library.h>
 
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -174,8 +177,11 @@ class Program : public torch::CustomClassHolder {
     // A program computes in float32 throughout: autocast would turn the ATen steps' outputs
     // (the stem conv) to bf16/fp16, which the next kernel refuses.
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const ArenaLease arena(*this);
     at::Tensor y = x.dim() == 4 ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
     for (size_t i = 0; i < steps_.size(); ++i) {
+      // The last step's output is the result: a new tensor, not an arena buffer.
+      const UseArena use(i + 1 < steps_.size() ? arena.get() : nullptr);
       try {
         y = steps_[i](y);
       } catch (c10::Error& err) {
@@ -185,6 +191,9 @@ class Program : public torch::CustomClassHolder {
     }
     if (y.dim() == 4 && output_memory_format(x) == at::MemoryFormat::Contiguous)
       y = y.contiguous();
+    // A last step that works in place (an act step) or returns a view of its input (a linear
+    // step's reshape) would hand out an arena buffer.
+    if (arena.get()->holds(y)) y = y.clone(at::MemoryFormat::Preserve);
     return y;
   }
 
@@ -196,8 +205,36 @@ class Program : public torch::CustomClassHolder {
     steps_.push_back(std::move(step));
   }
 
+  // One arena per run in progress: a run takes one from the pool, or a new one, and puts it
+  // back when it ends, so runs from several threads at once never share buffers.
+  class ArenaLease {
+   public:
+    explicit ArenaLease(const Program& program) : program_(program) {
+      std::lock_guard<std::mutex> lock(program_.arenas_mutex_);
+      if (program_.arenas_.empty()) {
+        arena_ = std::make_unique<OutputArena>();
+      } else {
+        arena_ = std::move(program_.arenas_.back());
+        program_.arenas_.pop_back();
+      }
+    }
+    ~ArenaLease() {
+      std::lock_guard<std::mutex> lock(program_.arenas_mutex_);
+      program_.arenas_.push_back(std::move(arena_));
+    }
+    ArenaLease(const ArenaLease&) = delete;
+    ArenaLease& operator=(const ArenaLease&) = delete;
+    OutputArena* get() const { return arena_.get(); }
+
+   private:
+    const Program& program_;
+    std::unique_ptr<OutputArena> arena_;
+  };
+
   std::vector<Step> steps_;
   std::vector<std::string> names_;
+  mutable std::mutex arenas_mutex_;
+  mutable std::vector<std::unique_ptr<OutputArena>> arenas_;
 };
 
 }  // namespace

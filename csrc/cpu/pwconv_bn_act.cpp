@@ -6,11 +6,11 @@
 // The K and N of MobileNet 1x1 layers are small (<= 1280), so a register-blocked kernel without
 // cache blocking over K is adequate; bench/cpu_ops.py times it against torch.compile.
 #include "checks.h"
+#include "output_arena.h"
 #include "ops.h"
 #include "packed_weights.h"
 #include "parallel_gemm.h"
 
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 namespace fastdw_cpu {
@@ -32,8 +32,7 @@ at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor wp = packed_gemm_weight(weight);
   const at::Tensor sc = scale.contiguous(), sh = shift.contiguous();
-  at::Tensor y =
-      at::empty({N, Cout, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y = new_output(x, N, Cout, H, W);
   at::Tensor rc;
   if (residual) rc = residual->contiguous(at::MemoryFormat::ChannelsLast);
   const GemmParams g{xc.data_ptr<float>(), wp.data_ptr<float>(), y.data_ptr<float>(),

@@ -1,6 +1,7 @@
 """fastdw.nn.freeze: a model's eval forward as one C++ program (csrc/cpu/program.cpp), compared
 with the float64 model, the live eval forward and torchvision; a snapshot that later edits do not
 reach; clear errors for what it cannot run and for bad inputs."""
+import concurrent.futures
 import copy
 import pickle
 import re
@@ -317,3 +318,22 @@ def test_repr_lists_the_steps_and_pickling_says_what_to_do():
     for save in (pickle.dumps, copy.deepcopy):
         with pytest.raises(TypeError, match="save the model's state_dict"):
             save(frozen)
+
+
+def test_concurrent_calls_and_kept_results(randomize_bn):
+    """Runs keep their intermediate outputs in buffers reused by the next run
+    (csrc/cpu/output_arena.h): results must not be among them, and runs from several threads at
+    once (the GIL is released) must not share them."""
+    model = randomize_bn(fastdw.models.mobilenet_v3_small(num_classes=10)).eval()
+    features = nn.Sequential(*model.features[:4], nn.Hardswish())  # ends with an act step
+    inputs = [torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+              for _ in range(6)]
+    for frozen in (freeze(model), freeze(features)):
+        alone = [frozen(x) for x in inputs]
+        kept = [t.clone() for t in alone]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            together = list(pool.map(frozen, inputs * 4))
+        for i, out in enumerate(together):
+            torch.testing.assert_close(out, kept[i % len(inputs)], rtol=0, atol=0)
+        for out, copy_ in zip(alone, kept):
+            torch.testing.assert_close(out, copy_, rtol=0, atol=0)
