@@ -20,6 +20,11 @@ class OutputArena {
   // grown when too small (a view taken earlier keeps the old storage alive).
   at::Tensor take(const at::TensorOptions& options, int64_t N, int64_t C, int64_t H, int64_t W);
 
+  // Start a run with the first buffer, so that every run of a program puts each step's output
+  // in the same buffer (otherwise a program with an odd number of takes would grow both
+  // buffers to its largest output).
+  void restart() { next_ = 0; }
+
   // Whether t's memory is one of the buffers (the program's result must not be: the next run
   // would overwrite it).
   bool holds(const at::Tensor& t) const;

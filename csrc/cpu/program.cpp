@@ -191,8 +191,7 @@ class Program : public torch::CustomClassHolder {
     }
     if (y.dim() == 4 && output_memory_format(x) == at::MemoryFormat::Contiguous)
       y = y.contiguous();
-    // A last step that works in place (an act step) or returns a view of its input (a linear
-    // step's reshape) would hand out an arena buffer.
+    // A last step that works in place (an act step) would hand out an arena buffer.
     if (arena.get()->holds(y)) y = y.clone(at::MemoryFormat::Preserve);
     return y;
   }
@@ -217,6 +216,7 @@ class Program : public torch::CustomClassHolder {
         arena_ = std::move(program_.arenas_.back());
         program_.arenas_.pop_back();
       }
+      arena_->restart();
     }
     ~ArenaLease() {
       std::lock_guard<std::mutex> lock(program_.arenas_mutex_);

@@ -17,7 +17,8 @@ through `.data` (`bn.weight.data.mul_(2)`: `.data` has its own counter), by an o
 fused=True (its kernel writes the parameters without bumping theirs; the default and
 foreach=True ones do) or through memory shared outside torch (`.numpy()`, DLPack); nor a
 `.data = ...` swap for a view of the same memory with other strides (`w.data = w.data.t()`).
-Toggling train()/eval() around such edits, as training loops do, invalidates it anyway.
+The C++ kernels' packed weights (csrc/cpu/packed_weights.cpp) are keyed on the same counters.
+After such an edit, bump the counters, e.g. `model.load_state_dict(model.state_dict())`.
 """
 import itertools
 import operator
@@ -109,14 +110,20 @@ def cached(owner: nn.Module, compute):
 class CachedForward:
     """Base of modules whose forward uses cached() (or keeps a [stamp, value] entry of its own
     under "_fold_cache"): copies and pickles start with no cache, as its stamp refers to this
-    very module's dicts, and a `.to()`, `.double()` or the like that changes the module's
-    tensors drops it at once rather than at the next forward (they would stay alive until
-    then)."""
+    very module's dicts, and `train()` and a `.to()`, `.double()` or the like that changes the
+    module's tensors drop it at once rather than at the next forward (its tensors would stay
+    alive until then)."""
 
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_fold_cache", None)
         return state
+
+    def train(self, mode=True):
+        # Nothing cached serves a training forward: free it while the model trains.
+        if mode and "_fold_cache" in self.__dict__:
+            self.__dict__["_fold_cache"][:] = (None, None)
+        return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):
         module = super()._apply(fn, *args, **kwargs)

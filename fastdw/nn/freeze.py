@@ -62,7 +62,14 @@ def _build(model, keep):
     # copies are cached), then no_grad (inference_mode(False) turns grad mode back on).
     with torch.inference_mode(False), torch.no_grad():
         if type(model) in _heads():
-            if {"forward", "_forward_modules"} & model.__dict__.keys():
+            # forward and what it calls: _forward_modules (fastdw's), _forward_impl
+            # (torchvision's), each still the function written in the class body, not one
+            # set on the model or assigned to the class later
+            cls = type(model)
+            names = [n for n in ("forward", "_forward_modules", "_forward_impl")
+                     if hasattr(cls, n)]
+            if (model.__dict__.keys() & names
+                    or not all(_written_in_class(cls, n) for n in names)):
                 raise TypeError("freeze(): the model has a forward of its own, which the "
                                 "program would not run")
             avgpool = getattr(model, "avgpool", None)  # V3's module; V1/V2 call the function
@@ -87,6 +94,12 @@ def _build(model, keep):
 _FORWARDS = {cls: cls.forward for cls in (
     nn.Sequential, nn.Dropout, nn.Identity, nn.Flatten, nn.AdaptiveAvgPool2d, nn.Linear, Linear,
     ConvBNAct, _InvertedResidualBlock, *ACT_MODULES.values())}
+
+
+def _written_in_class(cls, name):
+    fn = cls.__dict__.get(name)
+    return (getattr(fn, "__qualname__", None) == f"{cls.__qualname__}.{name}"
+            and fn.__module__ == cls.__module__)
 
 
 def _check_forward(module, path):
@@ -334,7 +347,10 @@ def eval_forward(model, x, forward_modules):
     the program runs float32), for an x other than a plain non-empty 4-D float32 CPU tensor
     with the model's input channels, on a backend other than cpp, with hooks anywhere in the
     model (the root's too), with inference-tensor weights (no version counters, so no stamp),
-    and for a model freeze() refuses (that answer is kept too)."""
+    and for a model freeze() refuses (that answer is kept too). The module path and the program
+    agree to float32 rounding, not bit for bit (V3's classifier hardswish is fused into the
+    linear step's epilogue here), so the first call after a change may differ from the next
+    ones in the last bits."""
     if (torch.is_grad_enabled() or model.training or type(x) is not torch.Tensor
             or x.dtype is not torch.float32 or not x.is_cpu or x.dim() != 4 or x.numel() == 0
             or _global_hooks() or _dispatch.observed() or torch.is_autocast_enabled("cpu")

@@ -179,7 +179,8 @@ def test_module_path_where_the_program_cannot_stand_in(randomize_bn, spy, accura
     model.features[0][2].max_val = 6.0
     torch.testing.assert_close(calls(model, x, 2)[1], fast, rtol=0, atol=0)
     assert program_of(model)
-    model.train()
+    model.train()  # the program is dropped at once, not kept through training
+    assert program_of(model) is None
     with torch.no_grad():
         assert differs(model(x), fast)  # batch statistics (which also update the running ones)
 
@@ -191,6 +192,16 @@ def test_v3_avgpool_forward_replaced(randomize_bn, spy, accurate):
     outs = calls(model, x, 3)
     assert spy.runs == [] and program_of(model) is False
     assert accurate(outs[-1], model, x)
+
+
+def test_a_forward_replaced_on_the_model_class(randomize_bn, spy, monkeypatch):
+    model = randomize_bn(fastdw.models.mobilenet_v2(num_classes=10)).eval()
+    monkeypatch.setattr(fastdw.models.MobileNetV2, "_forward_modules",
+                        lambda self, x: x.mean((2, 3)))
+    x = torch.randn(1, 3, 32, 32)
+    for out in calls(model, x, 3):
+        torch.testing.assert_close(out, x.mean((2, 3)), rtol=0, atol=0)
+    assert spy.runs == [] and program_of(model) is False
 
 
 def test_stamp_sees_a_class_swap(randomize_bn):
