@@ -154,7 +154,7 @@ class FusedCall:
     kernel. Calling this object runs the C++ kernel directly instead (options in order: the
     ops' keyword order is the kernels' schema order) where that changes neither the result nor
     the error raised: no autograd, nothing watching (ops._dispatch.observed(): torch.compile,
-    tracing, modes), x a plain float32 CPU tensor, the backend
+    tracing, modes), no autocast, x a plain float32 CPU tensor, the backend
     the op would pick is "cpp" and it runs this call in C++ (`cpp`), and the op has accepted
     such an x before: the first call goes through the op, whose checks of the fixed arguments
     then hold for every x of that dtype, device and channel count (a changed module makes a
@@ -181,7 +181,8 @@ class FusedCall:
             raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), "
                              f"got {tuple(x.shape)}")
         plain = (not torch.is_grad_enabled() and type(x) is torch.Tensor
-                 and x.dtype is torch.float32 and x.is_cpu and not _dispatch.observed())
+                 and x.dtype is torch.float32 and x.is_cpu and not _dispatch.observed()
+                 and not torch.is_autocast_enabled("cpu"))  # the op casts x under autocast
         if plain and self.checked:
             n, _, h, w = x.shape
             lo, hi = self.sizes

@@ -150,8 +150,8 @@ class Linear(nn.Linear):
     CPU input with a bias runs fastdw's C++ GEMM: y = x W^T + b is a 1x1 convolution of x seen
     as (N, C_in, 1, 1), i.e. the cpp backend's pwconv_bn_act with unit scale and the bias as
     shift. The classifiers of fastdw.models use it (torch's addmm is slower on their shapes,
-    most at batches above 1). Everything else (autograd, torch.compile, tracing or a mode
-    watching, other devices and dtypes, another backend) is nn.Linear's own forward. Tools
+    most at batches above 1). Everything else (autograd, autocast, torch.compile, tracing or a
+    mode watching, other devices and dtypes, another backend) is nn.Linear's own forward. Tools
     that match the exact type nn.Linear (e.g. torch.ao.quantization.quantize_dynamic with
     {nn.Linear}) need fastdw.nn.Linear named too."""
 
@@ -171,6 +171,7 @@ class Linear(nn.Linear):
         its own words, and refuses empty tensors and mixed dtypes that nn.Linear handles)."""
         w, b = self.weight, self.bias
         return (not torch.is_grad_enabled() and not _dispatch.observed()
+                and not torch.is_autocast_enabled("cpu")  # nn.Linear runs in its dtype there
                 and b is not None and isinstance(x, torch.Tensor)
                 and all(map(_dispatch.plain, (x, w, b))) and x.dim() == 2
                 and x.shape[0] > 0 and x.shape[1] == self.in_features > 0 and x.is_cpu

@@ -37,6 +37,33 @@ def _same_device(t, name, x):
         raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
 
 
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def autocast_device(x):
+    """x's device type if torch.autocast is on for it, else None (also for devices autocast
+    does not know, such as meta, where asking would raise)."""
+    if not isinstance(x, torch.Tensor):
+        return None
+    device = "cpu" if x.is_cpu else x.device.type
+    if device not in ("cpu", "cuda") and not torch.amp.is_autocast_available(device):
+        return None
+    return device if torch.is_autocast_enabled(device) else None
+
+
+def autocast(x, *tensors):
+    """(x, *tensors), under torch.autocast for x's device type in the autocast dtype, as torch
+    casts a convolution's input and weights there (float64 and anything but a tensor stay as
+    they are); otherwise unchanged. Pass x and the conv weights (and a residual): the ops
+    compute per-channel vectors in float32 for half-precision x anyway."""
+    device = autocast_device(x)
+    if device is None:
+        return (x, *tensors)
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in _AUTOCAST_ELIGIBLE
+                 else t for t in (x, *tensors))
+
+
 def feature_map(x, name="x"):
     """A 4-D (N, C, H, W) floating tensor, any strides."""
     _tensor(x, name)

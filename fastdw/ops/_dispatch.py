@@ -13,6 +13,7 @@ from torch.overrides import _get_current_function_mode_stack
 from torch.utils._device import DeviceContext
 
 from fastdw import backend as _backend
+from fastdw.ops import _checks
 
 # Parameter handles no torch function itself; None stands for an absent optional tensor.
 _PLAIN_TYPES = frozenset((torch.Tensor, nn.Parameter, type(None)))
@@ -49,13 +50,26 @@ def unobserved(tensors) -> bool:
     return _PLAIN_TYPES.issuperset(map(type, tensors)) and not observed()
 
 
+def run_kernel(backend, name, *args):
+    """Backend `backend`'s kernel for op `name` on args (the first a tensor). Under autocast
+    the ops have already cast their inputs (_checks.autocast); the kernel runs with autocast
+    off, or the float32 math of a half-precision input (reference's fp32 accumulation) would
+    be cast down again by the ATen ops it calls."""
+    kernel = _backend.kernel(backend, name)
+    device = _checks.autocast_device(args[0])
+    if device is not None:
+        with torch.autocast(device, enabled=False):
+            return kernel(*args)
+    return kernel(*args)
+
+
 def call(custom_op, name, tensors, args, backend):
     """custom_op(*args, backend), which runs backend `backend`'s kernel for op `name`, or that
     kernel called directly where nothing could tell the difference (unobserved(tensors)).
     Dual tensors (forward-mode AD: torch.func.jvp, torch.autograd.forward_ad) are refused: the
     ops have no forward-mode formula, and the custom op would silently drop their tangents."""
     if unobserved(tensors):
-        return _backend.kernel(backend, name)(*args)
+        return run_kernel(backend, name, *args)
     if _forward_ad._current_level >= 0 and any(
             t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors):
         raise NotImplementedError(f"fastdw.ops.{name} has no forward-mode AD (jvp) formula; "

@@ -12,7 +12,7 @@ from fastdw.ops._outputs import as_grad, empty_grad, empty_output
 @torch.library.custom_op("fastdw::dwconv_bn_act", mutates_args=())
 def _dwconv_bn_act(x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor, stride: int,
                    padding: int, dilation: int, act: str, backend: str) -> Tensor:
-    return _backend.kernel(backend, "dwconv_bn_act")(
+    return _dispatch.run_kernel(backend, "dwconv_bn_act",
         x, weight, scale, shift, stride, padding, dilation, act)
 
 
@@ -28,7 +28,7 @@ def _dwconv_bn_act_backward(grad: Tensor, x: Tensor, weight: Tensor, scale: Tens
                             stride: int, padding: int, dilation: int, act: str,
                             backend: str) -> list[Tensor]:
     """Gradients of (x, weight, scale, shift)."""
-    grads = _backend.kernel(backend, "dwconv_bn_act_backward")(
+    grads = _dispatch.run_kernel(backend, "dwconv_bn_act_backward",
         grad, x, weight, scale, shift, stride, padding, dilation, act)
     return [as_grad(g, t) for g, t in zip(grads, (x, weight, scale, shift))]
 
@@ -63,6 +63,7 @@ def dwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
     act: "none", "relu", "relu6", "hardswish", "hardsigmoid" or "silu".
     backend: a backend name or "auto"; None follows use_backend()/FASTDW_BACKEND.
     """
+    x, weight = _checks.autocast(x, weight)
     _checks.feature_map(x)
     c = x.shape[1]
     _checks.like_input(weight, "weight", x, (None, 1, None, None))

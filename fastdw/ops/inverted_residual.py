@@ -32,7 +32,7 @@ def _inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Opti
                        project_shift: Tensor, stride: int, act: str, se_w1: Optional[Tensor],
                        se_b1: Optional[Tensor], se_w2: Optional[Tensor], se_b2: Optional[Tensor],
                        residual: bool, backend: str) -> Tensor:
-    return _backend.kernel(backend, "inverted_residual")(
+    return _dispatch.run_kernel(backend, "inverted_residual",
         x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
         project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual)
 
@@ -53,7 +53,7 @@ def _inverted_residual_backward(
         se_w1: Optional[Tensor], se_b1: Optional[Tensor], se_w2: Optional[Tensor],
         se_b2: Optional[Tensor], residual: bool, backend: str) -> list[Tensor]:
     """Gradients of every tensor argument that is not None, in schema order."""
-    grads = _backend.kernel(backend, "inverted_residual_backward")(
+    grads = _dispatch.run_kernel(backend, "inverted_residual_backward",
         grad, x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
         project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual)
     present = [t for t in (x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift,
@@ -102,6 +102,8 @@ def inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Optio
     se_w2 (hidden, S[, 1, 1]), se_b2 (hidden,), all four or none. `act` is the activation of the
     expand and depthwise stages; `residual` adds x when stride is 1 and C_in == C_out.
     """
+    x, expand_w, dw_w, project_w, se_w1, se_w2 = _checks.autocast(
+        x, expand_w, dw_w, project_w, se_w1, se_w2)
     _checks.feature_map(x)
     c_in = x.shape[1]
     if expand_w is None:

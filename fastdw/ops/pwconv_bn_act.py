@@ -12,7 +12,7 @@ from fastdw.ops._outputs import as_grad, empty_grad, empty_output
 @torch.library.custom_op("fastdw::pwconv_bn_act", mutates_args=())
 def _pwconv_bn_act(x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor, act: str,
                    residual: Optional[Tensor], backend: str) -> Tensor:
-    return _backend.kernel(backend, "pwconv_bn_act")(x, weight, scale, shift, act, residual)
+    return _dispatch.run_kernel(backend, "pwconv_bn_act", x, weight, scale, shift, act, residual)
 
 
 @_pwconv_bn_act.register_fake
@@ -24,7 +24,8 @@ def _(x, weight, scale, shift, act, residual, backend):
 def _pwconv_bn_act_backward(grad: Tensor, x: Tensor, weight: Tensor, scale: Tensor,
                             shift: Tensor, act: str, backend: str) -> list[Tensor]:
     """Gradients of (x, weight, scale, shift); the residual's gradient is `grad` itself."""
-    grads = _backend.kernel(backend, "pwconv_bn_act_backward")(grad, x, weight, scale, shift, act)
+    grads = _dispatch.run_kernel(backend, "pwconv_bn_act_backward", grad, x, weight, scale,
+                                 shift, act)
     return [as_grad(g, t) for g, t in zip(grads, (x, weight, scale, shift))]
 
 
@@ -55,6 +56,7 @@ def pwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
     x: (N, C_in, H, W); weight: (C_out, C_in, 1, 1) or (C_out, C_in); scale, shift: (C_out,)
     or None; residual: None or a tensor of the output's shape (N, C_out, H, W).
     """
+    x, weight, residual = _checks.autocast(x, weight, residual)
     _checks.feature_map(x)
     weight = _checks.one_by_one(weight, "weight", x, x.shape[1])
     _checks.activation(act)

@@ -157,7 +157,7 @@ def test_module_path_where_the_program_cannot_stand_in(randomize_bn, spy, accura
     def modules(t):
         return "module path"
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-        # autocast is the modules' business (as it stands, they fail with mixed dtypes)
+        # autocast is the modules' business (tests/ops/test_autocast.py)
         assert freeze_module.eval_forward(model, x, modules) == "module path"
     calls(model, x, 2)  # settled again: the program runs
     with torch.no_grad():
