@@ -53,11 +53,12 @@ def autocast_device(x):
 
 def autocast(x, *tensors):
     """(x, *tensors), under torch.autocast for x's device type in the autocast dtype, as torch
-    casts a convolution's input and weights there (float64 and anything but a tensor stay as
-    they are); otherwise unchanged. Pass x and the conv weights (and a residual): the ops
+    casts a convolution's input and weights there; otherwise, or for a float64 x, unchanged.
+    Pass x and the conv weights (and a residual, which is cast too: the fused add runs in the
+    autocast dtype, where stock `conv(x) + residual` would promote to float32); the ops
     compute per-channel vectors in float32 for half-precision x anyway."""
     device = autocast_device(x)
-    if device is None:
+    if device is None or x.dtype not in _AUTOCAST_ELIGIBLE:  # float64 x: nothing is cast
         return (x, *tensors)
     dtype = torch.get_autocast_dtype(device)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in _AUTOCAST_ELIGIBLE
