@@ -1,5 +1,22 @@
-"""Small pieces every MobileNet builder shares."""
+"""Small pieces every MobileNet builder shares, and the models' common base class."""
+import torch
 from torch import nn
+
+from fastdw.nn._fold import CachedForward
+from fastdw.nn.freeze import eval_forward
+
+
+class MobileNet(CachedForward, nn.Module):
+    """Base of fastdw's MobileNets: classifier(flatten(global_avg_pool(features(x)))). Under
+    no_grad in eval mode on cpp the forward runs the model as one C++ program
+    (fastdw.nn.freeze.eval_forward), otherwise module by module (_forward_modules)."""
+
+    def forward(self, x):
+        return eval_forward(self, x, self._forward_modules)
+
+    def _forward_modules(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
 
 
 def make_divisible(value, divisor=8, min_value=None):

@@ -3,20 +3,17 @@
 There is no torchvision MobileNetV1, so the tree is fastdw's own: features.0 is the stem,
 features.i (i >= 1) is Sequential(DWConvBNAct, ConvBNAct 1x1), then pool, dropout, linear.
 """
-import torch
 from torch import nn
 
-from fastdw.models._build import check_arguments, init_weights, make_divisible
+from fastdw.models._build import MobileNet, check_arguments, init_weights, make_divisible
 from fastdw.nn import ConvBNAct, DWConvBNAct, Linear
-from fastdw.nn._fold import CachedForward
-from fastdw.nn.freeze import eval_forward
 
 # (output channels, depthwise stride) of the 13 depthwise-separable blocks.
 _BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
            (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]
 
 
-class MobileNetV1(CachedForward, nn.Module):
+class MobileNetV1(MobileNet):
     def __init__(self, width_mult=1.0, depth_multiplier=1, num_classes=1000, dropout=0.001):
         super().__init__()
         check_arguments(width_mult=width_mult, num_classes=num_classes, dropout=dropout,
@@ -33,14 +30,6 @@ class MobileNetV1(CachedForward, nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(dropout), Linear(channels, num_classes))
         init_weights(self)
-
-    def forward(self, x):
-        # no_grad eval on cpp: the model as one C++ program; otherwise module by module
-        return eval_forward(self, x, self._forward_modules)
-
-    def _forward_modules(self, x):
-        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
-        return self.classifier(torch.flatten(x, 1))
 
 
 def mobilenet_v1(*, width_mult=1.0, depth_multiplier=1, num_classes=1000, dropout=0.001):

@@ -1,21 +1,18 @@
 """MobileNetV2 (Sandler et al. 2018) with torchvision's module tree, so checkpoints of either
 load into the other with strict=True."""
-import torch
 from torch import nn
 from torchvision.models import MobileNet_V2_Weights
 
 from fastdw.models import weights as _weights
-from fastdw.models._build import check_arguments, init_weights, make_divisible
+from fastdw.models._build import MobileNet, check_arguments, init_weights, make_divisible
 from fastdw.nn import ConvBNAct, InvertedResidual, Linear
-from fastdw.nn._fold import CachedForward
-from fastdw.nn.freeze import eval_forward
 
 # Stages of the paper's Table 2: (expand ratio t, channels c, repeats n, first stride s).
 _STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
            (6, 160, 3, 2), (6, 320, 1, 1)]
 
 
-class MobileNetV2(CachedForward, nn.Module):
+class MobileNetV2(MobileNet):
     def __init__(self, num_classes=1000, width_mult=1.0, round_nearest=8, dropout=0.2):
         super().__init__()
         check_arguments(width_mult=width_mult, num_classes=num_classes, dropout=dropout,
@@ -33,14 +30,6 @@ class MobileNetV2(CachedForward, nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout),
                                         Linear(self.last_channel, num_classes))
         init_weights(self)
-
-    def forward(self, x):
-        # no_grad eval on cpp: the model as one C++ program; otherwise module by module
-        return eval_forward(self, x, self._forward_modules)
-
-    def _forward_modules(self, x):
-        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
-        return self.classifier(torch.flatten(x, 1))
 
 
 def mobilenet_v2(*, weights=None, progress=True, width_mult=1.0, round_nearest=8,

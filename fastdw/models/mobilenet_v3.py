@@ -5,10 +5,8 @@ from torch import nn
 from torchvision.models import MobileNet_V3_Large_Weights, MobileNet_V3_Small_Weights
 
 from fastdw.models import weights as _weights
-from fastdw.models._build import check_arguments, init_weights, make_divisible
+from fastdw.models._build import MobileNet, check_arguments, init_weights, make_divisible
 from fastdw.nn import ConvBNAct, InvertedResidualV3, Linear
-from fastdw.nn._fold import CachedForward
-from fastdw.nn.freeze import eval_forward
 
 # Bottlenecks of the paper's Tables 1 and 2 after the 16-channel stem:
 # (kernel, expanded channels, output channels, squeeze-excite, activation, stride).
@@ -32,7 +30,7 @@ _LAST_CHANNEL = {"large": 1280, "small": 1024}
 _BN = dict(eps=1e-3, momentum=0.01)
 
 
-class MobileNetV3(CachedForward, nn.Module):
+class MobileNetV3(MobileNet):
     def __init__(self, arch, width_mult=1.0, reduced_tail=False, num_classes=1000, dropout=0.2):
         super().__init__()
         check_arguments(width_mult=width_mult, num_classes=num_classes, dropout=dropout)
@@ -63,11 +61,7 @@ class MobileNetV3(CachedForward, nn.Module):
             nn.Dropout(dropout, inplace=True), Linear(last_channel, num_classes))
         init_weights(self)
 
-    def forward(self, x):
-        # no_grad eval on cpp: the model as one C++ program; otherwise module by module
-        return eval_forward(self, x, self._forward_modules)
-
-    def _forward_modules(self, x):
+    def _forward_modules(self, x):  # the pool is a module here (torchvision's tree)
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 

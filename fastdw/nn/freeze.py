@@ -97,9 +97,12 @@ _FORWARDS = {cls: cls.forward for cls in (
 
 
 def _written_in_class(cls, name):
-    fn = cls.__dict__.get(name)
-    return (getattr(fn, "__qualname__", None) == f"{cls.__qualname__}.{name}"
-            and fn.__module__ == cls.__module__)
+    """Whether cls.<name> is the function written as <name> in the body of the class (cls or a
+    base) that holds it, not one assigned to a class later."""
+    owner = next(c for c in cls.__mro__ if name in c.__dict__)
+    fn = owner.__dict__[name]
+    return (getattr(fn, "__qualname__", None) == f"{owner.__qualname__}.{name}"
+            and fn.__module__ == owner.__module__)
 
 
 def _check_forward(module, path):
