@@ -52,6 +52,28 @@ def test_ops_run_in_the_autocast_dtype(index, dtype):
             op(float64[0], *args[1:], **kwargs)  # the error names the dtypes passed
 
 
+@pytest.mark.parametrize("index", range(3))
+def test_gradients_under_autocast_are_those_of_the_cast_inputs(index):
+    op, args, kwargs = list(op_calls())[index]
+
+    def grads(autocast):
+        leaves = [t.clone().requires_grad_() if isinstance(t, torch.Tensor) else t
+                  for t in args]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            inputs = leaves if autocast else [
+                t.to(torch.bfloat16) if isinstance(t, torch.Tensor) and t.dim() != 1 else t
+                for t in leaves]
+            out = op(*inputs, **{k: v.to(torch.bfloat16)
+                                 if not autocast and isinstance(v, torch.Tensor)
+                                 and v.dim() != 1 else v for k, v in kwargs.items()})
+        torch.manual_seed(1)
+        out.float().mul(torch.randn(out.shape)).sum().backward()
+        return [t.grad for t in leaves if isinstance(t, torch.Tensor)]
+
+    for under_autocast, by_hand in zip(grads(True), grads(False), strict=True):
+        torch.testing.assert_close(under_autocast, by_hand, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
 def test_models_under_autocast_match_torchvision(name, randomize_bn):
     tv = randomize_bn(getattr(torchvision.models, name)(num_classes=10)).eval()
