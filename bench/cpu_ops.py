@@ -6,13 +6,16 @@
 Every depthwise shape of MobileNetV2 at 224x224 (fp32). Providers: eager Conv2d -> BatchNorm2d ->
 ReLU6 on NCHW and on channels_last, torch.compile with freezing on channels_last (oneDNN's fused
 conv + post-ops, the best stock path), fastdw's public op on the cpp and reference backends
-(channels_last; under no_grad it checks its arguments in Python, then calls the backend kernel
-directly, see fastdw/ops/_dispatch.py), cpp-kernel, the C++ entry point torch.ops.fastdw_cpp.*
-alone (its difference to fastdw-cpp is those Python checks), and fastdw-frozen, the
-layer as a fastdw.nn module frozen with fastdw.nn.freeze (the same kernel with no Python
-between calls in a frozen model; here one call per layer, so it pays that call's overhead).
-Each repetition times one call of every provider in turn, so load from other jobs on this
-shared machine spreads over all of them; medians in ms, and the ratios of fastdw-cpp to
+(channels_last; under no_grad on cpp it runs the C++ kernel first and checks its arguments in
+Python only if the kernel refuses them, see fastdw/ops/_dispatch.py; on reference it checks,
+then calls the kernel), cpp-kernel, the C++ entry point torch.ops.fastdw_cpp.* alone (its
+difference to fastdw-cpp is the op's Python), and fastdw-frozen, the layer as a fastdw.nn
+module frozen with fastdw.nn.freeze (the same kernel with no Python between calls in a frozen
+model; here one call per layer, so it pays that call's overhead).
+Each repetition times one call of every provider, in an order shuffled per repetition (a
+provider that always ran after the same one would inherit its state: warm or sleeping
+intra-op threads, caches), so load from other jobs on this shared machine spreads over all of
+them; medians in ms, and the ratios of fastdw-cpp to
 compile-cl (target <= 1.0) and of eager NCHW to fastdw-cpp and to fastdw-frozen (target >= 3x
 faster). Outputs are checked against eager before anything is timed. Compare with
 shared/tools/cpu_op_anchors.py.
@@ -20,6 +23,7 @@ shared/tools/cpu_op_anchors.py.
 import argparse
 import copy
 import datetime
+import random
 import statistics
 import subprocess
 import time
@@ -121,8 +125,10 @@ def measure(providers, iters, warmup=5):
         for _ in range(warmup):
             fn()
     times = {name: [] for name in providers}
-    for _ in range(iters):  # alternate: one call of each provider per repetition
-        for name, fn in providers.items():
+    order, shuffle = list(providers.items()), random.Random(0).shuffle
+    for _ in range(iters):  # one call of each provider per repetition, in a shuffled order
+        shuffle(order)
+        for name, fn in order:
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
@@ -172,7 +178,7 @@ def main():
     print(f"machine: {machine()} | threads: {torch.get_num_threads()} | dtype: float32 | "
           f"batch: {' '.join(map(str, args.batch))} | torch {torch.__version__} | "
           f"fastdw cpp: {cap} | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
-          f" | median ms of {args.iters} alternated calls")
+          f" | median ms of {args.iters} calls per provider, in shuffled turns")
     run("depthwise 3x3 + BN + ReLU6 (MobileNetV2 layers, 224x224 input)", DW_SHAPES,
         dw_providers, lambda c, hw, s: f"c{c} {hw}x{hw} s{s}", args.batch, args.iters)
     if args.blocks:

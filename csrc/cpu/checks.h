@@ -67,6 +67,8 @@ inline int64_t conv_out(int64_t size, int64_t k, int64_t stride, int64_t pad, in
   const int64_t out = (size + 2 * pad - dil * (k - 1) - 1) / stride + 1;
   TORCH_CHECK(size + 2 * pad - dil * (k - 1) - 1 >= 0 && out >= 1, name, ": input size ", size,
               " is too small for kernel ", k, " with padding ", pad, " and dilation ", dil);
+  TORCH_CHECK(out <= kMaxExtent, name, ": padding ", pad, " makes an output of size ", out,
+              ", larger than the supported ", kMaxExtent);
   return out;
 }
 

@@ -1,7 +1,8 @@
 """The cpp backend: fastdw's C++ CPU kernels (csrc/cpu, built into fastdw._C).
 
 The kernels are ops of namespace fastdw_cpp (the public "fastdw" namespace belongs to the
-Python custom ops in fastdw.ops, which validate arguments and call the functions below). Calls
+Python custom ops in fastdw.ops, which validate arguments and call the functions below; their
+common float32 call tries torch.ops.fastdw_cpp first, see fastdw.ops._dispatch.cpp_first). Calls
 these kernels do not cover go to the reference backend, so every call the public ops accept runs.
 """
 import torch

@@ -140,12 +140,6 @@ def fold_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     return weight, shift.to(conv.weight.dtype)
 
 
-def matrix(weight):
-    """A 1x1 conv weight as the (C_out, C_in) matrix the ops pass their kernels (the same view
-    of it); any other weight as it is, for the op to reject."""
-    return weight.flatten(1) if weight.dim() == 4 and weight.shape[2:] == (1, 1) else weight
-
-
 class FusedCall:
     """`fastdw.ops.<name>(x, *tensors, **options)` with everything but x fixed, for a module
     whose input has `in_channels` channels.

@@ -12,8 +12,9 @@ no_grad, where nothing can tell, its C++ kernel called directly: _fold.FusedCall
 from torch import nn
 
 from fastdw import ops
-from fastdw.nn._fold import CachedForward, FusedCall, cached, foldable, matrix
+from fastdw.nn._fold import CachedForward, FusedCall, cached, foldable
 from fastdw.nn.layers import ConvBNAct, DWConvBNAct, SqueezeExcite
+from fastdw.ops._checks import matrix
 
 
 class _InvertedResidualBlock(CachedForward, nn.Module):

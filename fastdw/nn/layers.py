@@ -18,9 +18,9 @@ from fastdw.nn._fold import (
     cached,
     fold_conv,
     foldable,
-    matrix,
 )
 from fastdw.ops import _dispatch
+from fastdw.ops._checks import matrix
 
 # act name -> activation module class; "none" has no module.
 ACT_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish,

@@ -97,6 +97,12 @@ def one_by_one(w, name, x, c_in):
     return like_input(w, name, x, (None, c_in))
 
 
+def matrix(weight):
+    """A 1x1 conv weight as the (C_out, C_in) matrix the kernels take (the same view of it);
+    any other weight as it is, for a kernel or one_by_one to reject."""
+    return weight.flatten(1) if weight.dim() == 4 and weight.shape[2:] == (1, 1) else weight
+
+
 def per_channel(t, name, x, length, default):
     """A 1-D per-channel vector (BN scale/shift, bias) in x's compute dtype; None -> `default`."""
     if t is None:

@@ -4,7 +4,9 @@ The custom op is what autograd, torch.compile, torch.export, jit tracing, tensor
 __torch_function__ / __torch_dispatch__ modes see. When none of them is involved, its body
 (`backend.kernel(backend, op)(*args)`) can be called directly with the same result, skipping the
 custom-op layer (dispatcher, a Python kernel, autograd wrapping), which at batch 1 costs about as
-much as a small depthwise layer's C++ kernel.
+much as a small depthwise layer's C++ kernel. On the cpp backend the common call goes further and
+runs its C++ kernel before the op's Python checks (cpp_first, try_cpp), which then run only
+for calls the kernel refuses.
 """
 import torch
 import torch.autograd.forward_ad as _forward_ad
@@ -61,6 +63,36 @@ def run_kernel(backend, name, *args):
         with torch.autocast(device, enabled=False):
             return kernel(*args)
     return kernel(*args)
+
+
+def cpp_first(backend, tensors) -> bool:
+    """True when a call on `tensors` (x first) may try the cpp kernel before any Python check
+    (try_cpp): x a 4-D float32 CPU tensor, every tensor plain or None, unobserved, no autocast,
+    and the backend chosen for it is cpp.
+
+    The C++ entry points check every argument themselves before touching memory
+    (csrc/cpu/checks.h) and refuse every call the ops' Python checks refuse, once the op has
+    checked the exact types of its int, bool and str options (torch.ops takes True for an
+    int). So the common call runs its kernel at once, and only a call the kernel refuses goes on
+    to the Python checks: their error names the bad argument, or they send what C++ does not
+    take (a float64 scale, a channel multiplier) where it runs. At batch 1 those checks cost as
+    much as a small layer's kernel (bench/cpu_ops.py)."""
+    x = tensors[0]
+    if not (type(x) is torch.Tensor and x.is_cpu and x.dtype is torch.float32 and x.dim() == 4
+            and unobserved(tensors) and not torch.is_autocast_enabled("cpu")):
+        return False
+    try:
+        return _backend.resolve(backend, "cpu") == "cpp"
+    except (ValueError, _backend.BackendUnavailableError):  # the checked path raises it
+        return False
+
+
+def try_cpp(name, args):
+    """torch.ops.fastdw_cpp.<name>(*args), or None when the kernel refuses the arguments."""
+    try:
+        return getattr(torch.ops.fastdw_cpp, name)(*args)
+    except RuntimeError:
+        return None
 
 
 def call(custom_op, name, tensors, args, backend):

@@ -63,6 +63,16 @@ def dwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
     act: "none", "relu", "relu6", "hardswish", "hardsigmoid" or "silu".
     backend: a backend name or "auto"; None follows use_backend()/FASTDW_BACKEND.
     """
+    if (type(stride) is int and type(dilation) is int and type(act) is str
+            and (padding is None or type(padding) is int)
+            and _dispatch.cpp_first(backend, (x, weight, scale, shift))
+            and None not in (weight, scale, shift) and weight.dim() == 4
+            and weight.shape[0] == x.shape[1]):  # multipliers > 1 run on reference
+        pad = dilation * (weight.shape[-1] - 1) // 2 if padding is None else padding
+        out = _dispatch.try_cpp("dwconv_bn_act",
+                                (x, weight, scale, shift, stride, pad, dilation, act))
+        if out is not None:
+            return out
     x, weight = _checks.autocast(x, weight)
     _checks.feature_map(x)
     c = x.shape[1]

@@ -102,6 +102,21 @@ def inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Optio
     se_w2 (hidden, S[, 1, 1]), se_b2 (hidden,), all four or none. `act` is the activation of the
     expand and depthwise stages; `residual` adds x when stride is 1 and C_in == C_out.
     """
+    tensors = (x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
+               project_scale, project_shift)
+    se = (se_w1, se_b1, se_w2, se_b2)
+    if (type(stride) is int and type(act) is str and type(residual) is bool
+            and _dispatch.cpp_first(backend, (*tensors, *se))
+            and None not in tensors[4:] and (expand_w is None or None not in tensors[1:4])):
+        ew, pw, w1, w2 = (None if w is None else _checks.matrix(w)
+                          for w in (expand_w, project_w, se_w1, se_w2))
+        # The op drops a residual that cannot be added; the kernel refuses it.
+        add = residual and stride == 1 and pw.dim() == 2 and pw.shape[0] == x.shape[1]
+        out = _dispatch.try_cpp("inverted_residual", (
+            x, ew, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, pw, project_scale,
+            project_shift, stride, act, w1, se_b1, w2, se_b2, add))
+        if out is not None:
+            return out
     x, expand_w, dw_w, project_w, se_w1, se_w2 = _checks.autocast(
         x, expand_w, dw_w, project_w, se_w1, se_w2)
     _checks.feature_map(x)

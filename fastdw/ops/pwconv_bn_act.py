@@ -56,6 +56,12 @@ def pwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
     x: (N, C_in, H, W); weight: (C_out, C_in, 1, 1) or (C_out, C_in); scale, shift: (C_out,)
     or None; residual: None or a tensor of the output's shape (N, C_out, H, W).
     """
+    if (type(act) is str and _dispatch.cpp_first(backend, (x, weight, scale, shift, residual))
+            and None not in (weight, scale, shift)):
+        out = _dispatch.try_cpp("pwconv_bn_act",
+                                (x, _checks.matrix(weight), scale, shift, act, residual))
+        if out is not None:
+            return out
     x, weight, residual = _checks.autocast(x, weight, residual)
     _checks.feature_map(x)
     weight = _checks.one_by_one(weight, "weight", x, x.shape[1])

@@ -64,6 +64,7 @@ BAD_DW = {
     "stride": (dw_args(stride=0), "stride must be in"),
     "padding": (dw_args(padding=-1), "padding must be in"),
     "padding huge": (dw_args(padding=2**40), "padding must be in"),
+    "output huge": (dw_args(padding=2**30), "makes an output of size 2147483652"),
     "dilation": (dw_args(dilation=0), "dilation must be in"),
     "act": (dw_args(act="gelu"), "act must be one of"),
 }

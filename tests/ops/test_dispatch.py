@@ -1,6 +1,8 @@
 """fastdw/ops/_dispatch.py: a public op calls its backend kernel directly only where nothing could
 tell it from the custom op (same result bit for bit); wherever autograd, tracing, forward AD,
 a torch function / dispatch mode or a tensor subclass is involved, the custom op runs."""
+import contextlib
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -144,3 +146,109 @@ def test_frozen_model_refuses_modes():
         with mode(), pytest.raises(RuntimeError, match="plain eager calls only"):
             frozen(x)
     assert frozen(x).shape == (1, 8, 8, 8)
+
+
+# Kernel first (_dispatch.cpp_first / try_cpp): the common cpp call runs its C++ kernel before
+# any Python check; only calls the kernel refuses go on to the checks.
+needs_cpp = pytest.mark.skipif("cpp" not in fastdw.backend.usable("cpu"),
+                               reason="needs fastdw._C (the cpp backend), which is not built")
+
+
+def vec(n):
+    return torch.rand(n) + 0.5
+
+
+FULL_CALLS = {  # float32, every per-channel vector given, as models pass them: (args, kwargs)
+    "dwconv_bn_act": lambda: (
+        (torch.randn(2, 8, 6, 5), torch.randn(8, 1, 3, 3), vec(8), torch.randn(8)),
+        {"stride": 2, "act": "hardswish"}),
+    "pwconv_bn_act": lambda: (
+        (torch.randn(2, 8, 4, 4), torch.randn(6, 8, 1, 1), vec(6), torch.randn(6)),
+        {"act": "relu", "residual": torch.randn(2, 6, 4, 4)}),
+    "inverted_residual": lambda: (
+        (torch.randn(1, 8, 6, 6), torch.randn(16, 8, 1, 1), vec(16), torch.randn(16),
+         torch.randn(16, 1, 3, 3), vec(16), torch.randn(16), torch.randn(8, 16), vec(8),
+         torch.randn(8)),
+        {"se_w1": torch.randn(4, 16), "se_b1": torch.randn(4),
+         "se_w2": torch.randn(16, 4, 1, 1), "se_b2": torch.randn(16)}),
+    # residual=True where it cannot be added (stride 2): the op drops it
+    "inverted_residual s2": lambda: (
+        (torch.randn(1, 8, 6, 6), None, None, None, torch.randn(8, 1, 5, 5), vec(8),
+         torch.randn(8), torch.randn(8, 8), vec(8), torch.randn(8)),
+        {"stride": 2, "act": "relu", "residual": True}),
+}
+
+
+@pytest.fixture
+def tried(monkeypatch):
+    """The (op name, accepted) of every try_cpp call."""
+    from fastdw.ops import _dispatch
+    calls, real = [], _dispatch.try_cpp
+
+    def spy(name, args):
+        out = real(name, args)
+        calls.append((name, out is not None))
+        return out
+
+    monkeypatch.setattr(_dispatch, "try_cpp", spy)
+    return calls
+
+
+def checks_off(monkeypatch):
+    from fastdw.ops import _checks
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the Python checks ran")
+
+    monkeypatch.setattr(_checks, "feature_map", fail)
+
+
+@needs_cpp
+@pytest.mark.parametrize("case", FULL_CALLS)
+def test_common_calls_run_the_kernel_before_the_python_checks(case, tried, monkeypatch):
+    from fastdw.ops import _dispatch
+    name = case.split()[0]
+    args, kwargs = FULL_CALLS[case]()
+    with torch.no_grad():
+        with monkeypatch.context() as m:
+            m.setattr(_dispatch, "cpp_first", lambda backend, tensors: False)
+            checked = getattr(ops, name)(*args, backend="cpp", **kwargs)
+        assert tried == []
+        checks_off(monkeypatch)
+        first = getattr(ops, name)(*args, backend="cpp", **kwargs)
+    assert tried == [(name, True)]
+    torch.testing.assert_close(first, checked, rtol=0, atol=0)
+
+
+@needs_cpp
+@pytest.mark.parametrize("name,position", [("dwconv_bn_act", 2), ("pwconv_bn_act", 3),
+                                           ("inverted_residual", 5)])
+def test_calls_the_kernel_refuses_go_on_to_the_checks(name, position, tried):
+    # A float64 per-channel vector: the kernel takes float32 only; the op casts it.
+    args, kwargs = FULL_CALLS[name]()
+    as_double = list(args)
+    as_double[position] = args[position].double()
+    with torch.no_grad():
+        out = getattr(ops, name)(*as_double, backend="cpp", **kwargs)
+        assert tried == [(name, False)]
+        torch.testing.assert_close(out, getattr(ops, name)(*args, backend="cpp", **kwargs),
+                                   rtol=0, atol=0)
+
+
+@needs_cpp
+@pytest.mark.parametrize("condition", ["reference", "float64", "grad", "mode", "autocast"])
+def test_no_kernel_first_where_the_op_must_do_more(condition, tried):
+    args, kwargs = FULL_CALLS["dwconv_bn_act"]()
+    x, w, scale, shift = args
+    backend = "reference" if condition == "reference" else "cpp"
+    if condition == "float64":
+        x, w, scale, shift = (t.double() for t in args)
+    w.requires_grad_(condition == "grad")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.enable_grad() if condition == "grad" else torch.no_grad())
+        if condition == "mode":
+            stack.enter_context(SeenOps())
+        if condition == "autocast":
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        ops.dwconv_bn_act(x, w, scale, shift, backend=backend, **kwargs)
+    assert tried == []

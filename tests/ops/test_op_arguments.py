@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import fastdw
 from fastdw import ops
 
 X = torch.randn(1, 8, 6, 6)
@@ -26,9 +27,11 @@ def pw_call(**overrides):
 
 
 def ir_call(**overrides):
-    kwargs = dict(x=X, expand_w=torch.randn(24, 8), expand_scale=None, expand_shift=None,
-                  dw_w=torch.randn(24, 1, 3, 3), dw_scale=None, dw_shift=None,
-                  project_w=torch.randn(8, 24), project_scale=None, project_shift=None)
+    # Every vector given (as a model passes them): on cpp such calls reach the kernel first.
+    kwargs = dict(x=X, expand_w=torch.randn(24, 8), expand_scale=torch.ones(24),
+                  expand_shift=torch.zeros(24), dw_w=torch.randn(24, 1, 3, 3),
+                  dw_scale=torch.ones(24), dw_shift=torch.zeros(24),
+                  project_w=torch.randn(8, 24), project_scale=V8, project_shift=V8)
     kwargs.update(overrides)
     positional = [kwargs.pop(k) for k in list(kwargs)[:10]]
     return lambda: ops.inverted_residual(*positional, **kwargs)
@@ -53,6 +56,8 @@ CASES = [
     (dw_call(stride=-1), ValueError, "stride must be >= 1"),
     (dw_call(stride=0), ValueError, "stride must be >= 1"),
     (dw_call(stride=1.5), TypeError, "stride must be an int"),
+    (dw_call(stride=True), TypeError, "stride must be an int, got bool"),
+    (dw_call(padding=False), TypeError, "padding must be an int, got bool"),
     (dw_call(padding=-1), ValueError, "padding must be >= 0"),
     (dw_call(dilation=0), ValueError, "dilation must be >= 1"),
     (dw_call(x=torch.randn(1, 8, 2, 2), padding=0), ValueError, "too small"),
@@ -77,7 +82,7 @@ CASES = [
     (ir_call(dw_w=torch.randn(24, 1, 4, 4)), ValueError, "odd square"),
     (ir_call(project_w=torch.randn(8, 16)), ValueError, "project_w must have shape"),
     (ir_call(dw_scale=torch.ones(8)), ValueError, "dw_scale must have shape (24,)"),
-    (ir_call(expand_w=None, expand_scale=torch.ones(8)), ValueError, "expand_scale is given"),
+    (ir_call(expand_w=None, expand_shift=None), ValueError, "expand_scale is given"),
     (ir_call(se_w1=torch.randn(6, 24)), ValueError, "all of se_w1"),
     (ir_call(se_w1=torch.randn(6, 24), se_b1=torch.ones(6), se_w2=torch.randn(24, 5),
              se_b2=torch.ones(24)), ValueError, "se_w2 must have shape"),
@@ -87,13 +92,17 @@ CASES = [
              se_b2=torch.ones(24)), ValueError, "se_w1 must not be empty"),
     (ir_call(act="tanh"), ValueError, "act must be one of"),
     (ir_call(residual="yes"), TypeError, "residual must be a bool"),
+    (ir_call(residual=1), TypeError, "residual must be a bool, got int"),
+    (ir_call(stride=True), TypeError, "stride must be an int, got bool"),
     (ir_call(project_w=torch.randn(8, 24, device=META)), ValueError, "project_w is on meta"),
 ]
 
 
 @pytest.mark.parametrize("call,error,text", CASES, ids=[c[2] for c in CASES])
-def test_bad_input_names_the_argument(call, error, text):
-    with pytest.raises(error) as info:
+def test_bad_input_names_the_argument(call, error, text, backend_name):
+    # On cpp most of these calls reach the C++ kernel first (_dispatch.try_cpp), which must
+    # refuse them too, so that the Python checks run and name the argument.
+    with fastdw.use_backend(backend_name), pytest.raises(error) as info:
         call()
     assert text in str(info.value)
 
