@@ -12,15 +12,16 @@ from setuptools import find_packages, setup
 
 
 def _extensions():
-    """fastdw._C: the schemas (csrc/ops.cpp), the ATen-facing op files (csrc/cpu/*.cpp) and the
-    vectorised loops compiled once per instruction set (csrc/cpu/isa/*.cpp, which set their own
-    `#pragma GCC target`; the runtime choice is in csrc/cpu/isa/select.cpp)."""
+    """fastdw._C: the schemas (csrc/ops.cpp), the eval caches' stamp check (csrc/stamp.cpp), the
+    ATen-facing op files (csrc/cpu/*.cpp) and the vectorised loops compiled once per instruction
+    set (csrc/cpu/isa/*.cpp, which set their own `#pragma GCC target`; the runtime choice is in
+    csrc/cpu/isa/select.cpp)."""
     if os.environ.get("FASTDW_NO_EXTENSION") == "1":
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp", root_dir=here)) \
+    sources = ["csrc/ops.cpp", "csrc/stamp.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp", root_dir=here)) \
         + sorted(glob.glob("csrc/cpu/isa/*.cpp", root_dir=here))
     ext = CppExtension(
         "fastdw._C", sources,

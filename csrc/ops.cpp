@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "cpu/kernels.h"
+#include "stamp.h"
 #include <ATen/Parallel.h>
 
 #include <mutex>
@@ -36,8 +37,14 @@ TORCH_LIBRARY(fastdw_cpp, m) {
   });
 }
 
-// `import fastdw._C` loads this library, which registers the ops above; it has no Python API.
+// `import fastdw._C` loads this library, which registers the ops above. Its one Python function
+// is the eval caches' stamp check (csrc/stamp.cpp).
 extern "C" PyObject* PyInit__C() {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fastdw C++ CPU kernels", -1, nullptr};
+  static PyMethodDef methods[] = {
+      {"stamp_unchanged", fastdw_stamp_unchanged, METH_O,
+       "fastdw.nn._fold.unchanged(stamp), in C"},
+      {nullptr, nullptr, 0, nullptr}};
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fastdw C++ CPU kernels", -1,
+                               methods};
   return PyModule_Create(&module);
 }

@@ -70,10 +70,13 @@ def take_stamp(owner, whole=False):
             live, list(map(_version, live)), list(map(torch.Tensor.data_ptr, live)))
 
 
-def unchanged(stamp):
-    # Only C-level loops (map, ==): this runs on every call. The live dicts are compared with
-    # their copies (same objects compare equal by identity, without calling their __eq__);
-    # tensors are compared by identity, never with ==.
+def unchanged_py(stamp):
+    """Whether nothing take_stamp() saw has changed. This runs on every cached call: fastdw._C
+    has it in C (csrc/stamp.cpp, same answers, about half the time for a whole model), which
+    `unchanged` is when built."""
+    # Only C-level loops (map, ==). The live dicts are compared with their copies (same objects
+    # compare equal by identity, without calling their __eq__); tensors are compared by
+    # identity, never with ==.
     mods, types, dicts, copies, tensor_dicts, tensors, live, versions, pointers = stamp
     if list(map(type, mods)) != types:  # module.__class__ = ...
         return False
@@ -86,6 +89,12 @@ def unchanged(stamp):
     return (len(now) == len(tensors) and all(map(operator.is_, now, tensors))
             and list(map(_version, live)) == versions
             and list(map(torch.Tensor.data_ptr, live)) == pointers)
+
+
+try:
+    from fastdw._C import stamp_unchanged as unchanged
+except ImportError:  # fastdw._C is not built
+    unchanged = unchanged_py
 
 
 def cached(owner: nn.Module, compute):
