@@ -21,7 +21,8 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = ["csrc/ops.cpp", "csrc/stamp.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp", root_dir=here)) \
+    sources = sorted(glob.glob("csrc/*.cpp", root_dir=here)) \
+        + sorted(glob.glob("csrc/cpu/*.cpp", root_dir=here)) \
         + sorted(glob.glob("csrc/cpu/isa/*.cpp", root_dir=here))
     ext = CppExtension(
         "fastdw._C", sources,

@@ -47,9 +47,11 @@ def unobserved(tensors) -> bool:
     """True when calling an op's kernel on `tensors` directly is indistinguishable from calling
     its custom op: no autograd graph would be recorded, nothing is watching (observed()), and no
     tensor is a subclass."""
+    if not _PLAIN_TYPES.issuperset(map(type, tensors)):
+        return False
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return False
-    return _PLAIN_TYPES.issuperset(map(type, tensors)) and not observed()
+    return not observed()
 
 
 def run_kernel(backend, name, *args):
@@ -67,23 +69,24 @@ def run_kernel(backend, name, *args):
 
 def cpp_first(backend, tensors) -> bool:
     """True when a call on `tensors` (x first) may try the cpp kernel before any Python check
-    (try_cpp): x a 4-D float32 CPU tensor, every tensor plain or None, unobserved, no autocast,
-    and the backend chosen for it is cpp.
+    (try_cpp): x a 4-D CPU tensor, every tensor plain and float32 (None for an absent optional
+    one), unobserved, no autocast, and the backend chosen for it is cpp.
 
     The C++ entry points check every argument themselves before touching memory
     (csrc/cpu/checks.h) and refuse every call the ops' Python checks refuse, once the op has
     checked the exact types of its int, bool and str options (torch.ops takes True for an
     int). So the common call runs its kernel at once, and only a call the kernel refuses goes on
-    to the Python checks: their error names the bad argument, or they send what C++ does not
-    take (a float64 scale, a channel multiplier) where it runs. At batch 1 those checks cost as
-    much as a small layer's kernel (bench/cpu_ops.py)."""
+    to the Python checks, whose error names the bad argument. At batch 1 those checks cost as
+    much as a small layer's kernel (bench/cpu_ops.py). A refused call pays for the C++
+    exception, so calls that are fine but need a cast (a float64 scale) skip this."""
     x = tensors[0]
-    if not (type(x) is torch.Tensor and x.is_cpu and x.dtype is torch.float32 and x.dim() == 4
-            and unobserved(tensors) and not torch.is_autocast_enabled("cpu")):
+    if not (type(x) is torch.Tensor and x.is_cpu and x.dim() == 4 and unobserved(tensors)
+            and all(t is None or t.dtype is torch.float32 for t in tensors)
+            and not torch.is_autocast_enabled("cpu")):
         return False
     try:
         return _backend.resolve(backend, "cpu") == "cpp"
-    except (ValueError, _backend.BackendUnavailableError):  # the checked path raises it
+    except (TypeError, ValueError, _backend.BackendUnavailableError):  # the checks raise it
         return False
 
 

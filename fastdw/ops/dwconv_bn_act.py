@@ -66,7 +66,8 @@ def dwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
     if (type(stride) is int and type(dilation) is int and type(act) is str
             and (padding is None or type(padding) is int)
             and _dispatch.cpp_first(backend, (x, weight, scale, shift))
-            and None not in (weight, scale, shift) and weight.dim() == 4
+            and weight is not None and scale is not None and shift is not None
+            and weight.dim() == 4
             and weight.shape[0] == x.shape[1]):  # multipliers > 1 run on reference
         pad = dilation * (weight.shape[-1] - 1) // 2 if padding is None else padding
         out = _dispatch.try_cpp("dwconv_bn_act",

@@ -107,7 +107,8 @@ def inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Optio
     se = (se_w1, se_b1, se_w2, se_b2)
     if (type(stride) is int and type(act) is str and type(residual) is bool
             and _dispatch.cpp_first(backend, (*tensors, *se))
-            and None not in tensors[4:] and (expand_w is None or None not in tensors[1:4])):
+            and all(t is not None for t in tensors[4:])
+            and (expand_w is None or expand_scale is not None and expand_shift is not None)):
         ew, pw, w1, w2 = (None if w is None else _checks.matrix(w)
                           for w in (expand_w, project_w, se_w1, se_w2))
         # The op drops a residual that cannot be added; the kernel refuses it.

@@ -57,7 +57,7 @@ def pwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
     or None; residual: None or a tensor of the output's shape (N, C_out, H, W).
     """
     if (type(act) is str and _dispatch.cpp_first(backend, (x, weight, scale, shift, residual))
-            and None not in (weight, scale, shift)):
+            and weight is not None and scale is not None and shift is not None):
         out = _dispatch.try_cpp("pwconv_bn_act",
                                 (x, _checks.matrix(weight), scale, shift, act, residual))
         if out is not None:

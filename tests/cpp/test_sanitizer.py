@@ -26,8 +26,8 @@ DRIVER = r"""
 import glob, os, sys
 import torch.utils.cpp_extension as ext
 root, here, build = sys.argv[1:4]
-sources = [os.path.join(root, "csrc", "ops.cpp")] + sorted(
-    glob.glob(os.path.join(root, "csrc", "cpu", "*.cpp"))
+sources = sorted(glob.glob(os.path.join(root, "csrc", "*.cpp"))
+    + glob.glob(os.path.join(root, "csrc", "cpu", "*.cpp"))
     + glob.glob(os.path.join(root, "csrc", "cpu", "isa", "*.cpp")))
 flags = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-fopenmp", "-Wno-psabi"]
 os.makedirs(build, exist_ok=True)

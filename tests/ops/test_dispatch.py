@@ -215,34 +215,33 @@ def test_common_calls_run_the_kernel_before_the_python_checks(case, tried, monke
             checked = getattr(ops, name)(*args, backend="cpp", **kwargs)
         assert tried == []
         checks_off(monkeypatch)
+        # Nor any tensor ==: `None in (tensors)` costs ~10 us per tensor (Tensor.__eq__(None)).
+        monkeypatch.setattr(torch.Tensor, "__eq__", lambda *a: pytest.fail("a tensor =="))
         first = getattr(ops, name)(*args, backend="cpp", **kwargs)
     assert tried == [(name, True)]
     torch.testing.assert_close(first, checked, rtol=0, atol=0)
 
 
 @needs_cpp
-@pytest.mark.parametrize("name,position", [("dwconv_bn_act", 2), ("pwconv_bn_act", 3),
-                                           ("inverted_residual", 5)])
-def test_calls_the_kernel_refuses_go_on_to_the_checks(name, position, tried):
-    # A float64 per-channel vector: the kernel takes float32 only; the op casts it.
+@pytest.mark.parametrize("name", ["dwconv_bn_act", "pwconv_bn_act", "inverted_residual"])
+def test_calls_the_kernel_refuses_go_on_to_the_checks(name, tried):
     args, kwargs = FULL_CALLS[name]()
-    as_double = list(args)
-    as_double[position] = args[position].double()
-    with torch.no_grad():
-        out = getattr(ops, name)(*as_double, backend="cpp", **kwargs)
-        assert tried == [(name, False)]
-        torch.testing.assert_close(out, getattr(ops, name)(*args, backend="cpp", **kwargs),
-                                   rtol=0, atol=0)
+    with torch.no_grad(), pytest.raises(ValueError, match="act must be one of"):
+        getattr(ops, name)(*args, backend="cpp", **{**kwargs, "act": "gelu"})
+    assert tried == [(name, False)]
 
 
 @needs_cpp
-@pytest.mark.parametrize("condition", ["reference", "float64", "grad", "mode", "autocast"])
+@pytest.mark.parametrize("condition", ["reference", "float64", "float64 scale", "grad", "mode",
+                                       "autocast"])
 def test_no_kernel_first_where_the_op_must_do_more(condition, tried):
     args, kwargs = FULL_CALLS["dwconv_bn_act"]()
     x, w, scale, shift = args
     backend = "reference" if condition == "reference" else "cpp"
     if condition == "float64":
         x, w, scale, shift = (t.double() for t in args)
+    if condition == "float64 scale":  # the op casts it (the kernel would refuse it)
+        scale = scale.double()
     w.requires_grad_(condition == "grad")
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.enable_grad() if condition == "grad" else torch.no_grad())
