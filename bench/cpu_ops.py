@@ -2,6 +2,7 @@
 
     python bench/cpu_ops.py --batch 1 8 --threads 2            # every MobileNetV2 dw layer
     python bench/cpu_ops.py --batch 1 --blocks                 # + whole inverted-residual blocks
+    python bench/cpu_ops.py --batch 1 8 --pointwise            # + every 1x1 conv + BN (+ ReLU6)
 
 Every depthwise shape of MobileNetV2 at 224x224 (fp32). Providers: eager Conv2d -> BatchNorm2d ->
 ReLU6 on NCHW and on channels_last, torch.compile with freezing on channels_last (oneDNN's fused
@@ -41,6 +42,13 @@ DW_SHAPES = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1
 BLOCK_SHAPES = [(16, 6, 24, 112, 2), (24, 6, 24, 56, 1), (24, 6, 32, 56, 2), (32, 6, 32, 28, 1),
                 (32, 6, 64, 28, 2), (64, 6, 64, 14, 1), (64, 6, 96, 14, 1), (96, 6, 96, 14, 1),
                 (96, 6, 160, 14, 2), (160, 6, 160, 7, 1), (160, 6, 320, 7, 1)]
+# (C_in, C_out, input size, act) of every distinct 1x1 conv of MobileNetV2: the blocks' expand
+# (ReLU6) and project (no act) convs, the first block's project, and the last conv before
+# the classifier.
+PW_SHAPES = sorted({(ci, ci * e, hw, "relu6") for ci, e, _, hw, _ in BLOCK_SHAPES}
+                   | {(ci * e, co, hw // s, "none") for ci, e, co, hw, s in BLOCK_SHAPES}
+                   | {(32, 16, 112, "none"), (320, 1280, 7, "relu6")},
+                   key=lambda shape: (-shape[2], shape[0], shape[1]))
 
 
 def machine():
@@ -85,6 +93,26 @@ def dw_providers(c, hw, stride, x):
             "fastdw-cpp": fastdw_op("cpp"), "fastdw-ref": fastdw_op("reference"),
             "cpp-kernel": lambda: torch.ops.fastdw_cpp.dwconv_bn_act(x_cl, w, scale, shift,
                                                                      stride, 1, 1, "relu6"),
+            "fastdw-frozen": lambda: frozen(x_cl)}
+
+
+def pw_providers(cin, cout, hw, act, x):
+    acts = [nn.ReLU6()] if act == "relu6" else []
+    m = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), random_bn(nn.BatchNorm2d(cout)),
+                      *acts).eval()
+    m_cl = copy.deepcopy(m).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    scale, shift = (t.detach() for t in fold_bn(m[1]))
+    w = m[0].weight.detach()
+
+    def fastdw_op(backend):
+        return lambda: fastdw.ops.pwconv_bn_act(x_cl, w, scale, shift, act=act, backend=backend)
+    frozen = fastdw.nn.freeze(nn.Sequential(fastdw.nn.ConvBNAct.wrap(m[0], m[1], act)))
+    return {"eager": lambda: m(x), "eager-cl": lambda: m_cl(x_cl),
+            "compile-cl": (lambda f: lambda: f(x_cl))(compiled(m_cl, x_cl)),
+            "fastdw-cpp": fastdw_op("cpp"), "fastdw-ref": fastdw_op("reference"),
+            "cpp-kernel": lambda: torch.ops.fastdw_cpp.pwconv_bn_act(x_cl, w.flatten(1), scale,
+                                                                     shift, act, None),
             "fastdw-frozen": lambda: frozen(x_cl)}
 
 
@@ -170,6 +198,8 @@ def main():
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--blocks", action="store_true",
                         help="also time whole inverted-residual blocks (expand 6, ReLU6)")
+    parser.add_argument("--pointwise", action="store_true",
+                        help="also time every 1x1 conv + BN (+ ReLU6) of MobileNetV2")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import torch._inductor.config as inductor_config
@@ -181,6 +211,10 @@ def main():
           f" | median ms of {args.iters} calls per provider, in shuffled turns")
     run("depthwise 3x3 + BN + ReLU6 (MobileNetV2 layers, 224x224 input)", DW_SHAPES,
         dw_providers, lambda c, hw, s: f"c{c} {hw}x{hw} s{s}", args.batch, args.iters)
+    if args.pointwise:
+        run("pointwise 1x1 + BN (+ ReLU6) (MobileNetV2 layers, 224x224 input)", PW_SHAPES,
+            pw_providers, lambda ci, co, hw, act: f"{ci}->{co} {hw}x{hw} {act}", args.batch,
+            args.iters)
     if args.blocks:
         run("inverted-residual blocks (MobileNetV2, expand 6)", BLOCK_SHAPES, block_providers,
             lambda ci, e, co, hw, s: f"{ci}->{ci * e}->{co} {hw}x{hw} s{s}", args.batch,
