@@ -1,16 +1,20 @@
-// fastdw._C.stamp_unchanged(stamp): fastdw.nn._fold.unchanged() in C, the check a cached eval
-// forward makes on every call (for a whole MobileNetV2, ~1,300 dicts with ~5,000 entries and
-// ~310 tensors). Same answer as the Python function, which stays as the specification and the
-// fallback when fastdw._C is not built; tests/nn/test_eval_program.py runs both on every edit.
-// Python does the same work through generic == on dicts (a hash lookup per entry) and a method
-// call per tensor; here a dict whose entries are still the very objects the stamp copied, in the
-// same order, is recognised by walking both, and tensors are read through their C++ handles.
+// fastdw._C.stamp_unchanged(stamp): fastdw.nn._fold.unchanged_py() in C, the check a cached
+// eval forward makes on every call (for a whole MobileNetV2, ~1,300 dicts with ~5,000 entries
+// and ~310 tensors). Same answers as the Python function, which stays as the specification and
+// the fallback when fastdw._C is not built; tests/nn/test_stamp.py runs both on every kind of
+// edit. Python does the same work through generic == on dicts (a hash lookup per entry) and a
+// method call per tensor; here a dict whose entries are still the very objects the stamp
+// copied, in the same order, is recognised by walking both, and tensors are read through their
+// C++ handles.
 #include <Python.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 #include "stamp.h"
 
 namespace {
+
+enum Fields { kMods, kTypes, kModuleDicts, kDicts, kCopies, kTensorDicts, kTensors, kLive,
+              kVersions, kPointers, kFields };
 
 // 1 if d == copy, 0 if not, -1 with a Python error set (as PyObject_RichCompareBool). d is a
 // module's dict or hook OrderedDict (whose == with a dict compares items, as here), or a class's
@@ -28,66 +32,85 @@ int dict_equal(PyObject* d, PyObject* copy) {
   return PyObject_RichCompareBool(d, copy, Py_EQ);  // class mappingproxies, changed dicts
 }
 
-// The checks of unchanged(); false as soon as one fails. A Python error set on the way (an
-// attribute whose == raises) means changed, as in unchanged().
-bool unchanged(PyObject* stamp) {
-  if (!PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) != 9) return false;
-  PyObject* const* s = &PyTuple_GET_ITEM(stamp, 0);
-  PyObject *mods = s[0], *types = s[1], *dicts = s[2], *copies = s[3], *tensor_dicts = s[4],
-           *tensors = s[5], *live = s[6], *versions = s[7], *pointers = s[8];
-  for (PyObject* list : {mods, types, dicts, copies, tensor_dicts, tensors, live, versions,
-                         pointers})
-    if (!PyList_Check(list)) return false;
-  if (PyList_GET_SIZE(types) != PyList_GET_SIZE(mods) ||
-      PyList_GET_SIZE(copies) != PyList_GET_SIZE(dicts) ||
-      PyList_GET_SIZE(versions) != PyList_GET_SIZE(live) ||
-      PyList_GET_SIZE(pointers) != PyList_GET_SIZE(live))
-    return false;
-  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(mods); ++i)  // module.__class__ = ...
-    if (reinterpret_cast<PyObject*>(Py_TYPE(PyList_GET_ITEM(mods, i))) !=
-        PyList_GET_ITEM(types, i))
-      return false;
-  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dicts); ++i) {
-    const int eq = dict_equal(PyList_GET_ITEM(dicts, i), PyList_GET_ITEM(copies, i));
-    if (eq != 1) {
-      if (eq < 0) PyErr_Clear();
-      return false;
-    }
+// The checks of unchanged_py(), in its order: 1 unchanged, 0 changed, -1 with a Python error
+// set. Everything before the dict comparisons runs no Python code; those come last, each on
+// its own references, and the lists' lengths are read again for each, because an attribute's
+// == may run any code (even code that edits the stamp).
+int unchanged(PyObject* stamp) {
+  if (!PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) != kFields) return 0;
+  PyObject* f[kFields];
+  for (int i = 0; i < kFields; ++i) {
+    f[i] = PyTuple_GET_ITEM(stamp, i);
+    if (!PyList_Check(f[i])) return 0;
+  }
+  const Py_ssize_t mods = PyList_GET_SIZE(f[kMods]), live = PyList_GET_SIZE(f[kLive]);
+  if (PyList_GET_SIZE(f[kTypes]) != mods || PyList_GET_SIZE(f[kModuleDicts]) != mods ||
+      PyList_GET_SIZE(f[kVersions]) != live || PyList_GET_SIZE(f[kPointers]) != live)
+    return 0;
+  for (Py_ssize_t i = 0; i < mods; ++i) {
+    PyObject* module = PyList_GET_ITEM(f[kMods], i);
+    if (reinterpret_cast<PyObject*>(Py_TYPE(module)) != PyList_GET_ITEM(f[kTypes], i))
+      return 0;  // module.__class__ = ...
+    PyObject* dict = PyObject_GenericGetDict(module, nullptr);
+    if (dict == nullptr) return -1;
+    const bool same = dict == PyList_GET_ITEM(f[kModuleDicts], i);
+    Py_DECREF(dict);
+    if (!same) return 0;  // module.__dict__ = ...
   }
   // The parameters and buffers are the same objects, in the same order...
   Py_ssize_t t = 0;
-  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tensor_dicts); ++i) {
-    PyObject* d = PyList_GET_ITEM(tensor_dicts, i);
-    if (!PyDict_Check(d)) return false;
+  const Py_ssize_t tensors = PyList_GET_SIZE(f[kTensors]);
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(f[kTensorDicts]); ++i) {
+    PyObject* d = PyList_GET_ITEM(f[kTensorDicts], i);
+    if (!PyDict_Check(d)) return 0;
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(d, &pos, &key, &value))
-      if (t >= PyList_GET_SIZE(tensors) || value != PyList_GET_ITEM(tensors, t++)) return false;
+      if (t >= tensors || value != PyList_GET_ITEM(f[kTensors], t++)) return 0;
   }
-  if (t != PyList_GET_SIZE(tensors)) return false;
-  // ...with the same version counters and data pointers.
-  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(live); ++i) {
-    PyObject* obj = PyList_GET_ITEM(live, i);
-    if (!THPVariable_Check(obj)) return false;
+  if (t != tensors) return 0;
+  // ...with the same version counters and data pointers...
+  for (Py_ssize_t i = 0; i < live; ++i) {
+    PyObject* obj = PyList_GET_ITEM(f[kLive], i);
+    if (!THPVariable_Check(obj)) return 0;
     const at::Tensor& tensor = THPVariable_Unpack(obj);
-    const long long version = PyLong_AsLongLong(PyList_GET_ITEM(versions, i));
-    const void* pointer = PyLong_AsVoidPtr(PyList_GET_ITEM(pointers, i));
-    if (PyErr_Occurred()) {
-      PyErr_Clear();
-      return false;
-    }
+    const long long version = PyLong_AsLongLong(PyList_GET_ITEM(f[kVersions], i));
+    const void* pointer = PyLong_AsVoidPtr(PyList_GET_ITEM(f[kPointers], i));
+    if (PyErr_Occurred()) return -1;  // not a stamp's numbers
     try {
       if (static_cast<long long>(tensor._version()) != version || tensor.data_ptr() != pointer)
-        return false;
-    } catch (const std::exception&) {  // a tensor without data (not a stamp's tensor)
-      return false;
+        return 0;
+    } catch (const std::exception& e) {  // a tensor without data (not a stamp's tensor)
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+      return -1;
     }
   }
-  return true;
+  // ...and the dicts equal their copies.
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(f[kDicts]); ++i) {
+    if (i >= PyList_GET_SIZE(f[kCopies])) return 0;
+    PyObject* d = PyList_GET_ITEM(f[kDicts], i);
+    PyObject* copy = PyList_GET_ITEM(f[kCopies], i);
+    Py_INCREF(d);
+    Py_INCREF(copy);
+    const int eq = dict_equal(d, copy);
+    Py_DECREF(d);
+    Py_DECREF(copy);
+    if (eq != 1) return eq;
+  }
+  return PyList_GET_SIZE(f[kCopies]) == PyList_GET_SIZE(f[kDicts]);
 }
 
 }  // namespace
 
 PyObject* fastdw_stamp_unchanged(PyObject* /*module*/, PyObject* stamp) {
-  return PyBool_FromLong(unchanged(stamp));
+  const int result = unchanged(stamp);
+  if (result < 0) {
+    // As unchanged_py: an attribute whose == raises one of these has changed; anything else
+    // (KeyboardInterrupt, a KeyError from a broken __eq__) propagates.
+    if (!PyErr_ExceptionMatches(PyExc_RuntimeError) && !PyErr_ExceptionMatches(PyExc_TypeError)
+        && !PyErr_ExceptionMatches(PyExc_ValueError))
+      return nullptr;
+    PyErr_Clear();
+  }
+  return PyBool_FromLong(result == 1);
 }

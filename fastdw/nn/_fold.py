@@ -9,7 +9,7 @@ torch.compile traces (the compiled graph folds itself). The cache holds a stamp 
 under its owner: each module's attributes (`train()`, `bn.eps = ...`), children
 (`block.conv[1] = ...`) and parameters and buffers by identity, plus each tensor's version
 counter and data pointer, so in-place edits (`bn.running_var.mul_(2)`, most optimizer steps,
-load_state_dict), `.data = ...` swaps, `module.__class__ = ...` and `.to()`/`.half()` all
+load_state_dict), `.data = ...` swaps, `module.__class__ = ...`, `module.__dict__ = ...` and `.to()`/`.half()` all
 invalidate it. A cache that stands in for a whole forward (the models' eval program,
 fastdw.nn.freeze.eval_forward) also stamps tensor-free leaves, hook dicts and the dicts of the
 modules' classes. What it cannot see is an in-place edit that bumps no version counter:
@@ -31,6 +31,7 @@ from fastdw.ops import _dispatch
 from fastdw.ops._checks import INT32_MAX
 
 _version = operator.attrgetter("_version")
+_dict_of = operator.attrgetter("__dict__")
 _values = itertools.chain.from_iterable
 
 
@@ -66,29 +67,32 @@ def take_stamp(owner, whole=False):
     live = [t for t in tensors if t is not None]
     if any(map(torch.Tensor.is_inference, live)):
         return None
-    return (mods, list(map(type, mods)), dicts, [dict(d) for d in dicts], tensor_dicts, tensors,
-            live, list(map(_version, live)), list(map(torch.Tensor.data_ptr, live)))
+    return (mods, list(map(type, mods)), list(map(_dict_of, mods)), dicts,
+            [dict(d) for d in dicts], tensor_dicts, tensors, live, list(map(_version, live)),
+            list(map(torch.Tensor.data_ptr, live)))
 
 
 def unchanged_py(stamp):
     """Whether nothing take_stamp() saw has changed. This runs on every cached call: fastdw._C
     has it in C (csrc/stamp.cpp, same answers, about half the time for a whole model), which
     `unchanged` is when built."""
-    # Only C-level loops (map, ==). The live dicts are compared with their copies (same objects
-    # compare equal by identity, without calling their __eq__); tensors are compared by
-    # identity, never with ==.
-    mods, types, dicts, copies, tensor_dicts, tensors, live, versions, pointers = stamp
-    if list(map(type, mods)) != types:  # module.__class__ = ...
+    # Only C-level loops (map, ==). Classes, module dicts and tensors are compared by identity;
+    # the live dicts with their copies (same objects compare equal by identity, without
+    # calling their __eq__), last, as an attribute's == may run any code.
+    (mods, types, module_dicts, dicts, copies, tensor_dicts, tensors, live, versions,
+     pointers) = stamp
+    if not (all(map(operator.is_, map(type, mods), types))  # module.__class__ = ...
+            and all(map(operator.is_, map(_dict_of, mods), module_dicts))):  # __dict__ = ...
+        return False
+    now = list(_values(map(dict.values, tensor_dicts)))
+    if not (len(now) == len(tensors) and all(map(operator.is_, now, tensors))
+            and list(map(_version, live)) == versions
+            and list(map(torch.Tensor.data_ptr, live)) == pointers):
         return False
     try:
-        if dicts != copies:
-            return False
+        return dicts == copies
     except (RuntimeError, TypeError, ValueError):  # a changed attribute whose == raises
         return False  # (a tensor or an array, say): changed
-    now = list(_values(map(dict.values, tensor_dicts)))
-    return (len(now) == len(tensors) and all(map(operator.is_, now, tensors))
-            and list(map(_version, live)) == versions
-            and list(map(torch.Tensor.data_ptr, live)) == pointers)
 
 
 try:
