@@ -10,9 +10,9 @@ under its owner: each module's attributes (`train()`, `bn.eps = ...`), children
 (`block.conv[1] = ...`) and parameters and buffers by identity, plus each tensor's version
 counter and data pointer, so in-place edits (`bn.running_var.mul_(2)`, most optimizer steps,
 load_state_dict), `.data = ...` swaps, `module.__class__ = ...`, `module.__dict__ = ...` and
-`.to()`/`.half()` all invalidate it. A cache that stands in for a whole forward (the models' eval program,
-fastdw.nn.freeze.eval_forward) also stamps tensor-free leaves, hook dicts and the dicts of the
-modules' classes. What it cannot see is an in-place edit that bumps no version counter:
+`.to()`/`.half()` all invalidate it. A cache that stands in for a whole forward (the models'
+eval program, fastdw.nn.freeze.eval_forward) also stamps tensor-free leaves, hook dicts and the
+dicts of the modules' classes. What it cannot see is an in-place edit that bumps no version counter:
 through `.data` (`bn.weight.data.mul_(2)`: `.data` has its own counter), by an optimizer with
 fused=True (its kernel writes the parameters without bumping theirs; the default and
 foreach=True ones do) or through memory shared outside torch (`.numpy()`, DLPack); nor a
