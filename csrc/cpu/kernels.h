@@ -42,11 +42,29 @@ struct GemmParams {
   int act;
 };
 
+// A direct convolution (groups 1) with bias and activation, for layers with few taps (the stem):
+//   y[n, oh, ow, o] = act(sum_{c,i,j} x[n, c, oh*s - p + i*d, ow*s - p + j*d] * w[o, c, i, j]
+//                         + bias[o]),
+// zero padding, computed as a GEMM of the im2col matrix (C*k*k <= kMaxConvTaps columns) and B
+// = w as (C_out, C*k*k) packed by pack_gemm_b. x any strides, y channels-last and dense.
+constexpr int64_t kMaxConvTaps = 256;
+struct ConvParams {
+  const float* x;     // (n, c, ih, iw) at n*xs_n + c*xs_c + ih*xs_h + iw*xs_w
+  float* y;           // (n, oh, ow, o) at ((n*OH + oh)*OW + ow)*Cout + o
+  const float* w;     // pack_gemm_b's layout
+  const float* bias;  // [Cout]
+  int64_t C, H, W, OH, OW, Cout;
+  int64_t xs_n, xs_c, xs_h, xs_w;
+  int64_t k, stride, pad, dil;
+  int act;
+};
+
 // The functions below run the widest instruction set this CPU supports (csrc/cpu/isa/select.cpp).
 
 // Output rows [begin, end) (flat index n*OH + oh), so the caller parallelises with
 // at::parallel_for.
 void dw_rows(const DwParams& p, int64_t begin, int64_t end);
+void conv_rows(const ConvParams& p, int64_t begin, int64_t end);
 
 // B of the GEMM is stored in column panels of P = gemm_panel_width() columns (the
 // micro-kernel's width): panel q holds columns [q*P, q*P + w) as a K x w' row-major block

@@ -27,4 +27,9 @@ at::Tensor inverted_residual(
     const std::optional<at::Tensor>& se_w2, const std::optional<at::Tensor>& se_b2,
     bool residual);
 
+// Conv2d (groups 1) + bias + activation with C_in*k*k <= kMaxConvTaps (the stem), for programs;
+// no op schema (torch's conv2d covers eager use). Returns channels-last output.
+at::Tensor conv_bias_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                         int64_t stride, int64_t padding, int64_t dilation, c10::string_view act);
+
 }  // namespace fastdw_cpu

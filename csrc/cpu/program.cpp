@@ -1,6 +1,6 @@
 // torch.classes.fastdw_cpp.Program: a frozen eval-mode forward, i.e. a fixed sequence of steps
-// (fastdw kernels, plus the ATen ops a MobileNet needs around them: a general conv for the stem,
-// in-place activations) run back to back in one C++ call. fastdw/nn/freeze.py builds it from a
+// (fastdw kernels, plus the ATen ops a MobileNet needs around them: a grouped conv for a depthwise
+// layer with a channel multiplier, in-place activations) run back to back in one C++ call. fastdw/nn/freeze.py builds it from a
 // model, with every BatchNorm folded: for freeze(), every tensor a private snapshot; for the
 // models' own eval forward, views of the model's tensors under a stamp that sees their edits.
 //
@@ -79,7 +79,10 @@ class Program : public torch::CustomClassHolder {
   // Each add_* appends a step; its tensors are kept as given (snapshots or views), and
   // the kernel validates them, and x, on every run.
 
-  // Conv2d with bias (BN folded in) + activation: layers no fastdw kernel covers (the stem).
+  // Conv2d with bias (BN folded in) + activation: the stem, and layers no other step covers.
+  // A conv with few taps (C_in*k*k <= kMaxConvTaps, groups 1: the stem) runs fastdw's direct
+  // kernel, which reads x in any layout, so as the first step it takes the caller's x as it is;
+  // others (a depthwise conv with a channel multiplier) run ATen's conv2d.
   void add_conv(at::Tensor weight, at::Tensor bias, int64_t stride, int64_t padding,
                 int64_t dilation, int64_t groups, const std::string& act) {
     const Act a = parse_act(act);
@@ -87,6 +90,15 @@ class Program : public torch::CustomClassHolder {
     check_range(padding, "padding", 0);
     check_range(dilation, "dilation", 1);
     check_range(groups, "groups", 1);
+    check_tensor(weight, "weight");
+    TORCH_CHECK(weight.dim() == 4, "weight must be 4-D, got shape ", weight.sizes());
+    if (groups == 1 && weight.size(1) * weight.size(2) * weight.size(3) <= kMaxConvTaps) {
+      if (steps_.empty()) first_step_takes_any_layout_ = true;
+      add("conv", [=](const at::Tensor& x) {
+        return conv_bias_act(x, weight, bias, stride, padding, dilation, act);
+      });
+      return;
+    }
     add("conv", [=](const at::Tensor& x) {
       at::Tensor y = at::conv2d(x, weight, bias, stride, padding, dilation, groups);
       activate_(y, a);
@@ -175,10 +187,11 @@ class Program : public torch::CustomClassHolder {
     check_tensor(x, "x");
     check_plain(x);
     // A program computes in float32 throughout: autocast would turn the ATen steps' outputs
-    // (the stem conv) to bf16/fp16, which the next kernel refuses.
+    // (a grouped conv) to bf16/fp16, which the next kernel refuses.
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const ArenaLease arena(*this);
-    at::Tensor y = x.dim() == 4 ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
+    at::Tensor y = x.dim() == 4 && !first_step_takes_any_layout_
+                       ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
     for (size_t i = 0; i < steps_.size(); ++i) {
       // The last step's output is the result: a new tensor, not an arena buffer.
       const UseArena use(i + 1 < steps_.size() ? arena.get() : nullptr);
@@ -233,6 +246,7 @@ class Program : public torch::CustomClassHolder {
 
   std::vector<Step> steps_;
   std::vector<std::string> names_;
+  bool first_step_takes_any_layout_ = false;
   mutable std::mutex arenas_mutex_;
   mutable std::vector<std::unique_ptr<OutputArena>> arenas_;
 };

@@ -269,7 +269,8 @@ class _Builder:
             self._step(path, folded.name, 4, c_in, 4, c_out, f"add_{folded.name}", args,
                        act_index=len(args) - 1)
             return
-        # Layers no fastdw kernel covers: the stem, depthwise with a channel multiplier.
+        # The stem (the program's direct conv kernel), depthwise with a channel multiplier
+        # (ATen's grouped conv).
         weight, bias = fold_conv(conv, bn)
         self._step(path, "conv", 4, c_in, 4, c_out, "add_conv",
                    (self.keep(weight), self.keep(bias), conv.stride[0], conv.padding[0],

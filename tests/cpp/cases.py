@@ -10,8 +10,9 @@ forgets to write fails the comparison. Shapes are small (sanitizer runs are ~10x
 cover every template path: k 3/5 with stride 1/2, the runtime-k path (k 1, 7, stride 3,
 dilation 2), channel tails (C not a multiple of 16 or 8), 1-pixel images, every activation,
 NCHW / channels_last / strided inputs, fp32 and bf16, weights reused (cached packs) and then
-edited in place, inverted-residual blocks streamed in many row groups and in bands, and
-programs (torch.classes.fastdw_cpp.Program) chaining every kind of step.
+edited in place, inverted-residual blocks streamed in many row groups and in bands,
+programs (torch.classes.fastdw_cpp.Program) chaining every kind of step, and their conv step
+(the stem) alone.
 """
 import argparse
 import sys
@@ -170,6 +171,35 @@ def run_program(n, h, w, lay, head):
     return out, ref, x
 
 
+def conv_cases():
+    # A program's conv step: (N, C_in, H, W, C_out, k, stride, padding, dilation, groups, act,
+    # layout, steps). Groups 1 with few taps runs fastdw's direct kernel (csrc/cpu/conv_bias_act):
+    # the stem shape, windows crossing every border, 1-pixel images (all border), padding past
+    # the window, dilation, C_out over one panel, one tap; groups > 1 runs ATen's conv2d. steps 1:
+    # the conv is the last step (its output is the result), 2: an act follows (the conv writes
+    # into the arena).
+    yield (2, 3, 13, 11, 16, 3, 2, 1, 1, 1, "hardswish", "nchw", 2)
+    yield (1, 3, 12, 9, 32, 3, 2, 1, 1, 1, "relu6", "channels_last", 1)
+    yield (3, 3, 1, 1, 16, 3, 2, 1, 1, 1, "relu", "strided", 2)
+    yield (1, 4, 9, 10, 20, 5, 1, 2, 1, 1, "silu", "transposed", 1)
+    yield (2, 3, 8, 8, 70, 3, 3, 4, 2, 1, "none", "nchw", 2)
+    yield (1, 2, 6, 7, 8, 1, 1, 0, 1, 1, "hardsigmoid", "channels_last", 2)
+    yield (1, 8, 7, 7, 16, 3, 1, 1, 1, 2, "relu6", "nchw", 2)
+
+
+def run_conv(n, cin, h, w, cout, k, s, pad, d, groups, act, lay, steps):
+    x = layout(torch.randn(n, cin, h, w), lay)
+    weight, bias = torch.randn(cout, cin // groups, k, k) / k, torch.randn(cout)
+    program = torch.classes.fastdw_cpp.Program()
+    program.add_conv(weight, bias, s, pad, d, groups, act)
+    if steps == 2:
+        program.add_act("none")
+    ref = reference.ACTIVATIONS[act](F.conv2d(f64(x), f64(weight), f64(bias), s, pad, d, groups))
+    out = program.run(x)
+    program.run(layout(torch.randn(n, cin, h, w), lay))  # out must survive a second run
+    return out, ref, x
+
+
 def all_cases():
     """(label, runner, case) of every case."""
     for case in dw_cases():
@@ -180,6 +210,8 @@ def all_cases():
         yield f"inverted_residual{case}", run_ir, case
     for case in program_cases():
         yield f"program{case}", run_program, case
+    for case in conv_cases():
+        yield f"conv{case}", run_conv, case
 
 
 def check(runner, case):

@@ -165,6 +165,21 @@ def test_program_checks_its_steps_and_inputs():
     pool.add_global_avg_pool()
     with pytest.raises(RuntimeError, match="x must be 4-D"):
         pool.run(torch.randn(2, 4))
+    with pytest.raises(RuntimeError, match="weight must be 4-D"):
+        Program().add_conv(torch.randn(8, 27), torch.randn(8), 1, 1, 1, 1, "none")
+    stem = Program()  # the direct conv kernel (csrc/cpu/conv_bias_act.cpp)
+    stem.add_conv(torch.randn(8, 3, 3, 3), torch.randn(8), 2, 1, 1, 1, "relu")
+    for x, message in [(torch.randn(1, 4, 9, 9), r"weight must have size 4 in dimension 1.*"
+                                                 r"in step 0 \(conv\)"),
+                       (torch.randn(1, 3, 9, 9, dtype=torch.float64), "x must be float32"),
+                       (torch.randn(1, 3, 9), "x must be 4-D"),
+                       (torch.randn(0, 3, 9, 9), "x must not be empty")]:
+        with pytest.raises(RuntimeError, match=message):
+            stem.run(x)
+    bias_mismatch = Program()
+    bias_mismatch.add_conv(torch.randn(8, 3, 3, 3), torch.randn(7), 1, 1, 1, 1, "none")
+    with pytest.raises(RuntimeError, match="bias must have size 8"):
+        bias_mismatch.run(torch.randn(1, 3, 5, 5))
 
 
 def test_program_refuses_wrappers_it_cannot_see_through():

@@ -67,6 +67,17 @@ template <int A, int N> inline typename Lanes<N>::F activate(typename Lanes<N>::
   } else return v;
 }
 
+// The output columns [lo, hi) whose window (k taps from ow*s - pad, dilation d) lies inside the
+// row [0, W): ow*s - pad >= 0 and ow*s - pad + (k-1)*d <= W-1. Empty (lo == hi) if none.
+inline void inside_columns(int64_t W, int64_t OW, int64_t k, int64_t s, int64_t pad, int64_t d,
+                           int64_t& lo, int64_t& hi) {
+  const int64_t last = W - 1 - (k - 1) * d + pad;  // the largest ow*s that fits
+  lo = (pad + s - 1) / s;
+  hi = last >= 0 ? last / s + 1 : 0;
+  hi = hi < OW ? hi : OW;
+  lo = lo < hi ? lo : hi;
+}
+
 // Depthwise conv + affine + act for one output row (n, oh) and N channels starting at c0.
 //   y[n, oh, ow, c] = act( scale[c] * sum_{i,j < k} x[n, oh*s - p + i*d, ow*s - p + j*d, c]
 //                          * w[i*k+j, c] + shift[c] ),
@@ -106,11 +117,8 @@ void dw_chunk(const DwParams& p, int64_t n, int64_t oh, int64_t c0) {
     store<N>(y + ow * p.ys_w, activate<A, N>(acc * scale + shift));
   };
 
-  // Interior columns: iw0 >= 0 and iw0 + (k-1)*d <= W-1.
-  int64_t lo = (p.pad + s - 1) / s;
-  int64_t hi = (p.W - 1 - (k - 1) * d + p.pad) >= 0 ? (p.W - 1 - (k - 1) * d + p.pad) / s + 1 : 0;
-  hi = hi < p.OW ? hi : p.OW;
-  lo = lo < hi ? lo : hi;
+  int64_t lo, hi;
+  inside_columns(p.W, p.OW, k, s, p.pad, d, lo, hi);
   const bool rows_inside = ih0 >= 0 && ih0 + (k - 1) * d < p.H;
   if (!rows_inside) lo = hi = p.OW;
 
@@ -218,9 +226,12 @@ template <int L> inline typename Lanes<L>::F load_cols(const float* p, int64_t c
   return v;
 }
 
-template <int R, int NV, int L, int A>
+// Taps: A[m, k] = a[m * lda + taps[k]], a convolution's im2col matrix read straight from its
+// input (conv_rows); else a dense A (taps unused). A template parameter, so the dense GEMM's
+// inner loop has no branch for it.
+template <int R, int NV, int L, int A, bool Taps>
 void gemm_block(const GemmParams& p, int64_t m, int64_t n, int64_t cols, const float* b,
-                int64_t ldb) {
+                int64_t ldb, const int64_t* taps) {
   using F = typename Lanes<L>::F;
   F acc[R][NV];
   for (int r = 0; r < R; ++r)
@@ -229,8 +240,9 @@ void gemm_block(const GemmParams& p, int64_t m, int64_t n, int64_t cols, const f
   for (int64_t k = 0; k < p.K; ++k) {
     F bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = load<L>(b + k * ldb + v * L);
+    const int64_t ak = Taps ? taps[k] : k;
     for (int r = 0; r < R; ++r) {
-      const float av = a[r * p.lda + k];  // vector * scalar: one broadcast, then FMAs
+      const float av = a[r * p.lda + ak];  // vector * scalar: one broadcast, then FMAs
       for (int v = 0; v < NV; ++v) acc[r][v] += bv[v] * av;
     }
   }
@@ -250,13 +262,14 @@ void gemm_block(const GemmParams& p, int64_t m, int64_t n, int64_t cols, const f
 
 // One panel (NV vectors, `cols` real columns) over rows [begin, end): blocks of R rows, the
 // remainder in blocks of R/2, R/4, ... rows.
-template <int NV, int A, int R = block_rows<NV>()>
+template <int NV, int A, bool Taps, int R = block_rows<NV>()>
 void gemm_panel(const GemmParams& p, int64_t begin, int64_t end, int64_t n, int64_t cols,
-                const float* b, int64_t ldb) {
+                const float* b, int64_t ldb, const int64_t* taps) {
   int64_t m = begin;
-  for (; m + R <= end; m += R) gemm_block<R, NV, FASTDW_VW, A>(p, m, n, cols, b, ldb);
+  for (; m + R <= end; m += R)
+    gemm_block<R, NV, FASTDW_VW, A, Taps>(p, m, n, cols, b, ldb, taps);
   if constexpr (R > 1)
-    if (m < end) gemm_panel<NV, A, R / 2>(p, m, end, n, cols, b, ldb);
+    if (m < end) gemm_panel<NV, A, Taps, R / 2>(p, m, end, n, cols, b, ldb, taps);
 }
 
 // Rows in chunks of kGemmRows; within a chunk, panels outside rows, so one panel of B is
@@ -264,21 +277,22 @@ void gemm_panel(const GemmParams& p, int64_t begin, int64_t end, int64_t n, int6
 // (kGemmRows x K) stay in L1/L2 across the panels.
 constexpr int64_t kGemmRows = 48;
 
-template <int A>
-void gemm_act(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+template <int A, bool Taps>
+void gemm_act(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+              const int64_t* taps) {
   for (int64_t mc = m0; mc < m1; mc += kGemmRows) {
     const int64_t mc1 = mc + kGemmRows < m1 ? mc + kGemmRows : m1;
     for (int64_t q = n0; q < n1; q += kPanel) {
       const int64_t cols = panel_cols(p.N, q), ldb = padded(cols), nv = ldb / FASTDW_VW;
       const float* panel = p.b + q * p.K;
       if constexpr (kGemmNV == 4) {
-        if (nv == 4) gemm_panel<4, A>(p, mc, mc1, q, cols, panel, ldb);
-        else if (nv == 3) gemm_panel<3, A>(p, mc, mc1, q, cols, panel, ldb);
-        else if (nv == 2) gemm_panel<2, A>(p, mc, mc1, q, cols, panel, ldb);
-        else gemm_panel<1, A>(p, mc, mc1, q, cols, panel, ldb);
+        if (nv == 4) gemm_panel<4, A, Taps>(p, mc, mc1, q, cols, panel, ldb, taps);
+        else if (nv == 3) gemm_panel<3, A, Taps>(p, mc, mc1, q, cols, panel, ldb, taps);
+        else if (nv == 2) gemm_panel<2, A, Taps>(p, mc, mc1, q, cols, panel, ldb, taps);
+        else gemm_panel<1, A, Taps>(p, mc, mc1, q, cols, panel, ldb, taps);
       } else {
-        if (nv == 2) gemm_panel<2, A>(p, mc, mc1, q, cols, panel, ldb);
-        else gemm_panel<1, A>(p, mc, mc1, q, cols, panel, ldb);
+        if (nv == 2) gemm_panel<2, A, Taps>(p, mc, mc1, q, cols, panel, ldb, taps);
+        else gemm_panel<1, A, Taps>(p, mc, mc1, q, cols, panel, ldb, taps);
       }
     }
   }
@@ -286,14 +300,86 @@ void gemm_act(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n
 
 // The activation is a template parameter of the micro-kernel: a run-time switch per output
 // vector showed in profiles of short-K GEMMs such as MobileNet's first expand (K = 16).
-void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+template <bool Taps>
+void gemm_any(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+              const int64_t* taps) {
   switch (p.act) {
-    case kRelu: return gemm_act<kRelu>(p, m0, m1, n0, n1);
-    case kRelu6: return gemm_act<kRelu6>(p, m0, m1, n0, n1);
-    case kHardswish: return gemm_act<kHardswish>(p, m0, m1, n0, n1);
-    case kHardsigmoid: return gemm_act<kHardsigmoid>(p, m0, m1, n0, n1);
-    case kSilu: return gemm_act<kSilu>(p, m0, m1, n0, n1);
-    default: return gemm_act<kNone>(p, m0, m1, n0, n1);
+    case kRelu: return gemm_act<kRelu, Taps>(p, m0, m1, n0, n1, taps);
+    case kRelu6: return gemm_act<kRelu6, Taps>(p, m0, m1, n0, n1, taps);
+    case kHardswish: return gemm_act<kHardswish, Taps>(p, m0, m1, n0, n1, taps);
+    case kHardsigmoid: return gemm_act<kHardsigmoid, Taps>(p, m0, m1, n0, n1, taps);
+    case kSilu: return gemm_act<kSilu, Taps>(p, m0, m1, n0, n1, taps);
+    default: return gemm_act<kNone, Taps>(p, m0, m1, n0, n1, taps);
+  }
+}
+
+void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  gemm_any<false>(p, m0, m1, n0, n1, nullptr);
+}
+
+// The im2col rows of output pixels [ow0, ow0 + count) of row (n, oh): window (c, i, j) of each
+// at out[pixel * K + (c*k + i)*k + j], 0 where it falls outside the image.
+inline void gather_windows(const ConvParams& p, int64_t n, int64_t oh, int64_t ow0,
+                           int64_t count, int64_t K, float* out) {
+  const int64_t k = p.k;
+  for (int64_t q = 0; q < count; ++q)
+    for (int64_t c = 0; c < p.C; ++c)
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t ih = oh * p.stride - p.pad + i * p.dil;
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t iw = (ow0 + q) * p.stride - p.pad + j * p.dil;
+          out[q * K + (c * k + i) * k + j] =
+              ih >= 0 && ih < p.H && iw >= 0 && iw < p.W
+                  ? p.x[n * p.xs_n + c * p.xs_c + ih * p.xs_h + iw * p.xs_w]
+                  : 0.f;
+        }
+      }
+}
+
+// Output rows [begin, end) (flat n*OH + oh) of the direct convolution (ConvParams): a GEMM per
+// row, with one A row per output pixel and one A column per tap (c, i, j). Pixels whose whole
+// window lies inside the image read A from x through the taps' offsets; the others (the image
+// border: a row or column of pixels at most on each side for the stem) gather their window into
+// a zero-padded copy first.
+void conv_rows(const ConvParams& p, int64_t begin, int64_t end) {
+  const int64_t k = p.k, s = p.stride, d = p.dil, K = p.C * k * k;  // K <= kMaxConvTaps
+  int64_t taps[kMaxConvTaps];
+  for (int64_t c = 0; c < p.C; ++c)
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j)
+        taps[(c * k + i) * k + j] = c * p.xs_c + i * d * p.xs_h + j * d * p.xs_w;
+  int64_t lo, hi;
+  inside_columns(p.W, p.OW, k, s, p.pad, d, lo, hi);
+  constexpr int64_t kEdge = 16;  // border pixels gathered at a time
+  float edge[kEdge * kMaxConvTaps];
+  GemmParams g{nullptr, p.w, nullptr, nullptr, p.bias, nullptr, K, p.Cout, 0, p.Cout, 0, p.act};
+  // Border pixels [ow0, ow1) of row (n, oh), kEdge at a time: windows gathered (zero outside
+  // the image), then a dense GEMM.
+  auto border = [&](int64_t n, int64_t oh, int64_t ow0, int64_t ow1, float* out) {
+    for (; ow0 < ow1; ow0 += kEdge) {
+      const int64_t count = ow1 - ow0 < kEdge ? ow1 - ow0 : kEdge;
+      gather_windows(p, n, oh, ow0, count, K, edge);
+      GemmParams e = g;
+      e.a = edge;
+      e.lda = K;
+      e.c = out + ow0 * p.Cout;
+      gemm_any<false>(e, 0, count, 0, p.Cout, nullptr);
+    }
+  };
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t n = r / p.OH, oh = r % p.OH, ih0 = oh * s - p.pad;
+    float* out = p.y + r * p.OW * p.Cout;
+    if (ih0 < 0 || ih0 + (k - 1) * d >= p.H || lo >= hi) {
+      border(n, oh, 0, p.OW, out);
+      continue;
+    }
+    border(n, oh, 0, lo, out);
+    GemmParams in = g;
+    in.a = p.x + n * p.xs_n + ih0 * p.xs_h + (lo * s - p.pad) * p.xs_w;
+    in.lda = s * p.xs_w;
+    in.c = out + lo * p.Cout;
+    gemm_any<true>(in, 0, hi - lo, 0, p.Cout, taps);
+    border(n, oh, hi, p.OW, out);
   }
 }
 

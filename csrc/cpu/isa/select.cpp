@@ -9,6 +9,7 @@ namespace fastdw_cpu {
 #define FASTDW_DECLARE(isa)                                              \
   namespace isa {                                                        \
   void dw_rows(const DwParams& p, int64_t begin, int64_t end);           \
+  void conv_rows(const ConvParams& p, int64_t begin, int64_t end);       \
   void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);  \
   int64_t gemm_panel_width();                                            \
   int64_t gemm_packed_floats(int64_t N, int64_t K);                      \
@@ -60,6 +61,10 @@ Isa isa() {
 
 void dw_rows(const DwParams& p, int64_t begin, int64_t end) {
   FASTDW_DISPATCH(dw_rows(p, begin, end))
+}
+
+void conv_rows(const ConvParams& p, int64_t begin, int64_t end) {
+  FASTDW_DISPATCH(conv_rows(p, begin, end))
 }
 
 void gemm(const GemmParams& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
