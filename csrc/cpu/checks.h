@@ -72,6 +72,20 @@ inline int64_t conv_out(int64_t size, int64_t k, int64_t stride, int64_t pad, in
   return out;
 }
 
+// The output size of a k x k window sliding over x (N, C, H, W) with these hyper-parameters,
+// each checked.
+struct ConvOut {
+  int64_t OH, OW;
+};
+inline ConvOut check_window(const at::Tensor& x, int64_t k, int64_t stride, int64_t padding,
+                            int64_t dilation) {
+  check_range(stride, "stride", 1);
+  check_range(padding, "padding", 0);
+  check_range(dilation, "dilation", 1);
+  return {conv_out(x.size(2), k, stride, padding, dilation, "x (height)"),
+          conv_out(x.size(3), k, stride, padding, dilation, "x (width)")};
+}
+
 inline Act parse_act(c10::string_view act) {
   if (act == "none") return kNone;
   if (act == "relu") return kRelu;

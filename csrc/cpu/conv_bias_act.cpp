@@ -28,12 +28,8 @@ at::Tensor conv_bias_act(const at::Tensor& x, const at::Tensor& weight, const at
   TORCH_CHECK(C * k * k <= kMaxConvTaps, "weight has ", C * k * k, " taps (C_in*k*k); this "
               "kernel takes at most ", kMaxConvTaps);
   check_shape(bias, "bias", at::kFloat, {Cout});
-  check_range(stride, "stride", 1);
-  check_range(padding, "padding", 0);
-  check_range(dilation, "dilation", 1);
+  const auto [OH, OW] = check_window(x, k, stride, padding, dilation);
   const Act a = parse_act(act);
-  const int64_t OH = conv_out(H, k, stride, padding, dilation, "x (height)");
-  const int64_t OW = conv_out(W, k, stride, padding, dilation, "x (width)");
 
   // The weight as the GEMM's (C_out, C*k*k) matrix: a view of a contiguous weight, so the packed
   // copy is cached on the weight's own storage and version counter.

@@ -25,12 +25,8 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
               "got shape ", weight.sizes());
   check_shape(scale, "scale", at::kFloat, {C});
   check_shape(shift, "shift", at::kFloat, {C});
-  check_range(stride, "stride", 1);
-  check_range(padding, "padding", 0);
-  check_range(dilation, "dilation", 1);
+  const auto [OH, OW] = check_window(x, k, stride, padding, dilation);
   const Act a = parse_act(act);
-  const int64_t OH = conv_out(H, k, stride, padding, dilation, "x (height)");
-  const int64_t OW = conv_out(W, k, stride, padding, dilation, "x (width)");
 
   // The loops need channel stride 1; any other strides of x are used as they are.
   const at::Tensor xc = (x.stride(1) == 1 || C == 1)
