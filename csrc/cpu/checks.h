@@ -23,6 +23,10 @@ inline void check_tensor(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.layout() == at::kStrided, name, " must be a dense (strided) tensor");
   TORCH_CHECK(t.has_storage() && (t.numel() == 0 || t.const_data_ptr() != nullptr), name,
               " has no data in memory (a wrapper or subclass tensor); pass a plain tensor");
+  // The dispatcher resolves these lazy views before a kernel runs; a program's steps call the
+  // kernels directly, and the memory of such a view holds the values before negation.
+  TORCH_CHECK(!t.is_neg() && !t.is_conj(), name, " is a lazily negated or conjugated view; "
+              "pass t.resolve_neg() (or resolve_conj()) instead");
   for (int64_t d = 0; d < t.dim(); ++d) {
     TORCH_CHECK(t.size(d) <= kMaxExtent, name, " has size ", t.size(d), " in dimension ", d,
                 ", larger than the supported ", kMaxExtent);

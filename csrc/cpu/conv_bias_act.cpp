@@ -21,7 +21,9 @@ at::Tensor conv_bias_act(const at::Tensor& x, const at::Tensor& weight, const at
                          c10::string_view act) {
   check_feature_map(x, "x", /*allow_bf16=*/false);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  check_shape(weight, "weight", at::kFloat, {-1, C, -1, -1});
+  check_shape(weight, "weight", at::kFloat, {-1, -1, -1, -1});
+  TORCH_CHECK(weight.size(1) == C, "x has ", C, " channels but weight takes ", weight.size(1),
+              " (weight shape ", weight.sizes(), ")");
   const int64_t Cout = weight.size(0), k = weight.size(2);
   TORCH_CHECK(Cout >= 1 && k >= 1 && weight.size(3) == k, "weight must be (C_out >= 1, ", C,
               ", k, k), got shape ", weight.sizes());
@@ -31,8 +33,8 @@ at::Tensor conv_bias_act(const at::Tensor& x, const at::Tensor& weight, const at
   const auto [OH, OW] = check_window(x, k, stride, padding, dilation);
   const Act a = parse_act(act);
 
-  // The weight as the GEMM's (C_out, C*k*k) matrix: a view of a contiguous weight, so the packed
-  // copy is cached on the weight's own storage and version counter.
+  // The weight as the GEMM's (C_out, C*k*k) matrix. For a contiguous weight (a program keeps it
+  // so) that is a view, so the packed copy is cached on the weight's own storage and version.
   const at::Tensor wp = packed_gemm_weight(weight.reshape({Cout, C * k * k}));
   const at::Tensor b = bias.contiguous();
   at::Tensor y = new_output(x, N, Cout, OH, OW);

@@ -1,8 +1,9 @@
 // torch.classes.fastdw_cpp.Program: a frozen eval-mode forward, i.e. a fixed sequence of steps
-// (fastdw kernels, plus the ATen ops a MobileNet needs around them: a grouped conv for a depthwise
-// layer with a channel multiplier, in-place activations) run back to back in one C++ call. fastdw/nn/freeze.py builds it from a
-// model, with every BatchNorm folded: for freeze(), every tensor a private snapshot; for the
-// models' own eval forward, views of the model's tensors under a stamp that sees their edits.
+// (fastdw kernels, plus the ATen ops a MobileNet may need around them: a grouped conv for a
+// depthwise layer with a channel multiplier, in-place activations) run back to back in one C++
+// call. fastdw/nn/freeze.py builds it from a model, with every BatchNorm folded: for freeze(),
+// every tensor a private snapshot; for the models' own eval forward, views of the model's
+// tensors under a stamp that sees their edits.
 //
 // Why: at batch 1 a MobileNet block's kernel is short enough that the Python around it in a
 // module-by-module forward (nn.Module call, the fold cache's stamp, argument passing) is a large
@@ -80,9 +81,10 @@ class Program : public torch::CustomClassHolder {
   // the kernel validates them, and x, on every run.
 
   // Conv2d with bias (BN folded in) + activation: the stem, and layers no other step covers.
-  // A conv with few taps (C_in*k*k <= kMaxConvTaps, groups 1: the stem) runs fastdw's direct
-  // kernel, which reads x in any layout, so as the first step it takes the caller's x as it is;
-  // others (a depthwise conv with a channel multiplier) run ATen's conv2d.
+  // A square conv with few taps (C_in*k*k <= kMaxConvTaps, groups 1: the stem) runs fastdw's
+  // direct kernel, which reads x in any layout, so as the first step it takes the caller's x as
+  // it is; its weight is kept contiguous, the layout whose packed copy is cached. Others (a
+  // depthwise conv with a channel multiplier) run ATen's conv2d.
   void add_conv(at::Tensor weight, at::Tensor bias, int64_t stride, int64_t padding,
                 int64_t dilation, int64_t groups, const std::string& act) {
     const Act a = parse_act(act);
@@ -92,10 +94,12 @@ class Program : public torch::CustomClassHolder {
     check_range(groups, "groups", 1);
     check_tensor(weight, "weight");
     TORCH_CHECK(weight.dim() == 4, "weight must be 4-D, got shape ", weight.sizes());
-    if (groups == 1 && weight.size(1) * weight.size(2) * weight.size(3) <= kMaxConvTaps) {
+    if (groups == 1 && weight.size(2) == weight.size(3) &&
+        weight.size(1) * weight.size(2) * weight.size(3) <= kMaxConvTaps) {
       if (steps_.empty()) first_step_takes_any_layout_ = true;
+      const at::Tensor w = weight.contiguous();
       add("conv", [=](const at::Tensor& x) {
-        return conv_bias_act(x, weight, bias, stride, padding, dilation, act);
+        return conv_bias_act(x, w, bias, stride, padding, dilation, act);
       });
       return;
     }
@@ -180,7 +184,8 @@ class Program : public torch::CustomClassHolder {
   // The steps in order, for repr and tests.
   std::vector<std::string> steps() const { return names_; }
 
-  // Runs every step. A 4-D x runs channels-last throughout and a 4-D result comes back in x's
+  // Runs every step. Steps pass channels-last activations (a first conv step reads a 4-D x in
+  // its own layout; otherwise x is made channels-last first), and a 4-D result comes back in x's
   // layout (fastdw's rule: channels-last in, channels-last out; otherwise NCHW).
   at::Tensor run(const at::Tensor& x) const {
     TORCH_CHECK(!steps_.empty(), "the program has no steps");

@@ -175,7 +175,8 @@ def conv_cases():
     # A program's conv step: (N, C_in, H, W, C_out, k, stride, padding, dilation, groups, act,
     # layout, steps). Groups 1 with few taps runs fastdw's direct kernel (csrc/cpu/conv_bias_act):
     # the stem shape, windows crossing every border, 1-pixel images (all border), padding past
-    # the window, dilation, C_out over one panel, one tap; groups > 1 runs ATen's conv2d. steps 1:
+    # the window, dilation, C_out over one panel, one tap (with a channels-last input, a
+    # channels-last weight too); groups > 1 or a non-square window runs ATen's conv2d. steps 1:
     # the conv is the last step (its output is the result), 2: an act follows (the conv writes
     # into the arena).
     yield (2, 3, 13, 11, 16, 3, 2, 1, 1, 1, "hardswish", "nchw", 2)
@@ -185,11 +186,14 @@ def conv_cases():
     yield (2, 3, 8, 8, 70, 3, 3, 4, 2, 1, "none", "nchw", 2)
     yield (1, 2, 6, 7, 8, 1, 1, 0, 1, 1, "hardsigmoid", "channels_last", 2)
     yield (1, 8, 7, 7, 16, 3, 1, 1, 1, 2, "relu6", "nchw", 2)
+    yield (1, 3, 9, 8, 12, (3, 5), 1, 1, 1, 1, "relu", "nchw", 2)  # not square: ATen too
 
 
 def run_conv(n, cin, h, w, cout, k, s, pad, d, groups, act, lay, steps):
     x = layout(torch.randn(n, cin, h, w), lay)
-    weight, bias = torch.randn(cout, cin // groups, k, k) / k, torch.randn(cout)
+    kh, kw = k if isinstance(k, tuple) else (k, k)
+    weight, bias = torch.randn(cout, cin // groups, kh, kw) / kh, torch.randn(cout)
+    weight = layout(weight, "channels_last" if lay == "channels_last" else "nchw")
     program = torch.classes.fastdw_cpp.Program()
     program.add_conv(weight, bias, s, pad, d, groups, act)
     if steps == 2:

@@ -169,13 +169,22 @@ def test_program_checks_its_steps_and_inputs():
         Program().add_conv(torch.randn(8, 27), torch.randn(8), 1, 1, 1, 1, "none")
     stem = Program()  # the direct conv kernel (csrc/cpu/conv_bias_act.cpp)
     stem.add_conv(torch.randn(8, 3, 3, 3), torch.randn(8), 2, 1, 1, 1, "relu")
-    for x, message in [(torch.randn(1, 4, 9, 9), r"weight must have size 4 in dimension 1.*"
+    for x, message in [(torch.randn(1, 4, 9, 9), r"x has 4 channels but weight takes 3.*"
                                                  r"in step 0 \(conv\)"),
                        (torch.randn(1, 3, 9, 9, dtype=torch.float64), "x must be float32"),
                        (torch.randn(1, 3, 9), "x must be 4-D"),
                        (torch.randn(0, 3, 9, 9), "x must not be empty")]:
         with pytest.raises(RuntimeError, match=message):
             stem.run(x)
+    weight = torch.randn(8, 3, 3, 3)  # a lazy view's memory holds the values before negation
+    with pytest.raises(RuntimeError, match="weight is a lazily negated or conjugated view"):
+        Program().add_conv(torch.complex(torch.zeros_like(weight), weight).conj().imag,
+                           torch.randn(8), 1, 1, 1, 1, "none")
+    negated_bias = Program()
+    negated_bias.add_conv(weight, torch.complex(torch.zeros(8), torch.randn(8)).conj().imag,
+                          1, 1, 1, 1, "none")
+    with pytest.raises(RuntimeError, match="bias is a lazily negated or conjugated view"):
+        negated_bias.run(torch.randn(1, 3, 5, 5))
     bias_mismatch = Program()
     bias_mismatch.add_conv(torch.randn(8, 3, 3, 3), torch.randn(7), 1, 1, 1, 1, "none")
     with pytest.raises(RuntimeError, match="bias must have size 8"):
@@ -193,5 +202,5 @@ def test_program_refuses_wrappers_it_cannot_see_through():
         program.run(fake)
     with pytest.raises(RuntimeError, match="cannot run inside a functorch transform"):
         torch.func.functionalize(lambda t: program.run(x))(torch.zeros(1))
-    with pytest.raises(RuntimeError, match="x must be a plain tensor"):
+    with pytest.raises(RuntimeError, match="x is a lazily negated or conjugated view"):
         program.run(torch._neg_view(x))

@@ -343,13 +343,16 @@ inline void gather_windows(const ConvParams& p, int64_t n, int64_t oh, int64_t o
 // a zero-padded copy first.
 void conv_rows(const ConvParams& p, int64_t begin, int64_t end) {
   const int64_t k = p.k, s = p.stride, d = p.dil, K = p.C * k * k;  // K <= kMaxConvTaps
-  int64_t taps[kMaxConvTaps];
-  for (int64_t c = 0; c < p.C; ++c)
-    for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < k; ++j)
-        taps[(c * k + i) * k + j] = c * p.xs_c + i * d * p.xs_h + j * d * p.xs_w;
   int64_t lo, hi;
   inside_columns(p.W, p.OW, k, s, p.pad, d, lo, hi);
+  // Tap offsets, formed only when some window lies inside the image (then every one of them is
+  // an offset within x, so none can overflow).
+  int64_t taps[kMaxConvTaps];
+  if (lo < hi && (k - 1) * d < p.H)
+    for (int64_t c = 0; c < p.C; ++c)
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t j = 0; j < k; ++j)
+          taps[(c * k + i) * k + j] = c * p.xs_c + i * d * p.xs_h + j * d * p.xs_w;
   constexpr int64_t kEdge = 16;  // border pixels gathered at a time
   float edge[kEdge * kMaxConvTaps];
   GemmParams g{nullptr, p.w, nullptr, nullptr, p.bias, nullptr, K, p.Cout, 0, p.Cout, 0, p.act};
@@ -376,7 +379,7 @@ void conv_rows(const ConvParams& p, int64_t begin, int64_t end) {
     border(n, oh, 0, lo, out);
     GemmParams in = g;
     in.a = p.x + n * p.xs_n + ih0 * p.xs_h + (lo * s - p.pad) * p.xs_w;
-    in.lda = s * p.xs_w;
+    in.lda = hi - lo > 1 ? s * p.xs_w : 0;  // the pixel stride (unused for one pixel)
     in.c = out + lo * p.Cout;
     gemm_any<true>(in, 0, hi - lo, 0, p.Cout, taps);
     border(n, oh, hi, p.OW, out);
