@@ -1,6 +1,6 @@
 """Build entry point: `pip install --no-build-isolation -e .` (it builds against the torch you have).
 
-fastdw is pure Python plus optional compiled backends. fastdw._C (csrc/ops.cpp + csrc/cpu) is
+fastdw is pure Python plus optional compiled backends. fastdw._C (csrc/*.cpp + csrc/cpu) is
 built whenever torch is importable at build time; if it cannot be built, `import fastdw` still
 works and fastdw.info() says why the cpp backend is unusable. Package metadata gives only lower
 bounds so installing fastdw never replaces a user's torch; requirements.txt pins the tested stack.
