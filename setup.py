@@ -12,9 +12,10 @@ from setuptools import find_packages, setup
 
 
 def _extensions():
-    """fastdw._C: the schemas (csrc/ops.cpp), the eval caches' stamp check (csrc/stamp.cpp), the
-    ATen-facing op files (csrc/cpu/*.cpp) and the vectorised loops compiled once per instruction
-    set (csrc/cpu/isa/*.cpp, which set their own `#pragma GCC target`; the runtime choice is in
+    """fastdw._C: the schemas (csrc/schemas.cpp), the test-only ops (csrc/testing.cpp), the Python
+    module with the eval caches' stamp check (csrc/module.cpp, csrc/stamp.cpp), the ATen-facing
+    op files (csrc/cpu/*.cpp) and the vectorised loops compiled once per instruction set
+    (csrc/cpu/isa/*.cpp, which set their own `#pragma GCC target`; the runtime choice is in
     csrc/cpu/isa/select.cpp)."""
     if os.environ.get("FASTDW_NO_EXTENSION") == "1":
         return [], {}

@@ -1,4 +1,4 @@
-// fastdw._C.stamp_unchanged(stamp): fastdw.nn._fold.unchanged_py() in C, the check a cached
+// fastdw._C.stamp_unchanged(stamp): fastdw.nn.cache.unchanged_py() in C, the check a cached
 // eval forward makes on every call (for a whole MobileNetV2, ~1,300 dicts with ~5,000 entries
 // and ~310 tensors). Same answers as the Python function, which stays as the specification and
 // the fallback when fastdw._C is not built; tests/nn/test_stamp.py runs both on every kind of

@@ -1,4 +1,4 @@
-// fastdw._C.stamp_unchanged, registered by csrc/ops.cpp's module.
+// fastdw._C.stamp_unchanged, registered by csrc/module.cpp.
 #pragma once
 #include <Python.h>
 

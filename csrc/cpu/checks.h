@@ -86,8 +86,8 @@ inline ConvOut check_window(const at::Tensor& x, int64_t k, int64_t stride, int6
   check_range(stride, "stride", 1);
   check_range(padding, "padding", 0);
   check_range(dilation, "dilation", 1);
-  return {conv_out(x.size(2), k, stride, padding, dilation, "x (height)"),
-          conv_out(x.size(3), k, stride, padding, dilation, "x (width)")};
+  return {.OH = conv_out(x.size(2), k, stride, padding, dilation, "x (height)"),
+          .OW = conv_out(x.size(3), k, stride, padding, dilation, "x (width)")};
 }
 
 inline Act parse_act(c10::string_view act) {

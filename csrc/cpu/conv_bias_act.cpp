@@ -39,15 +39,13 @@ at::Tensor conv_bias_act(const at::Tensor& x, const at::Tensor& weight, const at
   const at::Tensor b = bias.contiguous();
   at::Tensor y = new_output(x, N, Cout, OH, OW);
 
-  ConvParams p{};
-  p.x = x.data_ptr<float>();
-  p.y = y.data_ptr<float>();
-  p.w = wp.data_ptr<float>();
-  p.bias = b.data_ptr<float>();
-  p.C = C; p.H = H; p.W = W; p.OH = OH; p.OW = OW; p.Cout = Cout;
-  p.xs_n = x.stride(0); p.xs_c = x.stride(1); p.xs_h = x.stride(2); p.xs_w = x.stride(3);
-  p.k = k; p.stride = stride; p.pad = padding; p.dil = dilation;
-  p.act = a;
+  const ConvParams p{
+      .x = x.data_ptr<float>(), .y = y.data_ptr<float>(), .w = wp.data_ptr<float>(),
+      .bias = b.data_ptr<float>(),
+      .C = C, .H = H, .W = W, .OH = OH, .OW = OW, .Cout = Cout,
+      .xs_n = x.stride(0), .xs_c = x.stride(1), .xs_h = x.stride(2), .xs_w = x.stride(3),
+      .k = k, .stride = stride, .pad = padding, .dil = dilation,
+      .act = a};
   // Parallel over output rows; a grain of ~64k multiply-adds per chunk.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, OW * Cout * C * k * k));
   at::parallel_for(0, N * OH, grain, [&](int64_t begin, int64_t end) {

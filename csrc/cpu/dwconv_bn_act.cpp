@@ -36,18 +36,14 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   const at::Tensor sc = scale.contiguous(), sh = shift.contiguous();
   at::Tensor y = new_output(x, N, C, OH, OW);
 
-  DwParams p{};
-  p.x = xc.data_ptr();
-  p.y = y.data_ptr();
-  p.w = wp.data_ptr<float>();
-  p.scale = sc.data_ptr<float>();
-  p.shift = sh.data_ptr<float>();
-  p.C = C; p.H = H; p.W = W; p.OH = OH; p.OW = OW;
-  p.xs_n = xc.stride(0); p.xs_h = xc.stride(2); p.xs_w = xc.stride(3); p.x_h0 = 0;
-  p.ys_n = y.stride(0); p.ys_h = y.stride(2); p.ys_w = y.stride(3); p.y_h0 = 0;
-  p.k = k; p.stride = stride; p.pad = padding; p.dil = dilation;
-  p.act = a;
-  p.dtype = x.scalar_type() == at::kBFloat16 ? kBFloat16 : kFloat;
+  const DwParams p{
+      .x = xc.data_ptr(), .y = y.data_ptr(), .w = wp.data_ptr<float>(),
+      .scale = sc.data_ptr<float>(), .shift = sh.data_ptr<float>(),
+      .C = C, .H = H, .W = W, .OH = OH, .OW = OW,
+      .xs_n = xc.stride(0), .xs_h = xc.stride(2), .xs_w = xc.stride(3),
+      .ys_n = y.stride(0), .ys_h = y.stride(2), .ys_w = y.stride(3),
+      .k = k, .stride = stride, .pad = padding, .dil = dilation,
+      .act = a, .dtype = x.scalar_type() == at::kBFloat16 ? kBFloat16 : kFloat};
   // Parallel over output rows of all images; a grain of ~16k multiply-adds keeps thread
   // start-up small against the work of a chunk.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, OW * C * k * k));

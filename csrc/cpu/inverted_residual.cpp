@@ -95,10 +95,11 @@ struct Block {
         win.lo = lo;
       }
       if (hi > win.hi) {
-        const GemmParams g{xn + win.hi * W * Cin, we.data_ptr<float>(),
-                           h + (win.hi - win.lo) * row, es.data_ptr<float>(),
-                           eb.data_ptr<float>(), nullptr, Cin, hidden, Cin, hidden, 0, act};
-        parallel_gemm(g, (hi - win.hi) * W);
+        parallel_gemm(GemmParams{.a = xn + win.hi * W * Cin, .b = we.data_ptr<float>(),
+                                 .c = h + (win.hi - win.lo) * row, .scale = es.data_ptr<float>(),
+                                 .shift = eb.data_ptr<float>(), .K = Cin, .N = hidden,
+                                 .lda = Cin, .ldc = hidden, .act = act},
+                      (hi - win.hi) * W);
         win.hi = hi;
       }
       p.x = h;
@@ -117,8 +118,10 @@ struct Block {
     const int64_t rows = (oh1 - oh0) * OW;
     float* out = y + (n * OH + oh0) * OW * Cout;
     const float* res = residual ? x + (n * H + oh0) * W * Cin : nullptr;
-    parallel_gemm(GemmParams{d, w.data_ptr<float>(), out, ps.data_ptr<float>(),
-                             pb.data_ptr<float>(), res, hidden, Cout, hidden, Cout, Cin, kNone},
+    parallel_gemm(GemmParams{.a = d, .b = w.data_ptr<float>(), .c = out,
+                             .scale = ps.data_ptr<float>(), .shift = pb.data_ptr<float>(),
+                             .res = res, .K = hidden, .N = Cout, .lda = hidden, .ldc = Cout,
+                             .ldr = Cin, .act = kNone},
                   rows);
   }
 
@@ -138,10 +141,14 @@ struct Block {
     float* z = pooled + hidden;
     float* gate = z + squeeze;
     column_means(d, OH * OW, hidden, pooled);
-    gemm(GemmParams{pooled, se_w1.data_ptr<float>(), z, nullptr, se_b1.data_ptr<float>(), nullptr,
-                    hidden, squeeze, hidden, squeeze, 0, kRelu}, 0, 1, 0, squeeze);
-    gemm(GemmParams{z, se_w2.data_ptr<float>(), gate, nullptr, se_b2.data_ptr<float>(), nullptr,
-                    squeeze, hidden, squeeze, hidden, 0, kHardsigmoid}, 0, 1, 0, hidden);
+    gemm(GemmParams{.a = pooled, .b = se_w1.data_ptr<float>(), .c = z,
+                    .shift = se_b1.data_ptr<float>(), .K = hidden, .N = squeeze, .lda = hidden,
+                    .ldc = squeeze, .act = kRelu},
+         0, 1, 0, squeeze);
+    gemm(GemmParams{.a = z, .b = se_w2.data_ptr<float>(), .c = gate,
+                    .shift = se_b2.data_ptr<float>(), .K = squeeze, .N = hidden, .lda = squeeze,
+                    .ldc = hidden, .act = kHardsigmoid},
+         0, 1, 0, hidden);
     return gate;
   }
 
@@ -181,53 +188,55 @@ void check_affine(const at::Tensor& scale, const char* sname, const at::Tensor& 
   check_shape(shift, bname, at::kFloat, {c});
 }
 
+// Block's copy of an optional tensor: packed for the GEMM, or contiguous; undefined when absent.
+at::Tensor packed_or_none(const std::optional<at::Tensor>& t) {
+  return t ? packed_gemm_weight(*t) : at::Tensor();
+}
+at::Tensor contiguous_or_none(const std::optional<at::Tensor>& t) {
+  return t ? t->contiguous() : at::Tensor();
+}
+
 }  // namespace
 
-at::Tensor inverted_residual(
-    const at::Tensor& x, const std::optional<at::Tensor>& expand_w,
-    const std::optional<at::Tensor>& expand_scale, const std::optional<at::Tensor>& expand_shift,
-    const at::Tensor& dw_w, const at::Tensor& dw_scale, const at::Tensor& dw_shift,
-    const at::Tensor& project_w, const at::Tensor& project_scale,
-    const at::Tensor& project_shift, int64_t stride, c10::string_view act,
-    const std::optional<at::Tensor>& se_w1, const std::optional<at::Tensor>& se_b1,
-    const std::optional<at::Tensor>& se_w2, const std::optional<at::Tensor>& se_b2,
-    bool residual) {
+at::Tensor inverted_residual(const at::Tensor& x, const BlockWeights& w, int64_t stride,
+                             c10::string_view act, bool residual) {
   check_feature_map(x, "x", /*allow_bf16=*/false);
   const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
   int64_t hidden = Cin;
-  if (expand_w) {
-    check_shape(*expand_w, "expand_w", at::kFloat, {-1, Cin});
-    hidden = expand_w->size(0);
+  if (w.expand_w) {
+    check_shape(*w.expand_w, "expand_w", at::kFloat, {-1, Cin});
+    hidden = w.expand_w->size(0);
     TORCH_CHECK(hidden >= 1, "expand_w must have at least one output channel");
-    TORCH_CHECK(expand_scale && expand_shift, "expand_scale and expand_shift are required with "
-                "expand_w");
-    check_affine(*expand_scale, "expand_scale", *expand_shift, "expand_shift", hidden);
+    TORCH_CHECK(w.expand_scale && w.expand_shift, "expand_scale and expand_shift are required "
+                "with expand_w");
+    check_affine(*w.expand_scale, "expand_scale", *w.expand_shift, "expand_shift", hidden);
   } else {
-    TORCH_CHECK(!expand_scale && !expand_shift, "expand_scale/expand_shift given without "
+    TORCH_CHECK(!w.expand_scale && !w.expand_shift, "expand_scale/expand_shift given without "
                 "expand_w");
   }
-  check_shape(dw_w, "dw_w", at::kFloat, {hidden, 1, -1, -1});
-  const int64_t k = dw_w.size(2);
-  TORCH_CHECK(dw_w.size(3) == k && k % 2 == 1, "dw_w must have an odd square k x k window, got "
-              "shape ", dw_w.sizes());
-  check_affine(dw_scale, "dw_scale", dw_shift, "dw_shift", hidden);
-  check_shape(project_w, "project_w", at::kFloat, {-1, hidden});
-  const int64_t Cout = project_w.size(0);
+  check_shape(w.dw_w, "dw_w", at::kFloat, {hidden, 1, -1, -1});
+  const int64_t k = w.dw_w.size(2);
+  TORCH_CHECK(w.dw_w.size(3) == k && k % 2 == 1, "dw_w must have an odd square k x k window, "
+              "got shape ", w.dw_w.sizes());
+  check_affine(w.dw_scale, "dw_scale", w.dw_shift, "dw_shift", hidden);
+  check_shape(w.project_w, "project_w", at::kFloat, {-1, hidden});
+  const int64_t Cout = w.project_w.size(0);
   TORCH_CHECK(Cout >= 1, "project_w must have at least one output channel");
-  check_affine(project_scale, "project_scale", project_shift, "project_shift", Cout);
+  check_affine(w.project_scale, "project_scale", w.project_shift, "project_shift", Cout);
   check_range(stride, "stride", 1);
   const Act a = parse_act(act);
-  const bool has_se = se_w1.has_value();
-  TORCH_CHECK(has_se == se_b1.has_value() && has_se == se_w2.has_value() &&
-              has_se == se_b2.has_value(), "squeeze-excite needs all of se_w1, se_b1, se_w2, "
+  const bool has_se = w.se_w1.has_value();
+  TORCH_CHECK(has_se == w.se_b1.has_value() && has_se == w.se_w2.has_value() &&
+              has_se == w.se_b2.has_value(), "squeeze-excite needs all of se_w1, se_b1, se_w2, "
               "se_b2, or none");
+  int64_t squeeze = 0;
   if (has_se) {
-    check_shape(*se_w1, "se_w1", at::kFloat, {-1, hidden});
-    const int64_t sq = se_w1->size(0);
-    TORCH_CHECK(sq >= 1, "se_w1 must have at least one output channel");
-    check_shape(*se_b1, "se_b1", at::kFloat, {sq});
-    check_shape(*se_w2, "se_w2", at::kFloat, {hidden, sq});
-    check_shape(*se_b2, "se_b2", at::kFloat, {hidden});
+    check_shape(*w.se_w1, "se_w1", at::kFloat, {-1, hidden});
+    squeeze = w.se_w1->size(0);
+    TORCH_CHECK(squeeze >= 1, "se_w1 must have at least one output channel");
+    check_shape(*w.se_b1, "se_b1", at::kFloat, {squeeze});
+    check_shape(*w.se_w2, "se_w2", at::kFloat, {hidden, squeeze});
+    check_shape(*w.se_b2, "se_b2", at::kFloat, {hidden});
   }
   const int64_t pad = (k - 1) / 2;
   const int64_t OH = conv_out(H, k, stride, pad, 1, "x (height)");
@@ -235,44 +244,6 @@ at::Tensor inverted_residual(
   TORCH_CHECK(!residual || (stride == 1 && Cin == Cout), "residual needs stride 1 and C_in == "
               "C_out, got stride ", stride, ", C_in ", Cin, ", C_out ", Cout);
 
-  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  at::Tensor y = new_output(x, N, Cout, OH, OW);
-  const at::Tensor dwp = packed_dw_taps(dw_w);
-  const at::Tensor dws = dw_scale.contiguous(), dwb = dw_shift.contiguous();
-
-  Block blk{};
-  blk.x = xc.data_ptr<float>();
-  blk.y = y.data_ptr<float>();
-  blk.H = H; blk.W = W; blk.Cin = Cin; blk.hidden = hidden; blk.Cout = Cout;
-  blk.OH = OH; blk.OW = OW; blk.k = k; blk.s = stride; blk.pad = pad;
-  blk.act = a;
-  blk.residual = residual;
-  if (expand_w) {
-    blk.we = packed_gemm_weight(*expand_w);
-    blk.es = expand_scale->contiguous();
-    blk.eb = expand_shift->contiguous();
-  }
-  blk.wp = packed_gemm_weight(project_w);
-  blk.ps = project_scale.contiguous();
-  blk.pb = project_shift.contiguous();
-  if (has_se) {
-    blk.se_w1 = packed_gemm_weight(*se_w1);
-    blk.se_b1 = se_b1->contiguous();
-    blk.se_w2 = packed_gemm_weight(*se_w2);
-    blk.se_b2 = se_b2->contiguous();
-    blk.squeeze = se_w1->size(0);
-  }
-  DwParams& p = blk.dw;
-  p.w = dwp.data_ptr<float>();
-  p.scale = dws.data_ptr<float>();
-  p.shift = dwb.data_ptr<float>();
-  p.C = hidden; p.H = H; p.W = W; p.OH = OH; p.OW = OW;
-  p.xs_n = 0; p.xs_h = W * hidden; p.xs_w = hidden;  // NHWC rows of one image (x or h)
-  if (!expand_w) p.xs_h = W * Cin, p.xs_w = Cin;
-  p.ys_n = 0; p.ys_h = OW * hidden; p.ys_w = hidden;
-  p.k = k; p.stride = stride; p.pad = pad; p.dil = 1;
-  p.act = a;
-  p.dtype = kFloat;
   // Units are handed to threads whole, each running its GEMMs and depthwise rows single-threaded:
   // no synchronisation inside the block. Without SE that takes a unit count that is a multiple of
   // the thread count (up to rounding of band sizes): whole images when the batch allows (no halo
@@ -282,15 +253,41 @@ at::Tensor inverted_residual(
   const int64_t threads = at::get_num_threads();
   int64_t bands = (threads + N - 1) / N;
   while ((N * bands) % threads) ++bands;
-  blk.band_rows = (OH + bands - 1) / bands;
+  int64_t band_rows = (OH + bands - 1) / bands;
   const bool whole_units = threads > 1 && (has_se ? N >= 2 * threads
-                                                  : bands == 1 || blk.band_rows >= kMinBandRows);
-  if (!whole_units || has_se) blk.band_rows = OH;
+                                                  : bands == 1 || band_rows >= kMinBandRows);
+  if (!whole_units || has_se) band_rows = OH;
   // A group run by all threads together spreads its h over their L2s: a larger group, so fewer
   // synchronised steps.
   const int64_t row_bytes = W * hidden * static_cast<int64_t>(sizeof(float));
   const int64_t group_bytes = whole_units ? kGroupBytes : kGroupBytes * threads;
-  blk.group_rows = std::clamp<int64_t>((group_bytes / row_bytes - k) / stride + 1, 1, OH);
+  const int64_t group_rows = std::clamp<int64_t>((group_bytes / row_bytes - k) / stride + 1, 1,
+                                                 OH);
+
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor y = new_output(x, N, Cout, OH, OW);
+  const at::Tensor dwp = packed_dw_taps(w.dw_w);
+  const at::Tensor dws = w.dw_scale.contiguous(), dwb = w.dw_shift.contiguous();
+  const Block blk{
+      .x = xc.data_ptr<float>(), .y = y.data_ptr<float>(),
+      .H = H, .W = W, .Cin = Cin, .hidden = hidden, .Cout = Cout, .OH = OH, .OW = OW, .k = k,
+      .s = stride, .pad = pad, .group_rows = group_rows, .band_rows = band_rows,
+      .act = a, .residual = residual,
+      .we = packed_or_none(w.expand_w), .es = contiguous_or_none(w.expand_scale),
+      .eb = contiguous_or_none(w.expand_shift),
+      .wp = packed_gemm_weight(w.project_w), .ps = w.project_scale.contiguous(),
+      .pb = w.project_shift.contiguous(),
+      // NHWC rows of one image of x or h (hidden channels either way); x, y and their row
+      // origins are set per group.
+      .dw = DwParams{.x = nullptr, .y = nullptr, .w = dwp.data_ptr<float>(),
+                     .scale = dws.data_ptr<float>(), .shift = dwb.data_ptr<float>(),
+                     .C = hidden, .H = H, .W = W, .OH = OH, .OW = OW,
+                     .xs_n = 0, .xs_h = W * hidden, .xs_w = hidden,
+                     .ys_n = 0, .ys_h = OW * hidden, .ys_w = hidden,
+                     .k = k, .stride = stride, .pad = pad, .dil = 1, .act = a, .dtype = kFloat},
+      .se_w1 = packed_or_none(w.se_w1), .se_b1 = contiguous_or_none(w.se_b1),
+      .se_w2 = packed_or_none(w.se_w2), .se_b2 = contiguous_or_none(w.se_b2),
+      .squeeze = squeeze};
   const int64_t units = has_se ? N : N * blk.bands_per_image();
   auto work = [&](int64_t begin, int64_t end) {
     float* h = scratch(blk.h_floats() + blk.d_floats());
@@ -304,5 +301,10 @@ at::Tensor inverted_residual(
 }  // namespace fastdw_cpu
 
 TORCH_LIBRARY_IMPL(fastdw_cpp, CPU, m) {
-  m.impl("inverted_residual", &fastdw_cpu::inverted_residual);
+  m.impl("inverted_residual", [](const at::Tensor& x,
+                                 const c10::List<std::optional<at::Tensor>>& weights,
+                                 int64_t stride, c10::string_view act, bool residual) {
+    return fastdw_cpu::inverted_residual(x, fastdw_cpu::block_weights(weights), stride, act,
+                                         residual);
+  });
 }

@@ -20,8 +20,8 @@ struct DwParams {
   const float* scale;   // [C]
   const float* shift;   // [C]
   int64_t C, H, W, OH, OW;
-  int64_t xs_n, xs_h, xs_w, x_h0;
-  int64_t ys_n, ys_h, ys_w, y_h0;
+  int64_t xs_n, xs_h, xs_w, x_h0 = 0;  // row origins 0 unless the rows are a tile
+  int64_t ys_n, ys_h, ys_w, y_h0 = 0;
   int64_t k, stride, pad, dil;
   int act;              // Act
   int dtype;            // DType of x and y
@@ -33,12 +33,12 @@ struct DwParams {
 // still in registers.
 struct GemmParams {
   const float* a;
-  const float* b;       // pack_gemm_b's layout
+  const float* b;                // pack_gemm_b's layout
   float* c;
-  const float* scale;   // [N], or nullptr for 1
-  const float* shift;   // [N]
-  const float* res;     // nullptr or [M][ldr]
-  int64_t K, N, lda, ldc, ldr;
+  const float* scale = nullptr;  // [N], or nullptr for 1
+  const float* shift;            // [N]
+  const float* res = nullptr;    // nullptr or [M][ldr]
+  int64_t K, N, lda, ldc, ldr = 0;
   int act;
 };
 

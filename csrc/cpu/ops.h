@@ -1,9 +1,11 @@
-// The C++ entry points of the fastdw_cpp ops (schemas in csrc/ops.cpp), callable from other C++
-// code too (csrc/cpu/program.cpp runs them back to back). Each validates all its arguments;
+// The C++ entry points of the fastdw_cpp ops (schemas in csrc/schemas.cpp), callable from other
+// C++ code too (csrc/cpu/program.cpp runs them back to back). Each validates all its arguments;
 // called without the dispatcher, the caller must pass plain tensors (see check_plain there).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
+
+#include "block_weights.h"
 
 #include <optional>
 
@@ -17,15 +19,8 @@ at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
                          const at::Tensor& shift, c10::string_view act,
                          const std::optional<at::Tensor>& residual);
 
-at::Tensor inverted_residual(
-    const at::Tensor& x, const std::optional<at::Tensor>& expand_w,
-    const std::optional<at::Tensor>& expand_scale, const std::optional<at::Tensor>& expand_shift,
-    const at::Tensor& dw_w, const at::Tensor& dw_scale, const at::Tensor& dw_shift,
-    const at::Tensor& project_w, const at::Tensor& project_scale,
-    const at::Tensor& project_shift, int64_t stride, c10::string_view act,
-    const std::optional<at::Tensor>& se_w1, const std::optional<at::Tensor>& se_b1,
-    const std::optional<at::Tensor>& se_w2, const std::optional<at::Tensor>& se_b2,
-    bool residual);
+at::Tensor inverted_residual(const at::Tensor& x, const BlockWeights& w, int64_t stride,
+                             c10::string_view act, bool residual);
 
 // Conv2d (groups 1) + bias + activation with C_in*k*k <= kMaxConvTaps (the stem), for programs;
 // no op schema (torch's conv2d covers eager use). Returns channels-last output.

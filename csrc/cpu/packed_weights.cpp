@@ -57,9 +57,10 @@ at::Tensor cached(const at::Tensor& w, Kind kind, at::Tensor (*pack)(const at::T
     dropped.push_back(std::move(it->second.packed));
     it = cache.erase(it);
   }
-  cache.insert_or_assign(key, Entry{w.storage().getWeakStorageImpl(), w.data_ptr(),
-                                    w.sizes().vec(), w.strides().vec(), w.scalar_type(),
-                                    w._version(), packed});
+  cache.insert_or_assign(key, Entry{.storage = w.storage().getWeakStorageImpl(),
+                                    .data = w.data_ptr(), .sizes = w.sizes().vec(),
+                                    .strides = w.strides().vec(), .dtype = w.scalar_type(),
+                                    .version = w._version(), .packed = packed});
   return packed;
 }
 

@@ -6,7 +6,7 @@
 // A packed copy is looked up by the weight's storage, offset, sizes, strides, dtype, data
 // pointer and version counter, so in-place edits (optimizer steps, copy_, load_state_dict),
 // `.data = ...` swaps and new tensors all repack. Like every cache keyed on version counters
-// (fastdw/nn/_fold.py, torch.compile's freezing), it cannot see an in-place edit made through
+// (fastdw/nn/cache.py, torch.compile's freezing), it cannot see an in-place edit made through
 // `.data` (`w.data.mul_(2)`), which has its own counter, or through memory shared outside torch
 // (`.numpy()`, DLPack, from_blob). Inference tensors have no version
 // counter and are packed on every call. Entries hold the storage weakly: a freed weight's packed

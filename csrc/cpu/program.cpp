@@ -126,19 +126,13 @@ class Program : public torch::CustomClassHolder {
     });
   }
 
-  void add_inverted_residual(std::optional<at::Tensor> expand_w,
-                             std::optional<at::Tensor> expand_scale,
-                             std::optional<at::Tensor> expand_shift, at::Tensor dw_w,
-                             at::Tensor dw_scale, at::Tensor dw_shift, at::Tensor project_w,
-                             at::Tensor project_scale, at::Tensor project_shift, int64_t stride,
-                             const std::string& act, std::optional<at::Tensor> se_w1,
-                             std::optional<at::Tensor> se_b1, std::optional<at::Tensor> se_w2,
-                             std::optional<at::Tensor> se_b2, bool residual) {
+  // weights: the block's tensors in block_weights.h's order, unpacked once here.
+  void add_inverted_residual(const c10::List<std::optional<at::Tensor>>& weights, int64_t stride,
+                             const std::string& act, bool residual) {
     parse_act(act);
+    const BlockWeights w = block_weights(weights);
     add("inverted_residual", [=](const at::Tensor& x) {
-      return inverted_residual(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift,
-                               project_w, project_scale, project_shift, stride, act, se_w1,
-                               se_b1, se_w2, se_b2, residual);
+      return inverted_residual(x, w, stride, act, residual);
     });
   }
 

@@ -35,9 +35,10 @@ at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   at::Tensor y = new_output(x, N, Cout, H, W);
   at::Tensor rc;
   if (residual) rc = residual->contiguous(at::MemoryFormat::ChannelsLast);
-  const GemmParams g{xc.data_ptr<float>(), wp.data_ptr<float>(), y.data_ptr<float>(),
-                     sc.data_ptr<float>(), sh.data_ptr<float>(),
-                     residual ? rc.data_ptr<float>() : nullptr, Cin, Cout, Cin, Cout, Cout, a};
+  const GemmParams g{.a = xc.data_ptr<float>(), .b = wp.data_ptr<float>(), .c = y.data_ptr<float>(),
+                     .scale = sc.data_ptr<float>(), .shift = sh.data_ptr<float>(),
+                     .res = residual ? rc.data_ptr<float>() : nullptr,
+                     .K = Cin, .N = Cout, .lda = Cin, .ldc = Cout, .ldr = Cout, .act = a};
   parallel_gemm(g, N * H * W);
   return output_memory_format(x) == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
 }

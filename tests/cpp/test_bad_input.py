@@ -23,14 +23,21 @@ def pw_args(**change):
 
 
 def ir_args(**change):
-    args = dict(x=torch.randn(1, 8, 6, 6), expand_w=torch.randn(16, 8),
-                expand_scale=torch.ones(16), expand_shift=torch.zeros(16),
-                dw_w=torch.randn(16, 1, 3, 3), dw_scale=torch.ones(16), dw_shift=torch.zeros(16),
-                project_w=torch.randn(8, 16), project_scale=torch.ones(8),
-                project_shift=torch.zeros(8), stride=1, act="relu6", se_w1=None, se_b1=None,
-                se_w2=None, se_b2=None, residual=True)
+    """The block's tensors are changed by name, like the other arguments; they are passed as one
+    list (weights) in the kernel's order."""
+    block = dict(expand_w=torch.randn(16, 8), expand_scale=torch.ones(16),
+                 expand_shift=torch.zeros(16), dw_w=torch.randn(16, 1, 3, 3),
+                 dw_scale=torch.ones(16), dw_shift=torch.zeros(16), project_w=torch.randn(8, 16),
+                 project_scale=torch.ones(8), project_shift=torch.zeros(8), se_w1=None,
+                 se_b1=None, se_w2=None, se_b2=None)
+    block.update((name, change.pop(name)) for name in list(change) if name in block)
+    args = dict(x=torch.randn(1, 8, 6, 6), weights=[block[n] for n in ops.block_weight_names()],
+                stride=1, act="relu6", residual=True)
     args.update(change)
     return args
+
+
+IR_WEIGHTS = ir_args()["weights"]
 
 
 def expanded(shape, size):
@@ -98,6 +105,12 @@ BAD_IR = {
                     "se_w2 must have size 4"),
     "x dtype": (ir_args(x=torch.randn(1, 8, 6, 6, dtype=torch.bfloat16)), "x must be float32"),
     "act": (ir_args(act="tanh"), "act must be one of"),
+    "weights short": (ir_args(weights=IR_WEIGHTS[:12]),
+                      r"weights must have 13 entries \(expand_w\?, .*se_b2\?.*\), got 12"),
+    "weights long": (ir_args(weights=IR_WEIGHTS + [None]), "weights must have 13 entries"),
+    "dw_w missing": (ir_args(dw_w=None), r"dw_w is required \(weights\[3\]\), got None"),
+    "project_shift missing": (ir_args(project_shift=None),
+                              r"project_shift is required \(weights\[8\]\)"),
 }
 
 
@@ -128,6 +141,13 @@ def test_good_arguments_run():
     assert ops.inverted_residual(*ir_args().values()).shape == (1, 8, 6, 6)
 
 
+def test_block_weight_names_match_python():
+    # The weights list is built in Python by BlockWeights' field order and read in C++ by
+    # csrc/cpu/block_weights.h's: the two lists must be the same.
+    from fastdw.contract import BlockWeights
+    assert tuple(ops.block_weight_names()) == BlockWeights._fields
+
+
 def test_program_checks_its_steps_and_inputs():
     Program = torch.classes.fastdw_cpp.Program
     program = Program()
@@ -139,6 +159,11 @@ def test_program_checks_its_steps_and_inputs():
         program.add_conv(torch.randn(8, 3, 3, 3), torch.randn(8), 0, 1, 1, 1, "none")
     with pytest.raises(RuntimeError, match="bias must have size 4"):
         program.add_linear(torch.randn(4, 8), torch.randn(5), "none")
+    # A block's weights list is checked when the step is added, not at the first run.
+    with pytest.raises(RuntimeError, match="weights must have 13 entries"):
+        program.add_inverted_residual(IR_WEIGHTS[:12], 1, "relu6", True)
+    with pytest.raises(RuntimeError, match="dw_w is required"):
+        program.add_inverted_residual(ir_args(dw_w=None)["weights"], 1, "relu6", True)
     program.add_pwconv_bn_act(*list(pw_args().values())[1:5])
     program.add_global_avg_pool()
     program.add_linear(torch.randn(3, 4), torch.randn(3), "relu")

@@ -7,6 +7,7 @@ import gc
 import pytest
 import torch
 
+from fastdw.contract import BlockWeights
 from fastdw.kernels import reference
 
 pytest.importorskip("fastdw._C", reason="fastdw._C is not built")
@@ -58,10 +59,10 @@ class IrProject:
         self.shape = (cout, hidden)
 
     def check(self, w):
-        args = [self.x, *self.fixed, w, self.scale, self.shift]
-        out = OPS.inverted_residual(*args, 1, "relu6", None, None, None, None, False)
-        close(out, reference.inverted_residual(*map(f64, args), 1, "relu6", None, None, None,
-                                               None, False))
+        weights = [*self.fixed, w, self.scale, self.shift, None, None, None, None]
+        out = OPS.inverted_residual(self.x, weights, 1, "relu6", False)
+        close(out, reference.inverted_residual(f64(self.x), BlockWeights(*map(f64, weights)), 1,
+                                               "relu6", False))
 
 
 PROBLEMS = [Pw, Dw, IrProject]

@@ -35,6 +35,9 @@ ext.load(name="fastdw_asan", sources=sources, extra_cflags=flags,
          extra_ldflags=["-fsanitize=address"], build_directory=build, is_python_module=False)
 maps = open("/proc/self/maps").read()
 assert "libasan" in maps and "fastdw_asan.so" in maps, "ASan runtime or instrumented copy missing"
+# The copy registers the fastdw_cpp ops; fastdw's own build registering them again would abort,
+# so `import fastdw` must find no extension (as where it is not built).
+sys.modules["fastdw._C"] = None
 sys.path.insert(0, here)
 import cases
 cases.poison_outputs()

@@ -355,18 +355,18 @@ void conv_rows(const ConvParams& p, int64_t begin, int64_t end) {
           taps[(c * k + i) * k + j] = c * p.xs_c + i * d * p.xs_h + j * d * p.xs_w;
   constexpr int64_t kEdge = 16;  // border pixels gathered at a time
   float edge[kEdge * kMaxConvTaps];
-  GemmParams g{nullptr, p.w, nullptr, nullptr, p.bias, nullptr, K, p.Cout, 0, p.Cout, 0, p.act};
+  // The GEMM of pixels whose A rows start at a, lda apart, into C rows from c.
+  auto pixels = [&](const float* a, int64_t lda, float* c) {
+    return GemmParams{.a = a, .b = p.w, .c = c, .shift = p.bias, .K = K, .N = p.Cout,
+                      .lda = lda, .ldc = p.Cout, .act = p.act};
+  };
   // Border pixels [ow0, ow1) of row (n, oh), kEdge at a time: windows gathered (zero outside
   // the image), then a dense GEMM.
   auto border = [&](int64_t n, int64_t oh, int64_t ow0, int64_t ow1, float* out) {
     for (; ow0 < ow1; ow0 += kEdge) {
       const int64_t count = ow1 - ow0 < kEdge ? ow1 - ow0 : kEdge;
       gather_windows(p, n, oh, ow0, count, K, edge);
-      GemmParams e = g;
-      e.a = edge;
-      e.lda = K;
-      e.c = out + ow0 * p.Cout;
-      gemm_any<false>(e, 0, count, 0, p.Cout, nullptr);
+      gemm_any<false>(pixels(edge, K, out + ow0 * p.Cout), 0, count, 0, p.Cout, nullptr);
     }
   };
   for (int64_t r = begin; r < end; ++r) {
@@ -377,11 +377,9 @@ void conv_rows(const ConvParams& p, int64_t begin, int64_t end) {
       continue;
     }
     border(n, oh, 0, lo, out);
-    GemmParams in = g;
-    in.a = p.x + n * p.xs_n + ih0 * p.xs_h + (lo * s - p.pad) * p.xs_w;
-    in.lda = hi - lo > 1 ? s * p.xs_w : 0;  // the pixel stride (unused for one pixel)
-    in.c = out + lo * p.Cout;
-    gemm_any<true>(in, 0, hi - lo, 0, p.Cout, taps);
+    const float* a = p.x + n * p.xs_n + ih0 * p.xs_h + (lo * s - p.pad) * p.xs_w;
+    const int64_t pixel_stride = hi - lo > 1 ? s * p.xs_w : 0;  // unused for one pixel
+    gemm_any<true>(pixels(a, pixel_stride, out + lo * p.Cout), 0, hi - lo, 0, p.Cout, taps);
     border(n, oh, hi, p.OW, out);
   }
 }
