@@ -26,8 +26,6 @@ DEFAULT_THREADS = 2
 OP_MODELS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
 MODELS = ("mobilenet_v1", *OP_MODELS)
 IMAGE_SIZE = 224
-ACT_NAMES = {nn.ReLU6: "relu6", nn.ReLU: "relu", nn.Hardswish: "hardswish",
-             nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu"}
 # fastdw backends that exist but are not timed on CPU, with the reason shown to the user.
 NOT_TIMED_ON_CPU = {
     "triton": "runs on CPU only under TRITON_INTERPRET=1, a numpy interpreter: far too slow",
@@ -125,6 +123,10 @@ def _is_depthwise_block(module: nn.Module) -> bool:
 def depthwise_layers(models=OP_MODELS, size: int = IMAGE_SIZE) -> tuple:
     """The distinct depthwise conv+BN+act layers of torchvision's `models` at size x size, found
     by forward hooks (so the table follows the model definitions), in order of first use."""
+    try:
+        from fastdw.nn.layers import ACT_NAMES
+    except ImportError as err:
+        raise _missing_fastdw("fastdw.nn.layers (its activation names)", err) from err
     found = {}
     for model_name in models:
         model = getattr(torchvision.models, model_name)().eval()
@@ -355,7 +357,7 @@ def check_close(out: torch.Tensor, ref: torch.Tensor, what: str) -> float:
     """Max abs difference of `out` from `ref`; raises beyond 1e-3 of the largest output, a
     bound for whole networks in fp32 (reordered sums compound over ~50 layers) that still
     catches a wrong fold or layer (a speed figure from a wrong result is worthless). The op
-    tests hold each op to the much tighter DESIGN.md bounds."""
+    tests hold each op to the much tighter bounds of tests/numerics.py."""
     diff = max_abs_diff(out, ref)
     bound = 1e-3 * ref.abs().max().item() + 1e-5
     if out.shape != ref.shape or not diff <= bound:

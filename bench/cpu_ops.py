@@ -8,7 +8,7 @@ Every depthwise shape of MobileNetV2 at 224x224 (fp32). Providers: eager Conv2d 
 ReLU6 on NCHW and on channels_last, torch.compile with freezing on channels_last (oneDNN's fused
 conv + post-ops, the best stock path), fastdw's public op on the cpp and reference backends
 (channels_last; under no_grad on cpp it runs the C++ kernel first and checks its arguments in
-Python only if the kernel refuses them, see fastdw/ops/_dispatch.py; on reference it checks,
+Python only if the kernel refuses them, see fastdw/ops/dispatch.py; on reference it checks,
 then calls the kernel), cpp-kernel, the C++ entry point torch.ops.fastdw_cpp.* alone (its
 difference to fastdw-cpp is the op's Python), and fastdw-frozen, the layer as a fastdw.nn
 module frozen with fastdw.nn.freeze (the same kernel with no Python between calls in a frozen
@@ -143,8 +143,8 @@ def block_providers(cin, e, cout, hw, stride, x):
             "compile-cl": (lambda f: lambda: f(x_cl))(compiled(m_cl, x_cl)),
             "fastdw-cpp": fastdw_op("cpp"), "fastdw-ref": fastdw_op("reference"),
             "cpp-kernel": lambda: torch.ops.fastdw_cpp.inverted_residual(
-                x_cl, ws[0].flatten(1), *folded[0:2], ws[1], *folded[2:4], ws[2].flatten(1),
-                *folded[4:6], stride, "relu6", None, None, None, None, residual),
+                x_cl, [ws[0].flatten(1), *folded[0:2], ws[1], *folded[2:4], ws[2].flatten(1),
+                       *folded[4:6], None, None, None, None], stride, "relu6", residual),
             "fastdw-frozen": lambda: frozen(x_cl)}
 
 

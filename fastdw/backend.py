@@ -19,14 +19,14 @@ import importlib
 import os
 
 from fastdw.kernels import reference
+from fastdw.torch_internals import mark_constant_for_compile
 
 BACKEND_MODULES = {
     "reference": "fastdw.kernels.reference",
     "cpp": "fastdw.kernels.cpp",
     "triton": "fastdw.kernels.triton",
-    "cuda": "fastdw.kernels.cuda",
 }
-AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}
+AUTO_ORDER = {"cuda": ("triton", "reference"), "cpu": ("cpp", "reference")}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -65,10 +65,8 @@ def _unusable_reason(name, device_type):
 
 
 # Availability is fixed for the life of the process, so torch.compile may call this at trace
-# time and bake in the answer instead of tracing a lazy import. This is what
-# torch.compiler.assume_constant_result does; calling that would import torch._dynamo (and
-# triton) on `import fastdw`, so set its marker directly. The compile tests catch a rename.
-_unusable_reason._dynamo_marked_constant = True
+# time and bake in the answer instead of tracing a lazy import.
+mark_constant_for_compile(_unusable_reason)
 
 
 def _check_name(name, origin):
@@ -92,7 +90,7 @@ def _auto(device_type):
     return name
 
 
-_auto._dynamo_marked_constant = True
+mark_constant_for_compile(_auto)
 
 
 def resolve(requested, device_type):
@@ -116,6 +114,11 @@ def resolve(requested, device_type):
 def usable(device_type):
     """Names of the backends that can run ops on tensors of this device type."""
     return [name for name in BACKEND_MODULES if _unusable_reason(name, device_type) is None]
+
+
+def module(name):
+    """Backend `name`'s module (loaded on first use), or None where it cannot load."""
+    return _load(name)[0]
 
 
 def kernel(name, op):

@@ -1,4 +1,9 @@
-"""Small facts about tensors and activations shared by every layer of fastdw."""
+"""The op contract every layer of fastdw shares: activation names, dtypes, layouts, the conv
+output size, the residual rule and the named tensors of an inverted-residual block. Each fact
+is defined here once; the public ops, their fake kernels, every backend and the modules use it.
+"""
+from typing import NamedTuple, Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -28,3 +33,45 @@ def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a convolution along one spatial axis (zero padding on both sides)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def same_padding(kernel: int, dilation: int = 1) -> int:
+    """The padding that keeps a stride-1 output the input's size (odd kernels): the ops' default,
+    and the inverted-residual block's depthwise padding."""
+    return dilation * (kernel - 1) // 2
+
+
+def adds_residual(stride: int, in_channels: int, out_channels: int) -> bool:
+    """Whether a block's output can take its input as a residual: same shape in and out."""
+    return stride == 1 and in_channels == out_channels
+
+
+class BlockWeights(NamedTuple):
+    """The tensors of one inverted-residual block, besides its input x, in the order of the
+    fastdw::inverted_residual schema and of the C++ struct of csrc/cpu/block_weights.h (a test
+    checks the two agree). 1x1 weights are 2-D (C_out, C_in) at the kernels; None marks an
+    absent stage (no expansion, no squeeze-excite) or, at the public op, a unit scale / zero
+    shift."""
+    expand_w: Optional[torch.Tensor]       # (hidden, C_in): expand 1x1, None for no expansion
+    expand_scale: Optional[torch.Tensor]   # (hidden,)
+    expand_shift: Optional[torch.Tensor]   # (hidden,)
+    dw_w: torch.Tensor                     # (hidden, 1, k, k): depthwise, k odd
+    dw_scale: Optional[torch.Tensor]       # (hidden,)
+    dw_shift: Optional[torch.Tensor]       # (hidden,)
+    project_w: torch.Tensor                # (C_out, hidden): project 1x1
+    project_scale: Optional[torch.Tensor]  # (C_out,)
+    project_shift: Optional[torch.Tensor]  # (C_out,)
+    se_w1: Optional[torch.Tensor]          # (S, hidden): squeeze-excite, all four or none
+    se_b1: Optional[torch.Tensor]          # (S,)
+    se_w2: Optional[torch.Tensor]          # (hidden, S)
+    se_b2: Optional[torch.Tensor]          # (hidden,)
+
+
+# The entries a kernel may find None (the others are always tensors at the kernels).
+BLOCK_OPTIONAL = frozenset(("expand_w", "expand_scale", "expand_shift", "se_w1", "se_b1",
+                            "se_w2", "se_b2"))

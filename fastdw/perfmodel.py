@@ -68,7 +68,7 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from fastdw.torch_internals import TorchDispatchMode
 
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
 STRATEGIES = ("eager", "folded", "fastdw")

@@ -6,6 +6,8 @@ import os
 import pytest
 import torch
 
+import numerics
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -29,8 +31,9 @@ def _seeded():
 
 @pytest.fixture
 def randomize_bn():
-    """Give every BatchNorm2d of a module non-trivial affine parameters and running stats, so
-    folding is actually exercised (fresh BNs fold to the identity).
+    """Give every BatchNorm2d of a module non-trivial affine parameters and running stats
+    (numerics.randomize_bn, from a generator seeded with `seed`), so folding is actually
+    exercised (fresh BNs fold to the identity).
 
     A module that takes images (its first layer a Conv2d with 3 input channels: a whole model)
     gets the running statistics of a random batch instead of random ones. With random running
@@ -39,17 +42,12 @@ def randomize_bn():
     notice a wrong kernel; calibrated, they are as far apart as the outputs themselves."""
     def apply(module, seed=0):
         g = torch.Generator().manual_seed(seed)
+        numerics.randomize_bn(module, generator=g)
         bns = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        with torch.no_grad():
-            for bn in bns:
-                n = bn.num_features
-                bn.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                bn.bias.copy_(torch.randn(n, generator=g) * 0.2)
-                bn.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                bn.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            first = next((m for m in module.modules() if isinstance(m, (torch.nn.Conv2d,
-                                                                         torch.nn.Linear))), None)
-            if bns and isinstance(first, torch.nn.Conv2d) and first.in_channels == 3:
+        first = next((m for m in module.modules() if isinstance(m, (torch.nn.Conv2d,
+                                                                     torch.nn.Linear))), None)
+        if bns and isinstance(first, torch.nn.Conv2d) and first.in_channels == 3:
+            with torch.no_grad():
                 _calibrate(module, bns, torch.randn(4, 3, 64, 64, generator=g))
         return module
     return apply
@@ -76,14 +74,13 @@ def _calibrate(module, bns, images):
 def _float32_bound(stock32, ref64):
     """How far (relative norm) a float32 output of a whole model may be from ref64, its float64
     output, given stock32, the float32 output of stock PyTorch ops for the same model and input:
-    4x as far as stock32 is, and never under the project-wide 1e-5. Rounding through ~50 layers
-    moves stock float32 itself 1e-6 to 1e-5 from float64 once the output depends on the input
-    (randomize_bn calibrates models so that it does); fastdw's kernels sum in other orders, so
-    they may be farther, but not by much: fastdw's errors stayed within about half of this
-    bound over the models and seeds the tests use, while a wrong kernel misses it by orders of
-    magnitude."""
-    ref64 = ref64.double()
-    return max(1e-5, 4 * ((stock32.double() - ref64).norm() / ref64.norm()).item())
+    4x as far as stock32 is, and never under numerics.REL_TOL[torch.float32]. Rounding through
+    ~50 layers moves stock float32 itself 1e-6 to 1e-5 from float64 once the output depends on
+    the input (randomize_bn calibrates models so that it does); fastdw's kernels sum in other
+    orders, so they may be farther, but not by much: fastdw's errors stayed within about half
+    of this bound over the models and seeds the tests use, while a wrong kernel misses it by
+    orders of magnitude."""
+    return max(numerics.REL_TOL[torch.float32], 4 * numerics.rel_err(stock32, ref64))
 
 
 @pytest.fixture
@@ -102,9 +99,7 @@ def accurate():
             ref64 = copy.deepcopy(model).double()(x.double())
             with backend.use_backend("reference"):
                 stock32 = model(x)
-        ref64 = ref64.double()
-        err = ((out.double() - ref64).norm() / ref64.norm()).item()
-        return err < _float32_bound(stock32, ref64)
+        return numerics.rel_err(out, ref64) < _float32_bound(stock32, ref64)
     return check
 
 

@@ -1,19 +1,21 @@
 """The cpp backend: fastdw's C++ CPU kernels (csrc/cpu, built into fastdw._C).
 
 The kernels are ops of namespace fastdw_cpp (the public "fastdw" namespace belongs to the
-Python custom ops in fastdw.ops, which validate arguments and call the functions below; their
-common float32 call tries torch.ops.fastdw_cpp first, see fastdw.ops._dispatch.cpp_first). Calls
-these kernels do not cover go to the reference backend, so every call the public ops accept runs.
+Python custom ops in fastdw.ops). This module is the only Python that names them: the backend
+functions below (the kernel contract of fastdw.kernels.reference), try_kernel for the ops'
+direct route (fastdw.ops.dispatch), new_program for the models' eval program, and the C
+version of the eval caches' stamp check. Calls these kernels do not cover go to the reference
+backend, so every call the public ops accept runs.
 """
 import torch
 
 from fastdw.kernels import reference
 
 try:
-    import fastdw._C  # noqa: F401  (registers torch.ops.fastdw_cpp)
+    import fastdw._C as _extension  # registers torch.ops.fastdw_cpp and torch.classes.fastdw_cpp
     _IMPORT_ERROR = None
 except ImportError as err:
-    _IMPORT_ERROR = err
+    _extension, _IMPORT_ERROR = None, err
 
 DEVICES = ("cpu",)
 NOTES = ("float32 (+ bfloat16 for dwconv_bn_act) in C++; float16, float64, depthwise channel "
@@ -31,6 +33,29 @@ def capability():
     return torch.ops.fastdw_cpp.capability()
 
 
+def block_weight_names():
+    """The C++ order of an inverted-residual block's tensors (csrc/cpu/block_weights.h)."""
+    return list(torch.ops.fastdw_cpp.block_weight_names())
+
+
+# fastdw.nn's stamp check in C (csrc/stamp.cpp), or None where the extension is not built.
+stamp_unchanged = getattr(_extension, "stamp_unchanged", None)
+
+
+def try_kernel(name, *args):
+    """torch.ops.fastdw_cpp.<name>(*args), or None when the kernel refuses the arguments (the
+    caller then runs the op's Python checks, whose error names the bad argument)."""
+    try:
+        return getattr(torch.ops.fastdw_cpp, name)(*args)
+    except RuntimeError:
+        return None
+
+
+def new_program():
+    """An empty torch.classes.fastdw_cpp.Program (csrc/cpu/program.cpp) to add steps to."""
+    return torch.classes.fastdw_cpp.Program()
+
+
 def dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act):
     if x.dtype not in (torch.float32, torch.bfloat16) or weight.shape[0] != x.shape[1]:
         return reference.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
@@ -44,10 +69,7 @@ def pwconv_bn_act(x, weight, scale, shift, act, residual):
     return torch.ops.fastdw_cpp.pwconv_bn_act(x, weight, scale, shift, act, residual)
 
 
-def inverted_residual(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift,
-                      project_w, project_scale, project_shift, stride, act,
-                      se_w1, se_b1, se_w2, se_b2, residual):
-    op = (torch.ops.fastdw_cpp.inverted_residual if x.dtype == torch.float32
-          else reference.inverted_residual)
-    return op(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
-              project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual)
+def inverted_residual(x, weights, stride, act, residual):
+    if x.dtype != torch.float32:
+        return reference.inverted_residual(x, weights, stride, act, residual)
+    return torch.ops.fastdw_cpp.inverted_residual(x, weights, stride, act, residual)

@@ -7,12 +7,15 @@ and apply stock aten backward ops stage by stage.
 
 Kernel contract shared by all backends (the public ops in fastdw.ops normalise to it):
   x (N, C, H, W); depthwise weight (C*m, 1, k, k); 1x1 weights 2-D (C_out, C_in);
-  scale/shift (C_out,) always present; squeeze-excite weights 2-D, biases 1-D.
+  scale/shift (C_out,) always present; an inverted-residual block's tensors as one
+  fastdw.contract.BlockWeights (squeeze-excite weights 2-D, biases 1-D; expand and
+  squeeze-excite entries None where the block has no such stage).
 """
 import torch
 import torch.nn.functional as F
 
-from fastdw._common import ACTIVATIONS, compute_dtype, output_memory_format
+from fastdw.contract import (ACTIVATIONS, BlockWeights, compute_dtype, output_memory_format,
+                             same_padding)
 
 DEVICES = None  # stock ops run on every device
 NOTES = "stock PyTorch ops; the fallback and the test oracle"
@@ -55,16 +58,15 @@ def pwconv_bn_act(x, weight, scale, shift, act, residual):
     return _finish(y, x)
 
 
-def inverted_residual(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift,
-                      project_w, project_scale, project_shift, stride, act,
-                      se_w1, se_b1, se_w2, se_b2, residual):
+def inverted_residual(x, weights, stride, act, residual):
+    w = weights
     h = x.to(compute_dtype(x.dtype))
-    if expand_w is not None:
-        h = _pw(h, expand_w, expand_scale, expand_shift, act)
-    h = _dw(h, dw_w, dw_scale, dw_shift, stride, (dw_w.shape[-1] - 1) // 2, 1, act)
-    if se_w1 is not None:
-        h = _squeeze_excite(h, se_w1, se_b1, se_w2, se_b2)
-    y = _pw(h, project_w, project_scale, project_shift, "none")
+    if w.expand_w is not None:
+        h = _pw(h, w.expand_w, w.expand_scale, w.expand_shift, act)
+    h = _dw(h, w.dw_w, w.dw_scale, w.dw_shift, stride, same_padding(w.dw_w.shape[-1]), 1, act)
+    if w.se_w1 is not None:
+        h = _squeeze_excite(h, w.se_w1, w.se_b1, w.se_w2, w.se_b2)
+    y = _pw(h, w.project_w, w.project_scale, w.project_shift, "none")
     if residual:
         y = y + x.to(y.dtype)
     return _finish(y, x)
@@ -125,34 +127,32 @@ def pwconv_bn_act_backward(grad, x, weight, scale, shift, act):
     return [grads[0], grads[1].flatten(1), *grads[2:]]
 
 
-def inverted_residual_backward(grad, x, expand_w, expand_scale, expand_shift, dw_w, dw_scale,
-                               dw_shift, project_w, project_scale, project_shift, stride, act,
-                               se_w1, se_b1, se_w2, se_b2, residual):
-    """Gradients of every tensor argument that is not None, in argument order: the forward is
-    recomputed stage by stage, then each stage's backward runs in reverse."""
-    (grad, x_c, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
-     project_scale, project_shift, se_w1, se_b1, se_w2, se_b2) = _in_compute_dtype(
-        x, grad, x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
-        project_scale, project_shift, se_w1, se_b1, se_w2, se_b2)
-    pad = (dw_w.shape[-1] - 1) // 2
-    expanded = x_c if expand_w is None else _pw(x_c, expand_w, expand_scale, expand_shift, act)
-    dw_out = _dw(expanded, dw_w, dw_scale, dw_shift, stride, pad, 1, act)
-    se_out = dw_out if se_w1 is None else _squeeze_excite(dw_out, se_w1, se_b1, se_w2, se_b2)
+def inverted_residual_backward(grad, x, weights, stride, act, residual):
+    """(gradient of x, BlockWeights of the weights' gradients, None where a weight is None):
+    the forward is recomputed stage by stage, then each stage's backward runs in reverse."""
+    grad, x_c = _in_compute_dtype(x, grad, x)
+    w = BlockWeights(*_in_compute_dtype(x, *weights))
+    pad = same_padding(w.dw_w.shape[-1])
+    expanded = (x_c if w.expand_w is None
+                else _pw(x_c, w.expand_w, w.expand_scale, w.expand_shift, act))
+    dw_out = _dw(expanded, w.dw_w, w.dw_scale, w.dw_shift, stride, pad, 1, act)
+    se = (w.se_w1, w.se_b1, w.se_w2, w.se_b2)
+    se_out = dw_out if w.se_w1 is None else _squeeze_excite(dw_out, *se)
 
     g_h, g_pw, g_ps, g_pb = _conv_bn_act_backward(
-        grad, se_out, project_w[:, :, None, None], project_scale, project_shift, 1, 0, 1, 1, "none")
+        grad, se_out, w.project_w[:, :, None, None], w.project_scale, w.project_shift, 1, 0, 1,
+        1, "none")
     grads = {"project_w": g_pw.flatten(1), "project_scale": g_ps, "project_shift": g_pb}
-    if se_w1 is not None:
-        g_h, *g_se = _squeeze_excite_backward(g_h, dw_out, se_w1, se_b1, se_w2, se_b2)
+    if w.se_w1 is not None:
+        g_h, *g_se = _squeeze_excite_backward(g_h, dw_out, *se)
         grads.update(zip(("se_w1", "se_b1", "se_w2", "se_b2"), g_se))
-    g_h, *g_dw = _conv_bn_act_backward(g_h, expanded, dw_w, dw_scale, dw_shift, stride, pad, 1,
-                                       expanded.shape[1], act)
+    g_h, *g_dw = _conv_bn_act_backward(g_h, expanded, w.dw_w, w.dw_scale, w.dw_shift, stride,
+                                       pad, 1, expanded.shape[1], act)
     grads.update(zip(("dw_w", "dw_scale", "dw_shift"), g_dw))
-    if expand_w is not None:
+    if w.expand_w is not None:
         g_h, g_ew, g_es, g_eb = _conv_bn_act_backward(
-            g_h, x_c, expand_w[:, :, None, None], expand_scale, expand_shift, 1, 0, 1, 1, act)
+            g_h, x_c, w.expand_w[:, :, None, None], w.expand_scale, w.expand_shift, 1, 0, 1, 1,
+            act)
         grads.update(expand_w=g_ew.flatten(1), expand_scale=g_es, expand_shift=g_eb)
-    grads["x"] = g_h + grad if residual else g_h
-    order = ("x", "expand_w", "expand_scale", "expand_shift", "dw_w", "dw_scale", "dw_shift",
-             "project_w", "project_scale", "project_shift", "se_w1", "se_b1", "se_w2", "se_b2")
-    return [grads[name] for name in order if name in grads]
+    grad_x = g_h + grad if residual else g_h
+    return grad_x, BlockWeights(**{name: grads.get(name) for name in BlockWeights._fields})

@@ -2,14 +2,14 @@
 import torch
 from torch import nn
 
-from fastdw.nn._fold import CachedForward
-from fastdw.nn.freeze import eval_forward
+from fastdw.models.eval_program import eval_forward
+from fastdw.nn.cache import CachedForward
 
 
 class MobileNet(CachedForward, nn.Module):
     """Base of fastdw's MobileNets: classifier(flatten(global_avg_pool(features(x)))). Under
     no_grad in eval mode on cpp the forward runs the model as one C++ program
-    (fastdw.nn.freeze.eval_forward), otherwise module by module (_forward_modules)."""
+    (fastdw.models.eval_program), otherwise module by module (_forward_modules)."""
 
     def forward(self, x):
         return eval_forward(self, x, self._forward_modules)

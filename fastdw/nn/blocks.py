@@ -6,25 +6,27 @@ out the modules, so one base class holds the behaviour and each subclass says wh
 sit:
   V2 (`conv`):  [ConvBNAct expand], DWConvBNAct, Conv2d project, BatchNorm2d
   V3 (`block`): [ConvBNAct expand], DWConvBNAct, [SqueezeExcite], ConvBNAct(act="none") project
-In eval mode (every BN folded) a block is exactly one fastdw.ops.inverted_residual call (under
-no_grad, where nothing can tell, its C++ kernel called directly: _fold.FusedCall).
+In eval mode (every BN folded) a block is exactly one fastdw.ops.inverted_residual call, bound
+once per change of the block (fastdw.ops.bind, cached under fastdw.nn.cache's stamp).
 """
 from torch import nn
 
 from fastdw import ops
-from fastdw.nn._fold import CachedForward, FusedCall, cached, foldable
+from fastdw.contract import BlockWeights, adds_residual, same_padding
+from fastdw.nn.cache import CachedForward, cached
+from fastdw.nn.fold import foldable
 from fastdw.nn.layers import ConvBNAct, DWConvBNAct, SqueezeExcite
-from fastdw.ops._checks import matrix
+from fastdw.ops.checks import matrix
 
 
-class _InvertedResidualBlock(CachedForward, nn.Module):
+class InvertedResidualBlock(CachedForward, nn.Module):
     _layers_name = None  # "conv" (V2) or "block" (V3): the Sequential holding the stages
 
     def _setup(self, layers, in_channels, out_channels, stride):
         setattr(self, self._layers_name, nn.Sequential(*layers))
         self.stride = stride
         self.out_channels = out_channels
-        self.use_res_connect = stride == 1 and in_channels == out_channels
+        self.use_res_connect = adds_residual(stride, in_channels, out_channels)
         self._is_cn = stride > 1  # torchvision's marker for stage boundaries (detection heads)
 
     @classmethod
@@ -56,7 +58,7 @@ class _InvertedResidualBlock(CachedForward, nn.Module):
         k = conv.kernel_size[0]
         return (conv.out_channels == conv.in_channels and conv.kernel_size == (k, k) and k % 2
                 and conv.stride[0] == conv.stride[1] and conv.dilation == (1, 1)
-                and conv.padding == ((k - 1) // 2,) * 2
+                and conv.padding == (same_padding(k),) * 2
                 and (expand is None or (isinstance(expand, ConvBNAct)
                                         and expand.kind == "pointwise" and expand.act == dw.act))
                 and (se is None or isinstance(se, SqueezeExcite))
@@ -65,14 +67,15 @@ class _InvertedResidualBlock(CachedForward, nn.Module):
                 and project.padding == (0, 0) and isinstance(project_bn, nn.BatchNorm2d))
 
     def forward(self, x):
-        fused = cached(self, self._fused_call)
-        if fused is None:  # a BN trains: the stages one by one
+        bound = cached(self, self.bound_op)
+        if bound is None:  # a BN trains: the stages one by one
             y = getattr(self, self._layers_name)(x)
             return x + y if self.use_res_connect else y
-        return fused(x)
+        return bound(x)
 
-    def _fused_call(self):
-        """This block as one FusedCall, or None while a BN trains."""
+    def bound_op(self):
+        """This block as one bound fastdw.ops.inverted_residual (ops.bind), or None while a BN
+        trains."""
         expand, dw, se, project, project_bn = self._stages_of(getattr(self, self._layers_name))
         bns = [dw[1], project_bn] if expand is None else [expand[1], dw[1], project_bn]
         if not foldable(*bns):
@@ -81,28 +84,22 @@ class _InvertedResidualBlock(CachedForward, nn.Module):
         if expand is None:
             folded = [(None, None), *folded]
         (expand_scale, expand_shift), (dw_scale, dw_shift), (p_scale, p_shift) = folded
-        expand_w = None if expand is None else matrix(expand[0].weight)
-        dw_w, project_w = dw[0].weight, matrix(project.weight)
-        se_w1, se_b1, se_w2, se_b2 = ((None,) * 4 if se is None else
-                                      (matrix(se.fc1.weight), se.fc1.bias,
-                                       matrix(se.fc2.weight), se.fc2.bias))
+        block = BlockWeights(
+            expand_w=None if expand is None else matrix(expand[0].weight),
+            expand_scale=expand_scale, expand_shift=expand_shift,
+            dw_w=dw[0].weight, dw_scale=dw_scale, dw_shift=dw_shift,
+            project_w=matrix(project.weight), project_scale=p_scale, project_shift=p_shift,
+            se_w1=None if se is None else matrix(se.fc1.weight),
+            se_b1=None if se is None else se.fc1.bias,
+            se_w2=None if se is None else matrix(se.fc2.weight),
+            se_b2=None if se is None else se.fc2.bias)
         in_channels = (dw if expand is None else expand)[0].in_channels
-        # residual as the op normalises it, so the kernel gets the same flag either way
-        residual = self.use_res_connect and self.stride == 1 and in_channels == project_w.shape[0]
-        k = dw_w.shape[-1]
-        return FusedCall(
-            "inverted_residual",
-            (expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w, p_scale,
-             p_shift),
-            {"stride": self.stride, "act": dw.act, "se_w1": se_w1, "se_b1": se_b1,
-             "se_w2": se_w2, "se_b2": se_b2, "residual": residual},
-            in_channels,
-            # the op fills in a missing squeeze-excite bias; the kernel would not
-            cpp=se is None or (se_b1 is not None and se_b2 is not None),
-            kernel_size=k, padding=(k - 1) // 2)
+        return ops.bind("inverted_residual", (block,),
+                        {"stride": self.stride, "act": dw.act, "residual": self.use_res_connect},
+                        in_channels)
 
 
-class InvertedResidual(_InvertedResidualBlock):
+class InvertedResidual(InvertedResidualBlock):
     """MobileNetV2 block: ReLU6, 3x3 depthwise, hidden = round(in_channels * expand_ratio)."""
     _layers_name = "conv"
 
@@ -127,7 +124,7 @@ class InvertedResidual(_InvertedResidualBlock):
         return expand, layers[-3], None, layers[-2], layers[-1]
 
 
-class InvertedResidualV3(_InvertedResidualBlock):
+class InvertedResidualV3(InvertedResidualBlock):
     """MobileNetV3 block: relu or hardswish, k x k depthwise, optional squeeze-excite whose
     squeeze width is squeeze_channels (torchvision: make_divisible(expanded // 4, 8))."""
     _layers_name = "block"

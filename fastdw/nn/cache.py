@@ -1,17 +1,17 @@
-"""BatchNorm folding for eval-mode forwards, a cache of everything such a forward computes that
-does not depend on its input, and the fused op call that uses it.
+"""A cache of everything an eval-mode forward computes that does not depend on its input,
+valid while a stamp of the modules it read holds.
 
 At batch 1 the Python around a kernel is a large share of a forward (folding is a handful of
 tiny ops per BatchNorm; the public ops check up to 14 tensors and go through the custom-op
-dispatcher), so a module's eval forward caches its fused op call, BN already folded, but only
-where nothing can observe it: no autograd (cached tensors carry no graph) and not while
+dispatcher), so a module's eval forward caches its bound op call (fastdw.ops.bind), BN already
+folded, but only where nothing can observe it: no autograd (cached tensors carry no graph) and not while
 torch.compile traces (the compiled graph folds itself). The cache holds a stamp of every module
 under its owner: each module's attributes (`train()`, `bn.eps = ...`), children
 (`block.conv[1] = ...`) and parameters and buffers by identity, plus each tensor's version
 counter and data pointer, so in-place edits (`bn.running_var.mul_(2)`, most optimizer steps,
 load_state_dict), `.data = ...` swaps, `module.__class__ = ...`, `module.__dict__ = ...` and
 `.to()`/`.half()` all invalidate it. A cache that stands in for a whole forward (the models'
-eval program, fastdw.nn.freeze.eval_forward) also stamps tensor-free leaves, hook dicts and the
+eval program, fastdw.models.eval_program) also stamps tensor-free leaves, hook dicts and the
 dicts of the modules' classes. What it cannot see is an in-place edit that bumps no version counter:
 through `.data` (`bn.weight.data.mul_(2)`: `.data` has its own counter), by an optimizer with
 fused=True (its kernel writes the parameters without bumping theirs; the default and
@@ -26,19 +26,11 @@ import operator
 import torch
 from torch import nn
 
-from fastdw import backend, ops
-from fastdw.ops import _dispatch
-from fastdw.ops._checks import INT32_MAX
+from fastdw import backend
 
 _version = operator.attrgetter("_version")
 _dict_of = operator.attrgetter("__dict__")
 _values = itertools.chain.from_iterable
-
-
-def foldable(*bns: nn.BatchNorm2d) -> bool:
-    """True when every BN normalises with running statistics, i.e. it can be folded."""
-    return all(not bn.training and bn.running_var is not None for bn in bns)
-
 
 # Module dicts a hook is added to in place (register_forward_hook and friends).
 _hook_dicts = operator.attrgetter("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks",
@@ -95,10 +87,8 @@ def unchanged_py(stamp):
         return False  # (a tensor or an array, say): changed
 
 
-try:
-    from fastdw._C import stamp_unchanged as unchanged
-except ImportError:  # fastdw._C is not built
-    unchanged = unchanged_py
+# In C where fastdw._C is built (the cpp backend loads), else in Python.
+unchanged = getattr(backend.module("cpp"), "stamp_unchanged", None) or unchanged_py
 
 
 def cached(owner: nn.Module, compute):
@@ -144,58 +134,3 @@ class CachedForward:
         if entry is not None and entry[0] is not None and not unchanged(entry[0]):
             entry[:] = (None, None)
         return module
-
-
-def fold_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d):
-    """(weight, bias) of one conv equal to a bias-free conv followed by eval-mode bn."""
-    scale, shift = ops.fold_bn(bn)
-    weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
-    return weight, shift.to(conv.weight.dtype)
-
-
-class FusedCall:
-    """`fastdw.ops.<name>(x, *tensors, **options)` with everything but x fixed, for a module
-    whose input has `in_channels` channels.
-
-    The public op checks its arguments, then the custom-op dispatcher runs the backend's
-    kernel. Calling this object runs the C++ kernel directly instead (options in order: the
-    ops' keyword order is the kernels' schema order) where that changes neither the result nor
-    the error raised: no autograd, nothing watching (ops._dispatch.observed(): torch.compile,
-    tracing, modes), no autocast, x a plain float32 CPU tensor, the backend
-    the op would pick is "cpp" and it runs this call in C++ (`cpp`), and the op has accepted
-    such an x before: the first call goes through the op, whose checks of the fixed arguments
-    then hold for every x of that dtype, device and channel count (a changed module makes a
-    new FusedCall). x's rank and channels are checked here, so the error names x, not a weight.
-    """
-
-    def __init__(self, name, tensors, options, in_channels, *, cpp=True, kernel_size=1,
-                 padding=0, dilation=1):
-        self.name, self.tensors, self.options = name, tensors, options
-        self.in_channels = in_channels
-        self.kernel_args = (*tensors, *options.values())
-        # The op casts per-channel vectors to x's compute dtype; the kernel takes them as they
-        # are, so it runs only when there is nothing to cast (float32 x needs float32).
-        self.cpp = cpp and all(t.dtype is torch.float32 for t in self.kernel_args
-                               if isinstance(t, torch.Tensor))
-        self.checked = False  # the op accepted a float32 CPU x
-        # Spatial sizes the op accepts: an output of at least 1 (the op's own check) and of
-        # less than 2**31 (kept a little tighter than the op's: absurd sizes just take the op).
-        self.sizes = (max(1, dilation * (kernel_size - 1) + 1 - 2 * padding),
-                      INT32_MAX - 2 * padding)
-
-    def __call__(self, x):
-        if isinstance(x, torch.Tensor) and (x.dim() != 4 or x.shape[1] != self.in_channels):
-            raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), "
-                             f"got {tuple(x.shape)}")
-        plain = (not torch.is_grad_enabled() and type(x) is torch.Tensor
-                 and x.dtype is torch.float32 and x.is_cpu and not _dispatch.observed()
-                 and not torch.is_autocast_enabled("cpu"))  # the op casts x under autocast
-        if plain and self.checked:
-            n, _, h, w = x.shape
-            lo, hi = self.sizes
-            if (n > 0 and lo <= h <= hi and lo <= w <= hi
-                    and backend.resolve(None, "cpu") == "cpp"):
-                return getattr(torch.ops.fastdw_cpp, self.name)(x, *self.kernel_args)
-        out = getattr(ops, self.name)(x, *self.tensors, **self.options)
-        self.checked = self.checked or (plain and self.cpp)
-        return out

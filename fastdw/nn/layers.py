@@ -4,23 +4,19 @@ ConvBNAct is an nn.Sequential whose children are "0" Conv2d, "1" BatchNorm2d and
 activation (absent for act="none"), exactly like torchvision's Conv2dNormActivation, so the two
 share state_dict keys. While its BatchNorm trains, the layer runs conv -> the BN module itself ->
 activation, so batch statistics and running-stat updates are nn.BatchNorm2d's own. Once the BN
-is in eval mode it is folded and the layer is one fused fastdw op (under no_grad, where nothing
-can tell, its C++ kernel called directly: _fold.FusedCall).
+is in eval mode it is folded and the layer is one fused fastdw op, bound once per change of
+the layer (fastdw.ops.bind, cached under fastdw.nn.cache's stamp).
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastdw import backend, ops
-from fastdw.nn._fold import (
-    CachedForward,
-    FusedCall,
-    cached,
-    fold_conv,
-    foldable,
-)
-from fastdw.ops import _dispatch
-from fastdw.ops._checks import matrix
+from fastdw import ops
+from fastdw.contract import same_padding
+from fastdw.nn.cache import CachedForward, cached
+from fastdw.nn.fold import fold_conv, foldable
+from fastdw.ops import dispatch
+from fastdw.ops.checks import matrix
 
 # act name -> activation module class; "none" has no module.
 ACT_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish,
@@ -51,7 +47,7 @@ class ConvBNAct(CachedForward, nn.Sequential):
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, *, groups=1,
                  dilation=1, act="relu6", eps=1e-5, momentum=0.1):
         conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
-                         dilation * (kernel_size - 1) // 2, dilation, groups, bias=False)
+                         same_padding(kernel_size, dilation), dilation, groups, bias=False)
         super().__init__(conv, nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum),
                          *act_module(act))
         self._describe(act)
@@ -103,7 +99,7 @@ class ConvBNAct(CachedForward, nn.Sequential):
 
     def _folded(self):
         """What the eval forward needs besides x: the conv's (weight, bias) with the BN folded
-        in (kind "conv"), else the layer as one FusedCall; None while the BN trains."""
+        in (kind "conv"), else the layer as one bound op (ops.bind); None while the BN trains."""
         conv, bn = self[0], self[1]
         if not foldable(bn):
             return None
@@ -111,15 +107,11 @@ class ConvBNAct(CachedForward, nn.Sequential):
             return fold_conv(conv, bn)
         scale, shift = ops.fold_bn(bn)
         if self.kind == "pointwise":
-            return FusedCall("pwconv_bn_act", (matrix(conv.weight), scale, shift),
-                             {"act": self.act, "residual": None}, conv.in_channels)
-        padding, dilation = conv.padding[0], conv.dilation[0]
-        return FusedCall("dwconv_bn_act", (conv.weight, scale, shift),
-                         {"stride": conv.stride[0], "padding": padding,
-                          "dilation": dilation, "act": self.act}, conv.in_channels,
-                         # fastdw.kernels.cpp runs channel multiplier 1 only in C++
-                         cpp=conv.weight.shape[0] == conv.in_channels,
-                         kernel_size=conv.kernel_size[0], padding=padding, dilation=dilation)
+            return ops.bind("pwconv_bn_act", (matrix(conv.weight), scale, shift),
+                            {"act": self.act, "residual": None}, conv.in_channels)
+        return ops.bind("dwconv_bn_act", (conv.weight, scale, shift),
+                        {"stride": conv.stride[0], "padding": conv.padding[0],
+                         "dilation": conv.dilation[0], "act": self.act}, conv.in_channels)
 
 
 class DWConvBNAct(ConvBNAct):
@@ -151,29 +143,22 @@ class Linear(nn.Linear):
     as (N, C_in, 1, 1), i.e. the cpp backend's pwconv_bn_act with unit scale and the bias as
     shift. The classifiers of fastdw.models use it (torch's addmm is slower on their shapes,
     most at batches above 1). Everything else (autograd, autocast, torch.compile, tracing or a
-    mode watching, other devices and dtypes, another backend) is nn.Linear's own forward. Tools
+    mode watching, other devices and dtypes, another backend: dispatch.cpp_direct) is
+    nn.Linear's own forward. Tools
     that match the exact type nn.Linear (e.g. torch.ao.quantization.quantize_dynamic with
     {nn.Linear}) need fastdw.nn.Linear named too."""
 
     def forward(self, x):
-        if not self._gemm_applies(x):
+        w, b = self.weight, self.bias
+        # Only where the result and any error are nn.Linear's (the op checks arguments in its
+        # own words, and refuses empty tensors and mixed dtypes that nn.Linear handles).
+        if not (b is not None and isinstance(x, torch.Tensor) and x.dim() == 2
+                and x.shape[0] > 0 and x.shape[1] == self.in_features > 0 and w.is_cpu
+                and b.is_cpu and dispatch.cpp_direct(x4 := x[:, :, None, None], (w, b))):
             return super().forward(x)
         # Nothing to fold or check: the weights go to the kernel as they are (its packed copies
         # follow in-place edits), and only the unit scale is kept between calls.
         scale = self.__dict__.get("_unit_scale")
-        if scale is None or scale.shape != self.bias.shape:
+        if scale is None or scale.shape != b.shape:
             scale = self.__dict__["_unit_scale"] = torch.ones(self.out_features)
-        kernel = backend.kernel("cpp", "pwconv_bn_act")
-        return kernel(x[:, :, None, None], self.weight, scale, self.bias, "none", None).flatten(1)
-
-    def _gemm_applies(self, x):
-        """Only where the result and any error are nn.Linear's (the kernel checks arguments in
-        its own words, and refuses empty tensors and mixed dtypes that nn.Linear handles)."""
-        w, b = self.weight, self.bias
-        return (not torch.is_grad_enabled() and not _dispatch.observed()
-                and not torch.is_autocast_enabled("cpu")  # nn.Linear runs in its dtype there
-                and b is not None and isinstance(x, torch.Tensor)
-                and all(map(_dispatch.plain, (x, w, b))) and x.dim() == 2
-                and x.shape[0] > 0 and x.shape[1] == self.in_features > 0 and x.is_cpu
-                and x.dtype is w.dtype is b.dtype is torch.float32 and w.is_cpu and b.is_cpu
-                and backend.resolve(None, "cpu") == "cpp")
+        return ops.pwconv_bn_act(x4, w, scale, b, act="none").flatten(1)

@@ -1,29 +1,37 @@
 """Public functional ops. Each is a torch.library custom op in namespace "fastdw" with a fake
-kernel and autograd, so torch.compile and torch.export see one real op per call."""
-import torch
+kernel and autograd, so torch.compile and torch.export see one real op per call.
 
-from fastdw._common import ACTIVATIONS, compute_dtype
+An op's whole life: its public function, custom op, fake kernel and autograd in
+fastdw/ops/<op>.py; the route every call takes in fastdw/ops/dispatch.py; the argument checks in
+fastdw/ops/checks.py; each backend's kernel in fastdw/kernels (reference.py, cpp.py -> csrc/cpu/
+<op>.cpp, triton/<op>.py); tests in tests/ops/test_<op>.py; benchmarks in bench/.
+"""
+from fastdw.contract import ACTIVATIONS, BlockWeights
+from fastdw.ops import dwconv_bn_act as _dwconv_module
+from fastdw.ops import inverted_residual as _inverted_residual_module
+from fastdw.ops import pwconv_bn_act as _pwconv_module
+from fastdw.ops.dispatch import BoundOp
 from fastdw.ops.dwconv_bn_act import dwconv_bn_act
+from fastdw.ops.fold_bn import fold_bn
 from fastdw.ops.inverted_residual import inverted_residual
 from fastdw.ops.pwconv_bn_act import pwconv_bn_act
 
-
-def fold_bn(bn: torch.nn.modules.batchnorm._BatchNorm):
-    """(scale, shift) of an eval-mode BatchNorm: y = x * scale + shift with its running stats,
-    in fp32 for a half-precision BatchNorm (fp64 for fp64)."""
-    if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
-        raise TypeError(f"bn must be a BatchNorm module, got {type(bn).__name__}")
-    if bn.running_var is None:
-        raise ValueError("bn has no running statistics (track_running_stats=False) to fold")
-    # In fp32 even for a half-precision model: rsqrt of a small variance in fp16 loses digits.
-    dtype = compute_dtype(bn.running_var.dtype)
-    scale = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
-    if bn.weight is not None:
-        scale = bn.weight.to(dtype) * scale
-    shift = -bn.running_mean.to(dtype) * scale
-    if bn.bias is not None:
-        shift = bn.bias.to(dtype) + shift
-    return scale, shift
+# op name -> (what a BoundOp calls with x, the op's tensors and options; the op's cpp_args)
+_ROUTES = {
+    "dwconv_bn_act": (dwconv_bn_act, _dwconv_module.cpp_args),
+    "pwconv_bn_act": (pwconv_bn_act, _pwconv_module.cpp_args),
+    "inverted_residual": (_inverted_residual_module.route, _inverted_residual_module.cpp_args),
+}
 
 
-__all__ = ["ACTIVATIONS", "dwconv_bn_act", "pwconv_bn_act", "inverted_residual", "fold_bn"]
+def bind(name, tensors, options, in_channels) -> BoundOp:
+    """Op `name` with everything but x fixed, for inputs of `in_channels` channels:
+    `bind(name, tensors, options, c)(x)` equals `fastdw.ops.<name>(x, *tensors, **options)`
+    (inverted_residual takes one BlockWeights as its tensors), with the arguments that never
+    change between calls vetted once (fastdw.ops.dispatch.BoundOp)."""
+    route, cpp_args = _ROUTES[name]
+    return BoundOp(name, route, cpp_args, tensors, options, in_channels)
+
+
+__all__ = ["ACTIVATIONS", "BlockWeights", "BoundOp", "bind", "dwconv_bn_act", "pwconv_bn_act",
+           "inverted_residual", "fold_bn"]

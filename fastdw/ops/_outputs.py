@@ -1,7 +1,7 @@
 """Glue shared by the op definitions: the output and gradient tensors fake kernels return."""
 import torch
 
-from fastdw._common import output_memory_format
+from fastdw.contract import output_memory_format
 
 
 def empty_output(x, channels, height, width):

@@ -2,7 +2,8 @@
 that names the argument, before any kernel touches memory."""
 import torch
 
-from fastdw._common import ACTIVATIONS, FLOAT_DTYPES, compute_dtype
+from fastdw import contract
+from fastdw.contract import ACTIVATIONS, FLOAT_DTYPES, compute_dtype
 
 
 def activation(act, name="act"):
@@ -116,7 +117,8 @@ def per_channel(t, name, x, length, default):
 
 
 def conv_output_size(size, kernel, stride, padding, dilation, name):
-    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    """contract.conv_output_size, refused where it is below 1 or 2**31 and above."""
+    out = contract.conv_output_size(size, kernel, stride, padding, dilation)
     if out < 1:
         raise ValueError(f"{name}: input of size {size} is too small for kernel {kernel} "
                          f"with padding {padding} and dilation {dilation}")

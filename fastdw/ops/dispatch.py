@@ -1,31 +1,28 @@
-"""How a public op reaches its backend kernel: through its torch.library custom op, or directly.
+"""The one route from an op call to a kernel. Every call reads straight down:
 
-The custom op is what autograd, torch.compile, torch.export, jit tracing, tensor subclasses and
-__torch_function__ / __torch_dispatch__ modes see. When none of them is involved, its body
-(`backend.kernel(backend, op)(*args)`) can be called directly with the same result, skipping the
-custom-op layer (dispatcher, a Python kernel, autograd wrapping), which at batch 1 costs about as
-much as a small depthwise layer's C++ kernel. On the cpp backend the common call goes further and
-runs its C++ kernel before the op's Python checks (cpp_first, try_cpp), which then run only
-for calls the kernel refuses.
+    1. cpp_direct(x, tensors, backend)?  run the C++ kernel at once (try_cpp); it checks every
+       argument itself, and only a call it refuses goes on
+    2. the op's Python checks: normalise the arguments, or raise an error naming the bad one
+    3. backend.resolve: the backend for x's device
+    4. run(): that backend's kernel, called directly where nothing could tell (unobserved), else
+       through the op's torch.library custom op (autograd, torch.compile, modes, subclasses)
+
+The public ops (fastdw/ops/<op>.py) take this route on every call. A BoundOp is an op with
+everything but x fixed and validated once: fastdw.nn's modules hold one per fused layer and
+take the same route, skipping what their binding already settled; the models' eval program
+(fastdw.nn.program) reads a BoundOp's kernel arguments. Step 1 exists because at batch 1 the
+Python checks and the custom-op layer cost as much as a small layer's C++ kernel
+(bench/cpu_ops.py).
 """
 import torch
-import torch.autograd.forward_ad as _forward_ad
 from torch import nn
-from torch.overrides import _get_current_function_mode_stack
-from torch.utils._device import DeviceContext
 
 from fastdw import backend as _backend
-from fastdw.ops import _checks
+from fastdw import torch_internals
+from fastdw.ops import checks
 
 # Parameter handles no torch function itself; None stands for an absent optional tensor.
 _PLAIN_TYPES = frozenset((torch.Tensor, nn.Parameter, type(None)))
-
-
-def _function_mode_watching():
-    # torch.set_default_device / `with torch.device(...)` push a DeviceContext mode; it only
-    # changes where factory functions without a device allocate, which none of ours are.
-    return torch._C._is_torch_function_mode_enabled() and any(
-        not isinstance(mode, DeviceContext) for mode in _get_current_function_mode_stack())
 
 
 def observed() -> bool:
@@ -33,9 +30,9 @@ def observed() -> bool:
     jit tracing, forward-mode AD (a dual level is open), or a __torch_function__ or
     __torch_dispatch__ mode (FakeTensorMode, FlopCounterMode, ...)."""
     return (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or _forward_ad._current_level >= 0
-            or _function_mode_watching()
-            or torch._C._len_torch_dispatch_stack() > 0)
+            or torch_internals.dual_level_open()
+            or torch_internals.function_mode_watching()
+            or torch_internals.dispatch_mode_active())
 
 
 def plain(t) -> bool:
@@ -54,60 +51,98 @@ def unobserved(tensors) -> bool:
     return not observed()
 
 
-def run_kernel(backend, name, *args):
-    """Backend `backend`'s kernel for op `name` on args (the first a tensor). Under autocast
-    the ops have already cast their inputs (_checks.autocast); the kernel runs with autocast
-    off, or the float32 math of a half-precision input (reference's fp32 accumulation) would
-    be cast down again by the ATen ops it calls."""
-    kernel = _backend.kernel(backend, name)
-    device = _checks.autocast_device(args[0])
-    if device is not None:
-        with torch.autocast(device, enabled=False):
-            return kernel(*args)
-    return kernel(*args)
+def cpp_direct(x, tensors=(), backend=None) -> bool:
+    """The one test of "this call may run its C++ kernel directly" (step 1), for x and the
+    call's other tensors (None for an absent one): x a 4-D float32 CPU tensor, every tensor
+    plain and float32, unobserved, no autocast, and the backend chosen for it is cpp. A BoundOp
+    vets its own tensors once, when bound, and passes none here.
 
-
-def cpp_first(backend, tensors) -> bool:
-    """True when a call on `tensors` (x first) may try the cpp kernel before any Python check
-    (try_cpp): x a 4-D CPU tensor, every tensor plain and float32 (None for an absent optional
-    one), unobserved, no autocast, and the backend chosen for it is cpp.
-
-    The C++ entry points check every argument themselves before touching memory
-    (csrc/cpu/checks.h) and refuse every call the ops' Python checks refuse, once the op has
-    checked the exact types of its int, bool and str options (torch.ops takes True for an
-    int). So the common call runs its kernel at once, and only a call the kernel refuses goes on
-    to the Python checks, whose error names the bad argument. At batch 1 those checks cost as
-    much as a small layer's kernel (bench/cpu_ops.py). A refused call pays for the C++
-    exception, so calls that are fine but need a cast (a float64 scale) skip this."""
-    x = tensors[0]
+    The C++ entry points check every argument before touching memory (csrc/cpu/checks.h) and
+    refuse every call the Python checks refuse, once the caller has checked the exact types of
+    its int, bool and str options (torch.ops takes True for an int). A refused call pays for a
+    C++ exception, so calls that are fine but need a cast (a float64 scale) do not come here."""
+    tensors = (x, *tensors)
     if not (type(x) is torch.Tensor and x.is_cpu and x.dim() == 4 and unobserved(tensors)
             and all(t is None or t.dtype is torch.float32 for t in tensors)
             and not torch.is_autocast_enabled("cpu")):
         return False
     try:
         return _backend.resolve(backend, "cpu") == "cpp"
-    except (TypeError, ValueError, _backend.BackendUnavailableError):  # the checks raise it
+    except (TypeError, ValueError, _backend.BackendUnavailableError):  # step 2 raises it
         return False
 
 
-def try_cpp(name, args):
-    """torch.ops.fastdw_cpp.<name>(*args), or None when the kernel refuses the arguments."""
-    try:
-        return getattr(torch.ops.fastdw_cpp, name)(*args)
-    except RuntimeError:
-        return None
+def try_cpp(name, x, *args):
+    """Step 1 after cpp_direct(...) held: the cpp backend's kernel for op `name` on x and
+    args, or None where it refuses them (fastdw.kernels.cpp.try_kernel)."""
+    return _backend.module("cpp").try_kernel(name, x, *args)
 
 
-def call(custom_op, name, tensors, args, backend):
-    """custom_op(*args, backend), which runs backend `backend`'s kernel for op `name`, or that
-    kernel called directly where nothing could tell the difference (unobserved(tensors)).
+def run_kernel(backend, name, *args):
+    """Backend `backend`'s kernel for op `name` on args (the first a tensor). Under autocast
+    the ops have already cast their inputs (checks.autocast); the kernel runs with autocast
+    off, or the float32 math of a half-precision input (reference's fp32 accumulation) would
+    be cast down again by the ATen ops it calls."""
+    kernel = _backend.kernel(backend, name)
+    device = checks.autocast_device(args[0])
+    if device is not None:
+        with torch.autocast(device, enabled=False):
+            return kernel(*args)
+    return kernel(*args)
+
+
+def run(custom_op, name, tensors, args, backend, kernel_args=None):
+    """Step 4: custom_op(*args, backend), which runs backend `backend`'s kernel for op `name`
+    on kernel_args (default args), or that kernel called directly where nothing could tell the
+    difference (unobserved(tensors)).
     Dual tensors (forward-mode AD: torch.func.jvp, torch.autograd.forward_ad) are refused: the
     ops have no forward-mode formula, and the custom op would silently drop their tangents."""
     if unobserved(tensors):
-        return run_kernel(backend, name, *args)
-    if _forward_ad._current_level >= 0 and any(
-            t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        return run_kernel(backend, name, *(args if kernel_args is None else kernel_args))
+    if torch_internals.dual_level_open() and any(
+            t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+            for t in tensors):
         raise NotImplementedError(f"fastdw.ops.{name} has no forward-mode AD (jvp) formula; "
                                   "use backward-mode autograd (torch.autograd.grad, "
                                   "torch.func.vjp) instead")
     return custom_op(*args, backend)
+
+
+class BoundOp:
+    """An op with everything but x fixed, for inputs of `in_channels` channels: what a fused
+    module calls per forward (made by fastdw.ops.bind).
+
+    `route(x, *tensors, **options)` is the op (its public function, or for inverted_residual
+    the function taking a BlockWeights); `cpp_args(in_channels, *tensors, **options)` gives the
+    C++ kernel's arguments after x, or None where the cpp kernel does not take such a call. It
+    is computed once, here, and only for plain float32 CPU tensors; a call then takes step 1
+    with x alone unless autograd must record it, and anything else, or anything the kernel
+    refuses, runs route. x's rank and channels are checked first, so that error names x, not a weight."""
+
+    __slots__ = ("name", "route", "tensors", "options", "in_channels", "kernel_args",
+                 "needs_grad")
+
+    def __init__(self, name, route, cpp_args, tensors, options, in_channels):
+        self.name, self.route = name, route
+        self.tensors, self.options = tuple(tensors), dict(options)
+        self.in_channels = in_channels
+        values = [*self.tensors, *self.options.values()]
+        # A BlockWeights (a tuple of tensors) stands for its tensors.
+        values = [t for v in values for t in (v if isinstance(v, tuple) else (v,))]
+        tensors = [t for t in values if isinstance(t, torch.Tensor)]
+        vetted = all(type(t) in _PLAIN_TYPES and t.dtype is torch.float32 and t.is_cpu
+                     for t in tensors)
+        self.kernel_args = cpp_args(in_channels, *self.tensors, **self.options) if vetted else None
+        # Under grad mode a call must record autograd through these (a module's parameters).
+        self.needs_grad = any(t.requires_grad for t in tensors)
+
+    def __call__(self, x):
+        if isinstance(x, torch.Tensor) and (x.dim() != 4 or x.shape[1] != self.in_channels):
+            raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), "
+                             f"got {tuple(x.shape)}")
+        if (self.kernel_args is not None and not (self.needs_grad and torch.is_grad_enabled())
+                and cpp_direct(x)):
+            out = try_cpp(self.name, x, *self.kernel_args)
+            if out is not None:
+                return out
+        return self.route(x, *self.tensors, **self.options)

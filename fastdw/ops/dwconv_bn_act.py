@@ -5,21 +5,21 @@ import torch
 from torch import Tensor
 
 from fastdw import backend as _backend
-from fastdw.ops import _checks, _dispatch
+from fastdw.contract import conv_output_size, same_padding
+from fastdw.ops import checks, dispatch
 from fastdw.ops._outputs import as_grad, empty_grad, empty_output
 
 
 @torch.library.custom_op("fastdw::dwconv_bn_act", mutates_args=())
 def _dwconv_bn_act(x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor, stride: int,
                    padding: int, dilation: int, act: str, backend: str) -> Tensor:
-    return _dispatch.run_kernel(backend, "dwconv_bn_act",
+    return dispatch.run_kernel(backend, "dwconv_bn_act",
         x, weight, scale, shift, stride, padding, dilation, act)
 
 
 @_dwconv_bn_act.register_fake
 def _(x, weight, scale, shift, stride, padding, dilation, act, backend):
-    k = weight.shape[-1]
-    out = [(s + 2 * padding - dilation * (k - 1) - 1) // stride + 1 for s in x.shape[2:]]
+    out = [conv_output_size(s, weight.shape[-1], stride, padding, dilation) for s in x.shape[2:]]
     return empty_output(x, weight.shape[0], *out)
 
 
@@ -28,7 +28,7 @@ def _dwconv_bn_act_backward(grad: Tensor, x: Tensor, weight: Tensor, scale: Tens
                             stride: int, padding: int, dilation: int, act: str,
                             backend: str) -> list[Tensor]:
     """Gradients of (x, weight, scale, shift)."""
-    grads = _dispatch.run_kernel(backend, "dwconv_bn_act_backward",
+    grads = dispatch.run_kernel(backend, "dwconv_bn_act_backward",
         grad, x, weight, scale, shift, stride, padding, dilation, act)
     return [as_grad(g, t) for g, t in zip(grads, (x, weight, scale, shift))]
 
@@ -63,35 +63,46 @@ def dwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
     act: "none", "relu", "relu6", "hardswish", "hardsigmoid" or "silu".
     backend: a backend name or "auto"; None follows use_backend()/FASTDW_BACKEND.
     """
-    if (type(stride) is int and type(dilation) is int and type(act) is str
-            and (padding is None or type(padding) is int)
-            and _dispatch.cpp_first(backend, (x, weight, scale, shift))
-            and weight is not None and scale is not None and shift is not None
-            and weight.dim() == 4
-            and weight.shape[0] == x.shape[1]):  # multipliers > 1 run on reference
-        pad = dilation * (weight.shape[-1] - 1) // 2 if padding is None else padding
-        out = _dispatch.try_cpp("dwconv_bn_act",
-                                (x, weight, scale, shift, stride, pad, dilation, act))
+    if dispatch.cpp_direct(x, (weight, scale, shift), backend):
+        args = cpp_args(x.shape[1], weight, scale, shift, stride=stride, padding=padding,
+                        dilation=dilation, act=act)
+        out = None if args is None else dispatch.try_cpp("dwconv_bn_act", x, *args)
         if out is not None:
             return out
-    x, weight = _checks.autocast(x, weight)
-    _checks.feature_map(x)
+    x, weight = checks.autocast(x, weight)
+    checks.feature_map(x)
     c = x.shape[1]
-    _checks.like_input(weight, "weight", x, (None, 1, None, None))
+    checks.like_input(weight, "weight", x, (None, 1, None, None))
     k = weight.shape[-1]
     if weight.shape[-2] != k:
         raise ValueError(f"weight must have a square k x k window, got {tuple(weight.shape)}")
     if weight.shape[0] % c:
         raise ValueError(f"weight has {weight.shape[0]} output channels, not a multiple of the "
                          f"{c} input channels of x (weight must be (C*m, 1, k, k))")
-    _checks.integer(stride, "stride", 1)
-    _checks.integer(dilation, "dilation", 1)
-    padding = dilation * (k - 1) // 2 if padding is None else _checks.integer(padding, "padding", 0)
-    _checks.activation(act)
+    checks.integer(stride, "stride", 1)
+    checks.integer(dilation, "dilation", 1)
+    padding = (same_padding(k, dilation) if padding is None
+               else checks.integer(padding, "padding", 0))
+    checks.activation(act)
     for size in x.shape[2:]:
-        _checks.conv_output_size(size, k, stride, padding, dilation, "x")
-    scale = _checks.per_channel(scale, "scale", x, weight.shape[0], 1.0)
-    shift = _checks.per_channel(shift, "shift", x, weight.shape[0], 0.0)
-    return _dispatch.call(_dwconv_bn_act, "dwconv_bn_act", (x, weight, scale, shift),
-                          (x, weight, scale, shift, stride, padding, dilation, act),
-                          _backend.resolve(backend, x.device.type))
+        checks.conv_output_size(size, k, stride, padding, dilation, "x")
+    scale = checks.per_channel(scale, "scale", x, weight.shape[0], 1.0)
+    shift = checks.per_channel(shift, "shift", x, weight.shape[0], 0.0)
+    return dispatch.run(_dwconv_bn_act, "dwconv_bn_act", (x, weight, scale, shift),
+                        (x, weight, scale, shift, stride, padding, dilation, act),
+                        _backend.resolve(backend, x.device.type))
+
+
+def cpp_args(in_channels, weight, scale=None, shift=None, *, stride=1, padding=None,
+             dilation=1, act="relu6"):
+    """The C++ kernel's arguments after x for a call on inputs of `in_channels` channels, or
+    None where the call is not the kernel's (options of other types than the op takes: torch.ops
+    would take True for an int; absent vectors; a channel multiplier, which runs on reference).
+    The kernel checks everything else itself (dispatch.cpp_direct)."""
+    if not (type(stride) is int and type(dilation) is int and type(act) is str
+            and (padding is None or type(padding) is int)
+            and weight is not None and scale is not None and shift is not None
+            and weight.dim() == 4 and weight.shape[0] == in_channels):
+        return None
+    pad = same_padding(weight.shape[-1], dilation) if padding is None else padding
+    return weight, scale, shift, stride, pad, dilation, act

@@ -4,6 +4,9 @@
     h = act(depthwise_kxk(h, stride) * dw_scale + dw_shift)     (padding (k-1)//2)
     h = h * hardsigmoid(fc2(relu(fc1(avgpool(h)))))             (only with squeeze-excite weights)
     y = project_1x1(h) * project_scale + project_shift  (+ x when residual)
+
+The block's tensors travel together as one fastdw.contract.BlockWeights: the custom ops'
+schemas are generated from its fields, and every backend takes it whole.
 """
 from typing import Optional
 
@@ -11,76 +14,71 @@ import torch
 from torch import Tensor
 
 from fastdw import backend as _backend
-from fastdw.ops import _checks, _dispatch
+from fastdw.contract import (BLOCK_OPTIONAL, BlockWeights, adds_residual, conv_output_size,
+                             same_padding)
+from fastdw.ops import checks, dispatch
 from fastdw.ops._outputs import as_grad, empty_grad, empty_output
 
-# Names of the op's tensor arguments, in schema order (the backward op returns their gradients).
-_TENSOR_ARGS = ("x", "expand_w", "expand_scale", "expand_shift", "dw_w", "dw_scale", "dw_shift",
-                "project_w", "project_scale", "project_shift", "se_w1", "se_b1", "se_w2", "se_b2")
+_BLOCK_SIZE = len(BlockWeights._fields)
+_CONV_WEIGHTS = ("expand_w", "dw_w", "project_w", "se_w1", "se_w2")
 
 
-def _tensor_args(op_args):
-    """The tensor arguments out of the op's argument tuple: positions 0-9 and 12-15 (10 and 11
-    are stride and act, 16 and 17 residual and backend)."""
-    return (*op_args[:10], *op_args[12:16])
+def _schema(leading, returns):
+    """A custom op schema: `leading` arguments, the block's tensors, then its options."""
+    block = ", ".join(f"Tensor{'?' if name in BLOCK_OPTIONAL else ''} {name}"
+                      for name in BlockWeights._fields)
+    return f"({leading}, {block}, int stride, str act, bool residual, str backend) -> {returns}"
 
 
-@torch.library.custom_op("fastdw::inverted_residual", mutates_args=())
-def _inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Optional[Tensor],
-                       expand_shift: Optional[Tensor], dw_w: Tensor, dw_scale: Tensor,
-                       dw_shift: Tensor, project_w: Tensor, project_scale: Tensor,
-                       project_shift: Tensor, stride: int, act: str, se_w1: Optional[Tensor],
-                       se_b1: Optional[Tensor], se_w2: Optional[Tensor], se_b2: Optional[Tensor],
-                       residual: bool, backend: str) -> Tensor:
-    return _dispatch.run_kernel(backend, "inverted_residual",
-        x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
-        project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual)
+def _split(args):
+    """(BlockWeights, stride, act, residual, backend) out of a schema's trailing arguments."""
+    return (BlockWeights._make(args[:_BLOCK_SIZE]), *args[_BLOCK_SIZE:])
 
 
-@_inverted_residual.register_fake
-def _(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
-      project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual, backend):
-    k = dw_w.shape[-1]
-    out = [(s + 2 * ((k - 1) // 2) - k) // stride + 1 for s in x.shape[2:]]
-    return empty_output(x, project_w.shape[0], *out)
+def _forward(x, *args):
+    block, stride, act, residual, backend = _split(args)
+    return dispatch.run_kernel(backend, "inverted_residual", x, block, stride, act, residual)
 
 
-@torch.library.custom_op("fastdw::inverted_residual_backward", mutates_args=())
-def _inverted_residual_backward(
-        grad: Tensor, x: Tensor, expand_w: Optional[Tensor], expand_scale: Optional[Tensor],
-        expand_shift: Optional[Tensor], dw_w: Tensor, dw_scale: Tensor, dw_shift: Tensor,
-        project_w: Tensor, project_scale: Tensor, project_shift: Tensor, stride: int, act: str,
-        se_w1: Optional[Tensor], se_b1: Optional[Tensor], se_w2: Optional[Tensor],
-        se_b2: Optional[Tensor], residual: bool, backend: str) -> list[Tensor]:
-    """Gradients of every tensor argument that is not None, in schema order."""
-    grads = _dispatch.run_kernel(backend, "inverted_residual_backward",
-        grad, x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
-        project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual)
-    present = [t for t in (x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift,
-                           project_w, project_scale, project_shift, se_w1, se_b1, se_w2, se_b2)
-               if t is not None]
-    return [as_grad(g, t) for g, t in zip(grads, present)]
+def _forward_fake(x, *args):
+    block, stride, _, _, _ = _split(args)
+    k = block.dw_w.shape[-1]
+    out = [conv_output_size(s, k, stride, same_padding(k), 1) for s in x.shape[2:]]
+    return empty_output(x, block.project_w.shape[0], *out)
 
 
-@_inverted_residual_backward.register_fake
-def _(grad, *op_args):
-    return [empty_grad(t) for t in _tensor_args(op_args) if t is not None]
+def _backward_op(grad, x, *args):
+    """Gradients of x and of every block tensor that is not None, in schema order."""
+    block, stride, act, residual, backend = _split(args)
+    grad_x, grad_block = dispatch.run_kernel(backend, "inverted_residual_backward", grad, x,
+                                             block, stride, act, residual)
+    return [as_grad(grad_x, x), *(as_grad(g, t) for g, t in zip(grad_block, block)
+                                  if t is not None)]
+
+
+def _backward_fake(grad, x, *args):
+    return [empty_grad(t) for t in (x, *args[:_BLOCK_SIZE]) if t is not None]
+
+
+_inverted_residual = torch.library.custom_op(
+    "fastdw::inverted_residual", _forward, mutates_args=(), schema=_schema("Tensor x", "Tensor"))
+_inverted_residual.register_fake(_forward_fake)
+_inverted_residual_backward = torch.library.custom_op(
+    "fastdw::inverted_residual_backward", _backward_op, mutates_args=(),
+    schema=_schema("Tensor grad, Tensor x", "Tensor[]"))
+_inverted_residual_backward.register_fake(_backward_fake)
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*_tensor_args(inputs))
-    ctx.config = (inputs[10], inputs[11], inputs[16], inputs[17])  # stride, act, residual, backend
+    ctx.save_for_backward(*inputs[:1 + _BLOCK_SIZE])  # x and the block (None where absent)
+    ctx.options = inputs[1 + _BLOCK_SIZE:]            # stride, act, residual, backend
 
 
 def _backward(ctx, grad):
-    t = ctx.saved_tensors
-    stride, act, residual, backend = ctx.config
-    grads = iter(torch.ops.fastdw.inverted_residual_backward(
-        grad, *t[:10], stride, act, *t[10:], residual, backend))
-    by_name = {name: next(grads) if tensor is not None else None
-               for name, tensor in zip(_TENSOR_ARGS, t)}
-    return (*(by_name[n] for n in _TENSOR_ARGS[:10]), None, None,
-            *(by_name[n] for n in _TENSOR_ARGS[10:]), None, None)
+    x, *block = ctx.saved_tensors
+    grads = iter(torch.ops.fastdw.inverted_residual_backward(grad, x, *block, *ctx.options))
+    return (next(grads), *(None if t is None else next(grads) for t in block),
+            *(None for _ in ctx.options))
 
 
 _inverted_residual.register_autograd(_backward, setup_context=_setup_context)
@@ -102,66 +100,96 @@ def inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Optio
     se_w2 (hidden, S[, 1, 1]), se_b2 (hidden,), all four or none. `act` is the activation of the
     expand and depthwise stages; `residual` adds x when stride is 1 and C_in == C_out.
     """
-    tensors = (x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
-               project_scale, project_shift)
-    se = (se_w1, se_b1, se_w2, se_b2)
-    if (type(stride) is int and type(act) is str and type(residual) is bool
-            and _dispatch.cpp_first(backend, (*tensors, *se))
-            and all(t is not None for t in tensors[4:])
-            and (expand_w is None or expand_scale is not None and expand_shift is not None)):
-        ew, pw, w1, w2 = (None if w is None else _checks.matrix(w)
-                          for w in (expand_w, project_w, se_w1, se_w2))
-        # The op drops a residual that cannot be added; the kernel refuses it.
-        add = residual and stride == 1 and pw.dim() == 2 and pw.shape[0] == x.shape[1]
-        out = _dispatch.try_cpp("inverted_residual", (
-            x, ew, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, pw, project_scale,
-            project_shift, stride, act, w1, se_b1, w2, se_b2, add))
+    # The tensor parameters are named as BlockWeights' fields (a test holds them equal).
+    arguments = locals()
+    block = BlockWeights._make(map(arguments.__getitem__, BlockWeights._fields))
+    return route(x, block, stride=stride, act=act, residual=residual, backend=backend)
+
+
+def route(x, block, *, stride=1, act="relu6", residual=True, backend=None):
+    """inverted_residual with the block's tensors as one BlockWeights: what the public function
+    and a BoundOp (fastdw.ops.bind) call, down fastdw.ops.dispatch's one route."""
+    if dispatch.cpp_direct(x, block, backend):
+        args = cpp_args(x.shape[1], block, stride=stride, act=act, residual=residual)
+        out = None if args is None else dispatch.try_cpp("inverted_residual", x, *args)
         if out is not None:
             return out
-    x, expand_w, dw_w, project_w, se_w1, se_w2 = _checks.autocast(
-        x, expand_w, dw_w, project_w, se_w1, se_w2)
-    _checks.feature_map(x)
+    # Under autocast x and the conv weights take the autocast dtype (checks.autocast).
+    x, *weights = checks.autocast(x, *(getattr(block, name) for name in _CONV_WEIGHTS))
+    block = block._replace(**dict(zip(_CONV_WEIGHTS, weights)))
+    checks.feature_map(x)
+    block, c_out = _checked_block(x, block)
+    checks.integer(stride, "stride", 1)
+    checks.activation(act)
+    k = block.dw_w.shape[-1]
+    for size in x.shape[2:]:
+        checks.conv_output_size(size, k, stride, same_padding(k), 1, "x")
+    if not isinstance(residual, bool):
+        raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
+    residual = residual and adds_residual(stride, x.shape[1], c_out)
+    return dispatch.run(_inverted_residual, "inverted_residual", (x, *block),
+                        (x, *block, stride, act, residual),
+                        _backend.resolve(backend, x.device.type),
+                        kernel_args=(x, block, stride, act, residual))
+
+
+def _checked_block(x, block):
+    """(block with 1x1 weights 2-D and absent vectors filled in, C_out), or a ValueError /
+    TypeError naming the bad tensor."""
+    b = block._asdict()
     c_in = x.shape[1]
-    if expand_w is None:
-        for name, t in (("expand_scale", expand_scale), ("expand_shift", expand_shift)):
-            if t is not None:
+    if b["expand_w"] is None:
+        for name in ("expand_scale", "expand_shift"):
+            if b[name] is not None:
                 raise ValueError(f"{name} is given but expand_w is None (no expansion)")
         hidden = c_in
     else:
-        expand_w = _checks.one_by_one(expand_w, "expand_w", x, c_in)
-        hidden = expand_w.shape[0]
-        expand_scale = _checks.per_channel(expand_scale, "expand_scale", x, hidden, 1.0)
-        expand_shift = _checks.per_channel(expand_shift, "expand_shift", x, hidden, 0.0)
-    _checks.like_input(dw_w, "dw_w", x, (hidden, 1, None, None))
-    k = dw_w.shape[-1]
-    if dw_w.shape[-2] != k or k % 2 == 0:
-        raise ValueError(f"dw_w must have an odd square k x k window, got {tuple(dw_w.shape)}")
-    dw_scale = _checks.per_channel(dw_scale, "dw_scale", x, hidden, 1.0)
-    dw_shift = _checks.per_channel(dw_shift, "dw_shift", x, hidden, 0.0)
-    project_w = _checks.one_by_one(project_w, "project_w", x, hidden)
-    c_out = project_w.shape[0]
-    project_scale = _checks.per_channel(project_scale, "project_scale", x, c_out, 1.0)
-    project_shift = _checks.per_channel(project_shift, "project_shift", x, c_out, 0.0)
-    _checks.integer(stride, "stride", 1)
-    _checks.activation(act)
-    for size in x.shape[2:]:
-        _checks.conv_output_size(size, k, stride, (k - 1) // 2, 1, "x")
-    se = (se_w1, se_b1, se_w2, se_b2)
-    if any(t is not None for t in se):
-        if any(t is None for t in se):
+        b["expand_w"] = checks.one_by_one(b["expand_w"], "expand_w", x, c_in)
+        hidden = b["expand_w"].shape[0]
+        b["expand_scale"] = checks.per_channel(b["expand_scale"], "expand_scale", x, hidden, 1.0)
+        b["expand_shift"] = checks.per_channel(b["expand_shift"], "expand_shift", x, hidden, 0.0)
+    checks.like_input(b["dw_w"], "dw_w", x, (hidden, 1, None, None))
+    k = b["dw_w"].shape[-1]
+    if b["dw_w"].shape[-2] != k or k % 2 == 0:
+        raise ValueError(f"dw_w must have an odd square k x k window, got "
+                         f"{tuple(b['dw_w'].shape)}")
+    b["dw_scale"] = checks.per_channel(b["dw_scale"], "dw_scale", x, hidden, 1.0)
+    b["dw_shift"] = checks.per_channel(b["dw_shift"], "dw_shift", x, hidden, 0.0)
+    b["project_w"] = checks.one_by_one(b["project_w"], "project_w", x, hidden)
+    c_out = b["project_w"].shape[0]
+    b["project_scale"] = checks.per_channel(b["project_scale"], "project_scale", x, c_out, 1.0)
+    b["project_shift"] = checks.per_channel(b["project_shift"], "project_shift", x, c_out, 0.0)
+    se = ("se_w1", "se_b1", "se_w2", "se_b2")
+    if any(b[name] is not None for name in se):
+        if any(b[name] is None for name in se):
             raise ValueError("squeeze-excite needs all of se_w1, se_b1, se_w2, se_b2, or none")
-        se_w1 = _checks.one_by_one(se_w1, "se_w1", x, hidden)
-        squeeze = se_w1.shape[0]
-        se_b1 = _checks.per_channel(se_b1, "se_b1", x, squeeze, 0.0)
-        se_w2 = _checks.one_by_one(se_w2, "se_w2", x, squeeze)
-        _checks.like_input(se_w2, "se_w2", x, (hidden, squeeze))
-        se_b2 = _checks.per_channel(se_b2, "se_b2", x, hidden, 0.0)
-    if not isinstance(residual, bool):
-        raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
-    residual = residual and stride == 1 and c_in == c_out
-    tensors = (x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
-               project_scale, project_shift)
-    se = (se_w1, se_b1, se_w2, se_b2)
-    return _dispatch.call(_inverted_residual, "inverted_residual", (*tensors, *se),
-                          (*tensors, stride, act, *se, residual),
-                          _backend.resolve(backend, x.device.type))
+        b["se_w1"] = checks.one_by_one(b["se_w1"], "se_w1", x, hidden)
+        squeeze = b["se_w1"].shape[0]
+        b["se_b1"] = checks.per_channel(b["se_b1"], "se_b1", x, squeeze, 0.0)
+        b["se_w2"] = checks.one_by_one(b["se_w2"], "se_w2", x, squeeze)
+        checks.like_input(b["se_w2"], "se_w2", x, (hidden, squeeze))
+        b["se_b2"] = checks.per_channel(b["se_b2"], "se_b2", x, hidden, 0.0)
+    return BlockWeights(**b), c_out
+
+
+_REQUIRED = [name for name in BlockWeights._fields if name not in BLOCK_OPTIONAL]
+_MATRICES = ("expand_w", "project_w", "se_w1", "se_w2")  # 1x1 convs: 2-D at the kernels
+
+
+def cpp_args(in_channels, block, *, stride=1, act="relu6", residual=True):
+    """The C++ kernel's arguments after x for a call on inputs of `in_channels` channels, or
+    None where the call is not the kernel's (options of other types than the op takes, absent
+    vectors or squeeze-excite biases the op would fill in). The kernel checks everything else itself."""
+    if not (type(stride) is int and type(act) is str and type(residual) is bool
+            and all(getattr(block, name) is not None for name in _REQUIRED)
+            and (block.expand_w is None
+                 or block.expand_scale is not None and block.expand_shift is not None)
+            and len({t is None for t in (block.se_w1, block.se_b1, block.se_w2, block.se_b2)})
+            == 1):
+        return None
+    block = block._replace(**{name: checks.matrix(getattr(block, name)) for name in _MATRICES
+                              if getattr(block, name) is not None})
+    # The op drops a residual that cannot be added; the kernel would refuse it.
+    add = (residual and block.project_w.dim() == 2
+           and adds_residual(stride, in_channels, block.project_w.shape[0]))
+    return block, stride, act, add

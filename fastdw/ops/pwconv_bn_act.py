@@ -5,14 +5,14 @@ import torch
 from torch import Tensor
 
 from fastdw import backend as _backend
-from fastdw.ops import _checks, _dispatch
+from fastdw.ops import checks, dispatch
 from fastdw.ops._outputs import as_grad, empty_grad, empty_output
 
 
 @torch.library.custom_op("fastdw::pwconv_bn_act", mutates_args=())
 def _pwconv_bn_act(x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor, act: str,
                    residual: Optional[Tensor], backend: str) -> Tensor:
-    return _dispatch.run_kernel(backend, "pwconv_bn_act", x, weight, scale, shift, act, residual)
+    return dispatch.run_kernel(backend, "pwconv_bn_act", x, weight, scale, shift, act, residual)
 
 
 @_pwconv_bn_act.register_fake
@@ -24,7 +24,7 @@ def _(x, weight, scale, shift, act, residual, backend):
 def _pwconv_bn_act_backward(grad: Tensor, x: Tensor, weight: Tensor, scale: Tensor,
                             shift: Tensor, act: str, backend: str) -> list[Tensor]:
     """Gradients of (x, weight, scale, shift); the residual's gradient is `grad` itself."""
-    grads = _dispatch.run_kernel(backend, "pwconv_bn_act_backward", grad, x, weight, scale,
+    grads = dispatch.run_kernel(backend, "pwconv_bn_act_backward", grad, x, weight, scale,
                                  shift, act)
     return [as_grad(g, t) for g, t in zip(grads, (x, weight, scale, shift))]
 
@@ -56,21 +56,29 @@ def pwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
     x: (N, C_in, H, W); weight: (C_out, C_in, 1, 1) or (C_out, C_in); scale, shift: (C_out,)
     or None; residual: None or a tensor of the output's shape (N, C_out, H, W).
     """
-    if (type(act) is str and _dispatch.cpp_first(backend, (x, weight, scale, shift, residual))
-            and weight is not None and scale is not None and shift is not None):
-        out = _dispatch.try_cpp("pwconv_bn_act",
-                                (x, _checks.matrix(weight), scale, shift, act, residual))
+    if dispatch.cpp_direct(x, (weight, scale, shift, residual), backend):
+        args = cpp_args(x.shape[1], weight, scale, shift, act=act, residual=residual)
+        out = None if args is None else dispatch.try_cpp("pwconv_bn_act", x, *args)
         if out is not None:
             return out
-    x, weight, residual = _checks.autocast(x, weight, residual)
-    _checks.feature_map(x)
-    weight = _checks.one_by_one(weight, "weight", x, x.shape[1])
-    _checks.activation(act)
+    x, weight, residual = checks.autocast(x, weight, residual)
+    checks.feature_map(x)
+    weight = checks.one_by_one(weight, "weight", x, x.shape[1])
+    checks.activation(act)
     c_out = weight.shape[0]
     if residual is not None:
-        _checks.like_input(residual, "residual", x, (x.shape[0], c_out, *x.shape[2:]))
-    scale = _checks.per_channel(scale, "scale", x, c_out, 1.0)
-    shift = _checks.per_channel(shift, "shift", x, c_out, 0.0)
-    return _dispatch.call(_pwconv_bn_act, "pwconv_bn_act", (x, weight, scale, shift, residual),
-                          (x, weight, scale, shift, act, residual),
-                          _backend.resolve(backend, x.device.type))
+        checks.like_input(residual, "residual", x, (x.shape[0], c_out, *x.shape[2:]))
+    scale = checks.per_channel(scale, "scale", x, c_out, 1.0)
+    shift = checks.per_channel(shift, "shift", x, c_out, 0.0)
+    return dispatch.run(_pwconv_bn_act, "pwconv_bn_act", (x, weight, scale, shift, residual),
+                        (x, weight, scale, shift, act, residual),
+                        _backend.resolve(backend, x.device.type))
+
+
+def cpp_args(in_channels, weight, scale=None, shift=None, *, act="none", residual=None):
+    """The C++ kernel's arguments after x, or None where the call is not the kernel's (an act
+    that is not a str, absent vectors); see dwconv_bn_act.cpp_args."""
+    if not (type(act) is str and weight is not None and scale is not None
+            and shift is not None):
+        return None
+    return checks.matrix(weight), scale, shift, act, residual

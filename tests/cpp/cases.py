@@ -15,15 +15,20 @@ programs (torch.classes.fastdw_cpp.Program) chaining every kind of step, and the
 (the stem) alone.
 """
 import argparse
+import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
+from fastdw.contract import ACTIVATIONS, BlockWeights
 from fastdw.kernels import reference
 
-REL_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
-ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "silu")
+# Also run as a script and from the sanitizer's subprocess, where pytest has not put tests/ on
+# sys.path: the one tolerance table lives in tests/numerics.py.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from numerics import REL_TOL  # noqa: E402
+ACTS = tuple(ACTIVATIONS)  # every act name of the op contract
 
 
 def layout(x, name):
@@ -42,6 +47,11 @@ def layout(x, name):
 
 def f64(t):
     return None if t is None else t.double()
+
+
+def f64_block(weights):
+    """The reference's BlockWeights, in float64, of a kernel's weights list."""
+    return BlockWeights(*map(f64, weights))
 
 
 def rel_err(out, ref):
@@ -117,15 +127,15 @@ def run_ir(n, cin, hid, cout, h, w, k, s, act, se, expand, lay, reuse=False):
     sew = ([torch.randn(sq, hid) / hid ** 0.5, torch.randn(sq), torch.randn(hid, sq) / sq ** 0.5,
             torch.randn(hid)] if se else [None] * 4)
     res = s == 1 and cin == cout
-    args = [x, ew, es, eb, dw, ds, db, pw, ps, pb]
-    out = torch.ops.fastdw_cpp.inverted_residual(*args, s, act, *sew, res)
+    weights = [ew, es, eb, dw, ds, db, pw, ps, pb, *sew]
+    out = torch.ops.fastdw_cpp.inverted_residual(x, weights, s, act, res)
     if reuse:  # again with the same weight tensors, edited in place: cached packs are refreshed
-        torch.ops.fastdw_cpp.inverted_residual(*args, s, act, *sew, res)
+        torch.ops.fastdw_cpp.inverted_residual(x, weights, s, act, res)
         for t in (ew, dw, pw):
             if t is not None:
                 t.mul_(-1.5)
-        out = torch.ops.fastdw_cpp.inverted_residual(*args, s, act, *sew, res)
-    ref = reference.inverted_residual(*map(f64, args), s, act, *map(f64, sew), res)
+        out = torch.ops.fastdw_cpp.inverted_residual(x, weights, s, act, res)
+    ref = reference.inverted_residual(f64(x), f64_block(weights), s, act, res)
     return out, ref, x
 
 
@@ -143,19 +153,19 @@ def run_program(n, h, w, lay, head):
     stem_w, stem_b = torch.randn(16, 3, 3, 3) / 5, torch.randn(16)
     block = [torch.randn(48, 16) / 4, torch.rand(48) + 0.5, torch.randn(48),
              torch.randn(48, 1, 5, 5) / 5, torch.rand(48) + 0.5, torch.randn(48),
-             torch.randn(24, 48) / 7, torch.rand(24) + 0.5, torch.randn(24)]
-    se = [torch.randn(12, 48) / 7, torch.randn(12), torch.randn(48, 12) / 4, torch.randn(48)]
+             torch.randn(24, 48) / 7, torch.rand(24) + 0.5, torch.randn(24),
+             torch.randn(12, 48) / 7, torch.randn(12), torch.randn(48, 12) / 4, torch.randn(48)]
     dw = [torch.randn(24, 1, 3, 3) / 3, torch.rand(24) + 0.5, torch.randn(24)]
     pw = [torch.randn(40, 24) / 5, torch.rand(40) + 0.5, torch.randn(40)]
     fc = [torch.randn(32, 40) / 6, torch.randn(32), torch.randn(10, 32) / 6, torch.randn(10)]
     program = torch.classes.fastdw_cpp.Program()
     program.add_conv(stem_w, stem_b, 2, 1, 1, 1, "hardswish")
-    program.add_inverted_residual(*block, 2, "relu", *se, False)
+    program.add_inverted_residual(block, 2, "relu", False)
     program.add_dwconv_bn_act(*dw, 1, 2, 2, "relu6")
     program.add_pwconv_bn_act(*pw, "none")
     program.add_act("silu")
     ref = F.hardswish(F.conv2d(f64(x), f64(stem_w), f64(stem_b), 2, 1))
-    ref = reference.inverted_residual(ref, *map(f64, block), 2, "relu", *map(f64, se), False)
+    ref = reference.inverted_residual(ref, f64_block(block), 2, "relu", False)
     ref = reference.dwconv_bn_act(ref, *map(f64, dw), 1, 2, 2, "relu6")
     ref = F.silu(reference.pwconv_bn_act(ref, *map(f64, pw), "none", None))
     if head:
@@ -220,7 +230,7 @@ def all_cases():
 
 def check(runner, case):
     """None if the case passes, else what is wrong."""
-    from fastdw._common import output_memory_format
+    from fastdw.contract import output_memory_format
     torch.manual_seed(hash(case) % 2**31)
     out, ref, x = runner(*case)
     if out.dtype != x.dtype or out.shape != ref.shape:

@@ -10,6 +10,7 @@ from torch import nn
 
 import fastdw.models as fm
 from fastdw.nn import ConvBNAct
+from numerics import REL_TOL, rel_err
 
 MODELS = {
     "mobilenet_v2": (fm.mobilenet_v2, torchvision.models.mobilenet_v2, {}),
@@ -26,10 +27,6 @@ MODELS = {
 # Width/tail variants only change channel counts, which the state_dict test pins down; the
 # numeric tests run on the three standard models to keep the suite fast.
 STANDARD = ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"]
-
-
-def rel_err(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def make_pair(name, randomize_bn):
@@ -92,7 +89,7 @@ def test_train_forward_stats_and_gradients_equal(name, randomize_bn):
     # In train mode fastdw runs conv (fastdw op, act="none") -> the nn.BatchNorm2d module ->
     # activation: the reference backend runs the same float32 ops in the same order (measured
     # difference 0); a kernel backend may sum in another order, ~1e-7 relative.
-    assert rel_err(y_ours, y_tv) < 1e-5
+    assert rel_err(y_ours, y_tv) < REL_TOL[torch.float32]
     tv_buffers = dict(tv.named_buffers())
     for key, buf in ours.named_buffers():
         torch.testing.assert_close(buf, tv_buffers[key], rtol=1e-5, atol=1e-6, msg=key)
@@ -149,7 +146,7 @@ def test_mobilenet_v1_eval_equals_stock_composition(randomize_bn, float32_bound)
     torch.manual_seed(0)
     y = model(x)
     torch.manual_seed(0)
-    assert rel_err(y, stock(x)) < 1e-5
+    assert rel_err(y, stock(x)) < REL_TOL[torch.float32]
 
 
 @pytest.mark.parametrize("builder", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large",

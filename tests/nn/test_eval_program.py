@@ -1,10 +1,9 @@
-"""fastdw.models' eval forward as one cached C++ program (fastdw.nn.freeze.eval_forward): the
+"""fastdw.models' eval forward as one cached C++ program (fastdw/models/eval_program.py): the
 same result as the module-by-module forward and the float64 model; rebuilt after every kind of
 edit; never used where the module path must run (hooks, grad, training, dropout in training
 mode, replaced forwards, other backends, autocast); built once a model has been seen unchanged
 by two calls in a row, and then kept."""
 import copy
-import importlib
 import pickle
 
 import pytest
@@ -13,9 +12,10 @@ from torch import nn
 
 import fastdw.models
 from fastdw import backend
-from fastdw.nn import InvertedResidualV3, _fold, freeze
+from fastdw.models import eval_program
+from fastdw.nn import InvertedResidualV3, cache, freeze
+from numerics import rel_err
 
-freeze_module = importlib.import_module("fastdw.nn.freeze")  # fastdw.nn.freeze is the function
 
 pytestmark = pytest.mark.skipif(
     "cpp" not in backend.usable("cpu"),
@@ -25,7 +25,7 @@ MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_sm
 
 
 def differs(out, other):
-    return ((out - other).norm() / other.norm()).item() > 1e-3
+    return rel_err(out, other) > 1e-3
 
 
 def module_path(model, x):
@@ -55,14 +55,14 @@ def spy(monkeypatch):
     class Spy:
         builds, runs = [], []
 
-    real = freeze_module._build
+    real = eval_program.build
 
     def build(*args):
         Spy.builds.append(1)
         builder = real(*args)
         builder.program = _CountedProgram(builder.program, Spy.runs)
         return builder
-    monkeypatch.setattr(freeze_module, "_build", build)
+    monkeypatch.setattr(eval_program, "build", build)
     return Spy
 
 
@@ -158,11 +158,11 @@ def test_module_path_where_the_program_cannot_stand_in(randomize_bn, spy, accura
         return "module path"
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         # autocast is the modules' business (tests/ops/test_autocast.py)
-        assert freeze_module.eval_forward(model, x, modules) == "module path"
+        assert eval_program.eval_forward(model, x, modules) == "module path"
     calls(model, x, 2)  # settled again: the program runs
     with torch.no_grad():
-        assert freeze_module.eval_forward(model, x.double(), modules) == "module path"
-        assert isinstance(freeze_module.eval_forward(model, x, modules), torch.Tensor)
+        assert eval_program.eval_forward(model, x.double(), modules) == "module path"
+        assert isinstance(eval_program.eval_forward(model, x, modules), torch.Tensor)
     runs = len(spy.runs)
     assert model(x).grad_fn is not None and len(spy.runs) == runs  # grad mode: autograd
     model.classifier[0].train()  # Monte Carlo dropout: only the dropout in training mode
@@ -206,10 +206,10 @@ def test_a_forward_replaced_on_the_model_class(randomize_bn, spy, monkeypatch):
 
 def test_stamp_sees_a_class_swap(randomize_bn):
     model = randomize_bn(fastdw.models.mobilenet_v3_small(num_classes=10)).eval()
-    stamp = _fold.take_stamp(model, whole=True)
-    assert _fold.unchanged(stamp)
+    stamp = cache.take_stamp(model, whole=True)
+    assert cache.unchanged(stamp)
     model.classifier[2].__class__ = nn.Identity
-    assert not _fold.unchanged(stamp)
+    assert not cache.unchanged(stamp)
 
 
 def test_a_refusal_is_cached(randomize_bn, accurate, spy):

@@ -10,10 +10,6 @@ from torchvision.models import mobilenetv2, mobilenetv3
 import fastdw.nn as fnn
 
 
-def rel_err(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-
-
 def count(model, cls):
     return sum(type(m) is cls for m in model.modules())
 

@@ -1,4 +1,4 @@
-"""fastdw.nn._fold's stamp, which every cached eval forward checks on each call: unchanged()
+"""fastdw.nn.cache's stamp, which every cached eval forward checks on each call: unchanged()
 answers False after every kind of edit and True after none, and its C version (csrc/stamp.cpp,
 what fastdw runs when fastdw._C is built) gives the Python version's answer every time."""
 import pytest
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fastdw.models
-from fastdw.nn import _fold
+from fastdw.nn import cache
 
 try:
     from fastdw._C import stamp_unchanged
@@ -14,7 +14,7 @@ except ImportError:  # the C check is missing: only the Python one runs
     stamp_unchanged = None
 
 CHECKS = {
-    "python": _fold.unchanged_py,
+    "python": cache.unchanged_py,
     "c": pytest.param(stamp_unchanged, marks=pytest.mark.skipif(
         stamp_unchanged is None, reason="needs fastdw._C, which is not built")),
 }
@@ -54,20 +54,20 @@ def test_stamp_sees_every_edit(edit, check, monkeypatch):
     monkeypatch.setattr(fastdw.models.MobileNetV3, "_forward_modules",
                         fastdw.models.MobileNetV3._forward_modules)
     model = fastdw.models.mobilenet_v3_small(num_classes=10).eval()
-    stamp = _fold.take_stamp(model, whole=True)
+    stamp = cache.take_stamp(model, whole=True)
     assert check(stamp)
     change, changed = EDITS[edit]
     with torch.no_grad():
         change(model)
     assert check(stamp) is (not changed)
-    assert _fold.unchanged_py(stamp) is (not changed)
+    assert cache.unchanged_py(stamp) is (not changed)
 
 
 @pytest.mark.parametrize("check", CHECKS.values(), ids=CHECKS.keys())
 def test_an_attribute_whose_equality_raises_counts_as_changed(check):
     model = fastdw.models.mobilenet_v3_small(num_classes=10).eval()
     model.note = torch.ones(2)
-    stamp = _fold.take_stamp(model, whole=True)
+    stamp = cache.take_stamp(model, whole=True)
     assert check(stamp)
     model.note = torch.zeros(2)  # dict == compares the tensors: bool() of two elements raises
     assert check(stamp) is False
@@ -93,7 +93,7 @@ class Odd:
 def test_an_equality_that_raises_something_else_propagates(check):
     model = nn.Sequential(nn.Linear(2, 2))
     model.note = Odd()
-    stamp = _fold.take_stamp(model, whole=True)
+    stamp = cache.take_stamp(model, whole=True)
     model.note = Odd(KeyError("broken __eq__"))  # a bug, or KeyboardInterrupt: not "changed"
     with pytest.raises(KeyError, match="broken __eq__"):
         check(stamp)
@@ -105,13 +105,13 @@ def test_the_c_check_survives_an_equality_that_empties_the_stamp():
     # lists an attribute's == has emptied (Python's own list == is safe by construction).
     model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
     model.note = Odd()
-    stamp = _fold.take_stamp(model, whole=True)
+    stamp = cache.take_stamp(model, whole=True)
     model.note = Odd(stamp=[part for part in stamp if isinstance(part, list)])
     assert stamp_unchanged(stamp) is False
 
 
 @pytest.mark.parametrize("check", CHECKS.values(), ids=CHECKS.keys())
 def test_a_stamp_of_another_shape_is_not_unchanged(check):
-    stamp = _fold.take_stamp(nn.Sequential(nn.Linear(2, 2)), whole=True)
+    stamp = cache.take_stamp(nn.Sequential(nn.Linear(2, 2)), whole=True)
     assert check(stamp)
     assert check(stamp[:9] + ([],)) is False  # a list of data pointers that does not fit

@@ -1,13 +1,11 @@
 """The oracle the op tests compare against: stock PyTorch (F.conv2d, the per-channel affine a folded
 BatchNorm is, torch.nn activation modules) evaluated in float64, written independently of
-fastdw.kernels.reference; plus the input factories and tolerances of the op tests."""
+fastdw.kernels.reference; plus the input factories of the op tests. Results are held to it with
+tests/numerics.py (REL_TOL, assert_close)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ||out - ref|| / ||ref|| bounds against the float64 oracle (DESIGN.md, "Numerics"): fp16/bf16
-# are one output rounding away from it (eps 9.8e-4 / 7.8e-3), fp32 a few ulps of accumulation.
-REL_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float64: 1e-12}
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAYOUTS = ("nchw", "channels_last", "strided")
 
@@ -24,17 +22,6 @@ def feature_map(shape, dtype=torch.float32, layout="nchw", scale=2.0):
     return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
 
 
-def random_bn(channels):
-    """An eval-mode BatchNorm2d with non-trivial affine parameters and running statistics."""
-    bn = nn.BatchNorm2d(channels).eval()
-    with torch.no_grad():
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.5, 0.5)
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-    return bn
-
-
 def random_affine(channels):
     """(scale, shift) as a folded BatchNorm gives them: scale around 1, shift around 0."""
     return torch.empty(channels).uniform_(0.5, 1.5), torch.empty(channels).uniform_(-0.5, 0.5)
@@ -43,16 +30,6 @@ def random_affine(channels):
 def conv_weight(shape, dtype):
     fan_in = shape[1] * shape[2] * shape[3] if len(shape) == 4 else shape[1]
     return (torch.randn(shape) / fan_in ** 0.5).to(dtype)
-
-
-def rel_err(out, ref):
-    assert not torch.isnan(out).any(), "output has NaN"
-    return ((out.double() - ref).norm() / ref.norm()).item()
-
-
-def assert_close(out, ref, dtype):
-    err = rel_err(out, ref)
-    assert err < REL_TOL[dtype], f"relative error {err:.3g} >= {REL_TOL[dtype]:g} for {dtype}"
 
 
 def _affine_act(y, scale, shift, act):

@@ -9,13 +9,9 @@ import torchvision
 
 import fastdw.models
 from fastdw import ops
+from numerics import rel_err
 
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
-
-
-def rel_err(out, ref):
-    ref = ref.double()
-    return ((out.double() - ref).norm() / ref.norm()).item()
 
 
 def op_calls():

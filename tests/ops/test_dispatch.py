@@ -1,4 +1,4 @@
-"""fastdw/ops/_dispatch.py: a public op calls its backend kernel directly only where nothing could
+"""fastdw/ops/dispatch.py: a public op calls its backend kernel directly only where nothing could
 tell it from the custom op (same result bit for bit); wherever autograd, tracing, forward AD,
 a torch function / dispatch mode or a tensor subclass is involved, the custom op runs."""
 import contextlib
@@ -148,7 +148,7 @@ def test_frozen_model_refuses_modes():
     assert frozen(x).shape == (1, 8, 8, 8)
 
 
-# Kernel first (_dispatch.cpp_first / try_cpp): the common cpp call runs its C++ kernel before
+# Kernel first (dispatch.cpp_direct / try_cpp): the common cpp call runs its C++ kernel before
 # any Python check; only calls the kernel refuses go on to the checks.
 needs_cpp = pytest.mark.skipif("cpp" not in fastdw.backend.usable("cpu"),
                                reason="needs fastdw._C (the cpp backend), which is not built")
@@ -182,36 +182,36 @@ FULL_CALLS = {  # float32, every per-channel vector given, as models pass them: 
 @pytest.fixture
 def tried(monkeypatch):
     """The (op name, accepted) of every try_cpp call."""
-    from fastdw.ops import _dispatch
-    calls, real = [], _dispatch.try_cpp
+    from fastdw.ops import dispatch
+    calls, real = [], dispatch.try_cpp
 
-    def spy(name, args):
-        out = real(name, args)
+    def spy(name, x, *args):
+        out = real(name, x, *args)
         calls.append((name, out is not None))
         return out
 
-    monkeypatch.setattr(_dispatch, "try_cpp", spy)
+    monkeypatch.setattr(dispatch, "try_cpp", spy)
     return calls
 
 
 def checks_off(monkeypatch):
-    from fastdw.ops import _checks
+    from fastdw.ops import checks
 
     def fail(*args, **kwargs):
         raise AssertionError("the Python checks ran")
 
-    monkeypatch.setattr(_checks, "feature_map", fail)
+    monkeypatch.setattr(checks, "feature_map", fail)
 
 
 @needs_cpp
 @pytest.mark.parametrize("case", FULL_CALLS)
 def test_common_calls_run_the_kernel_before_the_python_checks(case, tried, monkeypatch):
-    from fastdw.ops import _dispatch
+    from fastdw.ops import dispatch
     name = case.split()[0]
     args, kwargs = FULL_CALLS[case]()
     with torch.no_grad():
         with monkeypatch.context() as m:
-            m.setattr(_dispatch, "cpp_first", lambda backend, tensors: False)
+            m.setattr(dispatch, "cpp_direct", lambda x, tensors=(), backend=None: False)
             checked = getattr(ops, name)(*args, backend="cpp", **kwargs)
         assert tried == []
         checks_off(monkeypatch)

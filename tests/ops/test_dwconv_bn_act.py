@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import numerics
 import op_oracle as oracle
 from fastdw import ops
 
@@ -40,7 +41,7 @@ def run_and_check(backend_name, x, weight, scale, shift, cfg, act, dtype, layout
                                cfg["dilation"] * (k - 1) // 2, cfg["dilation"], act)
     assert out.shape == ref.shape and out.dtype == dtype
     assert out.is_contiguous(memory_format=expected_format(layout))
-    oracle.assert_close(out, ref, dtype)
+    numerics.assert_close(out, ref, dtype)
 
 
 @pytest.mark.parametrize("layout", oracle.LAYOUTS)
@@ -63,8 +64,8 @@ def test_defaults_and_explicit_padding(backend_name):
     weight = oracle.conv_weight((16, 1, 3, 3), torch.float32)
     ones, zeros = torch.ones(16), torch.zeros(16)
     out = ops.dwconv_bn_act(x, weight, padding=0, backend=backend_name)  # scale/shift None = 1/0
-    oracle.assert_close(out, oracle.dwconv_bn_act(x, weight, ones, zeros, 1, 0, 1, "relu6"),
-                        torch.float32)
+    numerics.assert_close(out, oracle.dwconv_bn_act(x, weight, ones, zeros, 1, 0, 1, "relu6"),
+                          torch.float32)
     assert out.shape == (1, 16, 6, 6)
 
 
@@ -81,7 +82,7 @@ def test_gradients_match_oracle(backend_name, dtype, layout):
     want = torch.autograd.grad(ref, ref_inputs, grad.double())
     for name, g, w, t in zip(("x", "weight", "scale", "shift"), got, want, inputs):
         assert g.shape == t.shape, name
-        assert oracle.rel_err(g, w) < oracle.REL_TOL[dtype], name
+        assert numerics.rel_err(g, w) < numerics.REL_TOL[dtype], name
 
 
 @pytest.mark.parametrize("cfg", [((1, 4, 7, 6), 3, 2, 1, 1, "hardswish", "nchw"),

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import numerics
 import op_oracle as oracle
 from fastdw import ops
 
@@ -9,12 +10,7 @@ from fastdw import ops
 @pytest.mark.parametrize("affine", [True, False])
 def test_fold_bn_equals_eval_batchnorm(affine):
     bn = nn.BatchNorm2d(12, eps=1e-3, affine=affine).eval()
-    with torch.no_grad():
-        bn.running_mean.uniform_(-1, 1)
-        bn.running_var.uniform_(0.1, 3)
-        if affine:
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-1, 1)
+    numerics.randomize_bn(bn, bias=(-1, 1), running_mean=(-1, 1), running_var=(0.1, 3))
     bn = bn.double()
     x = torch.randn(2, 12, 5, 5, dtype=torch.float64)
     scale, shift = ops.fold_bn(bn)
@@ -24,12 +20,13 @@ def test_fold_bn_equals_eval_batchnorm(affine):
 
 def test_fold_bn_of_a_half_precision_bn_is_fp32():
     bn = nn.BatchNorm2d(4).eval()
-    with torch.no_grad():
-        bn.running_var.uniform_(1e-4, 1e-3)
+    # tiny variances (eps is 1% to 9% of var + eps) and weight 1: the scale is rsqrt(var + eps)
+    numerics.randomize_bn(bn, weight=None, bias=None, running_mean=None,
+                          running_var=(1e-4, 1e-3))
     scale, shift = ops.fold_bn(bn.half())
     assert scale.dtype == shift.dtype == torch.float32
     want = torch.rsqrt(bn.running_var.double() + bn.eps)
-    assert oracle.rel_err(scale, want) < 1e-6
+    assert numerics.rel_err(scale, want) < 1e-6
 
 
 def block(x, params, backend_name):

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
+import numerics
 import op_oracle as oracle
 from fastdw import ops
+from fastdw.contract import BlockWeights
 
 pytestmark = pytest.mark.inverted_residual
 
@@ -56,15 +58,15 @@ def test_matches_float64_oracle(backend_name, block, dtype, layout):
     assert out.shape == ref.shape and out.dtype == dtype
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     assert out.is_contiguous(memory_format=fmt)
-    oracle.assert_close(out, ref, dtype)
+    numerics.assert_close(out, ref, dtype)
 
 
 def test_residual_false_drops_the_skip(backend_name):
     args = make_block(BLOCKS[0].values[0], torch.float32)
     out = call_op(*args, backend_name, residual=False)
-    oracle.assert_close(out, oracle.inverted_residual(*args, residual=False), torch.float32)
+    numerics.assert_close(out, oracle.inverted_residual(*args, residual=False), torch.float32)
     with_skip = oracle.inverted_residual(*args, residual=True)
-    assert oracle.rel_err(out, with_skip) > 0.1  # the skip is a large part of the output
+    assert numerics.rel_err(out, with_skip) > 0.1  # the skip is a large part of the output
 
 
 def _flat_inputs(x, expand, dw, project, se):
@@ -96,7 +98,7 @@ def test_gradients_match_oracle(backend_name, block, dtype):
     want = torch.autograd.grad(ref, ref_inputs, grad.double())
     for i, (g, w, t) in enumerate(zip(got, want, inputs)):
         assert g.shape == t.shape, i
-        assert oracle.rel_err(g, w) < oracle.REL_TOL[dtype], f"input {i}"
+        assert numerics.rel_err(g, w) < numerics.REL_TOL[dtype], f"input {i}"
 
 
 @pytest.mark.parametrize("block", [(1, 4, 8, 4, 3, 2, "hardswish", 2, 5, 5),
@@ -119,8 +121,9 @@ def test_opcheck(backend_name, layout):
     flat = [t.requires_grad_() for t in _flat_inputs(x, expand, dw, project, se)]
     x, expand, dw, project, se = _unflatten(flat, True, True)
     two_d = lambda w: w.flatten(1)  # noqa: E731  the kernel contract takes 1x1 weights as 2-D
-    args = (x, two_d(expand[0]), *expand[1:], *dw, two_d(project[0]), *project[1:], stride, act,
-            two_d(se[0]), se[1], two_d(se[2]), se[3], True, backend_name)
+    block = BlockWeights(two_d(expand[0]), *expand[1:], *dw, two_d(project[0]), *project[1:],
+                         two_d(se[0]), se[1], two_d(se[2]), se[3])
+    args = (x, *block, stride, act, True, backend_name)
     torch.library.opcheck(torch.ops.fastdw.inverted_residual.default, args)
     grad = torch.randn(1, 40, 7, 7)
     detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)

@@ -104,7 +104,7 @@ CASES = [
 
 @pytest.mark.parametrize("call,error,text", CASES, ids=[c[2] for c in CASES])
 def test_bad_input_names_the_argument(call, error, text, backend_name):
-    # On cpp most of these calls reach the C++ kernel first (_dispatch.try_cpp), which must
+    # On cpp most of these calls reach the C++ kernel first (dispatch.try_cpp), which must
     # refuse them too, so that the Python checks run and name the argument.
     with fastdw.use_backend(backend_name), pytest.raises(error) as info:
         call()

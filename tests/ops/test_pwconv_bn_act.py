@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import numerics
 import op_oracle as oracle
 from fastdw import ops
 
@@ -37,14 +38,14 @@ def test_matches_float64_oracle(backend_name, shape, dtype, layout, with_residua
     assert out.shape == ref.shape and out.dtype == dtype
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     assert out.is_contiguous(memory_format=fmt)
-    oracle.assert_close(out, ref, dtype)
+    numerics.assert_close(out, ref, dtype)
 
 
 @pytest.mark.parametrize("act", sorted(oracle.ACT_MODULES))
 def test_every_activation_and_2d_weight(backend_name, act):
     x, weight, scale, shift, _ = make_case((2, 16, 5, 5, 24), torch.float32, "nchw", False)
     out = ops.pwconv_bn_act(x, weight.flatten(1), scale, shift, act=act, backend=backend_name)
-    oracle.assert_close(out, oracle.pwconv_bn_act(x, weight, scale, shift, act), torch.float32)
+    numerics.assert_close(out, oracle.pwconv_bn_act(x, weight, scale, shift, act), torch.float32)
 
 
 @pytest.mark.parametrize("dtype", oracle.DTYPES)
@@ -58,7 +59,7 @@ def test_gradients_match_oracle(backend_name, dtype):
     ref = oracle.pwconv_bn_act(*ref_inputs[:4], "silu", ref_inputs[4])
     want = torch.autograd.grad(ref, ref_inputs, grad.double())
     for name, g, w in zip(("x", "weight", "scale", "shift", "residual"), got, want):
-        assert oracle.rel_err(g, w) < oracle.REL_TOL[dtype], name
+        assert numerics.rel_err(g, w) < numerics.REL_TOL[dtype], name
 
 
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])

@@ -15,8 +15,11 @@ import math
 import pytest
 import torch
 
+from numerics import REL_TOL, rel_err
+
 kernels = pytest.importorskip("fastdw.kernels.triton", reason="needs triton installed")
 from fastdw import backend, ops  # noqa: E402
+from fastdw.contract import ACTIVATIONS, BlockWeights  # noqa: E402
 from fastdw.kernels import reference  # noqa: E402
 # By module path: the package attribute of this name is the kernel function.
 ir_module = importlib.import_module("fastdw.kernels.triton.inverted_residual")
@@ -26,9 +29,7 @@ if DEVICE not in kernels.DEVICES:
     pytest.skip("the triton backend needs a CUDA device or TRITON_INTERPRET=1",
                 allow_module_level=True)
 
-# ||out - ref|| / ||ref|| against float64 stock PyTorch (DESIGN.md "Numerics").
-REL_TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "silu")
+ACTS = tuple(ACTIVATIONS)  # every act name of the op contract
 
 
 @pytest.fixture(autouse=True)
@@ -41,11 +42,6 @@ def poisoned(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
-
-
-def rel_err(out, ref):
-    assert not torch.isnan(out).any(), "unwritten (NaN) elements"
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def layout(x, name):
@@ -65,7 +61,9 @@ def dw_inputs(c, h, w, k, dtype, lay, n=2):
 
 
 def as64(*tensors):
-    return [t.double() if isinstance(t, torch.Tensor) else t for t in tensors]
+    """The arguments in float64 (a BlockWeights entry by entry)."""
+    return [BlockWeights._make(as64(*t)) if isinstance(t, BlockWeights)
+            else t.double() if isinstance(t, torch.Tensor) else t for t in tensors]
 
 
 # (C, H, W, k, stride, padding, dilation, act, layout): every act, k 3/5/7, stride and dilation 2,
@@ -122,7 +120,7 @@ def test_dwconv_training_step_through_public_op(act):
 
 
 def block(c_in, hidden, c_out, k, dtype, lay, se, n=1, h=10, w=10):
-    """Arguments of the inverted_residual kernel function (hidden None: no expansion)."""
+    """x and the BlockWeights entries of a block, by stage (hidden None: no expansion)."""
     def affine(ch):
         return (torch.empty(ch, device=DEVICE).uniform_(0.5, 1.5),
                 torch.empty(ch, device=DEVICE).uniform_(-0.5, 0.5))
@@ -168,7 +166,7 @@ def test_inverted_residual_paths(case, dtype, lay, monkeypatch):
     project_gemm = ir_module.pw_forward
     monkeypatch.setattr(ir_module, "pw_forward", lambda *a, **kw: calls.append(1) or
                         project_gemm(*a, **kw))
-    args = (x, *expand, *dw, *project, stride, act, *se_args, residual)
+    args = (x, BlockWeights(*expand, *dw, *project, *se_args), stride, act, residual)
     out = kernels.inverted_residual(*args)
     assert bool(calls) == split, "fused/split path"
     ref = reference.inverted_residual(*as64(*args))
@@ -242,7 +240,7 @@ def test_inverted_residual_zero_pads_the_expanded_map_at_tile_borders(case, dtyp
                                                   n=2, h=h, w=w)
     expand = (we, es, eb + 2.0)
     residual = stride == 1 and c_in == c_out
-    args = (x, *expand, *dw, *project, stride, act, *se_args, residual)
+    args = (x, BlockWeights(*expand, *dw, *project, *se_args), stride, act, residual)
     out = kernels.inverted_residual(*args)
     ref = reference.inverted_residual(*as64(*args))
     assert rel_err(out, ref) < REL_TOL[dtype]
@@ -273,7 +271,7 @@ def test_inverted_residual_expands_each_window_pixel_once(case, monkeypatch):
     x, expand, dw, project, se_args = block(c_in, hidden, c_out, k, torch.float32, "nchw", se,
                                             n=n, h=h, w=w)
     residual = stride == 1 and c_in == c_out
-    args = (x, *expand, *dw, *project, stride, act, *se_args, residual)
+    args = (x, BlockWeights(*expand, *dw, *project, *se_args), stride, act, residual)
     out = kernels.inverted_residual(*args)
     assert rel_err(out, reference.inverted_residual(*as64(*args))) < REL_TOL[torch.float32]
 
@@ -310,7 +308,7 @@ def test_inverted_residual_launches_in_waves_within_the_scratch_budget(se, monke
     n = 3
     x, expand, dw, project, se_args = block(16, 64, 16, 3, torch.float32, "channels_last", se,
                                             n=n, h=9, w=8)
-    args = (x, *expand, *dw, *project, 1, "hardswish", *se_args, True)
+    args = (x, BlockWeights(*expand, *dw, *project, *se_args), 1, "hardswish", True)
     out = kernels.inverted_residual(*args)
     assert rel_err(out, reference.inverted_residual(*as64(*args))) < REL_TOL[torch.float32]
     tiles = math.ceil(9 / 4) * math.ceil(8 / 4)

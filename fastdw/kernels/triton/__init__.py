@@ -47,9 +47,6 @@ def pwconv_bn_act(x, weight, scale, shift, act, residual):
     return _pw.forward(x, weight, scale, shift, act, residual)
 
 
-def inverted_residual(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift,
-                      project_w, project_scale, project_shift, stride, act, se_w1, se_b1, se_w2,
-                      se_b2, residual):
+def inverted_residual(x, weights, stride, act, residual):
     run = _ir.forward if _ir.handled(x) else reference.inverted_residual
-    return run(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
-               project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual)
+    return run(x, weights, stride, act, residual)

@@ -19,7 +19,7 @@ def interpreting():
 
 @triton.jit
 def activation(u, ACT: tl.constexpr):
-    """act(u) for the op contract's act names (fastdw._common.ACTIVATIONS), in fp32."""
+    """act(u) for the op contract's act names (fastdw.contract.ACTIVATIONS), in fp32."""
     if ACT == "relu":
         u = tl.maximum(u, 0.0)
     elif ACT == "relu6":

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastdw._common import output_memory_format
+from fastdw.contract import conv_output_size, output_memory_format
 from fastdw.kernels.triton._shared import activation, activation_grad, interpreting
 
 
@@ -221,14 +221,10 @@ def _grid(n, h, w, channels, cfg):
     return (n * tiles_hw, triton.cdiv(channels, block_c)), tiles_w, tiles_hw
 
 
-def _out_size(size, k, stride, padding, dilation):
-    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-
-
 def forward(x, weight, scale, shift, stride, padding, dilation, act):
     n, c, h, w = x.shape
     k = weight.shape[-1]
-    oh, ow = (_out_size(s, k, stride, padding, dilation) for s in (h, w))
+    oh, ow = (conv_output_size(s, k, stride, padding, dilation) for s in (h, w))
     y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device,
                     memory_format=output_memory_format(x))
     cfg = pick_config(c, x.element_size(), oh, ow)

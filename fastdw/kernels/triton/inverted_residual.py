@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from fastdw._common import output_memory_format
+from fastdw.contract import conv_output_size, output_memory_format, same_padding
 from fastdw.kernels.triton._shared import MAXNREG, activation, dot_operand, interpreting
 from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
 from fastdw.kernels.triton.pwconv_bn_act import dot_in_fp32, forward as pw_forward
@@ -211,19 +211,20 @@ def handled(x):
     return x.dtype != torch.float64
 
 
-def forward(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
-            project_scale, project_shift, stride, act, se_w1, se_b1, se_w2, se_b2, residual):
+def forward(x, block, stride, act, residual):
+    """The block on x; `block` is a fastdw.contract.BlockWeights."""
+    b = block
     n, c_in, h, w = x.shape
-    hidden, k, c_out = dw_w.shape[0], dw_w.shape[-1], project_w.shape[0]
-    pad = (k - 1) // 2
-    oh, ow = ((s + 2 * pad - k) // stride + 1 for s in (h, w))
-    se = se_w1 is not None
+    hidden, k, c_out = b.dw_w.shape[0], b.dw_w.shape[-1], b.project_w.shape[0]
+    pad = same_padding(k)
+    oh, ow = (conv_output_size(s, k, stride, pad, 1) for s in (h, w))
+    se = b.se_w1 is not None
     fused = not se and c_out <= MAX_FUSED_COUT
     block_oh, block_ow, block_cin, block_hid, block_cout, warps = pick_config(
         c_in, hidden, c_out, oh, ow, fused, x.element_size())
     tiles_w = triton.cdiv(ow, block_ow)
     tiles_hw = triton.cdiv(oh, block_oh) * tiles_w
-    expand = expand_w is not None
+    expand = b.expand_w is not None
     chunks = 1 if fused else triton.cdiv(hidden, block_hid)  # grid axis 1
     region = scratch_region(k, stride, block_oh, block_ow, block_hid) if expand else 0
     # Images per launch: as many as SCRATCH_BUDGET allows (at least one).
@@ -239,14 +240,16 @@ def forward(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, p
         hid = torch.empty((n, oh, ow, hidden), dtype=x.dtype, device=x.device)
         y = hid
         pooled = torch.empty((n, hidden), dtype=torch.float32, device=x.device)
-    ew = expand_w.contiguous() if expand else dw_scale  # placeholders are never read
-    weights = (ew, expand_scale if expand else dw_scale, expand_shift if expand else dw_shift,
-               dw_w.contiguous(), dw_scale, dw_shift, project_w.contiguous(), project_scale,
-               project_shift)
+    # Without expansion the expand arguments are placeholders, never read.
+    kernel_weights = ((b.expand_w.contiguous(), b.expand_scale, b.expand_shift) if expand
+                      else (b.dw_scale, b.dw_scale, b.dw_shift)) + (
+        b.dw_w.contiguous(), b.dw_scale, b.dw_shift, b.project_w.contiguous(), b.project_scale,
+        b.project_shift)
     for n0 in range(0, n, wave):
         images = min(wave, n - n0)
         ir_kernel[(images * tiles_hw, chunks)](
-            x[n0:n0 + images], *weights, hid[n0:n0 + images], workspace, y[n0:n0 + images],
+            x[n0:n0 + images], *kernel_weights, hid[n0:n0 + images], workspace,
+            y[n0:n0 + images],
             c_in, hidden, c_out, h, w, oh, ow, *x.stride(), *y.stride(), pad, tiles_w,
             tiles_hw, K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=se,
             RESIDUAL=residual, DOT_FP32=dot_in_fp32(x.dtype), BLOCK_OH=block_oh,
@@ -261,7 +264,7 @@ def forward(x, expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, p
     gate = None
     if se:  # torchvision SqueezeExcitation on the pooled (N, HID) vector: tiny, torch ops
         pooled = pooled / (oh * ow)
-        gate = F.hardsigmoid(F.linear(F.relu(F.linear(pooled, se_w1.float(), se_b1.float())),
-                                      se_w2.float(), se_b2.float()))
-    return pw_forward(hid.permute(0, 3, 1, 2), project_w, project_scale, project_shift, "none",
-                      x if residual else None, gate=gate, out_like=x)
+        hidden_se = F.relu(F.linear(pooled, b.se_w1.float(), b.se_b1.float()))
+        gate = F.hardsigmoid(F.linear(hidden_se, b.se_w2.float(), b.se_b2.float()))
+    return pw_forward(hid.permute(0, 3, 1, 2), b.project_w, b.project_scale, b.project_shift,
+                      "none", x if residual else None, gate=gate, out_like=x)

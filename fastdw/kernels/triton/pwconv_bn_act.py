@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastdw._common import output_memory_format
+from fastdw.contract import output_memory_format
 from fastdw.kernels.triton._shared import MAXNREG, activation, dot_operand, interpreting
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; resources.py compiles each of them.

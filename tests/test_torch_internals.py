@@ -1,0 +1,74 @@
+"""fastdw.torch_internals: each private torch API fastdw reads still exists and still answers
+what fastdw asks of it. A torch upgrade that moves one fails here, by name."""
+import importlib
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from fastdw import torch_internals as ti
+
+
+class Passthrough(ti.TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+class Functions(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_dispatch_mode_active():
+    assert not ti.dispatch_mode_active()
+    with Passthrough():
+        assert ti.dispatch_mode_active()
+
+
+def test_function_mode_watching_ignores_device_contexts():
+    assert not ti.function_mode_watching()
+    with torch.device("cpu"):
+        assert not ti.function_mode_watching()
+    with Functions():
+        assert ti.function_mode_watching()
+
+
+def test_dual_level_open():
+    assert not ti.dual_level_open()
+    with fwAD.dual_level():
+        assert ti.dual_level_open()
+
+
+def test_functorch_transforms_active():
+    assert not ti.functorch_transforms_active()
+    seen = []
+    torch.func.vmap(lambda t: seen.append(ti.functorch_transforms_active()) or t)(torch.ones(2))
+    assert seen == [True]
+
+
+def test_global_module_hooks():
+    assert not ti.global_module_hooks()
+    handle = nn.modules.module.register_module_forward_hook(lambda *a: None)
+    try:
+        assert ti.global_module_hooks()
+    finally:
+        handle.remove()
+    assert not ti.global_module_hooks()
+
+
+def test_batchnorm_base_covers_every_batchnorm():
+    for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm):
+        assert issubclass(cls, ti.BatchNormBase)
+
+
+def test_marked_constant_is_called_at_trace_time_not_traced():
+    # A lazy import, as fastdw.backend's availability check does: fullgraph compile cannot trace
+    # it, so this passes only if torch.compile takes the marked function's answer as a constant.
+    @ti.mark_constant_for_compile
+    def constant():
+        importlib.import_module("json")
+        return 2.0
+
+    compiled = torch.compile(lambda t: t * constant(), fullgraph=True, backend="eager")
+    assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 2.0))
