@@ -101,7 +101,7 @@ inline Act parse_act(c10::string_view act) {
               std::string(act), "'");
 }
 
-// fastdw._common.output_memory_format: channels_last in -> channels_last out, else NCHW.
+// fastdw.contract.output_memory_format: channels_last in -> channels_last out, else NCHW.
 inline at::MemoryFormat output_memory_format(const at::Tensor& x) {
   return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
              ? at::MemoryFormat::ChannelsLast

@@ -51,7 +51,7 @@ template <int N> inline void store(bf16* p, typename Lanes<N>::F v) {
   __builtin_memcpy(p, &h, sizeof h);
 }
 
-// The activations of fastdw._common.ACTIVATIONS, lane-wise.
+// The activations of fastdw.contract.ACTIVATIONS, lane-wise.
 template <int A, int N> inline typename Lanes<N>::F activate(typename Lanes<N>::F v) {
   using F = typename Lanes<N>::F;
   const F zero{}, six = zero + 6.f;  // constants (not v * 0.f, which costs a multiply)
