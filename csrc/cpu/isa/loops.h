@@ -51,12 +51,14 @@ template <int N> inline void store(bf16* p, typename Lanes<N>::F v) {
   __builtin_memcpy(p, &h, sizeof h);
 }
 
-// The activations of fastdw.contract.ACTIVATIONS, lane-wise.
+// The activations of fastdw.contract.ACTIVATIONS, lane-wise, with torch's NaN semantics: a NaN
+// lane stays NaN, so each clamp selects the bound only where the comparison with it holds (a
+// comparison with NaN is false).
 template <int A, int N> inline typename Lanes<N>::F activate(typename Lanes<N>::F v) {
   using F = typename Lanes<N>::F;
   const F zero{}, six = zero + 6.f;  // constants (not v * 0.f, which costs a multiply)
-  auto relu6 = [&](F t) { t = t > zero ? t : zero; return t < six ? t : six; };
-  if constexpr (A == kRelu) return v > zero ? v : zero;
+  auto relu6 = [&](F t) { t = t < zero ? zero : t; return t > six ? six : t; };
+  if constexpr (A == kRelu) return v < zero ? zero : v;
   else if constexpr (A == kRelu6) return relu6(v);
   else if constexpr (A == kHardswish) return v * relu6(v + 3.f) * (1.f / 6.f);
   else if constexpr (A == kHardsigmoid) return relu6(v + 3.f) * (1.f / 6.f);

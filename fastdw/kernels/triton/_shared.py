@@ -18,16 +18,24 @@ def interpreting():
 
 
 @triton.jit
+def _clamp_0_6(u):
+    """min(max(u, 0), 6), NaN kept."""
+    return tl.where(u < 0.0, 0.0, tl.where(u > 6.0, 6.0, u))
+
+
+@triton.jit
 def activation(u, ACT: tl.constexpr):
-    """act(u) for the op contract's act names (fastdw.contract.ACTIVATIONS), in fp32."""
+    """act(u) for the op contract's act names (fastdw.contract.ACTIVATIONS), in fp32, with
+    torch's NaN semantics: a clamp selects its bound only where the comparison holds, so a NaN
+    stays NaN (tl.maximum/minimum would return the bound on a GPU)."""
     if ACT == "relu":
-        u = tl.maximum(u, 0.0)
+        u = tl.where(u < 0.0, 0.0, u)
     elif ACT == "relu6":
-        u = tl.minimum(tl.maximum(u, 0.0), 6.0)
+        u = _clamp_0_6(u)
     elif ACT == "hardswish":
-        u = u * tl.minimum(tl.maximum(u + 3.0, 0.0), 6.0) * (1.0 / 6.0)
+        u = u * _clamp_0_6(u + 3.0) * (1.0 / 6.0)
     elif ACT == "hardsigmoid":
-        u = tl.minimum(tl.maximum(u + 3.0, 0.0), 6.0) * (1.0 / 6.0)
+        u = _clamp_0_6(u + 3.0) * (1.0 / 6.0)
     elif ACT == "silu":
         u = u * tl.sigmoid(u)
     return u
@@ -37,13 +45,16 @@ def activation(u, ACT: tl.constexpr):
 def activation_grad(u, ACT: tl.constexpr):
     """d act(u) / du, with PyTorch's choice at the kinks (so gradients match autograd exactly):
     relu 0 at u=0; relu6/hardsigmoid 0 at both ends of the open linear range; hardswish
-    (2u+3)/6 on the closed range [-3, 3]."""
+    (2u+3)/6 on the closed range [-3, 3]. At a NaN u, as autograd's vectorised CPU kernels
+    (its scalar tails differ): relu passes the gradient on (1), relu6 and hardsigmoid stop it
+    (0), hardswish and silu give NaN."""
     if ACT == "relu":
-        d = tl.where(u > 0.0, 1.0, 0.0)
+        d = tl.where(u <= 0.0, 0.0, 1.0)
     elif ACT == "relu6":
         d = tl.where((u > 0.0) & (u < 6.0), 1.0, 0.0)
     elif ACT == "hardswish":
-        d = tl.where(u < -3.0, 0.0, tl.where(u <= 3.0, (2.0 * u + 3.0) * (1.0 / 6.0), 1.0))
+        d = tl.where(u < -3.0, 0.0, tl.where(u <= 3.0, (2.0 * u + 3.0) * (1.0 / 6.0),
+                                             tl.where(u > 3.0, 1.0, u)))
     elif ACT == "hardsigmoid":
         d = tl.where((u > -3.0) & (u < 3.0), 1.0 / 6.0, 0.0)
     elif ACT == "silu":
