@@ -9,6 +9,7 @@ backend, so every call the public ops accept runs.
 """
 import torch
 
+from fastdw import torch_internals
 from fastdw.kernels import reference
 
 try:
@@ -70,6 +71,10 @@ def pwconv_bn_act(x, weight, scale, shift, act, residual):
 
 
 def inverted_residual(x, weights, stride, act, residual):
-    if x.dtype != torch.float32:
+    # The kernel takes the block's tensors as one Tensor?[] list, which functorch's generic
+    # batching fallback cannot split and in which the dispatcher does not resolve lazily
+    # negated or conjugated views: vmap runs on reference, and views are resolved here.
+    if x.dtype != torch.float32 or torch_internals.functorch_transforms_active():
         return reference.inverted_residual(x, weights, stride, act, residual)
+    weights = [t.resolve_neg().resolve_conj() if t is not None else None for t in weights]
     return torch.ops.fastdw_cpp.inverted_residual(x, weights, stride, act, residual)

@@ -152,9 +152,10 @@ class Linear(nn.Linear):
         w, b = self.weight, self.bias
         # Only where the result and any error are nn.Linear's (the op checks arguments in its
         # own words, and refuses empty tensors and mixed dtypes that nn.Linear handles).
-        if not (b is not None and isinstance(x, torch.Tensor) and x.dim() == 2
-                and x.shape[0] > 0 and x.shape[1] == self.in_features > 0 and w.is_cpu
-                and b.is_cpu and dispatch.cpp_direct(x4 := x[:, :, None, None], (w, b))):
+        if not (not torch.is_grad_enabled() and b is not None and isinstance(x, torch.Tensor)
+                and x.dim() == 2 and x.shape[0] > 0 and x.shape[1] == self.in_features > 0
+                and w.is_cpu and b.is_cpu
+                and dispatch.cpp_direct(x4 := x[:, :, None, None], (w, b))):
             return super().forward(x)
         # Nothing to fold or check: the weights go to the kernel as they are (its packed copies
         # follow in-place edits), and only the unit scale is kept between calls.

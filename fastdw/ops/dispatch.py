@@ -54,7 +54,8 @@ def unobserved(tensors) -> bool:
 def cpp_direct(x, tensors=(), backend=None) -> bool:
     """The one test of "this call may run its C++ kernel directly" (step 1), for x and the
     call's other tensors (None for an absent one): x a 4-D float32 CPU tensor, every tensor
-    plain and float32, unobserved, no autocast, and the backend chosen for it is cpp. A BoundOp
+    plain and float32, unobserved, no autocast, no functorch transform (vmap: the kernel
+    route batches through the dispatcher), and the backend chosen for it is cpp. A BoundOp
     vets its own tensors once, when bound, and passes none here.
 
     The C++ entry points check every argument before touching memory (csrc/cpu/checks.h) and
@@ -64,7 +65,8 @@ def cpp_direct(x, tensors=(), backend=None) -> bool:
     tensors = (x, *tensors)
     if not (type(x) is torch.Tensor and x.is_cpu and x.dim() == 4 and unobserved(tensors)
             and all(t is None or t.dtype is torch.float32 for t in tensors)
-            and not torch.is_autocast_enabled("cpu")):
+            and not torch.is_autocast_enabled("cpu")
+            and not torch_internals.functorch_transforms_active()):
         return False
     try:
         return _backend.resolve(backend, "cpu") == "cpp"
@@ -126,12 +128,13 @@ class BoundOp:
         self.name, self.route = name, route
         self.tensors, self.options = tuple(tensors), dict(options)
         self.in_channels = in_channels
-        values = [*self.tensors, *self.options.values()]
-        # A BlockWeights (a tuple of tensors) stands for its tensors.
-        values = [t for v in values for t in (v if isinstance(v, tuple) else (v,))]
-        tensors = [t for t in values if isinstance(t, torch.Tensor)]
-        vetted = all(type(t) in _PLAIN_TYPES and t.dtype is torch.float32 and t.is_cpu
-                     for t in tensors)
+        # The tensor arguments (a BlockWeights stands for its entries) must be tensors or None;
+        # options may hold tensors too (squeeze-excite weights of the public op).
+        given = [t for v in self.tensors for t in (v if isinstance(v, tuple) else (v,))]
+        tensors = [t for t in (*given, *self.options.values()) if isinstance(t, torch.Tensor)]
+        vetted = (all(t is None or isinstance(t, torch.Tensor) for t in given)
+                  and all(type(t) in _PLAIN_TYPES and t.dtype is torch.float32 and t.is_cpu
+                          for t in tensors))
         self.kernel_args = cpp_args(in_channels, *self.tensors, **self.options) if vetted else None
         # Under grad mode a call must record autograd through these (a module's parameters).
         self.needs_grad = any(t.requires_grad for t in tensors)

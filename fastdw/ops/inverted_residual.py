@@ -118,12 +118,13 @@ def route(x, block, *, stride=1, act="relu6", residual=True, backend=None):
     x, *weights = checks.autocast(x, *(getattr(block, name) for name in _CONV_WEIGHTS))
     block = block._replace(**dict(zip(_CONV_WEIGHTS, weights)))
     checks.feature_map(x)
-    block, c_out = _checked_block(x, block)
+    block, c_out = _checked_stages(x, block)
     checks.integer(stride, "stride", 1)
     checks.activation(act)
     k = block.dw_w.shape[-1]
     for size in x.shape[2:]:
         checks.conv_output_size(size, k, stride, same_padding(k), 1, "x")
+    block = _checked_squeeze_excite(x, block)
     if not isinstance(residual, bool):
         raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
     residual = residual and adds_residual(stride, x.shape[1], c_out)
@@ -133,9 +134,9 @@ def route(x, block, *, stride=1, act="relu6", residual=True, backend=None):
                         kernel_args=(x, block, stride, act, residual))
 
 
-def _checked_block(x, block):
-    """(block with 1x1 weights 2-D and absent vectors filled in, C_out), or a ValueError /
-    TypeError naming the bad tensor."""
+def _checked_stages(x, block):
+    """(block with the expand, depthwise and project stages checked, their 1x1 weights 2-D and
+    absent vectors filled in; C_out), or a ValueError / TypeError naming the bad tensor."""
     b = block._asdict()
     c_in = x.shape[1]
     if b["expand_w"] is None:
@@ -159,6 +160,13 @@ def _checked_block(x, block):
     c_out = b["project_w"].shape[0]
     b["project_scale"] = checks.per_channel(b["project_scale"], "project_scale", x, c_out, 1.0)
     b["project_shift"] = checks.per_channel(b["project_shift"], "project_shift", x, c_out, 0.0)
+    return BlockWeights(**b), c_out
+
+
+def _checked_squeeze_excite(x, block):
+    """block with its squeeze-excite entries checked (all four or none; 1x1 weights 2-D)."""
+    b = block._asdict()
+    hidden = b["dw_w"].shape[0]
     se = ("se_w1", "se_b1", "se_w2", "se_b2")
     if any(b[name] is not None for name in se):
         if any(b[name] is None for name in se):
@@ -169,7 +177,7 @@ def _checked_block(x, block):
         b["se_w2"] = checks.one_by_one(b["se_w2"], "se_w2", x, squeeze)
         checks.like_input(b["se_w2"], "se_w2", x, (hidden, squeeze))
         b["se_b2"] = checks.per_channel(b["se_b2"], "se_b2", x, hidden, 0.0)
-    return BlockWeights(**b), c_out
+    return BlockWeights(**b)
 
 
 _REQUIRED = [name for name in BlockWeights._fields if name not in BLOCK_OPTIONAL]

@@ -171,3 +171,17 @@ def test_builders_reject_bad_hyperparameters(builder, kwargs, error, text):
 def test_builders_reject_bad_counts(builder, kwargs, text):
     with pytest.raises(ValueError, match=text):
         getattr(fm, builder)(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_a_nan_pixel_reaches_every_logit_as_in_torchvision(name, randomize_bn):
+    # No kernel of the module path or the eval program clamps a NaN away (per-op cases:
+    # tests/ops/test_nonfinite.py).
+    ours, tv = (m.eval() for m in make_pair(name, randomize_bn))
+    x = torch.randn(1, 3, 32, 32)
+    x[0, 1, 5, 7] = float("nan")
+    with torch.no_grad():
+        expected = tv(x)
+        outs = [ours(x) for _ in range(3)]  # the module path, then the eval program
+    assert expected.isnan().all()
+    assert all(out.isnan().all() for out in outs)

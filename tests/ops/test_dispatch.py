@@ -251,3 +251,31 @@ def test_no_kernel_first_where_the_op_must_do_more(condition, tried):
             stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
         ops.dwconv_bn_act(x, w, scale, shift, backend=backend, **kwargs)
     assert tried == []
+
+
+# Not triton: its launchers take raw pointers, which vmap's batched tensors do not have (the
+# ops have no batching rule of their own yet).
+@pytest.mark.parametrize("backend", [n for n in ("reference", "cpp")
+                                     if n in fastdw.backend.usable("cpu")])
+@pytest.mark.parametrize("name", CALLS)
+def test_vmap_over_an_op_equals_a_loop(name, backend):
+    # inverted_residual's C++ kernel takes the block as one Tensor?[] list, which vmap's
+    # generic batching cannot split: under vmap it runs on reference.
+    args, kwargs = FULL_CALLS[name]()
+    xs = torch.stack([args[0], torch.randn_like(args[0])])
+    with fastdw.use_backend(backend):
+        batched = torch.func.vmap(lambda x: getattr(ops, name)(x, *args[1:], **kwargs))(xs)
+        looped = torch.stack([getattr(ops, name)(x, *args[1:], **kwargs) for x in xs])
+    torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-5)
+
+
+def test_lazily_negated_block_weights_are_resolved(backend_name):
+    # The dispatcher resolves neg views of plain Tensor arguments but not inside a list.
+    args, kwargs = FULL_CALLS["inverted_residual"]()
+    project_w = args[7]
+    negated = torch.complex(torch.zeros_like(project_w), -project_w).conj().imag
+    assert negated.is_neg() and torch.equal(negated, project_w)
+    with torch.no_grad(), fastdw.use_backend(backend_name):
+        out = ops.inverted_residual(*args[:7], negated, *args[8:], **kwargs)
+        want = ops.inverted_residual(*args, **kwargs)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
