@@ -62,11 +62,19 @@ def cpp_direct(x, tensors=(), backend=None) -> bool:
     refuse every call the Python checks refuse, once the caller has checked the exact types of
     its int, bool and str options (torch.ops takes True for an int). A refused call pays for a
     C++ exception, so calls that are fine but need a cast (a float64 scale) do not come here."""
-    tensors = (x, *tensors)
-    if not (type(x) is torch.Tensor and x.is_cpu and x.dim() == 4 and unobserved(tensors)
-            and all(t is None or t.dtype is torch.float32 for t in tensors)
-            and not torch.is_autocast_enabled("cpu")
-            and not torch_internals.functorch_transforms_active()):
+    if not (type(x) is torch.Tensor and x.is_cpu and x.dim() == 4
+            and x.dtype is torch.float32):
+        return False
+    # One pass over the tensors (at batch 1 this check is a visible share of a small layer).
+    grad = torch.is_grad_enabled()
+    if grad and x.requires_grad:
+        return False
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN_TYPES or t.dtype is not torch.float32
+                              or grad and t.requires_grad):
+            return False
+    if (observed() or torch.is_autocast_enabled("cpu")
+            or torch_internals.functorch_transforms_active()):
         return False
     try:
         return _backend.resolve(backend, "cpu") == "cpp"

@@ -103,10 +103,10 @@ def inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Optio
     # The tensor parameters are named as BlockWeights' fields (a test holds them equal).
     arguments = locals()
     block = BlockWeights._make(map(arguments.__getitem__, BlockWeights._fields))
-    return route(x, block, stride=stride, act=act, residual=residual, backend=backend)
+    return route(x, block, stride, act, residual, backend)
 
 
-def route(x, block, *, stride=1, act="relu6", residual=True, backend=None):
+def route(x, block, stride=1, act="relu6", residual=True, backend=None):
     """inverted_residual with the block's tensors as one BlockWeights: what the public function
     and a BoundOp (fastdw.ops.bind) call, down fastdw.ops.dispatch's one route."""
     if dispatch.cpp_direct(x, block, backend):
@@ -180,24 +180,33 @@ def _checked_squeeze_excite(x, block):
     return BlockWeights(**b)
 
 
-_REQUIRED = [name for name in BlockWeights._fields if name not in BLOCK_OPTIONAL]
-_MATRICES = ("expand_w", "project_w", "se_w1", "se_w2")  # 1x1 convs: 2-D at the kernels
+_REQUIRED = [i for i, name in enumerate(BlockWeights._fields) if name not in BLOCK_OPTIONAL]
+_SQUEEZE_EXCITE = [BlockWeights._fields.index(n) for n in ("se_w1", "se_b1", "se_w2", "se_b2")]
+# 1x1 convs, 2-D at the kernels
+_MATRICES = [BlockWeights._fields.index(n) for n in ("expand_w", "project_w", "se_w1", "se_w2")]
 
 
 def cpp_args(in_channels, block, *, stride=1, act="relu6", residual=True):
     """The C++ kernel's arguments after x for a call on inputs of `in_channels` channels, or
     None where the call is not the kernel's (options of other types than the op takes, absent
-    vectors or squeeze-excite biases the op would fill in). The kernel checks everything else itself."""
-    if not (type(stride) is int and type(act) is str and type(residual) is bool
-            and all(getattr(block, name) is not None for name in _REQUIRED)
-            and (block.expand_w is None
-                 or block.expand_scale is not None and block.expand_shift is not None)
-            and len({t is None for t in (block.se_w1, block.se_b1, block.se_w2, block.se_b2)})
-            == 1):
+    vectors or squeeze-excite biases the op would fill in). The kernel checks everything else
+    itself. The block goes as a list: torch.ops converts a list faster than a tuple."""
+    if not (type(stride) is int and type(act) is str and type(residual) is bool):
         return None
-    block = block._replace(**{name: checks.matrix(getattr(block, name)) for name in _MATRICES
-                              if getattr(block, name) is not None})
+    weights = list(block)
+    for i in _REQUIRED:
+        if weights[i] is None:
+            return None
+    if block.expand_w is not None and (block.expand_scale is None or block.expand_shift is None):
+        return None
+    if len({weights[i] is None for i in _SQUEEZE_EXCITE}) != 1:
+        return None
+    for i in _MATRICES:
+        w = weights[i]
+        if w is not None and w.dim() == 4:
+            weights[i] = checks.matrix(w)
+    project_w = weights[_MATRICES[1]]
     # The op drops a residual that cannot be added; the kernel would refuse it.
-    add = (residual and block.project_w.dim() == 2
-           and adds_residual(stride, in_channels, block.project_w.shape[0]))
-    return block, stride, act, add
+    add = (residual and project_w.dim() == 2
+           and adds_residual(stride, in_channels, project_w.shape[0]))
+    return weights, stride, act, add
