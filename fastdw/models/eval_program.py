@@ -19,14 +19,14 @@ def eval_forward(model, x, forward_modules):
     `forward_modules`. In eval mode under no_grad it runs a program of the model as it is now
     (not a snapshot: it views the model's tensors), built on the first call that finds the
     model unchanged since the one before, and kept while the stamp of the whole model holds
-    (fastdw.nn.cache.take_stamp with whole=True: in-place edits, swapped tensors, attributes, modules,
-    mode changes, hooks and forwards replaced on a module or a class all drop it). So a model
+    (fastdw.nn.cache.take_stamp with whole=True: in-place edits, swapped tensors, attributes,
+    modules, mode changes, hooks and forwards replaced on a module or a class all drop it). So a model
     that changes on every call (BatchNorms adapting to test data, torch.func.functional_call
     between plain calls) costs a stamp per call, never a build.
 
     forward_modules runs instead in grad mode, training, under anything watching
-    (fastdw.ops.dispatch.cpp_direct, functorch), under autocast (the stem conv would run in its dtype,
-    the program runs float32), for an x other than a plain non-empty 4-D float32 CPU tensor
+    (fastdw.ops.dispatch.cpp_direct, functorch), under autocast (the stem conv would run in its
+    dtype, the program runs float32), for an x other than a plain non-empty 4-D float32 CPU tensor
     with the model's input channels, on a backend other than cpp, with hooks anywhere in the
     model (the root's too), with inference-tensor weights (no version counters, so no stamp),
     and for a model freeze() refuses (that answer is kept too). The module path and the program

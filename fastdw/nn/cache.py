@@ -4,8 +4,8 @@ valid while a stamp of the modules it read holds.
 At batch 1 the Python around a kernel is a large share of a forward (folding is a handful of
 tiny ops per BatchNorm; the public ops check up to 14 tensors and go through the custom-op
 dispatcher), so a module's eval forward caches its bound op call (fastdw.ops.bind), BN already
-folded, but only where nothing can observe it: no autograd (cached tensors carry no graph) and not while
-torch.compile traces (the compiled graph folds itself). The cache holds a stamp of every module
+folded, but only where nothing can observe it: no autograd (cached tensors carry no graph) and
+not while torch.compile traces (the compiled graph folds itself). The cache holds a stamp of every module
 under its owner: each module's attributes (`train()`, `bn.eps = ...`), children
 (`block.conv[1] = ...`) and parameters and buffers by identity, plus each tensor's version
 counter and data pointer, so in-place edits (`bn.running_var.mul_(2)`, most optimizer steps,

@@ -127,7 +127,8 @@ class BoundOp:
     C++ kernel's arguments after x, or None where the cpp kernel does not take such a call. It
     is computed once, here, and only for plain float32 CPU tensors; a call then takes step 1
     with x alone unless autograd must record it, and anything else, or anything the kernel
-    refuses, runs route. x's rank and channels are checked first, so that error names x, not a weight."""
+    refuses, runs route. x's rank and channels are checked first, so that error names x, not a
+    weight."""
 
     __slots__ = ("name", "route", "tensors", "options", "in_channels", "kernel_args",
                  "needs_grad")
