@@ -25,7 +25,7 @@ def eval_forward(model, x, forward_modules):
     between plain calls) costs a stamp per call, never a build.
 
     forward_modules runs instead in grad mode, training, under anything watching
-    (fastdw.ops.dispatch.cpp_direct, functorch), under autocast (the stem conv would run in its
+    (fastdw.ops.dispatch.cpp_direct: modes, functorch, tracing), under autocast (the stem conv would run in its
     dtype, the program runs float32), for an x other than a plain non-empty 4-D float32 CPU tensor
     with the model's input channels, on a backend other than cpp, with hooks anywhere in the
     model (the root's too), with inference-tensor weights (no version counters, so no stamp),
@@ -34,8 +34,7 @@ def eval_forward(model, x, forward_modules):
     linear step's epilogue here), so the first call after a change may differ from the next
     ones in the last bits."""
     if (torch.is_grad_enabled() or model.training or not dispatch.cpp_direct(x)
-            or x.numel() == 0 or torch_internals.global_module_hooks()
-            or torch_internals.functorch_transforms_active()):
+            or x.numel() == 0 or torch_internals.global_module_hooks()):
         return forward_modules(x)
     entry = model.__dict__.get("_fold_cache")  # [stamp, program], replaced in one assignment
     if entry is None:

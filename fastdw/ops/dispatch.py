@@ -40,15 +40,23 @@ def plain(t) -> bool:
     return type(t) in _PLAIN_TYPES
 
 
+def _plain_and_grad_free(tensors, dtype=None) -> bool:
+    """Every entry None or a plain tensor (of `dtype`, if given) that autograd need not record,
+    in one pass (at batch 1 this check is a visible share of a small layer)."""
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN_TYPES
+                              or dtype is not None and t.dtype is not dtype
+                              or grad and t.requires_grad):
+            return False
+    return True
+
+
 def unobserved(tensors) -> bool:
     """True when calling an op's kernel on `tensors` directly is indistinguishable from calling
     its custom op: no autograd graph would be recorded, nothing is watching (observed()), and no
     tensor is a subclass."""
-    if not _PLAIN_TYPES.issuperset(map(type, tensors)):
-        return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return False
-    return not observed()
+    return _plain_and_grad_free(tensors) and not observed()
 
 
 def cpp_direct(x, tensors=(), backend=None) -> bool:
@@ -63,18 +71,9 @@ def cpp_direct(x, tensors=(), backend=None) -> bool:
     its int, bool and str options (torch.ops takes True for an int). A refused call pays for a
     C++ exception, so calls that are fine but need a cast (a float64 scale) do not come here."""
     if not (type(x) is torch.Tensor and x.is_cpu and x.dim() == 4
-            and x.dtype is torch.float32):
-        return False
-    # One pass over the tensors (at batch 1 this check is a visible share of a small layer).
-    grad = torch.is_grad_enabled()
-    if grad and x.requires_grad:
-        return False
-    for t in tensors:
-        if t is not None and (type(t) not in _PLAIN_TYPES or t.dtype is not torch.float32
-                              or grad and t.requires_grad):
-            return False
-    if (observed() or torch.is_autocast_enabled("cpu")
-            or torch_internals.functorch_transforms_active()):
+            and _plain_and_grad_free((x, *tensors), torch.float32) and not observed()
+            and not torch.is_autocast_enabled("cpu")
+            and not torch_internals.functorch_transforms_active()):
         return False
     try:
         return _backend.resolve(backend, "cpu") == "cpp"

@@ -21,6 +21,7 @@ from fastdw.ops._outputs import as_grad, empty_grad, empty_output
 
 _BLOCK_SIZE = len(BlockWeights._fields)
 _CONV_WEIGHTS = ("expand_w", "dw_w", "project_w", "se_w1", "se_w2")
+_SE_FIELDS = ("se_w1", "se_b1", "se_w2", "se_b2")
 
 
 def _schema(leading, returns):
@@ -167,9 +168,8 @@ def _checked_squeeze_excite(x, block):
     """block with its squeeze-excite entries checked (all four or none; 1x1 weights 2-D)."""
     b = block._asdict()
     hidden = b["dw_w"].shape[0]
-    se = ("se_w1", "se_b1", "se_w2", "se_b2")
-    if any(b[name] is not None for name in se):
-        if any(b[name] is None for name in se):
+    if any(b[name] is not None for name in _SE_FIELDS):
+        if any(b[name] is None for name in _SE_FIELDS):
             raise ValueError("squeeze-excite needs all of se_w1, se_b1, se_w2, se_b2, or none")
         b["se_w1"] = checks.one_by_one(b["se_w1"], "se_w1", x, hidden)
         squeeze = b["se_w1"].shape[0]
@@ -181,7 +181,7 @@ def _checked_squeeze_excite(x, block):
 
 
 _REQUIRED = [i for i, name in enumerate(BlockWeights._fields) if name not in BLOCK_OPTIONAL]
-_SQUEEZE_EXCITE = [BlockWeights._fields.index(n) for n in ("se_w1", "se_b1", "se_w2", "se_b2")]
+_SQUEEZE_EXCITE = [BlockWeights._fields.index(n) for n in _SE_FIELDS]
 # 1x1 convs, 2-D at the kernels
 _MATRICES = [BlockWeights._fields.index(n) for n in ("expand_w", "project_w", "se_w1", "se_w2")]
 
