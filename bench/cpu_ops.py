@@ -18,8 +18,7 @@ provider that always ran after the same one would inherit its state: warm or sle
 intra-op threads, caches), so load from other jobs on this shared machine spreads over all of
 them; medians in ms, and the ratios of fastdw-cpp to
 compile-cl (target <= 1.0) and of eager NCHW to fastdw-cpp and to fastdw-frozen (target >= 3x
-faster). Outputs are checked against eager before anything is timed. Compare with
-shared/tools/cpu_op_anchors.py.
+faster). Outputs are checked against eager before anything is timed.
 """
 import argparse
 import copy
