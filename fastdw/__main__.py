@@ -20,6 +20,18 @@ def _image(path):
     return torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1), name
 
 
+def _image_arg(path):
+    """--image: read while parsing, so that a bad file is reported as a bad argument."""
+    try:
+        return _image(path)
+    except Exception as err:  # missing: OSError; not an image: OSError, struct.error, ...
+        # One line, like every argparse error; imageio's messages go on with plugin hints.
+        reason = str(err).partition("\n")[0]
+        raise argparse.ArgumentTypeError(
+            f"cannot read {path!r} as an image ({type(err).__name__}: {reason}); "
+            f"give a readable image file such as a JPEG or PNG") from err
+
+
 def _median_ms(fn, x, runs):
     fn(x)  # warm-up: first-call allocations and fold caches
     times = []
@@ -52,7 +64,7 @@ def demo(args):
               f"(or run torchvision.models.mobilenet_v2(weights='IMAGENET1K_V1') once online).\n"
               f"{banner}")
 
-    image, name = _image(args.image)
+    image, name = args.image or _image(None)
     x = enum.transforms()(image).unsqueeze(0)
     categories = enum.meta["categories"]
     print(f"image: {name} -> input {tuple(x.shape)} float32")
@@ -99,7 +111,8 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("demo", help="classify a photo with fastdw and torchvision "
                               "MobileNetV2 and compare labels, logits and latency")
-    run.add_argument("--image", help="image file (default: skimage.data.chelsea())")
+    run.add_argument("--image", type=_image_arg,
+                     help="image file (default: skimage.data.chelsea())")
     run.add_argument("--runs", type=_positive, default=5, help="timed runs per round (default 5)")
     run.add_argument("--rounds", type=_positive, default=3,
                      help="alternating rounds (default 3)")

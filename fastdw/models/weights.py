@@ -13,7 +13,7 @@ from torchvision.models import WeightsEnum
 
 
 class WeightsUnavailableError(RuntimeError):
-    """A pretrained checkpoint is neither in the hub cache nor downloadable."""
+    """A pretrained checkpoint is neither in the hub cache nor downloadable, or cannot be loaded."""
 
 
 def resolve(weights, enum_cls):
@@ -54,23 +54,67 @@ def cache_path(weights: WeightsEnum) -> str:
 def state_dict(weights, progress=True):
     """The checkpoint's state_dict, from a file path or a weights enum via the hub cache."""
     if isinstance(weights, str):
-        return torch.load(weights, map_location="cpu", weights_only=True)
+        return _load(weights, "pass weights= a complete PyTorch checkpoint file")
     path = cache_path(weights)
     if not os.path.isfile(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        # torchvision names checkpoints <name>-<sha256 prefix>.pth; verify what we download.
-        match = re.search(r"-([a-f0-9]+)\.", os.path.basename(path))
+        _download(weights, path, progress)
+    return _load(path, "delete it to have it downloaded again, or replace it with a complete "
+                       "copy")
+
+
+def _load(path, remedy):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's errors do not name the file; an empty one's is blank
+        raise WeightsUnavailableError(
+            f"cannot load checkpoint {path} ({type(err).__name__}: "
+            f"{str(err) or 'the file is empty or truncated'}); {remedy}") from err
+
+
+def _download(weights, path, progress):
+    """Download weights' checkpoint to path; on failure, remove the directories made for it."""
+    directory = os.path.dirname(path)
+    new_dirs = _missing_dirs(directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as err:  # TORCH_HOME unwritable, or under a file
+        _remove_empty(new_dirs)
+        raise _unavailable(weights, path, f"{directory} cannot be created", err) from err
+    # torchvision names checkpoints <name>-<sha256 prefix>.pth; verify what we download.
+    match = re.search(r"-([a-f0-9]+)\.", os.path.basename(path))
+    try:
+        torch.hub.download_url_to_file(weights.url, path, match and match.group(1),
+                                       progress=progress)
+    except Exception as err:  # offline, proxy, DNS, HTTP or hash errors all end the same way
+        _remove_empty(new_dirs)
+        raise _unavailable(weights, path, f"it could not be downloaded from {weights.url}",
+                           err) from err
+
+
+def _unavailable(weights, path, problem, err):
+    directory, name = os.path.split(path)
+    return WeightsUnavailableError(
+        f"{weights} needs {name}, which is not in {directory}, and {problem} "
+        f"({type(err).__name__}: {err}). Copy the file into that directory, or set TORCH_HOME / "
+        f"torch.hub.set_dir to a writable directory (or one whose checkpoints/ holds it), or "
+        f"pass weights=<path to the file>.")
+
+
+def _missing_dirs(directory):
+    """directory and those of its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while directory and not os.path.exists(directory):  # "": the top of a relative path
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    return missing
+
+
+def _remove_empty(dirs):
+    for d in dirs:
         try:
-            torch.hub.download_url_to_file(weights.url, path, match and match.group(1),
-                                           progress=progress)
-        except Exception as err:  # offline, proxy, DNS, HTTP or hash errors all end the same way
-            raise WeightsUnavailableError(
-                f"{weights} needs {os.path.basename(path)}, which is not in "
-                f"{os.path.dirname(path)} and could not be downloaded from {weights.url} "
-                f"({type(err).__name__}: {err}). Copy the file into that directory (or set "
-                f"TORCH_HOME / torch.hub.set_dir to a directory whose checkpoints/ holds it), "
-                f"or pass weights=<path to the file>.") from err
-    return torch.load(path, map_location="cpu", weights_only=True)
+            os.rmdir(d)
+        except OSError:  # makedirs stopped above it, or another process has used it since
+            pass
 
 
 def num_classes_for(weights, num_classes):

@@ -9,10 +9,14 @@ from skimage import data  # noqa: F401  (the demo needs scikit-image; fail here 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 
 
-def run(args, torch_home):
+def python_m_fastdw(args, torch_home):
     env = {**os.environ, "TORCH_HOME": str(torch_home)}
-    done = subprocess.run([sys.executable, "-m", "fastdw", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fastdw", *args], capture_output=True,
                           text=True, env=env, timeout=300)
+
+
+def run(args, torch_home):
+    done = python_m_fastdw(args, torch_home)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -39,6 +43,17 @@ def test_demo_with_cached_imagenet_weights(checkpoint, tmp_path):
 def test_demo_without_weights_says_random(tmp_path):
     out = run(["demo", "--runs", "1", "--rounds", "1"], tmp_path)
     assert "RANDOM weights" in out and "mobilenet_v2-b0353104.pth" in out
+
+
+def test_demo_with_unreadable_image_is_an_argument_error(tmp_path):
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("not a JPEG")
+    for path in (tmp_path / "missing.jpg", not_an_image):
+        done = python_m_fastdw(["demo", "--image", str(path)], tmp_path)
+        assert done.returncode == 2, done.stderr  # argparse's exit status for a bad argument
+        assert "Traceback" not in done.stderr, done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert "argument --image" in last and str(path) in last, done.stderr
 
 
 def test_info_lists_backends(tmp_path):

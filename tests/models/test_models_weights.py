@@ -83,6 +83,37 @@ def test_offline_and_missing_names_file_and_directory(builder, filename, hub_dir
     assert str(hub_dir / "checkpoints") in str(err.value)
 
 
+def test_unusable_torch_home_names_the_directory(hub_dir, monkeypatch):
+    # TORCH_HOME under a regular file: makedirs fails even for root (chmod would not).
+    blocker = hub_dir.parent / "not_a_directory"
+    blocker.write_text("")
+    monkeypatch.setenv("TORCH_HOME", str(blocker))
+    with pytest.raises(WeightsUnavailableError) as err:
+        fm.mobilenet_v2(weights="IMAGENET1K_V1")
+    assert str(blocker / "hub" / "checkpoints") in str(err.value)
+    assert "TORCH_HOME" in str(err.value)
+
+
+def test_failed_download_leaves_no_new_directories(hub_dir):
+    with pytest.raises(WeightsUnavailableError):
+        fm.mobilenet_v2(weights="IMAGENET1K_V1")
+    assert not hub_dir.exists()
+    hub_dir.mkdir()  # a directory that was there before stays
+    with pytest.raises(WeightsUnavailableError):
+        fm.mobilenet_v2(weights="IMAGENET1K_V1")
+    assert hub_dir.is_dir() and not any(hub_dir.iterdir())
+
+
+@pytest.mark.parametrize("where", ["hub cache", "weights= path"])
+def test_empty_checkpoint_names_the_file(where, hub_dir):
+    empty = hub_dir / "checkpoints" / "mobilenet_v2-b0353104.pth"
+    empty.parent.mkdir(parents=True)
+    empty.write_bytes(b"")
+    with pytest.raises(WeightsUnavailableError, match="empty or truncated") as err:
+        fm.mobilenet_v2(weights="IMAGENET1K_V1" if where == "hub cache" else str(empty))
+    assert str(empty) in str(err.value)
+
+
 def test_num_classes_must_match_weights(hub_dir):
     with pytest.raises(ValueError, match="num_classes=10"):
         fm.mobilenet_v2(weights="IMAGENET1K_V1", num_classes=10)
