@@ -5,7 +5,9 @@
     2. the op's Python checks: normalise the arguments, or raise an error naming the bad one
     3. backend.resolve: the backend for x's device
     4. run(): that backend's kernel, called directly where nothing could tell (unobserved), else
-       through the op's torch.library custom op (autograd, torch.compile, modes, subclasses)
+       through the op's torch.library custom op (autograd, torch.compile, modes, subclasses),
+       or, where the custom op cannot carry the call (forward AD, functorch transforms), the
+       reference backend's composite of stock ops
 
 The public ops (fastdw/ops/<op>.py) take this route on every call. A BoundOp is an op with
 everything but x fixed and validated once: fastdw.nn's modules hold one per fused layer and
@@ -100,20 +102,33 @@ def run_kernel(backend, name, *args):
     return kernel(*args)
 
 
+def composite_only(tensors) -> bool:
+    """True where the op's custom op cannot carry a call that the reference backend's composite
+    of stock ops can, so the op runs as that composite (fastdw.kernels.reference) instead:
+      * functorch transforms (torch.func.grad, vjp, jacrev, jvp, hessian; vmap of a call that
+        autograd records): torch.library runs a custom op's autograd as an autograd.Function
+        without setup_context, which functorch refuses;
+      * forward-mode AD (a dual tensor): the ops have no jvp formula, and the custom op would
+        drop the tangents.
+    Never under torch.compile, whose graphs record the custom op."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch_internals.functorch_transforms_active() or (
+        torch_internals.dual_level_open() and any(
+            t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+            for t in tensors))
+
+
 def run(custom_op, name, tensors, args, backend, kernel_args=None):
     """Step 4: custom_op(*args, backend), which runs backend `backend`'s kernel for op `name`
-    on kernel_args (default args), or that kernel called directly where nothing could tell the
-    difference (unobserved(tensors)).
-    Dual tensors (forward-mode AD: torch.func.jvp, torch.autograd.forward_ad) are refused: the
-    ops have no forward-mode formula, and the custom op would silently drop their tangents."""
+    on kernel_args (default args); or that kernel called directly where nothing could tell the
+    difference (unobserved(tensors)); or the reference kernel, a composite of stock ops, where
+    the custom op cannot carry the call (composite_only(tensors))."""
+    kernel_args = args if kernel_args is None else kernel_args
     if unobserved(tensors):
-        return run_kernel(backend, name, *(args if kernel_args is None else kernel_args))
-    if torch_internals.dual_level_open() and any(
-            t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
-            for t in tensors):
-        raise NotImplementedError(f"fastdw.ops.{name} has no forward-mode AD (jvp) formula; "
-                                  "use backward-mode autograd (torch.autograd.grad, "
-                                  "torch.func.vjp) instead")
+        return run_kernel(backend, name, *kernel_args)
+    if composite_only(tensors):
+        return run_kernel("reference", name, *kernel_args)
     return custom_op(*args, backend)
 
 

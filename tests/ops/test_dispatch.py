@@ -1,6 +1,7 @@
 """fastdw/ops/dispatch.py: a public op calls its backend kernel directly only where nothing could
-tell it from the custom op (same result bit for bit); wherever autograd, tracing, forward AD,
-a torch function / dispatch mode or a tensor subclass is involved, the custom op runs."""
+tell it from the custom op (same result bit for bit); wherever autograd, tracing, a torch
+function / dispatch mode or a tensor subclass is involved, the custom op runs, and where the
+custom op cannot carry the call (dual tensors, functorch transforms), the stock composite."""
 import contextlib
 
 import pytest
@@ -95,23 +96,14 @@ def test_jit_trace_records_the_custom_op():
     assert "fastdw::dwconv_bn_act" in str(traced.graph)
 
 
-def test_forward_ad_is_refused_not_silently_dropped():
-    # The ops have no forward-mode formula: a dual input raises instead of losing its tangent.
+def test_dual_inputs_run_the_stock_composite():
+    # The custom ops have no forward-mode formula (they would drop the tangent): a dual input
+    # runs the reference composite instead (tests/ops/test_autograd_compat.py: its tangents).
     x, w, scale, shift = dw_args()
-    pw_w, ew, dw, pj = torch.randn(6, 8), torch.randn(16, 8), torch.randn(16, 1, 3, 3), \
-        torch.randn(8, 16)
-    cases = [(lambda t: ops.dwconv_bn_act(t, w, scale, shift), x),
-             (lambda t: ops.pwconv_bn_act(t, pw_w, act="relu"), x),
-             (lambda t: ops.pwconv_bn_act(x, pw_w, residual=t), torch.randn(2, 6, 6, 5)),
-             (lambda t: ops.inverted_residual(t, ew, None, None, dw, None, None, pj, None, None),
-              torch.randn(1, 8, 6, 6))]
-    for fn, primal in cases:
-        with pytest.raises(NotImplementedError, match="has no forward-mode AD"):
-            torch.func.jvp(fn, (primal,), (torch.ones_like(primal),))
     with torch.no_grad(), fwAD.dual_level():
         dual = fwAD.make_dual(x, torch.randn_like(x))
-        with pytest.raises(NotImplementedError, match="dwconv_bn_act has no forward-mode AD"):
-            ops.dwconv_bn_act(dual, w, scale, shift)
+        out, ran = fastdw_events(lambda: ops.dwconv_bn_act(dual, w, scale, shift))
+        assert "fastdw::dwconv_bn_act" not in ran and fwAD.unpack_dual(out).tangent is not None
         # an open dual level without dual inputs: the custom op runs as usual
         _, ran = fastdw_events(lambda: ops.dwconv_bn_act(x, w, scale, shift))
     assert "fastdw::dwconv_bn_act" in ran
