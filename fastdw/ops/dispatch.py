@@ -132,6 +132,25 @@ def run(custom_op, name, tensors, args, backend, kernel_args=None):
     return custom_op(*args, backend)
 
 
+def backward(name, grad, tensors, kernel_args, backward_op):
+    """The gradients an op's autograd formula returns, one for each of `tensors` (its saved
+    inputs, None for an absent one) that is not None: backward_op(), which calls the op's
+    backward custom op; or, where autograd records the backward itself (create_graph=True turns
+    grad mode on while a backward runs), the gradients of op `name`'s reference composite of
+    stock ops on kernel_args, which autograd can differentiate again (the backward custom ops
+    have no derivative, and neither has every aten backward op the reference backward uses,
+    e.g. silu_backward)."""
+    if not torch.is_grad_enabled():
+        return backward_op()
+    given = [t for t in tensors if t is not None]
+    wanted = [t for t in given if t.requires_grad]
+    if not wanted:
+        return [None] * len(given)
+    out = run_kernel("reference", name, *kernel_args)
+    grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True, allow_unused=True))
+    return [next(grads) if t.requires_grad else None for t in given]
+
+
 class BoundOp:
     """An op with everything but x fixed, for inputs of `in_channels` channels: what a fused
     module calls per forward (made by fastdw.ops.bind).

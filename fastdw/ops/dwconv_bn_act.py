@@ -44,7 +44,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad):
-    grads = torch.ops.fastdw.dwconv_bn_act_backward(grad, *ctx.saved_tensors, *ctx.config)
+    tensors = ctx.saved_tensors
+    grads = dispatch.backward(
+        "dwconv_bn_act", grad, tensors, (*tensors, *ctx.config[:-1]),
+        lambda: torch.ops.fastdw.dwconv_bn_act_backward(grad, *tensors, *ctx.config))
     return (*grads, None, None, None, None, None)
 
 

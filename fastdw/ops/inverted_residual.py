@@ -77,7 +77,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     x, *block = ctx.saved_tensors
-    grads = iter(torch.ops.fastdw.inverted_residual_backward(grad, x, *block, *ctx.options))
+    grads = iter(dispatch.backward(
+        "inverted_residual", grad, (x, *block), (x, BlockWeights._make(block), *ctx.options[:-1]),
+        lambda: torch.ops.fastdw.inverted_residual_backward(grad, x, *block, *ctx.options)))
     return (next(grads), *(None if t is None else next(grads) for t in block),
             *(None for _ in ctx.options))
 

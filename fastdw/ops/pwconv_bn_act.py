@@ -41,7 +41,11 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad):
-    grads = torch.ops.fastdw.pwconv_bn_act_backward(grad, *ctx.saved_tensors, ctx.act, ctx.backend)
+    tensors = ctx.saved_tensors
+    # The residual's gradient is grad itself, so the composite runs without it.
+    grads = dispatch.backward(
+        "pwconv_bn_act", grad, tensors, (*tensors, ctx.act, None),
+        lambda: torch.ops.fastdw.pwconv_bn_act_backward(grad, *tensors, ctx.act, ctx.backend))
     return (*grads, None, grad if ctx.has_residual else None, None)
 
 

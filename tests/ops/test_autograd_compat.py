@@ -1,5 +1,5 @@
-"""The ops under the autograd paths stock PyTorch offers (torch.func transforms, forward-mode
-AD), against the float64 stock oracle (op_oracle) on fresh random inputs."""
+"""The ops under every autograd path stock PyTorch offers (torch.func transforms, forward-mode
+AD, double backward), against the float64 stock oracle (op_oracle) on fresh random inputs."""
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -94,3 +94,37 @@ def test_forward_mode_ad_matches_the_oracle(backend_name, name):
         tangent = fwAD.unpack_dual(out).tangent
     _, want = torch.func.jvp(stock, tuple(tensors), tuple(tangents))
     numerics.assert_close(tangent, want, F32)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_double_backward_matches_the_oracle(backend_name, name):
+    tensors, op, stock = setup(name, backend_name)
+    cotangent, direction = None, [torch.randn(t.shape) for t in tensors]
+
+    def second_order(fn, inputs):
+        """(gradients with create_graph=True, then the gradients of <gradients, direction>)."""
+        nonlocal cotangent
+        out = fn(*inputs)
+        cotangent = torch.randn(out.shape) if cotangent is None else cotangent
+        first = torch.autograd.grad(out, inputs, cotangent.to(out.dtype), create_graph=True)
+        dot = sum((g * d.to(g.dtype)).sum() for g, d in zip(first, direction))
+        return first, torch.autograd.grad(dot, inputs, allow_unused=True)
+
+    got = second_order(op, [t.clone().requires_grad_() for t in tensors])
+    want = second_order(stock, [t.double().requires_grad_() for t in tensors])
+    assert_all_close(got[0], want[0])
+    # A gradient that does not depend on an input (the residual's) is None on both sides.
+    assert [g is None for g in got[1]] == [w is None for w in want[1]]
+    assert_all_close([g for g in got[1] if g is not None], [w for w in want[1] if w is not None])
+
+
+def test_double_backward_of_hardsigmoid_fails_like_stock(backend_name):
+    # Stock PyTorch has no second derivative of hardsigmoid (the squeeze-excite gate and the
+    # activation): the second backward raises as it does for a stock model, never a wrong value.
+    (x, w, s, b), _ = dw_case()
+    x.requires_grad_()
+    for fn in (torch.nn.functional.hardsigmoid,
+               lambda t: ops.dwconv_bn_act(t, w, s, b, act="hardsigmoid", backend=backend_name)):
+        grad, = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="hardsigmoid_backward is not implemented"):
+            grad.sum().backward()
