@@ -30,6 +30,9 @@ def _tensor(t, name):
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating-point tensor "
                         f"(float32, float16, bfloat16 or float64), got {t.dtype}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}; "
+                        f"call .to_dense() first")
     return t
 
 
