@@ -70,17 +70,19 @@ def autocast(x, *tensors):
 
 
 def feature_map(x, name="x"):
-    """A 4-D (N, C, H, W) floating tensor, any strides."""
+    """A 4-D (N, C, H, W) floating tensor, any strides; N may be 0 (an empty batch), as for
+    stock convolutions, but not C, H or W."""
     _tensor(x, name)
     if x.dim() != 4:
         raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.numel() == 0:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    if 0 in x.shape[1:]:
+        raise ValueError(f"{name} must have C, H and W >= 1, got shape {tuple(x.shape)}")
     return x
 
 
 def like_input(t, name, x, shape):
-    """A tensor with x's dtype and device and exactly `shape` (None entries match anything)."""
+    """A tensor with x's dtype and device and exactly `shape` (None entries match anything),
+    not empty unless `shape` says so (a residual for an empty batch)."""
     _tensor(t, name)
     _same_device(t, name, x)
     if t.dtype != x.dtype:
@@ -88,7 +90,7 @@ def like_input(t, name, x, shape):
     if t.dim() != len(shape) or [s for s, d in zip(shape, t.shape) if s is not None and s != d]:
         want = tuple("*" if s is None else s for s in shape)
         raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
-    if t.numel() == 0:
+    if t.numel() == 0 and 0 not in shape:
         raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
     return t
 

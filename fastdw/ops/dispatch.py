@@ -123,8 +123,12 @@ def run(custom_op, name, tensors, args, backend, kernel_args=None):
     """Step 4: custom_op(*args, backend), which runs backend `backend`'s kernel for op `name`
     on kernel_args (default args); or that kernel called directly where nothing could tell the
     difference (unobserved(tensors)); or the reference kernel, a composite of stock ops, where
-    the custom op cannot carry the call (composite_only(tensors))."""
+    the custom op cannot carry the call (composite_only(tensors)). An empty batch (x, the
+    first tensor, has N = 0) runs on reference, whose stock ops return the empty output and
+    zero weight gradients: the C++ kernels refuse it, and it needs no fast kernel."""
     kernel_args = args if kernel_args is None else kernel_args
+    if tensors[0].shape[0] == 0:
+        backend = "reference"
     if unobserved(tensors):
         return run_kernel(backend, name, *kernel_args)
     if composite_only(tensors):

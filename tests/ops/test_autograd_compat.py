@@ -1,5 +1,6 @@
 """The ops under every autograd path stock PyTorch offers (torch.func transforms, forward-mode
-AD, double backward), against the float64 stock oracle (op_oracle) on fresh random inputs."""
+AD, double backward) and on an empty batch, against the float64 stock oracle (op_oracle) on
+fresh random inputs."""
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -128,3 +129,23 @@ def test_double_backward_of_hardsigmoid_fails_like_stock(backend_name):
         grad, = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
         with pytest.raises(RuntimeError, match="hardsigmoid_backward is not implemented"):
             grad.sum().backward()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("name", OPS)
+def test_empty_batch_gives_empty_outputs_and_zero_weight_gradients(backend_name, name, layout):
+    tensors, op, stock = setup(name, backend_name, n=0)
+    if layout == "channels_last":
+        tensors = tuple(t.to(memory_format=torch.channels_last) if t.dim() == 4 else t
+                        for t in tensors)
+    with torch.no_grad():  # the kernel-first route (dispatch.cpp_direct) on cpp
+        assert op(*tensors).shape == stock(*tensors).shape
+    inputs = [t.clone().requires_grad_() for t in tensors]
+    out = op(*inputs)
+    ref_inputs = [t.double().requires_grad_() for t in tensors]
+    ref = stock(*ref_inputs)
+    assert out.shape == ref.shape and out.shape[0] == 0 and out.dtype == F32
+    got = torch.autograd.grad(out.sum(), inputs)
+    want = torch.autograd.grad(ref.sum(), ref_inputs)
+    for g, w in zip(got, want, strict=True):  # empty, or zeros: exactly the oracle's
+        torch.testing.assert_close(g, w.float(), rtol=0, atol=0)

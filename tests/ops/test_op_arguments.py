@@ -41,6 +41,7 @@ CASES = [
     # (call, exception, text the message must contain)
     (dw_call(x=torch.randn(8, 6, 6)), ValueError, "x must be 4-D"),
     (dw_call(x=torch.randn(1, 8, 6, 6, 1)), ValueError, "x must be 4-D"),
+    (dw_call(x=torch.randn(1, 8, 0, 6)), ValueError, "x must have C, H and W >= 1"),
     (dw_call(x=torch.randint(0, 5, (1, 8, 6, 6))), TypeError, "x must be a floating"),
     (dw_call(x=[[1.0]]), TypeError, "x must be a torch.Tensor"),
     (dw_call(x=X.to_sparse()), TypeError, "x must be a dense (strided) tensor, got layout"),
