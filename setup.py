@@ -47,7 +47,9 @@ setup(
     install_requires=["torch>=2.4", "torchvision>=0.19", "numpy"],
     extras_require={
         "demo": ["scikit-image"],
-        "test": ["pytest", "pytest-benchmark", "scikit-image", "matplotlib"],
+        # onnx: the TorchScript ONNX exporter needs it, and its reference evaluator runs the
+        # exported models in tests/test_reliability_autograd_compat.py.
+        "test": ["pytest", "pytest-benchmark", "scikit-image", "matplotlib", "onnx>=1.15"],
         # ONNX Runtime is an optional provider of the CPU benchmarks (bench/README.md).
         "bench": ["pytest-benchmark", "onnxruntime>=1.17", "onnx>=1.15"],
     },

@@ -1,6 +1,10 @@
-"""A fastdw model where PyTorch's tools and edge cases meet it: an empty batch, against
-torchvision's MobileNetV2 holding the same weights, run in float64."""
+"""A fastdw model where PyTorch's tools and edge cases meet it: an empty batch (against
+torchvision's MobileNetV2 holding the same weights, run in float64) and the TorchScript ONNX
+exporter (the exported model run by onnx's reference evaluator, against the model in float64)."""
+import io
 
+import onnx
+import onnx.reference
 import pytest
 import torch
 import torchvision
@@ -31,3 +35,18 @@ def test_empty_batch_gives_empty_logits_and_gradients(pair, mode):
     assert x_ours.grad.shape == x.shape
     for (name, p), q in zip(ours.named_parameters(), stock.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad.float(), rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_torchscript_onnx_export_runs_as_the_model(randomize_bn, accurate, mode):
+    # The exporter exports the eval forward (training=EVAL, its default) in either mode.
+    model = getattr(randomize_bn(fastdw.models.mobilenet_v2()), mode)()
+    x = torch.randn(1, 3, 32, 32)
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x,), buffer, dynamo=False)
+    exported = onnx.load_from_string(buffer.getvalue())
+    assert {o.domain for o in exported.opset_import} == {""}  # standard ONNX ops only
+    out, = onnx.reference.ReferenceEvaluator(exported).run(
+        None, {exported.graph.input[0].name: x.numpy()})
+    assert model.training == (mode == "train")
+    assert accurate(torch.from_numpy(out), model.eval(), x)

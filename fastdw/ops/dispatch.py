@@ -6,8 +6,8 @@
     3. backend.resolve: the backend for x's device
     4. run(): that backend's kernel, called directly where nothing could tell (unobserved), else
        through the op's torch.library custom op (autograd, torch.compile, modes, subclasses),
-       or, where the custom op cannot carry the call (forward AD, functorch transforms), the
-       reference backend's composite of stock ops
+       or, where the custom op cannot carry the call (forward AD, functorch transforms, ONNX
+       export), the reference backend's composite of stock ops
 
 The public ops (fastdw/ops/<op>.py) take this route on every call. A BoundOp is an op with
 everything but x fixed and validated once: fastdw.nn's modules hold one per fused layer and
@@ -109,14 +109,18 @@ def composite_only(tensors) -> bool:
         autograd records): torch.library runs a custom op's autograd as an autograd.Function
         without setup_context, which functorch refuses;
       * forward-mode AD (a dual tensor): the ops have no jvp formula, and the custom op would
-        drop the tangents.
+        drop the tangents;
+      * the TorchScript ONNX exporter (torch.onnx.export(dynamo=False)): the custom ops have no
+        ONNX symbolic, and the exporter's trace of the composite is plain ONNX.
     Never under torch.compile, whose graphs record the custom op."""
     if torch.compiler.is_compiling():
         return False
-    return torch_internals.functorch_transforms_active() or (
-        torch_internals.dual_level_open() and any(
-            t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
-            for t in tensors))
+    return (torch_internals.functorch_transforms_active()
+            or (torch_internals.dual_level_open() and any(
+                t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+                for t in tensors))
+            # the exporter runs a jit trace; only then is torch.onnx (imported lazily) asked
+            or (torch.jit.is_tracing() and torch.onnx.is_in_onnx_export()))
 
 
 def run(custom_op, name, tensors, args, backend, kernel_args=None):
