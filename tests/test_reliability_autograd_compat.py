@@ -1,6 +1,7 @@
 """A fastdw model where PyTorch's tools and edge cases meet it: an empty batch (against
-torchvision's MobileNetV2 holding the same weights, run in float64) and the TorchScript ONNX
-exporter (the exported model run by onnx's reference evaluator, against the model in float64)."""
+torchvision's MobileNetV2 holding the same weights, run in float64), the TorchScript ONNX
+exporter (the exported model run by onnx's reference evaluator) and torch.fx (the traced
+GraphModule), each against the model in float64."""
 import io
 
 import onnx
@@ -50,3 +51,14 @@ def test_torchscript_onnx_export_runs_as_the_model(randomize_bn, accurate, mode)
         None, {exported.graph.input[0].name: x.numpy()})
     assert model.training == (mode == "train")
     assert accurate(torch.from_numpy(out), model.eval(), x)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_fx_symbolic_trace_runs_as_the_model(randomize_bn, accurate, mode):
+    # dropout 0: a train-mode forward is then deterministic
+    model = getattr(randomize_bn(fastdw.models.mobilenet_v2(dropout=0.0)), mode)()
+    traced = torch.fx.symbolic_trace(model)
+    # the fused modules are leaves, as torch.nn's own layers are
+    assert "call_module" in {n.op for n in traced.graph.nodes}
+    x = torch.randn(2, 3, 64, 64)
+    assert accurate(traced(x), model, x)

@@ -9,13 +9,14 @@ sit:
 In eval mode (every BN folded) a block is exactly one fastdw.ops.inverted_residual call, bound
 once per change of the block (fastdw.ops.bind, cached under fastdw.nn.cache's stamp).
 """
+import torch
 from torch import nn
 
 from fastdw import ops
 from fastdw.contract import BlockWeights, adds_residual, same_padding
 from fastdw.nn.cache import CachedForward, cached
 from fastdw.nn.fold import foldable
-from fastdw.nn.layers import ConvBNAct, DWConvBNAct, SqueezeExcite
+from fastdw.nn.layers import ConvBNAct, DWConvBNAct, SqueezeExcite, traced_as_leaf
 from fastdw.ops.checks import matrix
 
 
@@ -67,6 +68,8 @@ class InvertedResidualBlock(CachedForward, nn.Module):
                 and project.padding == (0, 0) and isinstance(project_bn, nn.BatchNorm2d))
 
     def forward(self, x):
+        if isinstance(x, torch.fx.Proxy):
+            return traced_as_leaf(self, x)
         bound = cached(self, self.bound_op)
         if bound is None:  # a BN trains: the stages one by one
             y = getattr(self, self._layers_name)(x)

@@ -35,6 +35,14 @@ def symmetric_conv(conv: nn.Conv2d) -> bool:
             and conv.padding_mode == "zeros" and conv.bias is None)
 
 
+def traced_as_leaf(module, x):
+    """The call_module node torch.fx.symbolic_trace records for `module` on x (an fx Proxy),
+    as it does for torch.nn's own layers. A fused module's forward branches on its state (a BN
+    that trains, its fold cache) and checks x, which symbolic values cannot decide, so the
+    traced graph calls the module itself."""
+    return x.tracer.create_proxy("call_module", x.tracer.path_of_module(module), (x,), {})
+
+
 def act_module(act):
     if act != "none" and act not in ACT_MODULES:
         raise ValueError(f"act must be one of {['none', *ACT_MODULES]}, got {act!r}")
@@ -84,6 +92,8 @@ class ConvBNAct(CachedForward, nn.Sequential):
         return conv(x)
 
     def forward(self, x):
+        if isinstance(x, torch.fx.Proxy):
+            return traced_as_leaf(self, x)
         folded = cached(self, self._folded)
         if folded is None:  # the BN trains: batch statistics, running-stat updates
             x = self[1](self._conv(x))
