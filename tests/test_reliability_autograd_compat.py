@@ -1,7 +1,7 @@
 """A fastdw model where PyTorch's tools and edge cases meet it: an empty batch (against
 torchvision's MobileNetV2 holding the same weights, run in float64), the TorchScript ONNX
-exporter (the exported model run by onnx's reference evaluator) and torch.fx (the traced
-GraphModule), each against the model in float64."""
+exporter (the exported model run by onnx's reference evaluator), torch.fx (the traced
+GraphModule) and torch.jit.trace (the traced module), each against the model in float64."""
 import io
 
 import onnx
@@ -11,6 +11,7 @@ import torch
 import torchvision
 
 import fastdw.models
+import numerics
 
 
 @pytest.fixture
@@ -61,4 +62,26 @@ def test_fx_symbolic_trace_runs_as_the_model(randomize_bn, accurate, mode):
     # the fused modules are leaves, as torch.nn's own layers are
     assert "call_module" in {n.op for n in traced.graph.nodes}
     x = torch.randn(2, 3, 64, 64)
+    assert accurate(traced(x), model, x)
+
+
+def test_jit_trace_of_the_classifier_runs_as_it(randomize_bn):
+    # torch.jit.trace checks its trace against a second one made under no_grad, where
+    # fastdw.nn.Linear may take its C++ GEMM: the two must record the same graph.
+    classifier = randomize_bn(fastdw.models.mobilenet_v2()).classifier.eval()
+    features = torch.randn(2, 1280)
+    out = torch.jit.trace(classifier, (features,))(features)
+    with torch.no_grad():
+        ref = classifier.double()(features.double())
+    numerics.assert_close(out, ref, torch.float32)
+
+
+@pytest.mark.xfail(raises=torch.jit.TracingCheckError, strict=True,
+                   reason="fastdw.nn.cache.cached() must compute afresh under "
+                          "torch.jit.is_tracing(): the check's no_grad trace uses the cache")
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_jit_trace_runs_as_the_model(randomize_bn, accurate, mode):
+    model = getattr(randomize_bn(fastdw.models.mobilenet_v2(dropout=0.0)), mode)()
+    x = torch.randn(2, 3, 64, 64)
+    traced = torch.jit.trace(model, (x,))
     assert accurate(traced(x), model, x)

@@ -162,7 +162,11 @@ class Linear(nn.Linear):
         w, b = self.weight, self.bias
         # Only where the result and any error are nn.Linear's (the op checks arguments in its
         # own words, and refuses empty tensors and mixed dtypes that nn.Linear handles).
-        if not (not torch.is_grad_enabled() and b is not None and isinstance(x, torch.Tensor)
+        # Under a jit trace (which cpp_direct refuses) x is not even read: the tracer names a
+        # value after the first variable that reads it, and torch.jit.trace's check, which
+        # traces again under no_grad, compares the names.
+        if not (not torch.is_grad_enabled() and not torch.jit.is_tracing() and b is not None
+                and isinstance(x, torch.Tensor)
                 and x.dim() == 2 and x.shape[0] > 0 and x.shape[1] == self.in_features > 0
                 and w.is_cpu and b.is_cpu
                 and dispatch.cpp_direct(x4 := x[:, :, None, None], (w, b))):
