@@ -1,9 +1,14 @@
 #include "packed_weights.h"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_strided.h>
 #include <c10/core/Storage.h>
 
+#include <pthread.h>
+
+#include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <tuple>
 #include <vector>
@@ -13,19 +18,22 @@ namespace {
 
 enum Kind { kGemmB, kDwTaps };
 
-// While an entry holds its storage weakly, that StorageImpl's address is not reused, so a key
-// found for a live tensor always names that tensor's own storage.
-struct Entry {
-  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
-  const void* data;
-  std::vector<int64_t> sizes, strides;
-  at::ScalarType dtype;
-  int64_t version;
-  at::Tensor packed;
+using Pack = at::Tensor (*)(const at::Tensor&);
 
-  bool matches(const at::Tensor& w) const {
-    return data == w.data_ptr() && w.sizes().vec() == sizes &&
-           w.strides().vec() == strides && w.scalar_type() == dtype && w._version() == version;
+// Immutable once made; a lookup takes a reference under the lock and compares outside it.
+struct Entry {
+  // While held weakly, that StorageImpl's address is not reused: a key found for a live weight
+  // names that weight's own storage (and an expired one marks an entry to drop).
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+  at::Tensor copy;    // the weight's bytes when packed, in its sizes and strides
+  at::Tensor packed;  // pack(copy)
+
+  // Whether the weight still is what was packed: same layout, same bytes. The weight's memory
+  // is one dense block (cached() checks), so its bytes are nbytes from its data pointer.
+  bool serves(const at::Tensor& w) const {
+    return w.scalar_type() == copy.scalar_type() && w.sizes() == copy.sizes() &&
+           w.strides() == copy.strides() &&
+           std::memcmp(w.const_data_ptr(), copy.const_data_ptr(), w.nbytes()) == 0;
   }
 };
 
@@ -34,34 +42,46 @@ struct Entry {
 constexpr size_t kMaxEntries = 4096;
 
 std::mutex cache_mutex;
-std::map<std::tuple<const c10::StorageImpl*, int64_t, int>, Entry> cache;
+std::map<std::tuple<const c10::StorageImpl*, int64_t, int>, std::shared_ptr<const Entry>> cache;
 
-at::Tensor cached(const at::Tensor& w, Kind kind, at::Tensor (*pack)(const at::Tensor&)) {
-  if (w.is_inference() || !w.has_storage()) return pack(w);
+// fork() waits for a lookup or insertion in progress; parent and child go on with the lock free.
+[[maybe_unused]] const int fork_handlers_registered = pthread_atfork(
+    [] { cache_mutex.lock(); }, [] { cache_mutex.unlock(); }, [] { cache_mutex.unlock(); });
+
+std::shared_ptr<const Entry> make_entry(const at::Tensor& w, Pack pack) {
+  at::Tensor copy = at::empty_strided(w.sizes(), w.strides(), w.options());
+  std::memcpy(copy.mutable_data_ptr(), w.const_data_ptr(), w.nbytes());
+  at::Tensor packed = pack(copy);
+  return std::make_shared<const Entry>(Entry{.storage = w.storage().getWeakStorageImpl(),
+                                             .copy = std::move(copy),
+                                             .packed = std::move(packed)});
+}
+
+at::Tensor cached(const at::Tensor& w, Kind kind, Pack pack) {
+  if (!w.has_storage() || w.numel() == 0 || !w.is_non_overlapping_and_dense()) return pack(w);
   const auto key = std::make_tuple(w.storage().unsafeGetStorageImpl(), w.storage_offset(),
                                    static_cast<int>(kind));
+  std::shared_ptr<const Entry> found;
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
     const auto it = cache.find(key);
-    if (it != cache.end() && it->second.matches(w)) return it->second.packed;
+    if (it != cache.end()) found = it->second;
   }
-  // Packed outside the lock; two threads packing the same weight both store the same result.
-  at::Tensor packed = pack(w);
-  std::vector<at::Tensor> dropped;  // freed after the lock is released (declared before it)
+  if (found && found->serves(w)) return found->packed;
+  const std::shared_ptr<const Entry> entry = make_entry(w, pack);
+  std::vector<std::shared_ptr<const Entry>> dropped;  // freed after the lock is released
   std::lock_guard<std::mutex> lock(cache_mutex);
   for (auto it = cache.begin(); it != cache.end();) {
-    if (!it->second.storage.expired() && cache.size() < kMaxEntries) {
+    if (!it->second->storage.expired() && cache.size() < kMaxEntries) {
       ++it;
       continue;
     }
-    dropped.push_back(std::move(it->second.packed));
+    dropped.push_back(std::move(it->second));
     it = cache.erase(it);
   }
-  cache.insert_or_assign(key, Entry{.storage = w.storage().getWeakStorageImpl(),
-                                    .data = w.data_ptr(), .sizes = w.sizes().vec(),
-                                    .strides = w.strides().vec(), .dtype = w.scalar_type(),
-                                    .version = w._version(), .packed = packed});
-  return packed;
+  // Two threads packing the same weight at once both store an entry that serves it.
+  cache.insert_or_assign(key, entry);
+  return entry->packed;
 }
 
 at::Tensor pack_gemm(const at::Tensor& w) {
@@ -72,11 +92,9 @@ at::Tensor pack_gemm(const at::Tensor& w) {
   return out;
 }
 
-// Always a copy: for 1x1 windows or one channel the transpose is already contiguous, and a view
-// of w would keep w's storage alive in the cache (never expiring).
+// For 1x1 windows or one channel the transpose already is contiguous: then a view of w.
 at::Tensor pack_dw(const at::Tensor& w) {
-  return w.reshape({w.size(0), w.size(2) * w.size(3)}).to(at::kFloat).t().clone(
-      at::MemoryFormat::Contiguous);
+  return w.reshape({w.size(0), w.size(2) * w.size(3)}).to(at::kFloat).t().contiguous();
 }
 
 }  // namespace

@@ -3,14 +3,22 @@
 // late block at batch 1 were read and written twice more than the block itself reads (a
 // 960-channel 7x7 block holds ~1.2 MB of weights against ~30 KB of activations).
 //
-// A packed copy is looked up by the weight's storage, offset, sizes, strides, dtype, data
-// pointer and version counter, so in-place edits (optimizer steps, copy_, load_state_dict),
-// `.data = ...` swaps and new tensors all repack. Like every cache keyed on version counters
-// (fastdw/nn/cache.py, torch.compile's freezing), it cannot see an in-place edit made through
-// `.data` (`w.data.mul_(2)`), which has its own counter, or through memory shared outside torch
-// (`.numpy()`, DLPack, from_blob). Inference tensors have no version
-// counter and are packed on every call. Entries hold the storage weakly: a freed weight's packed
-// copy is dropped at the next insertion.
+// Why a cached packed weight cannot go stale: an entry is found by the weight's storage, offset
+// and kind, and serves a call only when the weight has the dtype, sizes and strides of the
+// entry's private copy of its bytes and the same bytes, compared on every call (memcmp). No
+// version counter is read, so edits that move none are seen like any other: fused optimizers,
+// `.data`, memory shared through numpy or DLPack, and the aliases torch.compile hands a kernel.
+// The packed form is made from the private copy, never from the weight itself, so a pack that
+// overlaps a write in another thread cannot store a pack of old values beside a copy of new
+// ones: the next call finds the weight differs from the copy, and packs again.
+//
+// What it costs per call: one pass over the weight and its copy (two reads of the weight's
+// bytes) before the kernel reads the packed form, and the cache holds a copy beside each packed
+// weight (bench/README.md, "Packed-weight cache", has the measured cost). Weights whose memory is
+// not one dense block (a strided slice) are packed on every call. Entries hold the storage
+// weakly: a freed weight's entry is dropped at the next insertion. The cache's one lock is held
+// only to find or insert an entry, and across fork() (pthread_atfork), so a child process never
+// inherits it locked.
 #pragma once
 #include "checks.h"
 

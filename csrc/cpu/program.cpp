@@ -26,9 +26,10 @@
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
+#include <array>
+#include <atomic>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -77,6 +78,13 @@ void check_matrix(const at::Tensor& x, const char* name, int64_t cols) {
 
 class Program : public torch::CustomClassHolder {
  public:
+  Program() = default;
+  ~Program() override {
+    for (auto& slot : spare_arenas_) delete slot.load();
+  }
+  Program(const Program&) = delete;
+  Program& operator=(const Program&) = delete;
+
   // Each add_* appends a step; its tensors are kept as given (snapshots or views), and
   // the kernel validates them, and x, on every run.
 
@@ -216,23 +224,28 @@ class Program : public torch::CustomClassHolder {
     steps_.push_back(std::move(step));
   }
 
-  // One arena per run in progress: a run takes one from the pool, or a new one, and puts it
-  // back when it ends, so runs from several threads at once never share buffers.
+  // One arena per run in progress: a run takes a spare one, or a new one, and puts it back
+  // when it ends, so runs from several threads at once never share buffers. The spares sit in
+  // atomic slots rather than behind a lock: a lock another thread held at fork() would stay
+  // held in the child forever.
   class ArenaLease {
    public:
     explicit ArenaLease(const Program& program) : program_(program) {
-      std::lock_guard<std::mutex> lock(program_.arenas_mutex_);
-      if (program_.arenas_.empty()) {
-        arena_ = std::make_unique<OutputArena>();
-      } else {
-        arena_ = std::move(program_.arenas_.back());
-        program_.arenas_.pop_back();
+      for (auto& slot : program_.spare_arenas_) {
+        arena_.reset(slot.exchange(nullptr));
+        if (arena_) break;
       }
+      if (!arena_) arena_ = std::make_unique<OutputArena>();
       arena_->restart();
     }
     ~ArenaLease() {
-      std::lock_guard<std::mutex> lock(program_.arenas_mutex_);
-      program_.arenas_.push_back(std::move(arena_));
+      for (auto& slot : program_.spare_arenas_) {
+        OutputArena* empty = nullptr;
+        if (slot.compare_exchange_strong(empty, arena_.get())) {
+          arena_.release();
+          return;
+        }
+      }  // every slot taken: this one is freed
     }
     ArenaLease(const ArenaLease&) = delete;
     ArenaLease& operator=(const ArenaLease&) = delete;
@@ -246,8 +259,8 @@ class Program : public torch::CustomClassHolder {
   std::vector<Step> steps_;
   std::vector<std::string> names_;
   bool first_step_takes_any_layout_ = false;
-  mutable std::mutex arenas_mutex_;
-  mutable std::vector<std::unique_ptr<OutputArena>> arenas_;
+  // Spare arenas (or null), enough for a few threads running the program at once.
+  mutable std::array<std::atomic<OutputArena*>, 4> spare_arenas_{};
 };
 
 }  // namespace

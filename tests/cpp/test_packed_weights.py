@@ -1,6 +1,7 @@
 """The packed-weight cache of the C++ kernels (csrc/cpu/packed_weights.cpp): a weight is packed
-once and reused while unchanged, and every change the cache promises to see gives a result
-computed from the new values (each call is checked against the float64 reference)."""
+once and reused while its bytes are unchanged, and every change gives a result computed from the
+new values (each call is checked against the float64 reference). tests/reliability has the
+edits that move no version counter, torch.compile, threads and fork."""
 import concurrent.futures
 import gc
 
@@ -109,13 +110,25 @@ def test_views_of_one_storage_are_told_apart(problem):
 
 
 @pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.__name__)
-def test_inference_tensors_are_packed_every_call(problem):
+def test_inference_tensors_are_checked_like_any_other(problem):
     prob = problem()
     with torch.inference_mode():
         w = torch.randn(prob.shape)
         prob.check(w)
-        w.mul_(-2)  # no version counter to see this: such weights are never cached
         prob.check(w)
+        w.mul_(-2)  # an inference tensor has no version counter; the cache reads none
+        prob.check(w)
+
+
+@pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.__name__)
+def test_weights_that_are_not_one_dense_block(problem):
+    # Every other column of a wider tensor: packed on every call, edits seen.
+    prob = problem()
+    wide = torch.randn(prob.shape[0], 2 * prob.shape[1], *prob.shape[2:])
+    w = wide[:, ::2]
+    prob.check(w)
+    w.mul_(-2)
+    prob.check(w)
 
 
 def test_threads_share_the_cache():
