@@ -11,10 +11,12 @@
 
 #include "stamp.h"
 
+#include <cstring>
+
 namespace {
 
 enum Fields { kMods, kTypes, kModuleDicts, kDicts, kCopies, kTensorDicts, kTensors, kLive,
-              kVersions, kPointers, kFields };
+              kViews, kValued, kValueCopies, kFields };
 
 // 1 if d == copy, 0 if not, -1 with a Python error set (as PyObject_RichCompareBool). d is a
 // module's dict or hook OrderedDict (whose == with a dict compares items, as here), or a class's
@@ -43,9 +45,10 @@ int unchanged(PyObject* stamp) {
     f[i] = PyTuple_GET_ITEM(stamp, i);
     if (!PyList_Check(f[i])) return 0;
   }
-  const Py_ssize_t mods = PyList_GET_SIZE(f[kMods]), live = PyList_GET_SIZE(f[kLive]);
+  const Py_ssize_t mods = PyList_GET_SIZE(f[kMods]), live = PyList_GET_SIZE(f[kLive]),
+                   valued = PyList_GET_SIZE(f[kValued]);
   if (PyList_GET_SIZE(f[kTypes]) != mods || PyList_GET_SIZE(f[kModuleDicts]) != mods ||
-      PyList_GET_SIZE(f[kVersions]) != live || PyList_GET_SIZE(f[kPointers]) != live)
+      PyList_GET_SIZE(f[kViews]) != live || PyList_GET_SIZE(f[kValueCopies]) != valued)
     return 0;
   for (Py_ssize_t i = 0; i < mods; ++i) {
     PyObject* module = PyList_GET_ITEM(f[kMods], i);
@@ -69,21 +72,34 @@ int unchanged(PyObject* stamp) {
       if (t >= tensors || value != PyList_GET_ITEM(f[kTensors], t++)) return 0;
   }
   if (t != tensors) return 0;
-  // ...with the same version counters and data pointers...
-  for (Py_ssize_t i = 0; i < live; ++i) {
-    PyObject* obj = PyList_GET_ITEM(f[kLive], i);
-    if (!THPVariable_Check(obj)) return 0;
-    const at::Tensor& tensor = THPVariable_Unpack(obj);
-    const long long version = PyLong_AsLongLong(PyList_GET_ITEM(f[kVersions], i));
-    const void* pointer = PyLong_AsVoidPtr(PyList_GET_ITEM(f[kPointers], i));
-    if (PyErr_Occurred()) return -1;  // not a stamp's numbers
-    try {
-      if (static_cast<long long>(tensor._version()) != version || tensor.data_ptr() != pointer)
+  try {
+    // ...laid out as they were (same memory, dtype, sizes and strides)...
+    for (Py_ssize_t i = 0; i < live; ++i) {
+      PyObject* obj = PyList_GET_ITEM(f[kLive], i);
+      PyObject* view = PyList_GET_ITEM(f[kViews], i);
+      if (!THPVariable_Check(obj) || !THPVariable_Check(view)) return 0;
+      const at::Tensor& now = THPVariable_Unpack(obj);
+      const at::Tensor& v = THPVariable_Unpack(view);
+      if (now.scalar_type() != v.scalar_type() || now.sizes() != v.sizes() ||
+          now.strides() != v.strides() || now.const_data_ptr() != v.const_data_ptr())
         return 0;
-    } catch (const std::exception& e) {  // a tensor without data (not a stamp's tensor)
-      PyErr_SetString(PyExc_RuntimeError, e.what());
-      return -1;
     }
+    // ...holding the bytes the value was computed from (copies are contiguous)...
+    for (Py_ssize_t i = 0; i < valued; ++i) {
+      PyObject* obj = PyList_GET_ITEM(f[kValued], i);
+      PyObject* copy = PyList_GET_ITEM(f[kValueCopies], i);
+      if (!THPVariable_Check(obj) || !THPVariable_Check(copy)) return 0;
+      const at::Tensor& c = THPVariable_Unpack(copy);
+      const at::Tensor now = THPVariable_Unpack(obj).contiguous();
+      if (now.scalar_type() != c.scalar_type() || now.sizes() != c.sizes() ||
+          !c.is_contiguous() ||
+          (now.nbytes() != 0 &&
+           std::memcmp(now.const_data_ptr(), c.const_data_ptr(), now.nbytes()) != 0))
+        return 0;
+    }
+  } catch (const std::exception& e) {  // a tensor without data (not a stamp's tensor)
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return -1;
   }
   // ...and the dicts equal their copies.
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(f[kDicts]); ++i) {

@@ -15,7 +15,7 @@ from torch import nn
 from fastdw import ops
 from fastdw.contract import BlockWeights, adds_residual, same_padding
 from fastdw.nn.cache import CachedForward, cached
-from fastdw.nn.fold import foldable
+from fastdw.nn.fold import fold_bn, foldable
 from fastdw.nn.layers import ConvBNAct, DWConvBNAct, SqueezeExcite, traced_as_leaf
 from fastdw.ops.checks import matrix
 
@@ -83,7 +83,7 @@ class InvertedResidualBlock(CachedForward, nn.Module):
         bns = [dw[1], project_bn] if expand is None else [expand[1], dw[1], project_bn]
         if not foldable(*bns):
             return None
-        folded = [ops.fold_bn(bn) for bn in bns]
+        folded = [fold_bn(bn) for bn in bns]
         if expand is None:
             folded = [(None, None), *folded]
         (expand_scale, expand_shift), (dw_scale, dw_shift), (p_scale, p_shift) = folded

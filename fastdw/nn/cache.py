@@ -5,21 +5,26 @@ At batch 1 the Python around a kernel is a large share of a forward (folding is 
 tiny ops per BatchNorm; the public ops check up to 14 tensors and go through the custom-op
 dispatcher), so a module's eval forward caches its bound op call (fastdw.ops.bind), BN already
 folded, but only where nothing can observe it: no autograd (cached tensors carry no graph) and
-not while torch.compile traces (the compiled graph folds itself). The cache holds a stamp of every module
-under its owner: each module's attributes (`train()`, `bn.eps = ...`), children
-(`block.conv[1] = ...`) and parameters and buffers by identity, plus each tensor's version
-counter and data pointer, so in-place edits (`bn.running_var.mul_(2)`, most optimizer steps,
-load_state_dict), `.data = ...` swaps, `module.__class__ = ...`, `module.__dict__ = ...` and
-`.to()`/`.half()` all invalidate it. A cache that stands in for a whole forward (the models'
-eval program, fastdw.models.eval_program) also stamps tensor-free leaves, hook dicts and the
-dicts of the modules' classes. What it cannot see is an in-place edit that bumps no version counter:
-through `.data` (`bn.weight.data.mul_(2)`: `.data` has its own counter), by an optimizer with
-fused=True (its kernel writes the parameters without bumping theirs; the default and
-foreach=True ones do) or through memory shared outside torch (`.numpy()`, DLPack); nor a
-`.data = ...` swap for a view of the same memory with other strides (`w.data = w.data.t()`).
-The C++ kernels' packed weights (csrc/cpu/packed_weights.cpp) are keyed on the same counters.
-After such an edit, bump the counters, e.g. `model.load_state_dict(model.state_dict())`.
+not while torch.compile traces (the compiled graph folds itself).
+
+Why a cached value cannot go stale. The stamp holds every module under the owner: its class,
+its attributes (`train()`, `bn.eps = ...`) and children (`block.conv[1] = ...`), compared by
+identity and ==; its parameters and buffers by identity, each with a view of it as it was (same
+memory, dtype, sizes and strides, so `.data = ...` swaps, `.to()` and `.half()` are seen); and
+a copy of the bytes of every tensor the value was derived from, compared with the tensor's bytes
+on every call. No version counter is read: edits that move none (an optimizer with fused=True,
+`bn.weight.data.mul_(2)`, memory shared through `.numpy()` or DLPack) are seen like
+`bn.running_var.mul_(2)`. The copies are taken before the value is computed, and the value is
+computed from them (value_of), not from the tensors: a tensor another thread writes meanwhile
+could otherwise be folded from bytes that differ from the copy and then return to it. A tensor whose memory the value holds itself (a conv weight, viewed by
+the bound op) is not copied: the kernels read it on each call, and the C++ kernels' packed copies
+of it check its bytes themselves (csrc/cpu/packed_weights.h). So the bytes compared on each call
+are those of the folded BatchNorms, a few hundred KB for a whole MobileNet. A cache that stands
+in for a whole forward (the models' eval program, fastdw.models.eval_program) also stamps
+tensor-free leaves, hook dicts and the dicts of the modules' classes.
 """
+import contextlib
+import contextvars
 import itertools
 import operator
 
@@ -27,8 +32,8 @@ import torch
 from torch import nn
 
 from fastdw import backend
+from fastdw.ops import BoundOp
 
-_version = operator.attrgetter("_version")
 _dict_of = operator.attrgetter("__dict__")
 _values = itertools.chain.from_iterable
 
@@ -37,14 +42,15 @@ _hook_dicts = operator.attrgetter("_forward_pre_hooks", "_forward_hooks", "_back
                                   "_backward_hooks")
 
 
-def take_stamp(owner, whole=False):
-    """What unchanged() compares, or None when a tensor has no version counter (inference
-    tensors), which makes caching unsafe.
+def take_stamp(owner, whole=False, values=True):
+    """What unchanged() compares.
 
     whole: for a value that stands in for owner's whole forward, so that no module under owner
     runs its own: then every module counts, tensor-free leaves too (`dropout.train()`), with its
     hook dicts and the dicts of its classes (a forward replaced on a class); otherwise the
-    modules a fused call reads."""
+    modules a fused call reads.
+    values: whether the value cached with the stamp may be computed from the tensors' values
+    (taken before the value is computed: see holding()); else only their layout counts."""
     if whole:
         mods = list(owner.modules())
         classes = {c for m in mods for c in type(m).__mro__ if c not in (nn.Module, object)}
@@ -57,11 +63,74 @@ def take_stamp(owner, whole=False):
     tensor_dicts = [d for m in mods for d in (m._parameters, m._buffers) if d]
     tensors = list(_values(map(dict.values, tensor_dicts)))
     live = [t for t in tensors if t is not None]
-    if any(map(torch.Tensor.is_inference, live)):
-        return None
+    valued = live if values else []
     return (mods, list(map(type, mods)), list(map(_dict_of, mods)), dicts,
-            [dict(d) for d in dicts], tensor_dicts, tensors, live, list(map(_version, live)),
-            list(map(torch.Tensor.data_ptr, live)))
+            [dict(d) for d in dicts], tensor_dicts, tensors, live,
+            [t.detach() for t in live], valued, list(map(_copy, valued)))
+
+
+def holding(stamp, value):
+    """stamp for a value computed after it was taken: without the byte copies of tensors whose
+    memory a tensor in `value` shares (the value reads those at each call)."""
+    held = {t.untyped_storage().data_ptr() for t in _tensors_in(value)}
+    *head, valued, copies = stamp
+    kept = [(t, c) for t, c in zip(valued, copies)
+            if t.untyped_storage().data_ptr() not in held]
+    return (*head, [t for t, _ in kept], [c for _, c in kept])
+
+
+# id(tensor) -> the copy of its bytes, while a value is computed under a stamp (reading()).
+_copies = contextvars.ContextVar("fastdw_stamp_copies", default=None)
+
+
+@contextlib.contextmanager
+def reading(stamp):
+    """Within the block, value_of(t) is the stamp's copy of t's bytes."""
+    *_, valued, copies = stamp
+    token = _copies.set({id(t): c for t, c in zip(valued, copies)})
+    try:
+        yield
+    finally:
+        _copies.reset(token)
+
+
+def value_of(t):
+    """What a cached value computes from a tensor t of the modules (None stays None): the
+    stamp's copy of t under reading(), else t."""
+    copies = _copies.get()
+    return t if copies is None or t is None else copies.get(id(t), t)
+
+
+def _tensors_in(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, BoundOp):
+        for part in (value.tensors, value.options, value.kernel_args):
+            yield from _tensors_in(part)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors_in(v)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors_in(v)
+
+
+def _copy(t):
+    return t.detach().clone(memory_format=torch.contiguous_format)
+
+
+def _bytes(t):
+    return t.detach().reshape(-1).view(torch.uint8)
+
+
+def _same_layout(t, view):
+    return (t.data_ptr() == view.data_ptr() and t.dtype is view.dtype and t.shape == view.shape
+            and t.stride() == view.stride())
+
+
+def _same_bytes(t, copy):
+    return t.dtype is copy.dtype and t.shape == copy.shape and torch.equal(_bytes(t),
+                                                                           _bytes(copy))
 
 
 def unchanged_py(stamp):
@@ -71,15 +140,16 @@ def unchanged_py(stamp):
     # Only C-level loops (map, ==). Classes, module dicts and tensors are compared by identity;
     # the live dicts with their copies (same objects compare equal by identity, without
     # calling their __eq__), last, as an attribute's == may run any code.
-    (mods, types, module_dicts, dicts, copies, tensor_dicts, tensors, live, versions,
-     pointers) = stamp
+    (mods, types, module_dicts, dicts, copies, tensor_dicts, tensors, live, views, valued,
+     value_copies) = stamp
     if not (all(map(operator.is_, map(type, mods), types))  # module.__class__ = ...
             and all(map(operator.is_, map(_dict_of, mods), module_dicts))):  # __dict__ = ...
         return False
     now = list(_values(map(dict.values, tensor_dicts)))
     if not (len(now) == len(tensors) and all(map(operator.is_, now, tensors))
-            and list(map(_version, live)) == versions
-            and list(map(torch.Tensor.data_ptr, live)) == pointers):
+            and len(views) == len(live) and len(value_copies) == len(valued)
+            and all(map(_same_layout, live, views))
+            and all(map(_same_bytes, valued, value_copies))):
         return False
     try:
         return dicts == copies
@@ -91,22 +161,35 @@ def unchanged_py(stamp):
 unchanged = getattr(backend.module("cpp"), "stamp_unchanged", None) or unchanged_py
 
 
-def cached(owner: nn.Module, compute):
-    """compute() (which reads only modules under `owner` and must not depend on the forward's
-    input), cached on `owner` while nothing there changes; None results are not cached."""
-    if torch.compiler.is_compiling() or torch.is_grad_enabled():
-        return compute()
-    # [stamp, value], replaced in place (one atomic slice assignment, read with one unpack):
-    # owner's own __dict__ is part of the stamp.
+class Entry(list):
+    """A cache's [stamp, value] on its owner ("_fold_cache" in its __dict__), replaced in place
+    (one atomic slice assignment, read with one unpack): owner's own __dict__ is part of the
+    stamp. A list subclass, so that pytree walkers (torch.export) take it as one leaf rather
+    than walking into the stamp, which holds that very __dict__."""
+
+
+def entry_of(owner):
     entry = owner.__dict__.get("_fold_cache")
     if entry is None:
-        entry = owner.__dict__["_fold_cache"] = [None, None]
+        entry = owner.__dict__["_fold_cache"] = Entry([None, None])
+    return entry
+
+
+def cached(owner: nn.Module, compute):
+    """compute() (which reads only modules under `owner` and must not depend on the forward's
+    input), cached on `owner` while nothing there changes; None results are not cached. Not
+    while torch.compile or torch.jit traces: the graph folds itself, and a jit trace is checked
+    against a second one, which must record the same ops."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.is_grad_enabled():
+        return compute()
+    entry = entry_of(owner)
     stamp, value = entry
     if stamp is not None and unchanged(stamp):
         return value
     stamp = take_stamp(owner)
-    value = compute()
-    entry[:] = (stamp, value) if value is not None else (None, None)
+    with reading(stamp):
+        value = compute()
+    entry[:] = (holding(stamp, value), value) if value is not None else (None, None)
     return value
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from fastdw import ops
 from fastdw.contract import same_padding
 from fastdw.nn.cache import CachedForward, cached
-from fastdw.nn.fold import fold_conv, foldable
+from fastdw.nn.fold import fold_bn, fold_conv, foldable
 from fastdw.ops import dispatch
 from fastdw.ops.checks import matrix
 
@@ -115,7 +115,7 @@ class ConvBNAct(CachedForward, nn.Sequential):
             return None
         if self.kind == "conv":
             return fold_conv(conv, bn)
-        scale, shift = ops.fold_bn(bn)
+        scale, shift = fold_bn(bn)
         if self.kind == "pointwise":
             return ops.bind("pwconv_bn_act", (matrix(conv.weight), scale, shift),
                             {"act": self.act, "residual": None}, conv.in_channels)

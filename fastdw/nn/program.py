@@ -47,8 +47,8 @@ def build(model, keep):
                 raise TypeError(f"freeze() needs a float32 CPU model; {name or 'model'} holds "
                                 f"a {t.dtype} tensor on {t.device}")
     builder = ProgramBuilder(keep)
-    # Outside inference mode (tensors of a frozen model have version counters, so their packed
-    # copies are cached), then no_grad (inference_mode(False) turns grad mode back on).
+    # Outside inference mode (a frozen model's snapshots are ordinary tensors), then no_grad
+    # (inference_mode(False) turns grad mode back on).
     with torch.inference_mode(False), torch.no_grad():
         if type(model) in _HEADS:
             # forward and what it calls: _forward_modules (fastdw's), _forward_impl
@@ -144,13 +144,20 @@ class ProgramBuilder:
     follows a step without one becomes that step's epilogue."""
 
     def __init__(self, keep):
-        self.keep = keep         # what a step holds of each argument: _snapshot or _view
+        self._keep = keep        # what a step holds of each argument: snapshot or view
+        self.kept = []           # the tensors the steps hold
         self.program = backend.module("cpp").new_program()
         self.names = []          # step names, for repr
         self.in_shape = None     # (rank, channels or None: any) the first step takes
         self.rank = self.channels = None
         self.pending = None      # [Program method, its arguments, index of its act or None]
         self.pooled_at = None    # path of an AdaptiveAvgPool2d(1) still awaiting its Flatten
+
+    def keep(self, value):
+        value = self._keep(value)
+        if isinstance(value, torch.Tensor):
+            self.kept.append(value)
+        return value
 
     def finish(self):
         if self.pooled_at is not None:

@@ -12,12 +12,17 @@ def fold_bn(bn: BatchNormBase):
         raise TypeError(f"bn must be a BatchNorm module, got {type(bn).__name__}")
     if bn.running_var is None:
         raise ValueError("bn has no running statistics (track_running_stats=False) to fold")
+    return fold_tensors(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+
+
+def fold_tensors(weight, bias, running_mean, running_var, eps):
+    """fold_bn's arithmetic on a BatchNorm's tensors (weight and bias may be None)."""
     # In fp32 even for a half-precision model: rsqrt of a small variance in fp16 loses digits.
-    dtype = compute_dtype(bn.running_var.dtype)
-    scale = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
-    if bn.weight is not None:
-        scale = bn.weight.to(dtype) * scale
-    shift = -bn.running_mean.to(dtype) * scale
-    if bn.bias is not None:
-        shift = bn.bias.to(dtype) + shift
+    dtype = compute_dtype(running_var.dtype)
+    scale = torch.rsqrt(running_var.to(dtype) + eps)
+    if weight is not None:
+        scale = weight.to(dtype) * scale
+    shift = -running_mean.to(dtype) * scale
+    if bias is not None:
+        shift = bias.to(dtype) + shift
     return scale, shift

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation, SqueezeExcitation
 
+import fastdw.nn.fold
 import fastdw.ops
 from fastdw.nn import ConvBNAct, DWConvBNAct, InvertedResidual, InvertedResidualV3, SqueezeExcite
 from numerics import REL_TOL, rel_err
@@ -130,8 +131,9 @@ def test_fold_follows_in_place_bn_changes(name, randomize_bn, monkeypatch):
     """Under no_grad the fold is cached; an in-place change of a BN tensor must refold."""
     module = randomize_bn({**LAYERS, **BLOCKS}[name]()).eval()
     folds = []
-    real = fastdw.ops.fold_bn
-    monkeypatch.setattr(fastdw.ops, "fold_bn", lambda bn: folds.append(bn) or real(bn))
+    real = fastdw.nn.fold.fold_tensors
+    monkeypatch.setattr(fastdw.nn.fold, "fold_tensors",
+                        lambda *tensors: folds.append(tensors) or real(*tensors))
     x = torch.randn(1, in_channels(module), 10, 10)
     with torch.no_grad():
         before = module(x)

@@ -77,9 +77,6 @@ def test_jit_trace_of_the_classifier_runs_as_it(randomize_bn):
     numerics.assert_close(out, ref, torch.float32)
 
 
-@pytest.mark.xfail(raises=torch.jit.TracingCheckError, strict=True,
-                   reason="fastdw.nn.cache.cached() must compute afresh under "
-                          "torch.jit.is_tracing(): the check's no_grad trace uses the cache")
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_jit_trace_runs_as_the_model(randomize_bn, accurate, mode):
     model = getattr(randomize_bn(fastdw.models.mobilenet_v2(dropout=0.0)), mode)()
@@ -88,10 +85,6 @@ def test_jit_trace_runs_as_the_model(randomize_bn, accurate, mode):
     assert accurate(traced(x), model, x)
 
 
-@pytest.mark.xfail(raises=RecursionError, strict=True,
-                   reason="torch.export walks every module's __dict__ as a pytree, and the "
-                          "[stamp, value] lists of fastdw.nn.cache and eval_program hold a "
-                          "stamp that holds the module's __dict__: the entries must be leaves")
 def test_export_after_a_no_grad_run_runs_as_the_model(randomize_bn, accurate):
     model = randomize_bn(fastdw.models.mobilenet_v2()).eval()
     x = torch.randn(2, 3, 64, 64)
