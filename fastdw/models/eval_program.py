@@ -52,12 +52,13 @@ def eval_forward(model, x, forward_modules):
         if not any(m.training for m in model.modules()):
             with_values = take_stamp(model, whole=True)
             try:
-                with reading(with_values):  # the folds read its copies
+                with reading(with_values) as read:  # the folds read its copies
                     builder = build(model, view)
             except (TypeError, ValueError):  # what freeze() refuses
                 builder = None
             if builder is not None:
-                program, stamp = FrozenModel(builder), holding(with_values, builder.kept)
+                program = FrozenModel(builder)
+                stamp = holding(with_values, builder.kept, read)
         entry[:] = (stamp, program)
     if not program or program.in_channels != x.shape[1]:
         return forward_modules(x)

@@ -16,10 +16,11 @@ on every call. No version counter is read: edits that move none (an optimizer wi
 `bn.weight.data.mul_(2)`, memory shared through `.numpy()` or DLPack) are seen like
 `bn.running_var.mul_(2)`. The copies are taken before the value is computed, and the value is
 computed from them (value_of), not from the tensors: a tensor another thread writes meanwhile
-could otherwise be folded from bytes that differ from the copy and then return to it. A tensor whose memory the value holds itself (a conv weight, viewed by
-the bound op) is not copied: the kernels read it on each call, and the C++ kernels' packed copies
-of it check its bytes themselves (csrc/cpu/packed_weights.h). So the bytes compared on each call
-are those of the folded BatchNorms, a few hundred KB for a whole MobileNet. A cache that stands
+could otherwise be folded from bytes that differ from the copy and then return to it. A tensor
+whose memory the value holds itself (a conv weight, viewed by the bound op) is not copied: the
+kernels read it on each call, and the C++ kernels' packed copies of it check its bytes
+themselves (csrc/cpu/packed_weights.h). So the bytes compared on each call are those of the
+folded BatchNorms, a few hundred KB for a whole MobileNet. A cache that stands
 in for a whole forward (the models' eval program, fastdw.models.eval_program) also stamps
 tensor-free leaves, hook dicts and the dicts of the modules' classes.
 """
@@ -69,27 +70,31 @@ def take_stamp(owner, whole=False, values=True):
             [t.detach() for t in live], valued, list(map(_copy, valued)))
 
 
-def holding(stamp, value):
-    """stamp for a value computed after it was taken: without the byte copies of tensors whose
-    memory a tensor in `value` shares (the value reads those at each call)."""
-    held = {t.untyped_storage().data_ptr() for t in _tensors_in(value)}
+def holding(stamp, value, read):
+    """stamp for a value computed under reading(stamp) after it was taken: without the byte
+    copies of the tensors the value holds itself (the same memory: it reads them at each call)
+    and did not read through value_of (`read`, from reading())."""
+    held = {(t.data_ptr(), t.nbytes) for t in _tensors_in(value)}
     *head, valued, copies = stamp
     kept = [(t, c) for t, c in zip(valued, copies)
-            if t.untyped_storage().data_ptr() not in held]
+            if id(t) in read or (t.data_ptr(), t.nbytes) not in held]
     return (*head, [t for t, _ in kept], [c for _, c in kept])
 
 
-# id(tensor) -> the copy of its bytes, while a value is computed under a stamp (reading()).
+# While a value is computed under a stamp (reading()): id(tensor) -> the copy of its bytes, and
+# the ids value_of() has answered with a copy.
 _copies = contextvars.ContextVar("fastdw_stamp_copies", default=None)
 
 
 @contextlib.contextmanager
 def reading(stamp):
-    """Within the block, value_of(t) is the stamp's copy of t's bytes."""
+    """Within the block, value_of(t) is the stamp's copy of t's bytes; yields the set of ids of
+    the tensors read so (for holding())."""
     *_, valued, copies = stamp
-    token = _copies.set({id(t): c for t, c in zip(valued, copies)})
+    read = set()
+    token = _copies.set(({id(t): c for t, c in zip(valued, copies)}, read))
     try:
-        yield
+        yield read
     finally:
         _copies.reset(token)
 
@@ -97,8 +102,15 @@ def reading(stamp):
 def value_of(t):
     """What a cached value computes from a tensor t of the modules (None stays None): the
     stamp's copy of t under reading(), else t."""
-    copies = _copies.get()
-    return t if copies is None or t is None else copies.get(id(t), t)
+    state = _copies.get()
+    if state is None or t is None:
+        return t
+    copies, read = state
+    copy = copies.get(id(t))
+    if copy is None:
+        return t
+    read.add(id(t))
+    return copy
 
 
 def _tensors_in(value):
@@ -187,9 +199,9 @@ def cached(owner: nn.Module, compute):
     if stamp is not None and unchanged(stamp):
         return value
     stamp = take_stamp(owner)
-    with reading(stamp):
+    with reading(stamp) as read:
         value = compute()
-    entry[:] = (holding(stamp, value), value) if value is not None else (None, None)
+    entry[:] = (holding(stamp, value, read), value) if value is not None else (None, None)
     return value
 
 

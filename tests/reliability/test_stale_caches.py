@@ -142,6 +142,33 @@ def test_fused_modules_see_every_edit(layer, edit, backend_name, randomize_bn):
     assert_close(out, copy.deepcopy(module).double()(x.double()), torch.float32)
 
 
+def flatten_into_one_storage(module):
+    """Every parameter and buffer of module made a view into one flat tensor (as flat-parameter
+    wrappers do): a weight a cached value holds then shares its storage with BatchNorm tensors
+    the value was folded from."""
+    tensors = [t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()]
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    offset = 0
+    for t in tensors:
+        t.data = flat[offset:offset + t.numel()].view_as(t)
+        offset += t.numel()
+    return module
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_tensors_sharing_one_storage(layer, backend_name, randomize_bn):
+    module = flatten_into_one_storage(randomize_bn(LAYERS[layer]()).eval())
+    x = torch.randn(2, 16, 10, 10)
+    with backend.use_backend(backend_name), torch.no_grad():
+        for _ in range(2):
+            module(x)
+        for bn in module.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.running_var.mul_(4)
+        out = module(x)
+    assert_close(out, copy.deepcopy(module).double()(x.double()), torch.float32)
+
+
 def calls(model, x, n):
     with torch.no_grad():
         return [model(x) for _ in range(n)]
