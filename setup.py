@@ -48,7 +48,7 @@ setup(
     extras_require={
         "demo": ["scikit-image"],
         # onnx: the TorchScript ONNX exporter needs it, and its reference evaluator runs the
-        # exported models in tests/test_reliability_autograd_compat.py.
+        # exported models in tests/reliability/test_autograd_and_compat.py.
         "test": ["pytest", "pytest-benchmark", "scikit-image", "matplotlib", "onnx>=1.15"],
         # ONNX Runtime is an optional provider of the CPU benchmarks (bench/README.md).
         "bench": ["pytest-benchmark", "onnxruntime>=1.17", "onnx>=1.15"],

@@ -13,9 +13,11 @@
 // ones: the next call finds the weight differs from the copy, and packs again.
 //
 // What it costs per call: one pass over the weight and its copy (two reads of the weight's
-// bytes) before the kernel reads the packed form, and the cache holds a copy beside each packed
-// weight (bench/README.md, "Packed-weight cache", has the measured cost). Weights whose memory is
-// not one dense block (a strided slice) are packed on every call. Entries hold the storage
+// bytes, split between the threads for large weights) before the kernel reads the packed form,
+// and the cache holds a copy beside each packed weight (bench/README.md, "Byte checks", has the
+// measured cost). A frozen program's weights are private snapshots nothing can write: it runs
+// under TrustSnapshots, with neither. Weights whose memory is not one dense block (a strided
+// slice) are packed on every call. Entries hold the storage
 // weakly: a freed weight's entry is dropped at the next insertion. The cache's one lock is held
 // only to find or insert an entry, and across fork() (pthread_atfork), so a child process never
 // inherits it locked.
@@ -29,5 +31,19 @@ at::Tensor packed_gemm_weight(const at::Tensor& weight);
 
 // Depthwise weight (C, 1, k, k), fp32 or bf16, as fp32 taps [k*k][C] (DwParams::w).
 at::Tensor packed_dw_taps(const at::Tensor& weight);
+
+// While one is alive on a thread, the weights packed there are taken as unchanged since they
+// were packed: no byte comparison, and no copy kept. Only for weights nothing else can reach
+// (a frozen program's snapshots, csrc/cpu/program.cpp).
+class TrustSnapshots {
+ public:
+  TrustSnapshots();
+  ~TrustSnapshots();
+  TrustSnapshots(const TrustSnapshots&) = delete;
+  TrustSnapshots& operator=(const TrustSnapshots&) = delete;
+
+ private:
+  bool previous_;
+};
 
 }  // namespace fastdw_cpu

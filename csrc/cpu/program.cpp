@@ -13,6 +13,7 @@
 #include "checks.h"
 #include "ops.h"
 #include "output_arena.h"
+#include "packed_weights.h"
 
 #include <ATen/ops/conv2d.h>
 #include <ATen/ops/empty.h>
@@ -30,6 +31,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -186,6 +188,10 @@ class Program : public torch::CustomClassHolder {
   // The steps in order, for repr and tests.
   std::vector<std::string> steps() const { return names_; }
 
+  // Declares that every tensor the steps hold is a private snapshot nothing else can write
+  // (freeze()): runs then use their packed weights with no byte comparison (TrustSnapshots).
+  void hold_snapshots() { snapshots_ = true; }
+
   // Runs every step. Steps pass channels-last activations (a first conv step reads a 4-D x in
   // its own layout; otherwise x is made channels-last first), and a 4-D result comes back in x's
   // layout (fastdw's rule: channels-last in, channels-last out; otherwise NCHW).
@@ -197,6 +203,8 @@ class Program : public torch::CustomClassHolder {
     // (a grouped conv) to bf16/fp16, which the next kernel refuses.
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const ArenaLease arena(*this);
+    std::optional<TrustSnapshots> trust;
+    if (snapshots_) trust.emplace();
     at::Tensor y = x.dim() == 4 && !first_step_takes_any_layout_
                        ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
     for (size_t i = 0; i < steps_.size(); ++i) {
@@ -259,6 +267,7 @@ class Program : public torch::CustomClassHolder {
   std::vector<Step> steps_;
   std::vector<std::string> names_;
   bool first_step_takes_any_layout_ = false;
+  bool snapshots_ = false;
   // Spare arenas (or null), enough for a few threads running the program at once.
   mutable std::array<std::atomic<OutputArena*>, 4> spare_arenas_{};
 };
@@ -278,5 +287,6 @@ TORCH_LIBRARY_FRAGMENT(fastdw_cpp, m) {
       .def("add_linear", &Program::add_linear)
       .def("add_act", &Program::add_act)
       .def("steps", &Program::steps)
+      .def("hold_snapshots", &Program::hold_snapshots)
       .def("run", &Program::run);
 }

@@ -27,7 +27,9 @@ def freeze(model: nn.Module) -> "FrozenModel":
     activation modules, Dropout, Identity, AdaptiveAvgPool2d(1) followed by Flatten(), and Linear
     layers; it must be in eval mode, float32, on the CPU, without forward hooks. Needs the cpp
     backend (fastdw._C)."""
-    return FrozenModel(build(model, snapshot))
+    builder = build(model, snapshot)
+    builder.program.hold_snapshots()  # nothing else can write them: no byte checks per run
+    return FrozenModel(builder)
 
 
 class FrozenModel:
