@@ -7,17 +7,24 @@ sit:
   V2 (`conv`):  [ConvBNAct expand], DWConvBNAct, Conv2d project, BatchNorm2d
   V3 (`block`): [ConvBNAct expand], DWConvBNAct, [SqueezeExcite], ConvBNAct(act="none") project
 In eval mode (every BN folded) a block is exactly one fastdw.ops.inverted_residual call, bound
-once per change of the block (fastdw.ops.bind, cached under fastdw.nn.cache's stamp).
+once per change of the block (fastdw.ops.bind, cached under fastdw.nn.cache's stamp). A block
+whose stages are not what the op computes, or carry hooks, runs them as they are (stages_fuse).
 """
 import torch
 from torch import nn
 
-from fastdw import ops
+from fastdw import ops, torch_internals
 from fastdw.contract import BlockWeights, adds_residual, same_padding
 from fastdw.nn.cache import CachedForward, cached
 from fastdw.nn.fold import fold_bn, foldable
-from fastdw.nn.layers import ConvBNAct, DWConvBNAct, SqueezeExcite, traced_as_leaf
+from fastdw.nn.layers import (ACT_MODULES, RUN_CHILDREN, ConvBNAct, DWConvBNAct, SqueezeExcite,
+                              plain, traced_as_leaf)
 from fastdw.ops.checks import matrix
+
+
+# The classes of the modules a fused block stands in for.
+_STAGE_CLASSES = {nn.Sequential, ConvBNAct, DWConvBNAct, SqueezeExcite, nn.Conv2d, nn.BatchNorm2d,
+                  *ACT_MODULES.values()}
 
 
 class InvertedResidualBlock(CachedForward, nn.Module):
@@ -71,14 +78,29 @@ class InvertedResidualBlock(CachedForward, nn.Module):
         if isinstance(x, torch.fx.Proxy):
             return traced_as_leaf(self, x)
         bound = cached(self, self.bound_op)
-        if bound is None:  # a BN trains: the stages one by one
+        if bound is None or bound is RUN_CHILDREN or torch_internals.global_module_hooks():
+            # a BN trains, or the stages do not fuse: the stages one by one, as they are
             y = getattr(self, self._layers_name)(x)
             return x + y if self.use_res_connect else y
         return bound(x)
 
+    def stages_fuse(self):
+        """Whether the stages are what the fused op computes, with nothing watching them:
+        fusable(), every module under the block one of the exact classes the op stands in for
+        (plain: no forward of its own, no hooks), and each conv layer's children fusing
+        (ConvBNAct.children_fuse)."""
+        layers = getattr(self, self._layers_name)
+        return (type(layers) is nn.Sequential and self.fusable(layers)
+                and all(plain(m, type(m)) and type(m) in _STAGE_CLASSES
+                        for m in layers.modules())
+                and all(stage.children_fuse() for stage in layers
+                        if isinstance(stage, ConvBNAct)))
+
     def bound_op(self):
-        """This block as one bound fastdw.ops.inverted_residual (ops.bind), or None while a BN
-        trains."""
+        """This block as one bound fastdw.ops.inverted_residual (ops.bind), None while a BN
+        trains, or RUN_CHILDREN where the stages do not fuse (stages_fuse())."""
+        if not self.stages_fuse():
+            return RUN_CHILDREN
         expand, dw, se, project, project_bn = self._stages_of(getattr(self, self._layers_name))
         bns = [dw[1], project_bn] if expand is None else [expand[1], dw[1], project_bn]
         if not foldable(*bns):

@@ -20,9 +20,9 @@ could otherwise be folded from bytes that differ from the copy and then return t
 whose memory the value holds itself (a conv weight, viewed by the bound op) is not copied: the
 kernels read it on each call, and the C++ kernels' packed copies of it check its bytes
 themselves (csrc/cpu/packed_weights.h). So the bytes compared on each call are those of the
-folded BatchNorms, a few hundred KB for a whole MobileNet. A cache that stands
-in for a whole forward (the models' eval program, fastdw.models.eval_program) also stamps
-tensor-free leaves, hook dicts and the dicts of the modules' classes.
+folded BatchNorms, a few hundred KB for a whole MobileNet. Hooks and tensor-free leaves count
+too: a fused module whose children do not fuse, or carry hooks, runs them as they are
+(ConvBNAct.children_fuse, InvertedResidualBlock.stages_fuse).
 """
 import contextlib
 import contextvars
@@ -43,24 +43,18 @@ _hook_dicts = operator.attrgetter("_forward_pre_hooks", "_forward_hooks", "_back
                                   "_backward_hooks")
 
 
-def take_stamp(owner, whole=False, values=True):
-    """What unchanged() compares.
+def take_stamp(owner, values=True):
+    """What unchanged() compares. A cached value stands in for the forwards of every module
+    under owner, so every module counts, tensor-free leaves too (`dropout.train()`,
+    `relu6.max_val = ...`), with its hook dicts and the dicts of its classes (a forward replaced
+    on a class).
 
-    whole: for a value that stands in for owner's whole forward, so that no module under owner
-    runs its own: then every module counts, tensor-free leaves too (`dropout.train()`), with its
-    hook dicts and the dicts of its classes (a forward replaced on a class); otherwise the
-    modules a fused call reads.
     values: whether the value cached with the stamp may be computed from the tensors' values
     (taken before the value is computed: see holding()); else only their layout counts."""
-    if whole:
-        mods = list(owner.modules())
-        classes = {c for m in mods for c in type(m).__mro__ if c not in (nn.Module, object)}
-        dicts = [d for m in mods for d in (m.__dict__, m._modules, *_hook_dicts(m))]
-        dicts += [c.__dict__ for c in classes]  # mappingproxies; == compares their dicts
-    else:
-        # Leaves without tensors (activations) are never read, and neither are empty dicts.
-        mods = [m for m in owner.modules() if m._modules or m._parameters or m._buffers]
-        dicts = [d for m in mods for d in (m.__dict__, m._modules)]
+    mods = list(owner.modules())
+    classes = {c for m in mods for c in type(m).__mro__ if c not in (nn.Module, object)}
+    dicts = [d for m in mods for d in (m.__dict__, m._modules, *_hook_dicts(m))]
+    dicts += [c.__dict__ for c in classes]  # mappingproxies; == compares their dicts
     tensor_dicts = [d for m in mods for d in (m._parameters, m._buffers) if d]
     tensors = list(_values(map(dict.values, tensor_dicts)))
     live = [t for t in tensors if t is not None]

@@ -5,13 +5,14 @@ activation (absent for act="none"), exactly like torchvision's Conv2dNormActivat
 share state_dict keys. While its BatchNorm trains, the layer runs conv -> the BN module itself ->
 activation, so batch statistics and running-stat updates are nn.BatchNorm2d's own. Once the BN
 is in eval mode it is folded and the layer is one fused fastdw op, bound once per change of
-the layer (fastdw.ops.bind, cached under fastdw.nn.cache's stamp).
+the layer (fastdw.ops.bind, cached under fastdw.nn.cache's stamp). A layer whose children are not
+what the fused op computes, or carry hooks, runs them as they are (children_fuse).
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastdw import ops
+from fastdw import ops, torch_internals
 from fastdw.contract import same_padding
 from fastdw.nn.cache import CachedForward, cached
 from fastdw.nn.fold import fold_bn, fold_conv, foldable
@@ -43,6 +44,29 @@ def traced_as_leaf(module, x):
     return x.tracer.create_proxy("call_module", x.tracer.path_of_module(module), (x,), {})
 
 
+def conv_kind(conv):
+    """Which fused op computes a conv: "depthwise", "pointwise", or a general conv ("conv": the
+    stem, folded into the conv itself)."""
+    if conv.groups == conv.in_channels:
+        return "depthwise"
+    if (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+            and conv.padding == (0, 0)):
+        return "pointwise"
+    return "conv"
+
+
+def plain(module, cls):
+    """Whether module is exactly a cls, with cls's forward and no hooks: a module a fused op
+    may stand in for (its call would run nothing else)."""
+    return (type(module) is cls and "forward" not in module.__dict__
+            and not (module._forward_hooks or module._forward_pre_hooks
+                     or module._backward_hooks or module._backward_pre_hooks))
+
+
+# What a fused module's cached forward is when its children must run as they are.
+RUN_CHILDREN = object()
+
+
 def act_module(act):
     if act != "none" and act not in ACT_MODULES:
         raise ValueError(f"act must be one of {['none', *ACT_MODULES]}, got {act!r}")
@@ -72,14 +96,23 @@ class ConvBNAct(CachedForward, nn.Sequential):
         conv = self[0]
         self.act = act
         self.out_channels = conv.out_channels
-        # Which fused op computes this layer: depthwise, pointwise, or a general conv (the stem).
-        if conv.groups == conv.in_channels:
-            self.kind = "depthwise"
-        elif (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
-              and conv.padding == (0, 0)):
-            self.kind = "pointwise"
-        else:
-            self.kind = "conv"
+        self.kind = conv_kind(conv)
+
+    def children_fuse(self):
+        """Whether the children are what the fused op computes (a bias-free zero-padded conv of
+        this layer's kind, a BatchNorm2d, the activation module of its act, none with a forward
+        of its own) and nothing watches them (hooks): otherwise the layer runs them as they
+        are, so that it computes exactly what they would."""
+        if len(self) < 2:
+            return False
+        conv, bn, *acts = self
+        want = [] if self.act == "none" else [ACT_MODULES[self.act]]
+        return (plain(conv, nn.Conv2d) and plain(bn, nn.BatchNorm2d)
+                and [type(a) for a in acts] == want and all(plain(a, type(a)) for a in acts)
+                and all((a.min_val, a.max_val) == (0.0, 6.0) for a in acts
+                        if isinstance(a, nn.Hardtanh))
+                and conv_kind(conv) == self.kind and conv.bias is None
+                and conv.padding_mode == "zeros" and (self.kind == "conv" or symmetric_conv(conv)))
 
     def _conv(self, x):
         conv = self[0]
@@ -95,7 +128,11 @@ class ConvBNAct(CachedForward, nn.Sequential):
         if isinstance(x, torch.fx.Proxy):
             return traced_as_leaf(self, x)
         folded = cached(self, self._folded)
+        if folded is RUN_CHILDREN or torch_internals.global_module_hooks():
+            return nn.Sequential.forward(self, x)
         if folded is None:  # the BN trains: batch statistics, running-stat updates
+            if not self.children_fuse():
+                return nn.Sequential.forward(self, x)
             x = self[1](self._conv(x))
             return self[2](x) if len(self) > 2 else x
         if self.kind == "conv":
@@ -109,7 +146,10 @@ class ConvBNAct(CachedForward, nn.Sequential):
 
     def _folded(self):
         """What the eval forward needs besides x: the conv's (weight, bias) with the BN folded
-        in (kind "conv"), else the layer as one bound op (ops.bind); None while the BN trains."""
+        in (kind "conv"), else the layer as one bound op (ops.bind); None while the BN trains;
+        RUN_CHILDREN where the children do not fuse (children_fuse())."""
+        if not self.children_fuse():
+            return RUN_CHILDREN
         conv, bn = self[0], self[1]
         if not foldable(bn):
             return None

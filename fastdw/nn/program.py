@@ -16,7 +16,8 @@ from torch import nn
 from fastdw import backend
 from fastdw.nn.blocks import InvertedResidualBlock
 from fastdw.nn.fold import fold_conv, foldable
-from fastdw.nn.layers import ACT_MODULES, ACT_NAMES, ConvBNAct, Linear, symmetric_conv
+from fastdw.nn.layers import (ACT_MODULES, ACT_NAMES, RUN_CHILDREN, ConvBNAct, Linear,
+                              symmetric_conv)
 from fastdw.ops import BoundOp
 
 _HEADS = {tv.MobileNetV2, tv.MobileNetV3}
@@ -236,6 +237,9 @@ class ProgramBuilder:
             if isinstance(bn, nn.BatchNorm2d):
                 _check_foldable(bn, name)
         bound = block.bound_op()
+        if bound is RUN_CHILDREN:
+            raise TypeError(f"freeze() cannot run {path} in C++: its stages are not what the "
+                            "fused op computes, or carry hooks")
         if bound.kernel_args is None:  # only a squeeze-excite without biases
             raise TypeError(f"freeze() cannot run {path} in C++ (its squeeze-excite has no bias)")
         weights, *options = bound.kernel_args
@@ -259,6 +263,9 @@ class ProgramBuilder:
                             f"act {layer.act!r}")
         c_in, c_out = conv.in_channels, conv.out_channels
         folded = layer._folded()
+        if folded is RUN_CHILDREN:
+            raise TypeError(f"freeze() cannot run {path} in C++: its children are not what the "
+                            "fused op computes, or carry hooks")
         if isinstance(folded, BoundOp) and folded.kernel_args is not None:
             args = list(map(self.keep, folded.kernel_args))
             if folded.name == "pwconv_bn_act":
