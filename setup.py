@@ -49,7 +49,8 @@ setup(
         "demo": ["scikit-image"],
         # onnx: the TorchScript ONNX exporter needs it, and its reference evaluator runs the
         # exported models in tests/reliability/test_autograd_and_compat.py.
-        "test": ["pytest", "pytest-benchmark", "scikit-image", "matplotlib", "onnx>=1.15"],
+        "test": ["pytest", "pytest-benchmark", "scikit-image", "matplotlib", "onnx>=1.15",
+                 "hypothesis"],
         # ONNX Runtime is an optional provider of the CPU benchmarks (bench/README.md).
         "bench": ["pytest-benchmark", "onnxruntime>=1.17", "onnx>=1.15"],
     },
