@@ -1,5 +1,6 @@
-"""The C++ kernels under AddressSanitizer: every case of cases.py, on every instruction-set
-variant, must run with no ASan report (heap overflows, use-after-free, ...).
+"""The C++ kernels under AddressSanitizer: every case of cases.py and the cpp backend's fuzz test
+(tests/reliability/test_fuzz.py), on every instruction-set variant, must run with no ASan report
+(heap overflows, use-after-free, ...) and no failure.
 
 A separate ASan-instrumented copy of the extension is built with torch.utils.cpp_extension.load
 (ninja) from the same sources and run in a subprocess started with LD_PRELOAD=libasan (Python
@@ -35,9 +36,13 @@ ext.load(name="fastdw_asan", sources=sources, extra_cflags=flags,
          extra_ldflags=["-fsanitize=address"], build_directory=build, is_python_module=False)
 maps = open("/proc/self/maps").read()
 assert "libasan" in maps and "fastdw_asan.so" in maps, "ASan runtime or instrumented copy missing"
-# The copy registers the fastdw_cpp ops; fastdw's own build registering them again would abort,
-# so `import fastdw` must find no extension (as where it is not built).
-sys.modules["fastdw._C"] = None
+# The copy registers the fastdw_cpp ops; fastdw's own build registering them again would abort.
+# So the copy itself becomes fastdw._C (its init function is PyInit__C, as in the real build),
+# and fastdw's cpp backend, in the fuzz test below, runs its instrumented kernels.
+import importlib.util
+spec = importlib.util.spec_from_file_location("fastdw._C", os.path.join(build, "fastdw_asan.so"))
+sys.modules["fastdw._C"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sys.modules["fastdw._C"])
 sys.path.insert(0, here)
 import cases
 cases.poison_outputs()
@@ -46,7 +51,12 @@ print("capability:", torch.ops.fastdw_cpp.capability())
 bad = [(label, p) for label, run, case in cases.all_cases() if (p := cases.check(run, case))]
 for label, problem in bad:
     print("FAIL", label, problem)
-sys.exit(1 if bad else 0)
+import fastdw.kernels.cpp, pytest
+assert fastdw.kernels.cpp.unavailable() is None, fastdw.kernels.cpp.unavailable()
+fuzz = os.path.join(os.path.dirname(here), "reliability", "test_fuzz.py")
+fuzzed = pytest.main(["-q", "-p", "no:cacheprovider", "-k", "cpp", fuzz])
+print("fuzz exit status:", int(fuzzed))
+sys.exit(1 if bad or fuzzed != 0 else 0)
 """
 
 
@@ -75,3 +85,4 @@ def test_kernels_under_address_sanitizer(capability):
     assert "AddressSanitizer" not in run.stderr, output
     assert run.returncode == 0, output
     assert "capability:" in run.stdout, output
+    assert "fuzz exit status: 0" in run.stdout, output
