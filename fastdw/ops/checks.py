@@ -110,7 +110,9 @@ def matrix(weight):
 
 
 def per_channel(t, name, x, length, default):
-    """A 1-D per-channel vector (BN scale/shift, bias) in x's compute dtype; None -> `default`."""
+    """A 1-D per-channel vector (BN scale/shift, bias) in x's compute dtype and contiguous, as
+    every backend's kernel reads it (a slice or a stride-0 expansion is copied); None ->
+    `default`."""
     if t is None:
         return torch.full((length,), default, dtype=compute_dtype(x.dtype), device=x.device)
     _tensor(t, name)
@@ -118,7 +120,7 @@ def per_channel(t, name, x, length, default):
     if t.shape != (length,):
         raise ValueError(f"{name} must have shape ({length},), got {tuple(t.shape)}")
     dtype = compute_dtype(x.dtype)
-    return t if t.dtype is dtype else t.to(dtype)
+    return (t if t.dtype is dtype else t.to(dtype)).contiguous()
 
 
 def conv_output_size(size, kernel, stride, padding, dilation, name):
