@@ -20,7 +20,7 @@ What makes a wrong kernel fail rather than pass by luck:
   * BatchNorms with random affine parameters and running statistics (randomize_bn): a fresh BN
     folds to scale 1, shift 0, so a kernel that ignored the fold would pass;
   * poisoned outputs: the memory kernels allocate outputs and scratch from is NaN-filled
-    (tests/ops/conftest.py, the `poisoned` fixture of tests/triton/test_triton_kernels.py) and
+    (tests/ops/conftest.py, the `poisoned` fixture of tests/triton/conftest.py) and
     rel_err fails on a NaN, so an element a kernel forgets to write fails instead of passing
     with whatever the memory held.
 

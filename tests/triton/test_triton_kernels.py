@@ -32,16 +32,8 @@ if DEVICE not in kernels.DEVICES:
 ACTS = tuple(ACTIVATIONS)  # every act name of the op contract
 
 
-@pytest.fixture(autouse=True)
-def poisoned(monkeypatch):
-    """Every float tensor the kernels' launchers allocate starts as NaN."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def poison(t):
-        return t.fill_(math.nan) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
+# Every float tensor the kernels' launchers allocate starts as NaN (tests/triton/conftest.py).
+pytestmark = pytest.mark.usefixtures("poisoned")
 
 
 def layout(x, name):

@@ -22,12 +22,14 @@ from fastdw.kernels.triton._shared import activation, activation_grad, interpret
 # Tile configs (BLOCK_OH, BLOCK_OW, BLOCK_C, num_warps), chosen by channel count and element size.
 # On a GPU: 64-pixel 2-D tiles, a channel block of 64 bytes (fp32) / 128 bytes (fp16, bf16) per
 # pixel. Under the interpreter every program costs ~35 ms whatever its size, so one program covers
-# as much of the map as possible. resources.py compiles every entry of GPU_CONFIGS.
+# as much of the map as possible, unless the launcher is asked for the GPU's tiles (gpu_tiles=True:
+# how tests/triton/test_gpu_configs.py runs them numerically). resources.py compiles every entry of
+# GPU_CONFIGS.
 GPU_CONFIGS = {"narrow": (8, 16, 16, 4), "wide4": (8, 8, 32, 4), "wide2": (8, 8, 64, 4)}
 
 
-def pick_config(channels, element_size, out_h, out_w):
-    if interpreting():
+def pick_config(channels, element_size, out_h, out_w, gpu_tiles=False):
+    if interpreting() and not gpu_tiles:
         block_c = min(triton.next_power_of_2(channels), 256)
         block_ow = min(triton.next_power_of_2(out_w), 64)
         block_oh = min(triton.next_power_of_2(out_h), max(1, 65536 // (block_ow * block_c)))
@@ -221,13 +223,15 @@ def _grid(n, h, w, channels, cfg):
     return (n * tiles_hw, triton.cdiv(channels, block_c)), tiles_w, tiles_hw
 
 
-def forward(x, weight, scale, shift, stride, padding, dilation, act):
+def forward(x, weight, scale, shift, stride, padding, dilation, act, gpu_tiles=False):
+    """y = act(dwconv(x) * scale + shift). gpu_tiles: launch a GPU tile config even under the
+    interpreter (on a GPU it always is one)."""
     n, c, h, w = x.shape
     k = weight.shape[-1]
     oh, ow = (conv_output_size(s, k, stride, padding, dilation) for s in (h, w))
     y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device,
                     memory_format=output_memory_format(x))
-    cfg = pick_config(c, x.element_size(), oh, ow)
+    cfg = pick_config(c, x.element_size(), oh, ow, gpu_tiles)
     grid, tiles_w, tiles_hw = _grid(n, oh, ow, c, cfg)
     dw_forward_kernel[grid](
         x, weight.contiguous(), scale, shift, y, c, h, w, oh, ow, *x.stride(), *y.stride(),
@@ -236,12 +240,13 @@ def forward(x, weight, scale, shift, stride, padding, dilation, act):
     return y
 
 
-def backward(grad, x, weight, scale, shift, stride, padding, dilation, act):
+def backward(grad, x, weight, scale, shift, stride, padding, dilation, act, gpu_tiles=False):
+    """[grad_x, grad_weight, grad_scale, grad_shift]; gpu_tiles as in forward."""
     n, c, h, w = x.shape
     k = weight.shape[-1]
     oh, ow = grad.shape[2:]
     weight = weight.contiguous()
-    cfg = pick_config(c, x.element_size(), oh, ow)
+    cfg = pick_config(c, x.element_size(), oh, ow, gpu_tiles)
     grid, tiles_w, tiles_hw = _grid(n, oh, ow, c, cfg)
     g_z = torch.empty((n, oh, ow, c), dtype=torch.float32, device=x.device)
     partial = torch.empty((grid[0], k * k + 2, c), dtype=torch.float32, device=x.device)
@@ -251,7 +256,7 @@ def backward(grad, x, weight, scale, shift, stride, padding, dilation, act):
         ACT=act, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2], num_warps=cfg[3])
     sums = partial.sum(0)
     grad_x = torch.empty_like(x, memory_format=output_memory_format(x))
-    cfg = pick_config(c, x.element_size(), h, w)
+    cfg = pick_config(c, x.element_size(), h, w, gpu_tiles)
     grid, tiles_w, tiles_hw = _grid(n, h, w, c, cfg)
     dw_backward_input_kernel[grid](
         g_z, weight, grad_x, c, h, w, oh, ow, *grad_x.stride(), padding, tiles_w, tiles_hw,

@@ -50,10 +50,11 @@ def _block(channels, cap):
     return min(max(triton.next_power_of_2(channels), 16), cap)
 
 
-def pick_config(c_in, hidden, c_out, out_h, out_w, fused, element_size):
-    """(BLOCK_OH, BLOCK_OW, BLOCK_CIN, BLOCK_HID, BLOCK_COUT, num_warps)."""
+def pick_config(c_in, hidden, c_out, out_h, out_w, fused, element_size, gpu_tiles=False):
+    """(BLOCK_OH, BLOCK_OW, BLOCK_CIN, BLOCK_HID, BLOCK_COUT, num_warps); gpu_tiles: the GPU
+    tile even under the interpreter (on a GPU it always is)."""
     block_cout = _block(c_out, MAX_FUSED_COUT) if fused else 16  # unused when not fused
-    if interpreting():  # few, large programs: each costs ~35 ms under the interpreter
+    if interpreting() and not gpu_tiles:  # few, large programs: ~35 ms each when interpreted
         block_ow = min(triton.next_power_of_2(out_w), 32)
         block_oh = min(triton.next_power_of_2(out_h), max(1, 1024 // block_ow))
         return block_oh, block_ow, _block(c_in, 256), _block(hidden, 256), block_cout, 4
@@ -211,8 +212,9 @@ def handled(x):
     return x.dtype != torch.float64
 
 
-def forward(x, block, stride, act, residual):
-    """The block on x; `block` is a fastdw.contract.BlockWeights."""
+def forward(x, block, stride, act, residual, gpu_tiles=False):
+    """The block on x; `block` is a fastdw.contract.BlockWeights. gpu_tiles: launch the GPU
+    tile configs (of both kernels of the split path) even under the interpreter."""
     b = block
     n, c_in, h, w = x.shape
     hidden, k, c_out = b.dw_w.shape[0], b.dw_w.shape[-1], b.project_w.shape[0]
@@ -221,7 +223,7 @@ def forward(x, block, stride, act, residual):
     se = b.se_w1 is not None
     fused = not se and c_out <= MAX_FUSED_COUT
     block_oh, block_ow, block_cin, block_hid, block_cout, warps = pick_config(
-        c_in, hidden, c_out, oh, ow, fused, x.element_size())
+        c_in, hidden, c_out, oh, ow, fused, x.element_size(), gpu_tiles)
     tiles_w = triton.cdiv(ow, block_ow)
     tiles_hw = triton.cdiv(oh, block_oh) * tiles_w
     expand = b.expand_w is not None
@@ -267,4 +269,5 @@ def forward(x, block, stride, act, residual):
         hidden_se = F.relu(F.linear(pooled, b.se_w1.float(), b.se_b1.float()))
         gate = F.hardsigmoid(F.linear(hidden_se, b.se_w2.float(), b.se_b2.float()))
     return pw_forward(hid.permute(0, 3, 1, 2), b.project_w, b.project_scale, b.project_shift,
-                      "none", x if residual else None, gate=gate, out_like=x)
+                      "none", x if residual else None, gate=gate, out_like=x,
+                      gpu_tiles=gpu_tiles)

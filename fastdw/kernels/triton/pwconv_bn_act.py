@@ -17,8 +17,9 @@ from fastdw.kernels.triton._shared import MAXNREG, activation, dot_operand, inte
 GPU_CONFIGS = {"small_n": (64, 32, 32, 4), "mid_n": (64, 64, 32, 8), "wide_n": (64, 128, 32, 8)}
 
 
-def pick_config(m, c_in, c_out):
-    if interpreting():  # few, large programs: each one costs ~35 ms under the interpreter
+def pick_config(m, c_in, c_out, gpu_tiles=False):
+    """gpu_tiles: a GPU config even under the interpreter (on a GPU it always is one)."""
+    if interpreting() and not gpu_tiles:  # few, large programs: ~35 ms each when interpreted
         return (min(triton.next_power_of_2(m), 1024),
                 min(max(triton.next_power_of_2(c_out), 16), 256),
                 min(max(triton.next_power_of_2(c_in), 16), 256), 4)
@@ -100,17 +101,19 @@ def handled(x):
     return x.dtype != torch.float64
 
 
-def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None):
+def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None,
+            gpu_tiles=False):
     """y = act(conv1x1(x * gate) * scale + shift) + residual. The output takes the dtype and
     memory format of `out_like` (default x): a block's project stage reads its NHWC hidden
-    tensor but writes in the layout of the block's input."""
+    tensor but writes in the layout of the block's input. gpu_tiles: launch a GPU config even
+    under the interpreter."""
     out_like = x if out_like is None else out_like
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     y = torch.empty((n, c_out, h, w), dtype=out_like.dtype, device=x.device,
                     memory_format=output_memory_format(out_like))
     m = n * h * w
-    block_m, block_n, block_k, warps = pick_config(m, c_in, c_out)
+    block_m, block_n, block_k, warps = pick_config(m, c_in, c_out, gpu_tiles)
     res = y if residual is None else residual  # never read when HAS_RES is False
     grid = (triton.cdiv(m, block_m), triton.cdiv(c_out, block_n))
     pw_kernel[grid](

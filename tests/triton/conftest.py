@@ -1,0 +1,17 @@
+"""Fixtures of the Triton kernel tests."""
+import math
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every float tensor the kernels' launchers allocate starts as NaN."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(math.nan) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))

@@ -1,0 +1,265 @@
+"""Every tile configuration a GPU launches, run numerically under Triton's interpreter.
+
+Under TRITON_INTERPRET=1 the launchers pick large interpreter tiles (few programs, each ~35 ms
+or more), so the configurations a GPU executes would otherwise only be compiled
+(tests/triton/test_resources.py). Here each launcher is asked for the GPU's tiles
+(gpu_tiles=True), on inputs small enough to run in seconds yet with several spatial tiles per
+image, the last tile row and column partial (the first ones read the zero padding), a partial
+last channel block, and in some cases a second image, against the float64 stock-PyTorch oracle
+(tests/ops/op_oracle.py) within the tolerance table (tests/numerics.py). Each test also records
+what the interpreter launched and checks it is the expected GPU configuration.
+
+fp32 and fp16 only: bf16 tl.dot is wrong in Triton 3.8's interpreter, so its bf16 runs multiply
+as fp32, which is not the GPU path (its bf16 variants are compiled in test_resources.py).
+"""
+import importlib
+import math
+import os
+import pathlib
+import sys
+from typing import NamedTuple
+
+import pytest
+import torch
+
+from numerics import assert_close
+
+kernels = pytest.importorskip("fastdw.kernels.triton", reason="needs triton installed")
+from fastdw.contract import BlockWeights  # noqa: E402
+
+# The float64 stock-PyTorch oracle of the op tests (tests/ops is not on sys.path from here).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "ops"))
+import op_oracle  # noqa: E402
+
+# By module path: the package attributes of these names are the kernel functions.
+dw, pw, ir = (importlib.import_module(f"fastdw.kernels.triton.{name}") for name in
+              ("dwconv_bn_act", "pwconv_bn_act", "inverted_residual"))
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("runs the GPU configurations under TRITON_INTERPRET=1; on a GPU every triton "
+                "test runs them", allow_module_level=True)
+
+pytestmark = pytest.mark.usefixtures("poisoned")  # outputs and scratch start as NaN
+
+
+class Launch(NamedTuple):
+    kernel: str
+    grid: tuple
+    meta: dict  # the BLOCK_* constexprs, PROJECT, and num_warps
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Every kernel launch the interpreter runs, in order, as a Launch."""
+    from triton.runtime.interpreter import InterpretedFunction
+    seen = []
+    run = InterpretedFunction.run
+
+    def recording(self, *args, grid, warmup, **kwargs):
+        meta = {k: v for k, v in kwargs.items()
+                if k.startswith("BLOCK_") or k in ("PROJECT", "num_warps")}
+        seen.append(Launch(self.__name__, tuple(grid), meta))
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", recording)
+    return seen
+
+
+def dw_config(launch):
+    m = launch.meta
+    return m["BLOCK_OH"], m["BLOCK_OW"], m["BLOCK_C"], m["num_warps"]
+
+
+def tiles(size, block):
+    """(tiles along a dimension, whether the last one is partial)."""
+    return math.ceil(size / block), size % block != 0
+
+
+def assert_tiled(launch, images, out_h, out_w, channels):
+    """A dw-style launch has several spatial tiles per image, the last row and column of them
+    partial, and one program per tile, image and channel block."""
+    block_oh, block_ow, block_c, _ = dw_config(launch)
+    (rows, partial_h), (cols, partial_w) = tiles(out_h, block_oh), tiles(out_w, block_ow)
+    assert rows >= 2 and cols >= 2 and partial_h and partial_w, (out_h, out_w, block_oh, block_ow)
+    assert launch.grid == (images * rows * cols, math.ceil(channels / block_c))
+
+
+def dw_inputs(n, c, h, w, k, dtype, layout):
+    x = op_oracle.feature_map((n, c, h, w), dtype, layout)
+    return (x, op_oracle.conv_weight((c, 1, k, k), dtype), *op_oracle.random_affine(c))
+
+
+# (config, dtype, N, C, H, W, k, stride, padding, dilation, act, layout). pick_config gives
+# C <= 16 the narrow config, wider fp32 wide4 and wider fp16 wide2. C is never a multiple of the
+# channel block (40 takes two blocks of 32); the output map and, for the grad-input kernel, the
+# input map have >= 2 tiles each way, the last one partial. One image where two add nothing but
+# interpreter time (a program costs ~0.15-0.4 s here).
+DW_CASES = [
+    ("narrow", torch.float32, 2, 12, 10, 20, 3, 1, 1, 1, "relu6", "channels_last"),
+    ("narrow", torch.float16, 1, 13, 10, 18, 5, 1, 2, 1, "hardswish", "nchw"),
+    ("wide4", torch.float32, 1, 40, 17, 18, 3, 2, 1, 1, "silu", "strided"),
+    ("wide2", torch.float16, 2, 40, 10, 10, 3, 1, 2, 2, "hardsigmoid", "channels_last"),
+]
+
+
+def dw_case_id(case):
+    label, dtype, n, c, h, w, k, stride, padding, dilation, act, layout = case
+    return f"{label}-{str(dtype)[6:]}-n{n}-c{c}-k{k}-s{stride}-d{dilation}-{act}-{layout}"
+
+
+@pytest.mark.parametrize("case", DW_CASES, ids=dw_case_id)
+def test_dwconv_gpu_configs_forward_and_backward(case, launches):
+    label, dtype, n, c, h, w, k, stride, padding, dilation, act, layout = case
+    x, weight, scale, shift = dw_inputs(n, c, h, w, k, dtype, layout)
+    conv = (stride, padding, dilation, act)
+    out = dw.forward(x, weight, scale, shift, *conv, gpu_tiles=True)
+    leaves = [t.double().requires_grad_() for t in (x, weight, scale, shift)]
+    ref = op_oracle.dwconv_bn_act(*leaves, *conv)
+    assert_close(out, ref, dtype)
+    grad = torch.randn(out.shape).to(dtype)
+    grads = dw.backward(grad, x, weight, scale, shift, *conv, gpu_tiles=True)
+    refs = torch.autograd.grad(ref, leaves, grad.double())
+    for name, g, r in zip(("x", "weight", "scale", "shift"), grads, refs):
+        assert g.shape == r.shape, name
+        assert_close(g, r, dtype)
+
+    assert [launch.kernel for launch in launches] == [
+        "dw_forward_kernel", "dw_backward_params_kernel", "dw_backward_input_kernel"]
+    assert all(dw_config(launch) == dw.GPU_CONFIGS[label] for launch in launches)
+    oh, ow = out.shape[2:]
+    assert_tiled(launches[0], n, oh, ow, c)
+    assert_tiled(launches[1], n, oh, ow, c)
+    assert_tiled(launches[2], n, h, w, c)  # grad-input tiles cover the input map
+
+
+# (config, C_in, C_out, N, H, W, layout, residual, act). pick_config gives C_out <= 32 small_n,
+# <= 64 mid_n, wider wide_n. M = N*H*W is never a multiple of BLOCK_M (64), nor C_in of BLOCK_K
+# (32) nor C_out of BLOCK_N, and pixel blocks straddle images (H*W < 64 or not a multiple).
+PW_CASES = [
+    ("small_n", 40, 24, 3, 5, 9, "channels_last", True, "relu6"),
+    ("mid_n", 24, 48, 2, 7, 7, "nchw", False, "hardswish"),
+    ("wide_n", 33, 136, 2, 6, 11, "strided", True, "silu"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", PW_CASES, ids=lambda c: f"{c[0]}-{c[6]}")
+def test_pwconv_gpu_configs(case, dtype, launches):
+    label, c_in, c_out, n, h, w, layout, has_residual, act = case
+    x = op_oracle.feature_map((n, c_in, h, w), dtype, layout)
+    weight = op_oracle.conv_weight((c_out, c_in), dtype)
+    scale, shift = op_oracle.random_affine(c_out)
+    residual = op_oracle.feature_map((n, c_out, h, w), dtype, "nchw") if has_residual else None
+    out = pw.forward(x, weight, scale, shift, act, residual, gpu_tiles=True)
+    assert_close(out, op_oracle.pwconv_bn_act(x, weight, scale, shift, act, residual), dtype)
+
+    (launch,) = launches
+    m = launch.meta
+    block = (m["BLOCK_M"], m["BLOCK_N"], m["BLOCK_K"], m["num_warps"])
+    assert launch.kernel == "pw_kernel" and block == pw.GPU_CONFIGS[label]
+    assert launch.grid == (math.ceil(n * h * w / m["BLOCK_M"]), math.ceil(c_out / m["BLOCK_N"]))
+    assert (n * h * w) % m["BLOCK_M"] and c_in % m["BLOCK_K"] and c_out % m["BLOCK_N"]
+    assert launch.grid[0] >= 2
+
+
+def block_weights(c_in, hidden, c_out, k, dtype, se):
+    """BlockWeights of a block (hidden None: no expansion) and the oracle's stage triples."""
+    def stage(weight_shape, channels):
+        return (op_oracle.conv_weight(weight_shape, dtype), *op_oracle.random_affine(channels))
+
+    expand = None if hidden is None else stage((hidden, c_in), hidden)
+    hidden = hidden or c_in
+    depthwise = stage((hidden, 1, k, k), hidden)
+    project = stage((c_out, hidden), c_out)
+    squeeze = None
+    if se:
+        s = max(8, hidden // 4)
+        squeeze = (op_oracle.conv_weight((s, hidden), dtype), (torch.randn(s) * 0.1).to(dtype),
+                   op_oracle.conv_weight((hidden, s), dtype),
+                   (torch.randn(hidden) * 0.1).to(dtype))
+    weights = BlockWeights(*(expand or (None,) * 3), *depthwise, *project,
+                           *(squeeze or (None,) * 4))
+    return weights, (expand, depthwise, project, squeeze)
+
+
+def run_block(c_in, hidden, c_out, k, stride, act, se, dtype, n, h, w, layout, launches):
+    """Runs the block with the GPU tiles, checks it against the oracle; the ir_kernel launch."""
+    x = op_oracle.feature_map((n, c_in, h, w), dtype, layout, scale=1.0)
+    weights, stages = block_weights(c_in, hidden, c_out, k, dtype, se)
+    residual = stride == 1 and c_in == c_out
+    out = ir.forward(x, weights, stride, act, residual, gpu_tiles=True)
+    ref = op_oracle.inverted_residual(x, *stages, stride, act, residual)
+    assert out.shape == ref.shape
+    assert_close(out, ref, dtype)
+    launch = launches[0]
+    m = launch.meta
+    assert launch.kernel == "ir_kernel"
+    assert (m["BLOCK_OH"], m["BLOCK_OW"], m["BLOCK_HID"], m["num_warps"]) == ir.GPU_CONFIG
+    oh, ow = out.shape[2:]
+    (rows, partial_h), (cols, partial_w) = tiles(oh, m["BLOCK_OH"]), tiles(ow, m["BLOCK_OW"])
+    assert rows >= 2 and cols >= 2 and partial_h and partial_w
+    return launch, rows * cols
+
+
+# The fused kernel's launchable configurations: the GPU tile with every input-channel block
+# (BLOCK_CIN up to 32 for fp32, 64 for fp16) and every output-channel block (16..128), as
+# resources.py compiles them. (dtype, C_in, BLOCK_CIN): C_in 40 and 72 take two input steps.
+FUSED_CIN = [(torch.float32, 16, 16), (torch.float32, 40, 32),
+             (torch.float16, 16, 16), (torch.float16, 24, 32), (torch.float16, 72, 64)]
+FUSED_COUT = [(16, 16), (24, 32), (40, 64), (100, 128)]  # (C_out, BLOCK_COUT)
+
+
+@pytest.mark.parametrize("cout", FUSED_COUT, ids=lambda c: f"cout{c[1]}")
+@pytest.mark.parametrize("cin", FUSED_CIN, ids=lambda c: f"{str(c[0])[6:]}-cin{c[2]}")
+def test_inverted_residual_fused_gpu_configs(cin, cout, launches):
+    """Hidden 24 (one full and one partial 16-channel chunk), k 3 and stride 1 (the residual
+    where C_in == C_out), output 10x10 in 8x8 tiles; once k 5 and once stride 2 (9x9)."""
+    dtype, c_in, block_cin = cin
+    c_out, block_cout = cout
+    stride = 2 if (c_in, c_out) == (40, 40) else 1
+    k = 5 if (c_in, c_out) == (72, 100) else 3
+    h = 18 if stride == 2 else 10
+    launch, tiles_per_image = run_block(c_in, 24, c_out, k, stride, "hardswish", False, dtype, 1,
+                                        h, h, "channels_last", launches)
+    assert len(launches) == 1 and launch.meta["PROJECT"]
+    assert (launch.meta["BLOCK_CIN"], launch.meta["BLOCK_COUT"]) == (block_cin, block_cout)
+    assert launch.grid == (tiles_per_image, 1)
+
+
+# Split blocks (squeeze-excite, or C_out > 128): the hidden-tensor kernel with each input-channel
+# block, then the 1x1 GEMM on the hidden tensor with a GPU config. (dtype, N, C_in, hidden, C_out,
+# SE, BLOCK_CIN, pw config); hidden None is a block without expansion.
+SPLIT_CASES = [
+    (torch.float32, 2, 16, 40, 16, True, 16, "small_n"),
+    (torch.float32, 1, 40, 24, 136, False, 32, "wide_n"),
+    (torch.float16, 1, 12, 40, 40, True, 16, "mid_n"),
+    (torch.float16, 1, 24, 24, 24, True, 32, "small_n"),
+    (torch.float16, 1, 72, 24, 136, False, 64, "wide_n"),
+    (torch.float32, 1, 24, None, 24, True, None, "small_n"),
+]
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES,
+                         ids=lambda c: f"{str(c[0])[6:]}-cin{c[2]}-hid{c[3]}-{c[7]}")
+def test_inverted_residual_split_gpu_configs(case, launches):
+    """k 3, stride 1 (10x10, with the residual where C_in == C_out) or 2 (19x19 in, 10x10 out)."""
+    dtype, n, c_in, hidden, c_out, se, block_cin, pw_label = case
+    stride = 1 if c_in == c_out else 2
+    h = 10 if stride == 1 else 19
+    launch, tiles_per_image = run_block(c_in, hidden, c_out, 3, stride, "relu6", se, dtype, n,
+                                        h, h, "nchw", launches)
+    assert [launch.kernel for launch in launches] == ["ir_kernel", "pw_kernel"]
+    assert not launch.meta["PROJECT"]
+    if block_cin is not None:  # without expansion BLOCK_CIN is never used
+        assert launch.meta["BLOCK_CIN"] == block_cin
+    chunks = math.ceil((hidden or c_in) / launch.meta["BLOCK_HID"])
+    assert chunks >= 2 and launch.grid == (n * tiles_per_image, chunks)
+    m = launches[1].meta
+    assert (m["BLOCK_M"], m["BLOCK_N"], m["BLOCK_K"], m["num_warps"]) == pw.GPU_CONFIGS[pw_label]
+
+
+def test_fused_no_expansion_gpu_config(launches):
+    """A block without expansion (EXPAND=False: the taps read x directly) with the GPU tile."""
+    launch, tiles_per_image = run_block(32, None, 16, 3, 1, "relu", False, torch.float16, 2,
+                                        10, 11, "strided", launches)
+    assert launch.meta["PROJECT"] and launch.grid == (2 * tiles_per_image, 1)
