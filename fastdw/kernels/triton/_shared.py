@@ -2,6 +2,7 @@
 helper each, so every kernel computes exactly the same math), and launch-time facts."""
 import os
 
+import torch
 import triton
 import triton.language as tl
 
@@ -15,6 +16,15 @@ MAXNREG = 255
 def interpreting():
     """True when kernels run on CPU tensors through Triton's interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def on_device_of(t):
+    """The context every launcher runs its kernels in: t's CUDA device made current. Triton
+    launches on the current device, on torch's current stream of that device, so without it a
+    tensor on cuda:1 with device 0 current would be handed to a kernel on the wrong GPU; with
+    it the kernels run on t's device and that device's current stream, where torch's own ops
+    on t would run. A no-op for a CPU tensor (the interpreter)."""
+    return torch.cuda.device_of(t)
 
 
 @triton.jit

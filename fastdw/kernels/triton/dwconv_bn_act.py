@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from fastdw.contract import conv_output_size, output_memory_format
-from fastdw.kernels.triton._shared import activation, activation_grad, interpreting
+from fastdw.kernels.triton._shared import activation, activation_grad, interpreting, on_device_of
 
 
 # Tile configs (BLOCK_OH, BLOCK_OW, BLOCK_C, num_warps), chosen by channel count and element size.
@@ -233,10 +233,11 @@ def forward(x, weight, scale, shift, stride, padding, dilation, act, gpu_tiles=F
                     memory_format=output_memory_format(x))
     cfg = pick_config(c, x.element_size(), oh, ow, gpu_tiles)
     grid, tiles_w, tiles_hw = _grid(n, oh, ow, c, cfg)
-    dw_forward_kernel[grid](
-        x, weight.contiguous(), scale, shift, y, c, h, w, oh, ow, *x.stride(), *y.stride(),
-        padding, tiles_w, tiles_hw, K=k, STRIDE=stride, DILATION=dilation, ACT=act,
-        BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2], num_warps=cfg[3])
+    with on_device_of(x):
+        dw_forward_kernel[grid](
+            x, weight.contiguous(), scale, shift, y, c, h, w, oh, ow, *x.stride(), *y.stride(),
+            padding, tiles_w, tiles_hw, K=k, STRIDE=stride, DILATION=dilation, ACT=act,
+            BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2], num_warps=cfg[3])
     return y
 
 
@@ -250,18 +251,20 @@ def backward(grad, x, weight, scale, shift, stride, padding, dilation, act, gpu_
     grid, tiles_w, tiles_hw = _grid(n, oh, ow, c, cfg)
     g_z = torch.empty((n, oh, ow, c), dtype=torch.float32, device=x.device)
     partial = torch.empty((grid[0], k * k + 2, c), dtype=torch.float32, device=x.device)
-    dw_backward_params_kernel[grid](
-        grad, x, weight, scale, shift, g_z, partial, c, h, w, oh, ow, *grad.stride(),
-        *x.stride(), padding, tiles_w, tiles_hw, K=k, STRIDE=stride, DILATION=dilation,
-        ACT=act, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2], num_warps=cfg[3])
+    with on_device_of(x):
+        dw_backward_params_kernel[grid](
+            grad, x, weight, scale, shift, g_z, partial, c, h, w, oh, ow, *grad.stride(),
+            *x.stride(), padding, tiles_w, tiles_hw, K=k, STRIDE=stride, DILATION=dilation,
+            ACT=act, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2], num_warps=cfg[3])
     sums = partial.sum(0)
     grad_x = torch.empty_like(x, memory_format=output_memory_format(x))
     cfg = pick_config(c, x.element_size(), h, w, gpu_tiles)
     grid, tiles_w, tiles_hw = _grid(n, h, w, c, cfg)
-    dw_backward_input_kernel[grid](
-        g_z, weight, grad_x, c, h, w, oh, ow, *grad_x.stride(), padding, tiles_w, tiles_hw,
-        K=k, STRIDE=stride, DILATION=dilation, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1],
-        BLOCK_C=cfg[2], num_warps=cfg[3])
+    with on_device_of(x):
+        dw_backward_input_kernel[grid](
+            g_z, weight, grad_x, c, h, w, oh, ow, *grad_x.stride(), padding, tiles_w, tiles_hw,
+            K=k, STRIDE=stride, DILATION=dilation, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1],
+            BLOCK_C=cfg[2], num_warps=cfg[3])
     # Copies, not views of `sums`: a custom op's outputs must not alias one another.
     grad_w = sums[:k * k].t().reshape(weight.shape).to(weight.dtype, copy=True)
     return [grad_x, grad_w, sums[k * k].clone(), sums[k * k + 1].clone()]

@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 
 from fastdw.contract import conv_output_size, output_memory_format, same_padding
-from fastdw.kernels.triton._shared import MAXNREG, activation, dot_operand, interpreting
+from fastdw.kernels.triton._shared import (MAXNREG, activation, dot_operand, interpreting,
+                                           on_device_of)
 from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
 from fastdw.kernels.triton.pwconv_bn_act import dot_in_fp32, forward as pw_forward
 
@@ -249,14 +250,15 @@ def forward(x, block, stride, act, residual, gpu_tiles=False):
         b.project_shift)
     for n0 in range(0, n, wave):
         images = min(wave, n - n0)
-        ir_kernel[(images * tiles_hw, chunks)](
-            x[n0:n0 + images], *kernel_weights, hid[n0:n0 + images], workspace,
-            y[n0:n0 + images],
-            c_in, hidden, c_out, h, w, oh, ow, *x.stride(), *y.stride(), pad, tiles_w,
-            tiles_hw, K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=se,
-            RESIDUAL=residual, DOT_FP32=dot_in_fp32(x.dtype), BLOCK_OH=block_oh,
-            BLOCK_OW=block_ow, BLOCK_CIN=block_cin, BLOCK_HID=block_hid,
-            BLOCK_COUT=block_cout, num_warps=warps, maxnreg=MAXNREG)
+        with on_device_of(x):
+            ir_kernel[(images * tiles_hw, chunks)](
+                x[n0:n0 + images], *kernel_weights, hid[n0:n0 + images], workspace,
+                y[n0:n0 + images],
+                c_in, hidden, c_out, h, w, oh, ow, *x.stride(), *y.stride(), pad, tiles_w,
+                tiles_hw, K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=se,
+                RESIDUAL=residual, DOT_FP32=dot_in_fp32(x.dtype), BLOCK_OH=block_oh,
+                BLOCK_OW=block_ow, BLOCK_CIN=block_cin, BLOCK_HID=block_hid,
+                BLOCK_COUT=block_cout, num_warps=warps, maxnreg=MAXNREG)
         if se:  # this wave's per-tile sums follow its scratch in the workspace
             start = images * tiles_hw * chunks * region
             pooled[n0:n0 + images] = workspace[start:start + images * tiles_hw * hidden].view(

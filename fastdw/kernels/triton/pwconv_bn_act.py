@@ -11,7 +11,8 @@ import triton
 import triton.language as tl
 
 from fastdw.contract import output_memory_format
-from fastdw.kernels.triton._shared import MAXNREG, activation, dot_operand, interpreting
+from fastdw.kernels.triton._shared import (MAXNREG, activation, dot_operand, interpreting,
+                                           on_device_of)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; resources.py compiles each of them.
 GPU_CONFIGS = {"small_n": (64, 32, 32, 4), "mid_n": (64, 64, 32, 8), "wide_n": (64, 128, 32, 8)}
@@ -116,10 +117,11 @@ def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None,
     block_m, block_n, block_k, warps = pick_config(m, c_in, c_out, gpu_tiles)
     res = y if residual is None else residual  # never read when HAS_RES is False
     grid = (triton.cdiv(m, block_m), triton.cdiv(c_out, block_n))
-    pw_kernel[grid](
-        x, weight.contiguous(), scale, shift, scale if gate is None else gate, res, y,
-        m, h * w, w, c_in, c_out, *x.stride(), *res.stride(), *y.stride(),
-        ACT=act, HAS_GATE=gate is not None, HAS_RES=residual is not None,
-        DOT_FP32=dot_in_fp32(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=warps, maxnreg=MAXNREG)
+    with on_device_of(x):
+        pw_kernel[grid](
+            x, weight.contiguous(), scale, shift, scale if gate is None else gate, res, y,
+            m, h * w, w, c_in, c_out, *x.stride(), *res.stride(), *y.stride(),
+            ACT=act, HAS_GATE=gate is not None, HAS_RES=residual is not None,
+            DOT_FP32=dot_in_fp32(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+            num_warps=warps, maxnreg=MAXNREG)
     return y
