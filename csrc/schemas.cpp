@@ -11,6 +11,7 @@
 TORCH_LIBRARY(fastdw_cpp, m) {
   m.def("dwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
         "int padding, int dilation, str act) -> Tensor");
+  // weight: (C_out, C_in) or (C_out, C_in, 1, 1); so are the 1x1 weights of inverted_residual.
   m.def("pwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, str act, "
         "Tensor? residual) -> Tensor");
   // weights: the block's tensors in the order of block_weight_names() (csrc/cpu/block_weights.h).

@@ -3,6 +3,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "checks.h"
+
 #include <iterator>
 #include <utility>
 
@@ -50,6 +52,9 @@ BlockWeights block_weights(const c10::List<std::optional<at::Tensor>>& weights) 
   ++i;
   FASTDW_BLOCK_WEIGHTS(FASTDW_TAKE)
 #undef FASTDW_TAKE
+  w.project_w = as_matrix(w.project_w);
+  for (std::optional<at::Tensor>* conv : {&w.expand_w, &w.se_w1, &w.se_w2})
+    if (*conv) **conv = as_matrix(**conv);
   return w;
 }
 

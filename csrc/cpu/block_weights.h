@@ -29,8 +29,9 @@ struct BlockWeights {
 #undef FASTDW_FIELD
 };
 
-// The list as a BlockWeights: exactly one entry per name, each required one present. Shapes and
-// dtypes are inverted_residual's to check.
+// The list as a BlockWeights: exactly one entry per name, each required one present, the 1x1
+// conv weights (expand_w, project_w, se_w1, se_w2) as matrices (as_matrix, csrc/cpu/checks.h).
+// Shapes and dtypes are inverted_residual's to check.
 BlockWeights block_weights(const c10::List<std::optional<at::Tensor>>& weights);
 
 std::vector<std::string> block_weight_names();

@@ -51,6 +51,14 @@ inline void check_shape(const at::Tensor& t, const char* name, at::ScalarType dt
   }
 }
 
+// A 1x1 conv weight as the (C_out, C_in) matrix the GEMMs read: (C_out, C_in, 1, 1), as
+// nn.Conv2d holds it, becomes the same memory viewed 2-D (Python's weight.flatten(1), at a
+// fraction of its per-call cost); any other tensor is returned as it is, for check_shape.
+inline at::Tensor as_matrix(const at::Tensor& w) {
+  if (!w.defined() || w.dim() != 4 || w.size(2) != 1 || w.size(3) != 1) return w;
+  return w.as_strided({w.size(0), w.size(1)}, {w.stride(0), w.stride(1)});
+}
+
 // x: a non-empty 4-D (N, C, H, W) CPU tensor of one of `dtypes`.
 inline void check_feature_map(const at::Tensor& x, const char* name, bool allow_bf16) {
   check_tensor(x, name);

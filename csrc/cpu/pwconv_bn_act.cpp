@@ -15,11 +15,12 @@
 
 namespace fastdw_cpu {
 
-at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
-                         const at::Tensor& shift, c10::string_view act,
+at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& conv_weight,
+                         const at::Tensor& scale, const at::Tensor& shift, c10::string_view act,
                          const std::optional<at::Tensor>& residual) {
   check_feature_map(x, "x", /*allow_bf16=*/false);
   const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
+  const at::Tensor weight = as_matrix(conv_weight);
   check_shape(weight, "weight", at::kFloat, {-1, Cin});
   const int64_t Cout = weight.size(0);
   TORCH_CHECK(Cout >= 1, "weight must have at least one output channel, got shape ",

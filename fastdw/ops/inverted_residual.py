@@ -184,15 +184,14 @@ def _checked_squeeze_excite(x, block):
 
 _REQUIRED = [i for i, name in enumerate(BlockWeights._fields) if name not in BLOCK_OPTIONAL]
 _SQUEEZE_EXCITE = [BlockWeights._fields.index(n) for n in _SE_FIELDS]
-# 1x1 convs, 2-D at the kernels
-_MATRICES = [BlockWeights._fields.index(n) for n in ("expand_w", "project_w", "se_w1", "se_w2")]
 
 
 def cpp_args(in_channels, block, *, stride=1, act="relu6", residual=True):
     """The C++ kernel's arguments after x for a call on inputs of `in_channels` channels, or
     None where the call is not the kernel's (options of other types than the op takes, absent
     vectors or squeeze-excite biases the op would fill in). The kernel checks everything else
-    itself. The block goes as a list: torch.ops converts a list faster than a tuple."""
+    itself, and takes 1x1 weights 2-D or 4-D. The block goes as a list: torch.ops converts a
+    list faster than a tuple."""
     if not (type(stride) is int and type(act) is str and type(residual) is bool):
         return None
     weights = list(block)
@@ -203,12 +202,7 @@ def cpp_args(in_channels, block, *, stride=1, act="relu6", residual=True):
         return None
     if len({weights[i] is None for i in _SQUEEZE_EXCITE}) != 1:
         return None
-    for i in _MATRICES:
-        w = weights[i]
-        if w is not None and w.dim() == 4:
-            weights[i] = checks.matrix(w)
-    project_w = weights[_MATRICES[1]]
     # The op drops a residual that cannot be added; the kernel would refuse it.
-    add = (residual and project_w.dim() == 2
-           and adds_residual(stride, in_channels, project_w.shape[0]))
+    add = (residual and block.project_w.dim() in (2, 4)
+           and adds_residual(stride, in_channels, block.project_w.shape[0]))
     return weights, stride, act, add

@@ -81,8 +81,9 @@ def pwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
 
 def cpp_args(in_channels, weight, scale=None, shift=None, *, act="none", residual=None):
     """The C++ kernel's arguments after x, or None where the call is not the kernel's (an act
-    that is not a str, absent vectors); see dwconv_bn_act.cpp_args."""
+    that is not a str, absent vectors); see dwconv_bn_act.cpp_args. The kernel takes the weight
+    2-D or 4-D."""
     if not (type(act) is str and weight is not None and scale is not None
             and shift is not None):
         return None
-    return checks.matrix(weight), scale, shift, act, residual
+    return weight, scale, shift, act, residual

@@ -78,7 +78,7 @@ BAD_DW = {
 
 BAD_PW = {
     "x dtype": (pw_args(x=torch.randn(2, 8, 5, 5, dtype=torch.bfloat16)), "x must be float32"),
-    "weight 4-D": (pw_args(weight=torch.randn(4, 8, 1, 1)), "weight must be 2-D"),
+    "weight 3x3": (pw_args(weight=torch.randn(4, 8, 3, 3)), "weight must be 2-D"),
     "weight c_in": (pw_args(weight=torch.randn(4, 7)), "weight must have size 8"),
     "scale": (pw_args(scale=torch.ones(5)), "scale must have size 4"),
     "residual shape": (pw_args(residual=torch.randn(2, 4, 5, 4)), "residual must have size 5"),
