@@ -1,8 +1,13 @@
-"""Fixtures of the Triton kernel tests."""
+"""Fixtures of the Triton kernel tests, and tests/ops on sys.path: the tests here compare
+with its float64 stock-PyTorch oracle (`import op_oracle`)."""
 import math
+import pathlib
+import sys
 
 import pytest
 import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "ops"))
 
 
 @pytest.fixture

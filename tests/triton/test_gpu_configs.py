@@ -15,8 +15,6 @@ as fp32, which is not the GPU path (its bf16 variants are compiled in test_resou
 import importlib
 import math
 import os
-import pathlib
-import sys
 from typing import NamedTuple
 
 import pytest
@@ -25,11 +23,9 @@ import torch
 from numerics import assert_close
 
 kernels = pytest.importorskip("fastdw.kernels.triton", reason="needs triton installed")
-from fastdw.contract import BlockWeights  # noqa: E402
 
-# The float64 stock-PyTorch oracle of the op tests (tests/ops is not on sys.path from here).
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "ops"))
-import op_oracle  # noqa: E402
+import op_oracle  # noqa: E402  (the op tests' float64 oracle; conftest.py puts it on sys.path)
+from ir_blocks import block_weights  # noqa: E402
 
 # By module path: the package attributes of these names are the kernel functions.
 dw, pw, ir = (importlib.import_module(f"fastdw.kernels.triton.{name}") for name in
@@ -160,26 +156,6 @@ def test_pwconv_gpu_configs(case, dtype, launches):
     assert launch.grid == (math.ceil(n * h * w / m["BLOCK_M"]), math.ceil(c_out / m["BLOCK_N"]))
     assert (n * h * w) % m["BLOCK_M"] and c_in % m["BLOCK_K"] and c_out % m["BLOCK_N"]
     assert launch.grid[0] >= 2
-
-
-def block_weights(c_in, hidden, c_out, k, dtype, se):
-    """BlockWeights of a block (hidden None: no expansion) and the oracle's stage triples."""
-    def stage(weight_shape, channels):
-        return (op_oracle.conv_weight(weight_shape, dtype), *op_oracle.random_affine(channels))
-
-    expand = None if hidden is None else stage((hidden, c_in), hidden)
-    hidden = hidden or c_in
-    depthwise = stage((hidden, 1, k, k), hidden)
-    project = stage((c_out, hidden), c_out)
-    squeeze = None
-    if se:
-        s = max(8, hidden // 4)
-        squeeze = (op_oracle.conv_weight((s, hidden), dtype), (torch.randn(s) * 0.1).to(dtype),
-                   op_oracle.conv_weight((hidden, s), dtype),
-                   (torch.randn(hidden) * 0.1).to(dtype))
-    weights = BlockWeights(*(expand or (None,) * 3), *depthwise, *project,
-                           *(squeeze or (None,) * 4))
-    return weights, (expand, depthwise, project, squeeze)
 
 
 def run_block(c_in, hidden, c_out, k, stride, act, se, dtype, n, h, w, layout, launches):

@@ -18,6 +18,7 @@ from fastdw.kernels.triton import inverted_residual as _ir
 DEVICES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda",)
 NOTES = ("float64 and depthwise channel multiplier > 1 run on reference; pwconv_bn_act and "
          "inverted_residual backward run on reference (dwconv_bn_act backward is Triton); "
+         "so do pwconv_bn_act and inverted_residual on images of 2**31 - 1024 pixels or more; "
          "under TRITON_INTERPRET=1 bf16 tl.dot operands are multiplied as fp32 (Triton 3.8's "
          "interpreter computes bf16 dot wrongly)")
 

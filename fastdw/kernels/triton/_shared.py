@@ -18,6 +18,25 @@ def interpreting():
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+INT32_MAX = 2**31 - 1
+
+
+def image_extent(t):
+    """The largest element offset within one image of t (its dims after the first, the batch):
+    the offsets the kernels add to an image's int64 start."""
+    if t.numel() == 0:
+        return 0
+    return sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:]))
+
+
+def needs_int64(*tensors):
+    """Whether a kernel must compute offsets within one image in int64 (its INT64 constexpr)
+    for these (N, ...) tensors: an image of one of them reaches 2**31 elements or more, where
+    an int32 offset wraps around. An image's own start is int64 on every path, so a large
+    batch of ordinary images keeps the cheaper int32 offsets."""
+    return any(image_extent(t) > INT32_MAX for t in tensors)
+
+
 def on_device_of(t):
     """The context every launcher runs its kernels in: t's CUDA device made current. Triton
     launches on the current device, on torch's current stream of that device, so without it a
@@ -73,6 +92,16 @@ def activation_grad(u, ACT: tl.constexpr):
     else:
         d = tl.full(u.shape, 1.0, tl.float32)
     return d
+
+
+@triton.jit
+def as_offset(t, INT64: tl.constexpr):
+    """An integer (a stride, or an index) in the type of offsets: int64 when INT64, else as it
+    is (int32, cheaper). A kernel casts its strides at entry, so every index * stride product
+    is int64 on the INT64 path while the index arithmetic (divisions) stays int32."""
+    if INT64:
+        t = tl.cast(t, tl.int64)  # tl.cast, not .to: a stride of 1 arrives as a constexpr
+    return t
 
 
 @triton.jit

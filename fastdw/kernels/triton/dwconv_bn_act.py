@@ -10,13 +10,18 @@ The k x k window is a run-time loop, not unrolled (tl.static_range): unrolled, t
 issues all k*k tile loads up front to hide latency, and for k = 7 those live tiles spill (6 KB
 of stack per thread on sm_90, seen in the static check, resources.py); with the loop the same
 kernels use 64-158 registers and no stack.
+
+Offsets within one image are int32 unless an image of a tensor reaches 2**31 elements (INT64,
+chosen by the launcher: the strides, and so every offset, become int64); an image's start is
+always int64.
 """
 import torch
 import triton
 import triton.language as tl
 
 from fastdw.contract import conv_output_size, output_memory_format
-from fastdw.kernels.triton._shared import activation, activation_grad, interpreting, on_device_of
+from fastdw.kernels.triton._shared import (activation, activation_grad, as_offset, interpreting,
+                                           needs_int64, on_device_of)
 
 
 # Tile configs (BLOCK_OH, BLOCK_OW, BLOCK_C, num_warps), chosen by channel count and element size.
@@ -108,7 +113,10 @@ def dw_forward_kernel(
     BLOCK_OH: tl.constexpr,   # output rows per tile
     BLOCK_OW: tl.constexpr,   # output columns per tile
     BLOCK_C: tl.constexpr,    # channels per program (innermost, vectorised for NHWC)
+    INT64: tl.constexpr,      # offsets within an image in int64 (an image of >= 2**31 elements)
 ):
+    sxc, sxh, sxw = as_offset(sxc, INT64), as_offset(sxh, INT64), as_offset(sxw, INT64)
+    syc, syh, syw = as_offset(syc, INT64), as_offset(syh, INT64), as_offset(syw, INT64)
     n, rows, cols = spatial_tile(tl.program_id(0), TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
@@ -144,8 +152,10 @@ def dw_backward_params_kernel(
     sxn, sxc, sxh, sxw,       # strides of x
     PAD, TILES_W, TILES_HW,
     K: tl.constexpr, STRIDE: tl.constexpr, DILATION: tl.constexpr, ACT: tl.constexpr,
-    BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr, BLOCK_C: tl.constexpr, INT64: tl.constexpr,
 ):
+    sgc, sgh, sgw = as_offset(sgc, INT64), as_offset(sgh, INT64), as_offset(sgw, INT64)
+    sxc, sxh, sxw = as_offset(sxc, INT64), as_offset(sxh, INT64), as_offset(sxw, INT64)
     pid = tl.program_id(0)
     n, rows, cols = spatial_tile(pid, TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -185,8 +195,9 @@ def dw_backward_input_kernel(
     sgxn, sgxc, sgxh, sgxw,   # strides of grad_x
     PAD, TILES_W, TILES_HW,   # tiles now cover the INPUT map (H, W)
     K: tl.constexpr, STRIDE: tl.constexpr, DILATION: tl.constexpr,
-    BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr, BLOCK_C: tl.constexpr, INT64: tl.constexpr,
 ):
+    sgxc, sgxh, sgxw = as_offset(sgxc, INT64), as_offset(sgxh, INT64), as_offset(sgxw, INT64)
     n, ih, iw = spatial_tile(tl.program_id(0), TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
@@ -237,7 +248,8 @@ def forward(x, weight, scale, shift, stride, padding, dilation, act, gpu_tiles=F
         dw_forward_kernel[grid](
             x, weight.contiguous(), scale, shift, y, c, h, w, oh, ow, *x.stride(), *y.stride(),
             padding, tiles_w, tiles_hw, K=k, STRIDE=stride, DILATION=dilation, ACT=act,
-            BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2], num_warps=cfg[3])
+            BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2], INT64=needs_int64(x, y),
+            num_warps=cfg[3])
     return y
 
 
@@ -247,6 +259,8 @@ def backward(grad, x, weight, scale, shift, stride, padding, dilation, act, gpu_
     k = weight.shape[-1]
     oh, ow = grad.shape[2:]
     weight = weight.contiguous()
+    grad_x = torch.empty_like(x, memory_format=output_memory_format(x))
+    int64 = needs_int64(grad, x, grad_x)  # g_z and partial are int64-indexed on every path
     cfg = pick_config(c, x.element_size(), oh, ow, gpu_tiles)
     grid, tiles_w, tiles_hw = _grid(n, oh, ow, c, cfg)
     g_z = torch.empty((n, oh, ow, c), dtype=torch.float32, device=x.device)
@@ -255,16 +269,16 @@ def backward(grad, x, weight, scale, shift, stride, padding, dilation, act, gpu_
         dw_backward_params_kernel[grid](
             grad, x, weight, scale, shift, g_z, partial, c, h, w, oh, ow, *grad.stride(),
             *x.stride(), padding, tiles_w, tiles_hw, K=k, STRIDE=stride, DILATION=dilation,
-            ACT=act, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2], num_warps=cfg[3])
+            ACT=act, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2], INT64=int64,
+            num_warps=cfg[3])
     sums = partial.sum(0)
-    grad_x = torch.empty_like(x, memory_format=output_memory_format(x))
     cfg = pick_config(c, x.element_size(), h, w, gpu_tiles)
     grid, tiles_w, tiles_hw = _grid(n, h, w, c, cfg)
     with on_device_of(x):
         dw_backward_input_kernel[grid](
             g_z, weight, grad_x, c, h, w, oh, ow, *grad_x.stride(), padding, tiles_w, tiles_hw,
             K=k, STRIDE=stride, DILATION=dilation, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1],
-            BLOCK_C=cfg[2], num_warps=cfg[3])
+            BLOCK_C=cfg[2], INT64=int64, num_warps=cfg[3])
     # Copies, not views of `sums`: a custom op's outputs must not alias one another.
     grad_w = sums[:k * k].t().reshape(weight.shape).to(weight.dtype, copy=True)
     return [grad_x, grad_w, sums[k * k].clone(), sums[k * k + 1].clone()]

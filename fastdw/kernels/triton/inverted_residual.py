@@ -29,10 +29,11 @@ import triton
 import triton.language as tl
 
 from fastdw.contract import conv_output_size, output_memory_format, same_padding
-from fastdw.kernels.triton._shared import (MAXNREG, activation, dot_operand, interpreting,
-                                           on_device_of)
+from fastdw.kernels.triton._shared import (MAXNREG, activation, as_offset, dot_operand,
+                                           interpreting, needs_int64, on_device_of)
 from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
-from fastdw.kernels.triton.pwconv_bn_act import dot_in_fp32, forward as pw_forward
+from fastdw.kernels.triton.pwconv_bn_act import (dot_in_fp32, forward as pw_forward,
+                                                  handled as pw_handled)
 
 # The fused kernel keeps BLOCK_P x BLOCK_COUT fp32 accumulators; above this it splits.
 MAX_FUSED_COUT = 128
@@ -113,7 +114,10 @@ def ir_kernel(
     BLOCK_CIN: tl.constexpr,   # input channels per expand tl.dot step
     BLOCK_HID: tl.constexpr,   # hidden channels per chunk
     BLOCK_COUT: tl.constexpr,  # (PROJECT) all output channels, padded to a power of 2
+    INT64: tl.constexpr,       # offsets within an image of x or y in int64 (>= 2**31 elements)
 ):
+    sxc, sxh, sxw = as_offset(sxc, INT64), as_offset(sxh, INT64), as_offset(sxw, INT64)
+    syc, syh, syw = as_offset(syc, INT64), as_offset(syh, INT64), as_offset(syw, INT64)
     BLOCK_P: tl.constexpr = BLOCK_OH * BLOCK_OW
     HALO_W: tl.constexpr = (BLOCK_OW - 1) * STRIDE + K
     HALO: tl.constexpr = ((BLOCK_OH - 1) * STRIDE + K) * HALO_W
@@ -210,7 +214,8 @@ def ir_kernel(
 
 
 def handled(x):
-    return x.dtype != torch.float64
+    """What the project GEMM of the split path handles (its output has no more pixels than x)."""
+    return pw_handled(x)
 
 
 def forward(x, block, stride, act, residual, gpu_tiles=False):
@@ -248,6 +253,7 @@ def forward(x, block, stride, act, residual, gpu_tiles=False):
                       else (b.dw_scale, b.dw_scale, b.dw_shift)) + (
         b.dw_w.contiguous(), b.dw_scale, b.dw_shift, b.project_w.contiguous(), b.project_scale,
         b.project_shift)
+    int64 = needs_int64(x, y)  # the hidden tensor and the scratch are int64-indexed anyway
     for n0 in range(0, n, wave):
         images = min(wave, n - n0)
         with on_device_of(x):
@@ -258,7 +264,7 @@ def forward(x, block, stride, act, residual, gpu_tiles=False):
                 tiles_hw, K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=se,
                 RESIDUAL=residual, DOT_FP32=dot_in_fp32(x.dtype), BLOCK_OH=block_oh,
                 BLOCK_OW=block_ow, BLOCK_CIN=block_cin, BLOCK_HID=block_hid,
-                BLOCK_COUT=block_cout, num_warps=warps, maxnreg=MAXNREG)
+                BLOCK_COUT=block_cout, INT64=int64, num_warps=warps, maxnreg=MAXNREG)
         if se:  # this wave's per-tile sums follow its scratch in the workspace
             start = images * tiles_hw * chunks * region
             pooled[n0:n0 + images] = workspace[start:start + images * tiles_hw * hidden].view(

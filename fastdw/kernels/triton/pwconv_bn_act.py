@@ -5,17 +5,24 @@ output channels N. Row addresses come from (image, row, column) and the tensor's
 channels_last (K contiguous: vectorised loads), NCHW and non-contiguous inputs all run with no
 copy. The same kernel is the project stage of a split inverted-residual block: its prologue then
 multiplies the A tile by the block's squeeze-excite gate.
+
+The flat pixel index is int32: a batch of more pixels launches in groups of whole images, and an
+image of more goes to reference (handled). Offsets within an image are int32 unless an image of
+a tensor reaches 2**31 elements (INT64: the strides, and so every offset, become int64).
 """
 import torch
 import triton
 import triton.language as tl
 
 from fastdw.contract import output_memory_format
-from fastdw.kernels.triton._shared import (MAXNREG, activation, dot_operand, interpreting,
-                                           on_device_of)
+from fastdw.kernels.triton._shared import (INT32_MAX, MAXNREG, activation, as_offset,
+                                           dot_operand, interpreting, needs_int64, on_device_of)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; resources.py compiles each of them.
 GPU_CONFIGS = {"small_n": (64, 32, 32, 4), "mid_n": (64, 64, 32, 8), "wide_n": (64, 128, 32, 8)}
+# Pixels one launch may cover: its flat pixel index, up to the pixels rounded up to whole
+# BLOCK_M (at most 1024) blocks, stays an int32.
+MAX_LAUNCH_PIXELS = INT32_MAX + 1 - 1024
 
 
 def pick_config(m, c_in, c_out, gpu_tiles=False):
@@ -56,7 +63,7 @@ def pw_kernel(
     gate_ptr,     # (N, C_IN) fp32 squeeze-excite gate (read only when HAS_GATE)
     res_ptr,      # residual (N, C_OUT, H, W), any strides (read only when HAS_RES)
     y_ptr,        # output (N, C_OUT, H, W), any strides
-    M, HW, W, C_IN, C_OUT,    # M = N*H*W pixels, HW = H*W
+    M, HW, W, C_IN, C_OUT,    # M: the launch's pixels (<= MAX_LAUNCH_PIXELS), HW = H*W
     sxn, sxc, sxh, sxw,       # strides of x
     srn, src, srh, srw,       # strides of the residual
     syn, syc, syh, syw,       # strides of y
@@ -65,7 +72,11 @@ def pw_kernel(
     HAS_RES: tl.constexpr,    # add the residual after the activation
     DOT_FP32: tl.constexpr,   # cast operands to fp32 before tl.dot (bf16 under the interpreter)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    INT64: tl.constexpr,      # offsets within an image (and into the gate) in int64
 ):
+    sxc, sxh, sxw = as_offset(sxc, INT64), as_offset(sxh, INT64), as_offset(sxw, INT64)
+    src, srh, srw = as_offset(src, INT64), as_offset(srh, INT64), as_offset(srw, INT64)
+    syc, syh, syw = as_offset(syc, INT64), as_offset(syh, INT64), as_offset(syw, INT64)
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = m < M
@@ -78,7 +89,7 @@ def pw_kernel(
         a = tl.load(x_ptr + x_rows[:, None] + (i * sxc)[None, :],
                     mask=m_mask[:, None] & i_mask[None, :], other=0.0)
         if HAS_GATE:
-            gate = tl.load(gate_ptr + (m // HW)[:, None] * C_IN + i[None, :],
+            gate = tl.load(gate_ptr + as_offset(m // HW, INT64)[:, None] * C_IN + i[None, :],
                            mask=m_mask[:, None] & i_mask[None, :], other=0.0)
             a = (a.to(tl.float32) * gate).to(x_ptr.dtype.element_ty)
         b = tl.load(w_ptr + o[None, :] * C_IN + i[:, None],
@@ -99,7 +110,8 @@ def pw_kernel(
 
 
 def handled(x):
-    return x.dtype != torch.float64
+    """Not float64, nor an image of more pixels than one launch covers."""
+    return x.dtype != torch.float64 and x.shape[2] * x.shape[3] <= MAX_LAUNCH_PIXELS
 
 
 def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None,
@@ -113,15 +125,21 @@ def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None,
     c_out = weight.shape[0]
     y = torch.empty((n, c_out, h, w), dtype=out_like.dtype, device=x.device,
                     memory_format=output_memory_format(out_like))
-    m = n * h * w
-    block_m, block_n, block_k, warps = pick_config(m, c_in, c_out, gpu_tiles)
+    block_m, block_n, block_k, warps = pick_config(n * h * w, c_in, c_out, gpu_tiles)
     res = y if residual is None else residual  # never read when HAS_RES is False
-    grid = (triton.cdiv(m, block_m), triton.cdiv(c_out, block_n))
-    with on_device_of(x):
-        pw_kernel[grid](
-            x, weight.contiguous(), scale, shift, scale if gate is None else gate, res, y,
-            m, h * w, w, c_in, c_out, *x.stride(), *res.stride(), *y.stride(),
-            ACT=act, HAS_GATE=gate is not None, HAS_RES=residual is not None,
-            DOT_FP32=dot_in_fp32(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-            num_warps=warps, maxnreg=MAXNREG)
+    gate_arg = scale if gate is None else gate  # never read when HAS_GATE is False
+    int64 = needs_int64(x, res, y) or gate_arg.numel() > INT32_MAX
+    weight = weight.contiguous()
+    images = MAX_LAUNCH_PIXELS // max(1, h * w)  # per launch (handled() keeps it >= 1)
+    for n0 in range(0, n, images):
+        batch = slice(n0, n0 + images)
+        m = min(images, n - n0) * h * w
+        grid = (triton.cdiv(m, block_m), triton.cdiv(c_out, block_n))
+        with on_device_of(x):
+            pw_kernel[grid](
+                x[batch], weight, scale, shift, gate_arg if gate is None else gate[batch],
+                res[batch], y[batch], m, h * w, w, c_in, c_out, *x.stride(), *res.stride(),
+                *y.stride(), ACT=act, HAS_GATE=gate is not None, HAS_RES=residual is not None,
+                DOT_FP32=dot_in_fp32(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
+                BLOCK_K=block_k, INT64=int64, num_warps=warps, maxnreg=MAXNREG)
     return y

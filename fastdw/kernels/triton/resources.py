@@ -13,7 +13,11 @@ table. Arguments are specialised the way a launch on a real tensor specialises t
 
 Without --full the code-shape constexprs that do not change tile sizes (activation, stride,
 dilation, kernel size) are fixed at their heaviest values (silu/hardswish, stride 2, k = 7 for
-depthwise, 5 for blocks) instead of enumerated; --full enumerates them all (slow).
+depthwise, 5 for blocks) instead of enumerated; --full enumerates them all (slow). Each config
+is also compiled with int64 offsets within an image (INT64, the path for images of 2**31
+elements or more); of the inverted-residual kernel only its widest fused and split configs per
+dtype, as its int64 variants used exactly the registers of its int32 ones when all were compiled
+(sm_80 and sm_90, the default shapes).
 """
 import argparse
 import concurrent.futures
@@ -32,6 +36,7 @@ SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 ARCHS = (80, 90)
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "silu")
+_INDEX = {False: "", True: " int64"}  # config label suffix of the INT64 variants
 
 
 def _cases(full):
@@ -51,10 +56,12 @@ def _cases(full):
         [("wide2", dt) for dt in (torch.float16, torch.bfloat16)]
     shapes = itertools.product((3, 5, 7), (1, 2), (1, 2), _ACTS) if full else \
         [(7, 2, 1, "silu")]
-    for (label, dt), (k, stride, dil, act) in itertools.product(dw_cfgs, shapes):
+    for (label, dt), (k, stride, dil, act), int64 in itertools.product(dw_cfgs, shapes,
+                                                                       (False, True)):
         boh, bow, bc, warps = dw.GPU_CONFIGS[label]
-        tile = dict(K=k, STRIDE=stride, DILATION=dil, BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_C=bc)
-        name = f"{label} {_DTYPES[dt]} k{k} s{stride} d{dil} {act}"
+        tile = dict(K=k, STRIDE=stride, DILATION=dil, BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_C=bc,
+                    INT64=int64)
+        name = f"{label} {_DTYPES[dt]} k{k} s{stride} d{dil} {act}{_INDEX[int64]}"
         ints = dict(C=64, H=56, W=56, OH=56, OW=56, PAD=3, TILES_W=7, TILES_HW=49)
         x = dict(sxn=200704, sxc=1, sxh=3584, sxw=64)
         yield dw.dw_forward_kernel, name, dict(
@@ -70,14 +77,14 @@ def _cases(full):
 
     # pwconv: every config x dtype, with gate and residual (its heaviest form).
     acts = _ACTS if full else ("hardswish",)
-    for label, dt, act in itertools.product(pw.GPU_CONFIGS, _DTYPES, acts):
+    for label, dt, act, int64 in itertools.product(pw.GPU_CONFIGS, _DTYPES, acts, (False, True)):
         bm, bn, bk, warps = pw.GPU_CONFIGS[label]
         strides = {f"s{t}{d}": v for t in "xry" for d, v in zip("nchw", (200704, 1, 3584, 64))}
-        yield pw.pw_kernel, f"{label} {_DTYPES[dt]} {act}", dict(
+        yield pw.pw_kernel, f"{label} {_DTYPES[dt]} {act}{_INDEX[int64]}", dict(
             x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, gate_ptr=f32, res_ptr=dt, y_ptr=dt,
             M=3136, HW=3136, W=56, C_IN=64, C_OUT=64, **strides), dict(
             ACT=act, HAS_GATE=True, HAS_RES=True, DOT_FP32=False, BLOCK_M=bm, BLOCK_N=bn,
-            BLOCK_K=bk), dict(num_warps=warps, maxnreg=MAXNREG)
+            BLOCK_K=bk, INT64=int64), dict(num_warps=warps, maxnreg=MAXNREG)
 
     # inverted residual: every channel block the launcher can pick, fused and split.
     shapes = itertools.product((3, 5, 7), (1, 2), _ACTS, (True, False)) if full else \
@@ -85,11 +92,13 @@ def _cases(full):
     boh, bow, bh, warps = ir.GPU_CONFIG
     for dt, (k, stride, act, expand) in itertools.product(_DTYPES, shapes):
         cin_blocks = [b for b in (16, 32, 64) if b <= ir.GPU_MAX_BLOCK_CIN[dt.itemsize]]
-        modes = [(bcin, bcout, True) for bcin in cin_blocks for bcout in (16, 32, 64, 128)] + \
-                [(bcin, 16, False) for bcin in cin_blocks]
-        for bcin, bcout, fused in modes:
+        widest = cin_blocks[-1]
+        modes = [(bcin, bcout, True, False) for bcin in cin_blocks for bcout in (16, 32, 64, 128)]
+        modes += [(bcin, 16, False, False) for bcin in cin_blocks]
+        modes += [(widest, 128, True, True), (widest, 16, False, True)]
+        for bcin, bcout, fused, int64 in modes:
             name = (f"{'fused' if fused else 'split'} {_DTYPES[dt]} cin{bcin} cout{bcout} k{k} "
-                    f"s{stride} {act}{'' if expand else ' no-expand'}")
+                    f"s{stride} {act}{'' if expand else ' no-expand'}{_INDEX[int64]}")
             strides = {f"s{t}{d}": v for t in "xy" for d, v in zip("nchw", (200704, 1, 3584, 64))}
             yield ir.ir_kernel, name, dict(
                 x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
@@ -98,7 +107,7 @@ def _cases(full):
                 TILES_W=4, TILES_HW=28), dict(
                 K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=not fused,
                 RESIDUAL=fused and stride == 1, DOT_FP32=False, BLOCK_OH=boh, BLOCK_OW=bow,
-                BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout), \
+                BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=int64), \
                 dict(num_warps=warps, maxnreg=MAXNREG)
 
 
@@ -182,10 +191,10 @@ def _compile_nth(work):
 
 
 def format_table(rows):
-    lines = [f"{'kernel':<27} {'config':<44} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>6} "
+    lines = [f"{'kernel':<27} {'config':<48} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>6} "
              f"{'smem B':>7}  problems"]
     for r in rows:
-        lines.append(f"{r['kernel']:<27} {r['config']:<44} {r['arch']:<6} {r['warps']:>5} "
+        lines.append(f"{r['kernel']:<27} {r['config']:<48} {r['arch']:<6} {r['warps']:>5} "
                      f"{r['regs']:>5} {r['spill']:>6} {r['smem']:>7}  {r['problems']}")
     return "\n".join(lines)
 
