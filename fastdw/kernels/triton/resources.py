@@ -6,9 +6,12 @@ Compiles each kernel for each config its launcher can pick (GPU_CONFIGS of every
 dtype that config serves, the channel blocks of the inverted-residual kernel) for sm_80 and
 sm_90 with triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32)), then reads the
 cubin with the cuobjdump shipped with Triton: registers, local memory (spills) and stack; shared
-memory is Triton's own (dynamic) allocation from the compile metadata. Exits non-zero on any
-spill, any stack use, or shared memory above the architecture's per-block limit, and prints the
-table. Arguments are specialised the way a launch on a real tensor specialises them: pointers
+memory is Triton's own (dynamic) allocation from the compile metadata; the tensor-core operand
+type (mma) is read from the PTX (mma.sync on sm_80, wgmma on sm_90). Exits non-zero on any
+spill, any stack use, shared memory above the architecture's per-block limit, or a tl.dot kernel
+whose fp16/bf16 variant does not multiply on tensor cores in its own dtype (this check is the
+only place the GPU's bf16 tl.dot is seen: the interpreter multiplies bf16 as fp32), and prints
+the table. Arguments are specialised the way a launch on a real tensor specialises them: pointers
 16-byte aligned, channel strides of channels_last tensors == 1, channel counts multiples of 16.
 
 Without --full the code-shape constexprs that do not change tile sizes (activation, stride,
@@ -37,6 +40,13 @@ ARCHS = (80, 90)
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "silu")
 _INDEX = {False: "", True: " int64"}  # config label suffix of the INT64 variants
+# Tensor-core instructions in the PTX, capturing their operand type.
+_MMA = re.compile(r"\b(?:wgmma\.mma_async|mma)\.sync\.aligned\.[\w.]*?\.f32\.(bf16|f16|tf32)\b")
+# The operand type each kernel's tensor-core instructions must have, by its x dtype: the
+# tl.dot kernels multiply fp16/bf16 on tensor cores and fp32 in IEEE fp32 on CUDA cores (no
+# TF32); the depthwise kernels never use them. "-": none.
+_DOT_KERNELS = ("pw_kernel", "ir_kernel")
+_EXPECTED_MMA = {"fp32": "-", "fp16": "f16", "bf16": "bf16"}
 
 
 def _cases(full):
@@ -158,7 +168,11 @@ def compile_one(case, arch):
                               options=options)
     use = _usage(compiled.asm["cubin"])
     shared = compiled.metadata.shared + use.get("SHARED", 0)
+    mma = ",".join(sorted(set(_MMA.findall(compiled.asm["ptx"])))) or "-"
+    want = _EXPECTED_MMA[_DTYPES[args["x_ptr"]]] if fn.__name__ in _DOT_KERNELS else "-"
     problems = []
+    if mma != want:
+        problems.append(f"tensor cores {mma}, expected {want}")
     if use.get("LOCAL", 0) or use.get("STACK", 0):
         problems.append(f"spills: local {use.get('LOCAL', 0)} B, stack {use.get('STACK', 0)} B")
     if shared > SMEM_LIMIT[arch]:
@@ -166,7 +180,7 @@ def compile_one(case, arch):
     if use["REG"] * warps * 32 > 65536:
         problems.append(f"{use['REG']} regs x {warps * 32} threads > 65536")
     return dict(kernel=fn.__name__, config=label, arch=f"sm_{arch}", warps=warps, regs=use["REG"],
-                spill=use.get("LOCAL", 0) + use.get("STACK", 0), smem=shared,
+                spill=use.get("LOCAL", 0) + use.get("STACK", 0), smem=shared, mma=mma,
                 problems="; ".join(problems))
 
 
@@ -192,10 +206,11 @@ def _compile_nth(work):
 
 def format_table(rows):
     lines = [f"{'kernel':<27} {'config':<48} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>6} "
-             f"{'smem B':>7}  problems"]
+             f"{'smem B':>7} {'mma':>4}  problems"]
     for r in rows:
         lines.append(f"{r['kernel']:<27} {r['config']:<48} {r['arch']:<6} {r['warps']:>5} "
-                     f"{r['regs']:>5} {r['spill']:>6} {r['smem']:>7}  {r['problems']}")
+                     f"{r['regs']:>5} {r['spill']:>6} {r['smem']:>7} {r['mma']:>4}  "
+                     f"{r['problems']}")
     return "\n".join(lines)
 
 
