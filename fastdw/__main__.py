@@ -42,6 +42,12 @@ def _median_ms(fn, x, runs):
     return statistics.median(times)
 
 
+# --model choices: the fastdw models that torchvision has ImageNet weights for, with those weights.
+DEMO_MODELS = {"mobilenet_v2": "MobileNet_V2_Weights",
+               "mobilenet_v3_large": "MobileNet_V3_Large_Weights",
+               "mobilenet_v3_small": "MobileNet_V3_Small_Weights"}
+
+
 def demo(args):
     import torch
     import torchvision
@@ -49,19 +55,18 @@ def demo(args):
     from fastdw import backend, models
     from fastdw.models import weights as _weights
 
-    enum = models.MobileNet_V2_Weights.IMAGENET1K_V1
-    path = _weights.cache_path(enum)
-    pretrained = os.path.isfile(path)
-    ours = models.mobilenet_v2(weights=enum if pretrained else None).eval()
-    stock = torchvision.models.mobilenet_v2().eval()
+    enum = getattr(models, DEMO_MODELS[args.model]).IMAGENET1K_V1
+    path = _weights.local_checkpoint(enum)
+    ours = getattr(models, args.model)(weights=enum if path else None).eval()
+    stock = getattr(torchvision.models, args.model)().eval()
     stock.load_state_dict(ours.state_dict())  # same weights in both, pretrained or not
-    if pretrained:
-        print(f"weights: {enum} from {path}")
+    if path:
+        print(f"model: {args.model}, weights: {enum} from {path}")
     else:
         banner = "!" * 78
-        print(f"{banner}\nWARNING: {os.path.basename(path)} is not in {os.path.dirname(path)}; "
-              f"using RANDOM weights,\nso the labels below are meaningless. Put the file there "
-              f"(or run torchvision.models.mobilenet_v2(weights='IMAGENET1K_V1') once online).\n"
+        print(f"{banner}\nWARNING: no {enum} checkpoint on this machine; using RANDOM weights,\n"
+              f"so the labels below are meaningless. {_weights.offline_remedy(enum)} Online, "
+              f"fastdw.models.{args.model}(weights='IMAGENET1K_V1') downloads it once.\n"
               f"{banner}")
 
     image, name = args.image or _image(None)
@@ -109,8 +114,10 @@ def _positive(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastdw", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("demo", help="classify a photo with fastdw and torchvision "
-                              "MobileNetV2 and compare labels, logits and latency")
+    run = commands.add_parser("demo", help="classify a photo with a fastdw and a torchvision "
+                              "MobileNet and compare labels, logits and latency")
+    run.add_argument("--model", choices=sorted(DEMO_MODELS), default="mobilenet_v2",
+                     help="which model (default mobilenet_v2)")
     run.add_argument("--image", type=_image_arg,
                      help="image file (default: skimage.data.chelsea())")
     run.add_argument("--runs", type=_positive, default=5, help="timed runs per round (default 5)")

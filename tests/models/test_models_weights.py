@@ -8,6 +8,7 @@ from skimage import data
 
 import fastdw.backend
 import fastdw.models as fm
+import fastdw.models.weights
 import fastdw.nn
 from fastdw.models import MobileNet_V2_Weights, MobileNet_V3_Large_Weights
 from fastdw.models.weights import WeightsUnavailableError, resolve
@@ -59,6 +60,7 @@ def test_weights_by_enum_qualified_name_and_path(cached_checkpoint):
 
 
 def test_missing_checkpoint_is_downloaded_once_into_the_hub_cache(checkpoint, hub_dir,
+                                                                    no_weights_package,
                                                                     monkeypatch):
     calls = []
 
@@ -76,14 +78,15 @@ def test_missing_checkpoint_is_downloaded_once_into_the_hub_cache(checkpoint, hu
     (fm.mobilenet_v2, "mobilenet_v2-b0353104.pth"),
     (fm.mobilenet_v3_large, "mobilenet_v3_large-8738ca79.pth"),
 ])
-def test_offline_and_missing_names_file_and_directory(builder, filename, hub_dir):
+def test_offline_and_missing_names_file_and_directory(builder, filename, hub_dir,
+                                                      no_weights_package):
     with pytest.raises(WeightsUnavailableError) as err:
         builder(weights="IMAGENET1K_V1")
     assert filename in str(err.value)
     assert str(hub_dir / "checkpoints") in str(err.value)
 
 
-def test_unusable_torch_home_names_the_directory(hub_dir, monkeypatch):
+def test_unusable_torch_home_names_the_directory(hub_dir, no_weights_package, monkeypatch):
     # TORCH_HOME under a regular file: makedirs fails even for root (chmod would not).
     blocker = hub_dir.parent / "not_a_directory"
     blocker.write_text("")
@@ -94,7 +97,7 @@ def test_unusable_torch_home_names_the_directory(hub_dir, monkeypatch):
     assert "TORCH_HOME" in str(err.value)
 
 
-def test_failed_download_leaves_no_new_directories(hub_dir):
+def test_failed_download_leaves_no_new_directories(hub_dir, no_weights_package):
     with pytest.raises(WeightsUnavailableError):
         fm.mobilenet_v2(weights="IMAGENET1K_V1")
     assert not hub_dir.exists()
@@ -102,6 +105,31 @@ def test_failed_download_leaves_no_new_directories(hub_dir):
     with pytest.raises(WeightsUnavailableError):
         fm.mobilenet_v2(weights="IMAGENET1K_V1")
     assert hub_dir.is_dir() and not any(hub_dir.iterdir())
+
+
+def test_the_weights_package_serves_a_missing_checkpoint(checkpoint, hub_dir):
+    """Offline, with an empty hub cache: the copy the installed package ships is loaded (and
+    nothing is downloaded or created)."""
+    loaded = fm.mobilenet_v2(weights="IMAGENET1K_V1").state_dict()
+    shipped = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert loaded.keys() == shipped.keys()
+    assert all(torch.equal(loaded[k], shipped[k]) for k in shipped)
+    assert not hub_dir.exists()
+
+
+def test_a_package_copy_that_fails_its_hash_is_not_used(hub_dir, tmp_path, monkeypatch):
+    name = "mobilenet_v2-b0353104.pth"
+    forged = tmp_path / name
+    forged.write_bytes(b"not the checkpoint")
+
+    class Package:  # what importlib.metadata.distribution returns, as far as fastdw reads it
+        files = [type("File", (), {"name": name, "locate": lambda self: forged})()]
+    monkeypatch.setattr(fastdw.models.weights, "OFFLINE_PACKAGES", {name: "forged-weights"})
+    monkeypatch.setattr(fastdw.models.weights.importlib.metadata, "distribution",
+                        lambda dist: Package if dist == "forged-weights" else None)
+    with pytest.warns(UserWarning, match="not using it"):
+        with pytest.raises(WeightsUnavailableError, match=name):  # then the download fails
+            fm.mobilenet_v2(weights="IMAGENET1K_V1")
 
 
 @pytest.mark.parametrize("where", ["hub cache", "weights= path"])
