@@ -1,38 +1,40 @@
-"""Build entry point: `pip install --no-build-isolation -e .` (it builds against the torch you have).
+"""Build entry point.
 
-fastdw is pure Python plus optional compiled backends. fastdw._C (csrc/*.cpp + csrc/cpu) is
-built whenever torch is importable at build time; if it cannot be built, `import fastdw` still
-works and fastdw.info() says why the cpp backend is unusable. Package metadata gives only lower
-bounds so installing fastdw never replaces a user's torch; requirements.txt pins the tested stack.
+`pip install -e .` (pip's default build isolation, where torch cannot be imported) installs the
+Python package alone; fastdw._C is then compiled on first use against the torch that runs it.
+`pip install --no-build-isolation -e .` builds fastdw._C now, against the torch you have. Both
+take their sources and flags from fastdw/kernels/cpp_build.py, which says how. If the extension
+cannot be built, `import fastdw` still works and `python -m fastdw info` says why the cpp
+backend is unusable. Package metadata gives only lower bounds so installing fastdw never
+replaces a user's torch; requirements.txt pins the tested stack.
 """
-import glob
+import importlib.util
 import os
 
 from setuptools import find_packages, setup
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _build_rules():
+    """fastdw/kernels/cpp_build.py, loaded by path: importing fastdw would import torch."""
+    path = os.path.join(HERE, "fastdw", "kernels", "cpp_build.py")
+    spec = importlib.util.spec_from_file_location("fastdw_cpp_build", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 def _extensions():
-    """fastdw._C: the schemas (csrc/schemas.cpp), the test-only ops (csrc/testing.cpp), the Python
-    module with the eval caches' stamp check (csrc/module.cpp, csrc/stamp.cpp), the ATen-facing
-    op files (csrc/cpu/*.cpp) and the vectorised loops compiled once per instruction set
-    (csrc/cpu/isa/*.cpp, which set their own `#pragma GCC target`; the runtime choice is in
-    csrc/cpu/isa/select.cpp)."""
-    if os.environ.get("FASTDW_NO_EXTENSION") == "1":
+    """fastdw._C where torch is importable now (and FASTDW_NO_EXTENSION is not 1), else none."""
+    rules = _build_rules()
+    if os.environ.get(rules.NO_EXTENSION_SWITCH) == "1":
         return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    sources = sorted(glob.glob("csrc/*.cpp", root_dir=here)) \
-        + sorted(glob.glob("csrc/cpu/*.cpp", root_dir=here)) \
-        + sorted(glob.glob("csrc/cpu/isa/*.cpp", root_dir=here))
-    ext = CppExtension(
-        "fastdw._C", sources,
-        # -fopenmp: at::parallel_for is a header template that runs serially unless the including
-        # file is compiled with OpenMP; the GOMP symbols it calls resolve to the libgomp libtorch
-        # already loaded (no link flag, so no second OpenMP runtime). -Wno-psabi: wide GCC vector
-        # types in the per-ISA files trigger ABI notes that do not apply (they never cross a
-        # non-inline call boundary between ISAs).
-        extra_compile_args=["-O3", "-fopenmp", "-Wno-psabi"])
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:  # pip's isolated build environment: compiled on first use instead
+        return [], {}
+    ext = CppExtension("fastdw._C", rules.sources(HERE), extra_compile_args=rules.COMPILE_FLAGS)
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

@@ -1,4 +1,5 @@
 """Backend selection: explicit > use_backend() > set_backend() > FASTDW_BACKEND > auto."""
+import os
 import subprocess
 import sys
 import types
@@ -122,3 +123,31 @@ def test_import_does_not_load_optional_backends():
             "print(any(m in sys.modules for m in ('triton', 'fastdw._C', 'torchvision')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("case", ["switched off", "no sources"])
+def test_cpp_backend_without_its_extension_says_why(case):
+    """Where fastdw._C cannot be imported, the cpp backend compiles it on first use
+    (fastdw/kernels/cpp_build.py) unless FASTDW_NO_EXTENSION=1 or the C++ sources are not
+    installed; either way it is unusable with that reason, and auto runs reference."""
+    script = f"""
+import sys
+sys.modules["fastdw._C"] = None  # as where the extension was not built ahead of time
+from fastdw.kernels import cpp_build
+if {case!r} == "no sources":
+    cpp_build.SOURCE_ROOT = "/nonexistent"
+import fastdw
+print(fastdw.info()["cpp"]["reason"])
+print(fastdw.backend.resolve(None, "cpu"))
+"""
+    env = dict(os.environ, FASTDW_NO_EXTENSION="1" if case == "switched off" else "0")
+    env.pop("FASTDW_BACKEND", None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    reason, chosen = done.stdout.strip().splitlines()[-2:]
+    assert reason.startswith("fastdw._C was not built"), reason
+    assert ("FASTDW_NO_EXTENSION=1" if case == "switched off" else "sources are not installed"
+            ) in reason
+    assert chosen == "reference"
+    assert "compiling" not in done.stderr

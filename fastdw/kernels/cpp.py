@@ -1,4 +1,5 @@
-"""The cpp backend: fastdw's C++ CPU kernels (csrc/cpu, built into fastdw._C).
+"""The cpp backend: fastdw's C++ CPU kernels (csrc/cpu, built into fastdw._C ahead of time or
+on first use: fastdw/kernels/cpp_build.py).
 
 The kernels are ops of namespace fastdw_cpp (the public "fastdw" namespace belongs to the
 Python custom ops in fastdw.ops). This module is the only Python that names them: the backend
@@ -10,23 +11,18 @@ backend, so every call the public ops accept runs.
 import torch
 
 from fastdw import torch_internals
-from fastdw.kernels import reference
+from fastdw.kernels import cpp_build, reference
 
-try:
-    import fastdw._C as _extension  # registers torch.ops.fastdw_cpp and torch.classes.fastdw_cpp
-    _IMPORT_ERROR = None
-except ImportError as err:
-    _extension, _IMPORT_ERROR = None, err
+# Loading fastdw._C registers torch.ops.fastdw_cpp and torch.classes.fastdw_cpp.
+_extension, _HOW_LOADED = cpp_build.load_extension()
 
 DEVICES = ("cpu",)
-NOTES = ("float32 (+ bfloat16 for dwconv_bn_act) in C++; float16, float64, depthwise channel "
-         "multiplier > 1 and all backward passes run on reference")
+NOTES = (f"fastdw._C {_HOW_LOADED}; float32 (+ bfloat16 for dwconv_bn_act) in C++; float16, "
+         f"float64, depthwise channel multiplier > 1 and all backward passes run on reference")
 
 
 def unavailable():
-    if _IMPORT_ERROR is not None:
-        return f"fastdw._C was not built: {_IMPORT_ERROR}"
-    return None
+    return None if _extension is not None else _HOW_LOADED
 
 
 def capability():

@@ -24,25 +24,26 @@ pytestmark = pytest.mark.skipif(os.environ.get("FASTDW_SANITIZER_TESTS") != "1",
                                 reason="slow; set FASTDW_SANITIZER_TESTS=1 to run")
 
 DRIVER = r"""
-import glob, os, sys
+import importlib.util, os, sys
 import torch.utils.cpp_extension as ext
 root, here, build = sys.argv[1:4]
-sources = sorted(glob.glob(os.path.join(root, "csrc", "*.cpp"))
-    + glob.glob(os.path.join(root, "csrc", "cpu", "*.cpp"))
-    + glob.glob(os.path.join(root, "csrc", "cpu", "isa", "*.cpp")))
-flags = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-fopenmp", "-Wno-psabi"]
+# fastdw's build rules, loaded by path: importing fastdw could load its own build of fastdw._C.
+spec = importlib.util.spec_from_file_location(
+    "cpp_build", os.path.join(root, "fastdw", "kernels", "cpp_build.py"))
+rules = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(rules)
+flags = [f for f in rules.COMPILE_FLAGS if not f.startswith("-O")] + [
+    "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]
 os.makedirs(build, exist_ok=True)
-ext.load(name="fastdw_asan", sources=sources, extra_cflags=flags,
-         extra_ldflags=["-fsanitize=address"], build_directory=build, is_python_module=False)
+ext.load(name="fastdw_asan", sources=[os.path.join(root, p) for p in rules.sources(root)],
+         extra_cflags=flags, extra_ldflags=["-fsanitize=address"], build_directory=build,
+         is_python_module=False)
 maps = open("/proc/self/maps").read()
 assert "libasan" in maps and "fastdw_asan.so" in maps, "ASan runtime or instrumented copy missing"
 # The copy registers the fastdw_cpp ops; fastdw's own build registering them again would abort.
-# So the copy itself becomes fastdw._C (its init function is PyInit__C, as in the real build),
-# and fastdw's cpp backend, in the fuzz test below, runs its instrumented kernels.
-import importlib.util
-spec = importlib.util.spec_from_file_location("fastdw._C", os.path.join(build, "fastdw_asan.so"))
-sys.modules["fastdw._C"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sys.modules["fastdw._C"])
+# So the copy itself becomes fastdw._C, and fastdw's cpp backend, in the fuzz test below, runs
+# its instrumented kernels.
+rules.import_as_extension(os.path.join(build, "fastdw_asan.so"))
 sys.path.insert(0, here)
 import cases
 cases.poison_outputs()

@@ -1,0 +1,126 @@
+"""How fastdw._C, the cpp backend's C++ extension, is built: one home for its sources and flags,
+used three ways.
+
+* Ahead of time: `pip install --no-build-isolation -e .` (setup.py loads this file by path,
+  without importing fastdw) compiles it against the torch that is installed.
+* On first use: a plain `pip install -e .` runs setup.py in pip's isolated build environment,
+  where torch is absent, so nothing is compiled then (setup.py installs the Python package
+  alone). The first import of the cpp backend then compiles the same sources with
+  torch.utils.cpp_extension (ninja) into a cache directory keyed on the torch and Python
+  versions and a hash of the sources and flags, under a file lock so two processes never build
+  at once; later processes load the cached library.
+* Under AddressSanitizer: tests/cpp/test_sanitizer.py builds an instrumented copy with extra
+  flags.
+
+load_extension() tells which of the first two happened; `python -m fastdw info` shows it.
+"""
+import contextlib
+import glob
+import hashlib
+import importlib.util
+import os
+import sys
+
+# Where csrc/ is in a source checkout (an editable install); a wheel does not carry it.
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SOURCE_PATTERNS = ("csrc/*.cpp", "csrc/cpu/*.cpp", "csrc/cpu/isa/*.cpp")
+# -fopenmp: at::parallel_for is a header template that runs serially unless the including file
+# is compiled with OpenMP; the GOMP symbols it calls resolve to the libgomp libtorch already
+# loaded (no link flag, so no second OpenMP runtime). -Wno-psabi: wide GCC vector types in the
+# per-ISA files (csrc/cpu/isa/*.cpp set their own `#pragma GCC target`) trigger ABI notes that
+# do not apply (they never cross a non-inline call boundary between ISAs).
+COMPILE_FLAGS = ["-O3", "-fopenmp", "-Wno-psabi"]
+# Set to "1" to build nothing, ahead of time or on first use: fastdw then runs on CPU on the
+# reference backend, and `python -m fastdw info` says why.
+NO_EXTENSION_SWITCH = "FASTDW_NO_EXTENSION"
+
+
+def sources(root=None):
+    """The extension's C++ sources under `root` (default SOURCE_ROOT), relative to it, in a
+    fixed order."""
+    root = root or SOURCE_ROOT
+    return [path for pattern in SOURCE_PATTERNS
+            for path in sorted(glob.glob(pattern, root_dir=root))]
+
+
+def import_as_extension(library_path):
+    """Import the compiled library at `library_path` as the module fastdw._C (its init function
+    is PyInit__C whatever the file is called) and return it."""
+    spec = importlib.util.spec_from_file_location("fastdw._C", library_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["fastdw._C"] = module
+    return module
+
+
+def cache_directory(root):
+    """Where the first-use build goes: $FASTDW_EXTENSION_CACHE, else ~/.cache/fastdw (or
+    $XDG_CACHE_HOME/fastdw), in a folder named for torch, Python and the sources' hash."""
+    import torch
+    digest = hashlib.sha256(" ".join(COMPILE_FLAGS).encode())
+    headers = [path for pattern in SOURCE_PATTERNS
+               for path in sorted(glob.glob(pattern.replace(".cpp", ".h"), root_dir=root))]
+    for path in sources(root) + headers:
+        digest.update(path.encode())
+        with open(os.path.join(root, path), "rb") as f:
+            digest.update(f.read())
+    base = os.environ.get("FASTDW_EXTENSION_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastdw")
+    version = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
+    return os.path.join(base, f"cpp-{version}-{digest.hexdigest()[:16]}")
+
+
+@contextlib.contextmanager
+def _locked(directory):
+    """An exclusive lock on `directory`, released when the block ends or the process dies."""
+    import fcntl
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def compile_on_first_use(root):
+    """Build fastdw._C from the sources under `root` into cache_directory() unless it is there
+    already, import it, and return (module, directory)."""
+    import torch.utils.cpp_extension as cpp_extension
+    directory = cache_directory(root)
+    library = os.path.join(directory, "fastdw_cpp_extension.so")
+    # Written after a build that finished: a build killed half-way (whose library may exist,
+    # truncated) is started again from scratch.
+    finished = os.path.join(directory, "finished")
+    with _locked(directory):
+        if not os.path.exists(finished):
+            print(f"fastdw: compiling the C++ CPU kernels once for this torch into {directory} "
+                  f"(a few minutes; later runs load them from there)", file=sys.stderr,
+                  flush=True)
+            if os.path.exists(library):
+                os.remove(library)
+            cpp_extension.load(
+                name="fastdw_cpp_extension", build_directory=directory,
+                sources=[os.path.join(root, path) for path in sources(root)],
+                extra_cflags=COMPILE_FLAGS, is_python_module=False, verbose=False)
+            open(finished, "w").close()
+    return import_as_extension(library), directory
+
+
+def load_extension():
+    """(fastdw._C or None, how it was obtained or why it is missing)."""
+    try:
+        import fastdw._C as extension
+        return extension, "built ahead of time"
+    except ImportError as err:
+        missing = err
+    if os.environ.get(NO_EXTENSION_SWITCH) == "1":
+        return None, f"fastdw._C was not built ({missing}) and {NO_EXTENSION_SWITCH}=1"
+    if not sources(SOURCE_ROOT):
+        return None, (f"fastdw._C was not built ({missing}) and the C++ sources are not "
+                      f"installed; install from a source checkout (pip install -e .)")
+    try:
+        extension, directory = compile_on_first_use(SOURCE_ROOT)
+    except (OSError, RuntimeError, ImportError) as err:  # no compiler, no ninja, a build error
+        return None, f"fastdw._C was not built ({missing}) and compiling it failed: {err}"
+    return extension, f"compiled on first use into {directory}"
