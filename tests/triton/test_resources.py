@@ -11,18 +11,21 @@ import pytest
 
 pytest.importorskip("triton", reason="needs triton installed")
 pytest.importorskip("triton.backends.nvidia", reason="needs triton's NVIDIA backend (ptxas)")
+# Imports no kernel (the check imports them lazily, in its own process).
+from fastdw.kernels.triton import resources  # noqa: E402
 
 KERNELS = ("dw_forward_kernel", "dw_backward_params_kernel", "dw_backward_input_kernel",
            "pw_kernel", "ir_kernel")
 
 
 def table_rows(text):
-    """(kernel, config, arch, mma) of each row of the printed table."""
+    """(kernel, config, arch, mma, blocks per SM, occupancy) of each row of the printed table."""
     for line in text.splitlines():
         words = line.split()
         if words and words[0] in KERNELS:
             arch = next(i for i, word in enumerate(words) if word.startswith("sm_"))
-            yield words[0], " ".join(words[1:arch]), words[arch], words[arch + 5]
+            yield (words[0], " ".join(words[1:arch]), words[arch], words[arch + 5],
+                   int(words[arch + 6]), words[arch + 7])
 
 
 def test_no_spills_and_shared_memory_within_limits():
@@ -37,10 +40,32 @@ def test_no_spills_and_shared_memory_within_limits():
     # least be compiled, for every kernel and both archs, the int64 path included, and the
     # tl.dot kernels must multiply bf16 on the tensor cores as bf16.
     rows = list(table_rows(done.stdout))
-    bf16 = {(kernel, arch, config.endswith(" int64")) for kernel, config, arch, _ in rows
+    bf16 = {(kernel, arch, config.endswith(" int64")) for kernel, config, arch, *_ in rows
             if " bf16 " in f" {config} "}
     assert bf16 == {(kernel, arch, int64) for kernel in KERNELS for arch in ("sm_80", "sm_90")
                     for int64 in (False, True)}
-    for kernel, config, arch, mma in rows:
+    for kernel, config, arch, mma, blocks, occupied in rows:
         if kernel in ("pw_kernel", "ir_kernel") and " bf16 " in f" {config} ":
             assert mma == "bf16", (kernel, config, arch)
+        assert blocks >= 1 and occupied.endswith("%"), (kernel, config, arch)
+    for kernel in KERNELS:  # the occupancy span of each kernel on an A100 and an H100
+        for gpu in ("A100 (sm_80)", "H100 (sm_90)"):
+            assert f"occupancy on {gpu} of {kernel}: " in done.stdout
+
+
+# (arch, registers per thread, warps, shared memory bytes) -> (blocks per SM, occupancy), by the
+# CUDA occupancy calculator's rules: registers go per warp in units of 256 from 64K, shared
+# memory per block plus 1 KB reserved from 164 KB (A100) / 228 KB (H100), 64 warps, 32 blocks.
+OCCUPANCY = [
+    ((90, 155, 8, 31744), (1, 0.125)),   # 160 regs/thread: 5120/warp, 12 warps fit
+    ((90, 128, 8, 31744), (2, 0.25)),    # 128: 4096/warp, 16 warps: two 8-warp blocks
+    ((80, 32, 4, 0), (16, 1.0)),         # the 64 warp slots bound it
+    ((80, 64, 4, 100_000), (1, 1 / 16)),  # shared memory: 164 KB holds one 101 KB block
+    ((90, 64, 4, 100_000), (2, 1 / 8)),   # 228 KB holds two
+    ((80, 16, 1, 0), (32, 0.5)),          # the 32-block limit
+]
+
+
+@pytest.mark.parametrize("args,expected", OCCUPANCY, ids=lambda v: str(v))
+def test_occupancy(args, expected):
+    assert resources.occupancy(*args) == expected

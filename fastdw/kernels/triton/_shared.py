@@ -10,6 +10,11 @@ import triton.language as tl
 # Registers per thread for the tl.dot kernels (pwconv, inverted residual). Left alone, ptxas caps
 # them at 64-128 registers and spills a few loop-carried values (seen in the static check,
 # resources.py); 255 removes every spill and still fits 256 threads in a 64K register file.
+# It costs occupancy (resources.py prints it): the fused fp16/bf16 block takes 113-162
+# registers by config, and above 128 one 8-warp block fits an SM where two would. A cap of 128
+# for fp16/bf16 compiles without spills when channel counts are multiples of 16, but the fused
+# block then spills (72 B of stack) at 24 channels, so a cap by dtype alone is not safe; fp32
+# needs 255 (it spills at 128).
 MAXNREG = 255
 
 

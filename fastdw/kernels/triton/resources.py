@@ -1,6 +1,6 @@
 """Static resource check of every fastdw Triton kernel, no GPU needed.
 
-    python -m fastdw.kernels.triton.resources [--full] [--jobs N]
+    python -m fastdw.kernels.triton.resources [--full] [--worst] [--jobs N]
 
 Compiles each kernel for each config its launcher can pick (GPU_CONFIGS of every module, every
 dtype that config serves, the channel blocks of the inverted-residual kernel) for sm_80 and
@@ -21,6 +21,16 @@ is also compiled with int64 offsets within an image (INT64, the path for images 
 elements or more); of the inverted-residual kernel only its widest fused and split configs per
 dtype, as its int64 variants used exactly the registers of its int32 ones when all were compiled
 (sm_80 and sm_90, the default shapes).
+
+Each row also gives the occupancy the kernel would have on an A100 (sm_80) and an H100 (sm_90):
+blocks resident per SM and the share of the SM's warp slots they fill, from its registers,
+warps and shared memory; a summary gives each kernel's range.
+
+--worst adds the worst cases: channel counts that are not multiples of 16 (no divisibility
+hints, no vector loads; every V3 width) and blocks at stride 1 with the residual. They are not
+part of the CI check yet, because some spill today (measured with 120 channels: the fp32 1x1
+kernel in every config, 8-80 B of stack, and the bf16 depthwise forward on sm_80, 8 B; the
+fp32 fused block uses all 255 registers).
 """
 import argparse
 import concurrent.futures
@@ -37,6 +47,13 @@ import torch
 # Max shared memory per block (opt-in), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 ARCHS = (80, 90)
+# Per SM, for occupancy: shared memory at the largest carveout (A100 164 KB, H100 228 KB), of
+# which the driver reserves 1 KB per block; 64K registers, allocated per warp in units of 256;
+# at most 64 warps and 32 blocks (the same on sm_80 and sm_90).
+SMEM_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
+SMEM_RESERVED_PER_BLOCK = 1024
+REGS_PER_SM, REG_UNIT, MAX_WARPS, MAX_BLOCKS = 65536, 256, 64, 32
+GPUS = {80: "A100", 90: "H100"}
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "silu")
 _INDEX = {False: "", True: " int64"}  # config label suffix of the INT64 variants
@@ -49,7 +66,7 @@ _DOT_KERNELS = ("pw_kernel", "ir_kernel")
 _EXPECTED_MMA = {"fp32": "-", "fp16": "f16", "bf16": "bf16"}
 
 
-def _cases(full):
+def _cases(full, worst=False):
     """(kernel, config label, args {name: value}, constexprs, compile options).
 
     Argument values are only types and specialisation: a torch dtype for a pointer, an int for
@@ -119,6 +136,57 @@ def _cases(full):
                 RESIDUAL=fused and stride == 1, DOT_FP32=False, BLOCK_OH=boh, BLOCK_OW=bow,
                 BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=int64), \
                 dict(num_warps=warps, maxnreg=MAXNREG)
+    if worst:
+        yield from _worst_cases(dw, pw, ir, MAXNREG)
+
+
+def _worst_cases(dw, pw, ir, maxnreg):
+    """The worst cases (--worst), with the widest channel blocks: channel counts that are not
+    multiples of 16 (120, as V3's 120-channel layers; 360 hidden), so no divisibility hints
+    and no vector loads, and the blocks at stride 1 with the residual and k 7."""
+    f32 = torch.float32
+    c, hidden = 120, 360
+    strides = {f"s{t}{d}": v for t in "xgry" for d, v in zip("nchw", (56 * 56 * c, 1, 56 * c, c))}
+    ints = dict(C=c, H=56, W=56, OH=56, OW=56, PAD=3, TILES_W=7, TILES_HW=49)
+    for label, dt in [("wide4", f32), ("wide2", torch.float16), ("wide2", torch.bfloat16)]:
+        boh, bow, bc, warps = dw.GPU_CONFIGS[label]
+        tile = dict(K=7, STRIDE=1, DILATION=1, BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_C=bc,
+                    INT64=False)
+        name = f"{label} {_DTYPES[dt]} k7 s1 d1 silu c{c}"
+        xs = {k: v for k, v in strides.items() if k[1] == "x"}
+        yield dw.dw_forward_kernel, name, dict(
+            x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, y_ptr=dt, **ints, **xs,
+            **{k: v for k, v in strides.items() if k[1] == "y"}), dict(tile, ACT="silu"), \
+            dict(num_warps=warps)
+        yield dw.dw_backward_params_kernel, name, dict(
+            g_ptr=dt, x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, gz_ptr=f32,
+            partial_ptr=f32, **ints, **{k: v for k, v in strides.items() if k[1] == "g"}, **xs), \
+            dict(tile, ACT="silu"), dict(num_warps=warps)
+        yield dw.dw_backward_input_kernel, name, dict(
+            gz_ptr=f32, w_ptr=dt, gx_ptr=dt, **ints, **{"sgx" + k[2]: v for k, v in xs.items()}), \
+            tile, dict(num_warps=warps)
+    for label, dt in itertools.product(pw.GPU_CONFIGS, _DTYPES):
+        bm, bn, bk, warps = pw.GPU_CONFIGS[label]
+        yield pw.pw_kernel, f"{label} {_DTYPES[dt]} silu c{c}", dict(
+            x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, gate_ptr=f32, res_ptr=dt, y_ptr=dt,
+            M=3136, HW=3136, W=56, C_IN=c, C_OUT=c,
+            **{k: v for k, v in strides.items() if k[1] in "xry"}), dict(
+            ACT="silu", HAS_GATE=True, HAS_RES=True, DOT_FP32=False, BLOCK_M=bm, BLOCK_N=bn,
+            BLOCK_K=bk, INT64=False), dict(num_warps=warps, maxnreg=maxnreg)
+    boh, bow, bh, warps = ir.GPU_CONFIG
+    for dt, fused in itertools.product(_DTYPES, (True, False)):
+        bcin, bcout = ir.GPU_MAX_BLOCK_CIN[dt.itemsize], 128 if fused else 16
+        name = (f"{'fused' if fused else 'split'} {_DTYPES[dt]} cin{bcin} cout{bcout} k7 s1 silu "
+                f"c{c}")
+        yield ir.ir_kernel, name, dict(
+            x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
+            wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, pool_ptr=f32, y_ptr=dt,
+            C_IN=c, HID=hidden, C_OUT=c, H=56, W=56, OH=56, OW=56,
+            **{k: v for k, v in strides.items() if k[1] in "xy"}, PAD=3, TILES_W=7,
+            TILES_HW=49), dict(
+            K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=fused, POOL=not fused,
+            RESIDUAL=fused, DOT_FP32=False, BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_CIN=bcin,
+            BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=False), dict(num_warps=warps, maxnreg=maxnreg)
 
 
 def _signature(fn, args, constexprs):
@@ -179,18 +247,20 @@ def compile_one(case, arch):
         problems.append(f"shared {shared} B > sm_{arch} limit {SMEM_LIMIT[arch]} B")
     if use["REG"] * warps * 32 > 65536:
         problems.append(f"{use['REG']} regs x {warps * 32} threads > 65536")
+    blocks, occupied = occupancy(arch, use["REG"], warps, shared)
     return dict(kernel=fn.__name__, config=label, arch=f"sm_{arch}", warps=warps, regs=use["REG"],
                 spill=use.get("LOCAL", 0) + use.get("STACK", 0), smem=shared, mma=mma,
-                problems="; ".join(problems))
+                blocks=blocks, occupancy=occupied, problems="; ".join(problems))
 
 
-def check(full=False, jobs=None):
+def check(full=False, jobs=None, worst=False):
     """Compile everything; return the rows (a row with `problems` set is a failure).
 
     Needs the kernels imported without TRITON_INTERPRET=1 (interpreted kernels do not compile):
     run it as its own process, as main() and the CI test do.
     """
-    work = [(index, arch, full) for index in range(len(list(_cases(full)))) for arch in ARCHS]
+    work = [(index, arch, full, worst) for index in range(len(list(_cases(full, worst))))
+            for arch in ARCHS]
     jobs = jobs or os.cpu_count() or 1
     if jobs == 1:
         return [_compile_nth(w) for w in work]
@@ -198,33 +268,61 @@ def check(full=False, jobs=None):
         return list(pool.map(_compile_nth, work, chunksize=4))
 
 
+def occupancy(arch, regs, warps, smem):
+    """(blocks resident per SM, fraction of the SM's 64 warp slots they fill) for a kernel of
+    `warps` warps using `regs` registers per thread and `smem` bytes of shared memory per
+    block, on sm_`arch` (the CUDA occupancy calculator's register, shared-memory, warp and
+    block limits)."""
+    warp_regs = -(-regs * 32 // REG_UNIT) * REG_UNIT
+    blocks = min(MAX_BLOCKS, MAX_WARPS // warps, REGS_PER_SM // warp_regs // warps,
+                 SMEM_PER_SM[arch] // (smem + SMEM_RESERVED_PER_BLOCK))
+    return blocks, blocks * warps / MAX_WARPS
+
+
 def _compile_nth(work):
     # Worker processes get an index, not the kernel: Triton's JIT functions do not pickle.
-    index, arch, full = work
-    return compile_one(next(itertools.islice(_cases(full), index, None)), arch)
+    index, arch, full, worst = work
+    return compile_one(next(itertools.islice(_cases(full, worst), index, None)), arch)
 
 
 def format_table(rows):
+    """The table; `blocks` and `occ` are the occupancy on the arch's GPU (sm_80 an A100, sm_90 an
+    H100): blocks resident per SM and the share of its warp slots they fill."""
     lines = [f"{'kernel':<27} {'config':<48} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>6} "
-             f"{'smem B':>7} {'mma':>4}  problems"]
+             f"{'smem B':>7} {'mma':>4} {'blocks':>6} {'occ':>4}  problems"]
     for r in rows:
         lines.append(f"{r['kernel']:<27} {r['config']:<48} {r['arch']:<6} {r['warps']:>5} "
-                     f"{r['regs']:>5} {r['spill']:>6} {r['smem']:>7} {r['mma']:>4}  "
-                     f"{r['problems']}")
+                     f"{r['regs']:>5} {r['spill']:>6} {r['smem']:>7} {r['mma']:>4} "
+                     f"{r['blocks']:>6} {r['occupancy']:>4.0%}  {r['problems']}")
     return "\n".join(lines)
+
+
+def occupancy_summary(rows):
+    """Per kernel and arch, the lowest and highest occupancy over its configs."""
+    spans = {}
+    for r in rows:
+        key = (r["kernel"], r["arch"])
+        low, high = spans.get(key, (1.0, 0.0))
+        spans[key] = (min(low, r["occupancy"]), max(high, r["occupancy"]))
+    return "\n".join(f"occupancy on {GPUS[int(arch[3:])]} ({arch}) of {kernel}: {low:.0%} to "
+                     f"{high:.0%}" for (kernel, arch), (low, high) in spans.items())
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true",
                         help="also enumerate act/stride/dilation/kernel size (slow)")
+    parser.add_argument("--worst", action="store_true",
+                        help="also the worst cases: channels not multiples of 16, stride 1 "
+                             "with the residual (some spill today: not part of the CI check)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: cores)")
     opts = parser.parse_args(argv)
     # The kernels must be real JIT functions, not interpreted ones: drop the interpreter switch
     # before anything imports them (they are imported lazily, by _cases).
     os.environ.pop("TRITON_INTERPRET", None)
-    rows = check(opts.full, opts.jobs)
+    rows = check(opts.full, opts.jobs, opts.worst)
     print(format_table(rows))
+    print(occupancy_summary(rows))
     bad = [r for r in rows if r["problems"]]
     print(f"{len(rows)} compiles, {len(bad)} with problems")
     return 1 if bad else 0
