@@ -13,8 +13,11 @@ import torch
 from fastdw import torch_internals
 from fastdw.kernels import cpp_build, reference
 
-# Loading fastdw._C registers torch.ops.fastdw_cpp and torch.classes.fastdw_cpp.
-_extension, _HOW_LOADED = cpp_build.load_extension()
+try:  # registers torch.ops.fastdw_cpp and torch.classes.fastdw_cpp
+    import fastdw._C as _extension
+    _HOW_LOADED = "built ahead of time"
+except ImportError as missing:  # e.g. a plain `pip install -e .`: compile it now
+    _extension, _HOW_LOADED = cpp_build.compile_instead(missing)
 
 DEVICES = ("cpu",)
 NOTES = (f"fastdw._C {_HOW_LOADED}; float32 (+ bfloat16 for dwconv_bn_act) in C++; float16, "

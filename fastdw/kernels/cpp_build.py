@@ -12,7 +12,8 @@ used three ways.
 * Under AddressSanitizer: tests/cpp/test_sanitizer.py builds an instrumented copy with extra
   flags.
 
-load_extension() tells which of the first two happened; `python -m fastdw info` shows it.
+fastdw/kernels/cpp.py imports fastdw._C, or calls compile_instead() where it is missing;
+`python -m fastdw info` shows which happened.
 """
 import contextlib
 import glob
@@ -88,7 +89,7 @@ def compile_on_first_use(root):
     already, import it, and return (module, directory)."""
     import torch.utils.cpp_extension as cpp_extension
     directory = cache_directory(root)
-    library = os.path.join(directory, "fastdw_cpp_extension.so")
+    library = os.path.join(directory, "fastdw_first_use.so")
     # Written after a build that finished: a build killed half-way (whose library may exist,
     # truncated) is started again from scratch.
     finished = os.path.join(directory, "finished")
@@ -100,20 +101,16 @@ def compile_on_first_use(root):
             if os.path.exists(library):
                 os.remove(library)
             cpp_extension.load(
-                name="fastdw_cpp_extension", build_directory=directory,
+                name="fastdw_first_use", build_directory=directory,
                 sources=[os.path.join(root, path) for path in sources(root)],
                 extra_cflags=COMPILE_FLAGS, is_python_module=False, verbose=False)
             open(finished, "w").close()
     return import_as_extension(library), directory
 
 
-def load_extension():
-    """(fastdw._C or None, how it was obtained or why it is missing)."""
-    try:
-        import fastdw._C as extension
-        return extension, "built ahead of time"
-    except ImportError as err:
-        missing = err
+def compile_instead(missing):
+    """Where `import fastdw._C` failed with ImportError `missing`: (the extension compiled on
+    first use, how) or (None, why there is none)."""
     if os.environ.get(NO_EXTENSION_SWITCH) == "1":
         return None, f"fastdw._C was not built ({missing}) and {NO_EXTENSION_SWITCH}=1"
     if not sources(SOURCE_ROOT):
