@@ -5,7 +5,8 @@
 
 Each op runs on a tiny input (batch 1, 16 channels, 4x4 pixels, float32, channels_last) on the
 cpp backend under no_grad, as a user calls it: the public function with its weights as a
-MobileNet layer holds them (4-D 1x1 conv weights, folded BN vectors). The kernels' arithmetic at
+MobileNet layer holds them (4-D 1x1 conv weights, folded BN vectors), and a block once more with
+2-D 1x1 weights. The kernels' arithmetic at
 this size takes a few microseconds, so differences between two fastdw versions are differences
 in per-call overhead. Only the public API is used, so the same command runs on any version of
 fastdw (run it with PYTHONPATH pointing at each checkout, in alternation).
@@ -36,6 +37,10 @@ def cases(backend):
     block = (expand_w, *affine(hidden), block_dw_w, *affine(hidden), project_w, *affine(c))
     se = dict(se_w1=torch.randn(8, hidden, 1, 1), se_b1=torch.randn(8),
               se_w2=torch.randn(hidden, 8, 1, 1), se_b2=torch.randn(hidden))
+    # The same block with its 1x1 weights as (C_out, C_in) matrices, as the README's API tour
+    # writes them.
+    block_2d = tuple(w.flatten(1) if w.dim() == 4 and w.shape[2:] == (1, 1) else w
+                     for w in block)
     dw_affine, pw_affine = affine(c), affine(c)
     ops = fastdw.ops
     return [
@@ -45,6 +50,8 @@ def cases(backend):
                                                     backend=backend)),
         ("inverted_residual", lambda: ops.inverted_residual(x, *block, stride=1,
                                                             backend=backend)),
+        ("inverted_residual 2-D", lambda: ops.inverted_residual(x, *block_2d, stride=1,
+                                                                backend=backend)),
         ("inverted_residual+se", lambda: ops.inverted_residual(x, *block, stride=1,
                                                                act="hardswish", backend=backend,
                                                                **se)),
