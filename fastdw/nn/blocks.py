@@ -91,6 +91,8 @@ class InvertedResidualBlock(CachedForward, nn.Module):
         (ConvBNAct.children_fuse)."""
         layers = getattr(self, self._layers_name)
         return (type(layers) is nn.Sequential and self.fusable(layers)
+                # the op strides by the block's stride; an edited depthwise conv must run as is
+                and self._stages_of(layers)[1][0].stride == (self.stride, self.stride)
                 and all(plain(m, type(m)) and type(m) in _STAGE_CLASSES
                         for m in layers.modules())
                 and all(stage.children_fuse() for stage in layers

@@ -137,6 +137,22 @@ def test_edited_stages_of_a_block_are_computed(block, backend_name, randomize_bn
     assert_close(out, x.double() + stock(layers)(x.double()), torch.float32)
 
 
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_a_blocks_depthwise_stride_edited(mode, backend_name, randomize_bn):
+    """The op strides by the block's stride; a depthwise conv given another one runs as is."""
+    module = randomize_bn(fastdw.nn.InvertedResidual(16, 24, 2, 6))
+    module.train(mode == "train")
+    x = torch.randn(2, 16, 9, 9)
+    layers, _ = inner(module)
+    with backend.use_backend(backend_name), torch.no_grad():
+        module(x)
+        module(x)
+        next(m for m in layers if isinstance(m, fastdw.nn.DWConvBNAct))[0].stride = (1, 1)
+        out = module(x)
+    assert out.shape == (2, 24, 9, 9)
+    assert_close(out, stock(layers).train(mode == "train")(x.double()), torch.float32)
+
+
 def test_a_hook_added_after_the_models_program_was_built(randomize_bn, accurate):
     model = randomize_bn(fastdw.models.mobilenet_v2(num_classes=10)).eval()
     x = torch.randn(1, 3, 64, 64)
