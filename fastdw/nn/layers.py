@@ -57,10 +57,13 @@ def conv_kind(conv):
 
 def plain(module, cls):
     """Whether module is exactly a cls, with cls's forward and no hooks: a module a fused op
-    may stand in for (its call would run nothing else)."""
+    may stand in for (its call would run nothing else). Its tensors must be registered
+    parameters or buffers too: the fold caches check the bytes of those (fastdw.nn.cache), not
+    of a tensor set as a plain attribute (`del bn.running_var; bn.running_var = t`)."""
     return (type(module) is cls and "forward" not in module.__dict__
             and not (module._forward_hooks or module._forward_pre_hooks
-                     or module._backward_hooks or module._backward_pre_hooks))
+                     or module._backward_hooks or module._backward_pre_hooks)
+            and not any(isinstance(v, torch.Tensor) for v in module.__dict__.values()))
 
 
 # What a fused module's cached forward is when its children must run as they are.

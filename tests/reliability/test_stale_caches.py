@@ -142,6 +142,35 @@ def test_fused_modules_see_every_edit(layer, edit, backend_name, randomize_bn):
     assert_close(out, copy.deepcopy(module).double()(x.double()), torch.float32)
 
 
+@pytest.mark.parametrize("layer", LAYERS)
+def test_tensors_held_as_plain_attributes(layer, backend_name, randomize_bn):
+    """A module's tensors set as plain attributes (not registered parameters or buffers, as
+    functional-call or LoRA-style code does) and then edited in place are seen: such a
+    module runs as itself (nn.layers.plain)."""
+    module = randomize_bn(LAYERS[layer]()).eval()
+    x = torch.randn(2, 16, 10, 10)
+    held = []
+    for m in module.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.Conv2d)):
+            for name in ("running_var", "weight") if isinstance(m, nn.BatchNorm2d) else ("weight",):
+                tensor = getattr(m, name).detach().clone()
+                delattr(m, name)
+                setattr(m, name, tensor)
+                held.append(tensor)
+    with backend.use_backend(backend_name), torch.no_grad():
+        for _ in range(2):
+            module(x)
+        for t in held:
+            t.mul_(1.5)
+        out = module(x)
+    oracle = copy.deepcopy(module).double()
+    for m in oracle.modules():  # .double() converts only registered tensors
+        for name, value in list(vars(m).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(m, name, value.double())
+    assert_close(out, oracle(x.double()), torch.float32)
+
+
 def flatten_into_one_storage(module):
     """Every parameter and buffer of module made a view into one flat tensor (as flat-parameter
     wrappers do): a weight a cached value holds then shares its storage with BatchNorm tensors
