@@ -158,9 +158,14 @@ def unchanged_py(stamp):
             and all(map(_same_bytes, valued, value_copies))):
         return False
     try:
-        return dicts == copies
+        # in order: children reordered in place run in the new order
+        return all(map(_same_items, dicts, copies))
     except (RuntimeError, TypeError, ValueError):  # a changed attribute whose == raises
         return False  # (a tensor or an array, say): changed
+
+
+def _same_items(d, copy):
+    return list(d.items()) == list(copy.items())
 
 
 # In C where fastdw._C is built (the cpp backend loads), else in Python.

@@ -233,6 +233,14 @@ def test_models_see_blocks_reordered_in_place(randomize_bn, accurate):
     items[5], items[6] = (items[5][0], items[6][1]), (items[6][0], items[5][1])
     model.features._modules = collections.OrderedDict(items)
     assert all(accurate(out, model, x) for out in calls(model, x, 2))
+    # and reordered within the same dict: each key keeps its block, blocks 5 and 6 swap turns
+    blocks = model.features._modules
+    before = calls(model, x, 3)[-1]
+    for key in [*list(blocks)[:5], "6", "5", *list(blocks)[7:]]:
+        blocks[key] = blocks.pop(key)
+    after = calls(model, x, 2)
+    assert rel_err(after[-1], before) > REL_TOL[torch.float32]
+    assert all(accurate(out, model, x) for out in after)
 
 
 def test_compiled_model_sees_load_state_dict(randomize_bn, accurate):
