@@ -18,29 +18,41 @@ namespace {
 enum Fields { kMods, kTypes, kModuleDicts, kDicts, kCopies, kTensorDicts, kTensors, kLive,
               kViews, kValued, kValueCopies, kFields };
 
-// 1 if d equals copy in order, 0 if not, -1 with a Python error set (as
-// PyObject_RichCompareBool). d is a module's dict or hook OrderedDict, or a class's
-// mappingproxy; copy the dict made of it. Order counts: a module's children run in the order of
-// its _modules (dict == would take children reordered in place as unchanged).
+// 1 if d equals copy, 0 if not, -1 with a Python error set (as PyObject_RichCompareBool). d
+// is a module's dict, _modules or hook dict, or a class's mappingproxy; copy what take_stamp()
+// made of it: for _modules and hook dicts, whose order is the order children and hooks run in,
+// a list of d's items, compared in order; else a dict, compared as == (which ignores order).
 int dict_equal(PyObject* d, PyObject* copy) {
-  if (!(PyDict_CheckExact(d) || PyODict_CheckExact(d)) || !PyDict_CheckExact(copy))
-    return PyObject_RichCompareBool(d, copy, Py_EQ);  // class mappingproxies
-  if (PyDict_GET_SIZE(d) != PyDict_GET_SIZE(copy)) return 0;
-  Py_ssize_t i = 0, j = 0;
-  PyObject *k1, *v1, *k2, *v2;
-  while (PyDict_Next(d, &i, &k1, &v1)) {
-    if (!PyDict_Next(copy, &j, &k2, &v2)) return 0;
-    if (k1 == k2 && v1 == v2) continue;
-    // Equal but not the same objects: ==, on references of our own (it may run any code).
-    PyObject* pair[4] = {k1, k2, v1, v2};
-    for (PyObject* o : pair) Py_INCREF(o);
-    int eq = PyObject_RichCompareBool(k1, k2, Py_EQ);
-    if (eq == 1) eq = PyObject_RichCompareBool(v1, v2, Py_EQ);
-    for (PyObject* o : pair) Py_DECREF(o);
-    if (eq != 1) return eq;
-    if (PyDict_GET_SIZE(d) != PyDict_GET_SIZE(copy)) return 0;  // == edited a dict
+  const bool is_dict = PyDict_CheckExact(d) || PyODict_CheckExact(d);
+  if (PyList_CheckExact(copy)) {
+    if (!is_dict || PyDict_GET_SIZE(d) != PyList_GET_SIZE(copy)) return 0;
+    Py_ssize_t i = 0, j = 0;
+    PyObject *k1, *v1;
+    while (PyDict_Next(d, &i, &k1, &v1)) {
+      if (j >= PyList_GET_SIZE(copy)) return 0;  // an == below grew d
+      PyObject* item = PyList_GET_ITEM(copy, j++);
+      if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) return 0;
+      PyObject *k2 = PyTuple_GET_ITEM(item, 0), *v2 = PyTuple_GET_ITEM(item, 1);
+      if (k1 == k2 && v1 == v2) continue;
+      // Equal but not the same objects: ==, on references of our own (it may run any code).
+      PyObject* held[] = {k1, v1, item};
+      for (PyObject* o : held) Py_INCREF(o);
+      int eq = PyObject_RichCompareBool(k1, k2, Py_EQ);
+      if (eq == 1) eq = PyObject_RichCompareBool(v1, v2, Py_EQ);
+      for (PyObject* o : held) Py_DECREF(o);
+      if (eq != 1) return eq;
+    }
+    return j == PyList_GET_SIZE(copy);
   }
-  return 1;
+  if (is_dict && PyDict_CheckExact(copy) && PyDict_GET_SIZE(d) == PyDict_GET_SIZE(copy)) {
+    Py_ssize_t i = 0, j = 0;
+    PyObject *k1, *v1, *k2, *v2;
+    bool same = true;
+    while (same && PyDict_Next(d, &i, &k1, &v1))
+      same = PyDict_Next(copy, &j, &k2, &v2) && k1 == k2 && v1 == v2;
+    if (same) return 1;
+  }
+  return PyObject_RichCompareBool(d, copy, Py_EQ);  // mappingproxies, changed dicts
 }
 
 // The checks of unchanged_py(), in its order: 1 unchanged, 0 changed, -1 with a Python error

@@ -53,14 +53,18 @@ def take_stamp(owner, values=True):
     (taken before the value is computed: see holding()); else only their layout counts."""
     mods = list(owner.modules())
     classes = {c for m in mods for c in type(m).__mro__ if c not in (nn.Module, object)}
-    dicts = [d for m in mods for d in (m.__dict__, m._modules, *_hook_dicts(m))]
-    dicts += [c.__dict__ for c in classes]  # mappingproxies; == compares their dicts
+    # Children and hooks run in their dicts' order: those copies are item lists, compared in
+    # order. Attributes and class dicts are copied as dicts, compared as ==, which ignores order.
+    ordered = [d for m in mods for d in (m._modules, *_hook_dicts(m))]
+    unordered = [m.__dict__ for m in mods] + [c.__dict__ for c in classes]  # (mappingproxies)
+    dicts = ordered + unordered
+    copies = [list(d.items()) for d in ordered] + [dict(d) for d in unordered]
     tensor_dicts = [d for m in mods for d in (m._parameters, m._buffers) if d]
     tensors = list(_values(map(dict.values, tensor_dicts)))
     live = [t for t in tensors if t is not None]
     valued = live if values else []
     return (mods, list(map(type, mods)), list(map(_dict_of, mods)), dicts,
-            [dict(d) for d in dicts], tensor_dicts, tensors, live,
+            copies, tensor_dicts, tensors, live,
             [t.detach() for t in live], valued, list(map(_copy, valued)))
 
 
@@ -158,14 +162,14 @@ def unchanged_py(stamp):
             and all(map(_same_bytes, valued, value_copies))):
         return False
     try:
-        # in order: children reordered in place run in the new order
         return all(map(_same_items, dicts, copies))
     except (RuntimeError, TypeError, ValueError):  # a changed attribute whose == raises
         return False  # (a tensor or an array, say): changed
 
 
 def _same_items(d, copy):
-    return list(d.items()) == list(copy.items())
+    """d equals its copy from take_stamp(): in order where the copy is an item list."""
+    return list(d.items()) == copy if type(copy) is list else d == copy
 
 
 # In C where fastdw._C is built (the cpp backend loads), else in Python.
