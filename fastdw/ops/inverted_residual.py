@@ -104,7 +104,7 @@ def inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Optio
     expand and depthwise stages; `residual` adds x when stride is 1 and C_in == C_out.
     """
     # The tensor parameters are named as BlockWeights' fields (a test holds them equal). Built by
-    # keyword, not from locals(): at batch 1 that costs a tenth of the call (bench/op_overhead.py).
+    # keyword: locals() and _make cost more per call (bench/op_overhead.py).
     block = BlockWeights(
         expand_w=expand_w, expand_scale=expand_scale, expand_shift=expand_shift, dw_w=dw_w,
         dw_scale=dw_scale, dw_shift=dw_shift, project_w=project_w, project_scale=project_scale,
