@@ -35,6 +35,11 @@ def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+# The largest int32: the ops refuse sizes and hyper-parameters above it, and kernels index in
+# int32 up to it (beyond, the Triton kernels switch to int64 offsets).
+INT32_MAX = 2**31 - 1
+
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     """Output length of a convolution along one spatial axis (zero padding on both sides)."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1

@@ -3,17 +3,13 @@ that names the argument, before any kernel touches memory."""
 import torch
 
 from fastdw import contract
-from fastdw.contract import ACTIVATIONS, FLOAT_DTYPES, compute_dtype
+from fastdw.contract import ACTIVATIONS, FLOAT_DTYPES, INT32_MAX, compute_dtype
 
 
 def activation(act, name="act"):
     if not isinstance(act, str) or act not in ACTIVATIONS:
         raise ValueError(f"{name} must be one of {sorted(ACTIVATIONS)}, got {act!r}")
     return act
-
-
-# Kernels index with 32-bit strides and offsets; larger conv hyper-parameters are never real.
-INT32_MAX = 2**31 - 1
 
 
 def integer(value, name, minimum):

@@ -6,6 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastdw.contract import INT32_MAX
 
 # Registers per thread for the tl.dot kernels (pwconv, inverted residual). Left alone, ptxas caps
 # them at 64-128 registers and spills a few loop-carried values (seen in the static check,
@@ -21,9 +22,6 @@ MAXNREG = 255
 def interpreting():
     """True when kernels run on CPU tensors through Triton's interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-INT32_MAX = 2**31 - 1
 
 
 def image_extent(t):

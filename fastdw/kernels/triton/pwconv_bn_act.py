@@ -14,9 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fastdw.contract import output_memory_format
-from fastdw.kernels.triton._shared import (INT32_MAX, MAXNREG, activation, as_offset,
-                                           dot_operand, interpreting, needs_int64, on_device_of)
+from fastdw.contract import INT32_MAX, output_memory_format
+from fastdw.kernels.triton._shared import (MAXNREG, activation, as_offset, dot_operand,
+                                           interpreting, needs_int64, on_device_of)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; resources.py compiles each of them.
 GPU_CONFIGS = {"small_n": (64, 32, 32, 4), "mid_n": (64, 64, 32, 8), "wide_n": (64, 128, 32, 8)}
