@@ -57,7 +57,8 @@ def demo(args):
 
     enum = getattr(models, DEMO_MODELS[args.model]).IMAGENET1K_V1
     path = _weights.local_checkpoint(enum)
-    ours = getattr(models, args.model)(weights=enum if path else None).eval()
+    # the file found (and hash-checked) above, so that it is not looked up and checked again
+    ours = getattr(models, args.model)(weights=path).eval()
     stock = getattr(torchvision.models, args.model)().eval()
     stock.load_state_dict(ours.state_dict())  # same weights in both, pretrained or not
     if path:
