@@ -11,11 +11,9 @@ from fastdw.contract import INT32_MAX
 # Registers per thread for the tl.dot kernels (pwconv, inverted residual). Left alone, ptxas caps
 # them at 64-128 registers and spills a few loop-carried values (seen in the static check,
 # resources.py); 255 removes every spill and still fits 256 threads in a 64K register file.
-# It costs occupancy (resources.py prints it): the fused fp16/bf16 block takes 113-162
-# registers by config, and above 128 one 8-warp block fits an SM where two would. A cap of 128
-# for fp16/bf16 compiles without spills when channel counts are multiples of 16, but the fused
-# block then spills (72 B of stack) at 24 channels, so a cap by dtype alone is not safe; fp32
-# needs 255 (it spills at 128).
+# It costs occupancy (resources.py prints it): above 128 registers one 8-warp block fits an SM
+# where two would. A cap of 128 for fp16/bf16 is not safe by dtype alone (the fused block spills
+# at some channel counts not a multiple of 16), and fp32 spills at 128.
 MAXNREG = 255
 
 

@@ -28,9 +28,8 @@ warps and shared memory; a summary gives each kernel's range.
 
 --worst adds the worst cases: channel counts that are not multiples of 16 (no divisibility
 hints, no vector loads; every V3 width) and blocks at stride 1 with the residual. They are not
-part of the CI check yet, because some spill today (measured with 120 channels: the fp32 1x1
-kernel in every config, 8-80 B of stack, and the bf16 depthwise forward on sm_80, 8 B; the
-fp32 fused block uses all 255 registers).
+part of the CI check yet, because some spill today (the fp32 1x1 kernel, and the bf16
+depthwise forward on sm_80; run --worst for the table).
 """
 import argparse
 import concurrent.futures
