@@ -1,0 +1,694 @@
+// fastdw's CUDA emulator: runs the device code of csrc/cuda, compiled by g++ for the host, so
+// that it can be executed and checked on a machine without a GPU. Kernels include
+// csrc/cuda/portable.h, never this file: it is the host half of that header.
+//
+// Each CUDA thread is a ucontext fiber; one OS thread runs a block's fibers one at a time,
+// switching only at __syncthreads and warp collectives. It checks what a GPU would leave
+// undefined or hang on, and throws fastdw_emu::Error (with the seed to replay the run) for:
+//  * a __syncthreads that not every thread of the block reaches, or that threads reach at
+//    different call sites (the programming guide requires the whole block, in uniform code);
+//  * a warp collective (shuffle, ballot, __syncwarp) that a lane of its mask never reaches, or
+//    reaches with another mask or at another call site, or a shuffle reading a lane outside it;
+//  * a shared-memory access outside the array it goes through, or misaligned for its type;
+//  * with Options::racecheck, two threads touching one shared byte between the same two
+//    barriers where at least one writes (a missing __syncthreads);
+//  * launch shapes and shared memory over the limits of the chosen architecture;
+//  * a 16-byte vector access (load_vec / store_vec) to an address not 16-byte aligned.
+// What it randomises, from Options::seed, so that a missing barrier changes the result: the
+// order of blocks, and which thread runs next at every switch point (so threads interleave
+// differently between barriers and lanes of a warp are never in lockstep). Shared memory
+// starts every block filled with 0xFF bytes (NaN as float): a read before any write shows.
+// It cannot show timing, the memory model between blocks, or occupancy.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cxxabi.h>
+#include <dlfcn.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+#include <vector_types.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define FASTDW_EMU_ASAN 1
+#endif
+
+namespace fastdw_emu {
+
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The per-block limits of a target GPU (CUDA programming guide, compute capabilities table).
+struct Arch {
+  const char* name;
+  size_t max_static_shared;  // __shared__ arrays: 48 KB, also on sm_90 (a ptxas error beyond)
+  size_t max_shared;         // static + dynamic with the cudaFuncSetAttribute opt-in
+};
+inline constexpr Arch kSm80{"sm_80", 48 * 1024, 163 * 1024};
+inline constexpr Arch kSm90{"sm_90", 48 * 1024, 227 * 1024};
+inline constexpr unsigned kMaxThreadsPerBlock = 1024;
+inline constexpr unsigned kWarpSize = 32;
+
+struct Options {
+  uint64_t seed = 0;
+  bool racecheck = false;
+  const Arch* arch = &kSm80;  // the smaller of the two targets, so both are respected
+  // cudaFuncAttributeMaxDynamicSharedMemorySize as the launcher set it: 48 KB by default.
+  size_t max_dynamic_shared = 48 * 1024;
+};
+
+// Options from the environment: FASTDW_CUDA_EMULATE_SEED (else a fresh random seed per launch),
+// FASTDW_CUDA_EMULATE_RACECHECK=1, FASTDW_CUDA_EMULATE_ARCH=80|90 (default 80).
+inline Options options_from_env() {
+  Options o;
+  const char* seed = std::getenv("FASTDW_CUDA_EMULATE_SEED");
+  o.seed = seed && *seed ? std::strtoull(seed, nullptr, 10) : std::random_device{}();
+  const char* race = std::getenv("FASTDW_CUDA_EMULATE_RACECHECK");
+  o.racecheck = race && std::string(race) == "1";
+  const char* arch = std::getenv("FASTDW_CUDA_EMULATE_ARCH");
+  o.arch = arch && std::string(arch) == "90" ? &kSm90 : &kSm80;
+  return o;
+}
+
+namespace detail {
+
+inline std::string str_of(const uint3& v) {
+  return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")";
+}
+
+enum class State { kRunnable, kBarrier, kWarp, kDone };
+enum class Collective { kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kSyncwarp };
+inline const char* collective_name(Collective c) {
+  static const char* names[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
+                                "__shfl_xor_sync", "__ballot_sync", "__syncwarp"};
+  return names[static_cast<int>(c)];
+}
+
+struct Site {
+  const char* file = "";
+  int line = 0;
+  bool operator==(const Site& o) const { return line == o.line && std::strcmp(file, o.file) == 0; }
+  std::string str() const { return std::string(file) + ":" + std::to_string(line); }
+};
+
+struct Fiber {
+  ucontext_t context;
+  char* stack = nullptr;
+  uint3 thread_idx;
+  unsigned linear = 0;
+  State state = State::kRunnable;
+  Site site;  // where it waits
+  // The collective it waits in: kind, mask, its operand (raw bytes) and argument, and result.
+  Collective kind = Collective::kSyncwarp;
+  unsigned mask = 0;
+  int arg = 0, width = 32;
+  unsigned char value[16] = {};
+  unsigned char result[16] = {};
+  unsigned warp_syncs = 0;  // __syncwarp(full mask) passed, for the race detector
+#ifdef FASTDW_EMU_ASAN
+  void* fake_stack = nullptr;
+#endif
+};
+
+// Who last wrote and read a shared byte, and in which barrier interval.
+struct Shadow {
+  int32_t writer = -1, reader = -1;  // thread (linear id); reader -2: several threads
+  uint32_t write_epoch = 0, read_epoch = 0;
+  uint32_t write_warp_syncs = 0, read_warp_syncs = 0;
+};
+
+struct Region {
+  const void* tag;
+  size_t offset, bytes;
+};
+
+// The stacks of a block's fibers, each above a guard page so an overflow faults at once;
+// kept per OS thread and reused by every block and launch.
+class StackPool {
+ public:
+#ifdef FASTDW_EMU_ASAN
+  static constexpr size_t kStackBytes = 512 * 1024;  // ASan's redzones make frames larger
+#else
+  static constexpr size_t kStackBytes = 128 * 1024;
+#endif
+  char* get(size_t i) {
+    while (stacks_.size() <= i) {
+      const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+      void* p = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) throw Error("CUDA emulator: cannot map a fiber stack");
+      mprotect(p, page, PROT_NONE);
+      stacks_.push_back(static_cast<char*>(p) + page);
+    }
+#ifdef FASTDW_EMU_ASAN
+    // A fiber abandoned after an error leaves its frames' redzones poisoned.
+    ASAN_UNPOISON_MEMORY_REGION(stacks_[i], kStackBytes);
+#endif
+    return stacks_[i];
+  }
+
+ private:
+  std::vector<char*> stacks_;
+};
+
+struct Block;
+inline thread_local Block* tl_block = nullptr;
+
+// One block's execution: its fibers, shared memory and scheduler.
+struct Block {
+  const Options& opt;
+  dim3 grid_dim, block_dim;
+  uint3 block_idx;
+  std::function<void()> body;
+  std::vector<Fiber> threads;
+  std::vector<unsigned> runnable;
+  std::mt19937_64& rng;
+  Fiber* current = nullptr;
+  ucontext_t scheduler;
+  std::string error;  // set by a fiber that failed
+  // Shared memory: static arrays at offsets below static_used, the dynamic array apart.
+  std::vector<unsigned char> static_mem, dynamic_mem;
+  size_t static_used = 0;
+  std::vector<Region> regions;
+  std::vector<Shadow> static_shadow, dynamic_shadow;
+  uint32_t epoch = 1;                  // barriers passed + 1
+  std::vector<unsigned> warp_syncs;    // per warp: full-mask __syncwarp passed
+#ifdef FASTDW_EMU_ASAN
+  const void* scheduler_stack = nullptr;
+  size_t scheduler_stack_bytes = 0;
+#endif
+
+  Block(const Options& o, std::mt19937_64& r) : opt(o), rng(r) {}
+
+  unsigned size() const { return block_dim.x * block_dim.y * block_dim.z; }
+
+  [[noreturn]] void fail(const std::string& what) const { fail_at(*current, what); }
+  [[noreturn]] void fail_at(const Fiber& f, const std::string& what) const {
+    throw Error(what + " (thread " + str_of(f.thread_idx) + " of block " + str_of(block_idx) +
+                ")");
+  }
+
+  // Fiber -> scheduler; returns when the scheduler resumes this fiber.
+  void yield_to_scheduler() {
+    Fiber* self = current;
+#ifdef FASTDW_EMU_ASAN
+    __sanitizer_start_switch_fiber(self->state == State::kDone ? nullptr : &self->fake_stack,
+                                   scheduler_stack, scheduler_stack_bytes);
+#endif
+    swapcontext(&self->context, &scheduler);
+#ifdef FASTDW_EMU_ASAN
+    __sanitizer_finish_switch_fiber(self->fake_stack, &scheduler_stack, &scheduler_stack_bytes);
+#endif
+  }
+
+  static void entry() {
+    Block* b = tl_block;
+#ifdef FASTDW_EMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &b->scheduler_stack, &b->scheduler_stack_bytes);
+#endif
+    try {
+      b->body();
+    } catch (const std::exception& e) {  // unwound on this fiber's own stack
+      b->error = e.what();
+    }
+    b->current->state = State::kDone;
+    b->yield_to_scheduler();  // never resumed
+  }
+
+  void run(StackPool& stacks) {
+    const unsigned n = size();
+    threads.assign(n, Fiber{});
+    runnable.clear();
+    warp_syncs.assign((n + kWarpSize - 1) / kWarpSize, 0);
+    for (unsigned i = 0; i < n; ++i) {
+      Fiber& f = threads[i];
+      f.linear = i;
+      f.thread_idx = make_uint3(i % block_dim.x, (i / block_dim.x) % block_dim.y,
+                                i / (block_dim.x * block_dim.y));
+      f.stack = stacks.get(i);
+      getcontext(&f.context);
+      f.context.uc_stack.ss_sp = f.stack;
+      f.context.uc_stack.ss_size = StackPool::kStackBytes;
+      f.context.uc_link = nullptr;
+      makecontext(&f.context, &Block::entry, 0);
+      runnable.push_back(i);
+    }
+    tl_block = this;
+    for (;;) {
+      if (runnable.empty() && !release_barrier()) return;
+      // A random runnable thread runs until its next switch point.
+      const size_t pick = std::uniform_int_distribution<size_t>(0, runnable.size() - 1)(rng);
+      current = &threads[runnable[pick]];
+      runnable[pick] = runnable.back();
+      runnable.pop_back();
+#ifdef FASTDW_EMU_ASAN
+      void* fake = nullptr;
+      __sanitizer_start_switch_fiber(&fake, current->stack, StackPool::kStackBytes);
+#endif
+      swapcontext(&scheduler, &current->context);
+#ifdef FASTDW_EMU_ASAN
+      __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+      if (!error.empty())
+        throw Error(error);
+    }
+  }
+
+  std::string thread_list(const std::vector<unsigned>& ids) const {
+    std::string s;
+    for (size_t i = 0; i < ids.size() && i < 8; ++i)
+      s += (i ? " " : "") + str_of(threads[ids[i]].thread_idx);
+    if (ids.size() > 8) s += " and " + std::to_string(ids.size() - 8) + " more";
+    return s;
+  }
+
+  // No thread can run: every thread finished (false), or all wait at one barrier, which opens
+  // (true); anything else is a hang on a GPU, reported as an error.
+  bool release_barrier() {
+    std::vector<unsigned> done, at_barrier, in_warp;
+    for (const Fiber& f : threads)
+      (f.state == State::kDone ? done : f.state == State::kBarrier ? at_barrier : in_warp)
+          .push_back(f.linear);
+    const std::string where = " in block " + str_of(block_idx);
+    if (!in_warp.empty()) {
+      const Fiber& f = threads[in_warp[0]];
+      std::vector<unsigned> missing;
+      for (unsigned lane = 0; lane < kWarpSize; ++lane) {
+        const unsigned t = f.linear / kWarpSize * kWarpSize + lane;
+        if (f.mask >> lane & 1 && threads[t].state != State::kWarp) missing.push_back(t);
+      }
+      throw Error(std::string(collective_name(f.kind)) + " at " + f.site.str() + " with mask 0x" +
+                  hex(f.mask) + " never completes" + where + ": lanes of its mask " +
+                  thread_list(missing) + " exited or wait at a __syncthreads instead (a " +
+                  "collective in divergent code)");
+    }
+    if (at_barrier.empty()) return false;
+    if (!done.empty())
+      throw Error("__syncthreads at " + threads[at_barrier[0]].site.str() + where +
+                  " is never reached by threads " + thread_list(done) +
+                  ", which exited (a barrier in code not every thread runs)");
+    for (unsigned t : at_barrier)
+      if (!(threads[t].site == threads[at_barrier[0]].site))
+        throw Error("__syncthreads reached at different call sites" + where + ": " +
+                    threads[at_barrier[0]].site.str() + " by thread " +
+                    str_of(threads[at_barrier[0]].thread_idx) + ", " + threads[t].site.str() +
+                    " by thread " + str_of(threads[t].thread_idx));
+    ++epoch;
+    for (Fiber& f : threads) {
+      f.state = State::kRunnable;
+      runnable.push_back(f.linear);
+    }
+    return true;
+  }
+
+  static std::string hex(unsigned v) {
+    std::ostringstream s;
+    s << std::hex << v;
+    return s.str();
+  }
+
+  // __syncthreads: wait until every thread of the block is here.
+  void barrier(Site site) {
+    current->state = State::kBarrier;
+    current->site = site;
+    yield_to_scheduler();
+  }
+
+  // A warp collective: this lane arrives with its operand; the last lane of the mask to arrive
+  // computes every lane's result. Returns this lane's result bytes.
+  const unsigned char* collective(Collective kind, Site site, unsigned mask, const void* value,
+                                  size_t bytes, int arg, int width) {
+    Fiber& self = *current;
+    const unsigned lane = self.linear % kWarpSize, base = self.linear - lane;
+    const unsigned lanes = std::min(kWarpSize, size() - base);
+    const unsigned existing = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
+    const std::string call = std::string(collective_name(kind)) + " at " + site.str();
+    if (!(mask >> lane & 1))
+      fail(call + ": mask 0x" + hex(mask) + " does not include the calling lane " +
+           std::to_string(lane));
+    if (mask & ~existing)
+      fail(call + ": mask 0x" + hex(mask) + " names lanes this warp does not have");
+    if (width <= 0 || width > 32 || (width & (width - 1)))
+      fail(call + ": width " + std::to_string(width) + " is not a power of 2 up to 32");
+    self.state = State::kWarp;
+    self.site = site;
+    self.kind = kind;
+    self.mask = mask;
+    self.arg = arg;
+    self.width = width;
+    std::memcpy(self.value, value, bytes);
+    bool complete = true;
+    for (unsigned l = 0; l < kWarpSize; ++l) {
+      if (!(mask >> l & 1) || l == lane) continue;
+      const Fiber& other = threads[base + l];
+      if (other.state == State::kDone)
+        fail(call + ": lane " + std::to_string(l) + " of mask 0x" + hex(mask) + " has exited");
+      if (other.state != State::kWarp) {
+        complete = false;
+        continue;
+      }
+      if (!(other.site == site) || other.kind != kind || other.mask != mask)
+        fail(call + " with mask 0x" + hex(mask) + " meets lane " + std::to_string(l) + " in " +
+             collective_name(other.kind) + " at " + other.site.str() + " with mask 0x" +
+             hex(other.mask) + " (every lane of the mask must make the same call)");
+    }
+    if (complete) finish_collective(base, mask, bytes, existing);
+    yield_to_scheduler();  // lanes continue in random order
+    return self.result;
+  }
+
+  void finish_collective(unsigned base, unsigned mask, size_t bytes, unsigned existing) {
+    unsigned ballot = 0;
+    for (unsigned l = 0; l < kWarpSize; ++l)
+      if (mask >> l & 1) {
+        uint32_t pred;
+        std::memcpy(&pred, threads[base + l].value, sizeof pred);
+        ballot |= (pred != 0) << l;
+      }
+    for (unsigned l = 0; l < kWarpSize; ++l) {
+      if (!(mask >> l & 1)) continue;
+      Fiber& f = threads[base + l];
+      const unsigned w = static_cast<unsigned>(f.width), segment = l & ~(w - 1);
+      unsigned src = l;
+      switch (f.kind) {
+        case Collective::kShflIdx: src = segment + (static_cast<unsigned>(f.arg) & (w - 1)); break;
+        case Collective::kShflUp: src = l - segment >= static_cast<unsigned>(f.arg) ? l - f.arg : l; break;
+        case Collective::kShflDown: src = l + f.arg < segment + w ? l + f.arg : l; break;
+        case Collective::kShflXor: src = (l ^ f.arg) < segment + w ? l ^ f.arg : l; break;
+        default: break;
+      }
+      if (f.kind == Collective::kBallot) {
+        std::memcpy(f.result, &ballot, sizeof ballot);
+      } else if (f.kind != Collective::kSyncwarp) {
+        if (!(mask >> src & 1))
+          fail_at(f, std::string(collective_name(f.kind)) + " at " + f.site.str() + ": lane " +
+               std::to_string(l) + " reads lane " + std::to_string(src) +
+               ", which is not in mask 0x" + hex(mask) + " (its value is undefined)");
+        std::memcpy(f.result, threads[base + src].value, bytes);
+      }
+      f.state = State::kRunnable;
+      runnable.push_back(f.linear);
+    }
+    if (threads[base].kind == Collective::kSyncwarp && mask == existing)
+      ++warp_syncs[base / kWarpSize];
+    for (unsigned l = 0; l < kWarpSize; ++l)
+      if (mask >> l & 1) threads[base + l].warp_syncs = warp_syncs[base / kWarpSize];
+  }
+
+  // Shared memory ------------------------------------------------------------------------
+
+  // The offset of static array `tag` in this block (allocated when a thread first declares it).
+  // Arrays whose type needs less than 16-byte alignment get an address that is deliberately not
+  // 16-byte aligned, so a vector access through an array declared without FASTDW_SHARED_ALIGNED
+  // fails here as it could on a GPU.
+  size_t static_region(const void* tag, size_t bytes, size_t align, const char* name) {
+    for (const Region& r : regions)
+      if (r.tag == tag) return r.offset;
+    size_t offset = (static_used + align - 1) / align * align;
+    if (align < 16 && offset % 16 == 0) offset += align;
+    if (offset + bytes > opt.arch->max_static_shared)
+      fail(std::string("__shared__ ") + name + " takes static shared memory to " +
+           std::to_string(offset + bytes) + " bytes, over the " +
+           std::to_string(opt.arch->max_static_shared) + " allowed on " + opt.arch->name);
+    if (offset + bytes + dynamic_mem.size() > opt.arch->max_shared)
+      fail(std::string("__shared__ ") + name + " with " + std::to_string(dynamic_mem.size()) +
+           " bytes of dynamic shared memory exceeds the " + std::to_string(opt.arch->max_shared) +
+           " bytes per block of " + opt.arch->name);
+    if (static_mem.size() < offset + bytes) {
+      static_mem.resize(offset + bytes, 0xFF);
+      if (opt.racecheck) static_shadow.resize(offset + bytes);
+    }
+    regions.push_back({tag, offset, bytes});
+    static_used = offset + bytes;
+    return offset;
+  }
+
+  // Fill shared memory with 0xFF and forget its history: the start of a block.
+  void reset_shared() {
+    std::memset(static_mem.data(), 0xFF, static_mem.size());
+    std::memset(dynamic_mem.data(), 0xFF, dynamic_mem.size());
+    std::fill(static_shadow.begin(), static_shadow.end(), Shadow{});
+    std::fill(dynamic_shadow.begin(), dynamic_shadow.end(), Shadow{});
+    regions.clear();
+    static_used = 0;
+    epoch = 1;
+  }
+
+  // Two accesses conflict when another thread touched the byte after the last barrier (and,
+  // within one warp, after the last full-mask __syncwarp) and one of them is a write.
+  bool unordered(int32_t other, uint32_t other_epoch, uint32_t other_syncs) const {
+    if (other == -1 || other == static_cast<int32_t>(current->linear) || other_epoch != epoch)
+      return false;
+    if (other >= 0 && static_cast<unsigned>(other) / kWarpSize == current->linear / kWarpSize)
+      return other_syncs == current->warp_syncs;
+    return true;
+  }
+
+  void track(std::vector<Shadow>& shadow, size_t offset, size_t bytes, bool write,
+             const std::string& what) {
+    const int32_t me = static_cast<int32_t>(current->linear);
+    for (size_t i = offset; i < offset + bytes; ++i) {
+      Shadow& s = shadow[i];
+      const char* kind = nullptr;
+      int32_t other = -1;
+      if (unordered(s.writer, s.write_epoch, s.write_warp_syncs)) {
+        kind = write ? "write after another thread's write" : "read of another thread's write";
+        other = s.writer;
+      } else if (write && unordered(s.reader, s.read_epoch, s.read_warp_syncs)) {
+        kind = "write after another thread's read";
+        other = s.reader;
+      }
+      if (kind) {
+        const std::string by = other >= 0 ? "thread " + str_of(threads[other].thread_idx)
+                                          : "other threads";
+        fail("shared-memory race on " + what + ": " + kind + " (" + by +
+             ") with no __syncthreads between");
+      }
+      if (write) {
+        s.writer = me;
+        s.write_epoch = epoch;
+        s.write_warp_syncs = current->warp_syncs;
+      } else {
+        s.reader = s.read_epoch == epoch && s.reader != -1 && s.reader != me ? -2 : me;
+        s.read_epoch = epoch;
+        s.read_warp_syncs = current->warp_syncs;
+      }
+    }
+  }
+};
+
+}  // namespace detail
+
+// The running thread's block; only valid inside a kernel the emulator runs.
+inline detail::Block& this_block() {
+  if (!detail::tl_block || !detail::tl_block->current)
+    throw Error("CUDA emulator: device code called outside an emulated kernel launch");
+  return *detail::tl_block;
+}
+
+// A checked pointer into a block's shared memory: every access through it is bounds- and
+// alignment-checked against the array it came from, and recorded by the race detector.
+template <typename T>
+class SharedPtr;
+
+template <typename T>
+class SharedRef {
+ public:
+  SharedRef(const SharedPtr<T>& p) : p_(p) {}
+  operator T() const {
+    T v;
+    std::memcpy(&v, p_.address(false), sizeof(T));
+    return v;
+  }
+  SharedRef& operator=(const T& v) {
+    std::memcpy(p_.address(true), &v, sizeof(T));
+    return *this;
+  }
+  SharedRef& operator=(const SharedRef& o) { return *this = static_cast<T>(o); }
+  SharedRef& operator+=(const T& v) { return *this = static_cast<T>(*this) + v; }
+  SharedRef& operator-=(const T& v) { return *this = static_cast<T>(*this) - v; }
+  SharedRef& operator*=(const T& v) { return *this = static_cast<T>(*this) * v; }
+  SharedPtr<T> operator&() const { return p_; }
+
+ private:
+  SharedPtr<T> p_;
+};
+
+template <typename T>
+class SharedPtr {
+ public:
+  // `begin`..`end`: the bytes of the array, in the static (dynamic = false) or dynamic memory.
+  SharedPtr(bool dynamic, int64_t begin, int64_t end, int64_t offset, const char* name)
+      : dynamic_(dynamic), begin_(begin), end_(end), offset_(offset), name_(name) {}
+  SharedRef<T> operator[](int64_t i) const { return *(*this + i); }
+  SharedRef<T> operator*() const { return SharedRef<T>(*this); }
+  SharedPtr operator+(int64_t i) const {
+    return SharedPtr(dynamic_, begin_, end_, offset_ + i * static_cast<int64_t>(sizeof(T)),
+                     name_);
+  }
+  SharedPtr operator-(int64_t i) const { return *this + (-i); }
+  SharedPtr& operator+=(int64_t i) { return *this = *this + i; }
+  // The same bytes seen as another type (reinterpret_cast<U*> on the GPU).
+  template <typename U>
+  SharedPtr<U> as() const { return SharedPtr<U>(dynamic_, begin_, end_, offset_, name_); }
+
+  // The host address of the element, after the checks; `write` says how it is accessed.
+  unsigned char* address(bool write) const {
+    detail::Block& b = this_block();
+    const int64_t size = sizeof(T), index = (offset_ - begin_) / size;
+    const std::string what = std::string(name_) + "[" + std::to_string(index) + "] (" +
+                             std::to_string(sizeof(T)) + "-byte " + (write ? "write" : "read") +
+                             ")";
+    if (offset_ < begin_ || offset_ + size > end_)
+      b.fail("out-of-bounds shared-memory access " + what + ": " + name_ + " has " +
+             std::to_string(end_ - begin_) + " bytes, the access is at byte " +
+             std::to_string(offset_ - begin_));
+    if (offset_ % static_cast<int64_t>(alignof(T)))
+      b.fail("misaligned shared-memory access " + what + ": shared address " +
+             std::to_string(offset_) + " is not a multiple of " + std::to_string(alignof(T)));
+    if (b.opt.racecheck)
+      b.track(dynamic_ ? b.dynamic_shadow : b.static_shadow, offset_, sizeof(T), write, what);
+    return (dynamic_ ? b.dynamic_mem : b.static_mem).data() + offset_;
+  }
+
+ private:
+  bool dynamic_;
+  int64_t begin_, end_, offset_;
+  const char* name_;
+};
+
+template <typename T>
+SharedPtr<T> static_shared(const void* tag, size_t count, const char* name,
+                           size_t align = alignof(T)) {
+  detail::Block& b = this_block();
+  const int64_t offset =
+      b.static_region(tag, count * sizeof(T), std::max(align, alignof(T)), name);
+  return SharedPtr<T>(false, offset, offset + int64_t(count * sizeof(T)), offset, name);
+}
+
+template <typename T>
+SharedPtr<T> dynamic_shared(const char* name) {
+  detail::Block& b = this_block();
+  return SharedPtr<T>(true, 0, int64_t(b.dynamic_mem.size()), 0, name);
+}
+
+inline void syncthreads(const char* file, int line) { this_block().barrier({file, line}); }
+
+template <typename T>
+T collective(detail::Collective kind, const char* file, int line, unsigned mask, T value,
+             int arg, int width) {
+  static_assert(sizeof(T) <= 16, "warp collectives move at most 16 bytes");
+  const unsigned char* r =
+      this_block().collective(kind, {file, line}, mask, &value, sizeof(T), arg, width);
+  T out;
+  std::memcpy(&out, r, sizeof(T));
+  return out;
+}
+
+// 16-byte (or other vector) accesses to global memory must be aligned to their size.
+inline void check_vector_alignment(const void* p, size_t bytes, const char* what) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  if (address % bytes) {
+    std::ostringstream s;
+    s << "misaligned " << bytes << "-byte " << what << " at address 0x" << std::hex << address
+      << std::dec << " (address % " << bytes << " = " << address % bytes << ")";
+    this_block().fail(s.str());
+  }
+}
+
+// The name of a kernel function, for messages ("kernel at 0x..." where the symbol is hidden).
+inline std::string kernel_name(const void* fn) {
+  Dl_info info;
+  if (dladdr(fn, &info) && info.dli_sname) {
+    int status = 0;
+    char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+    std::string name = status == 0 ? demangled : info.dli_sname;
+    std::free(demangled);
+    return name;
+  }
+  std::ostringstream s;
+  s << "kernel at " << fn;
+  return s.str();
+}
+
+// The last launch on this OS thread: which kernel, and its grid and block (for tests that check
+// which instantiation a host launcher chose).
+struct LaunchRecord {
+  std::string kernel;
+  dim3 grid, block;
+  size_t dynamic_shared = 0;
+};
+inline thread_local LaunchRecord last_launch;
+
+// Runs kernel<<<grid, block, dynamic_shared>>>(args...) to completion; throws Error naming the
+// kernel, the problem and the seed that replays it.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_shared,
+            const Options& opt, Args&&... args) {
+  const std::string name = kernel_name(reinterpret_cast<const void*>(kernel));
+  last_launch = {name, grid, block, dynamic_shared};
+  const std::string context = " [" + name + ", grid " + detail::str_of(make_uint3(grid.x, grid.y, grid.z)) +
+                              ", block " + detail::str_of(make_uint3(block.x, block.y, block.z)) +
+                              ", " + opt.arch->name + ", seed " + std::to_string(opt.seed) +
+                              "; FASTDW_CUDA_EMULATE_SEED=" + std::to_string(opt.seed) +
+                              " replays it]";
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  std::string bad;
+  if (threads == 0 || uint64_t(grid.x) * grid.y * grid.z == 0)
+    bad = "an empty grid or block";
+  else if (threads > kMaxThreadsPerBlock || block.x > 1024 || block.y > 1024 || block.z > 64)
+    bad = "a block of more than 1024 threads, or over (1024, 1024, 64)";
+  else if (grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535)
+    bad = "a grid over (2^31 - 1, 65535, 65535)";
+  else if (dynamic_shared > opt.max_dynamic_shared)
+    bad = std::to_string(dynamic_shared) + " bytes of dynamic shared memory, over the " +
+          std::to_string(opt.max_dynamic_shared) +
+          " set for this kernel (cudaFuncAttributeMaxDynamicSharedMemorySize)";
+  else if (dynamic_shared > opt.arch->max_shared)
+    bad = std::to_string(dynamic_shared) + " bytes of dynamic shared memory, over the " +
+          std::to_string(opt.arch->max_shared) + " of " + opt.arch->name;
+  if (!bad.empty()) throw Error("invalid launch: " + bad + context);
+
+  std::mt19937_64 rng(opt.seed);
+  std::vector<uint64_t> order(uint64_t(grid.x) * grid.y * grid.z);
+  for (uint64_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), rng);
+
+  thread_local detail::StackPool stacks;
+  detail::Block b(opt, rng);
+  b.grid_dim = grid;
+  b.block_dim = block;
+  b.dynamic_mem.resize(dynamic_shared);
+  if (opt.racecheck) b.dynamic_shadow.resize(dynamic_shared);
+  b.body = [&] { kernel(args...); };
+  detail::Block* outer = detail::tl_block;
+  try {
+    for (uint64_t i : order) {
+      b.block_idx = make_uint3(i % grid.x, (i / grid.x) % grid.y, i / (uint64_t(grid.x) * grid.y));
+      b.reset_shared();
+      b.run(stacks);
+    }
+  } catch (const Error& e) {
+    detail::tl_block = outer;
+    throw Error(std::string(e.what()) + context);
+  }
+  detail::tl_block = outer;
+}
+
+}  // namespace fastdw_emu

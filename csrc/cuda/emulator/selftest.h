@@ -1,0 +1,284 @@
+// The emulator's own test kernels: correct ones, which must pass under every seed, and planted
+// bugs, each of which must be reported (tests/cuda/test_emulator.py runs them through the test
+// op fastdw_cuda_emu::emulator_selftest, and tests/cuda/test_sanitizer.py under ASan + UBSan).
+// A case returns normally when the kernel ran and computed the right result, and throws
+// fastdw_emu::Error otherwise: the emulator's report, or "wrong result" from the check here.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "../portable.h"
+
+namespace fastdw_emu_selftest {
+
+using fastdw_emu::Error;
+
+constexpr unsigned kThreads = 64;  // two warps
+
+// out[t] = in[n-1-t] through shared memory; without the barrier a thread may read a slot its
+// owner has not written yet (0xFF poison, or a race under racecheck).
+template <bool kBarrier>
+__global__ void reverse(const float* in, float* out) {
+  FASTDW_SHARED(float, tile, kThreads);
+  const unsigned t = threadIdx.x;
+  tile[t] = in[t];
+  if (kBarrier) __syncthreads();
+  out[t] = tile[kThreads - 1 - t];
+}
+
+// Sums of the 32 lanes of each warp by shuffles; kDivergent: only half the lanes shuffle.
+template <bool kDivergent>
+__global__ void warp_sum(const float* in, float* out) {
+  const unsigned t = threadIdx.x, lane = t % warpSize;
+  float v = in[t];
+  if (!kDivergent || lane < 16)
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  if (lane == 0) out[t / warpSize] = v;
+}
+
+// out[t] = sum over tiles i of in[i][(t+1) % n], staging each tile in one shared buffer; without
+// the second barrier a fast thread overwrites a slot a slow one has yet to read.
+template <bool kSecondBarrier>
+__global__ void tiles(const float* in, float* out, int count) {
+  FASTDW_SHARED(float, tile, kThreads);
+  const unsigned t = threadIdx.x;
+  float acc = 0.f;
+  for (int i = 0; i < count; ++i) {
+    tile[t] = in[i * kThreads + t];
+    __syncthreads();
+    acc += tile[(t + 1) % kThreads];
+    if (kSecondBarrier) __syncthreads();
+  }
+  out[t] = acc;
+}
+
+// Dynamic shared memory of blockDim.x floats; kOffset 1 writes one past its end.
+template <int kOffset>
+__global__ void dynamic_reverse(const float* in, float* out) {
+  FASTDW_DYNAMIC_SHARED(float, tile);
+  const unsigned t = threadIdx.x, n = blockDim.x;
+  tile[t + kOffset] = in[blockIdx.x * n + t];
+  __syncthreads();
+  out[blockIdx.x * n + t] = tile[n - 1 - t];
+}
+
+// Lanes exchange through shared memory ordered by __syncwarp (no block barrier): the race
+// detector must accept it. out[t] = in[t ^ 1].
+__global__ void warp_exchange(const float* in, float* out) {
+  FASTDW_SHARED(float, slot, kThreads);
+  const unsigned t = threadIdx.x;
+  slot[t] = in[t];
+  __syncwarp();
+  out[t] = slot[t ^ 1];
+}
+
+// out[w] = ballot of (in[t] > 0) over warp w.
+__global__ void ballot(const float* in, unsigned* out) {
+  const unsigned t = threadIdx.x;
+  const unsigned bits = __ballot_sync(0xffffffffu, in[t] > 0.f);
+  if (t % warpSize == 0) out[t / warpSize] = bits;
+}
+
+// float4 copies through shared memory; kAligned false declares the array without __align__.
+template <bool kAligned>
+__global__ void shared_vector(const float* in, float* out) {
+  const unsigned t = threadIdx.x;
+  if constexpr (kAligned) {
+    FASTDW_SHARED_ALIGNED(float, tile, kThreads * 4, 16);
+    fastdw_cuda::shared_as<float4>(tile + 4 * t)[0] = fastdw_cuda::load_vec<float4>(in + 4 * t);
+    __syncthreads();
+    fastdw_cuda::store_vec(out + 4 * t, static_cast<float4>(fastdw_cuda::shared_as<float4>(
+                                            tile + 4 * ((t + 1) % kThreads))[0]));
+  } else {
+    FASTDW_SHARED(float, tile, kThreads * 4);
+    fastdw_cuda::shared_as<float4>(tile + 4 * t)[0] = fastdw_cuda::load_vec<float4>(in + 4 * t);
+  }
+}
+
+// Planted mistakes with no result to check: each must be reported by the emulator itself.
+__global__ void barrier_after_exit(float* out) {
+  if (threadIdx.x >= kThreads / 2) return;
+  __syncthreads();
+  out[threadIdx.x] = 1.f;
+}
+
+__global__ void barrier_call_sites(float* out) {
+  if (threadIdx.x % 2)
+    __syncthreads();
+  else
+    __syncthreads();
+  out[threadIdx.x] = 1.f;
+}
+
+__global__ void shuffle_masks(float* out) {
+  const unsigned lane = threadIdx.x % warpSize;
+  out[threadIdx.x] = __shfl_sync(lane < 16 ? 0x0000ffffu : 0xffffffffu, 1.f, 0);
+}
+
+__global__ void shuffle_outside_mask(float* out) {
+  const unsigned lane = threadIdx.x % warpSize;
+  if (lane < 16) out[threadIdx.x] = __shfl_sync(0x0000ffffu, 1.f, 20);
+}
+
+__global__ void static_over_limit(float* out) {
+  FASTDW_SHARED(float, big, 13 * 1024);  // 52 KB: over the 48 KB of static shared memory
+  big[threadIdx.x] = 1.f;
+  out[threadIdx.x] = big[threadIdx.x];
+}
+
+__global__ void misaligned_global(const float* in, float* out) {
+  fastdw_cuda::store_vec(out + 4 * threadIdx.x, fastdw_cuda::load_vec<float4>(in + 1));
+}
+
+inline std::vector<float> iota(size_t n) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<float>(i % 7) - 2.5f + 0.125f * i;
+  return v;
+}
+
+template <typename T>
+void expect_equal(const std::vector<T>& got, const std::vector<T>& want) {
+  for (size_t i = 0; i < want.size(); ++i)
+    if (!(got[i] == want[i]))
+      throw Error("wrong result at element " + std::to_string(i) + ": got " +
+                  std::to_string(got[i]) + ", expected " + std::to_string(want[i]));
+}
+
+// name -> case. `opt` carries the seed and racecheck; planted cases say what they plant.
+inline const std::map<std::string, std::function<void(const fastdw_emu::Options&)>>& cases() {
+  using fastdw_emu::launch;
+  static const std::map<std::string, std::function<void(const fastdw_emu::Options&)>> all = {
+      {"reverse", [](const auto& o) {
+         auto in = iota(kThreads), out = std::vector<float>(kThreads), want = in;
+         std::reverse(want.begin(), want.end());
+         launch(reverse<true>, dim3(1), dim3(kThreads), 0, o, in.data(), out.data());
+         expect_equal(out, want);
+       }},
+      {"missing_barrier", [](const auto& o) {
+         auto in = iota(kThreads), out = std::vector<float>(kThreads), want = in;
+         std::reverse(want.begin(), want.end());
+         launch(reverse<false>, dim3(1), dim3(kThreads), 0, o, in.data(), out.data());
+         expect_equal(out, want);
+       }},
+      {"warp_sum", [](const auto& o) {
+         auto in = iota(kThreads);
+         std::vector<float> out(2), want(2, 0.f);
+         for (unsigned t = 0; t < kThreads; ++t) want[t / 32] += in[t];
+         launch(warp_sum<false>, dim3(1), dim3(kThreads), 0, o, in.data(), out.data());
+         for (int w = 0; w < 2; ++w)
+           if (std::abs(out[w] - want[w]) > 1e-4f) expect_equal(out, want);
+       }},
+      {"divergent_shuffle", [](const auto& o) {
+         auto in = iota(kThreads);
+         std::vector<float> out(2);
+         launch(warp_sum<true>, dim3(1), dim3(kThreads), 0, o, in.data(), out.data());
+       }},
+      {"tiles", [](const auto& o) {
+         const int count = 3;
+         auto in = iota(count * kThreads);
+         std::vector<float> out(kThreads), want(kThreads, 0.f);
+         for (int i = 0; i < count; ++i)
+           for (unsigned t = 0; t < kThreads; ++t) want[t] += in[i * kThreads + (t + 1) % kThreads];
+         launch(tiles<true>, dim3(1), dim3(kThreads), 0, o, in.data(), out.data(), count);
+         expect_equal(out, want);
+       }},
+      {"shared_race", [](const auto& o) {
+         const int count = 3;
+         auto in = iota(count * kThreads);
+         std::vector<float> out(kThreads);
+         launch(tiles<false>, dim3(1), dim3(kThreads), 0, o, in.data(), out.data(), count);
+       }},
+      {"dynamic_reverse", [](const auto& o) {
+         const unsigned blocks = 3;
+         auto in = iota(blocks * kThreads), out = std::vector<float>(blocks * kThreads), want = in;
+         for (unsigned b = 0; b < blocks; ++b)
+           std::reverse(want.begin() + b * kThreads, want.begin() + (b + 1) * kThreads);
+         launch(dynamic_reverse<0>, dim3(blocks), dim3(kThreads), kThreads * sizeof(float), o,
+                in.data(), out.data());
+         expect_equal(out, want);
+       }},
+      {"shared_out_of_bounds", [](const auto& o) {
+         auto in = iota(kThreads), out = std::vector<float>(kThreads);
+         launch(dynamic_reverse<1>, dim3(1), dim3(kThreads), kThreads * sizeof(float), o,
+                in.data(), out.data());
+       }},
+      {"warp_exchange", [](const auto& o) {
+         auto in = iota(kThreads), out = std::vector<float>(kThreads), want = in;
+         for (unsigned t = 0; t < kThreads; ++t) want[t] = in[t ^ 1];
+         launch(warp_exchange, dim3(1), dim3(kThreads), 0, o, in.data(), out.data());
+         expect_equal(out, want);
+       }},
+      {"ballot", [](const auto& o) {
+         auto in = iota(kThreads);
+         std::vector<unsigned> out(2), want(2, 0u);
+         for (unsigned t = 0; t < kThreads; ++t) want[t / 32] |= unsigned(in[t] > 0.f) << t % 32;
+         launch(ballot, dim3(1), dim3(kThreads), 0, o, in.data(), out.data());
+         expect_equal(out, want);
+       }},
+      {"shared_vector", [](const auto& o) {
+         alignas(16) float in[kThreads * 4], out[kThreads * 4];
+         const auto values = iota(kThreads * 4);
+         std::copy(values.begin(), values.end(), in);
+         launch(shared_vector<true>, dim3(1), dim3(kThreads), 0, o, in, out);
+         for (unsigned t = 0; t < kThreads * 4; ++t)
+           if (out[t] != in[(t + 4) % (kThreads * 4)])
+             throw Error("wrong result at element " + std::to_string(t));
+       }},
+      {"misaligned_shared_vector", [](const auto& o) {
+         alignas(16) float in[kThreads * 4] = {};
+         launch(shared_vector<false>, dim3(1), dim3(kThreads), 0, o, in, in);
+       }},
+      {"misaligned_global_vector", [](const auto& o) {
+         alignas(16) float in[8] = {}, out[kThreads * 4];
+         launch(misaligned_global, dim3(1), dim3(kThreads), 0, o, in, out);
+       }},
+      {"barrier_after_exit", [](const auto& o) {
+         std::vector<float> out(kThreads);
+         launch(barrier_after_exit, dim3(1), dim3(kThreads), 0, o, out.data());
+       }},
+      {"barrier_call_sites", [](const auto& o) {
+         std::vector<float> out(kThreads);
+         launch(barrier_call_sites, dim3(1), dim3(kThreads), 0, o, out.data());
+       }},
+      {"shuffle_mask_mismatch", [](const auto& o) {
+         std::vector<float> out(kThreads);
+         launch(shuffle_masks, dim3(1), dim3(kThreads), 0, o, out.data());
+       }},
+      {"shuffle_outside_mask", [](const auto& o) {
+         std::vector<float> out(kThreads);
+         launch(shuffle_outside_mask, dim3(1), dim3(kThreads), 0, o, out.data());
+       }},
+      {"static_shared_over_limit", [](const auto& o) {
+         std::vector<float> out(kThreads);
+         launch(static_over_limit, dim3(1), dim3(kThreads), 0, o, out.data());
+       }},
+      {"block_too_large", [](const auto& o) {
+         std::vector<float> out(2048);
+         launch(barrier_after_exit, dim3(1), dim3(2048), 0, o, out.data());
+       }},
+      {"dynamic_shared_over_arch", [](const auto& o) {
+         auto in = iota(kThreads), out = std::vector<float>(kThreads);
+         fastdw_emu::Options opted = o;  // opted in (cudaFuncSetAttribute) past the arch limit
+         opted.max_dynamic_shared = 300 * 1024;
+         launch(dynamic_reverse<0>, dim3(1), dim3(kThreads), opted.max_dynamic_shared, opted,
+                in.data(), out.data());
+       }},
+  };
+  return all;
+}
+
+// Runs case `name`; throws fastdw_emu::Error with the emulator's report or a wrong result.
+inline void run(const std::string& name, uint64_t seed, bool racecheck, int arch) {
+  const auto it = cases().find(name);
+  if (it == cases().end()) throw std::invalid_argument("no emulator self-test named " + name);
+  fastdw_emu::Options o;
+  o.seed = seed;
+  o.racecheck = racecheck;
+  o.arch = arch == 90 ? &fastdw_emu::kSm90 : &fastdw_emu::kSm80;
+  it->second(o);
+}
+
+}  // namespace fastdw_emu_selftest
