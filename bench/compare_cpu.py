@@ -15,98 +15,15 @@ progress goes to stderr.
 """
 import argparse
 import datetime
-import gc
 import os
 import platform
-import random
 import statistics
-import subprocess
 import sys
-import time
-import traceback
 
 import torch
-import torchvision
 
-import _providers
-
-
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                    if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def versions() -> str:
-    found = [f"torch {torch.__version__}", f"torchvision {torchvision.__version__}"]
-    try:
-        import onnxruntime
-        found.append(f"onnxruntime {onnxruntime.__version__}")
-    except ImportError:
-        pass
-    try:
-        import fastdw
-        usable = [name for name, row in fastdw.info().items() if row["usable"]]
-        found.append(f"fastdw {fastdw.__version__} (usable backends: {', '.join(usable)})")
-    except ImportError:
-        found.append("fastdw not importable")
-    return ", ".join(found)
-
-
-def build_all(workload, providers, warmup):
-    """{provider name: (fn, x)} of the providers that run correctly, and {name: note} of the
-    others (unavailable, failed, or wrong output)."""
-    ready, notes, diffs = {}, {}, {}
-    try:
-        reference = workload.oracle()
-    except _providers.Unavailable as why:  # no stock model to check against: nothing runs
-        return ready, {p.name: f"skipped: {why}" for p in providers}, diffs
-    for provider in providers:
-        print(f"  building {provider.name}", file=sys.stderr, flush=True)
-        try:
-            fn, x = provider.build(workload)
-            with torch.no_grad():
-                for _ in range(warmup):
-                    out = fn(x)
-            diffs[provider.name] = _providers.max_abs_diff(out, reference)
-            _providers.check_close(out, reference, provider.name)
-        except _providers.Unavailable as why:
-            notes[provider.name] = f"skipped: {why}"
-        except Exception as err:  # a broken provider is reported, the others still run
-            last = traceback.format_exception_only(err)[-1].strip().splitlines()[0]
-            notes[provider.name] = f"failed: {last[:300]}".replace("|", "/")  # table-safe
-        else:
-            ready[provider.name] = (fn, x)
-    return ready, notes, diffs
-
-
-def time_alternating(ready, reps, seed, burst=1):
-    """{name: [seconds per call]}: every repetition runs each provider in a fresh random order,
-    `burst` consecutive calls each; with burst > 1 the first call of a burst is not timed, so
-    the timed calls find the provider's own weights in cache (steady-state latency) instead of
-    whatever the previous provider left there."""
-    times = {name: [] for name in ready}
-    order = list(ready)
-    rng = random.Random(seed)
-    gc.disable()
-    try:
-        with torch.no_grad():
-            for _ in range(reps):
-                rng.shuffle(order)
-                for name in order:
-                    fn, x = ready[name]
-                    if burst > 1:
-                        fn(x)
-                    for _ in range(max(1, burst - 1)):
-                        start = time.perf_counter()
-                        fn(x)
-                        times[name].append(time.perf_counter() - start)
-    finally:
-        gc.enable()
-    return times
+from fastdw.bench import measure
+from fastdw.bench import providers as _providers
 
 
 def table_rows(model, batch, providers, times, notes, diffs):
@@ -176,8 +93,8 @@ def main(argv=None):
         for batch in args.batch:
             print(f"{model} batch {batch}", file=sys.stderr, flush=True)
             workload = _providers.model_workload(model, batch, args.seed)
-            ready, notes, diffs = build_all(workload, providers, args.warmup)
-            times = time_alternating(ready, args.reps, args.seed, args.burst)
+            ready, notes, diffs = measure.build_all(workload, providers, args.warmup)
+            times = measure.time_alternating(ready, args.reps, args.seed, args.burst)
             print("  median ms: " + ", ".join(f"{name} {statistics.median(ts) * 1e3:.2f}"
                                               for name, ts in times.items()),
                   file=sys.stderr, flush=True)
@@ -186,11 +103,11 @@ def main(argv=None):
     minutes = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() / 60
 
     threads = torch.get_num_threads()
-    print(f"machine: {machine()} ({platform.machine()}), "
+    print(f"machine: {measure.cpu_model()} ({platform.machine()}), "
           f"{threads} thread{'s' if threads > 1 else ''}, "
           f"float32, batch {' '.join(map(str, args.batch))}, "
           f"{_providers.IMAGE_SIZE}x{_providers.IMAGE_SIZE}, "
-          f"{started:%Y-%m-%d %H:%M} UTC, {versions()}")
+          f"{started:%Y-%m-%d %H:%M} UTC, {measure.versions()}")
     timed = (f"{args.reps} alternating calls" if args.burst == 1 else
              f"{args.reps * (args.burst - 1)} calls in {args.reps} alternating bursts of "
              f"{args.burst} (first call of each burst untimed)")

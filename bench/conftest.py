@@ -5,7 +5,7 @@ Options: --bench-batch=1,8 (batch sizes, default 1), --bench-threads=N (default 
 import pytest
 import torch
 
-import _providers
+from fastdw.bench import providers as _providers
 
 
 def pytest_addoption(parser):

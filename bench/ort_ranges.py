@@ -23,14 +23,12 @@ import argparse
 import io
 import os
 import statistics
-import sys
 import time
 
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _providers  # noqa: E402
+from fastdw.bench import providers as _providers
 
 # Feature ranges per model: stem + 112x112/56x56 blocks, 28x28, 14x14, 7x7 (+ last conv).
 RANGES = {

@@ -21,17 +21,15 @@ import collections
 import copy
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _providers  # noqa: E402
+from fastdw.bench import providers as _providers
 
-import fastdw  # noqa: E402
-import fastdw.kernels.cpp  # noqa: E402  (loads fastdw._C)
-import fastdw.models  # noqa: E402
+import fastdw
+import fastdw.kernels.cpp  # loads fastdw._C
+import fastdw.models
 
 
 def fastdw_model(stock):

@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 
-import _providers
+from fastdw.bench import providers as _providers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROW = re.compile(r"\| (\S+) \| (\d+) \| (\S+) \| ([\d.]+) \|")

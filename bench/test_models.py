@@ -3,7 +3,7 @@ eval, no_grad, fp32, each provider of _providers.MODEL_PROVIDERS side by side
 (`--benchmark-group-by=group`). See bench/README.md."""
 import pytest
 
-from _providers import MODEL_PROVIDERS, MODELS, model_workload
+from fastdw.bench.providers import MODEL_PROVIDERS, MODELS, model_workload
 
 pytestmark = pytest.mark.models
 

@@ -3,7 +3,7 @@ torchvision's MobileNetV2 / V3-Large / V3-Small at 224x224, fp32, each provider 
 _providers.OP_PROVIDERS side by side (`--benchmark-group-by=group`). See bench/README.md."""
 import pytest
 
-from _providers import OP_PROVIDERS, depthwise_layers, op_workload
+from fastdw.bench.providers import OP_PROVIDERS, depthwise_layers, op_workload
 
 pytestmark = pytest.mark.dwconv_bn_act
 

@@ -13,7 +13,7 @@ from typing import Callable
 import pytest
 import torch
 
-import _providers
+from fastdw.bench import providers as _providers
 
 BATCHES = (1, 32, 256)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -4,7 +4,7 @@ _gpu.PROVIDERS side by side (--benchmark-group-by=group). See bench/gpu/README.m
 import pytest
 
 from _gpu import BATCHES, DTYPES, NEEDS_CUDA, PROVIDERS, op_workload
-from _providers import depthwise_layers
+from fastdw.bench.providers import depthwise_layers
 
 pytestmark = [pytest.mark.dwconv_bn_act, NEEDS_CUDA]
 

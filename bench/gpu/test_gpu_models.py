@@ -4,7 +4,7 @@ no_grad, batch 1/32/256, fp32/fp16/bf16, each provider of _gpu.PROVIDERS side by
 import pytest
 
 from _gpu import BATCHES, DTYPES, NEEDS_CUDA, PROVIDERS, model_workload
-from _providers import MODELS
+from fastdw.bench.providers import MODELS
 
 pytestmark = [pytest.mark.models, NEEDS_CUDA]
 

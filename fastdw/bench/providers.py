@@ -1,4 +1,4 @@
-"""What the CPU benchmarks time, shared by test_ops.py, test_models.py and compare_cpu.py.
+"""What the CPU benchmarks time, shared by `python -m fastdw bench` and the scripts in bench/.
 
 A *workload* is one thing to run: a depthwise conv -> BN -> act layer of a torchvision MobileNet
 (op level) or a whole model (model level), with its stock eager module, an NCHW input and a way
