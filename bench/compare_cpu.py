@@ -85,6 +85,8 @@ def main(argv=None):
     _providers.setup(args.threads)
     providers = [p for p in _providers.MODEL_PROVIDERS
                  if args.providers is None or p.name in args.providers]
+    if len(providers) > 1:
+        providers = _providers.sharing_a_process(providers)
     started = datetime.datetime.now(datetime.timezone.utc)
     load_start = _load()
     loads = [os.getloadavg()[0]]  # 1-minute load average, sampled after each (model, batch)
@@ -114,6 +116,9 @@ def main(argv=None):
     print(f"median of {timed} after {args.warmup} warm-up calls, "
           f"load average (1/5/15 min) at start {load_start}, at end {_load()} "
           f"({os.cpu_count()} CPUs), run took {minutes:.1f} min")
+    if _providers.ORT_SHARED in providers:
+        print(f"ort: {_providers.ORT_SHARED.about}; alone in its process it runs with its "
+              "defaults (bench/separate_processes.py, python -m fastdw bench)")
     print("fastdw backends not timed on CPU: " + "; ".join(
         f"{name} ({why})" for name, why in _providers.NOT_TIMED_ON_CPU.items()))
     if max(loads) > os.cpu_count() + 1:  # this run itself accounts for up to ~--threads

@@ -62,7 +62,8 @@ def ort_session(module, x, threads):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as compare_cpu
+    # a process shared with fastdw: spinning off, see fastdw.bench.providers.ORT_SHARED
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(buf.getvalue(), options,
                                            providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}

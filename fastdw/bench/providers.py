@@ -295,27 +295,49 @@ def _fastdw_frozen(workload: Workload):
         raise Unavailable(str(err)) from err
 
 
-def _onnxruntime(workload: Workload):
+def _onnx_bytes(workload: Workload) -> bytes:
+    """The stock model exported as ONNX (TorchScript exporter, opset 17), as ORT and OpenVINO
+    users would export it."""
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it to write the model)
-        import onnxruntime
     except ImportError as err:
-        raise Unavailable(f"{err.name} is not installed (the ort provider needs "
-                          "pip install onnxruntime onnx)") from err
+        raise Unavailable("onnx is not installed (torch.onnx.export needs it: "
+                          "pip install onnx)") from err
     buf = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(workload.stock_module(), (workload.x,), buf, dynamo=False,
                           opset_version=17)
+    return buf.getvalue()
+
+
+def _onnxruntime(workload: Workload, spinning: bool = True):
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise Unavailable("onnxruntime is not installed (the ort provider needs "
+                          "pip install onnxruntime onnx)") from err
+    model = _onnx_bytes(workload)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    # ORT's pool spins after each run by default; in alternation on 2 cores that spinning holds
-    # the cores the next provider's OpenMP threads need and roughly doubles their times.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(buf.getvalue(), options,
-                                           providers=["CPUExecutionProvider"])
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     return lambda x: torch.from_numpy(session.run(None, {input_name: x.numpy()})[0])
+
+
+def _openvino(workload: Workload):
+    try:
+        import openvino
+    except ImportError as err:
+        raise Unavailable("openvino is not installed (the openvino provider needs "
+                          "pip install openvino onnx)") from err
+    core = openvino.Core()
+    # Its defaults but the thread count, which every provider shares: the precision is the
+    # CPU plugin's own choice (bf16 where the CPU has AMX, else f32).
+    compiled = core.compile_model(core.read_model(model=_onnx_bytes(workload)), "CPU",
+                                  {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    return lambda x: torch.from_numpy(compiled(x.numpy())[0])
 
 
 def fastdw_backends() -> list:
@@ -342,11 +364,25 @@ FASTDW = [Provider(f"fastdw_{name}", f"fastdw, backend={name!r}, channels_last i
 FROZEN = Provider("fastdw_frozen", "fastdw.nn.freeze(model): the cpp kernels run back to back "
                   "in one C++ call (weights snapshotted), NCHW input", _fastdw_frozen,
                   channels_last=False, stock=False)
-ORT = Provider("ort", "ONNX Runtime CPUExecutionProvider (torch.onnx.export, opset 17, "
-               "intra_op_num_threads = torch threads), NCHW", _onnxruntime, channels_last=False,
-               stock=False)
+ORT = Provider("ort", "ONNX Runtime CPUExecutionProvider, its defaults (torch.onnx.export, "
+               "opset 17; intra_op_num_threads = torch threads), NCHW", _onnxruntime,
+               channels_last=False, stock=False)
+# In a process shared with other providers ORT's pool, spinning after each run by default,
+# holds the cores the next provider's OpenMP threads need and roughly doubles their times on
+# 2 cores; there, and only there, its spinning is off (a setting a user would not choose).
+ORT_SHARED = dataclasses.replace(
+    ORT, about=ORT.about.replace("its defaults", "spinning off (shared process)"),
+    make=functools.partial(_onnxruntime, spinning=False))
+OPENVINO = Provider("openvino", "OpenVINO CPU plugin, its defaults (precision: the plugin's "
+                    "choice; INFERENCE_NUM_THREADS = torch threads), the same ONNX export, NCHW",
+                    _openvino, channels_last=False, stock=False)
 OP_PROVIDERS = STOCK + FASTDW
-MODEL_PROVIDERS = STOCK + FASTDW + [FROZEN, ORT]
+MODEL_PROVIDERS = STOCK + FASTDW + [FROZEN, ORT, OPENVINO]
+
+
+def sharing_a_process(providers: list) -> list:
+    """`providers` to run side by side in one process: ORT with its spinning off."""
+    return [ORT_SHARED if p is ORT else p for p in providers]
 
 
 def max_abs_diff(out: torch.Tensor, ref: torch.Tensor) -> float:
