@@ -41,11 +41,24 @@ using SharedPtr = T*;
 template <typename U, typename T>
 FASTDW_DEVICE U* shared_as(T* p) { return reinterpret_cast<U*>(p); }
 
+// One 128-bit access whatever V is made of. The store is inline PTX: nvcc splits a plain
+// 16-byte store into four when the kernel also has a scalar store to the same place.
 template <typename V, typename T>
-FASTDW_DEVICE V load_vec(const T* p) { return *reinterpret_cast<const V*>(p); }
+FASTDW_DEVICE V load_vec(const T* p) {
+  static_assert(sizeof(V) == 16 && alignof(V) == 16, "vector accesses are 16 aligned bytes");
+  const uint4 bits = *reinterpret_cast<const uint4*>(p);
+  return *reinterpret_cast<const V*>(&bits);
+}
 
 template <typename V, typename T>
-FASTDW_DEVICE void store_vec(T* p, const V& v) { *reinterpret_cast<V*>(p) = v; }
+FASTDW_DEVICE void store_vec(T* p, const V& v) {
+  static_assert(sizeof(V) == 16 && alignof(V) == 16, "vector accesses are 16 aligned bytes");
+  uint4 b;
+  memcpy(&b, &v, 16);
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(b.x), "r"(b.y),
+               "r"(b.z), "r"(b.w)
+               : "memory");
+}
 
 inline void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
@@ -64,6 +77,8 @@ inline void check_cuda(cudaError_t err, const char* what) {
 #undef __shared__  // cuda headers define it empty for the host
 #define __shared__ FASTDW_SHARED_instead_of___shared__
 #define FASTDW_DEVICE inline
+#undef __launch_bounds__  // an unknown attribute to g++
+#define __launch_bounds__(...)
 #define FASTDW_SHARED(T, name, count)                 \
   static const char name##_fastdw_tag = 0;            \
   ::fastdw_emu::SharedPtr<T> name =                   \
@@ -123,6 +138,7 @@ SharedPtr<U> shared_as(const SharedPtr<T>& p) { return p.template as<U>(); }
 
 template <typename V, typename T>
 V load_vec(const T* p) {
+  static_assert(sizeof(V) == 16 && alignof(V) == 16, "vector accesses are 16 aligned bytes");
   ::fastdw_emu::check_vector_alignment(p, sizeof(V), "global load");
   V v;
   std::memcpy(&v, p, sizeof(V));
@@ -131,6 +147,7 @@ V load_vec(const T* p) {
 
 template <typename V, typename T>
 void store_vec(T* p, const V& v) {
+  static_assert(sizeof(V) == 16 && alignof(V) == 16, "vector accesses are 16 aligned bytes");
   ::fastdw_emu::check_vector_alignment(p, sizeof(V), "global store");
   std::memcpy(p, &v, sizeof(V));
 }

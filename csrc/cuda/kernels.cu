@@ -1,0 +1,12 @@
+// The CUDA backend's device code for nvcc: every kernel instantiation its host launchers can
+// choose, through explicit instantiation of the launchers (tests/cuda/test_resources.py compiles
+// this file for sm_80 and sm_90 and checks each kernel's registers and spills).
+#include "dwconv_bn_act.cuh"
+
+namespace fastdw_cuda {
+
+template void launch_dwconv_bn_act<float>(const DwParams<float>&, Stream);
+template void launch_dwconv_bn_act<__half>(const DwParams<__half>&, Stream);
+template void launch_dwconv_bn_act<__nv_bfloat16>(const DwParams<__nv_bfloat16>&, Stream);
+
+}  // namespace fastdw_cuda
