@@ -1,0 +1,110 @@
+"""The cuda backend: fastdw's hand-written CUDA kernels (csrc/cuda, issue 15).
+
+There is no nvcc build of csrc/cuda yet, so on a GPU this backend is unavailable and says so.
+With FASTDW_CUDA_EMULATE=1 it runs the same kernel source on CPU tensors through fastdw's CUDA
+emulator (csrc/cuda/emulator/emulator.h), as TRITON_INTERPRET=1 runs the triton backend: the
+host extension csrc/cuda/emulated.cpp is compiled on first use with torch.utils.cpp_extension
+(ninja) into a cache directory keyed on torch, Python and a hash of csrc/cuda, and its ops
+(namespace fastdw_cuda_emu) do the launches. The emulator's run-time checks (barriers, warp
+collectives, shared-memory bounds and races, alignment, launch limits) become RuntimeErrors;
+FASTDW_CUDA_EMULATE_SEED, _RACECHECK and _ARCH tune it (emulator.h, options_from_env).
+
+Ops without a kernel here are not defined, so the reference backend runs them; calls the kernel
+does not cover (below) run on reference too.
+"""
+import glob
+import hashlib
+import os
+import sys
+
+import torch
+
+from fastdw.kernels import reference
+
+EMULATE_SWITCH = "FASTDW_CUDA_EMULATE"
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CSRC = os.path.join(SOURCE_ROOT, "csrc", "cuda")
+COMPILE_FLAGS = ["-O2"]
+# CUDA's own headers (cuda_fp16.h, cuda_bf16.h, vector_types.h) compile under g++; they come
+# with a CUDA toolkit or with torch's nvidia-cuda pip packages.
+HEADER_CANDIDATES = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include"),
+                     "/usr/local/cuda/include"]
+
+EMULATING = os.environ.get(EMULATE_SWITCH) == "1"
+DEVICES = ("cpu",) if EMULATING else ("cuda",)
+NOTES = ("CUDA kernels run through fastdw's CUDA emulator on CPU tensors; dwconv_bn_act "
+         "(channel stride 1, float32/float16/bfloat16, channel multiplier 1) is a CUDA kernel, "
+         "every other call runs on reference")
+
+
+def cuda_headers():
+    """The include directory holding cuda_fp16.h, or None."""
+    candidates = list(HEADER_CANDIDATES)
+    try:
+        import nvidia.cu13
+        candidates += [os.path.join(p, "include") for p in nvidia.cu13.__path__]
+    except ImportError:
+        pass
+    return next((d for d in candidates if os.path.exists(os.path.join(d, "cuda_fp16.h"))), None)
+
+
+def sources():
+    """Every file of csrc/cuda the emulator build depends on, in a fixed order."""
+    return sorted(p for pattern in ("*.cpp", "*.cuh", "*.h", "emulator/*.h")
+                  for p in glob.glob(os.path.join(CSRC, pattern)))
+
+
+def build_directory():
+    """$FASTDW_EXTENSION_CACHE (else ~/.cache/fastdw) / cuda-emu-<torch>-<python>-<hash>."""
+    digest = hashlib.sha256(" ".join(COMPILE_FLAGS).encode())
+    for path in sources():
+        digest.update(os.path.relpath(path, CSRC).encode())
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    base = os.environ.get("FASTDW_EXTENSION_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastdw")
+    version = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
+    return os.path.join(base, f"cuda-emu-{version}-{digest.hexdigest()[:16]}")
+
+
+def _build():
+    """Compile (or find up to date) and load the emulator extension: (True, how) or (False,
+    why not)."""
+    headers = cuda_headers()
+    if headers is None:
+        return False, (f"{EMULATE_SWITCH}=1 but CUDA's headers (cuda_fp16.h) were not found in "
+                       f"{HEADER_CANDIDATES} or the nvidia-cuda pip packages")
+    import torch.utils.cpp_extension as cpp_extension
+    directory = build_directory()
+    os.makedirs(directory, exist_ok=True)
+    try:  # load() takes a lock in the directory and rebuilds only what changed
+        cpp_extension.load(name="fastdw_cuda_emu", sources=[os.path.join(CSRC, "emulated.cpp")],
+                           extra_cflags=COMPILE_FLAGS, extra_include_paths=[headers],
+                           build_directory=directory, is_python_module=False, verbose=False)
+    except (OSError, RuntimeError, ImportError) as err:  # no compiler, no ninja, a build error
+        return False, f"{EMULATE_SWITCH}=1 but building the CUDA emulator failed: {err}"
+    return True, f"emulated, built in {directory}"
+
+
+if EMULATING:
+    _USABLE, _HOW = _build()
+else:
+    _USABLE, _HOW = False, (
+        "the CUDA extension is not built (csrc/cuda has no nvcc build yet)"
+        + ("" if torch.cuda.is_available() else " and there is no GPU (torch.cuda.is_available() "
+           "is False)")
+        + f"; {EMULATE_SWITCH}=1 runs its kernels on CPU tensors through fastdw's CUDA emulator")
+
+
+def unavailable():
+    return None if _USABLE else _HOW
+
+
+def dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act):
+    if (x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or x.numel() == 0
+            or weight.shape[0] != x.shape[1] or (x.stride(1) != 1 and x.shape[1] != 1)):
+        return reference.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
+    y = torch.ops.fastdw_cuda_emu.dwconv_bn_act(x, weight, scale, shift, stride, padding,
+                                                dilation, act)
+    return y if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else y.contiguous()
