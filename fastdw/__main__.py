@@ -1,4 +1,5 @@
-"""python -m fastdw {demo,info}: classify a photo with fastdw and torchvision, or list backends."""
+"""python -m fastdw {demo,info,bench}: classify a photo with fastdw and torchvision, list
+backends, or benchmark this machine into a dated report folder."""
 import argparse
 import os
 import statistics
@@ -127,6 +128,12 @@ def main(argv=None):
     run.set_defaults(func=demo)
     commands.add_parser("info", help="list backends and why each is or is not usable"
                         ).set_defaults(func=info)
+    from fastdw.bench import run as bench
+    timing = commands.add_parser("bench", help="time fastdw against stock PyTorch, "
+                                 "torch.compile, ONNX Runtime and OpenVINO on this machine, "
+                                 "each alone in its own process, and write a dated report")
+    bench.add_arguments(timing)
+    timing.set_defaults(func=bench.main)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -1,0 +1,270 @@
+"""`python -m fastdw bench`: the comparisons this machine can run, each provider alone in its own
+process, in turns, written up as a dated folder (fastdw.bench.report).
+
+A round starts one process per provider (fastdw.bench.worker) that times every workload of the
+plan that provider runs: whole models, then depthwise layers. Rounds take the providers in a
+rotated order, and each figure is the best of a provider's process medians (bench/README.md,
+"Measuring").
+"""
+import dataclasses
+import datetime
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+from fastdw.bench import measure, report
+from fastdw.bench import providers as _providers
+
+
+@dataclasses.dataclass
+class Plan:
+    models: list
+    batches: list
+    layer_models: list         # the depthwise layers of these models are timed one by one
+    layer_batches: list
+    rounds: int                # processes per provider, in turns
+    reps: int                  # bursts per workload (fewer once max_seconds have passed)
+    burst: int                 # calls per burst; the first is untimed (steady state)
+    max_seconds: float         # per workload, once 5 bursts are done
+    providers: list
+    layer_providers: list
+    threads: int = _providers.DEFAULT_THREADS
+    warmup: int = 3
+    max_layers: int = None     # the first N distinct layers only (None: all)
+    modelled: tuple = ("mobilenet_v2",)   # models whose GPU traffic is modelled
+    modelled_batch: int = 32
+    modelled_dtype: str = "fp16"
+
+    def worker_plan(self, provider):
+        """What one worker process of `provider` times."""
+        return dict(provider=provider, threads=self.threads, warmup=self.warmup, reps=self.reps,
+                    burst=self.burst, max_seconds=self.max_seconds, max_layers=self.max_layers,
+                    models=self.models if provider in self.providers else [],
+                    batches=self.batches, layer_batches=self.layer_batches,
+                    layer_models=self.layer_models if provider in self.layer_providers else [])
+
+
+def _fastdw_providers():
+    """fastdw's own providers: each backend timed on CPU but the reference (the stock-op
+    oracle, as slow as eager), then the frozen model."""
+    return [p.name for p in _providers.FASTDW if p.name != "fastdw_reference"]
+
+
+def default_providers():
+    """(model-level, layer-level) provider names: stock eager, torch.compile, fastdw, and the
+    ONNX Runtime and OpenVINO anchors."""
+    fastdw = _fastdw_providers()
+    return (["eager", "compile_cl", *fastdw, "fastdw_frozen", "ort", "openvino"],
+            ["eager", "compile_cl", *fastdw])
+
+
+def quick_plan():
+    model_level, layer_level = default_providers()
+    return Plan(models=["mobilenet_v2"], batches=[1], layer_models=["mobilenet_v2"],
+                layer_batches=[1], rounds=1, reps=20, burst=4, max_seconds=1.5,
+                providers=model_level, layer_providers=layer_level)
+
+
+def full_plan():
+    model_level, layer_level = default_providers()
+    models = list(_providers.OP_MODELS)
+    return Plan(models=models, batches=[1, 8], layer_models=models, layer_batches=[1, 8],
+                rounds=2, reps=20, burst=4, max_seconds=4.0, providers=model_level,
+                layer_providers=layer_level, modelled=tuple(models))
+
+
+def why_not(provider):
+    """Why `provider` cannot run here without starting a process for it, or None."""
+    import fastdw.backend
+    modules = {"ort": "onnxruntime", "openvino": "openvino"}
+    if provider in modules and importlib.util.find_spec(modules[provider]) is None:
+        return f"{modules[provider]} is not installed (pip install {modules[provider]} onnx)"
+    backend = {"fastdw_frozen": "cpp"}.get(provider, provider.removeprefix("fastdw_"))
+    if provider.startswith("fastdw") and backend not in fastdw.backend.usable("cpu"):
+        return f"fastdw backend {backend!r}: {fastdw.backend.info()[backend]['reason']}"
+    return None
+
+
+class Progress:
+    """A one-line progress bar on stderr (one line per step where stderr is not a terminal)."""
+
+    def __init__(self, total, stream=sys.stderr):
+        self.total, self.done, self.stream = total, 0, stream
+        self.started = time.monotonic()
+        self.tty = stream.isatty()
+
+    def step(self, what, count=1):
+        self.done = min(self.total, self.done + count)
+        width = 30
+        filled = width * self.done // max(1, self.total)
+        elapsed = int(time.monotonic() - self.started)
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                f"{elapsed // 60}:{elapsed % 60:02d} {what}")
+        if self.tty:
+            self.stream.write("\r" + line[:120].ljust(120))
+            if self.done == self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _workload_count(plan, provider):
+    wp = plan.worker_plan(provider)
+    layers = _providers.depthwise_layers(tuple(wp["layer_models"]))[:plan.max_layers]
+    return len(wp["models"]) * len(plan.batches) + len(layers) * len(plan.layer_batches)
+
+
+def run_worker(plan, provider, on_row):
+    """Start one worker process for `provider`; `on_row(row)` for each result line. Returns the
+    threads the worker ran with. A worker that dies becomes a note on its rows."""
+    cmd = [sys.executable, "-m", "fastdw.bench.worker", json.dumps(plan.worker_plan(provider))]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        threads = None
+        for line in proc.stdout:
+            row = json.loads(line)
+            if "threads" in row:
+                threads = row["threads"]
+            else:
+                on_row(row)
+        err = proc.stderr.read()
+    if proc.returncode:
+        last = (err.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{provider} worker exited {proc.returncode}: {last}")
+    return threads
+
+
+def runnable_and_skipped(plan):
+    """([providers to start], {provider: why it cannot run here})."""
+    everyone = list(dict.fromkeys(plan.providers + plan.layer_providers))
+    skipped = {p: why for p in everyone if (why := why_not(p))}
+    return [p for p in everyone if p not in skipped], skipped
+
+
+def measure_all(plan, progress):
+    """Every round of every provider: {"rows": [...], "skipped": {provider: why},
+    "failed": {provider: why}, "threads": {provider: n}, "loads": [1-minute load averages
+    sampled between processes]}."""
+    runnable, skipped = runnable_and_skipped(plan)
+    counts = {p: _workload_count(plan, p) for p in runnable}
+    rows, threads, loads, failed = [], {}, [os.getloadavg()[0]], {}
+    for r in range(plan.rounds):
+        shift = r % max(1, len(runnable))
+        for provider in runnable[shift:] + runnable[:shift]:  # a rotated order per round
+            def on_row(row, r=r):
+                rows.append(dict(row, round=r + 1))
+                progress.step(f"round {r + 1}/{plan.rounds} {provider}: {row['name']} "
+                              f"b{row['batch']}")
+            before = sum(1 for row in rows if row["provider"] == provider)
+            try:
+                threads[provider] = run_worker(plan, provider, on_row)
+            except RuntimeError as err:
+                failed[provider] = str(err)
+                got = sum(1 for row in rows if row["provider"] == provider) - before
+                progress.step(f"{provider} failed", counts[provider] - got)
+            loads.append(os.getloadavg()[0])
+    return dict(rows=rows, skipped=skipped, failed=failed, threads=threads, loads=loads)
+
+
+def machine_record(plan, started, loads, threads):
+    return {
+        "date_utc": f"{started:%Y-%m-%dT%H:%M:%SZ}",
+        "cpu_model": measure.cpu_model(),
+        "cpu_flags": measure.cpu_flags(),
+        "cpus": os.cpu_count(),
+        "threads": plan.threads,
+        "threads_per_provider": threads,
+        "dtype": "float32",
+        "batch": plan.batches,
+        "layer_batch": plan.layer_batches,
+        "image_size": _providers.IMAGE_SIZE,
+        "gpus": measure.gpus(),
+        "versions": measure.package_versions(),
+        "fastdw": measure.fastdw_record(),
+        "python": sys.version.split()[0],
+        "load_average_1min": {"min": min(loads), "max": max(loads)},
+        "commit": _commit(),
+    }
+
+
+def _commit():
+    """The fastdw checkout's commit (with '+changes' for a dirty tree), or None outside one."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, text=True, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha + ("+changes" if dirty.strip() else "")
+
+
+def run(plan, out_root, mode):
+    """Measure, model and write the report; returns the report folder."""
+    started = datetime.datetime.now(datetime.timezone.utc)
+    clock = time.monotonic()
+    runnable, _ = runnable_and_skipped(plan)
+    progress = Progress(plan.rounds * sum(_workload_count(plan, p) for p in runnable)
+                        + len(plan.modelled))
+    results = measure_all(plan, progress)
+    from fastdw import perfmodel
+    modelled = []
+    for name in plan.modelled:
+        modelled.append(perfmodel.model(name, plan.modelled_batch, _providers.IMAGE_SIZE,
+                                        plan.modelled_dtype))
+        progress.step(f"modelled GPU traffic: {name}")
+    machine = machine_record(plan, started, results["loads"], results["threads"])
+    folder = os.path.join(out_root, f"{started:%Y-%m-%dT%H-%M-%SZ}")
+    report.write(folder, plan=plan, mode=mode, results=results, machine=machine,
+                 modelled=modelled, minutes=(time.monotonic() - clock) / 60)
+    return folder
+
+
+def add_arguments(parser):
+    parser.add_argument("--quick", action="store_true",
+                        help="MobileNetV2 at batch 1, one process per provider (under 3 "
+                             "minutes on 2 cores); default: V2, V3-Large, V3-Small at batch 1 "
+                             "and 8, two processes per provider (under 20 minutes)")
+    parser.add_argument("--out", default="bench-results",
+                        help="folder that receives the dated report folder (default "
+                             "bench-results)")
+    parser.add_argument("--models", nargs="+", choices=_providers.MODELS,
+                        help="models to time (and whose depthwise layers to time)")
+    parser.add_argument("--batch", nargs="+", type=int, help="batch sizes")
+    parser.add_argument("--providers", nargs="+", metavar="PROVIDER",
+                        choices=list(dict.fromkeys(sum(default_providers(), []))),
+                        help="only these providers (default: all of them)")
+    parser.add_argument("--rounds", type=int, help="processes per provider, in turns")
+    parser.add_argument("--reps", type=int, help="timed bursts per workload, at most")
+    parser.add_argument("--max-layers", type=int, help="time only the first N depthwise layers")
+    parser.add_argument("--threads", type=int, default=_providers.DEFAULT_THREADS,
+                        help=f"threads of every provider (default {_providers.DEFAULT_THREADS})")
+
+
+def plan_from(args):
+    plan = quick_plan() if args.quick else full_plan()
+    if args.models:
+        plan.models = list(args.models)
+        # the layer table comes from torchvision's models, and it has no MobileNetV1
+        plan.layer_models = [m for m in args.models if m in _providers.OP_MODELS]
+        plan.modelled = tuple(args.models)
+    if args.batch:
+        plan.batches = plan.layer_batches = list(args.batch)
+    if args.providers:
+        plan.providers = [p for p in plan.providers if p in args.providers]
+        plan.layer_providers = [p for p in plan.layer_providers if p in args.providers]
+    for name in ("rounds", "reps", "max_layers", "threads"):
+        if getattr(args, name) is not None:
+            setattr(plan, name, getattr(args, name))
+    return plan
+
+
+def main(args):
+    plan = plan_from(args)
+    folder = run(plan, args.out, "quick" if args.quick else "full")
+    print(f"report: {os.path.join(folder, report.REPORT)}")
+    return folder
