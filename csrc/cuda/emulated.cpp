@@ -131,13 +131,14 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   return y;
 }
 
-// The last launch on this thread: "kernel grid=(x,y,z) block=(x,y,z)", for tests that check
-// which instantiation and shape a launcher chose.
+// The last launch on this thread: "kernel grid=(x,y,z) block=(x,y,z) seed=s", for tests that
+// check which instantiation and shape a launcher chose, and say which run failed.
 std::string last_launch() {
   const auto& l = fastdw_emu::last_launch;
   return l.kernel + " grid=(" + std::to_string(l.grid.x) + "," + std::to_string(l.grid.y) + "," +
          std::to_string(l.grid.z) + ") block=(" + std::to_string(l.block.x) + "," +
-         std::to_string(l.block.y) + "," + std::to_string(l.block.z) + ")";
+         std::to_string(l.block.y) + "," + std::to_string(l.block.z) + ") seed=" +
+         std::to_string(l.seed);
 }
 
 // Test only: runs the emulator's self-test case `name` (csrc/cuda/emulator/selftest.h).

@@ -633,6 +633,7 @@ struct LaunchRecord {
   std::string kernel;
   dim3 grid, block;
   size_t dynamic_shared = 0;
+  uint64_t seed = 0;
 };
 inline thread_local LaunchRecord last_launch;
 
@@ -642,7 +643,7 @@ template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_shared,
             const Options& opt, Args&&... args) {
   const std::string name = kernel_name(reinterpret_cast<const void*>(kernel));
-  last_launch = {name, grid, block, dynamic_shared};
+  last_launch = {name, grid, block, dynamic_shared, opt.seed};
   const std::string context = " [" + name + ", grid " + detail::str_of(make_uint3(grid.x, grid.y, grid.z)) +
                               ", block " + detail::str_of(make_uint3(block.x, block.y, block.z)) +
                               ", " + opt.arch->name + ", seed " + std::to_string(opt.seed) +

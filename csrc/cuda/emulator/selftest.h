@@ -278,7 +278,13 @@ inline void run(const std::string& name, uint64_t seed, bool racecheck, int arch
   o.seed = seed;
   o.racecheck = racecheck;
   o.arch = arch == 90 ? &fastdw_emu::kSm90 : &fastdw_emu::kSm80;
-  it->second(o);
+  try {
+    it->second(o);
+  } catch (const Error& e) {  // a wrong result found by the check here: which run it was
+    const std::string what = e.what();
+    if (what.find("replays it") != std::string::npos) throw;
+    throw Error(what + " (seed " + std::to_string(seed) + ")");
+  }
 }
 
 }  // namespace fastdw_emu_selftest
