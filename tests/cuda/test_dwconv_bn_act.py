@@ -1,0 +1,135 @@
+"""The CUDA dwconv_bn_act kernel (csrc/cuda/dwconv_bn_act.cuh) run through the emulator, through
+the cuda backend's function (fastdw/kernels/cuda.py), against stock PyTorch in float64 on fresh
+random inputs (tests/ops/op_oracle.py, bounds of tests/numerics.py), with outputs poisoned.
+
+The cases cover every launch a GPU would execute: each template instantiation (k in {3, 5, 7} x
+stride {1, 2}, and the generic path: dilation, other k, other strides) for each dtype, the 16-byte
+path and the element-wise one (channel counts that are not a multiple of a 16-byte group, an
+input whose channels do not start 16-byte aligned), the last partial block of pixels and more
+than one block of channels."""
+import pytest
+import torch
+
+import numerics
+import op_oracle as oracle
+from fastdw.contract import output_memory_format
+from fastdw.kernels import cuda
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TEMPLATED = [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2)]
+NAMES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
+
+
+def kernel_name(dtype, k, stride):
+    return f"fastdw_cuda::dwconv_bn_act_nhwc<{NAMES[dtype]}, {k}, {stride}>"
+
+
+def run(emulator, shape, dtype, k, stride=1, dilation=1, padding=None, act="relu6",
+        offset=False):
+    """The kernel's output for fresh random inputs, checked against the float64 oracle; returns
+    the launch the emulator ran ("kernel grid=... block=... seed=...")."""
+    n, c, h, w = shape
+    if offset:  # channels start one element past a 16-byte boundary: the element-wise path
+        x = oracle.feature_map((n, c + 1, h, w), dtype, "channels_last")[:, 1:]
+    else:
+        x = oracle.feature_map(shape, dtype, "channels_last")
+    weight = oracle.conv_weight((c, 1, k, k), dtype)
+    scale, shift = oracle.random_affine(c)
+    padding = dilation * (k - 1) // 2 if padding is None else padding
+    y = cuda.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
+    launch = emulator.last_launch()
+    ref = oracle.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
+    assert y.dtype == dtype and y.shape == ref.shape
+    assert y.is_contiguous(memory_format=output_memory_format(x))
+    err = numerics.rel_err(y, ref)
+    assert err < numerics.REL_TOL[dtype], f"relative error {err:.3g} for {dtype} ({launch})"
+    return launch
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_instantiation(emulator, dtype):
+    """Each of the launcher's kernels for this dtype runs, on a 16-byte-aligned channel count
+    (vector path) and on one that is not (element-wise tail)."""
+    group = 16 // torch.empty((), dtype=dtype).element_size()
+    seen = set()
+    for channels in (2 * group, group + 3):
+        for k, stride in TEMPLATED:
+            seen.add(run(emulator, (2, channels, 9, 11), dtype, k, stride).split(" grid")[0])
+        for k, stride, dilation in ((3, 1, 2), (1, 1, 1), (4, 3, 1), (3, 2, 3)):
+            seen.add(run(emulator, (1, channels, 10, 9), dtype, k, stride, dilation)
+                     .split(" grid")[0])
+    expected = {f"void {kernel_name(dtype, k, s)}(fastdw_cuda::DwParams<{NAMES[dtype]}>)"
+                for k, s in TEMPLATED + [(0, 0)]}
+    assert seen == expected
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("act", ["none", "relu", "relu6", "hardswish", "hardsigmoid", "silu"])
+def test_activations(emulator, act):
+    run(emulator, (2, 12, 7, 6), torch.float32, 3, act=act)
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_launch_shapes(emulator, dtype):
+    """Several blocks of channels (grid.y > 1), a single channel, odd counts, a pixel count that
+    leaves the last block partial, an unaligned input, padding beyond the window."""
+    group = 16 // torch.empty((), dtype=dtype).element_size()
+    launch = run(emulator, (1, 20 * group, 5, 7), dtype, 3)
+    assert "grid=(3,2,1) block=(16,16,1)" in launch, launch  # 35 pixels: 2 full + 1 partial
+    for shape in ((3, 1, 6, 5), (1, 7, 8, 3), (2, 33, 5, 9)):
+        run(emulator, shape, dtype, 3)
+    run(emulator, (2, 2 * group, 6, 7), dtype, 3, offset=True)
+    run(emulator, (1, group, 4, 4), dtype, 5, stride=2, padding=4)
+
+
+def test_layouts_the_kernel_does_not_take_run_on_reference(emulator):
+    """NCHW inputs (channel stride > 1), float64 and channel multipliers are the reference
+    backend's; the results are still right and keep the input's layout."""
+    x = oracle.feature_map((2, 6, 7, 7), torch.float32, "nchw")
+    weight = oracle.conv_weight((6, 1, 3, 3), torch.float32)
+    scale, shift = oracle.random_affine(6)
+    y = cuda.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "relu")
+    assert y.is_contiguous()
+    numerics.assert_close(y, oracle.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "relu"),
+                          torch.float32)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(x=torch.randn(1, 4, 5, 5, dtype=torch.float64)), "x must be float32, float16 or bf"),
+    (dict(x=torch.randn(4, 5, 5)), r"x must be 4-D"),
+    (dict(x=torch.randn(1, 4, 5, 5)), "x must have channel stride 1"),
+    (dict(weight=torch.randn(3, 1, 3, 3)), r"weight must be \(C, 1, k, k\) with C = 4"),
+    (dict(weight=torch.randn(4, 1, 3, 2)), r"weight must be \(C, 1, k, k\)"),
+    (dict(scale=torch.randn(5)), r"scale must have shape \(4\)"),
+    (dict(shift=torch.ones(4, dtype=torch.int32)), "shift must be a floating-point tensor"),
+    (dict(stride=0), r"stride must be in \[1, "),
+    (dict(padding=-1), r"padding must be in \[0, "),
+    (dict(dilation=0), r"dilation must be in \[1, "),
+    (dict(weight=torch.randn(4, 1, 9, 9)), "x \\(height\\): input size 5 is too small"),
+    (dict(act="gelu"), "act must be one of"),
+])
+def test_bad_arguments_are_named(emulator, change, message):
+    """The C++ op checks every argument before a launch, naming it."""
+    args = dict(x=torch.randn(1, 4, 5, 5).to(memory_format=torch.channels_last),
+                weight=torch.randn(4, 1, 3, 3), scale=torch.rand(4), shift=torch.rand(4),
+                stride=1, padding=1, dilation=1, act="relu")
+    args.update(change)
+    with pytest.raises(RuntimeError, match=message):
+        emulator.dwconv_bn_act(*args.values())
+
+
+def test_unavailable_without_emulation_says_why():
+    """Without FASTDW_CUDA_EMULATE=1 (and with no nvcc build) the backend names what is
+    missing and how to run its kernels anyway."""
+    import subprocess
+    import sys
+    code = "from fastdw.kernels import cuda; print(cuda.DEVICES, cuda.unavailable())"
+    env = {k: v for k, v in __import__("os").environ.items() if k != cuda.EMULATE_SWITCH}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    assert "('cuda',)" in out and "the CUDA extension is not built" in out, out
+    assert "FASTDW_CUDA_EMULATE=1 runs its kernels on CPU tensors" in out, out
+    if not torch.cuda.is_available():
+        assert "there is no GPU" in out, out
