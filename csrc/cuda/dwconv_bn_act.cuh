@@ -99,8 +99,9 @@ FASTDW_DEVICE float activate(float v, int act) {
 //
 // with x read as 0 outside the image. The sum runs over (i, j) in row-major order, each term
 // added with fmaf in fp32, so nvcc and g++ round alike. K, S > 0 fix k and the stride (dilation
-// 1) at compile time for the common shapes; K = S = 0 is the generic path. Offsets are int64:
-// inputs of 2^31 elements or more index correctly.
+// 1) at compile time for the common shapes, and run only where every channel group is whole
+// and 16-byte aligned (p.vector); K = S = 0 is the generic path for everything else, with the
+// element-wise accesses. Offsets are int64: inputs of 2^31 elements or more index correctly.
 template <typename T, int K, int S>
 __global__ void __launch_bounds__(256) dwconv_bn_act_nhwc(const DwParams<T> p) {
   constexpr int V = 16 / sizeof(T);
@@ -109,18 +110,18 @@ __global__ void __launch_bounds__(256) dwconv_bn_act_nhwc(const DwParams<T> p) {
   const int64_t pixel = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
   if (c0 >= p.C || pixel >= p.N * p.OH * p.OW) return;
   const int64_t ow = pixel % p.OW, oh = pixel / p.OW % p.OH, n = pixel / (p.OW * p.OH);
-  const bool full = p.vector && c0 + V <= p.C;
+  const bool full = K > 0 || (p.vector && c0 + V <= p.C);  // compile-time true when K > 0
   const int valid = p.C - c0 < V ? static_cast<int>(p.C - c0) : V;
 
   float acc[V];
 #pragma unroll
   for (int v = 0; v < V; ++v) acc[v] = 0.f;
   const T* xn = p.x + n * p.xs_n + c0;
-#pragma unroll
+#pragma unroll(K > 0 ? K : 1)
   for (int i = 0; i < k; ++i) {
     const int64_t ih = oh * s - p.pad + int64_t(i) * d;
     if (ih < 0 || ih >= p.H) continue;
-#pragma unroll
+#pragma unroll(K > 0 ? K : 1)
     for (int j = 0; j < k; ++j) {
       const int64_t iw = ow * s - p.pad + int64_t(j) * d;
       if (iw < 0 || iw >= p.W) continue;
@@ -142,10 +143,11 @@ __global__ void __launch_bounds__(256) dwconv_bn_act_nhwc(const DwParams<T> p) {
 template <typename T>
 using DwKernel = void (*)(DwParams<T>);
 
-// The instantiation a launch runs: k in {3, 5, 7} x stride {1, 2} at dilation 1, else generic.
+// The instantiation a launch runs: k in {3, 5, 7} x stride {1, 2} at dilation 1 on whole
+// aligned channel groups, else generic.
 template <typename T>
 DwKernel<T> dwconv_bn_act_kernel(const DwParams<T>& p) {
-  if (p.dil == 1 && (p.stride == 1 || p.stride == 2)) {
+  if (p.vector && p.dil == 1 && (p.stride == 1 || p.stride == 2)) {
     const bool s1 = p.stride == 1;
     switch (p.k) {
       case 3: return s1 ? dwconv_bn_act_nhwc<T, 3, 1> : dwconv_bn_act_nhwc<T, 3, 2>;
