@@ -441,8 +441,8 @@ struct Block {
 
   // Fill shared memory with 0xFF and forget its history: the start of a block.
   void reset_shared() {
-    std::memset(static_mem.data(), 0xFF, static_mem.size());
-    std::memset(dynamic_mem.data(), 0xFF, dynamic_mem.size());
+    std::fill(static_mem.begin(), static_mem.end(), 0xFF);  // memset of an empty vector's
+    std::fill(dynamic_mem.begin(), dynamic_mem.end(), 0xFF);  // null data is undefined
     std::fill(static_shadow.begin(), static_shadow.end(), Shadow{});
     std::fill(dynamic_shadow.begin(), dynamic_shadow.end(), Shadow{});
     regions.clear();
