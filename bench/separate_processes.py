@@ -7,34 +7,19 @@ compare_cpu.py times providers side by side in one process. On the VMs this proj
 that flatters fastdw against ONNX Runtime (ORT is slower in a process that also runs torch),
 and a single process can land in a slow period: the second vCPU is intermittently not available,
 and a 2-thread run then takes as long as a 1-thread run, for minutes at a time. So here each
-round starts one process per (model, provider), running `compare_cpu.py --burst 5` (steady
-state) for that provider alone, and the rounds interleave the providers in time. The table
-lists each process's median, and the ratio to ORT of the per-provider minimums (each provider
-at its best: what the hardware allows) and of the medians of those medians.
+round starts one process per provider (fastdw.bench.worker, as `python -m fastdw bench` does)
+timing every (model, batch) in steady state (bursts of 5 calls, the first untimed), and the
+rounds interleave the providers in time. The table lists each process's median, and the ratio
+to the first provider of the per-provider minimums (each provider at its best: what the
+hardware allows) and of the medians of those medians.
 """
 import argparse
-import os
-import re
+import datetime
+import platform
 import statistics
-import subprocess
-import sys
 
+from fastdw.bench import measure, run
 from fastdw.bench import providers as _providers
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROW = re.compile(r"\| (\S+) \| (\d+) \| (\S+) \| ([\d.]+) \|")
-LOAD = re.compile(r"(?:at start|at end) ([\d.]+) /")  # 1-minute load averages
-
-
-def one_process(model, batches, threads, provider):
-    """{(model, batch, provider): median ms} of one compare_cpu.py process, and its header."""
-    cmd = [sys.executable, os.path.join(HERE, "compare_cpu.py"), "--models", model, "--batch",
-           *map(str, batches), "--threads", str(threads), "--burst", "5", "--providers",
-           provider]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    found = {(m[1], int(m[2]), m[3]): float(m[4]) for m in map(ROW.match, out.splitlines()) if m}
-    loads = [float(v) for v in LOAD.findall(out)]
-    return found, out.splitlines()[:2], loads
 
 
 def main(argv=None):
@@ -48,23 +33,28 @@ def main(argv=None):
                         choices=[p.name for p in _providers.MODEL_PROVIDERS],
                         help="the first is the baseline of the ratios (default ort)")
     args = parser.parse_args(argv)
+    plan = run.Plan(models=args.models, batches=args.batch, layer_models=[], layer_batches=[],
+                    rounds=args.rounds, reps=20, burst=5, max_seconds=float("inf"),
+                    providers=args.providers, layer_providers=[], threads=args.threads)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    results = run.measure_all(plan, run.Progress(run.measured_steps(plan)))
     times = {}  # (model, batch, provider) -> [median ms of each process]
-    header, loads = None, []
-    for r in range(args.rounds):
-        for model in args.models:
-            for provider in args.providers:
-                print(f"round {r + 1}/{args.rounds}: {model} {provider}", file=sys.stderr,
-                      flush=True)
-                found, lines, process_loads = one_process(model, args.batch, args.threads,
-                                                          provider)
-                header = header or lines
-                loads += process_loads
-                for key, ms in found.items():
-                    times.setdefault(key, []).append(ms)
-    print(header[0])
-    print(f"{args.rounds} processes per provider and model, in turns; each process: "
-          f"{header[1].split(', load average')[0]}; 1-minute load average "
-          + (f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not reported"))
+    for row in results["rows"]:
+        if "median_ms" in row:
+            times.setdefault((row["name"], row["batch"], row["provider"]), []).append(
+                row["median_ms"])
+    threads = args.threads
+    print(f"machine: {measure.cpu_model()} ({platform.machine()}), {threads} "
+          f"thread{'s' if threads > 1 else ''}, float32, batch {' '.join(map(str, args.batch))},"
+          f" {_providers.IMAGE_SIZE}x{_providers.IMAGE_SIZE}, {started:%Y-%m-%d %H:%M} UTC, "
+          f"{measure.versions()}")
+    loads = results["loads"]
+    print(f"{args.rounds} processes per provider, in turns; each process: median of "
+          f"{plan.reps * (plan.burst - 1)} calls in {plan.reps} bursts of {plan.burst} (first "
+          f"call of each burst untimed) after {plan.warmup} warm-up calls; 1-minute load "
+          f"average {min(loads):.1f}-{max(loads):.1f}")
+    for name, why in {**results["skipped"], **results["failed"]}.items():
+        print(f"{name}: {why}")
     base = args.providers[0]
     others = args.providers[1:]
     print()

@@ -112,6 +112,12 @@ class Progress:
         self.stream.flush()
 
 
+def measured_steps(plan):
+    """How many workloads all rounds of every runnable provider time (the progress total)."""
+    runnable, _ = runnable_and_skipped(plan)
+    return plan.rounds * sum(_workload_count(plan, p) for p in runnable)
+
+
 def _workload_count(plan, provider):
     wp = plan.worker_plan(provider)
     layers = _providers.depthwise_layers(tuple(wp["layer_models"]))[:plan.max_layers]
@@ -207,9 +213,7 @@ def run(plan, out_root, mode):
     """Measure, model and write the report; returns the report folder."""
     started = datetime.datetime.now(datetime.timezone.utc)
     clock = time.monotonic()
-    runnable, _ = runnable_and_skipped(plan)
-    progress = Progress(plan.rounds * sum(_workload_count(plan, p) for p in runnable)
-                        + len(plan.modelled))
+    progress = Progress(measured_steps(plan) + len(plan.modelled))
     results = measure_all(plan, progress)
     from fastdw import perfmodel
     modelled = []
