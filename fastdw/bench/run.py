@@ -64,15 +64,15 @@ def default_providers():
 def quick_plan():
     model_level, layer_level = default_providers()
     return Plan(models=["mobilenet_v2"], batches=[1], layer_models=["mobilenet_v2"],
-                layer_batches=[1], rounds=1, reps=20, burst=4, max_seconds=1.5,
-                providers=model_level, layer_providers=layer_level)
+                layer_batches=[1], rounds=1, reps=20, burst=4, max_seconds=1.0,
+                providers=model_level, layer_providers=layer_level, max_layers=6)
 
 
 def full_plan():
     model_level, layer_level = default_providers()
     models = list(_providers.OP_MODELS)
     return Plan(models=models, batches=[1, 8], layer_models=models, layer_batches=[1, 8],
-                rounds=2, reps=20, burst=4, max_seconds=4.0, providers=model_level,
+                rounds=2, reps=20, burst=4, max_seconds=2.0, providers=model_level,
                 layer_providers=layer_level, modelled=tuple(models))
 
 
@@ -230,9 +230,10 @@ def run(plan, out_root, mode):
 
 def add_arguments(parser):
     parser.add_argument("--quick", action="store_true",
-                        help="MobileNetV2 at batch 1, one process per provider (under 3 "
-                             "minutes on 2 cores); default: V2, V3-Large, V3-Small at batch 1 "
-                             "and 8, two processes per provider (under 20 minutes)")
+                        help="MobileNetV2 and its first 6 depthwise layers at batch 1, one "
+                             "process per provider (under 3 minutes on 2 cores); default: V2, "
+                             "V3-Large, V3-Small and their depthwise layers at batch 1 and 8, "
+                             "two processes per provider (under 20 minutes)")
     parser.add_argument("--out", default="bench-results",
                         help="folder that receives the dated report folder (default "
                              "bench-results)")
