@@ -72,7 +72,7 @@ def full_plan():
     model_level, layer_level = default_providers()
     models = list(_providers.OP_MODELS)
     return Plan(models=models, batches=[1, 8], layer_models=models, layer_batches=[1, 8],
-                rounds=2, reps=20, burst=4, max_seconds=2.0, providers=model_level,
+                rounds=2, reps=15, burst=3, max_seconds=1.0, providers=model_level,
                 layer_providers=layer_level, modelled=tuple(models))
 
 
