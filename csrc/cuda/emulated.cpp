@@ -122,7 +122,8 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   // Tap-major fp32 weights: one 16-byte load gives a tap for a thread's channel group.
   const at::Tensor taps = weight.to(at::kFloat).reshape({C, k * k}).t().contiguous();
   const at::Tensor sc = scale.to(at::kFloat).contiguous(), sh = shift.to(at::kFloat).contiguous();
-  at::Tensor y = at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y =
+      at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   switch (dtype) {
     case at::kFloat: run_dwconv<float>(x, taps, sc, sh, y, k, stride, padding, dilation, a); break;
     case at::kHalf: run_dwconv<__half>(x, taps, sc, sh, y, k, stride, padding, dilation, a); break;

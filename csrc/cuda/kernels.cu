@@ -1,6 +1,6 @@
 // The CUDA backend's device code for nvcc: every kernel instantiation its host launchers can
-// choose, through explicit instantiation of the launchers (tests/cuda/test_resources.py compiles
-// this file for sm_80 and sm_90 and checks each kernel's registers and spills).
+// choose, through explicit instantiation of the launchers (tests/cuda/test_cuda_resources.py
+// compiles this file for sm_80 and sm_90 and checks each kernel's registers and spills).
 #include "dwconv_bn_act.cuh"
 
 namespace fastdw_cuda {

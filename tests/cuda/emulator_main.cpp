@@ -1,6 +1,6 @@
 // Runs every emulator self-test case (csrc/cuda/emulator/selftest.h) under a few seeds, with and
 // without the race detector, and prints one line per run: "<case> <racecheck> <seed> ok" or
-// "... error: <report>". tests/cuda/test_sanitizer.py builds it with ASan + UBSan.
+// "... error: <report>". tests/cuda/test_cuda_sanitizer.py builds it with ASan + UBSan.
 #include <cstdio>
 
 #include "emulator/selftest.h"

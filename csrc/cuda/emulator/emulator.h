@@ -388,7 +388,9 @@ struct Block {
       unsigned src = l;
       switch (f.kind) {
         case Collective::kShflIdx: src = segment + (static_cast<unsigned>(f.arg) & (w - 1)); break;
-        case Collective::kShflUp: src = l - segment >= static_cast<unsigned>(f.arg) ? l - f.arg : l; break;
+        case Collective::kShflUp:
+          src = l - segment >= static_cast<unsigned>(f.arg) ? l - f.arg : l;
+          break;
         case Collective::kShflDown: src = l + f.arg < segment + w ? l + f.arg : l; break;
         case Collective::kShflXor: src = (l ^ f.arg) < segment + w ? l ^ f.arg : l; break;
         default: break;
@@ -644,8 +646,9 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_sha
             const Options& opt, Args&&... args) {
   const std::string name = kernel_name(reinterpret_cast<const void*>(kernel));
   last_launch = {name, grid, block, dynamic_shared, opt.seed};
-  const std::string context = " [" + name + ", grid " + detail::str_of(make_uint3(grid.x, grid.y, grid.z)) +
-                              ", block " + detail::str_of(make_uint3(block.x, block.y, block.z)) +
+  const std::string context = " [" + name + ", grid " +
+                              detail::str_of(make_uint3(grid.x, grid.y, grid.z)) + ", block " +
+                              detail::str_of(make_uint3(block.x, block.y, block.z)) +
                               ", " + opt.arch->name + ", seed " + std::to_string(opt.seed) +
                               "; FASTDW_CUDA_EMULATE_SEED=" + std::to_string(opt.seed) +
                               " replays it]";

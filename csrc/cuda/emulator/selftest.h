@@ -1,6 +1,7 @@
 // The emulator's own test kernels: correct ones, which must pass under every seed, and planted
-// bugs, each of which must be reported (tests/cuda/test_emulator.py runs them through the test
-// op fastdw_cuda_emu::emulator_selftest, and tests/cuda/test_sanitizer.py under ASan + UBSan).
+// bugs, each of which must be reported (tests/cuda/test_cuda_emulator.py runs them through the
+// test op fastdw_cuda_emu::emulator_selftest, tests/cuda/test_cuda_sanitizer.py under ASan and
+// UBSan).
 // A case returns normally when the kernel ran and computed the right result, and throws
 // fastdw_emu::Error otherwise: the emulator's report, or "wrong result" from the check here.
 #pragma once

@@ -11,7 +11,7 @@ import tempfile
 import pytest
 
 from fastdw.kernels import cuda
-from test_emulator import CORRECT, PLANTED
+from test_cuda_emulator import CORRECT, PLANTED
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
