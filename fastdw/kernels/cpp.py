@@ -42,11 +42,18 @@ def block_weight_names():
 stamp_unchanged = getattr(_extension, "stamp_unchanged", None)
 
 
+# The kernels' one overload each, looked up once: calling an overload packet resolves the
+# overload on every call.
+_KERNELS = {name: getattr(torch.ops.fastdw_cpp, name).default
+            for name in ("dwconv_bn_act", "pwconv_bn_act", "inverted_residual")
+            if _extension is not None}
+
+
 def try_kernel(name, *args):
     """torch.ops.fastdw_cpp.<name>(*args), or None when the kernel refuses the arguments (the
     caller then runs the op's Python checks, whose error names the bad argument)."""
     try:
-        return getattr(torch.ops.fastdw_cpp, name)(*args)
+        return _KERNELS[name](*args)
     except RuntimeError:
         return None
 
