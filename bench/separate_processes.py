@@ -35,7 +35,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     plan = run.Plan(models=args.models, batches=args.batch, layer_models=[], layer_batches=[],
                     rounds=args.rounds, reps=20, burst=5, max_seconds=float("inf"),
-                    providers=args.providers, layer_providers=[], threads=args.threads)
+                    providers=args.providers, layer_providers=[], threads=args.threads,
+                    gpu_providers=[])
     started = datetime.datetime.now(datetime.timezone.utc)
     results = run.measure_all(plan, run.Progress(run.measured_steps(plan)))
     times = {}  # (model, batch, provider) -> [median ms of each process]

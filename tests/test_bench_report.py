@@ -40,16 +40,19 @@ def test_report_writer_tables_plots_and_machine_record(tmp_path):
             _row("layer", "c16_112x112_k3_s1_relu6", "eager", 1.0),
             _row("layer", "c16_112x112_k3_s1_relu6", "fastdw_cpp", 0.25),
             dict(kind="layer", name="c16_112x112_k3_s1_relu6", batch=1, provider="compile_cl",
-                 note="failed: RuntimeError: boom", round=1)]
+                 note="failed: RuntimeError: boom", round=1),
+            _row("gpu", "mobilenet_v3_small", "eager", 2.0, batch=32),
+            _row("gpu", "mobilenet_v3_small", "fastdw_triton", 0.5, batch=32)]
     results = dict(rows=rows, skipped={"openvino": "openvino is not installed"}, failed={},
                    threads={"eager": 2}, loads=[1.0, 3.5])
     modelled = [perfmodel.model("mobilenet_v3_small", 2, 64, "fp16")]
     folder = tmp_path / "out"
+    machine = dict(_machine(), gpus=["Fake GPU"])
     paths = report.write(str(folder), plan=plan, mode="quick", results=results,
-                         machine=_machine(), modelled=modelled, minutes=1.5)
+                         machine=machine, modelled=modelled, minutes=1.5)
     assert sorted(os.listdir(folder)) == sorted(os.path.basename(p) for p in paths) == sorted(
         ["report.md", "machine.json", "results.json", "latency.png", "layers.png",
-         "modelled_mobilenet_v3_small.png", "modelled_mobilenet_v3_small.txt"])
+         "latency_gpu.png", "modelled_mobilenet_v3_small.png", "modelled_mobilenet_v3_small.txt"])
     text = (folder / "report.md").read_text()
     # eager, fastdw_cpp, best ort process; eager / fastdw 2.5x; fastdw / fastest other 4/5
     assert "| mobilenet_v3_small | 1 | 10.00 | 4.00 | 5.00 | 2.50x | 0.80x |" in text
@@ -58,13 +61,17 @@ def test_report_writer_tables_plots_and_machine_record(tmp_path):
     assert "`openvino` not run: openvino is not installed" in text
     assert "Test CPU, 2 CPUs, 2 threads per provider, float32" in text
     assert "load average 1.0-3.5" in text and "python -m fastdw bench --quick" in text
+    assert "## Latency per model (GPU, measured)" in text
+    assert "| mobilenet_v3_small | 32 | 2.00 | 0.50 | 4.00x | 0.25x |" in text
     assert "## Modelled GPU traffic (modelled, not measured)" in text
     assert "MODELLED, not measured: mobilenet_v3_small, batch 2, 64x64, fp16" in text
     assert json.loads((folder / "machine.json").read_text())["cpu_flags"] == ["avx2"]
     titles = {name: Image.open(folder / name).text["Title"]
-              for name in ("latency.png", "layers.png", "modelled_mobilenet_v3_small.png")}
+              for name in ("latency.png", "layers.png", "latency_gpu.png",
+                           "modelled_mobilenet_v3_small.png")}
     assert "CPU latency, measured" in titles["latency.png"]
     assert "per layer, measured" in titles["layers.png"]
+    assert titles["latency_gpu.png"].startswith("GPU latency, measured (CUDA events")
     assert titles["modelled_mobilenet_v3_small.png"].startswith("MODELLED, not measured")
 
 

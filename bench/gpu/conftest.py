@@ -9,7 +9,8 @@ import statistics
 import pytest
 import torch
 
-import _gpu
+from fastdw.bench import gpu as _gpu
+from fastdw.bench.providers import Unavailable
 
 
 def pytest_addoption(parser):
@@ -20,12 +21,7 @@ def pytest_addoption(parser):
 
 @pytest.fixture(scope="session")
 def l2_flush():
-    buffer = torch.empty(_gpu.L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
-
-    def flush():
-        buffer.zero_()
-        torch.cuda.synchronize()  # the flush must not overlap the timed run
-    return flush
+    return _gpu.l2_flusher()
 
 
 @pytest.fixture
@@ -43,7 +39,7 @@ def run_gpu(benchmark, l2_flush, request):
     def run(workload, provider):
         try:
             fn, x = provider.build(workload)
-        except (_gpu._providers.Unavailable, ImportError) as why:
+        except (Unavailable, ImportError) as why:
             pytest.skip(f"{provider.name}: {why}")
         with torch.no_grad():
             for _ in range(warmup):
@@ -52,15 +48,7 @@ def run_gpu(benchmark, l2_flush, request):
             error = _gpu.relative_error(out, workload.oracle())
             assert error <= _gpu.TOLERANCE[workload.dtype], (
                 f"{provider.name} on {workload.name}: relative error {error:.3g} vs stock eager")
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            times = []
-
-            def timed():
-                start.record()
-                fn(x)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
+            timed, times = _gpu.event_timer(fn, x)
             benchmark.group = workload.group
             benchmark.pedantic(timed, setup=l2_flush, rounds=rounds, iterations=1)
         benchmark.extra_info.update(

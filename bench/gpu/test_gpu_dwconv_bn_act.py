@@ -1,12 +1,13 @@
 """GPU benchmarks of fastdw.ops.dwconv_bn_act: every depthwise conv+BN+act shape of torchvision's
 MobileNetV2 / V3-Large / V3-Small at 224x224, batch 1/32/256, fp32/fp16/bf16, each provider of
-_gpu.PROVIDERS side by side (--benchmark-group-by=group). See bench/gpu/README.md."""
+fastdw.bench.gpu.PROVIDERS side by side (--benchmark-group-by=group). See bench/gpu/README.md."""
 import pytest
 
-from _gpu import BATCHES, DTYPES, NEEDS_CUDA, PROVIDERS, op_workload
+from fastdw.bench.gpu import BATCHES, DTYPES, NO_CUDA, PROVIDERS, op_workload
 from fastdw.bench.providers import depthwise_layers
 
-pytestmark = [pytest.mark.dwconv_bn_act, NEEDS_CUDA]
+pytestmark = [pytest.mark.dwconv_bn_act,
+              pytest.mark.skipif(NO_CUDA is not None, reason=str(NO_CUDA))]
 
 
 @pytest.mark.parametrize("provider", PROVIDERS, ids=lambda p: p.name)

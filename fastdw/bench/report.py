@@ -3,11 +3,12 @@ plots (latency.png, layers.png, modelled_<model>.png with modelled_<model>.txt).
 import json
 import os
 
+from fastdw.bench import gpu as _gpu
 from fastdw.bench import modelled as _modelled
 from fastdw.bench import providers as _providers
 
 REPORT, MACHINE, RESULTS = "report.md", "machine.json", "results.json"
-LATENCY_PNG, LAYERS_PNG = "latency.png", "layers.png"
+LATENCY_PNG, LAYERS_PNG, GPU_PNG = "latency.png", "layers.png", "latency_gpu.png"
 
 
 def modelled_names(model):
@@ -44,18 +45,24 @@ def _ms(row):
     return "-" if row is None else f"{row['median_ms']:.2f}"
 
 
-def model_table(chosen, notes, plan):
+def _timed(chosen, kind):
+    """(models, batches, providers) timed as `kind` ("model" or "gpu"), in the order timed."""
+    keys = [k for k in chosen if k[0] == kind]
+    return tuple(list(dict.fromkeys(k[i] for k in keys)) for i in (1, 2, 3))
+
+
+def model_table(chosen, notes, kind="model"):
     """Markdown lines: one row per (model, batch), the best process median of each provider,
     each fastdw provider's speed-up over eager and its ratio to the fastest other provider."""
-    names = [p for p in plan.providers if any(k[3] == p for k in chosen)]
+    models, batches, names = _timed(chosen, kind)
     fastdw = [p for p in names if _is_fastdw(p)]
     head = (["model", "batch"] + [f"{p} ms" for p in names]
             + [f"eager / {p}" for p in fastdw]
             + [f"{p} / fastest other" for p in fastdw])
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for model in plan.models:
-        for batch in plan.batches:
-            got = {p: chosen.get(("model", model, batch, p)) for p in names}
+    for model in models:
+        for batch in batches:
+            got = {p: chosen.get((kind, model, batch, p)) for p in names}
             eager = got.get("eager")
             others = [r["median_ms"] for p, r in got.items() if r and not _is_fastdw(p)]
             cells = [model, str(batch)] + [_ms(got[p]) for p in names]
@@ -66,7 +73,7 @@ def model_table(chosen, notes, plan):
                 cells.append(f"{got[p]['median_ms'] / min(others):.2f}x"
                              if others and got[p] else "-")
             lines.append("| " + " | ".join(cells) + " |")
-    lines += _notes(notes, "model")
+    lines += _notes(notes, kind)
     return lines
 
 
@@ -107,31 +114,29 @@ def _setting(machine):
             f"{versions}")
 
 
-def plot_latency(chosen, plan, machine, path):
+def plot_latency(chosen, title, path, kind="model"):
     """Grouped bars: per batch, per model, each provider's best median (ms)."""
     plt = _pyplot()
-    names = [p for p in plan.providers if any(k[0] == "model" and k[3] == p for k in chosen)]
-    fig, axes = plt.subplots(len(plan.batches), 1, squeeze=False,
-                             figsize=(max(7, 2.2 * len(plan.models) * len(names) / 4), 3.6
-                                      * len(plan.batches)))
+    models, batches, names = _timed(chosen, kind)
+    fig, axes = plt.subplots(max(1, len(batches)), 1, squeeze=False,
+                             figsize=(max(7, 2.2 * len(models) * len(names) / 4),
+                                      3.6 * max(1, len(batches))))
     width = 0.8 / max(1, len(names))
-    for ax, batch in zip(axes[:, 0], plan.batches):
+    for ax, batch in zip(axes[:, 0], batches):
         for j, name in enumerate(names):
             xs, ms = [], []
-            for i, model in enumerate(plan.models):
-                row = chosen.get(("model", model, batch, name))
+            for i, model in enumerate(models):
+                row = chosen.get((kind, model, batch, name))
                 if row:
                     xs.append(i + (j - (len(names) - 1) / 2) * width)
                     ms.append(row["median_ms"])
             bars = ax.bar(xs, ms, width, label=name)
             ax.bar_label(bars, fmt="%.1f", fontsize=7)
-        ax.set_xticks(range(len(plan.models)), plan.models)
+        ax.set_xticks(range(len(models)), models)
         ax.set_ylabel(f"ms per batch of {batch} (measured)")
         ax.grid(axis="y", alpha=0.3)
         if names:
             ax.legend(fontsize=8, ncols=2)
-    title = (f"CPU latency, measured, best of {plan.rounds} process(es) each: "
-             f"{machine['cpu_model']}, {machine['threads']} threads, {machine['dtype']}")
     _save(fig, axes, title, path)
 
 
@@ -195,8 +200,20 @@ def write(folder, *, plan, mode, results, machine, modelled, minutes):
         json.dump(machine, f, indent=1)
     with open(paths[2], "w") as f:
         json.dump(dict(plan=vars(plan), **results), f, indent=1)
-    plot_latency(chosen, plan, machine, paths[3])
+    plot_latency(chosen, f"CPU latency, measured, best of {plan.rounds} process(es) each: "
+                 f"{machine['cpu_model']}, {machine['threads']} threads, {machine['dtype']}",
+                 paths[3])
     plot_layers(chosen, plan, machine, paths[4])
+    gpu_lines = []
+    if any(k[0] == "gpu" for k in chosen):
+        paths.append(os.path.join(folder, GPU_PNG))
+        plot_latency(chosen, f"GPU latency, measured (CUDA events, L2 flushed before each "
+                     f"call): {', '.join(machine['gpus'])}, {plan.gpu_dtype}", paths[-1], "gpu")
+        gpu_lines = ["## Latency per model (GPU, measured)", "",
+                     f"{', '.join(machine['gpus'])}, {plan.gpu_dtype}, device time of "
+                     f"{plan.reps} calls per process from CUDA events, the L2 flushed before "
+                     "each (fastdw.bench.gpu).", "", f"![GPU latency]({GPU_PNG})", "",
+                     *model_table(chosen, notes, "gpu"), ""]
     modelled_lines = []
     for model_report in modelled:
         png, txt = modelled_names(model_report.trace.model)
@@ -231,7 +248,7 @@ def write(folder, *, plan, mode, results, machine, modelled, minutes):
         "",
         f"![latency per model and provider]({LATENCY_PNG})",
         "",
-        *model_table(chosen, notes, plan),
+        *model_table(chosen, notes),
         "",
         "## Per-layer speed-up over eager (CPU, measured)",
         "",
@@ -243,11 +260,14 @@ def write(folder, *, plan, mode, results, machine, modelled, minutes):
         "",
         *layer_table(chosen, notes, plan),
         "",
+        *gpu_lines,
         "## Providers",
         "",
         *(f"- `{name}`: {_about(name)}" for name in dict.fromkeys(plan.providers
                                                                   + plan.layer_providers)
           if name not in results["skipped"]),
+        *(f"- `{p.name}` on the GPU: {p.about}" for p in _gpu.PROVIDERS
+          if any(k[0] == "gpu" and k[3] == p.name for k in chosen)),
         *(f"- `{name}` not run: {why}" for name, why in results["skipped"].items()),
         *(f"- `{name}` failed: {why}" for name, why in results["failed"].items()),
         "",
@@ -259,10 +279,6 @@ def write(folder, *, plan, mode, results, machine, modelled, minutes):
         "",
         *modelled_lines,
     ]
-    if machine["gpus"]:
-        lines += ["GPU present (" + ", ".join(machine["gpus"]) + "): this command times CPU "
-                  "providers only; `python -m pytest bench/gpu --benchmark-group-by=group` "
-                  "times the GPU ones (bench/gpu/README.md).", ""]
     with open(paths[0], "w") as f:
         f.write("\n".join(lines))
     return paths

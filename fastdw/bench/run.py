@@ -15,7 +15,9 @@ import subprocess
 import sys
 import time
 
-from fastdw.bench import measure, report
+import torch
+
+from fastdw.bench import gpu, measure, report
 from fastdw.bench import providers as _providers
 
 
@@ -37,12 +39,19 @@ class Plan:
     modelled: tuple = ("mobilenet_v2",)   # models whose GPU traffic is modelled
     modelled_batch: int = 32
     modelled_dtype: str = "fp16"
+    gpu_providers: list = None  # where a CUDA device is present; None: all of fastdw.bench.gpu
+    gpu_batches: tuple = (1, 32)
+    gpu_dtype: str = "fp16"
 
-    def worker_plan(self, provider):
-        """What one worker process of `provider` times."""
-        return dict(provider=provider, threads=self.threads, warmup=self.warmup, reps=self.reps,
-                    burst=self.burst, max_seconds=self.max_seconds, max_layers=self.max_layers,
-                    models=self.models if provider in self.providers else [],
+    def worker_plan(self, provider, device="cpu"):
+        """What one worker process of `provider` times on `device`."""
+        common = dict(provider=provider, device=device, threads=self.threads,
+                      warmup=self.warmup, reps=self.reps, burst=self.burst,
+                      max_seconds=self.max_seconds, max_layers=self.max_layers)
+        if device == "cuda":
+            return dict(common, models=self.models, batches=list(self.gpu_batches),
+                        dtype=self.gpu_dtype, layer_models=[], layer_batches=[])
+        return dict(common, models=self.models if provider in self.providers else [],
                     batches=self.batches, layer_batches=self.layer_batches,
                     layer_models=self.layer_models if provider in self.layer_providers else [])
 
@@ -113,21 +122,21 @@ class Progress:
 
 
 def measured_steps(plan):
-    """How many workloads all rounds of every runnable provider time (the progress total)."""
-    runnable, _ = runnable_and_skipped(plan)
-    return plan.rounds * sum(_workload_count(plan, p) for p in runnable)
+    """How many workloads all rounds of every job time (the progress total)."""
+    return plan.rounds * sum(_workload_count(plan, *job) for job in jobs(plan)[0])
 
 
-def _workload_count(plan, provider):
-    wp = plan.worker_plan(provider)
+def _workload_count(plan, provider, device):
+    wp = plan.worker_plan(provider, device)
     layers = _providers.depthwise_layers(tuple(wp["layer_models"]))[:plan.max_layers]
-    return len(wp["models"]) * len(plan.batches) + len(layers) * len(plan.layer_batches)
+    return len(wp["models"]) * len(wp["batches"]) + len(layers) * len(wp["layer_batches"])
 
 
-def run_worker(plan, provider, on_row):
-    """Start one worker process for `provider`; `on_row(row)` for each result line. Returns the
-    threads the worker ran with. A worker that dies becomes a note on its rows."""
-    cmd = [sys.executable, "-m", "fastdw.bench.worker", json.dumps(plan.worker_plan(provider))]
+def run_worker(plan, provider, device, on_row):
+    """Start one worker process for `provider` on `device`; `on_row(row)` for each result
+    line. Returns the threads the worker ran with; raises RuntimeError if it died."""
+    cmd = [sys.executable, "-m", "fastdw.bench.worker",
+           json.dumps(plan.worker_plan(provider, device))]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         threads = None
         for line in proc.stdout:
@@ -139,38 +148,50 @@ def run_worker(plan, provider, on_row):
         err = proc.stderr.read()
     if proc.returncode:
         last = (err.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"{provider} worker exited {proc.returncode}: {last}")
+        raise RuntimeError(f"worker exited {proc.returncode}: {last}")
     return threads
 
 
-def runnable_and_skipped(plan):
-    """([providers to start], {provider: why it cannot run here})."""
+def jobs(plan):
+    """([(provider, device)] to start, {provider: why it cannot run here}): the CPU providers
+    that can run, then, where a CUDA device is present, the GPU providers."""
     everyone = list(dict.fromkeys(plan.providers + plan.layer_providers))
     skipped = {p: why for p in everyone if (why := why_not(p))}
-    return [p for p in everyone if p not in skipped], skipped
+    found = [(p, "cpu") for p in everyone if p not in skipped]
+    if torch.cuda.is_available():
+        names = [p.name for p in gpu.PROVIDERS]
+        found += [(p, "cuda") for p in (names if plan.gpu_providers is None
+                                         else plan.gpu_providers)]
+    return found, skipped
+
+
+def _label(provider, device):
+    return provider if device == "cpu" else f"{provider} on {device}"
 
 
 def measure_all(plan, progress):
-    """Every round of every provider: {"rows": [...], "skipped": {provider: why},
+    """Every round of every job: {"rows": [...], "skipped": {provider: why},
     "failed": {provider: why}, "threads": {provider: n}, "loads": [1-minute load averages
     sampled between processes]}."""
-    runnable, skipped = runnable_and_skipped(plan)
-    counts = {p: _workload_count(plan, p) for p in runnable}
+    todo, skipped = jobs(plan)
     rows, threads, loads, failed = [], {}, [os.getloadavg()[0]], {}
     for r in range(plan.rounds):
-        shift = r % max(1, len(runnable))
-        for provider in runnable[shift:] + runnable[:shift]:  # a rotated order per round
-            def on_row(row, r=r):
-                rows.append(dict(row, round=r + 1))
-                progress.step(f"round {r + 1}/{plan.rounds} {provider}: {row['name']} "
+        shift = r % max(1, len(todo))
+        for provider, device in todo[shift:] + todo[:shift]:  # a rotated order per round
+            label = _label(provider, device)
+            got = []
+
+            def on_row(row, r=r, label=label, got=got):
+                got.append(dict(row, round=r + 1))
+                progress.step(f"round {r + 1}/{plan.rounds} {label}: {row['name']} "
                               f"b{row['batch']}")
-            before = sum(1 for row in rows if row["provider"] == provider)
             try:
-                threads[provider] = run_worker(plan, provider, on_row)
+                threads[label] = run_worker(plan, provider, device, on_row)
             except RuntimeError as err:
-                failed[provider] = str(err)
-                got = sum(1 for row in rows if row["provider"] == provider) - before
-                progress.step(f"{provider} failed", counts[provider] - got)
+                failed[label] = str(err)
+                progress.step(f"{label} failed",
+                              _workload_count(plan, provider, device) - len(got))
+            rows += got
             loads.append(os.getloadavg()[0])
     return dict(rows=rows, skipped=skipped, failed=failed, threads=threads, loads=loads)
 
@@ -241,7 +262,8 @@ def add_arguments(parser):
                         help="models to time (and whose depthwise layers to time)")
     parser.add_argument("--batch", nargs="+", type=int, help="batch sizes")
     parser.add_argument("--providers", nargs="+", metavar="PROVIDER",
-                        choices=list(dict.fromkeys(sum(default_providers(), []))),
+                        choices=list(dict.fromkeys(sum(default_providers(), [])
+                                                   + [p.name for p in gpu.PROVIDERS])),
                         help="only these providers (default: all of them)")
     parser.add_argument("--rounds", type=int, help="processes per provider, in turns")
     parser.add_argument("--reps", type=int, help="timed bursts per workload, at most")
@@ -262,6 +284,7 @@ def plan_from(args):
     if args.providers:
         plan.providers = [p for p in plan.providers if p in args.providers]
         plan.layer_providers = [p for p in plan.layer_providers if p in args.providers]
+        plan.gpu_providers = [p.name for p in gpu.PROVIDERS if p.name in args.providers]
     for name in ("rounds", "reps", "max_layers", "threads"):
         if getattr(args, name) is not None:
             setattr(plan, name, getattr(args, name))

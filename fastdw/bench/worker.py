@@ -17,7 +17,14 @@ from fastdw.bench import providers as _providers
 
 
 def workloads(plan):
-    """(kind, workload) in the plan's order: whole models, then depthwise layers."""
+    """(kind, workload) in the plan's order: whole models, then depthwise layers; on a CUDA
+    device ("gpu") whole models only, in the plan's GPU dtype."""
+    if plan["device"] == "cuda":
+        from fastdw.bench import gpu
+        for model in plan["models"]:
+            for batch in plan["batches"]:
+                yield "gpu", gpu.model_workload(model, batch, plan["dtype"])
+        return
     for model in plan["models"]:
         for batch in plan["batches"]:
             yield "model", _providers.model_workload(model, batch)
@@ -45,16 +52,46 @@ def time_one(plan, kind, workload):
         return dict(row, note=notes[provider.name])
     seconds = measure.time_alternating(ready, plan["reps"], seed=0, burst=plan["burst"],
                                        max_seconds=plan["max_seconds"])[provider.name]
-    q1, _, q3 = statistics.quantiles(seconds, n=4)
-    return dict(row, median_ms=statistics.median(seconds) * 1e3, min_ms=min(seconds) * 1e3,
-                iqr_ms=(q3 - q1) * 1e3, calls=len(seconds), max_abs_diff=diffs[provider.name])
+    return dict(row, **_stats([t * 1e3 for t in seconds]), max_abs_diff=diffs[provider.name])
+
+
+def time_gpu(plan, workload):
+    """The result row of plan["provider"] on one GPU workload: device time from CUDA events,
+    each call after an L2 flush (fastdw.bench.gpu, as bench/gpu times)."""
+    from fastdw.bench import gpu
+    row = dict(kind="gpu", name=workload.about["model"], batch=workload.about["batch"],
+               provider=plan["provider"], dtype=workload.dtype)
+    provider = next(p for p in gpu.PROVIDERS if p.name == plan["provider"])
+    try:
+        fn, x = provider.build(workload)
+    except (_providers.Unavailable, ImportError) as why:
+        return dict(row, note=f"skipped: {why}")
+    with torch.no_grad():
+        for _ in range(plan["warmup"]):
+            out = fn(x)
+        torch.cuda.synchronize()
+        error = gpu.relative_error(out, workload.oracle())
+        if not error <= gpu.TOLERANCE[workload.dtype]:
+            return dict(row, note=f"failed: relative error {error:.3g} against stock eager")
+        timed, times = gpu.event_timer(fn, x)
+        flush = gpu.l2_flusher()
+        for _ in range(plan["reps"]):
+            flush()
+            timed()
+    return dict(row, **_stats(times), relative_error=error)
+
+
+def _stats(ms):
+    q1, _, q3 = statistics.quantiles(ms, n=4)
+    return dict(median_ms=statistics.median(ms), min_ms=min(ms), iqr_ms=q3 - q1, calls=len(ms))
 
 
 def main(argv=None):
     plan = json.loads((argv or sys.argv[1:])[0])
     _providers.setup(plan["threads"])
     for kind, workload in workloads(plan):
-        print(json.dumps(time_one(plan, kind, workload)), flush=True)
+        row = time_gpu(plan, workload) if kind == "gpu" else time_one(plan, kind, workload)
+        print(json.dumps(row), flush=True)
     print(json.dumps({"threads": torch.get_num_threads()}), flush=True)
 
 

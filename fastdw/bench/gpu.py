@@ -1,16 +1,17 @@
-"""What the GPU benchmarks time: workloads on a CUDA device in fp32/fp16/bf16 and the providers
-that run them. Shapes, stock models and BN calibration come from bench/_providers.py (the CPU
-benchmarks' table), so CPU and GPU benchmarks time the same layers.
+"""What the GPU benchmarks time and how: workloads on a CUDA device in fp32/fp16/bf16, the
+providers that run them, and CUDA-event timing after an L2 flush. Shapes, stock models and BN
+calibration come from fastdw.bench.providers (the CPU benchmarks' table), so CPU and GPU
+benchmarks time the same layers. Used by bench/gpu/ (pytest-benchmark) and by
+`python -m fastdw bench` where a CUDA device is present.
 
-No machine of this project has a GPU: these benchmarks are written to run the day one is
-available, and skip here (NEEDS_CUDA).
+No machine of this project has a GPU: this code is written to run the day one is available;
+here bench/gpu skips (NO_CUDA) and the command times CPU providers only.
 """
 import copy
 import dataclasses
 import functools
 from typing import Callable
 
-import pytest
 import torch
 
 from fastdw.bench import providers as _providers
@@ -24,8 +25,7 @@ L2_FLUSH_BYTES = 256 * 2 ** 20
 # purpose: it rejects a wrong kernel (error ~1), not a precision regression (tests/ops does that).
 # fp32 is loose too because cuDNN runs fp32 convolutions in TF32 by default.
 TOLERANCE = {"fp32": 1e-2, "fp16": 2e-2, "bf16": 1e-1}
-NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs a CUDA device; none here")
+NO_CUDA = None if torch.cuda.is_available() else "needs a CUDA device; none here"
 
 
 @dataclasses.dataclass
@@ -63,7 +63,8 @@ def op_workload(layer: _providers.DepthwiseLayer, batch: int, dtype: str) -> Wor
                                  padding=layer.padding, dilation=layer.dilation, act=layer.act,
                                  backend="triton")
 
-    return Workload(f"{dtype}-b{batch}-{layer.name}", f"dwconv_bn_act {dtype} b{batch} {layer.name}",
+    return Workload(f"{dtype}-b{batch}-{layer.name}",
+                    f"dwconv_bn_act {dtype} b{batch} {layer.name}",
                     dtype, x, module, fastdw_fn,
                     dict(op="dwconv_bn_act", batch=batch, shape=layer.name,
                          used_by=list(layer.users)))
@@ -143,3 +144,29 @@ PROVIDERS = [
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.double(), ref.double()
     return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def l2_flusher():
+    """A function that evicts the GPU's L2 (zeroes a larger buffer) and waits for it."""
+    buffer = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+
+    def flush():
+        buffer.zero_()
+        torch.cuda.synchronize()  # the flush must not overlap the timed run
+    return flush
+
+
+def event_timer(fn, x):
+    """(timed, times): timed() runs fn(x) once between two CUDA events, waits for it and
+    appends its device time in ms to `times`."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+
+    def timed():
+        start.record()
+        fn(x)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return timed, times
+
