@@ -48,7 +48,8 @@ def test_report_writer_tables_plots_and_machine_record(tmp_path):
     modelled = [perfmodel.model("mobilenet_v3_small", 2, 64, "fp16")]
     folder = tmp_path / "out"
     machine = dict(_machine(), gpus=["Fake GPU"])
-    paths = report.write(str(folder), plan=plan, mode="quick", results=results,
+    paths = report.write(str(folder), plan=plan, command="python -m fastdw bench --quick",
+                         results=results,
                          machine=machine, modelled=modelled, minutes=1.5)
     assert sorted(os.listdir(folder)) == sorted(os.path.basename(p) for p in paths) == sorted(
         ["report.md", "machine.json", "results.json", "latency.png", "layers.png",
@@ -60,7 +61,7 @@ def test_report_writer_tables_plots_and_machine_record(tmp_path):
     assert "compile_cl on c16_112x112_k3_s1_relu6 b1: failed: RuntimeError: boom" in text
     assert "`openvino` not run: openvino is not installed" in text
     assert "Test CPU, 2 CPUs, 2 threads per provider, float32" in text
-    assert "load average 1.0-3.5" in text and "python -m fastdw bench --quick" in text
+    assert "load average 1.0-3.5" in text and "`python -m fastdw bench --quick` at" in text
     assert "## Latency per model (GPU, measured)" in text
     assert "| mobilenet_v3_small | 32 | 2.00 | 0.50 | 4.00x | 0.25x |" in text
     assert "## Modelled GPU traffic (modelled, not measured)" in text
@@ -85,6 +86,7 @@ def test_bench_command_end_to_end(tmp_path):
     assert out.stdout.strip() == f"report: {folder / 'report.md'}"
     assert "[##############################] " in out.stderr  # the progress bar got to the end
     text = (folder / "report.md").read_text()
+    assert "`python -m fastdw " + " ".join(cmd[3:]) + "` at" in text  # the command as typed
     timed = "cpp" in fastdw.backend.usable("cpu")
     model_row = next(line for line in text.splitlines()
                      if line.startswith("| mobilenet_v3_small | 1 |"))

@@ -190,7 +190,7 @@ def plot_layers(chosen, plan, machine, path):
     _save(fig, axes, title, path)
 
 
-def write(folder, *, plan, mode, results, machine, modelled, minutes):
+def write(folder, *, plan, command, results, machine, modelled, minutes):
     """Write the report folder; returns the paths written."""
     os.makedirs(folder, exist_ok=True)
     chosen, notes = best(results["rows"])
@@ -228,9 +228,8 @@ def write(folder, *, plan, mode, results, machine, modelled, minutes):
                            f"Per layer and block: [{txt}]({txt}).", ""]
     loads = machine["load_average_1min"]
     calls = plan.reps * (plan.burst - 1)
-    command = "python -m fastdw bench" + (" --quick" if mode == "quick" else "")
     lines = [
-        f"# fastdw benchmark, {machine['date_utc']} ({mode} run)",
+        f"# fastdw benchmark, {machine['date_utc']}",
         "",
         f"Machine: {_setting(machine)}; 1-minute load average {loads['min']:.1f}-"
         f"{loads['max']:.1f} during the run (other jobs share this machine). Full record: "

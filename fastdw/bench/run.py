@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from fastdw import perfmodel
 from fastdw.bench import gpu, measure, report
 from fastdw.bench import providers as _providers
 
@@ -230,13 +231,13 @@ def _commit():
     return sha + ("+changes" if dirty.strip() else "")
 
 
-def run(plan, out_root, mode):
-    """Measure, model and write the report; returns the report folder."""
+def run(plan, out_root, command):
+    """Measure, model and write the report of `command` (as the user typed it); returns the
+    report folder."""
     started = datetime.datetime.now(datetime.timezone.utc)
     clock = time.monotonic()
     progress = Progress(measured_steps(plan) + len(plan.modelled))
     results = measure_all(plan, progress)
-    from fastdw import perfmodel
     modelled = []
     for name in plan.modelled:
         modelled.append(perfmodel.model(name, plan.modelled_batch, _providers.IMAGE_SIZE,
@@ -244,7 +245,7 @@ def run(plan, out_root, mode):
         progress.step(f"modelled GPU traffic: {name}")
     machine = machine_record(plan, started, results["loads"], results["threads"])
     folder = os.path.join(out_root, f"{started:%Y-%m-%dT%H-%M-%SZ}")
-    report.write(folder, plan=plan, mode=mode, results=results, machine=machine,
+    report.write(folder, plan=plan, command=command, results=results, machine=machine,
                  modelled=modelled, minutes=(time.monotonic() - clock) / 60)
     return folder
 
@@ -293,6 +294,6 @@ def plan_from(args):
 
 def main(args):
     plan = plan_from(args)
-    folder = run(plan, args.out, "quick" if args.quick else "full")
+    folder = run(plan, args.out, "python -m fastdw " + " ".join(sys.argv[1:]))
     print(f"report: {os.path.join(folder, report.REPORT)}")
     return folder
