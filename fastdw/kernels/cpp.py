@@ -3,10 +3,10 @@ on first use: fastdw/kernels/cpp_build.py).
 
 The kernels are ops of namespace fastdw_cpp (the public "fastdw" namespace belongs to the
 Python custom ops in fastdw.ops). This module is the only Python that names them: the backend
-functions below (the kernel contract of fastdw.kernels.reference), try_kernel for the ops'
-direct route (fastdw.ops.dispatch), new_program for the models' eval program, and the C
-version of the eval caches' stamp check. Calls these kernels do not cover go to the reference
-backend, so every call the public ops accept runs.
+functions below (the kernel contract of fastdw.kernels.reference), try_kernel and plain_float32
+for the ops' direct route (fastdw.ops.dispatch), new_program for the models' eval program, and
+the C version of the eval caches' stamp check. Calls these kernels do not cover go to the
+reference backend, so every call the public ops accept runs.
 """
 import torch
 
@@ -40,13 +40,23 @@ def block_weight_names():
 
 # fastdw.nn's stamp check in C (csrc/stamp.cpp), or None where the extension is not built.
 stamp_unchanged = getattr(_extension, "stamp_unchanged", None)
+# plain_float32(tensors, plain_types, grad_enabled): fastdw.ops.dispatch's test of a call's
+# tensors for the direct route, in C (csrc/direct_call.cpp).
+plain_float32 = getattr(_extension, "plain_float32", None)
+
+
+# The kernels' one overload each, looked up once: calling an overload packet resolves the
+# overload on every call.
+_KERNELS = {name: getattr(torch.ops.fastdw_cpp, name).default
+            for name in ("dwconv_bn_act", "pwconv_bn_act", "inverted_residual")
+            if _extension is not None}
 
 
 def try_kernel(name, *args):
     """torch.ops.fastdw_cpp.<name>(*args), or None when the kernel refuses the arguments (the
     caller then runs the op's Python checks, whose error names the bad argument)."""
     try:
-        return getattr(torch.ops.fastdw_cpp, name)(*args)
+        return _KERNELS[name](*args)
     except RuntimeError:
         return None
 

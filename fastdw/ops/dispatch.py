@@ -23,8 +23,8 @@ from fastdw import backend as _backend
 from fastdw import torch_internals
 from fastdw.ops import checks
 
-# Parameter handles no torch function itself; None stands for an absent optional tensor.
-_PLAIN_TYPES = frozenset((torch.Tensor, nn.Parameter, type(None)))
+# Tensor types that handle no op themselves (Parameter: no torch function either).
+PLAIN_TYPES = frozenset((torch.Tensor, nn.Parameter))
 
 
 def observed() -> bool:
@@ -39,15 +39,16 @@ def observed() -> bool:
 
 def plain(t) -> bool:
     """t is None or a tensor that is not a subclass handling ops itself."""
-    return type(t) in _PLAIN_TYPES
+    return t is None or type(t) in PLAIN_TYPES
 
 
-def _plain_and_grad_free(tensors, dtype=None) -> bool:
+def plain_and_grad_free(tensors, dtype=None) -> bool:
     """Every entry None or a plain tensor (of `dtype`, if given) that autograd need not record,
-    in one pass (at batch 1 this check is a visible share of a small layer)."""
+    in one pass. The cpp backend's plain_float32 answers the same for float32 in C (at batch 1
+    this check is a visible share of a small layer); this function is its specification."""
     grad = torch.is_grad_enabled()
     for t in tensors:
-        if t is not None and (type(t) not in _PLAIN_TYPES
+        if t is not None and (type(t) not in PLAIN_TYPES
                               or dtype is not None and t.dtype is not dtype
                               or grad and t.requires_grad):
             return False
@@ -58,7 +59,7 @@ def unobserved(tensors) -> bool:
     """True when calling an op's kernel on `tensors` directly is indistinguishable from calling
     its custom op: no autograd graph would be recorded, nothing is watching (observed()), and no
     tensor is a subclass."""
-    return _plain_and_grad_free(tensors) and not observed()
+    return plain_and_grad_free(tensors) and not observed()
 
 
 def cpp_direct(x, tensors=(), backend=None) -> bool:
@@ -72,15 +73,17 @@ def cpp_direct(x, tensors=(), backend=None) -> bool:
     refuse every call the Python checks refuse, once the caller has checked the exact types of
     its int, bool and str options (torch.ops takes True for an int). A refused call pays for a
     C++ exception, so calls that are fine but need a cast (a float64 scale) do not come here."""
-    if not (type(x) is torch.Tensor and x.is_cpu and x.dim() == 4
-            and _plain_and_grad_free((x, *tensors), torch.float32) and not observed()
+    if not (type(x) is torch.Tensor and x.is_cpu and x.dim() == 4 and not observed()
             and not torch.is_autocast_enabled("cpu")
             and not torch_internals.functorch_transforms_active()):
         return False
     try:
-        return _backend.resolve(backend, "cpu") == "cpp"
+        if _backend.resolve(backend, "cpu") != "cpp":
+            return False
     except (TypeError, ValueError, _backend.BackendUnavailableError):  # step 2 raises it
         return False
+    return _backend.module("cpp").plain_float32((x, *tensors), PLAIN_TYPES,
+                                                torch.is_grad_enabled())
 
 
 def try_cpp(name, x, *args):
@@ -183,7 +186,7 @@ class BoundOp:
         given = [t for v in self.tensors for t in (v if isinstance(v, tuple) else (v,))]
         tensors = [t for t in (*given, *self.options.values()) if isinstance(t, torch.Tensor)]
         vetted = (all(t is None or isinstance(t, torch.Tensor) for t in given)
-                  and all(type(t) in _PLAIN_TYPES and t.dtype is torch.float32 and t.is_cpu
+                  and all(type(t) in PLAIN_TYPES and t.dtype is torch.float32 and t.is_cpu
                           for t in tensors))
         self.kernel_args = cpp_args(in_channels, *self.tensors, **self.options) if vetted else None
         # Under grad mode a call must record autograd through these (a module's parameters).

@@ -103,23 +103,36 @@ def inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Optio
     se_w2 (hidden, S[, 1, 1]), se_b2 (hidden,), all four or none. `act` is the activation of the
     expand and depthwise stages; `residual` adds x when stride is 1 and C_in == C_out.
     """
-    # The tensor parameters are named as BlockWeights' fields (a test holds them equal). Built by
-    # keyword: locals() and _make cost more per call (bench/op_overhead.py).
-    block = BlockWeights(
-        expand_w=expand_w, expand_scale=expand_scale, expand_shift=expand_shift, dw_w=dw_w,
-        dw_scale=dw_scale, dw_shift=dw_shift, project_w=project_w, project_scale=project_scale,
-        project_shift=project_shift, se_w1=se_w1, se_b1=se_b1, se_w2=se_w2, se_b2=se_b2)
-    return route(x, block, stride, act, residual, backend)
+    # The tensor parameters are named as BlockWeights' fields, in its order (a test holds them
+    # equal). A plain list is what the C++ kernel takes, and costs least per call
+    # (bench/op_overhead.py): the BlockWeights is made only for the checked route.
+    weights = [expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
+               project_scale, project_shift, se_w1, se_b1, se_w2, se_b2]
+    out = _kernel_first(x, weights, stride, act, residual, backend)
+    if out is not None:
+        return out
+    return _checked(x, BlockWeights._make(weights), stride, act, residual, backend)
 
 
 def route(x, block, stride=1, act="relu6", residual=True, backend=None):
-    """inverted_residual with the block's tensors as one BlockWeights: what the public function
-    and a BoundOp (fastdw.ops.bind) call, down fastdw.ops.dispatch's one route."""
-    if dispatch.cpp_direct(x, block, backend):
-        args = cpp_args(x.shape[1], block, stride=stride, act=act, residual=residual)
-        out = None if args is None else dispatch.try_cpp("inverted_residual", x, *args)
-        if out is not None:
-            return out
+    """inverted_residual with the block's tensors as one BlockWeights: what a BoundOp
+    (fastdw.ops.bind) calls, down fastdw.ops.dispatch's one route."""
+    out = _kernel_first(x, block, stride, act, residual, backend)
+    return _checked(x, block, stride, act, residual, backend) if out is None else out
+
+
+def _kernel_first(x, weights, stride, act, residual, backend):
+    """Step 1 of the route (fastdw.ops.dispatch): the C++ kernel's output, or None where the
+    call is not its to take."""
+    if dispatch.cpp_direct(x, weights, backend):
+        args = cpp_args(x.shape[1], weights, stride=stride, act=act, residual=residual)
+        if args is not None:
+            return dispatch.try_cpp("inverted_residual", x, *args)
+    return None
+
+
+def _checked(x, block, stride, act, residual, backend):
+    """Steps 2 to 4 of the route: the Python checks, the backend, its kernel."""
     # Under autocast x and the conv weights take the autocast dtype (checks.autocast).
     x, *weights = checks.autocast(x, *(getattr(block, name) for name in _CONV_WEIGHTS))
     block = block._replace(**dict(zip(_CONV_WEIGHTS, weights)))
@@ -186,26 +199,31 @@ def _checked_squeeze_excite(x, block):
 
 
 _REQUIRED = [i for i, name in enumerate(BlockWeights._fields) if name not in BLOCK_OPTIONAL]
+_EXPAND = [BlockWeights._fields.index(n) for n in ("expand_w", "expand_scale", "expand_shift")]
+_PROJECT_W = BlockWeights._fields.index("project_w")
 _SQUEEZE_EXCITE = [BlockWeights._fields.index(n) for n in _SE_FIELDS]
 
 
-def cpp_args(in_channels, block, *, stride=1, act="relu6", residual=True):
-    """The C++ kernel's arguments after x for a call on inputs of `in_channels` channels, or
-    None where the call is not the kernel's (options of other types than the op takes, absent
-    vectors or squeeze-excite biases the op would fill in). The kernel checks everything else
-    itself, and takes 1x1 weights 2-D or 4-D. The block goes as a list: torch.ops converts a
-    list faster than a tuple."""
+def cpp_args(in_channels, weights, *, stride=1, act="relu6", residual=True):
+    """The C++ kernel's arguments after x for a call on inputs of `in_channels` channels, with
+    the block's tensors `weights` (a BlockWeights or a list in its order), or None where the
+    call is not the kernel's (options of other types than the op takes, absent vectors or
+    squeeze-excite biases the op would fill in). The kernel checks everything else itself, and
+    takes 1x1 weights 2-D or 4-D. The block goes as a list: torch.ops converts a list faster
+    than a tuple."""
     if not (type(stride) is int and type(act) is str and type(residual) is bool):
         return None
-    weights = list(block)
+    weights = list(weights)
     for i in _REQUIRED:
         if weights[i] is None:
             return None
-    if block.expand_w is not None and (block.expand_scale is None or block.expand_shift is None):
+    expand_w, expand_scale, expand_shift = (weights[i] for i in _EXPAND)
+    if expand_w is not None and (expand_scale is None or expand_shift is None):
         return None
     if len({weights[i] is None for i in _SQUEEZE_EXCITE}) != 1:
         return None
     # The op drops a residual that cannot be added; the kernel would refuse it.
-    add = (residual and block.project_w.dim() in (2, 4)
-           and adds_residual(stride, in_channels, block.project_w.shape[0]))
+    project_w = weights[_PROJECT_W]
+    add = (residual and project_w.dim() in (2, 4)
+           and adds_residual(stride, in_channels, project_w.shape[0]))
     return weights, stride, act, add

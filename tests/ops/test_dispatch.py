@@ -245,6 +245,58 @@ def test_no_kernel_first_where_the_op_must_do_more(condition, tried):
     assert tried == []
 
 
+class _TensorSubclass(torch.Tensor):
+    pass
+
+
+TENSOR_KINDS = {  # every kind of entry the direct route's tensor test tells apart
+    "None": lambda: None,
+    "float32": lambda: torch.randn(3),
+    "float32 parameter": lambda: nn.Parameter(torch.randn(3), requires_grad=False),
+    "float32 requiring grad": lambda: torch.randn(3, requires_grad=True),
+    "parameter requiring grad": lambda: nn.Parameter(torch.randn(3)),
+    "float64": lambda: torch.randn(3, dtype=torch.float64),
+    "bfloat16": lambda: torch.randn(3).bfloat16(),
+    "subclass": lambda: torch.randn(3).as_subclass(_TensorSubclass),
+}
+
+
+@needs_cpp
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("kind", TENSOR_KINDS)
+@pytest.mark.parametrize("container", [tuple, list])
+def test_the_c_tensor_test_answers_as_its_python_specification(kind, grad, container):
+    """csrc/direct_call.cpp (the cpp backend's plain_float32) against
+    dispatch.plain_and_grad_free, for the entry alone, after and before others."""
+    from fastdw.ops import dispatch
+    c_version = fastdw.backend.module("cpp").plain_float32
+    entry = TENSOR_KINDS[kind]()
+    plain = kind in ("None", "float32", "float32 parameter") or (not grad
+                                                                 and "requiring grad" in kind)
+    with torch.set_grad_enabled(grad):
+        for tensors in ((entry,), (torch.randn(2), entry), (entry, None)):
+            assert dispatch.plain_and_grad_free(tensors, torch.float32) is plain
+            assert c_version(container(tensors), dispatch.PLAIN_TYPES, grad) is plain
+
+
+@needs_cpp
+@pytest.mark.parametrize("entry", [3, [torch.randn(3)], "x"])
+def test_the_c_tensor_test_refuses_entries_that_are_not_tensors(entry):
+    from fastdw.ops import dispatch
+    c_version = fastdw.backend.module("cpp").plain_float32
+    assert c_version((torch.randn(2), entry), dispatch.PLAIN_TYPES, False) is False
+
+
+@needs_cpp
+def test_the_c_tensor_test_refuses_bad_arguments():
+    from fastdw.ops import dispatch
+    c_version = fastdw.backend.module("cpp").plain_float32
+    with pytest.raises(TypeError, match="plain_types: set"):
+        c_version((torch.randn(2),), list(dispatch.PLAIN_TYPES), False)
+    with pytest.raises(TypeError, match="tuple or list"):
+        c_version(None, dispatch.PLAIN_TYPES, False)
+
+
 # Not triton: its launchers take raw pointers, which vmap's batched tensors do not have (the
 # ops have no batching rule of their own yet).
 @pytest.mark.parametrize("backend", [n for n in ("reference", "cpp")
