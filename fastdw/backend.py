@@ -26,6 +26,7 @@ BACKEND_MODULES = {
     "reference": "fastdw.kernels.reference",
     "cpp": "fastdw.kernels.cpp",
     "triton": "fastdw.kernels.triton",
+    "cuda": "fastdw.kernels.cuda",
 }
 AUTO_ORDER = {"cuda": ("triton", "reference"), "cpu": ("cpp", "reference")}
 
