@@ -1,11 +1,11 @@
 """fastdw: fused depthwise / inverted-residual kernels and MobileNet models for PyTorch."""
 from fastdw import ops
-from fastdw.backend import (BackendUnavailableError, format_info, info, set_backend,
-                            use_backend)
+from fastdw.backend import (BackendUnavailableError, disabled_ops, format_info, info,
+                            set_backend, set_disabled_ops, use_backend)
 
 __version__ = "0.1.0"
 __all__ = ["ops", "nn", "models", "info", "format_info", "use_backend", "set_backend",
-           "BackendUnavailableError"]
+           "set_disabled_ops", "disabled_ops", "BackendUnavailableError"]
 
 
 def __getattr__(name):

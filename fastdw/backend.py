@@ -12,6 +12,10 @@ A backend is a module under fastdw.kernels that defines the kernel functions it 
 (names as in fastdw.kernels.reference; a missing function means reference runs that op),
 `DEVICES` (device types it runs on; None for every device) and optionally `unavailable()` -> reason or None and
 `NOTES` (limits it hands to reference, shown by info()). Modules load lazily, on first use.
+
+The kill switch: ops named in FASTDW_DISABLE_OPS (comma-separated, read when fastdw is imported)
+or by set_disabled_ops() run on the reference backend, stock PyTorch ops, whatever backend a call
+asks for; fused modules and the models' eval program follow, and frozen models refuse to run.
 """
 import contextlib
 import contextvars
@@ -19,6 +23,7 @@ import ctypes
 import importlib
 import os
 
+from fastdw.contract import OP_NAMES
 from fastdw.kernels import reference
 from fastdw.torch_internals import mark_constant_for_compile
 
@@ -124,8 +129,47 @@ def _environment_choice():
 mark_constant_for_compile(_environment_choice)
 
 
-def resolve(requested, device_type):
-    """The backend name one op call runs on (torch.compile guards on the choice)."""
+def _checked_op_names(names, origin):
+    names = frozenset(names)
+    unknown = sorted(names - set(OP_NAMES))
+    if unknown:
+        raise ValueError(f"{origin}: unknown op name(s) {unknown}; choose from {list(OP_NAMES)}")
+    return names
+
+
+def _environment_disabled_ops():
+    value = os.environ.get("FASTDW_DISABLE_OPS", "")
+    return _checked_op_names((n.strip() for n in value.split(",") if n.strip()),
+                             "FASTDW_DISABLE_OPS")
+
+
+_disabled = _environment_disabled_ops()
+
+
+def set_disabled_ops(names):
+    """The kill switch in Python: run the ops named (an iterable of op names, e.g.
+    ["dwconv_bn_act"]; empty for none) on stock PyTorch from now on, in every thread. None goes
+    back to FASTDW_DISABLE_OPS as it was when fastdw was imported."""
+    global _disabled
+    if isinstance(names, str):
+        raise TypeError("set_disabled_ops takes an iterable of op names, e.g. "
+                        f"[{names!r}], not a str")
+    _disabled = (_environment_disabled_ops() if names is None
+                 else _checked_op_names(names, "set_disabled_ops"))
+
+
+def disabled_ops():
+    """The names of the ops the kill switch sends to stock PyTorch (a frozenset)."""
+    return _disabled
+
+
+def resolve(requested, device_type, op=None):
+    """The backend name a call of op `op` runs on (torch.compile guards on the choice): that of
+    the precedence in the module docstring, or reference where the kill switch names the op."""
+    if op in _disabled:
+        if requested is not None:
+            _check_name(requested, "backend")
+        return "reference"
     if requested is not None:
         name = _check_name(requested, "backend")
     elif stack := _stack.get():
@@ -196,4 +240,7 @@ def format_info():
                      f"{','.join(row['devices']) or '-':<10} {row['reason'] or row['notes']}")
     order = ", ".join(f"{dev}: {' > '.join(names)}" for dev, names in AUTO_ORDER.items())
     lines.append(f"auto picks the first usable backend per device ({order})")
+    if _disabled:
+        lines.append(f"disabled ops, run on reference (FASTDW_DISABLE_OPS / "
+                     f"set_disabled_ops): {', '.join(sorted(_disabled))}")
     return "\n".join(lines)

@@ -7,6 +7,10 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+# The public ops, by the name they keep everywhere (fastdw.ops.<name>, the custom op
+# fastdw::<name>, each backend's kernel function, the kill switch FASTDW_DISABLE_OPS).
+OP_NAMES = ("dwconv_bn_act", "pwconv_bn_act", "inverted_residual")
+
 # act name -> stock function. The names are the op contract; kernels implement the same math.
 ACTIVATIONS = {
     "none": lambda t: t,

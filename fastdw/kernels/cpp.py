@@ -11,6 +11,7 @@ reference backend, so every call the public ops accept runs.
 import torch
 
 from fastdw import torch_internals
+from fastdw.contract import OP_NAMES
 from fastdw.kernels import cpp_build, reference
 
 try:  # registers torch.ops.fastdw_cpp and torch.classes.fastdw_cpp
@@ -47,8 +48,7 @@ plain_float32 = getattr(_extension, "plain_float32", None)
 
 # The kernels' one overload each, looked up once: calling an overload packet resolves the
 # overload on every call.
-_KERNELS = {name: getattr(torch.ops.fastdw_cpp, name).default
-            for name in ("dwconv_bn_act", "pwconv_bn_act", "inverted_residual")
+_KERNELS = {name: getattr(torch.ops.fastdw_cpp, name).default for name in OP_NAMES
             if _extension is not None}
 
 

@@ -32,7 +32,7 @@ def eval_forward(model, x, forward_modules):
     is kept too). The module path and the program agree to float32 rounding, not bit for bit
     (V3's classifier hardswish is fused into the linear step's epilogue here), so the first
     call after a change may differ from the next ones in the last bits."""
-    if (torch.is_grad_enabled() or model.training or not dispatch.cpp_direct(x)
+    if (torch.is_grad_enabled() or model.training or not dispatch.cpp_direct(None, x)
             or x.numel() == 0 or torch_internals.global_module_hooks()):
         return forward_modules(x)
     entry = entry_of(model)  # [stamp, program]

@@ -16,9 +16,17 @@ model per call drops it whenever the model changes (bench/compare_cpu.py times t
 import torch
 from torch import nn
 
-from fastdw import torch_internals
+from fastdw import backend, torch_internals
 from fastdw.nn.program import ProgramBuilder, build, snapshot
 from fastdw.ops import dispatch
+
+
+def _refuse_disabled_ops():
+    disabled = backend.disabled_ops()
+    if disabled:
+        raise RuntimeError(f"the kill switch disables {sorted(disabled)} (FASTDW_DISABLE_OPS / "
+                           "fastdw.set_disabled_ops), and a frozen model runs every op in C++; "
+                           "call the model itself, which runs those ops on stock PyTorch")
 
 
 def freeze(model: nn.Module) -> "FrozenModel":
@@ -26,7 +34,8 @@ def freeze(model: nn.Module) -> "FrozenModel":
     torchvision MobileNet, or an nn.Sequential (nested ones too) of fastdw layers and blocks,
     activation modules, Dropout, Identity, AdaptiveAvgPool2d(1) followed by Flatten(), and Linear
     layers; it must be in eval mode, float32, on the CPU, without forward hooks. Needs the cpp
-    backend (fastdw._C)."""
+    backend (fastdw._C), and no op disabled by the kill switch (fastdw.backend)."""
+    _refuse_disabled_ops()
     builder = build(model, snapshot)
     builder.program.hold_snapshots()  # nothing else can write them: no byte checks per run
     return FrozenModel(builder)
@@ -62,6 +71,7 @@ class FrozenModel:
                                "subclasses, torch.compile, tracing, functorch transforms, "
                                "forward AD or torch function/dispatch modes; use the model "
                                "itself there")
+        _refuse_disabled_ops()
         return self.run(x)
 
     def run(self, x):

@@ -211,8 +211,8 @@ class Linear(nn.Linear):
         if not (not torch.is_grad_enabled() and not torch.jit.is_tracing() and b is not None
                 and isinstance(x, torch.Tensor)
                 and x.dim() == 2 and x.shape[0] > 0 and x.shape[1] == self.in_features > 0
-                and w.is_cpu and b.is_cpu
-                and dispatch.cpp_direct(x4 := x[:, :, None, None], (w, b))):
+                and w.is_cpu and b.is_cpu and dispatch.cpp_direct(
+                    "pwconv_bn_act", x4 := x[:, :, None, None], (w, b))):
             return super().forward(x)
         # Nothing to fold or check: the weights go to the kernel as they are (its packed copies
         # follow in-place edits), and only the unit scale is kept between calls.

@@ -1,6 +1,6 @@
 """The one route from an op call to a kernel. Every call reads straight down:
 
-    1. cpp_direct(x, tensors, backend)?  run the C++ kernel at once (try_cpp); it checks every
+    1. cpp_direct(op, x, tensors, backend)?  run the C++ kernel at once (try_cpp); it checks every
        argument itself, and only a call it refuses goes on
     2. the op's Python checks: normalise the arguments, or raise an error naming the bad one
     3. backend.resolve: the backend for x's device
@@ -62,12 +62,13 @@ def unobserved(tensors) -> bool:
     return plain_and_grad_free(tensors) and not observed()
 
 
-def cpp_direct(x, tensors=(), backend=None) -> bool:
-    """The one test of "this call may run its C++ kernel directly" (step 1), for x and the
-    call's other tensors (None for an absent one): x a 4-D float32 CPU tensor, every tensor
-    plain and float32, unobserved, no autocast, no functorch transform (vmap: the kernel
+def cpp_direct(op, x, tensors=(), backend=None) -> bool:
+    """The one test of "this call of op `op` may run its C++ kernel directly" (step 1), for x
+    and the call's other tensors (None for an absent one): x a 4-D float32 CPU tensor, every
+    tensor plain and float32, unobserved, no autocast, no functorch transform (vmap: the kernel
     route batches through the dispatcher), and the backend chosen for it is cpp. A BoundOp
-    vets its own tensors once, when bound, and passes none here.
+    vets its own tensors once, when bound, and passes none here. op None stands for a program
+    of several ops (the models' eval program), which the kill switch stops whatever op it names.
 
     The C++ entry points check every argument before touching memory (csrc/cpu/checks.h) and
     refuse every call the Python checks refuse, once the caller has checked the exact types of
@@ -78,9 +79,11 @@ def cpp_direct(x, tensors=(), backend=None) -> bool:
             and not torch_internals.functorch_transforms_active()):
         return False
     try:
-        if _backend.resolve(backend, "cpu") != "cpp":
+        if _backend.resolve(backend, "cpu", op) != "cpp":
             return False
     except (TypeError, ValueError, _backend.BackendUnavailableError):  # step 2 raises it
+        return False
+    if op is None and _backend.disabled_ops():
         return False
     return _backend.module("cpp").plain_float32((x, *tensors), PLAIN_TYPES,
                                                 torch.is_grad_enabled())
@@ -197,7 +200,7 @@ class BoundOp:
             raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), "
                              f"got {tuple(x.shape)}")
         if (self.kernel_args is not None and not (self.needs_grad and torch.is_grad_enabled())
-                and cpp_direct(x)):
+                and cpp_direct(self.name, x)):
             out = try_cpp(self.name, x, *self.kernel_args)
             if out is not None:
                 return out

@@ -66,7 +66,7 @@ def dwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
     act: "none", "relu", "relu6", "hardswish", "hardsigmoid" or "silu".
     backend: a backend name or "auto"; None follows use_backend()/FASTDW_BACKEND.
     """
-    if dispatch.cpp_direct(x, (weight, scale, shift), backend):
+    if dispatch.cpp_direct("dwconv_bn_act", x, (weight, scale, shift), backend):
         args = cpp_args(x.shape[1], weight, scale, shift, stride=stride, padding=padding,
                         dilation=dilation, act=act)
         out = None if args is None else dispatch.try_cpp("dwconv_bn_act", x, *args)
@@ -93,7 +93,7 @@ def dwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
     shift = checks.per_channel(shift, "shift", x, weight.shape[0], 0.0)
     return dispatch.run(_dwconv_bn_act, "dwconv_bn_act", (x, weight, scale, shift),
                         (x, weight, scale, shift, stride, padding, dilation, act),
-                        _backend.resolve(backend, x.device.type))
+                        _backend.resolve(backend, x.device.type, "dwconv_bn_act"))
 
 
 def cpp_args(in_channels, weight, scale=None, shift=None, *, stride=1, padding=None,

@@ -124,7 +124,7 @@ def route(x, block, stride=1, act="relu6", residual=True, backend=None):
 def _kernel_first(x, weights, stride, act, residual, backend):
     """Step 1 of the route (fastdw.ops.dispatch): the C++ kernel's output, or None where the
     call is not its to take."""
-    if dispatch.cpp_direct(x, weights, backend):
+    if dispatch.cpp_direct("inverted_residual", x, weights, backend):
         args = cpp_args(x.shape[1], weights, stride=stride, act=act, residual=residual)
         if args is not None:
             return dispatch.try_cpp("inverted_residual", x, *args)
@@ -149,7 +149,7 @@ def _checked(x, block, stride, act, residual, backend):
     residual = residual and adds_residual(stride, x.shape[1], c_out)
     return dispatch.run(_inverted_residual, "inverted_residual", (x, *block),
                         (x, *block, stride, act, residual),
-                        _backend.resolve(backend, x.device.type),
+                        _backend.resolve(backend, x.device.type, "inverted_residual"),
                         kernel_args=(x, block, stride, act, residual))
 
 

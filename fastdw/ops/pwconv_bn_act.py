@@ -60,7 +60,7 @@ def pwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
     x: (N, C_in, H, W); weight: (C_out, C_in, 1, 1) or (C_out, C_in); scale, shift: (C_out,)
     or None; residual: None or a tensor of the output's shape (N, C_out, H, W).
     """
-    if dispatch.cpp_direct(x, (weight, scale, shift, residual), backend):
+    if dispatch.cpp_direct("pwconv_bn_act", x, (weight, scale, shift, residual), backend):
         args = cpp_args(x.shape[1], weight, scale, shift, act=act, residual=residual)
         out = None if args is None else dispatch.try_cpp("pwconv_bn_act", x, *args)
         if out is not None:
@@ -76,7 +76,7 @@ def pwconv_bn_act(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None,
     shift = checks.per_channel(shift, "shift", x, c_out, 0.0)
     return dispatch.run(_pwconv_bn_act, "pwconv_bn_act", (x, weight, scale, shift, residual),
                         (x, weight, scale, shift, act, residual),
-                        _backend.resolve(backend, x.device.type))
+                        _backend.resolve(backend, x.device.type, "pwconv_bn_act"))
 
 
 def cpp_args(in_channels, weight, scale=None, shift=None, *, act="none", residual=None):
