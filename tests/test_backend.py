@@ -112,7 +112,7 @@ def test_unusable_backend_requested_explicitly_says_why(unbuilt_backend):
 
 def test_info_reports_every_backend_with_a_reason():
     report = fastdw.info()
-    assert set(report) == {"reference", "cpp", "triton"}  # cuda: listed once it exists
+    assert set(report) == {"reference", "cpp", "triton", "cuda"}
     for name, row in report.items():
         assert row["usable"] or row["reason"], f"{name} is unusable without a reason"
     assert "reference" in fastdw.format_info()
