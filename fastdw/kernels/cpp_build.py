@@ -54,21 +54,27 @@ def import_as_extension(library_path):
     return module
 
 
-def cache_directory(root):
-    """Where the first-use build goes: $FASTDW_EXTENSION_CACHE, else ~/.cache/fastdw (or
-    $XDG_CACHE_HOME/fastdw), in a folder named for torch, Python and the sources' hash."""
+def build_cache(kind, root, paths, flags):
+    """Where a build of the files `paths` (relative to `root`) with compiler flags `flags` goes:
+    $FASTDW_EXTENSION_CACHE, else ~/.cache/fastdw (or $XDG_CACHE_HOME/fastdw), in a folder
+    named for `kind`, torch, Python and a hash of the flags, the paths and the files."""
     import torch
-    digest = hashlib.sha256(" ".join(COMPILE_FLAGS).encode())
-    headers = [path for pattern in SOURCE_PATTERNS
-               for path in sorted(glob.glob(pattern.replace(".cpp", ".h"), root_dir=root))]
-    for path in sources(root) + headers:
+    digest = hashlib.sha256(" ".join(flags).encode())
+    for path in paths:
         digest.update(path.encode())
         with open(os.path.join(root, path), "rb") as f:
             digest.update(f.read())
     base = os.environ.get("FASTDW_EXTENSION_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastdw")
     version = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
-    return os.path.join(base, f"cpp-{version}-{digest.hexdigest()[:16]}")
+    return os.path.join(base, f"{kind}-{version}-{digest.hexdigest()[:16]}")
+
+
+def cache_directory(root):
+    """Where the first-use build of fastdw._C goes (build_cache)."""
+    headers = [path for pattern in SOURCE_PATTERNS
+               for path in sorted(glob.glob(pattern.replace(".cpp", ".h"), root_dir=root))]
+    return build_cache("cpp", root, sources(root) + headers, COMPILE_FLAGS)
 
 
 @contextlib.contextmanager

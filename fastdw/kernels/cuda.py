@@ -13,14 +13,12 @@ Ops without a kernel here are not defined, so the reference backend runs them; c
 does not cover (below) run on reference too.
 """
 import glob
-import hashlib
 import os
-import sys
 
 import torch
 
 from fastdw.contract import output_memory_format
-from fastdw.kernels import reference
+from fastdw.kernels import cpp_build, reference
 
 EMULATE_SWITCH = "FASTDW_CUDA_EMULATE"
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -56,16 +54,9 @@ def sources():
 
 
 def build_directory():
-    """$FASTDW_EXTENSION_CACHE (else ~/.cache/fastdw) / cuda-emu-<torch>-<python>-<hash>."""
-    digest = hashlib.sha256(" ".join(COMPILE_FLAGS).encode())
-    for path in sources():
-        digest.update(os.path.relpath(path, CSRC).encode())
-        with open(path, "rb") as f:
-            digest.update(f.read())
-    base = os.environ.get("FASTDW_EXTENSION_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastdw")
-    version = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}"
-    return os.path.join(base, f"cuda-emu-{version}-{digest.hexdigest()[:16]}")
+    """Where the emulator extension is built (cpp_build.build_cache, kind "cuda-emu")."""
+    return cpp_build.build_cache("cuda-emu", CSRC, [os.path.relpath(p, CSRC) for p in sources()],
+                                 COMPILE_FLAGS)
 
 
 def load_emulator():
