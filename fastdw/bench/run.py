@@ -253,9 +253,8 @@ def run(plan, out_root, command):
 def add_arguments(parser):
     parser.add_argument("--quick", action="store_true",
                         help="MobileNetV2 and its first 6 depthwise layers at batch 1, one "
-                             "process per provider (under 3 minutes on 2 cores); default: V2, "
-                             "V3-Large, V3-Small and their depthwise layers at batch 1 and 8, "
-                             "two processes per provider (under 20 minutes)")
+                             "process per provider; default: V2, V3-Large, V3-Small and their "
+                             "depthwise layers at batch 1 and 8, two processes per provider")
     parser.add_argument("--out", default="bench-results",
                         help="folder that receives the dated report folder (default "
                              "bench-results)")
