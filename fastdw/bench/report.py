@@ -165,8 +165,8 @@ def plot_layers(chosen, plan, machine, path):
     per_batch = max(1, max((sum(b == batch for b, _ in layers) for batch in batches),
                            default=1))
     fig, axes = plt.subplots(max(1, len(batches)), 1, squeeze=False,
-                             figsize=(max(7, 0.45 * per_batch * max(1, len(names))),
-                                      3.8 * max(1, len(batches))))
+                             figsize=(min(16, max(7, 0.3 * per_batch * max(1, len(names)))),
+                                      4.2 * max(1, len(batches))))
     width = 0.8 / max(1, len(names))
     for ax, batch in zip(axes[:, 0], batches):
         mine = [layer for b, layer in layers if b == batch]
@@ -180,7 +180,8 @@ def plot_layers(chosen, plan, machine, path):
                     ups.append(eager["median_ms"] / row["median_ms"])
             ax.bar(xs, ups, width, label=name)
         ax.axhline(1.0, color="black", lw=0.8)
-        ax.set_xticks(range(len(mine)), mine, rotation=60, ha="right", fontsize=7)
+        ax.set_yscale("log")  # ratios: 0.5x and 2x equally far from 1
+        ax.set_xticks(range(len(mine)), mine, rotation=60, ha="right", fontsize=6)
         ax.set_ylabel(f"speed-up over eager, batch {batch}")
         ax.grid(axis="y", alpha=0.3)
         if names:
