@@ -3,9 +3,11 @@ that moves one breaks here and in tests/test_torch_internals.py, not silently so
 
 fastdw reads them for one question: may a call skip the custom-op layer and run a kernel
 directly, or is something (a mode, forward AD, a functorch transform, a global hook) watching?
+It writes one: torch's global decomposition table (register_decomposition).
 """
 import torch
 import torch.autograd.forward_ad as _forward_ad
+from torch import _decomp
 from torch.nn.modules import module as _module
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import _get_current_function_mode_stack
@@ -18,7 +20,7 @@ BatchNormBase = _BatchNorm
 # Re-exported for fastdw.perfmodel, which counts the aten ops a forward dispatches.
 __all__ = ["BatchNormBase", "TorchDispatchMode", "mark_constant_for_compile",
            "function_mode_watching", "dispatch_mode_active", "dual_level_open",
-           "functorch_transforms_active", "global_module_hooks"]
+           "functorch_transforms_active", "global_module_hooks", "register_decomposition"]
 
 
 def mark_constant_for_compile(fn):
@@ -57,3 +59,12 @@ def global_module_hooks() -> bool:
     and friends) is set: a forward that skips the modules' own calls would skip it."""
     return bool(_module._global_forward_pre_hooks or _module._global_forward_hooks
                 or _module._global_backward_pre_hooks or _module._global_backward_hooks)
+
+
+def register_decomposition(op, fn):
+    """Make fn, a function of stock ATen ops, op's entry in torch's global decomposition table.
+    torch.onnx.export's default (dynamo) exporter lowers every op it cannot translate through
+    that table; torch.compile and torch.export's default run_decompositions() do not read it, so
+    their graphs keep op (fake tensors with symbolic sizes may run fn in place of op's fake
+    kernel: same shapes, strides and dtype)."""
+    _decomp.register_decomposition(op)(fn)

@@ -2,6 +2,7 @@
 what fastdw asks of it. A torch upgrade that moves one fails here, by name."""
 import importlib
 
+import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
@@ -72,3 +73,26 @@ def test_marked_constant_is_called_at_trace_time_not_traced():
 
     compiled = torch.compile(lambda t: t * constant(), fullgraph=True, backend="eager")
     assert torch.equal(compiled(torch.ones(3)), torch.full((3,), 2.0))
+
+
+def test_registered_decomposition_is_read_by_the_onnx_exporter_not_by_export():
+    pytest.importorskip("onnxscript", reason="needs onnxscript, which torch.onnx.export's "
+                        "default exporter needs (pip install -r requirements.txt)")
+
+    @torch.library.custom_op("fastdw_test::twice", mutates_args=())
+    def twice(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    twice.register_fake(torch.empty_like)
+    op = torch.ops.fastdw_test.twice.default
+    ti.register_decomposition(op, lambda x: x + x)
+
+    class Twice(nn.Module):
+        def forward(self, x):
+            return twice(x)
+
+    x = torch.randn(3)
+    exported = torch.export.export(Twice(), (x,))
+    assert op in {n.target for n in exported.run_decompositions().graph.nodes}
+    proto = torch.onnx.export(Twice(), (x,)).model_proto
+    assert [n.op_type for n in proto.graph.node] == ["Add"]
