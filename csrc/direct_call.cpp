@@ -19,12 +19,18 @@ PyObject* fastdw_plain_float32(PyObject*, PyObject* const* args, Py_ssize_t narg
                     "plain_float32(tensors, plain_types: set, grad_enabled: bool)");
     return nullptr;
   }
-  PyObject* seq = PySequence_Fast(args[0], "tensors must be a tuple or list");
+  if (!PyTuple_Check(args[0]) && !PyList_Check(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "tensors must be a tuple or list");
+    return nullptr;
+  }
+  // A tuple of the entries, holding a reference to each: the set lookup below may run Python
+  // code (a metaclass's __hash__) that changes a list under the loop. A tuple is itself.
+  PyObject* seq = PySequence_Tuple(args[0]);
   if (!seq) return nullptr;
   const int grad = PyObject_IsTrue(args[2]);
   bool plain = grad >= 0;
-  for (Py_ssize_t i = 0, n = PySequence_Fast_GET_SIZE(seq); plain && i < n; ++i) {
-    PyObject* t = PySequence_Fast_GET_ITEM(seq, i);
+  for (Py_ssize_t i = 0, n = PyTuple_GET_SIZE(seq); plain && i < n; ++i) {
+    PyObject* t = PyTuple_GET_ITEM(seq, i);
     if (t == Py_None) continue;
     const int known = PySet_Contains(args[1], reinterpret_cast<PyObject*>(Py_TYPE(t)));
     if (known < 0) break;

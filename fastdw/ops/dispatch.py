@@ -85,8 +85,10 @@ def cpp_direct(op, x, tensors=(), backend=None) -> bool:
         return False
     if op is None and _backend.disabled_ops():
         return False
-    return _backend.module("cpp").plain_float32((x, *tensors), PLAIN_TYPES,
-                                                torch.is_grad_enabled())
+    in_c = _backend.module("cpp").plain_float32
+    if in_c is None:  # a fastdw._C built before csrc/direct_call.cpp existed
+        return plain_and_grad_free((x, *tensors), torch.float32)
+    return in_c((x, *tensors), PLAIN_TYPES, torch.is_grad_enabled())
 
 
 def try_cpp(name, x, *args):

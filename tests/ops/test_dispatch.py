@@ -297,6 +297,40 @@ def test_the_c_tensor_test_refuses_bad_arguments():
         c_version(None, dispatch.PLAIN_TYPES, False)
 
 
+@needs_cpp
+def test_the_c_tensor_test_survives_a_list_changed_under_it():
+    """The set lookup may run Python code (a metaclass __hash__) that empties the list being
+    read: the C version reads its own tuple of the entries."""
+    from fastdw.ops import dispatch
+    entries = []
+
+    class EmptiesTheList(torch._C._TensorMeta):
+        def __hash__(cls):
+            entries.clear()
+            return 12345
+
+    class Evil(torch.Tensor, metaclass=EmptiesTheList):
+        pass
+
+    entries[:] = [torch.ones(2).as_subclass(Evil)] + [torch.ones(2)] * 1000
+    c_version = fastdw.backend.module("cpp").plain_float32
+    assert c_version(entries, frozenset((Evil, torch.Tensor)), False) is True
+
+
+def test_a_stale_extension_without_the_c_tensor_test_falls_back(monkeypatch, tried):
+    """A fastdw._C built before csrc/direct_call.cpp (an editable install updated without a
+    rebuild) has no plain_float32: the Python specification answers instead."""
+    cpp = fastdw.backend.module("cpp")
+    if cpp is None:
+        pytest.skip("needs fastdw._C (the cpp backend), which is not built")
+    monkeypatch.setattr(cpp, "plain_float32", None)
+    args, kwargs = FULL_CALLS["dwconv_bn_act"]()
+    with torch.no_grad():
+        out = ops.dwconv_bn_act(*args, backend="cpp", **kwargs)
+    assert tried == [("dwconv_bn_act", True)]
+    torch.testing.assert_close(out, ops.dwconv_bn_act(*args, backend="reference", **kwargs))
+
+
 # Not triton: its launchers take raw pointers, which vmap's batched tensors do not have (the
 # ops have no batching rule of their own yet).
 @pytest.mark.parametrize("backend", [n for n in ("reference", "cpp")
