@@ -180,7 +180,7 @@ class BoundOp:
     weight."""
 
     __slots__ = ("name", "route", "tensors", "options", "in_channels", "kernel_args",
-                 "needs_grad")
+                 "grad_tensors")
 
     def __init__(self, name, route, cpp_args, tensors, options, in_channels):
         self.name, self.route = name, route
@@ -194,14 +194,17 @@ class BoundOp:
                   and all(type(t) in PLAIN_TYPES and t.dtype is torch.float32 and t.is_cpu
                           for t in tensors))
         self.kernel_args = cpp_args(in_channels, *self.tensors, **self.options) if vetted else None
-        # Under grad mode a call must record autograd through these (a module's parameters).
-        self.needs_grad = any(t.requires_grad for t in tensors)
+        # Under grad mode a call must record autograd through any of these that requires grad
+        # then (a module's parameters; requires_grad may change after binding).
+        self.grad_tensors = tensors
 
     def __call__(self, x):
         if isinstance(x, torch.Tensor) and (x.dim() != 4 or x.shape[1] != self.in_channels):
             raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), "
                              f"got {tuple(x.shape)}")
-        if (self.kernel_args is not None and not (self.needs_grad and torch.is_grad_enabled())
+        if (self.kernel_args is not None
+                and not (torch.is_grad_enabled()
+                         and any(t.requires_grad for t in self.grad_tensors))
                 and cpp_direct(self.name, x)):
             out = try_cpp(self.name, x, *self.kernel_args)
             if out is not None:

@@ -331,6 +331,36 @@ def test_a_stale_extension_without_the_c_tensor_test_falls_back(monkeypatch, tri
     torch.testing.assert_close(out, ops.dwconv_bn_act(*args, backend="reference", **kwargs))
 
 
+@pytest.mark.parametrize("name", ["dwconv_bn_act", "inverted_residual"])
+def test_a_bound_op_sees_requires_grad_set_after_binding(name, backend_name):
+    """A parameter unfrozen after its op was bound (fine-tuning) gets its gradient: the
+    direct route, which records no autograd, is taken only while nothing requires grad."""
+    c = 8
+    weight = nn.Parameter(torch.randn(c, 1, 3, 3), requires_grad=False)
+    scale, shift = vec(c), torch.randn(c)
+    if name == "dwconv_bn_act":
+        bound = ops.bind(name, (weight, scale, shift), {"act": "relu6"}, c)
+        public = lambda x, w: ops.dwconv_bn_act(x, w, scale, shift, act="relu6")
+    else:
+        block = ops.BlockWeights(None, None, None, weight, scale, shift, torch.randn(c, c),
+                                 vec(c), torch.randn(c), None, None, None, None)
+        bound = ops.bind(name, (block,), {}, c)
+        def public(x, w):  # in x's dtype, float64
+            return ops.inverted_residual(x, *(t if t is None or t is w else t.to(x.dtype)
+                                              for t in block._replace(dw_w=w)[:9]))
+    x = torch.randn(1, c, 5, 5)
+    with fastdw.use_backend(backend_name):
+        with torch.no_grad():
+            bound(x)  # the direct route, while nothing requires grad
+        weight.requires_grad_(True)
+        bound(x).square().sum().backward()
+    expected_w = weight.detach().double().requires_grad_(True)
+    with fastdw.use_backend("reference"):
+        public(x.double(), expected_w).square().sum().backward()
+    assert weight.grad is not None
+    torch.testing.assert_close(weight.grad.double(), expected_w.grad, rtol=1e-4, atol=1e-4)
+
+
 # Not triton: its launchers take raw pointers, which vmap's batched tensors do not have (the
 # ops have no batching rule of their own yet).
 @pytest.mark.parametrize("backend", [n for n in ("reference", "cpp")
