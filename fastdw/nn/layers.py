@@ -218,5 +218,7 @@ class Linear(nn.Linear):
         # follow in-place edits), and only the unit scale is kept between calls.
         scale = self.__dict__.get("_unit_scale")
         if scale is None or scale.shape != b.shape:
-            scale = self.__dict__["_unit_scale"] = torch.ones(self.out_features)
+            # Explicitly so: under torch.device(...) or set_default_dtype, ones() would follow.
+            scale = self.__dict__["_unit_scale"] = torch.ones(self.out_features,
+                                                              dtype=torch.float32, device="cpu")
         return ops.pwconv_bn_act(x4, w, scale, b, act="none").flatten(1)

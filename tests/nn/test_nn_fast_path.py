@@ -260,3 +260,26 @@ def test_linear_errors_are_nn_linears(case):
         torch.nn.functional.linear(x, layer.weight, layer.bias)
     assert str(ours.value) == str(stock.value)
 
+
+
+@pytest.mark.parametrize("context", ["meta device", "float64 default dtype"])
+def test_linear_after_a_default_device_or_dtype_change(context):
+    """Its unit scale is a float32 CPU tensor whatever torch.device(...) or
+    torch.set_default_dtype say when it is first made, and stays usable after them."""
+    layer = fastdw.nn.Linear(8, 4)
+    x = torch.randn(3, 8)
+    ref = torch.nn.functional.linear(x.double(), layer.weight.double(), layer.bias.double())
+    with torch.no_grad():
+        if context == "meta device":
+            with torch.device("meta"):
+                assert rel_err(layer(x), ref) < REL_TOL[torch.float32]
+        else:
+            default = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float64)
+            try:
+                layer(x)
+            finally:
+                torch.set_default_dtype(default)
+        out, ran = ops_run(layer, x)
+    assert "fastdw_cpp::pwconv_bn_act" in ran  # still the fast path
+    assert rel_err(out, ref) < REL_TOL[torch.float32]
