@@ -77,6 +77,8 @@ mark_constant_for_compile(_unusable_reason)
 
 
 def _check_name(name, origin):
+    if not isinstance(name, str):
+        raise TypeError(f"{origin}: a backend name must be a str, got {type(name).__name__}")
     if name != "auto" and name not in BACKEND_MODULES:
         raise ValueError(f"{origin}: unknown backend {name!r}; choose from "
                          f"{['auto', *BACKEND_MODULES]}")
@@ -114,12 +116,16 @@ def _c_getenv():
 _getenv = _c_getenv()
 
 
+_PROCESS_ENVIRON = os.environ
+
+
 def _environment_choice():
-    """FASTDW_BACKEND as the process environment holds it now, or "auto". Writes to os.environ
-    reach the C library's environment (putenv / unsetenv), so getenv sees them; os.environ.get
-    instead raises and catches a KeyError whenever the variable is unset, the common case, which
-    at batch 1 is a visible share of a small op's call (bench/op_overhead.py)."""
-    if _getenv is None:
+    """FASTDW_BACKEND as os.environ holds it now, or "auto". Writes to os.environ reach the C
+    library's environment (putenv / unsetenv), so getenv sees them; os.environ.get instead
+    raises and catches a KeyError whenever the variable is unset, the common case, which at
+    batch 1 is a visible share of a small op's call (bench/op_overhead.py). Where os.environ
+    is not the process's (a test's mock.patch("os.environ", {...})), that mapping answers."""
+    if _getenv is None or os.environ is not _PROCESS_ENVIRON:
         return os.environ.get("FASTDW_BACKEND", "auto")
     value = _getenv(b"FASTDW_BACKEND")
     return "auto" if value is None else os.fsdecode(value)

@@ -151,3 +151,24 @@ print(fastdw.backend.resolve(None, "cpu"))
             ) in reason
     assert chosen == "reference"
     assert "compiling" not in done.stderr
+
+
+@pytest.mark.parametrize("name", [["cpp"], 3, b"cpp"])
+def test_a_backend_name_that_is_not_a_str_is_a_type_error(name):
+    with pytest.raises(TypeError, match="backend: a backend name must be a str, got"):
+        fastdw.ops.dwconv_bn_act(torch.randn(1, 4, 5, 5), torch.randn(4, 1, 3, 3), backend=name)
+
+
+def test_the_environment_is_read_as_os_environ_holds_it(monkeypatch):
+    """Writes through os.environ reach the C library's getenv that resolve() reads; a mapping
+    put in os.environ's place (unittest.mock.patch("os.environ", {...})) answers instead."""
+    from unittest import mock
+    monkeypatch.setenv("FASTDW_BACKEND", "reference")
+    assert backend.resolve(None, "cpu") == "reference"
+    monkeypatch.delenv("FASTDW_BACKEND")
+    auto = backend.resolve(None, "cpu")
+    with mock.patch("os.environ", {"FASTDW_BACKEND": "reference"}):
+        assert backend.resolve(None, "cpu") == "reference"
+    with mock.patch.dict("os.environ", {"FASTDW_BACKEND": "reference"}):
+        assert backend.resolve(None, "cpu") == "reference"
+    assert backend.resolve(None, "cpu") == auto
