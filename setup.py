@@ -50,9 +50,13 @@ setup(
     extras_require={
         "demo": ["scikit-image"],
         # onnx: the TorchScript ONNX exporter needs it, and its reference evaluator runs the
-        # exported models in tests/reliability/test_autograd_and_compat.py.
+        # exported models in tests/reliability/test_autograd_and_compat.py. onnxscript:
+        # torch.onnx.export's default exporter needs it; ONNX Runtime runs what it exports in
+        # tests/export.
         "test": ["pytest", "pytest-benchmark", "scikit-image", "matplotlib", "onnx>=1.15",
-                 "hypothesis"],
+                 "onnxscript>=0.7", "onnxruntime>=1.17", "hypothesis"],
+        # What torch.onnx.export's default exporter needs (README, "Export").
+        "onnx": ["onnx>=1.15", "onnxscript>=0.7"],
         # ONNX Runtime is an optional provider of the CPU benchmarks (bench/README.md).
         "bench": ["pytest-benchmark", "onnxruntime>=1.17", "onnx>=1.15"],
     },
