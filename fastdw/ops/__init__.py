@@ -10,6 +10,7 @@ from fastdw.contract import ACTIVATIONS, BlockWeights
 from fastdw.ops import dwconv_bn_act as _dwconv_module
 from fastdw.ops import inverted_residual as _inverted_residual_module
 from fastdw.ops import pwconv_bn_act as _pwconv_module
+from fastdw.ops.decompositions import decompositions
 from fastdw.ops.dispatch import BoundOp
 from fastdw.ops.dwconv_bn_act import dwconv_bn_act
 from fastdw.ops.fold_bn import fold_bn
@@ -34,4 +35,4 @@ def bind(name, tensors, options, in_channels) -> BoundOp:
 
 
 __all__ = ["ACTIVATIONS", "BlockWeights", "BoundOp", "bind", "dwconv_bn_act", "pwconv_bn_act",
-           "inverted_residual", "fold_bn"]
+           "inverted_residual", "fold_bn", "decompositions"]
