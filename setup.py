@@ -57,8 +57,10 @@ setup(
                  "onnxscript>=0.7", "onnxruntime>=1.17", "hypothesis"],
         # What torch.onnx.export's default exporter needs (README, "Export").
         "onnx": ["onnx>=1.15", "onnxscript>=0.7"],
-        # ONNX Runtime is an optional provider of the CPU benchmarks (bench/README.md).
-        "bench": ["pytest-benchmark", "onnxruntime>=1.17", "onnx>=1.15"],
+        # python -m fastdw bench: matplotlib draws its plots; ONNX Runtime and OpenVINO are
+        # optional providers it times where installed (bench/README.md).
+        "bench": ["pytest-benchmark", "matplotlib", "onnxruntime>=1.17", "onnx>=1.15",
+                  "openvino>=2024.0"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
