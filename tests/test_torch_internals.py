@@ -92,7 +92,7 @@ def test_registered_decomposition_is_read_by_the_onnx_exporter_not_by_export():
             return twice(x)
 
     x = torch.randn(3)
-    exported = torch.export.export(Twice(), (x,))
+    exported = torch.export.export(Twice().eval(), (x,))
     assert op in {n.target for n in exported.run_decompositions().graph.nodes}
-    proto = torch.onnx.export(Twice(), (x,)).model_proto
+    proto = torch.onnx.export(Twice().eval(), (x,)).model_proto
     assert [n.op_type for n in proto.graph.node] == ["Add"]
