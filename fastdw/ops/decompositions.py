@@ -11,8 +11,8 @@ their graphs keep one fastdw op per call; decompositions() lowers an exported pr
 import torch
 
 from fastdw import torch_internals
-from fastdw.contract import BlockWeights
 from fastdw.ops import dispatch
+from fastdw.ops.inverted_residual import _split as split_block_arguments
 
 
 def _dwconv_bn_act(*args):
@@ -25,11 +25,8 @@ def _pwconv_bn_act(*args):
 
 
 def _inverted_residual(x, *args):
-    # The schema spells the block's tensors out after x, in BlockWeights' order
-    # (fastdw/ops/inverted_residual.py); the reference kernel takes them as one BlockWeights.
-    n = len(BlockWeights._fields)
-    return dispatch.run_kernel("reference", "inverted_residual", x,
-                               BlockWeights._make(args[:n]), *args[n:-1])
+    block, stride, act, residual, _ = split_block_arguments(args)
+    return dispatch.run_kernel("reference", "inverted_residual", x, block, stride, act, residual)
 
 
 _DECOMPOSITIONS = {
