@@ -13,9 +13,10 @@ A backend is a module under fastdw.kernels that defines the kernel functions it 
 `DEVICES` (device types it runs on; None for every device) and optionally `unavailable()` -> reason or None and
 `NOTES` (limits it hands to reference, shown by info()). Modules load lazily, on first use.
 
-The kill switch: ops named in FASTDW_DISABLE_OPS (comma-separated, read when fastdw is imported)
-or by set_disabled_ops() run on the reference backend, stock PyTorch ops, whatever backend a call
-asks for; fused modules and the models' eval program follow, and frozen models refuse to run.
+The kill switch: ops named in FASTDW_DISABLE_OPS (comma-separated, read when fastdw is imported
+and by set_disabled_ops(None)) or by set_disabled_ops() run on the reference backend, stock
+PyTorch ops, whatever backend a call asks for; fused modules and the models' eval program follow,
+and frozen models refuse to run.
 """
 import contextlib
 import contextvars
@@ -154,8 +155,8 @@ _disabled = _environment_disabled_ops()
 
 def set_disabled_ops(names):
     """The kill switch in Python: run the ops named (an iterable of op names, e.g.
-    ["dwconv_bn_act"]; empty for none) on stock PyTorch from now on, in every thread. None goes
-    back to FASTDW_DISABLE_OPS as it was when fastdw was imported."""
+    ["dwconv_bn_act"]; empty for none) on stock PyTorch from now on, in every thread. None reads
+    FASTDW_DISABLE_OPS again and goes back to what it names."""
     global _disabled
     if isinstance(names, str):
         raise TypeError("set_disabled_ops takes an iterable of op names, e.g. "
