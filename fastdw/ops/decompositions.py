@@ -12,7 +12,7 @@ import torch
 
 from fastdw import torch_internals
 from fastdw.ops import dispatch
-from fastdw.ops.inverted_residual import _split as split_block_arguments
+from fastdw.ops.inverted_residual import split_schema_arguments
 
 
 def _dwconv_bn_act(*args):
@@ -25,7 +25,7 @@ def _pwconv_bn_act(*args):
 
 
 def _inverted_residual(x, *args):
-    block, stride, act, residual, _ = split_block_arguments(args)
+    block, stride, act, residual, _ = split_schema_arguments(args)
     return dispatch.run_kernel("reference", "inverted_residual", x, block, stride, act, residual)
 
 

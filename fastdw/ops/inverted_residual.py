@@ -31,18 +31,18 @@ def _schema(leading, returns):
     return f"({leading}, {block}, int stride, str act, bool residual, str backend) -> {returns}"
 
 
-def _split(args):
+def split_schema_arguments(args):
     """(BlockWeights, stride, act, residual, backend) out of a schema's trailing arguments."""
     return (BlockWeights._make(args[:_BLOCK_SIZE]), *args[_BLOCK_SIZE:])
 
 
 def _forward(x, *args):
-    block, stride, act, residual, backend = _split(args)
+    block, stride, act, residual, backend = split_schema_arguments(args)
     return dispatch.run_kernel(backend, "inverted_residual", x, block, stride, act, residual)
 
 
 def _forward_fake(x, *args):
-    block, stride, _, _, _ = _split(args)
+    block, stride, _, _, _ = split_schema_arguments(args)
     k = block.dw_w.shape[-1]
     out = [conv_output_size(s, k, stride, same_padding(k), 1) for s in x.shape[2:]]
     return empty_output(x, block.project_w.shape[0], *out)
@@ -50,7 +50,7 @@ def _forward_fake(x, *args):
 
 def _backward_op(grad, x, *args):
     """Gradients of x and of every block tensor that is not None, in schema order."""
-    block, stride, act, residual, backend = _split(args)
+    block, stride, act, residual, backend = split_schema_arguments(args)
     grad_x, grad_block = dispatch.run_kernel(backend, "inverted_residual_backward", grad, x,
                                              block, stride, act, residual)
     return [as_grad(grad_x, x), *(as_grad(g, t) for g, t in zip(grad_block, block)
