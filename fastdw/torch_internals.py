@@ -3,11 +3,17 @@ that moves one breaks here and in tests/test_torch_internals.py, not silently so
 
 fastdw reads them for one question: may a call skip the custom-op layer and run a kernel
 directly, or is something (a mode, forward AD, a functorch transform, a global hook) watching?
-It writes one: torch's global decomposition table (register_decomposition).
+It writes two: torch's global decomposition table (register_decomposition), and inductor's
+lowering table, so that inductor keeps calling the ops that table decomposes.
 """
+import importlib.abc
+import importlib.util
+import sys
+
 import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import _decomp
+from torch._library.utils import get_layout_constraint_tag
 from torch.nn.modules import module as _module
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import _get_current_function_mode_stack
@@ -66,5 +72,51 @@ def register_decomposition(op, fn):
     torch.onnx.export's default (dynamo) exporter lowers every op it cannot translate through
     that table; torch.compile and torch.export's default run_decompositions() do not read it, so
     their graphs keep op (fake tensors with symbolic sizes may run fn in place of op's fake
-    kernel: same shapes, strides and dtype)."""
+    kernel: same shapes, strides and dtype).
+
+    Inductor calls an op it has no lowering for through a fallback it makes on first sight, but
+    where the environment sets CI (GitHub Actions, GitLab, most CI services) it refuses to when
+    the global table decomposes the op: a check meant for torch's own CI, which would break every
+    torch.compile of a fastdw model there. So the fallback is made up front, the way inductor
+    makes it, when inductor's lowering module loads (now, if it already has)."""
     _decomp.register_decomposition(op)(fn)
+    _OPS_INDUCTOR_CALLS.append(op)
+    lowering = sys.modules.get(_INDUCTOR_LOWERING)
+    if lowering is not None:
+        _let_inductor_call(lowering)
+    elif not any(isinstance(f, _AfterInductorLoweringLoads) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterInductorLoweringLoads())
+
+
+_INDUCTOR_LOWERING = "torch._inductor.lowering"
+_OPS_INDUCTOR_CALLS = []
+
+
+def _let_inductor_call(lowering):
+    """The fallback inductor's GraphLowering.call_function makes for an op without a lowering,
+    with the same layout constraint, minus the CI-only refusal."""
+    for op in _OPS_INDUCTOR_CALLS:
+        if op not in lowering.lowerings:
+            constraint = lowering.tag_to_layout_constraint(
+                get_layout_constraint_tag(op, with_default=True))
+            lowering.make_fallback(op, layout_constraint=constraint, override_decomp=True)
+
+
+class _AfterInductorLoweringLoads(importlib.abc.MetaPathFinder):
+    """Runs _let_inductor_call once inductor's lowering module has executed, without importing
+    inductor (seconds) on `import fastdw`. Python has no post-import hook; this finder wraps the
+    module's own loader and steps out of sys.meta_path the first time it is asked."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _INDUCTOR_LOWERING:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        execute = spec.loader.exec_module
+
+        def execute_then_register(module):
+            execute(module)
+            _let_inductor_call(module)
+
+        spec.loader.exec_module = execute_then_register
+        return spec

@@ -1,6 +1,8 @@
 """fastdw.torch_internals: each private torch API fastdw reads still exists and still answers
 what fastdw asks of it. A torch upgrade that moves one fails here, by name."""
 import importlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -96,3 +98,29 @@ def test_registered_decomposition_is_read_by_the_onnx_exporter_not_by_export():
     assert op in {n.target for n in exported.run_decompositions().graph.nodes}
     proto = torch.onnx.export(Twice().eval(), (x,)).model_proto
     assert [n.op_type for n in proto.graph.node] == ["Add"]
+
+
+# Where the environment sets CI, inductor refuses to call an op the global decomposition table
+# decomposes unless it was given a lowering for it; register_decomposition gives it one, whether
+# inductor's lowering module loads after fastdw (the finder) or before (at once).
+_INDUCTOR_LOWERS_THE_OPS = """
+import sys
+import torch
+{first}
+{second}
+from fastdw.contract import OP_NAMES
+lowering = sys.modules["torch._inductor.lowering"]
+missing = [name for name in OP_NAMES
+           if getattr(torch.ops.fastdw, name).default not in lowering.lowerings]
+assert not missing, missing
+"""
+
+
+@pytest.mark.parametrize("order", ["fastdw first", "inductor first"])
+def test_inductor_has_a_lowering_for_each_decomposed_op(order):
+    fastdw_import, inductor_import = "import fastdw.ops", "import torch._inductor.lowering"
+    first, second = ((fastdw_import, inductor_import) if order == "fastdw first"
+                     else (inductor_import, fastdw_import))
+    run = subprocess.run([sys.executable, "-c", _INDUCTOR_LOWERS_THE_OPS.format(
+        first=first, second=second)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr

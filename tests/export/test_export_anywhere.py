@@ -4,6 +4,7 @@ fastdw.ops.decompositions() and compiled by AOTInductor, the default (dynamo) ON
 in ONNX Runtime, and torch.jit.trace. Each output is checked on a fresh input, not the one the
 export traced, against a float64 run of the model (the `accurate` fixture of tests/conftest.py).
 AOTInductor compiles C++, so it gets the small net alone (about a minute on 2 cores)."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -68,7 +69,9 @@ _LOAD_WITHOUT_FASTDW = textwrap.dedent("""
 """)
 
 
-def test_aotinductor_packages_run_as_the_net(randomize_bn, accurate, tmp_path):
+def test_aotinductor_packages_run_as_the_net(randomize_bn, accurate, tmp_path, monkeypatch):
+    # As CI services set it: inductor then refuses to call a decomposed op it has no lowering for.
+    monkeypatch.setenv("CI", "true")
     net = small_net(randomize_bn)
     exported = torch.export.export(net, (torch.randn(2, 8, 16, 16),))
     assert fastdw_ops(exported) == FASTDW_OPS
@@ -89,6 +92,25 @@ def test_aotinductor_packages_run_as_the_net(randomize_bn, accurate, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "Could not find schema for fastdw::" in run.stdout
     assert accurate(torch.load(tmp_path / "out.pt"), net, x)
+
+
+# A process of its own, so that no earlier compile has given inductor its fallbacks.
+_COMPILE_WHERE_CI_IS_SET = textwrap.dedent("""
+    import torch, fastdw.nn
+    net = torch.nn.Sequential(
+        fastdw.nn.DWConvBNAct(8, 3, 1, act="relu6"),
+        fastdw.nn.ConvBNAct(8, 16, 1, act="hardswish"),
+        fastdw.nn.InvertedResidualV3(16, 3, 48, 16, 1, act="hardswish", squeeze_channels=16)).eval()
+    x = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(torch.compile(net)(x), net(x))
+""")
+
+
+def test_torch_compile_calls_the_ops_where_the_environment_sets_ci():
+    run = subprocess.run([sys.executable, "-c", _COMPILE_WHERE_CI_IS_SET], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "CI": "true"})
+    assert run.returncode == 0, run.stderr
 
 
 ONNX_SKIP = ("needs {0}: torch.onnx.export's default exporter needs onnxscript, and ONNX Runtime "
