@@ -52,9 +52,9 @@ setup(
         # onnx: the TorchScript ONNX exporter needs it, and its reference evaluator runs the
         # exported models in tests/reliability/test_autograd_and_compat.py. onnxscript:
         # torch.onnx.export's default exporter needs it; ONNX Runtime runs what it exports in
-        # tests/export.
+        # tests/export. timm: fastdw.convert is tested on timm's MobileNet/EfficientNet models.
         "test": ["pytest", "pytest-benchmark", "scikit-image", "matplotlib", "onnx>=1.15",
-                 "onnxscript>=0.7", "onnxruntime>=1.17", "hypothesis"],
+                 "onnxscript>=0.7", "onnxruntime>=1.17", "hypothesis", "timm>=1.0"],
         # What torch.onnx.export's default exporter needs (README, "Export").
         "onnx": ["onnx>=1.15", "onnxscript>=0.7"],
         # python -m fastdw bench: matplotlib draws its plots; ONNX Runtime and OpenVINO are
