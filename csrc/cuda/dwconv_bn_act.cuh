@@ -1,26 +1,11 @@
-// dwconv_bn_act forward on channels_last (NHWC) tensors: the kernel and its host launcher, one
-// source for nvcc (csrc/cuda/kernels.cu) and for the emulator (csrc/cuda/emulated.cpp).
+// dwconv_bn_act forward on channels_last (NHWC) tensors: the kernel and its host launcher
+// (declared with its parameters in csrc/cuda/launchers.h), one source for nvcc
+// (csrc/cuda/kernels.cu) and for the emulator (csrc/cuda/emulated.cpp).
 #pragma once
 
 #include "portable.h"
 
 namespace fastdw_cuda {
-
-// The activations of fastdw.contract.ACTIVATIONS, numbered as the host op parses them.
-enum Act : int { kNone = 0, kRelu, kRelu6, kHardswish, kHardsigmoid, kSilu };
-
-template <typename T>
-struct DwParams {
-  const T* x;           // (N, H, W, C) at strides xs_*, channel stride 1
-  const float* w;       // (k*k, C) contiguous: tap (i, j) of channel c at (i*k + j)*C + c
-  const float* scale;   // (C,)
-  const float* shift;   // (C,)
-  T* y;                 // (N, OH, OW, C) at strides ys_*, channel stride 1
-  int64_t N, C, H, W, OH, OW;
-  int64_t xs_n, xs_h, xs_w, ys_n, ys_h, ys_w;  // in elements
-  int k, stride, pad, dil, act;
-  bool vector;  // x, y, their strides and C allow 16-byte accesses of whole channel groups
-};
 
 FASTDW_DEVICE float to_float(float v) { return v; }
 FASTDW_DEVICE float to_float(__half v) { return __half2float(v); }

@@ -15,6 +15,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "launchers.h"
+
 #if defined(__CUDACC__)
 
 #include <cuda_bf16.h>
@@ -34,7 +36,6 @@
 
 namespace fastdw_cuda {
 
-using Stream = cudaStream_t;
 template <typename T>
 using SharedPtr = T*;
 
@@ -130,7 +131,6 @@ inline void __syncwarp(unsigned mask = 0xffffffffu,
 
 namespace fastdw_cuda {
 
-using Stream = void*;
 using ::fastdw_emu::SharedPtr;
 
 template <typename U, typename T>
@@ -175,7 +175,8 @@ void launch(void (*kernel)(Params...), const Launch& cfg, Args&&... args) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(cfg.dynamic_shared)),
                "cudaFuncSetAttribute");
-  kernel<<<cfg.grid, cfg.block, cfg.dynamic_shared, cfg.stream>>>(std::forward<Args>(args)...);
+  kernel<<<cfg.grid, cfg.block, cfg.dynamic_shared, static_cast<cudaStream_t>(cfg.stream)>>>(
+      std::forward<Args>(args)...);
   check_cuda(cudaGetLastError(), "kernel launch");
 #else
   ::fastdw_emu::Options opt = ::fastdw_emu::options_from_env();

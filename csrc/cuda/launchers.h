@@ -1,0 +1,42 @@
+// What the host sees of csrc/cuda's device code: each kernel's parameter struct and the launcher
+// that picks and launches its instantiation. Plain C++ with no device code, so that g++ compiles
+// the ops that call the launchers (csrc/cuda/host_ops.h) in both builds: the GPU build, where
+// the launchers are defined once by nvcc (csrc/cuda/kernels.cu instantiates them), and the
+// emulated one, where the kernel headers (*.cuh) define them for the emulator.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace fastdw_cuda {
+
+// A cudaStream_t (a pointer) where this header cannot name the CUDA runtime; unused by the
+// emulator.
+using Stream = void*;
+
+// The activations of fastdw.contract.ACTIVATIONS, numbered as the host ops parse them.
+enum Act : int { kNone = 0, kRelu, kRelu6, kHardswish, kHardsigmoid, kSilu };
+
+// dwconv_bn_act forward on channels_last tensors (csrc/cuda/dwconv_bn_act.cuh).
+template <typename T>
+struct DwParams {
+  const T* x;           // (N, H, W, C) at strides xs_*, channel stride 1
+  const float* w;       // (k*k, C) contiguous: tap (i, j) of channel c at (i*k + j)*C + c
+  const float* scale;   // (C,)
+  const float* shift;   // (C,)
+  T* y;                 // (N, OH, OW, C) at strides ys_*, channel stride 1
+  int64_t N, C, H, W, OH, OW;
+  int64_t xs_n, xs_h, xs_w, ys_n, ys_h, ys_w;  // in elements
+  int k, stride, pad, dil, act;
+  bool vector;  // x, y, their strides and C allow 16-byte accesses of whole channel groups
+};
+
+// Launches the instantiation of dwconv_bn_act_nhwc that fits `p` on `stream`; throws
+// std::invalid_argument when the shape exceeds the grid limits, std::runtime_error when the
+// launch fails.
+template <typename T>
+void launch_dwconv_bn_act(const DwParams<T>& p, Stream stream);
+
+}  // namespace fastdw_cuda
