@@ -2,7 +2,8 @@
 in a fresh virtual environment that sees the installed torch, from a copy of the repository's
 files (no build products). The cpp backend must then compile itself on first use
 (fastdw/kernels/cpp_build.py), once, even when two processes start at the same time, and give
-the reference backend's results.
+the reference backend's results. The CUDA extension is never compiled on first use: the cuda
+backend says it is not built and how to build it.
 
 Slow (the C++ kernels compile, several minutes on 2 cores): runs when FASTDW_INSTALL_TESTS=1
 (CI sets it), skipped otherwise.
@@ -81,3 +82,6 @@ def test_plain_editable_install_compiles_on_first_use(tmp_path):
     info = subprocess.run([python, "-m", "fastdw", "info"], cwd=elsewhere, env=env,
                           capture_output=True, text=True, timeout=300)
     assert "compiled on first use" in info.stdout, info.stdout + info.stderr
+    assert ("the CUDA extension fastdw.kernels._C_cuda is not built (fastdw was installed "
+            "without compiling it: `pip install --no-build-isolation -e .`") in info.stdout, \
+        info.stdout

@@ -1,12 +1,15 @@
 """The cuda backend: fastdw's hand-written CUDA kernels (csrc/cuda, issue 15).
 
-There is no nvcc build of csrc/cuda yet, so on a GPU this backend is unavailable and says so.
+On a GPU its ops (namespace fastdw_cuda, registered for CUDA tensors) come from the extension
+fastdw.kernels._C_cuda, which setup.py builds where nvcc is found (fastdw/kernels/cpp_build.py);
+where it is not built, or there is no GPU, the backend is unavailable and says why.
 With FASTDW_CUDA_EMULATE=1 it runs the same kernel source on CPU tensors through fastdw's CUDA
 emulator (csrc/cuda/emulator/emulator.h), as TRITON_INTERPRET=1 runs the triton backend: the
 host extension csrc/cuda/emulated.cpp is compiled on first use with torch.utils.cpp_extension
 (ninja) into a cache directory keyed on torch, Python and a hash of csrc/cuda, and its ops
-(namespace fastdw_cuda_emu) do the launches. The emulator's run-time checks (barriers, warp
-collectives, shared-memory bounds and races, alignment, launch limits) become RuntimeErrors;
+(namespace fastdw_cuda_emu) do the launches. Both share the ops' host code, argument checks
+included (csrc/cuda/host_ops.h). The emulator's run-time checks (barriers, warp collectives,
+shared-memory bounds and races, alignment, launch limits) become RuntimeErrors;
 FASTDW_CUDA_EMULATE_SEED, _RACECHECK and _ARCH tune it (emulator.h, options_from_env).
 
 Ops without a kernel here are not defined, so the reference backend runs them; calls the kernel
@@ -31,9 +34,10 @@ HEADER_CANDIDATES = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda")
 
 EMULATING = os.environ.get(EMULATE_SWITCH) == "1"
 DEVICES = ("cpu",) if EMULATING else ("cuda",)
-NOTES = ("CUDA kernels run through fastdw's CUDA emulator on CPU tensors; dwconv_bn_act "
-         "(channel stride 1, float32/float16/bfloat16, channel multiplier 1) is a CUDA kernel, "
-         "every other call runs on reference")
+# What the kernels cover; every other call runs on reference.
+COVERAGE = ("dwconv_bn_act (channel stride 1, float32/float16/bfloat16, channel multiplier 1) is "
+            "a CUDA kernel, every other call runs on reference")
+NOTES = f"CUDA kernels run through fastdw's CUDA emulator on CPU tensors; {COVERAGE}"
 
 
 def cuda_headers():
@@ -80,14 +84,50 @@ def load_emulator():
     return True, f"emulated, built in {directory}"
 
 
+def not_built_reason(directory):
+    """Why fastdw.kernels._C_cuda is missing from the package folder `directory`: the note
+    setup.py leaves where it skips the build (cpp_build.CUDA_SKIP_NOTE), else how to build it."""
+    name = cpp_build.CUDA_EXTENSION
+    note = os.path.join(directory, cpp_build.CUDA_SKIP_NOTE)
+    if os.path.exists(note):
+        with open(note) as f:
+            return f"the CUDA extension {name} was not built: setup.py skipped it because " \
+                   f"{f.read().strip()}"
+    return (f"the CUDA extension {name} is not built (fastdw was installed without compiling "
+            f"it: `pip install --no-build-isolation -e .` builds it where nvcc is found)")
+
+
+def load_extension():
+    """Import fastdw.kernels._C_cuda, the GPU build: (True, what it was built for) or (False,
+    why not)."""
+    import importlib
+    import importlib.util
+    name = cpp_build.CUDA_EXTENSION
+    if importlib.util.find_spec(name) is None:
+        return False, not_built_reason(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        importlib.import_module(name)  # registers torch.ops.fastdw_cuda
+    except ImportError as err:
+        return False, f"the CUDA extension {name} does not load: {err}"
+    return True, f"the CUDA extension {name} is built for {torch.ops.fastdw_cuda.archs()}"
+
+
 if EMULATING:
     _USABLE, _HOW = load_emulator()
 else:
-    _USABLE, _HOW = False, (
-        "the CUDA extension is not built (csrc/cuda has no nvcc build yet)"
-        + ("" if torch.cuda.is_available() else " and there is no GPU (torch.cuda.is_available() "
-           "is False)")
-        + f"; {EMULATE_SWITCH}=1 runs its kernels on CPU tensors through fastdw's CUDA emulator")
+    _BUILT, _HOW = load_extension()
+    _USABLE = _BUILT and torch.cuda.is_available()
+    NOTES = f"{_HOW}; {COVERAGE}"
+    if _BUILT and not _USABLE:
+        _HOW += ", but there is no GPU (torch.cuda.is_available() is False)"
+    if not _USABLE:
+        _HOW += (f"; {EMULATE_SWITCH}=1 runs its kernels on CPU tensors through fastdw's CUDA "
+                 f"emulator")
+
+
+def _ops(x):
+    """The GPU build's ops for CUDA tensors, the emulated ones for CPU tensors."""
+    return torch.ops.fastdw_cuda if x.is_cuda else torch.ops.fastdw_cuda_emu
 
 
 def unavailable():
@@ -98,6 +138,5 @@ def dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act):
     if (x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or x.numel() == 0
             or weight.shape[0] != x.shape[1] or (x.stride(1) != 1 and x.shape[1] != 1)):
         return reference.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
-    y = torch.ops.fastdw_cuda_emu.dwconv_bn_act(x, weight, scale, shift, stride, padding,
-                                                dilation, act)
+    y = _ops(x).dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
     return y.contiguous(memory_format=output_memory_format(x))
