@@ -2,13 +2,17 @@
 on. Its self-test kernels (csrc/cuda/emulator/selftest.h) run through the test op
 fastdw_cuda_emu.emulator_selftest: correct kernels must pass under every seed, with and without
 the race detector, and every planted bug must be reported under every seed, as a Python
-RuntimeError naming the problem and the seed that replays it."""
+RuntimeError naming the problem and the seed that replays it. The tensor-core cases check the
+emulator's mma.sync and ldmatrix against the PTX ISA's fragment layouts: fragments gathered by
+the layout from global memory, and a GEMM tile staged by cp.async and loaded by ldmatrix, must
+give the exact product."""
 import pytest
 
 SEEDS = (1, 2, 3, 4, 5)
 
 CORRECT = ("reverse", "warp_sum", "tiles", "dynamic_reverse", "warp_exchange", "ballot",
-           "shared_vector")
+           "shared_vector", "mma_fragments_fp16", "mma_fragments_bf16", "ldmatrix_mma",
+           "ldmatrix_trans_mma", "cp_async")
 
 # case -> (racecheck, what the report must say)
 PLANTED = {
@@ -30,6 +34,8 @@ PLANTED = {
     "static_shared_over_limit": (False, "over the 49152 allowed on sm_80"),
     "block_too_large": (False, "invalid launch: a block of more than 1024 threads"),
     "dynamic_shared_over_arch": (False, "over the 166912 of sm_80"),
+    "cp_async_before_wait": (False, r"shared-memory access tile\[\d+\] \(4-byte read\) while a "
+                                    r"cp.async into it is in flight"),
 }
 
 

@@ -13,7 +13,14 @@
 //  * with Options::racecheck, two threads touching one shared byte between the same two
 //    barriers where at least one writes (a missing __syncthreads);
 //  * launch shapes and shared memory over the limits of the chosen architecture;
-//  * a 16-byte vector access (load_vec / store_vec) to an address not 16-byte aligned.
+//  * a 16-byte vector access (load_vec / store_vec) to an address not 16-byte aligned;
+//  * a shared-memory access to bytes a cp.async is still copying into: before the issuing
+//    thread's cp.async.wait_group covers its group (until then the bytes are not there).
+// The warp-wide matrix instructions (mma.sync m16n8k16, ldmatrix) are collectives of the whole
+// warp computed with the operand fragments laid out across lanes as the PTX ISA defines them
+// ("Matrix Fragments for mma.m16n8k16", "ldmatrix"), so a kernel that builds its fragments
+// wrongly gets wrong results here as on a GPU. A cp.async copy reads global memory when issued
+// and lands in shared memory when its group is waited for.
 // What it randomises, from Options::seed, so that a missing barrier changes the result: the
 // order of blocks, and which thread runs next at every switch point (so threads interleave
 // differently between barriers and lanes of a warp are never in lockstep). Shared memory
@@ -31,6 +38,7 @@
 #include <vector_types.h>
 
 #include <algorithm>
+#include <deque>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -93,10 +101,13 @@ inline std::string str_of(const uint3& v) {
 }
 
 enum class State { kRunnable, kBarrier, kWarp, kDone };
-enum class Collective { kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kSyncwarp };
+enum class Collective {
+  kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kSyncwarp, kMma, kLdmatrix
+};
 inline const char* collective_name(Collective c) {
   static const char* names[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
-                                "__shfl_xor_sync", "__ballot_sync", "__syncwarp"};
+                                "__shfl_xor_sync", "__ballot_sync", "__syncwarp",
+                                "mma.sync.m16n8k16", "ldmatrix.m8n8"};
   return names[static_cast<int>(c)];
 }
 
@@ -106,6 +117,17 @@ struct Site {
   bool operator==(const Site& o) const { return line == o.line && std::strcmp(file, o.file) == 0; }
   std::string str() const { return std::string(file) + ":" + std::to_string(line); }
 };
+
+// A cp.async copy issued by a thread, not yet landed: `bytes` bytes of `data` (read from global
+// memory at issue) for shared memory at `offset` of the static or dynamic array space.
+struct PendingCopy {
+  bool dynamic;
+  size_t offset, bytes;
+  unsigned char data[16];
+};
+
+// The largest operand a lane brings to a collective: mma's A, B and C fragments (40 bytes).
+inline constexpr size_t kLaneBytes = 64;
 
 struct Fiber {
   ucontext_t context;
@@ -118,8 +140,11 @@ struct Fiber {
   Collective kind = Collective::kSyncwarp;
   unsigned mask = 0;
   int arg = 0, width = 32;
-  unsigned char value[16] = {};
-  unsigned char result[16] = {};
+  unsigned char value[kLaneBytes] = {};
+  unsigned char result[kLaneBytes] = {};
+  // cp.async copies not yet committed, and committed groups oldest first.
+  std::vector<PendingCopy> uncommitted;
+  std::deque<std::vector<PendingCopy>> groups;
   unsigned warp_syncs = 0;  // __syncwarp(full mask) passed, for the race detector
 #ifdef FASTDW_EMU_ASAN
   void* fake_stack = nullptr;
@@ -187,6 +212,8 @@ struct Block {
   size_t static_used = 0;
   std::vector<Region> regions;
   std::vector<Shadow> static_shadow, dynamic_shadow;
+  // Per shared byte: how many cp.async copies into it are in flight (sized on the first copy).
+  std::vector<uint16_t> static_inflight, dynamic_inflight;
   uint32_t epoch = 1;                  // barriers passed + 1
   std::vector<unsigned> warp_syncs;    // per warp: full-mask __syncwarp passed
 #ifdef FASTDW_EMU_ASAN
@@ -374,6 +401,18 @@ struct Block {
   }
 
   void finish_collective(unsigned base, unsigned mask, size_t bytes, unsigned existing) {
+    const Collective kind = threads[base + first_lane(mask)].kind;
+    if (kind == Collective::kMma || kind == Collective::kLdmatrix) {
+      if (kind == Collective::kMma)
+        finish_mma(base);
+      else
+        finish_ldmatrix(base);
+      for (unsigned l = 0; l < kWarpSize; ++l) {
+        threads[base + l].state = State::kRunnable;
+        runnable.push_back(base + l);
+      }
+      return;
+    }
     unsigned ballot = 0;
     for (unsigned l = 0; l < kWarpSize; ++l)
       if (mask >> l & 1) {
@@ -413,6 +452,137 @@ struct Block {
       if (mask >> l & 1) threads[base + l].warp_syncs = warp_syncs[base / kWarpSize];
   }
 
+  static unsigned first_lane(unsigned mask) {
+    unsigned l = 0;
+    while (!(mask >> l & 1)) ++l;
+    return l;
+  }
+
+  // mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32: D = A B + C for A 16x16
+  // (row-major), B 16x8 (column-major), C and D 16x8 in fp32. Lane l (group g = l / 4, t = l % 4)
+  // holds, as pairs of 16-bit values per 32-bit register:
+  //   A: a0 = A[g][2t..2t+1], a1 = A[g+8][2t..2t+1], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
+  //   B: b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]
+  //   C, D: c0, c1 = C[g][2t], C[g][2t+1]; c2, c3 = C[g+8][2t], C[g+8][2t+1]
+  // Each lane's operand: 4 registers of A, 2 of B, 4 floats of C; arg 1 for bf16, 0 for fp16.
+  // The products are exact in fp32; the PTX ISA leaves the order of the additions open, and
+  // here they are fused in k order, starting from C.
+  void finish_mma(unsigned base) {
+    const bool bf16 = threads[base].arg == 1;
+    float A[16][16], B[16][8], C[16][8];
+    auto half_at = [&](uint32_t reg, int which) {
+      const uint16_t bits = static_cast<uint16_t>(reg >> (16 * which));
+      if (bf16) {
+        __nv_bfloat16 v;
+        std::memcpy(&v, &bits, 2);
+        return __bfloat162float(v);
+      }
+      __half v;
+      std::memcpy(&v, &bits, 2);
+      return __half2float(v);
+    };
+    for (unsigned l = 0; l < kWarpSize; ++l) {
+      uint32_t a[4], b[2];
+      float c[4];
+      const unsigned char* v = threads[base + l].value;
+      std::memcpy(a, v, 16);
+      std::memcpy(b, v + 16, 8);
+      std::memcpy(c, v + 24, 16);
+      const unsigned g = l / 4, t = l % 4;
+      for (int j = 0; j < 2; ++j) {
+        A[g][2 * t + j] = half_at(a[0], j);
+        A[g + 8][2 * t + j] = half_at(a[1], j);
+        A[g][2 * t + 8 + j] = half_at(a[2], j);
+        A[g + 8][2 * t + 8 + j] = half_at(a[3], j);
+        B[2 * t + j][g] = half_at(b[0], j);
+        B[2 * t + 8 + j][g] = half_at(b[1], j);
+        C[g][2 * t + j] = c[j];
+        C[g + 8][2 * t + j] = c[2 + j];
+      }
+    }
+    for (unsigned l = 0; l < kWarpSize; ++l) {
+      const unsigned g = l / 4, t = l % 4;
+      float d[4];
+      for (int i = 0; i < 4; ++i) {
+        const unsigned row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+        float acc = C[row][col];
+        for (int k = 0; k < 16; ++k) acc = std::fmaf(A[row][k], B[k][col], acc);
+        d[i] = acc;
+      }
+      std::memcpy(threads[base + l].result, d, sizeof d);
+    }
+  }
+
+  // ldmatrix.sync.aligned.m8n8.x{1,2,4}{.trans}.shared.b16: lanes 8i..8i+7 each bring one
+  // 16-byte row (8 16-bit values) of matrix i, read from shared memory on arrival; register i
+  // of lane l gets matrix i's row l / 4, values 2(l % 4) and 2(l % 4) + 1, or with .trans its
+  // column l / 4, rows 2(l % 4) and 2(l % 4) + 1. arg = matrices + 256 * trans.
+  void finish_ldmatrix(unsigned base) {
+    const int matrices = threads[base].arg & 0xff;
+    const bool trans = threads[base].arg >> 8;
+    for (unsigned l = 0; l < kWarpSize; ++l) {
+      uint32_t r[4] = {};
+      const unsigned g = l / 4, t = l % 4;
+      for (int i = 0; i < matrices; ++i) {
+        uint16_t pair[2];
+        for (int j = 0; j < 2; ++j) {
+          const unsigned row = trans ? 2 * t + j : g, col = trans ? g : 2 * t + j;
+          std::memcpy(&pair[j], threads[base + 8 * i + row].value + 2 * col, 2);
+        }
+        r[i] = pair[0] | static_cast<uint32_t>(pair[1]) << 16;
+      }
+      std::memcpy(threads[base + l].result, r, sizeof r);
+    }
+  }
+
+  // cp.async ---------------------------------------------------------------------------------
+
+  std::vector<uint16_t>& inflight(bool dynamic) {
+    auto& v = dynamic ? dynamic_inflight : static_inflight;
+    const size_t size = (dynamic ? dynamic_mem : static_mem).size();
+    if (v.size() < size) v.resize(size, 0);
+    return v;
+  }
+
+  // An access to shared bytes a cp.async is still copying into is an error.
+  void check_not_inflight(bool dynamic, size_t offset, size_t bytes, const std::string& what) {
+    const auto& v = dynamic ? dynamic_inflight : static_inflight;
+    for (size_t i = offset; i < offset + bytes && i < v.size(); ++i)
+      if (v[i])
+        fail("shared-memory access " + what + " while a cp.async into it is in flight: "
+             "read or write it only after the issuing thread's cp.async.wait_group covers "
+             "the copy (and a __syncthreads for other threads)");
+  }
+
+  void cp_async(bool dynamic, size_t offset, const void* src, size_t bytes, size_t src_bytes) {
+    PendingCopy copy{dynamic, offset, bytes, {}};
+    if (src_bytes) std::memcpy(copy.data, src, src_bytes);  // the rest stays zero (zero-fill)
+    auto& v = inflight(dynamic);
+    for (size_t i = offset; i < offset + bytes; ++i) ++v[i];
+    current->uncommitted.push_back(copy);
+  }
+
+  void cp_async_commit() {
+    current->groups.push_back(std::move(current->uncommitted));
+    current->uncommitted.clear();
+  }
+
+  // cp.async.wait_group n: this thread's committed groups but the newest n land.
+  void cp_async_wait(size_t pending) {
+    Fiber& self = *current;
+    while (self.groups.size() > pending) {
+      for (const PendingCopy& c : self.groups.front()) {
+        auto& v = inflight(c.dynamic);
+        for (size_t i = c.offset; i < c.offset + c.bytes; ++i) --v[i];
+        std::memcpy((c.dynamic ? dynamic_mem : static_mem).data() + c.offset, c.data, c.bytes);
+        if (opt.racecheck)
+          track(c.dynamic ? dynamic_shadow : static_shadow, c.offset, c.bytes, true,
+                "the landing of a cp.async");
+      }
+      self.groups.pop_front();
+    }
+  }
+
   // Shared memory ------------------------------------------------------------------------
 
   // The offset of static array `tag` in this block (allocated when a thread first declares it).
@@ -447,6 +617,8 @@ struct Block {
     std::fill(dynamic_mem.begin(), dynamic_mem.end(), 0xFF);  // null data is undefined
     std::fill(static_shadow.begin(), static_shadow.end(), Shadow{});
     std::fill(dynamic_shadow.begin(), dynamic_shadow.end(), Shadow{});
+    static_inflight.clear();
+    dynamic_inflight.clear();
     regions.clear();
     static_used = 0;
     epoch = 1;
@@ -564,9 +736,25 @@ class SharedPtr {
     if (offset_ % static_cast<int64_t>(alignof(T)))
       b.fail("misaligned shared-memory access " + what + ": shared address " +
              std::to_string(offset_) + " is not a multiple of " + std::to_string(alignof(T)));
+    b.check_not_inflight(dynamic_, offset_, sizeof(T), what);
     if (b.opt.racecheck)
       b.track(dynamic_ ? b.dynamic_shadow : b.static_shadow, offset_, sizeof(T), write, what);
     return (dynamic_ ? b.dynamic_mem : b.static_mem).data() + offset_;
+  }
+
+  // cp.async of `bytes` bytes from `src` to here (16-byte aligned, inside the array), of which
+  // `src_bytes` are read and the rest zero-filled.
+  void cp_async_from(const void* src, size_t bytes, size_t src_bytes) const {
+    detail::Block& b = this_block();
+    const std::string what = std::string(name_) + " at byte " + std::to_string(offset_ - begin_);
+    if (offset_ < begin_ || offset_ + int64_t(bytes) > end_)
+      b.fail("out-of-bounds cp.async into shared memory " + what + ": " + name_ + " has " +
+             std::to_string(end_ - begin_) + " bytes");
+    if (offset_ % int64_t(bytes))
+      b.fail("misaligned cp.async into shared memory " + what + ": not a multiple of " +
+             std::to_string(bytes));
+    b.check_not_inflight(dynamic_, offset_, bytes, what);
+    b.cp_async(dynamic_, offset_, src, bytes, src_bytes);
   }
 
  private:
@@ -595,13 +783,56 @@ inline void syncthreads(const char* file, int line) { this_block().barrier({file
 template <typename T>
 T collective(detail::Collective kind, const char* file, int line, unsigned mask, T value,
              int arg, int width) {
-  static_assert(sizeof(T) <= 16, "warp collectives move at most 16 bytes");
+  static_assert(sizeof(T) <= detail::kLaneBytes, "a lane brings at most kLaneBytes");
   const unsigned char* r =
       this_block().collective(kind, {file, line}, mask, &value, sizeof(T), arg, width);
   T out;
   std::memcpy(&out, r, sizeof(T));
   return out;
 }
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16|bf16}: the whole warp's D = A B + C
+// (Block::finish_mma has the fragment layouts).
+inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                         const float (&c)[4], bool bf16, const char* file, int line) {
+  unsigned char operand[40];
+  std::memcpy(operand, a, 16);
+  std::memcpy(operand + 16, b, 8);
+  std::memcpy(operand + 24, c, 16);
+  const unsigned char* r = this_block().collective(detail::Collective::kMma, {file, line},
+                                                   0xffffffffu, operand, sizeof operand,
+                                                   bf16 ? 1 : 0, 32);
+  std::memcpy(d, r, 16);
+}
+
+// ldmatrix.sync.aligned.m8n8.x<matrices>{.trans}.shared.b16 into r[0..matrices): this lane's
+// row address is `row` (used by lanes below 8 * matrices; Block::finish_ldmatrix has the
+// layout). The row is read, checked, as one 16-byte shared-memory access.
+template <typename T>
+void ldmatrix(uint32_t* r, int matrices, bool trans, const SharedPtr<T>& row, const char* file,
+              int line) {
+  detail::Block& b = this_block();
+  unsigned char bytes[16] = {};
+  if (b.current->linear % kWarpSize < 8u * matrices) {
+    const uint4 v = *row.template as<uint4>();
+    std::memcpy(bytes, &v, 16);
+  }
+  const unsigned char* out = b.collective(detail::Collective::kLdmatrix, {file, line},
+                                          0xffffffffu, bytes, 16, matrices + 256 * trans, 32);
+  std::memcpy(r, out, 4 * matrices);
+}
+
+inline void check_vector_alignment(const void* p, size_t bytes, const char* what);
+
+// cp.async.cg.shared.global [dst], [src], 16, (valid ? 16 : 0): src is read now, dst written
+// when this thread's cp_async_wait covers the group the copy is committed in.
+template <typename T>
+void cp_async16(const SharedPtr<T>& dst, const void* src, bool valid) {
+  if (valid) check_vector_alignment(src, 16, "cp.async global source");
+  dst.cp_async_from(valid ? src : nullptr, 16, valid ? 16 : 0);
+}
+inline void cp_async_commit() { this_block().cp_async_commit(); }
+inline void cp_async_wait(size_t pending) { this_block().cp_async_wait(pending); }
 
 // 16-byte (or other vector) accesses to global memory must be aligned to their size.
 inline void check_vector_alignment(const void* p, size_t bytes, const char* what) {

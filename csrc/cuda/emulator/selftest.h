@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../portable.h"
+#include "../ptx.h"
 
 namespace fastdw_emu_selftest {
 
@@ -99,6 +100,85 @@ __global__ void shared_vector(const float* in, float* out) {
   }
 }
 
+// d = a b + c on one m16n8k16 tile, one warp: each lane gathers its fragments straight from
+// global memory by the PTX ISA's layout (a: 16x16 row-major, b: 16x8 as [k][n], c and d: 16x8),
+// so a wrong layout in the emulator's mma gives a wrong d.
+template <typename T>
+__global__ void mma_fragments(const T* a, const T* b, const float* c, float* d) {
+  const unsigned lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  auto pack = [](T lo, T hi) {
+    uint16_t l, h;
+    memcpy(&l, &lo, 2);
+    memcpy(&h, &hi, 2);
+    return uint32_t(l) | uint32_t(h) << 16;
+  };
+  const uint32_t af[4] = {pack(a[g * 16 + 2 * t], a[g * 16 + 2 * t + 1]),
+                          pack(a[(g + 8) * 16 + 2 * t], a[(g + 8) * 16 + 2 * t + 1]),
+                          pack(a[g * 16 + 2 * t + 8], a[g * 16 + 2 * t + 9]),
+                          pack(a[(g + 8) * 16 + 2 * t + 8], a[(g + 8) * 16 + 2 * t + 9])};
+  const uint32_t bf[2] = {pack(b[2 * t * 8 + g], b[(2 * t + 1) * 8 + g]),
+                          pack(b[(2 * t + 8) * 8 + g], b[(2 * t + 9) * 8 + g])};
+  const float cf[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t],
+                       c[(g + 8) * 8 + 2 * t + 1]};
+  float df[4];
+  fastdw_cuda::mma_m16n8k16<T>(df, af, bf, cf);
+  d[g * 8 + 2 * t] = df[0];
+  d[g * 8 + 2 * t + 1] = df[1];
+  d[(g + 8) * 8 + 2 * t] = df[2];
+  d[(g + 8) * 8 + 2 * t + 1] = df[3];
+}
+
+// d = a w^T, a 16x16 and w 8x16 row-major (w as a pointwise conv's (Cout, Cin) weight), staged
+// in shared memory by cp.async and loaded into fragments by ldmatrix: a with one .x4, w with
+// one .x2 from its rows, or (kTrans) from w^T staged as [k][n] with .x2.trans. The whole warp
+// stores d (16x8) by the accumulator layout.
+template <bool kTrans>
+__global__ void ldmatrix_mma(const __half* a, const __half* w, float* d) {
+  FASTDW_SHARED_ALIGNED(__half, as, 16 * 16, 16);
+  FASTDW_SHARED_ALIGNED(__half, ws, 16 * 8, 16);
+  const unsigned lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  // 32 16-byte copies of a (lane l: row l / 2, half l % 2), 16 of w (or of w^T).
+  fastdw_cuda::cp_async16(as + lane * 8, a + lane * 8, true);
+  if (lane < 16) fastdw_cuda::cp_async16(ws + lane * 8, w + lane * 8, true);
+  fastdw_cuda::cp_async_commit();
+  fastdw_cuda::cp_async_wait<0>();
+  __syncwarp();
+  uint32_t af[4], bf[2];
+  fastdw_cuda::ldmatrix<4>(af, as + (lane % 16) * 16 + (lane / 16) * 8);
+  if constexpr (kTrans)  // ws is w^T: row k holds w[0..8)[k]
+    fastdw_cuda::ldmatrix<2, true>(bf, ws + (lane % 16) * 8);
+  else  // ws is w: lanes 0-7 give rows n at k 0..8, lanes 8-15 the same rows at k 8..16
+    fastdw_cuda::ldmatrix<2>(bf, ws + (lane % 8) * 16 + (lane / 8 % 2) * 8);
+  const float zero[4] = {0.f, 0.f, 0.f, 0.f};
+  float df[4];
+  fastdw_cuda::mma_m16n8k16<__half>(df, af, bf, zero);
+  d[g * 8 + 2 * t] = df[0];
+  d[g * 8 + 2 * t + 1] = df[1];
+  d[(g + 8) * 8 + 2 * t] = df[2];
+  d[(g + 8) * 8 + 2 * t + 1] = df[3];
+}
+
+// out[t] = in[n-1-t] for 4 floats per thread, staged by cp.async in two groups (two halves of
+// the block's data): the first half is waited for (wait_group 1) and read while the second may
+// still be in flight. kWait false reads the first half before any wait.
+template <bool kWait>
+__global__ void cp_async_stages(const float* in, float* out) {
+  FASTDW_SHARED_ALIGNED(float, tile, 2 * kThreads * 4, 16);
+  const unsigned t = threadIdx.x;
+  for (int half = 0; half < 2; ++half) {
+    fastdw_cuda::cp_async16(tile + (half * kThreads + t) * 4, in + (half * kThreads + t) * 4,
+                            true);
+    fastdw_cuda::cp_async_commit();
+  }
+  if (kWait) fastdw_cuda::cp_async_wait<1>();
+  __syncthreads();
+  for (int e = 0; e < 4; ++e) out[t * 4 + e] = tile[(kThreads - 1 - t) * 4 + e];
+  fastdw_cuda::cp_async_wait<0>();
+  __syncthreads();
+  for (int e = 0; e < 4; ++e)
+    out[(kThreads + t) * 4 + e] = tile[(2 * kThreads - 1 - t) * 4 + e];
+}
+
 // Planted mistakes with no result to check: each must be reported by the emulator itself.
 __global__ void barrier_after_exit(float* out) {
   if (threadIdx.x >= kThreads / 2) return;
@@ -146,6 +226,77 @@ void expect_equal(const std::vector<T>& got, const std::vector<T>& want) {
     if (!(got[i] == want[i]))
       throw Error("wrong result at element " + std::to_string(i) + ": got " +
                   std::to_string(got[i]) + ", expected " + std::to_string(want[i]));
+}
+
+// Values exact in fp16 and bf16 (multiples of 1/8 up to 4 in magnitude), so products and their
+// fp32 sums are exact and the check can be exact.
+template <typename T>
+std::vector<T> small_values(size_t n, int salt, std::vector<float>& as_float) {
+  std::vector<T> v(n);
+  as_float.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    as_float[i] = static_cast<float>(static_cast<int>((i * 7 + salt * 13) % 61) - 30) / 8.f;
+    if constexpr (std::is_same_v<T, __half>)
+      v[i] = __float2half_rn(as_float[i]);
+    else
+      v[i] = __float2bfloat16_rn(as_float[i]);
+  }
+  return v;
+}
+
+// d[m][n] = c[m][n] + sum_k a[m][k] b[k][n] (exact here: see small_values).
+inline std::vector<float> gemm(const std::vector<float>& a, const std::vector<float>& b,
+                               const std::vector<float>& c, int m, int n, int k) {
+  std::vector<float> d(c);
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j)
+      for (int q = 0; q < k; ++q) d[i * n + j] += a[i * k + q] * b[q * n + j];
+  return d;
+}
+
+template <typename T>
+void run_mma_fragments(const fastdw_emu::Options& o) {
+  std::vector<float> af, bf, c;
+  const auto a = small_values<T>(16 * 16, 1, af), b = small_values<T>(16 * 8, 2, bf);
+  small_values<T>(16 * 8, 3, c);
+  std::vector<float> d(16 * 8);
+  fastdw_emu::launch(mma_fragments<T>, dim3(1), dim3(32), 0, o, a.data(), b.data(), c.data(),
+                     d.data());
+  expect_equal(d, gemm(af, bf, c, 16, 8, 16));
+}
+
+template <bool kTrans>
+void run_ldmatrix_mma(const fastdw_emu::Options& o) {
+  std::vector<float> af, wf;
+  const auto a = small_values<__half>(16 * 16, 4, af);
+  const auto w = small_values<__half>(8 * 16, 5, wf);  // (n, k)
+  std::vector<float> wt(16 * 8);                        // (k, n)
+  std::vector<__half> staged(w);
+  for (int n = 0; n < 8; ++n)
+    for (int k = 0; k < 16; ++k) {
+      wt[k * 8 + n] = wf[n * 16 + k];
+      if (kTrans) staged[k * 8 + n] = w[n * 16 + k];
+    }
+  alignas(16) __half a16[16 * 16], w16[16 * 8];
+  std::copy(a.begin(), a.end(), a16);
+  std::copy(staged.begin(), staged.end(), w16);
+  std::vector<float> d(16 * 8);
+  fastdw_emu::launch(ldmatrix_mma<kTrans>, dim3(1), dim3(32), 0, o, a16, w16, d.data());
+  expect_equal(d, gemm(af, wt, std::vector<float>(16 * 8, 0.f), 16, 8, 16));
+}
+
+template <bool kWait>
+void run_cp_async_stages(const fastdw_emu::Options& o) {
+  alignas(16) float in[2 * kThreads * 4];
+  const auto values = iota(2 * kThreads * 4);
+  std::copy(values.begin(), values.end(), in);
+  std::vector<float> out(2 * kThreads * 4), want(out.size());
+  for (unsigned half = 0; half < 2; ++half)
+    for (unsigned t = 0; t < kThreads; ++t)
+      for (int e = 0; e < 4; ++e)
+        want[(half * kThreads + t) * 4 + e] = in[(half * kThreads + kThreads - 1 - t) * 4 + e];
+  fastdw_emu::launch(cp_async_stages<kWait>, dim3(1), dim3(kThreads), 0, o, in, out.data());
+  expect_equal(out, want);
 }
 
 // name -> case. `opt` carries the seed and racecheck; planted cases say what they plant.
@@ -260,6 +411,12 @@ inline const std::map<std::string, std::function<void(const fastdw_emu::Options&
          std::vector<float> out(2048);
          launch(barrier_after_exit, dim3(1), dim3(2048), 0, o, out.data());
        }},
+      {"mma_fragments_fp16", run_mma_fragments<__half>},
+      {"mma_fragments_bf16", run_mma_fragments<__nv_bfloat16>},
+      {"ldmatrix_mma", run_ldmatrix_mma<false>},
+      {"ldmatrix_trans_mma", run_ldmatrix_mma<true>},
+      {"cp_async", run_cp_async_stages<true>},
+      {"cp_async_before_wait", run_cp_async_stages<false>},
       {"dynamic_shared_over_arch", [](const auto& o) {
          auto in = iota(kThreads), out = std::vector<float>(kThreads);
          fastdw_emu::Options opted = o;  // opted in (cudaFuncSetAttribute) past the arch limit
