@@ -13,6 +13,7 @@
 #include "dwconv_bn_act.cuh"
 #include "emulator/selftest.h"
 #include "host_ops.h"
+#include "pwconv_bn_act.cuh"
 
 namespace {
 
@@ -33,6 +34,14 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   const auto call = fastdw_cuda::check_dwconv_bn_act(x, weight, scale, shift, stride, padding,
                                                      dilation, act, fastdw_cuda::kEmulated);
   return emulate("dwconv_bn_act", [&] { return fastdw_cuda::run_dwconv_bn_act(call, nullptr); });
+}
+
+at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                         const at::Tensor& shift, c10::string_view act,
+                         const c10::optional<at::Tensor>& residual) {
+  const auto call = fastdw_cuda::check_pwconv_bn_act(x, weight, scale, shift, act, residual,
+                                                     fastdw_cuda::kEmulated);
+  return emulate("pwconv_bn_act", [&] { return fastdw_cuda::run_pwconv_bn_act(call, nullptr); });
 }
 
 // The last launch on this thread: "kernel grid=(x,y,z) block=(x,y,z) seed=s", for tests that
@@ -63,6 +72,7 @@ std::vector<std::string> emulator_selftest_names() {
 
 TORCH_LIBRARY(fastdw_cuda_emu, m) {
   m.def(fastdw_cuda::kDwconvBnActSchema);
+  m.def(fastdw_cuda::kPwconvBnActSchema);
   m.def("last_launch() -> str", &last_launch);
   m.def("emulator_selftest(str name, int seed, bool racecheck, int arch) -> ()",
         &emulator_selftest);
@@ -71,4 +81,5 @@ TORCH_LIBRARY(fastdw_cuda_emu, m) {
 
 TORCH_LIBRARY_IMPL(fastdw_cuda_emu, CPU, m) {
   m.impl("dwconv_bn_act", &dwconv_bn_act);
+  m.impl("pwconv_bn_act", &pwconv_bn_act);
 }

@@ -11,6 +11,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "launchers.h"
@@ -21,6 +22,10 @@ namespace fastdw_cuda {
 inline constexpr const char* kDwconvBnActSchema =
     "dwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
     "int padding, int dilation, str act) -> Tensor";
+
+inline constexpr const char* kPwconvBnActSchema =
+    "pwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, str act, "
+    "Tensor? residual) -> Tensor";
 
 inline constexpr int64_t kMaxExtent = 2147483647;  // hyper-parameters reach the kernel as int
 
@@ -161,6 +166,91 @@ inline at::Tensor run_dwconv_bn_act(const DwCall& a, Stream stream) {
     case at::kFloat: launch_dwconv<float>(a, taps, scale, shift, y, stream); break;
     case at::kHalf: launch_dwconv<__half>(a, taps, scale, shift, y, stream); break;
     default: launch_dwconv<__nv_bfloat16>(a, taps, scale, shift, y, stream);
+  }
+  return y;
+}
+
+// pwconv_bn_act: a checked call.
+struct PwCall {
+  at::Tensor x, weight, scale, shift;
+  c10::optional<at::Tensor> residual;
+  int64_t Cout;
+  Act act;
+};
+
+inline PwCall check_pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight,
+                                  const at::Tensor& scale, const at::Tensor& shift,
+                                  c10::string_view act,
+                                  const c10::optional<at::Tensor>& residual,
+                                  const Target& target) {
+  check_tensor(x, "x", target);
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+              "x must be float32, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK(x.dim() == 4, "x must be 4-D (N, C, H, W), got shape ", x.sizes());
+  TORCH_CHECK(x.numel() > 0, "x must not be empty, got shape ", x.sizes());
+  TORCH_CHECK(x.stride(1) == 1 || x.size(1) == 1, "x must have channel stride 1 "
+              "(channels_last), got strides ", x.strides());
+  const int64_t K = x.size(1);
+  check_tensor(weight, "weight", target, &x);
+  TORCH_CHECK(weight.scalar_type() == dtype, "weight must have x's dtype ", dtype, ", got ",
+              weight.scalar_type());
+  TORCH_CHECK((weight.dim() == 2 || (weight.dim() == 4 && weight.size(2) == 1 &&
+                                     weight.size(3) == 1)) && weight.size(1) == K &&
+                  weight.size(0) > 0,
+              "weight must be (C_out, ", K, ") or (C_out, ", K, ", 1, 1), got shape ",
+              weight.sizes());
+  const int64_t Cout = weight.size(0);
+  check_range(Cout, "weight's output channels", 1);
+  for (const auto& [t, name] : {std::pair{&scale, "scale"}, std::pair{&shift, "shift"}}) {
+    check_tensor(*t, name, target, &x);
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == Cout, name, " must have shape (", Cout,
+                "), got ", t->sizes());
+  }
+  if (residual.has_value()) {
+    check_tensor(*residual, "residual", target, &x);
+    TORCH_CHECK(residual->scalar_type() == dtype, "residual must have x's dtype ", dtype,
+                ", got ", residual->scalar_type());
+    TORCH_CHECK(residual->sizes() == at::IntArrayRef({x.size(0), Cout, x.size(2), x.size(3)}),
+                "residual must have shape (", x.size(0), ", ", Cout, ", ", x.size(2), ", ",
+                x.size(3), "), got ", residual->sizes());
+  }
+  return {x, weight, scale, shift, residual, Cout, parse_act(act)};
+}
+
+template <typename T>
+void launch_pwconv(const PwCall& a, const at::Tensor& x, const at::Tensor& w,
+                   const at::Tensor& scale, const at::Tensor& shift, const at::Tensor* residual,
+                   at::Tensor& y, Stream stream) {
+  PwParams<T> p{
+      .x = reinterpret_cast<const T*>(x.const_data_ptr()),
+      .w = reinterpret_cast<const T*>(w.const_data_ptr()),
+      .scale = scale.const_data_ptr<float>(), .shift = shift.const_data_ptr<float>(),
+      .residual = residual ? reinterpret_cast<const T*>(residual->const_data_ptr()) : nullptr,
+      .y = reinterpret_cast<T*>(y.mutable_data_ptr()),
+      .M = x.size(0) * x.size(2) * x.size(3), .K = x.size(1), .Cout = a.Cout,
+      .ldx = x.size(1), .ldr = a.Cout, .ldy = a.Cout, .act = a.act, .mma = false};
+  // cp.async copies 16 bytes: every row of x and w must start on a 16-byte boundary.
+  p.mma = !std::is_same_v<T, float> && p.K % 8 == 0 && aligned16(p.x) && aligned16(p.w);
+  checked_launch([&] { launch_pwconv_bn_act(p, stream); });
+}
+
+// y = act(conv1x1(x, weight) * scale + shift) (+ residual), channels_last out (the math is
+// above the kernels in csrc/cuda/pwconv_bn_act.cuh), on the device of a checked call. x (and
+// the residual) become channels_last-contiguous: the kernels take pixels as rows.
+inline at::Tensor run_pwconv_bn_act(const PwCall& a, Stream stream) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = a.x.contiguous(cl);
+  const at::Tensor w = a.weight.reshape({a.Cout, a.x.size(1)}).contiguous();
+  const at::Tensor scale = a.scale.to(at::kFloat).contiguous();
+  const at::Tensor shift = a.shift.to(at::kFloat).contiguous();
+  const at::Tensor residual = a.residual.has_value() ? a.residual->contiguous(cl) : at::Tensor();
+  const at::Tensor* r = residual.defined() ? &residual : nullptr;
+  at::Tensor y = at::empty({x.size(0), a.Cout, x.size(2), x.size(3)}, x.options().memory_format(cl));
+  switch (x.scalar_type()) {
+    case at::kFloat: launch_pwconv<float>(a, x, w, scale, shift, r, y, stream); break;
+    case at::kHalf: launch_pwconv<__half>(a, x, w, scale, shift, r, y, stream); break;
+    default: launch_pwconv<__nv_bfloat16>(a, x, w, scale, shift, r, y, stream);
   }
   return y;
 }

@@ -2,11 +2,15 @@
 // choose, through explicit instantiation of the launchers (tests/cuda/test_cuda_resources.py
 // compiles this file for sm_80 and sm_90 and checks each kernel's registers and spills).
 #include "dwconv_bn_act.cuh"
+#include "pwconv_bn_act.cuh"
 
 namespace fastdw_cuda {
 
 template void launch_dwconv_bn_act<float>(const DwParams<float>&, Stream);
 template void launch_dwconv_bn_act<__half>(const DwParams<__half>&, Stream);
 template void launch_dwconv_bn_act<__nv_bfloat16>(const DwParams<__nv_bfloat16>&, Stream);
+template void launch_pwconv_bn_act<float>(const PwParams<float>&, Stream);
+template void launch_pwconv_bn_act<__half>(const PwParams<__half>&, Stream);
+template void launch_pwconv_bn_act<__nv_bfloat16>(const PwParams<__nv_bfloat16>&, Stream);
 
 }  // namespace fastdw_cuda

@@ -39,4 +39,22 @@ struct DwParams {
 template <typename T>
 void launch_dwconv_bn_act(const DwParams<T>& p, Stream stream);
 
+// pwconv_bn_act forward on channels_last tensors, as a GEMM over pixels
+// (csrc/cuda/pwconv_bn_act.cuh).
+template <typename T>
+struct PwParams {
+  const T* x;         // (M, K): M = N*H*W pixels, K input channels, rows ldx apart
+  const T* w;         // (Cout, K) contiguous
+  const float* scale; // (Cout,)
+  const float* shift; // (Cout,)
+  const T* residual;  // (M, Cout), rows ldr apart, or null
+  T* y;               // (M, Cout), rows ldy apart
+  int64_t M, K, Cout, ldx, ldr, ldy;  // in elements
+  int act;
+  bool mma;  // fp16/bf16 with K % 8 == 0 and 16-byte aligned rows: the tensor-core kernel
+};
+
+template <typename T>
+void launch_pwconv_bn_act(const PwParams<T>& p, Stream stream);
+
 }  // namespace fastdw_cuda

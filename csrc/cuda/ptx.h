@@ -105,7 +105,7 @@ void ldmatrix(uint32_t (&r)[N], const SharedPtr<T>& row,
 
 template <typename T>
 void cp_async16(const SharedPtr<T>& dst, const void* src, bool valid) {
-  ::fastdw_emu::cp_async16(dst, src, valid);
+  ::fastdw_emu::issue_cp_async16(dst, src, valid);
 }
 
 inline void cp_async_commit() { ::fastdw_emu::cp_async_commit(); }

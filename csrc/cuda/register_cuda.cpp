@@ -34,17 +34,28 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   return fastdw_cuda::run_dwconv_bn_act(call, c10::cuda::getCurrentCUDAStream().stream());
 }
 
+at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                         const at::Tensor& shift, c10::string_view act,
+                         const c10::optional<at::Tensor>& residual) {
+  const auto call = fastdw_cuda::check_pwconv_bn_act(x, weight, scale, shift, act, residual,
+                                                     fastdw_cuda::kGpu);
+  const c10::cuda::CUDAGuard guard(x.device());
+  return fastdw_cuda::run_pwconv_bn_act(call, c10::cuda::getCurrentCUDAStream().stream());
+}
+
 std::string archs() { return FASTDW_STRINGIFY(FASTDW_CUDA_ARCHS); }
 
 }  // namespace
 
 TORCH_LIBRARY(fastdw_cuda, m) {
   m.def(fastdw_cuda::kDwconvBnActSchema);
+  m.def(fastdw_cuda::kPwconvBnActSchema);
   m.def("archs() -> str", &archs);
 }
 
 TORCH_LIBRARY_IMPL(fastdw_cuda, CUDA, m) {
   m.impl("dwconv_bn_act", &dwconv_bn_act);
+  m.impl("pwconv_bn_act", &pwconv_bn_act);
 }
 
 extern "C" PyObject* PyInit__C_cuda() {

@@ -35,8 +35,9 @@ HEADER_CANDIDATES = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda")
 EMULATING = os.environ.get(EMULATE_SWITCH) == "1"
 DEVICES = ("cpu",) if EMULATING else ("cuda",)
 # What the kernels cover; every other call runs on reference.
-COVERAGE = ("dwconv_bn_act (channel stride 1, float32/float16/bfloat16, channel multiplier 1) is "
-            "a CUDA kernel, every other call runs on reference")
+COVERAGE = ("dwconv_bn_act (channel multiplier 1) and pwconv_bn_act are CUDA kernels for "
+            "channels_last float32/float16/bfloat16 inputs (pwconv_bn_act on tensor cores for "
+            "float16/bfloat16), every other call runs on reference")
 NOTES = f"CUDA kernels run through fastdw's CUDA emulator on CPU tensors; {COVERAGE}"
 
 
@@ -139,4 +140,12 @@ def dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act):
             or weight.shape[0] != x.shape[1] or (x.stride(1) != 1 and x.shape[1] != 1)):
         return reference.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
     y = _ops(x).dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
+    return y.contiguous(memory_format=output_memory_format(x))
+
+
+def pwconv_bn_act(x, weight, scale, shift, act, residual):
+    if (x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or x.numel() == 0
+            or (x.stride(1) != 1 and x.shape[1] != 1)):
+        return reference.pwconv_bn_act(x, weight, scale, shift, act, residual)
+    y = _ops(x).pwconv_bn_act(x, weight, scale, shift, act, residual)
     return y.contiguous(memory_format=output_memory_format(x))

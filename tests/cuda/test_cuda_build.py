@@ -114,9 +114,12 @@ def test_extension_is_built_importable_and_registered_for_cuda():
     assert torch.ops.fastdw_cuda.archs() == cpp_build.cuda_arch_names(
         cpp_build.cuda_archs(os.environ))
     x = torch.randn(1, 4, 5, 5).to(memory_format=torch.channels_last)
-    keys = backends_of(torch.ops.fastdw_cuda.dwconv_bn_act, x, torch.randn(4, 1, 3, 3),
-                       torch.rand(4), torch.rand(4), 1, 1, 1, "relu")
-    assert "CUDA" in keys and "CPU" not in keys, keys
+    calls = {"dwconv_bn_act": (x, torch.randn(4, 1, 3, 3), torch.rand(4), torch.rand(4), 1, 1,
+                               1, "relu"),
+             "pwconv_bn_act": (x, torch.randn(3, 4), torch.rand(3), torch.rand(3), "relu", None)}
+    for name, args in calls.items():
+        keys = backends_of(getattr(torch.ops.fastdw_cuda, name), *args)
+        assert "CUDA" in keys and "CPU" not in keys, (name, keys)
 
 
 def test_info_says_whether_the_extension_is_built_and_why_not():
@@ -140,7 +143,7 @@ def test_info_says_whether_the_extension_is_built_and_why_not():
 @pytest.mark.usefixtures("poisoned_outputs")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_kernels_on_the_gpu(dtype):
-    """Every instantiation the launcher picks, and the generic path, on the GPU, against the
+    """Every instantiation the launchers pick, and the generic paths, on the GPU, against the
     float64 oracle (tests/ops/op_oracle.py) with outputs poisoned."""
     import numerics
     import op_oracle as oracle
@@ -160,3 +163,14 @@ def test_kernels_on_the_gpu(dtype):
             ref = oracle.dwconv_bn_act(x, weight, scale, shift, *args.values())
             err = numerics.rel_err(y.cpu(), ref)
             assert err < numerics.REL_TOL[dtype], (dtype, channels, k, stride, dilation, err)
+    for c_in, c_out in ((24, 40), (72, 72), (13, 40)):  # tensor cores, three chunks, FFMA
+        x = oracle.feature_map((2, c_in, 5, 7), dtype, "channels_last")
+        weight = oracle.conv_weight((c_out, c_in, 1, 1), dtype)
+        scale, shift = oracle.random_affine(c_out)
+        residual = oracle.feature_map((2, c_out, 5, 7), dtype, "channels_last")
+        with torch.no_grad():
+            y = ops.pwconv_bn_act(x.cuda(), weight.cuda(), scale.cuda(), shift.cuda(),
+                                  act="hardswish", residual=residual.cuda(), backend="cuda")
+        ref = oracle.pwconv_bn_act(x, weight, scale, shift, "hardswish", residual)
+        err = numerics.rel_err(y.cpu(), ref)
+        assert err < numerics.REL_TOL[dtype], (dtype, c_in, c_out, err)

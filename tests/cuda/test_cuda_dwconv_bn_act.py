@@ -12,8 +12,8 @@ import torch
 
 import numerics
 import op_oracle as oracle
-from fastdw.contract import output_memory_format
 from fastdw.kernels import cuda
+from oracle_check import assert_matches_oracle
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TEMPLATED = [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2)]
@@ -39,10 +39,7 @@ def run(emulator, shape, dtype, k, stride=1, dilation=1, padding=None, act="relu
     y = cuda.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
     launch = emulator.last_launch()
     ref = oracle.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
-    assert y.dtype == dtype and y.shape == ref.shape
-    assert y.is_contiguous(memory_format=output_memory_format(x))
-    err = numerics.rel_err(y, ref)
-    assert err < numerics.REL_TOL[dtype], f"relative error {err:.3g} for {dtype} ({launch})"
+    assert_matches_oracle(y, ref, x, launch)
     return launch
 
 

@@ -4,8 +4,9 @@ fastdw.kernels.cuda_resources` prints): every instantiation the launchers can ch
 with no register spills and no local memory (ptxas -v with --warn-on-spills /
 --warn-on-local-memory-usage and -Werror all-warnings make either a build error), no stack
 frame, and within the register budget below; the occupancy the table gives is the calculator's
-for the parsed numbers; the 16-byte accesses are single 128-bit instructions. Run with -s to see
-the table."""
+for the parsed numbers; the 16-byte accesses are single 128-bit instructions, and the
+tensor-core kernels' mma.sync / ldmatrix / cp.async are the machine's HMMA / LDSM / LDGSTS. Run
+with -s to see the table."""
 import os
 import re
 import shutil
@@ -17,13 +18,32 @@ import pytest
 from fastdw.kernels import cuda_resources as resources
 
 ARCHS = (80, 90)
-# 256-thread blocks with at most 64 registers a thread: 4 blocks (half of the 2048 threads an
-# SM holds) fit in the 65536 registers of an A100 or H100 SM.
-MAX_REGISTERS = 64
-THREADS = 256
-# Mangled template arguments of the dtypes, and the launcher's (k, stride) instantiations.
+# Mangled template arguments of the dtypes.
 DTYPES = {"float": "f", "half": "6__half", "bfloat16": "13__nv_bfloat16"}
-SHAPES = [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2), (0, 0)]
+# Per kernel: its instantiations (mangled names past the kernel's), its block size (the
+# launcher's), the most registers a thread may use and the least occupancy that leaves.
+#  * dwconv_bn_act_nhwc: (k, stride) instantiations, 256 threads; 64 registers let 4 blocks
+#    (half of the 2048 threads an SM holds) fit in the 65536 registers of an A100 or H100 SM.
+#  * pwconv_bn_act_ffma: one per dtype, 256 threads, budgeted as dwconv.
+#  * pwconv_bn_act_mma: fp16/bf16, 128 threads holding a 32 x 32 accumulator per warp (32
+#    floats a thread); 96 registers still let 5 blocks (20 warps) stay resident.
+KERNELS = {
+    "dwconv_bn_act_nhwc": ([f"I{code}Li{k}ELi{s}EE" for code in DTYPES.values()
+                            for k, s in [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2), (0, 0)]],
+                           256, 64, 0.5),
+    "pwconv_bn_act_ffma": ([f"I{code}E" for code in DTYPES.values()], 256, 64, 0.5),
+    "pwconv_bn_act_mma": ([f"I{code}E" for code in ("6__half", "13__nv_bfloat16")], 128, 96,
+                          0.3),
+}
+
+
+def family(mangled):
+    """(kernel, mangled template arguments) of a mangled instantiation's name:
+    _ZN11fastdw_cuda<length><kernel><arguments>EvNS_..."""
+    start = re.match(r"_ZN11fastdw_cuda(\d+)", mangled)
+    end = start.end() + int(start.group(1))
+    return mangled[start.end():end], mangled[end:mangled.index("EvNS_", end)]
+
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None,
                                 reason="needs nvcc (the CUDA toolkit) on PATH")
@@ -39,18 +59,18 @@ def table():
 def test_every_instantiation_fits(table):
     print("\n" + resources.format_table(table))
     for arch in ARCHS:
-        names = {re.search(r"dwconv_bn_act_nhwcI.*?Li\d+ELi\d+E", k.name).group(0)
-                 for a, k, _ in table if a == arch}
-        assert names == {f"dwconv_bn_act_nhwcI{code}Li{k}ELi{s}E"
-                         for code in DTYPES.values() for k, s in SHAPES}, arch
-    assert len(table) == len(ARCHS) * len(DTYPES) * len(SHAPES)
+        names = {family(k.name) for a, k, _ in table if a == arch}
+        assert names == {(name, args) for name, (instances, *_) in KERNELS.items()
+                         for args in instances}, arch
+    assert len(table) == len(ARCHS) * sum(len(v[0]) for v in KERNELS.values())
     for arch, kernel, occupancy in table:
+        _, threads, max_registers, min_occupancy = KERNELS[family(kernel.name)[0]]
         assert kernel.stack == kernel.spill_stores == kernel.spill_loads == 0, (arch, kernel)
-        assert kernel.registers <= MAX_REGISTERS, (arch, kernel)
-        assert kernel.threads == THREADS, (arch, kernel)  # the launcher's block size
+        assert kernel.registers <= max_registers, (arch, kernel)
+        assert kernel.threads == threads, (arch, kernel)  # the launcher's block size
         assert occupancy == resources.occupancy(kernel.registers, kernel.shared, kernel.threads,
                                                 resources.GPUS[arch])
-        assert occupancy.fraction >= 0.5, (arch, kernel, occupancy)  # what MAX_REGISTERS buys
+        assert occupancy.fraction >= min_occupancy, (arch, kernel, occupancy)
 
 
 @pytest.mark.parametrize("registers, shared, threads, arch, blocks, fraction, limit", [
@@ -89,17 +109,33 @@ def test_the_command_prints_every_kernel_for_both_gpus(table):
                    for row in rows), (gpu, name, out)
 
 
-@needs_nvcc
-@pytest.mark.parametrize("arch", ARCHS)
-def test_vector_accesses_are_128_bit(table, arch):
-    """The 16-byte loads and stores of whole channel groups (load_vec / store_vec) are single
-    LDG.E.128 / STG.E.128 instructions in the machine code."""
+def machine_code(arch):
+    """The SASS of kernels.cu for sm_<arch> (cuobjdump of the table's compile)."""
     try:
         from triton.backends.nvidia import compiler
     except ImportError:
         pytest.skip("needs cuobjdump, which comes with triton's NVIDIA backend")
     tool = os.path.join(os.path.dirname(compiler.__file__), "bin", "cuobjdump")
-    sass = subprocess.run([tool, "-sass", os.path.join(resources.compile_kernels(arch),
+    return subprocess.run([tool, "-sass", os.path.join(resources.compile_kernels(arch),
                                                         "kernels.o")],
                           capture_output=True, text=True, check=True).stdout
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHS)
+def test_vector_accesses_are_128_bit(table, arch):
+    """The 16-byte loads and stores of whole channel groups (load_vec / store_vec) are single
+    LDG.E.128 / STG.E.128 instructions in the machine code."""
+    sass = machine_code(arch)
     assert re.search(r"LDG\.E\.128", sass) and re.search(r"STG\.E\.128", sass)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tensor_core_instructions(table, arch):
+    """The pwconv tensor-core kernel's inline PTX (csrc/cuda/ptx.h) became tensor-core matrix
+    multiplies, shared-memory matrix loads and asynchronous global-to-shared copies."""
+    sass = machine_code(arch)
+    for instruction in (r"HMMA\.16816\.F32 ", r"HMMA\.16816\.F32\.BF16", r"LDSM\.16\.M88\.4",
+                        r"LDSM\.16\.M88\.2", r"LDGSTS\.E\.BYPASS\.128"):
+        assert re.search(instruction, sass), instruction

@@ -827,7 +827,7 @@ inline void check_vector_alignment(const void* p, size_t bytes, const char* what
 // cp.async.cg.shared.global [dst], [src], 16, (valid ? 16 : 0): src is read now, dst written
 // when this thread's cp_async_wait covers the group the copy is committed in.
 template <typename T>
-void cp_async16(const SharedPtr<T>& dst, const void* src, bool valid) {
+void issue_cp_async16(const SharedPtr<T>& dst, const void* src, bool valid) {
   if (valid) check_vector_alignment(src, 16, "cp.async global source");
   dst.cp_async_from(valid ? src : nullptr, 16, valid ? 16 : 0);
 }

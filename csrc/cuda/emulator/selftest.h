@@ -100,6 +100,12 @@ __global__ void shared_vector(const float* in, float* out) {
   }
 }
 
+// This lane's part of a 16x8 fp32 m16n8 accumulator into d (row-major), by the PTX ISA's layout.
+FASTDW_DEVICE void store_accumulator(float* d, const float (&df)[4]) {
+  const unsigned g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  for (int i = 0; i < 4; ++i) d[(g + (i >= 2 ? 8 : 0)) * 8 + 2 * t + (i & 1)] = df[i];
+}
+
 // d = a b + c on one m16n8k16 tile, one warp: each lane gathers its fragments straight from
 // global memory by the PTX ISA's layout (a: 16x16 row-major, b: 16x8 as [k][n], c and d: 16x8),
 // so a wrong layout in the emulator's mma gives a wrong d.
@@ -122,10 +128,7 @@ __global__ void mma_fragments(const T* a, const T* b, const float* c, float* d) 
                        c[(g + 8) * 8 + 2 * t + 1]};
   float df[4];
   fastdw_cuda::mma_m16n8k16<T>(df, af, bf, cf);
-  d[g * 8 + 2 * t] = df[0];
-  d[g * 8 + 2 * t + 1] = df[1];
-  d[(g + 8) * 8 + 2 * t] = df[2];
-  d[(g + 8) * 8 + 2 * t + 1] = df[3];
+  store_accumulator(d, df);
 }
 
 // d = a w^T, a 16x16 and w 8x16 row-major (w as a pointwise conv's (Cout, Cin) weight), staged
@@ -136,7 +139,7 @@ template <bool kTrans>
 __global__ void ldmatrix_mma(const __half* a, const __half* w, float* d) {
   FASTDW_SHARED_ALIGNED(__half, as, 16 * 16, 16);
   FASTDW_SHARED_ALIGNED(__half, ws, 16 * 8, 16);
-  const unsigned lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  const unsigned lane = threadIdx.x;
   // 32 16-byte copies of a (lane l: row l / 2, half l % 2), 16 of w (or of w^T).
   fastdw_cuda::cp_async16(as + lane * 8, a + lane * 8, true);
   if (lane < 16) fastdw_cuda::cp_async16(ws + lane * 8, w + lane * 8, true);
@@ -152,10 +155,7 @@ __global__ void ldmatrix_mma(const __half* a, const __half* w, float* d) {
   const float zero[4] = {0.f, 0.f, 0.f, 0.f};
   float df[4];
   fastdw_cuda::mma_m16n8k16<__half>(df, af, bf, zero);
-  d[g * 8 + 2 * t] = df[0];
-  d[g * 8 + 2 * t + 1] = df[1];
-  d[(g + 8) * 8 + 2 * t] = df[2];
-  d[(g + 8) * 8 + 2 * t + 1] = df[3];
+  store_accumulator(d, df);
 }
 
 // out[t] = in[n-1-t] for 4 floats per thread, staged by cp.async in two groups (two halves of
