@@ -21,7 +21,8 @@ from torch import nn
 
 from fastdw.contract import adds_residual
 from fastdw.nn.blocks import InvertedResidual, InvertedResidualBlock, InvertedResidualV3
-from fastdw.nn.convert_fused import FusedChain, stand_in_block, stand_in_layer, stand_in_se
+from fastdw.nn.convert_fused import (FusedChain, FusedSequential, stand_in_block, stand_in_layer,
+                                     stand_in_se)
 from fastdw.nn.convert_match import (Atom, Block, NotAChain, Unit, atoms, block_at,
                                      is_sequential, squeeze_excite, unit_at, wiring)
 from fastdw.nn.layers import ACT_NAMES, ConvBNAct, DWConvBNAct, SqueezeExcite, symmetric_conv
@@ -224,13 +225,18 @@ class _Walk:
                and (not _inside_fused(module, item) or getattr(item, "residual", False))]
         if not new:
             return None
-        if root and not is_sequential(module):
+        whole = all(isinstance(item, (Unit, Block)) or item.kind == "identity"
+                    for item in plan)
+        if root and not (is_sequential(module) or whole):
+            # a model's class (its other methods, what other code checks) stays; a module
+            # given to convert() alone that runs fused through and through does not
             for item in new:
                 self.why[_join(path, item.atoms[0].path)] = (
-                    _class(item.conv), f"called by {_class(module)}'s own forward: convert() "
-                                       "replaces the model's submodules, not the model")
+                    "Conv2d", f"called by {_class(module)}'s own forward: convert() replaces "
+                              "a model's submodules, not the model")
             return None
-        fused = FusedChain(module, chain, plan, adds_input)
+        cls = FusedSequential if is_sequential(module) else FusedChain
+        fused = cls(module, chain, plan, adds_input)
         self._done(path, module, _describe(plan, adds_input))
         return fused
 

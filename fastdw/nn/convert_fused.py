@@ -16,6 +16,8 @@ The ops are bound from fastdw's own modules standing in for each Unit and Block 
 stand_in_block), made of the original conv, BN and SE modules, so a Unit or a Block fuses exactly
 where fastdw's ConvBNAct and InvertedResidualV3 would.
 """
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -129,6 +131,9 @@ class FusedChain(CachedForward, nn.Module):
                 for step in steps:
                     y = step(y)
                 return y + x if self.adds_input else y
+        return self._run_children(x)
+
+    def _run_children(self, x):
         y = x
         for name in self.wiring.steps:
             y = self._modules[name](y)
@@ -172,3 +177,23 @@ class FusedChain(CachedForward, nn.Module):
             return folded
         act = unit.atoms[-1].module if unit.act != "none" else None
         return _FoldedConv(unit.conv, *folded, act)
+
+
+class FusedSequential(FusedChain, nn.Sequential):
+    """A FusedChain in place of an nn.Sequential, and an nn.Sequential still: indexing, len(),
+    iteration and edits work as on the original. Its unfused forward runs the children it has
+    now; it runs fused only while they are those it was converted with."""
+
+    def _run_children(self, x):
+        return nn.Sequential.forward(self, x)
+
+    def _bind(self):
+        if tuple(name for name, m in self._modules.items() if m is not None) \
+                != self.wiring.steps:
+            return RUN_CHILDREN
+        return super()._bind()
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):  # the modules of a slice, without the plan of the whole
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return nn.Sequential.__getitem__(self, idx)
