@@ -56,9 +56,18 @@ def test_convert_leaves_dilated_v3_blocks_but_converts_their_layers(randomize_bn
         assert accurate(model(x), tv, x)
 
 
-def test_convert_skips_what_it_cannot_compute():
-    se = torchvision.ops.SqueezeExcitation(16, 4)  # sigmoid gate, not hardsigmoid
+def test_convert_keeps_what_it_cannot_compute(randomize_bn, accurate):
+    """A GELU-gated squeeze-excite and a conv with a bias stay as they are; a conv + BN with a
+    GELU after it fuses the conv + BN and keeps the GELU module."""
+    se = torchvision.ops.SqueezeExcitation(8, 4, activation=nn.GELU)
     gelu = torchvision.ops.Conv2dNormActivation(8, 8, activation_layer=nn.GELU, inplace=None)
     biased = torchvision.ops.Conv2dNormActivation(8, 8, bias=True)
-    model = fnn.convert(nn.Sequential(se, gelu, biased))
-    assert model[0] is se and model[1] is gelu and model[2] is biased
+    tv = randomize_bn(nn.Sequential(se, gelu, biased)).eval()
+    reference = copy.deepcopy(tv)
+    model = fnn.convert(tv)
+    assert model[0] is se and model[2] is biased
+    assert model[1] is not gelu and model[1][2] is gelu[2] and model[1][0] is gelu[0]
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        assert accurate(model(x), reference, x)
