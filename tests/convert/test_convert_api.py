@@ -13,6 +13,7 @@ from torch import nn
 import fastdw
 import fastdw.nn as fnn
 import numerics
+from timm_nets import small_timm_net
 from fastdw.nn.convert_fused import FusedChain, FusedSequential
 
 
@@ -51,13 +52,11 @@ def test_flat_sequential_fuses_runs_and_keeps_indices(randomize_bn, accurate):
     check_same(new, model, torch.randn(2, 8, 10, 10), accurate)
 
 
-def test_residual_block_with_drop_path_in_both_modes(randomize_bn, accurate):
+def test_residual_block_with_drop_path_in_both_modes(randomize_bn, accurate, timm_parts):
     """A timm InvertedResidual with DropPath on its residual: fused with the residual in eval;
     in training the same DropPath rows as the original's from the same seed."""
-    blocks = pytest.importorskip("timm.models._efficientnet_blocks",
-                                 reason="needs timm (pip install timm), whose blocks these are")
-    model = randomize_bn(blocks.InvertedResidual(16, 16, exp_ratio=4, drop_path_rate=0.5,
-                                                 se_layer=blocks.SqueezeExcite))
+    model = randomize_bn(timm_parts.InvertedResidual(16, 16, exp_ratio=4, drop_path_rate=0.5,
+                                                     se_layer=timm_parts.SqueezeExcite))
     new, report = fastdw.convert(model.eval(), return_report=True)
     assert type(new) is FusedChain and new.has_skip is True
     assert report.converted[0].into.endswith("residual)"), str(report)
@@ -72,14 +71,11 @@ def test_residual_block_with_drop_path_in_both_modes(randomize_bn, accurate):
     assert same == 0 and other > 1e-2  # training runs the very same modules
 
 
-def test_modules_built_from_timm_layers(randomize_bn, accurate):
-    timm_layers = pytest.importorskip("timm.layers", reason="needs timm (pip install timm)")
-    blocks = pytest.importorskip("timm.models._efficientnet_blocks", reason="needs timm")
+def test_modules_built_from_timm_layers(randomize_bn, accurate, timm_parts):
     model = nn.Sequential(
-        timm_layers.ConvNormAct(3, 16, 3, stride=2, act_layer=nn.Hardswish),
-        blocks.DepthwiseSeparableConv(16, 16, act_layer=nn.ReLU),
-        blocks.InvertedResidual(16, 24, dw_kernel_size=5, stride=2, exp_ratio=3),
-        nn.Sequential(nn.Conv2d(24, 24, 1, bias=False), timm_layers.BatchNormAct2d(24)))
+        *small_timm_net(timm_parts, nn.Hardswish, nn.ReLU, 24, dw_kernel_size=5, stride=2,
+                        exp_ratio=3),
+        nn.Sequential(nn.Conv2d(24, 24, 1, bias=False), timm_parts.BatchNormAct2d(24)))
     model = randomize_bn(model).eval()
     new, report = fastdw.convert(model, return_report=True)
     assert [c.name for c in report.converted] == ["0", "1", "2", "3"], str(report)

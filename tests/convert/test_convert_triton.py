@@ -7,19 +7,16 @@ from torch import nn
 import fastdw
 from fastdw import backend
 from fastdw.nn.convert_fused import FusedChain
+from timm_nets import small_timm_net
 
 if "triton" not in backend.usable("cpu"):
     pytest.skip("needs the triton backend (triton installed, a CUDA device or "
                 "TRITON_INTERPRET=1)", allow_module_level=True)
 
 
-def test_converted_timm_net_on_triton(randomize_bn, accurate):
-    timm_layers = pytest.importorskip("timm.layers", reason="needs timm (pip install timm)")
-    blocks = pytest.importorskip("timm.models._efficientnet_blocks", reason="needs timm")
-    model = nn.Sequential(
-        timm_layers.ConvNormAct(3, 16, 3, stride=2, act_layer=nn.ReLU),
-        blocks.DepthwiseSeparableConv(16, 16, act_layer=nn.Hardswish),
-        blocks.InvertedResidual(16, 16, exp_ratio=2, act_layer=nn.ReLU6, drop_path_rate=0.1))
+def test_converted_timm_net_on_triton(randomize_bn, accurate, timm_parts):
+    model = small_timm_net(timm_parts, nn.ReLU, nn.Hardswish, 16, exp_ratio=2,
+                           act_layer=nn.ReLU6, drop_path_rate=0.1)
     model = randomize_bn(model).eval()
     new = fastdw.convert(model)
     assert all(isinstance(m, FusedChain) for m in new)
