@@ -13,7 +13,7 @@ from torch import nn
 import fastdw
 import fastdw.nn as fnn
 import numerics
-from timm_nets import small_timm_net
+from convert_cases import SE_GATES, small_timm_net
 from fastdw.nn.convert_fused import FusedChain, FusedSequential
 
 
@@ -56,10 +56,15 @@ def test_residual_block_with_drop_path_in_both_modes(randomize_bn, accurate, tim
     """A timm InvertedResidual with DropPath on its residual: fused with the residual in eval;
     in training the same DropPath rows as the original's from the same seed."""
     model = randomize_bn(timm_parts.InvertedResidual(16, 16, exp_ratio=4, drop_path_rate=0.5,
-                                                     se_layer=timm_parts.SqueezeExcite))
+                                                     se_layer=timm_parts.SqueezeExcite,
+                                                     act_layer=nn.SiLU))
     new, report = fastdw.convert(model.eval(), return_report=True)
     assert type(new) is FusedChain and new.has_skip is True
-    assert report.converted[0].into.endswith("residual)"), str(report)
+    if SE_GATES:  # one op: expand, depthwise, EfficientNet's SE, project and the residual
+        assert report.converted[0].into == ("inverted_residual(expand + dw3x3 silu + SE "
+                                            "silu/sigmoid, residual)"), str(report)
+    else:
+        assert report.left[0].name == "se" and "silu / sigmoid" in report.left[0].why
     x = torch.randn(4, 16, 8, 8)
     check_same(new, model, x, accurate)
     model.train(), new.train()

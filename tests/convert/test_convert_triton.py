@@ -7,7 +7,7 @@ from torch import nn
 import fastdw
 from fastdw import backend
 from fastdw.nn.convert_fused import FusedChain
-from timm_nets import small_timm_net
+from convert_cases import small_timm_net
 
 if "triton" not in backend.usable("cpu"):
     pytest.skip("needs the triton backend (triton installed, a CUDA device or "
