@@ -122,6 +122,50 @@ def test_compiled_calls_follow_a_change_of_the_switch(reference_calls):
     assert len(reference_calls) == calls_before + 1
 
 
+class DepthwiseThenPointwise(nn.Module):
+    """Two ops, recorded with the backend they resolved to when exported or traced."""
+
+    def __init__(self):
+        super().__init__()
+        self.dw_w, self.pw_w = torch.randn(8, 1, 3, 3), torch.randn(6, 8, 1, 1)
+        self.scale, self.shift = vec(8), torch.randn(8)
+
+    def forward(self, x):
+        y = ops.dwconv_bn_act(x, self.dw_w, self.scale, self.shift, backend="cpp")
+        return ops.pwconv_bn_act(y, self.pw_w, None, None, act="relu6", backend="cpp")
+
+
+@pytest.mark.parametrize("record", ["torch.export", "jit.trace"])
+def test_recorded_calls_follow_the_switch_and_take_empty_batches(record, reference_calls):
+    # Exported programs and traces call torch.ops.fastdw.* with backend="cpp" baked in; the
+    # switch, flipped after recording, and an empty batch still send them to reference.
+    net, x = DepthwiseThenPointwise(), torch.randn(2, 8, 6, 5)
+    if record == "torch.export":
+        batch = torch.export.Dim("batch", min=0)
+        recorded = torch.export.export(net, (x,), dynamic_shapes=({0: batch},)).module()
+    else:
+        recorded = torch.jit.trace(net, (x,))
+    reference_calls.clear()  # export's fake tensors may have run the ops' decompositions
+    expected = recorded(x)
+    assert reference_calls == []
+    torch.testing.assert_close(expected, net(x))
+    fastdw.set_disabled_ops(["pwconv_bn_act"])
+    torch.testing.assert_close(recorded(x), expected)
+    assert reference_calls == ["pwconv_bn_act"]
+    fastdw.set_disabled_ops([])
+    reference_calls.clear()
+    empty = recorded(x[:0])
+    assert empty.shape == (0, 6, 6, 5)
+    assert reference_calls == ["dwconv_bn_act", "pwconv_bn_act"]
+
+
+def test_a_call_of_the_custom_op_itself_follows_the_switch(reference_calls):
+    x, w, scale, shift = torch.randn(1, 8, 5, 5), torch.randn(8, 1, 3, 3), vec(8), torch.randn(8)
+    fastdw.set_disabled_ops(["dwconv_bn_act"])
+    torch.ops.fastdw.dwconv_bn_act(x, w, scale, shift, 1, 1, 1, "relu6", "cpp")
+    assert reference_calls == ["dwconv_bn_act"]
+
+
 @pytest.mark.parametrize("bad, message", [
     (["dwconv"], r"set_disabled_ops: unknown op name\(s\) \['dwconv'\]"),
     ("dwconv_bn_act", "an iterable of op names"),

@@ -98,10 +98,18 @@ def try_cpp(name, x, *args):
 
 
 def run_kernel(backend, name, *args):
-    """Backend `backend`'s kernel for op `name` on args (the first a tensor). Under autocast
-    the ops have already cast their inputs (checks.autocast); the kernel runs with autocast
-    off, or the float32 math of a half-precision input (reference's fp32 accumulation) would
-    be cast down again by the ATen ops it calls."""
+    """Backend `backend`'s kernel for op `name` (or its backward, `<op>_backward`) on args, the
+    first a tensor: x, or the gradient of the output. Every route ends here, calls recorded
+    with their backend included (an exported program, a jit trace, an AOTInductor package,
+    torch.ops.fastdw.* called by hand), so here the two rules that overrule the backend hold for
+    all of them: a disabled op (the kill switch) and an empty batch (N = 0: the C++ kernels
+    refuse it, and reference's stock ops return the empty output and zero weight gradients)
+    run on reference. Under autocast the ops have already cast their inputs (checks.autocast);
+    the kernel runs with autocast off, or the float32 math of a half-precision input
+    (reference's fp32 accumulation) would be cast down again by the ATen ops it calls."""
+    if backend != "reference" and (args[0].shape[0] == 0
+                                   or name.removesuffix("_backward") in _backend.disabled_ops()):
+        backend = "reference"
     kernel = _backend.kernel(backend, name)
     device = checks.autocast_device(args[0])
     if device is not None:
@@ -135,12 +143,9 @@ def run(custom_op, name, tensors, args, backend, kernel_args=None):
     """Step 4: custom_op(*args, backend), which runs backend `backend`'s kernel for op `name`
     on kernel_args (default args); or that kernel called directly where nothing could tell the
     difference (unobserved(tensors)); or the reference kernel, a composite of stock ops, where
-    the custom op cannot carry the call (composite_only(tensors)). An empty batch (x, the
-    first tensor, has N = 0) runs on reference, whose stock ops return the empty output and
-    zero weight gradients: the C++ kernels refuse it, and it needs no fast kernel."""
+    the custom op cannot carry the call (composite_only(tensors)). run_kernel sends disabled
+    ops and empty batches to reference."""
     kernel_args = args if kernel_args is None else kernel_args
-    if tensors[0].shape[0] == 0:
-        backend = "reference"
     if unobserved(tensors):
         return run_kernel(backend, name, *kernel_args)
     if composite_only(tensors):
