@@ -9,6 +9,8 @@ lowering table, so that inductor keeps calling the ops that table decomposes.
 import importlib.abc
 import importlib.util
 import sys
+import threading
+import warnings
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
@@ -94,28 +96,44 @@ _OPS_INDUCTOR_CALLS = []
 
 def _let_inductor_call(lowering):
     """The fallback inductor's GraphLowering.call_function makes for an op without a lowering,
-    with the same layout constraint, minus the CI-only refusal."""
-    for op in _OPS_INDUCTOR_CALLS:
-        if op not in lowering.lowerings:
-            constraint = lowering.tag_to_layout_constraint(
-                get_layout_constraint_tag(op, with_default=True))
-            lowering.make_fallback(op, layout_constraint=constraint, override_decomp=True)
+    with the same layout constraint, minus the CI-only refusal. A torch that moved these
+    helpers gets a warning, not a failure of every torch.compile in the process."""
+    try:
+        for op in _OPS_INDUCTOR_CALLS:
+            if op not in lowering.lowerings:
+                constraint = lowering.tag_to_layout_constraint(
+                    get_layout_constraint_tag(op, with_default=True))
+                lowering.make_fallback(op, layout_constraint=constraint, override_decomp=True)
+    except Exception as err:  # whatever it is, inductor must keep working
+        warnings.warn(f"fastdw could not give inductor its ops' fallbacks ({err!r}); "
+                      f"torch.compile of fastdw ops may fail where the CI variable is set")
 
 
 class _AfterInductorLoweringLoads(importlib.abc.MetaPathFinder):
     """Runs _let_inductor_call once inductor's lowering module has executed, without importing
     inductor (seconds) on `import fastdw`. Python has no post-import hook; this finder wraps the
-    module's own loader and steps out of sys.meta_path the first time it is asked."""
+    module's own loader, and steps out of sys.meta_path when that loader has run (a mere
+    importlib.util.find_spec of the module also asks it, and loads nothing)."""
+
+    def __init__(self):
+        self._asking = threading.local()  # set while it asks the other finders itself
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != _INDUCTOR_LOWERING:
+        if fullname != _INDUCTOR_LOWERING or getattr(self._asking, "now", False):
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
+        self._asking.now = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._asking.now = False
+        if spec is None or spec.loader is None:
+            return spec
         execute = spec.loader.exec_module
 
         def execute_then_register(module):
             execute(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             _let_inductor_call(module)
 
         spec.loader.exec_module = execute_then_register

@@ -116,11 +116,19 @@ assert not missing, missing
 """
 
 
-@pytest.mark.parametrize("order", ["fastdw first", "inductor first"])
+_IMPORT_ORDERS = {
+    "fastdw first": ("import fastdw.ops", "import torch._inductor.lowering"),
+    "inductor first": ("import torch._inductor.lowering", "import fastdw.ops"),
+    # A look for the module before it loads must not use up the finder.
+    "looked up first": ("import fastdw.ops, importlib.util; "
+                        "assert importlib.util.find_spec('torch._inductor.lowering')",
+                        "import torch._inductor.lowering"),
+}
+
+
+@pytest.mark.parametrize("order", _IMPORT_ORDERS)
 def test_inductor_has_a_lowering_for_each_decomposed_op(order):
-    fastdw_import, inductor_import = "import fastdw.ops", "import torch._inductor.lowering"
-    first, second = ((fastdw_import, inductor_import) if order == "fastdw first"
-                     else (inductor_import, fastdw_import))
+    first, second = _IMPORT_ORDERS[order]
     run = subprocess.run([sys.executable, "-c", _INDUCTOR_LOWERS_THE_OPS.format(
         first=first, second=second)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
