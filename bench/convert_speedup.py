@@ -11,7 +11,6 @@ batch, input size, versions, CPU and load average above it. timm models are skip
 is not installed.
 """
 import argparse
-import os
 import statistics
 import sys
 

@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 import torchvision
-from torch import nn
 
 import fastdw
 import numerics
