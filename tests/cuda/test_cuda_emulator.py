@@ -12,7 +12,7 @@ SEEDS = (1, 2, 3, 4, 5)
 
 CORRECT = ("reverse", "warp_sum", "tiles", "dynamic_reverse", "warp_exchange", "ballot",
            "shared_vector", "mma_fragments_fp16", "mma_fragments_bf16", "ldmatrix_mma",
-           "ldmatrix_trans_mma", "cp_async")
+           "ldmatrix_trans_mma", "cp_async", "cp_async_rounds")
 
 # case -> (racecheck, what the report must say)
 PLANTED = {
@@ -34,6 +34,10 @@ PLANTED = {
     "static_shared_over_limit": (False, "over the 49152 allowed on sm_80"),
     "block_too_large": (False, "invalid launch: a block of more than 1024 threads"),
     "dynamic_shared_over_arch": (False, "over the 166912 of sm_80"),
+    # A cp.async into a buffer others still read (a missing barrier after the reads): a race
+    # from the copy's issue under the detector, else a read of the next round's data.
+    "cp_async_overwrite": (False, "wrong result|cp.async into it is in flight"),
+    "cp_async_overwrite+race": (True, "shared-memory race on"),
     "cp_async_before_wait": (False, r"shared-memory access tile\[\d+\] \(4-byte read\) while a "
                                     r"cp.async into it is in flight"),
 }

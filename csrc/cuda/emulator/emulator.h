@@ -15,7 +15,8 @@
 //  * launch shapes and shared memory over the limits of the chosen architecture;
 //  * a 16-byte vector access (load_vec / store_vec) to an address not 16-byte aligned;
 //  * a shared-memory access to bytes a cp.async is still copying into: before the issuing
-//    thread's cp.async.wait_group covers its group (until then the bytes are not there).
+//    thread's cp.async.wait_group covers its group (until then the bytes are not there); with
+//    Options::racecheck, a cp.async into bytes another thread touched since the last barrier.
 // The warp-wide matrix instructions (mma.sync m16n8k16, ldmatrix) are collectives of the whole
 // warp computed with the operand fragments laid out across lanes as the PTX ISA defines them
 // ("Matrix Fragments for mma.m16n8k16", "ldmatrix"), so a kernel that builds its fragments
@@ -754,6 +755,12 @@ class SharedPtr {
       b.fail("misaligned cp.async into shared memory " + what + ": not a multiple of " +
              std::to_string(bytes));
     b.check_not_inflight(dynamic_, offset_, bytes, what);
+    // The copy may land at any moment until its wait: for the race detector it writes from
+    // its issue (and again when it lands), so a copy into bytes other threads still read
+    // before a barrier is a race.
+    if (b.opt.racecheck)
+      b.track(dynamic_ ? b.dynamic_shadow : b.static_shadow, offset_, int64_t(bytes), true,
+              "cp.async into " + what);
     b.cp_async(dynamic_, offset_, src, bytes, src_bytes);
   }
 

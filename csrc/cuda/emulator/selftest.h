@@ -179,6 +179,25 @@ __global__ void cp_async_stages(const float* in, float* out) {
     out[(kThreads + t) * 4 + e] = tile[(2 * kThreads - 1 - t) * 4 + e];
 }
 
+// out[t] = sum over two rounds of the slot of thread t + 1, each round copied by cp.async into
+// one staging buffer; without the barrier after the reads (kSecondBarrier false) the second
+// round's copy may land on a slot a slower thread has yet to read.
+template <bool kSecondBarrier>
+__global__ void cp_async_rounds(const float* in, float* out) {
+  FASTDW_SHARED_ALIGNED(float, tile, kThreads * 4, 16);
+  const unsigned t = threadIdx.x;
+  float acc = 0.f;
+  for (int round = 0; round < 2; ++round) {
+    fastdw_cuda::cp_async16(tile + t * 4, in + (round * kThreads + t) * 4, true);
+    fastdw_cuda::cp_async_commit();
+    fastdw_cuda::cp_async_wait<0>();
+    __syncthreads();
+    acc += tile[(t + 1) % kThreads * 4];
+    if (kSecondBarrier) __syncthreads();
+  }
+  out[t] = acc;
+}
+
 // Planted mistakes with no result to check: each must be reported by the emulator itself.
 __global__ void barrier_after_exit(float* out) {
   if (threadIdx.x >= kThreads / 2) return;
@@ -283,6 +302,20 @@ void run_ldmatrix_mma(const fastdw_emu::Options& o) {
   std::vector<float> d(16 * 8);
   fastdw_emu::launch(ldmatrix_mma<kTrans>, dim3(1), dim3(32), 0, o, a16, w16, d.data());
   expect_equal(d, gemm(af, wt, std::vector<float>(16 * 8, 0.f), 16, 8, 16));
+}
+
+template <bool kSecondBarrier>
+void run_cp_async_rounds(const fastdw_emu::Options& o) {
+  alignas(16) float in[2 * kThreads * 4];
+  const auto values = iota(2 * kThreads * 4);
+  std::copy(values.begin(), values.end(), in);
+  std::vector<float> out(kThreads), want(kThreads, 0.f);
+  for (unsigned round = 0; round < 2; ++round)
+    for (unsigned t = 0; t < kThreads; ++t)
+      want[t] += in[(round * kThreads + (t + 1) % kThreads) * 4];
+  fastdw_emu::launch(cp_async_rounds<kSecondBarrier>, dim3(1), dim3(kThreads), 0, o, in,
+                     out.data());
+  expect_equal(out, want);
 }
 
 template <bool kWait>
@@ -417,6 +450,8 @@ inline const std::map<std::string, std::function<void(const fastdw_emu::Options&
       {"ldmatrix_trans_mma", run_ldmatrix_mma<true>},
       {"cp_async", run_cp_async_stages<true>},
       {"cp_async_before_wait", run_cp_async_stages<false>},
+      {"cp_async_rounds", run_cp_async_rounds<true>},
+      {"cp_async_overwrite", run_cp_async_rounds<false>},
       {"dynamic_shared_over_arch", [](const auto& o) {
          auto in = iota(kThreads), out = std::vector<float>(kThreads);
          fastdw_emu::Options opted = o;  // opted in (cudaFuncSetAttribute) past the arch limit
