@@ -14,8 +14,16 @@ def _image(path):
         from skimage import data
         array, name = data.chelsea(), "skimage.data.chelsea()"
     else:
+        from PIL import Image
         from skimage import io
-        array, name = io.imread(path), path
+        with Image.open(path) as image:
+            # 16-bit and float grey: imageio keeps the dtype, whose range the weights'
+            # transforms scale by. Every other mode (1-bit, palette, grey + alpha, CMYK, ...)
+            # becomes RGB as Pillow defines it; read as an array, 1-bit is bool and CMYK's
+            # channels would pass for RGB.
+            deep = image.mode in ("I", "I;16", "I;16B", "I;16L", "F")
+            array = io.imread(path) if deep else np.asarray(image.convert("RGB"))
+        name = path
     if array.ndim == 2:  # grey scale -> 3 identical channels
         array = np.stack([array] * 3, axis=-1)
     return torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1), name

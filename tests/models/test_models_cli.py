@@ -4,7 +4,8 @@ import shutil
 import subprocess
 import sys
 
-from skimage import data  # noqa: F401  (the demo needs scikit-image; fail here if missing)
+import numpy as np
+from skimage import data  # the demo needs scikit-image: fail here if it is missing
 from torchvision.models import MobileNet_V3_Small_Weights
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
@@ -82,3 +83,29 @@ def test_demo_with_unreadable_image_is_an_argument_error(tmp_path):
 def test_info_lists_backends(tmp_path):
     out = run(["info"], tmp_path)
     assert "reference" in out and "torchvision" in out
+
+
+def _read(path):
+    from fastdw.__main__ import _image
+    image, _ = _image(str(path))
+    assert image.shape[0] == 3
+    return image.permute(1, 2, 0).numpy()
+
+
+def test_demo_reads_each_image_mode_as_the_picture_it_shows(tmp_path):
+    # Pillow's own conversions define each mode's RGB; read as raw arrays, 1-bit came out as
+    # bool (an all-white input), CMYK's channels passed for RGB (inverted colours) and grey +
+    # alpha crashed the normalisation.
+    from PIL import Image
+    photo = Image.fromarray(data.chelsea())
+    for mode, suffix in (("CMYK", "jpg"), ("1", "png"), ("LA", "png"), ("P", "png")):
+        path = tmp_path / f"{mode}.{suffix}"
+        photo.convert(mode).save(path)
+        expected = np.asarray(photo.convert(mode).convert("RGB")).astype(np.float64)
+        got = _read(path).astype(np.float64)
+        # JPEG is lossy: within a few levels of the picture, far from its inversion.
+        assert np.abs(got - expected).mean() < 4, mode
+    deep = (data.camera().astype(np.uint16) * 257)  # 16-bit grey keeps its dtype and range
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    got = _read(tmp_path / "deep.png")
+    assert got.dtype == np.uint16 and np.array_equal(got[..., 1], deep)
