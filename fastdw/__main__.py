@@ -66,8 +66,10 @@ def demo(args):
 
     enum = getattr(models, DEMO_MODELS[args.model]).IMAGENET1K_V1
     path = _weights.local_checkpoint(enum)
-    # the file found (and hash-checked) above, so that it is not looked up and checked again
-    ours = getattr(models, args.model)(weights=path).eval()
+    try:
+        ours = getattr(models, args.model)(weights=enum if path else None).eval()
+    except _weights.WeightsUnavailableError as err:  # a damaged checkpoint: say which, and how
+        sys.exit(f"fastdw demo: {err}")
     stock = getattr(torchvision.models, args.model)().eval()
     stock.load_state_dict(ours.state_dict())  # same weights in both, pretrained or not
     if path:

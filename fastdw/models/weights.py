@@ -67,6 +67,13 @@ def _hash_prefix(name):
     return match and match.group(1)
 
 
+def _digest_matches_name(path):
+    """(whether path's SHA-256 starts with the prefix in its file name, the digest)."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return digest.startswith(_hash_prefix(os.path.basename(path))), digest
+
+
 def installed_copy(weights):
     """The path of this checkpoint as an installed package ships it (OFFLINE_PACKAGES), or None
     where no such package is installed. A file whose SHA-256 does not match its name is not
@@ -78,9 +85,8 @@ def installed_copy(weights):
         return None
     for file in files:
         if file.name == name and os.path.isfile(path := str(file.locate())):
-            with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-            if digest.startswith(_hash_prefix(name)):
+            matches, digest = _digest_matches_name(path)
+            if matches:
                 return path
             warnings.warn(f"{path} (from {OFFLINE_PACKAGES[name]}) has SHA-256 {digest[:16]}..., "
                           f"not the {_hash_prefix(name)}... its name promises; not using it")
@@ -89,9 +95,20 @@ def installed_copy(weights):
 
 def local_checkpoint(weights):
     """Where this checkpoint is on this machine: the hub cache, else an installed package's
-    copy (installed_copy); None where it would have to be downloaded."""
+    copy (installed_copy); None where it would have to be downloaded. A hub-cache file whose
+    SHA-256 does not match its name (an interrupted download) gives way, with a warning, to an
+    installed copy; with none, it is what loads (and fails to, naming itself)."""
     path = cache_path(weights)
-    return path if os.path.isfile(path) else installed_copy(weights)
+    if not os.path.isfile(path):
+        return installed_copy(weights)
+    if _digest_matches_name(path)[0]:
+        return path
+    copy = installed_copy(weights)
+    if copy is None:
+        return path
+    warnings.warn(f"{path} does not match the SHA-256 its name promises (an interrupted or "
+                  f"damaged download?); using {copy} instead. Delete it to silence this.")
+    return copy
 
 
 def state_dict(weights, progress=True):

@@ -80,6 +80,17 @@ def test_demo_with_unreadable_image_is_an_argument_error(tmp_path):
         assert "argument --image" in last and str(path) in last, done.stderr
 
 
+def test_demo_with_a_damaged_checkpoint_says_which_file_and_what_to_do(tmp_path):
+    # mobilenet_v3_small: no package ships a copy to fall back on.
+    damaged = tmp_path / "hub" / "checkpoints" / os.path.basename(
+        MobileNet_V3_Small_Weights.IMAGENET1K_V1.url)
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"half a download")
+    done = python_m_fastdw(["demo", "--model", "mobilenet_v3_small"], tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert str(damaged) in done.stderr and "delete it" in done.stderr, done.stderr
+
+
 def test_info_lists_backends(tmp_path):
     out = run(["info"], tmp_path)
     assert "reference" in out and "torchvision" in out

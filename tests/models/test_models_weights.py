@@ -132,8 +132,20 @@ def test_a_package_copy_that_fails_its_hash_is_not_used(hub_dir, tmp_path, monke
             fm.mobilenet_v2(weights="IMAGENET1K_V1")
 
 
+def test_a_damaged_hub_cache_file_gives_way_to_the_package_copy(checkpoint, hub_dir):
+    """An interrupted download left a truncated file in the hub cache: its hash does not match
+    its name, so the installed package's copy is loaded instead, with a warning."""
+    damaged = hub_dir / "checkpoints" / "mobilenet_v2-b0353104.pth"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(open(checkpoint, "rb").read()[:100_000])
+    with pytest.warns(UserWarning, match="does not match the SHA-256"):
+        loaded = fm.mobilenet_v2(weights="IMAGENET1K_V1").state_dict()
+    shipped = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert all(torch.equal(loaded[k], shipped[k]) for k in shipped)
+
+
 @pytest.mark.parametrize("where", ["hub cache", "weights= path"])
-def test_empty_checkpoint_names_the_file(where, hub_dir):
+def test_empty_checkpoint_names_the_file(where, hub_dir, no_weights_package):
     empty = hub_dir / "checkpoints" / "mobilenet_v2-b0353104.pth"
     empty.parent.mkdir(parents=True)
     empty.write_bytes(b"")
