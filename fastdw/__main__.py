@@ -116,14 +116,8 @@ def info(args):
           f"torchvision {torchvision.__version__}")
 
 
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main(argv=None):
+    from fastdw.bench import run as bench
     parser = argparse.ArgumentParser(prog="python -m fastdw", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("demo", help="classify a photo with a fastdw and a torchvision "
@@ -132,13 +126,13 @@ def main(argv=None):
                      help="which model (default mobilenet_v2)")
     run.add_argument("--image", type=_image_arg,
                      help="image file (default: skimage.data.chelsea())")
-    run.add_argument("--runs", type=_positive, default=5, help="timed runs per round (default 5)")
-    run.add_argument("--rounds", type=_positive, default=3,
+    run.add_argument("--runs", type=bench.positive_int, default=5,
+                     help="timed runs per round (default 5)")
+    run.add_argument("--rounds", type=bench.positive_int, default=3,
                      help="alternating rounds (default 3)")
     run.set_defaults(func=demo)
     commands.add_parser("info", help="list backends and why each is or is not usable"
                         ).set_defaults(func=info)
-    from fastdw.bench import run as bench
     timing = commands.add_parser("bench", help="time fastdw against stock PyTorch, "
                                  "torch.compile, ONNX Runtime and OpenVINO on this machine, "
                                  "each alone in its own process, and write a dated report")

@@ -102,3 +102,13 @@ def test_bench_command_end_to_end(tmp_path):
     assert machine["versions"]["torch"] and machine["cpu_model"]
     for png in ("latency.png", "layers.png", "modelled_mobilenet_v3_small.png"):
         assert (folder / png).read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize("flag", ["--rounds", "--reps", "--threads", "--max-layers", "--batch"])
+def test_bench_refuses_counts_below_one_by_name(flag, capsys):
+    # Zero rounds or threads used to write an empty report and exit 0.
+    from fastdw.__main__ import main
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--quick", flag, "0"])
+    assert done.value.code == 2
+    assert f"argument {flag}: must be >= 1, got 0" in capsys.readouterr().err

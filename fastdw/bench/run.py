@@ -6,6 +6,7 @@ plan that provider runs: whole models, then depthwise layers. Rounds take the pr
 rotated order, and each figure is the best of a provider's process medians (bench/README.md,
 "Measuring").
 """
+import argparse
 import dataclasses
 import datetime
 import importlib.util
@@ -250,6 +251,14 @@ def run(plan, out_root, command):
     return folder
 
 
+def positive_int(text):
+    """An argparse type: an int >= 1 (counts of runs, rounds, threads, batch sizes, ...)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_arguments(parser):
     parser.add_argument("--quick", action="store_true",
                         help="MobileNetV2 and its first 6 depthwise layers at batch 1, one "
@@ -260,15 +269,18 @@ def add_arguments(parser):
                              "bench-results)")
     parser.add_argument("--models", nargs="+", choices=_providers.MODELS,
                         help="models to time (and whose depthwise layers to time)")
-    parser.add_argument("--batch", nargs="+", type=int, help="batch sizes")
+    parser.add_argument("--batch", nargs="+", type=positive_int, help="batch sizes")
     parser.add_argument("--providers", nargs="+", metavar="PROVIDER",
                         choices=list(dict.fromkeys(sum(default_providers(), [])
                                                    + [p.name for p in gpu.PROVIDERS])),
                         help="only these providers (default: all of them)")
-    parser.add_argument("--rounds", type=int, help="processes per provider, in turns")
-    parser.add_argument("--reps", type=int, help="timed bursts per workload, at most")
-    parser.add_argument("--max-layers", type=int, help="time only the first N depthwise layers")
-    parser.add_argument("--threads", type=int, default=_providers.DEFAULT_THREADS,
+    parser.add_argument("--rounds", type=positive_int,
+                        help="processes per provider, in turns")
+    parser.add_argument("--reps", type=positive_int,
+                        help="timed bursts per workload, at most")
+    parser.add_argument("--max-layers", type=positive_int,
+                        help="time only the first N depthwise layers")
+    parser.add_argument("--threads", type=positive_int, default=_providers.DEFAULT_THREADS,
                         help=f"threads of every provider (default {_providers.DEFAULT_THREADS})")
 
 
