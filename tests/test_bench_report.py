@@ -8,9 +8,10 @@ import sys
 import pytest
 from PIL import Image
 
+import fastdw
 import fastdw.backend
 from fastdw import perfmodel
-from fastdw.bench import report, run
+from fastdw.bench import measure, report, run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -102,6 +103,28 @@ def test_bench_command_end_to_end(tmp_path):
     assert machine["versions"]["torch"] and machine["cpu_model"]
     for png in ("latency.png", "layers.png", "modelled_mobilenet_v3_small.png"):
         assert (folder / png).read_bytes()[:8] == PNG
+
+
+def test_the_report_says_when_the_kill_switch_was_on(tmp_path):
+    fastdw.set_disabled_ops(["pwconv_bn_act"])
+    try:
+        record = measure.fastdw_record()
+        assert record["disabled_ops"] == ["pwconv_bn_act"]
+        assert "disabled ops: pwconv_bn_act" in measure.versions()
+    finally:
+        fastdw.set_disabled_ops(None)
+    plan = run.Plan(models=["mobilenet_v3_small"], batches=[1], layer_models=[],
+                    layer_batches=[1], rounds=1, reps=3, burst=4, max_seconds=1.0,
+                    providers=["eager", "fastdw_cpp"], layer_providers=[], modelled=())
+    results = dict(rows=[_row("model", "mobilenet_v3_small", "eager", 10.0),
+                         _row("model", "mobilenet_v3_small", "fastdw_cpp", 4.0)],
+                   skipped={}, failed={}, threads={"eager": 2}, loads=[1.0])
+    for fastdw_record, warned in ((record, True), (dict(record, disabled_ops=[]), False)):
+        folder = tmp_path / str(warned)
+        report.write(str(folder), plan=plan, command="python -m fastdw bench", results=results,
+                     machine=dict(_machine(), fastdw=fastdw_record), modelled=[], minutes=1.0)
+        text = (folder / "report.md").read_text()
+        assert ("**The kill switch was on** (FASTDW_DISABLE_OPS): pwconv_bn_act" in text) == warned
 
 
 @pytest.mark.parametrize("flag", ["--rounds", "--reps", "--threads", "--max-layers", "--batch"])

@@ -50,14 +50,16 @@ def package_versions() -> dict:
 
 
 def fastdw_record() -> dict:
-    """fastdw's version, usable backends and the C++ kernels' instruction set."""
+    """fastdw's version, usable backends, the ops its kill switch sends to stock PyTorch (every
+    fastdw column then times reference for them) and the C++ kernels' instruction set."""
     try:
         import fastdw
     except ImportError as err:
         return {"error": f"fastdw not importable: {err}"}
     rows = fastdw.info()
     record = {"version": fastdw.__version__,
-              "usable_backends": [name for name, row in rows.items() if row["usable"]]}
+              "usable_backends": [name for name, row in rows.items() if row["usable"]],
+              "disabled_ops": sorted(fastdw.disabled_ops())}
     if rows["cpp"]["usable"]:
         import fastdw.kernels.cpp
         record["cpp_capability"] = fastdw.kernels.cpp.capability()
@@ -70,8 +72,9 @@ def versions() -> str:
              if version is not None and name in ("torch", "torchvision", "onnxruntime",
                                                  "openvino")]
     fastdw = fastdw_record()
+    disabled = fastdw.get("disabled_ops") and f"; disabled ops: {', '.join(fastdw['disabled_ops'])}"
     found.append(fastdw.get("error") or f"fastdw {fastdw['version']} (usable backends: "
-                 f"{', '.join(fastdw['usable_backends'])})")
+                 f"{', '.join(fastdw['usable_backends'])}{disabled or ''})")
     return ", ".join(found)
 
 

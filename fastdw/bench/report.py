@@ -107,6 +107,16 @@ def _notes(notes, kind):
     return ["", *(f"- {line}" for line in seen)] if seen else []
 
 
+def _kill_switch_warning(machine):
+    """Lines saying which ops every fastdw column ran on stock PyTorch (FASTDW_DISABLE_OPS), if
+    any: those columns then time reference, not fastdw's kernels."""
+    disabled = machine["fastdw"].get("disabled_ops")
+    if not disabled:
+        return []
+    return [f"**The kill switch was on** (FASTDW_DISABLE_OPS): {', '.join(disabled)} ran on "
+            "stock PyTorch (the reference backend) in every fastdw column.", ""]
+
+
 def _setting(machine):
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
     return (f"{machine['cpu_model']}, {machine['cpus']} CPUs, {machine['threads']} threads per "
@@ -244,6 +254,7 @@ def write(folder, *, plan, command, results, machine, modelled, minutes):
         "A figure is the lowest of its provider's process medians, in ms. ONNX Runtime and "
         "OpenVINO run with their defaults (thread count aside, the same for every provider).",
         "",
+        *_kill_switch_warning(machine),
         "## Latency per model (CPU, measured)",
         "",
         f"![latency per model and provider]({LATENCY_PNG})",
