@@ -137,6 +137,10 @@ mark_constant_for_compile(_environment_choice)
 
 
 def _checked_op_names(names, origin):
+    names = list(names)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"{origin}: op names are str, got {name!r} ({type(name).__name__})")
     names = frozenset(names)
     unknown = sorted(names - set(OP_NAMES))
     if unknown:

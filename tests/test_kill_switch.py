@@ -169,6 +169,9 @@ def test_a_call_of_the_custom_op_itself_follows_the_switch(reference_calls):
 @pytest.mark.parametrize("bad, message", [
     (["dwconv"], r"set_disabled_ops: unknown op name\(s\) \['dwconv'\]"),
     ("dwconv_bn_act", "an iterable of op names"),
+    ([1, "dwconv_bn_act"], r"set_disabled_ops: op names are str, got 1 \(int\)"),
+    ([["dwconv_bn_act"]], r"op names are str, got \['dwconv_bn_act'\] \(list\)"),
+    (b"dwconv_bn_act", r"op names are str, got 100 \(int\)"),
 ])
 def test_bad_names_are_refused(bad, message):
     with pytest.raises((ValueError, TypeError), match=message):
