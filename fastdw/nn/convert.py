@@ -170,6 +170,8 @@ class _Walk:
                     and symmetric_conv(conv)):
                 cls = DWConvBNAct if conv.groups == conv.in_channels else ConvBNAct
                 layer = cls.wrap(conv, bn, acts[0] if acts else "none")
+                for fresh, original in zip(list(layer)[2:], act):  # wrap makes a new act
+                    fresh.training = original.training
                 if layer.children_fuse():
                     self._done(path, module, f"{cls.__name__} ({layer.kind}, {layer.act})")
                     return layer

@@ -11,6 +11,7 @@ import torchvision
 import fastdw
 import numerics
 from fastdw import backend
+from fastdw.nn.convert_fused import FusedChain
 from fastdw.torch_internals import TorchDispatchMode
 from convert_cases import SE_GATES
 
@@ -97,6 +98,9 @@ def test_converts_exactly(converted, accurate):
         with CountConvs() as fused:
             new(x)
     assert stock.depthwise > 0 and fused.depthwise == 0 and fused.fastdw >= stock.depthwise
+    with torch.no_grad():  # each converted block binds its plan (not the unfused fallback)
+        plans = [m._bind() for m in new.modules() if isinstance(m, FusedChain)]
+    assert all(isinstance(plan, list) and plan for plan in plans)
     assert {entry.name for entry in report.left} == left, str(report)
     assert report.converted and all(entry.into for entry in report.converted)
 
