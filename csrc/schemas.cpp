@@ -15,8 +15,10 @@ TORCH_LIBRARY(fastdw_cpp, m) {
   m.def("pwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, str act, "
         "Tensor? residual) -> Tensor");
   // weights: the block's tensors in the order of block_weight_names() (csrc/cpu/block_weights.h).
-  m.def("inverted_residual(Tensor x, Tensor?[] weights, int stride, str act, bool residual) "
-        "-> Tensor");
+  // se_act / se_gate: the squeeze-excite's inner activation and gate, defaults as the public
+  // op's (MobileNetV3's relu / hardsigmoid).
+  m.def("inverted_residual(Tensor x, Tensor?[] weights, int stride, str act, bool residual, "
+        "str se_act=\"relu\", str se_gate=\"hardsigmoid\") -> Tensor");
   // So that the Python side can check it lists the block's tensors in the same order.
   m.def("block_weight_names() -> str[]", &fastdw_cpu::block_weight_names);
   // Which vectorised variant runs here (avx512 / avx2 / baseline), for info() and benchmarks.

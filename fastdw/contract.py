@@ -21,6 +21,14 @@ ACTIVATIONS = {
     "silu": F.silu,
 }
 
+# squeeze-excite gate name -> stock function: the gate of an inverted-residual block's SE,
+# x * gate(fc2(se_act(fc1(avgpool(x))))). Its inner activation se_act is any name of
+# ACTIVATIONS. MobileNetV3 is relu / hardsigmoid (the ops' defaults), EfficientNet silu / sigmoid.
+SE_GATES = {
+    "hardsigmoid": F.hardsigmoid,
+    "sigmoid": torch.sigmoid,
+}
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 

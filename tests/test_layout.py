@@ -99,7 +99,7 @@ def test_backends_listed_exist():
 
 
 def test_public_inverted_residual_takes_the_block_tensors_by_their_field_names():
-    options = {"x", "stride", "act", "residual", "backend"}
+    options = {"x", "stride", "act", "residual", "se_act", "se_gate", "backend"}
     names = [n for n in inspect.signature(inverted_residual).parameters if n not in options]
     assert names == list(BlockWeights._fields)
 

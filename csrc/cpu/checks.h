@@ -98,15 +98,26 @@ inline ConvOut check_window(const at::Tensor& x, int64_t k, int64_t stride, int6
           .OW = conv_out(x.size(3), k, stride, padding, dilation, "x (width)")};
 }
 
-inline Act parse_act(c10::string_view act) {
+// An act name of fastdw.contract.ACTIVATIONS; `name` is the argument's, for the message.
+inline Act parse_act(c10::string_view act, const char* name = "act") {
   if (act == "none") return kNone;
   if (act == "relu") return kRelu;
   if (act == "relu6") return kRelu6;
   if (act == "hardswish") return kHardswish;
   if (act == "hardsigmoid") return kHardsigmoid;
   if (act == "silu") return kSilu;
-  TORCH_CHECK(false, "act must be one of none, relu, relu6, hardswish, hardsigmoid, silu; got '",
-              std::string(act), "'");
+  TORCH_CHECK(false, name, " must be one of none, relu, relu6, hardswish, hardsigmoid, silu; "
+              "got '", std::string(act), "'");
+}
+
+// The gate of an inverted-residual block's squeeze-excite (fastdw.contract.SE_GATES).
+enum class SeGate : int { kHardsigmoid = 0, kSigmoid };
+
+inline SeGate parse_se_gate(c10::string_view gate) {
+  if (gate == "hardsigmoid") return SeGate::kHardsigmoid;
+  if (gate == "sigmoid") return SeGate::kSigmoid;
+  TORCH_CHECK(false, "se_gate must be one of hardsigmoid, sigmoid; got '", std::string(gate),
+              "'");
 }
 
 // fastdw.contract.output_memory_format: channels_last in -> channels_last out, else NCHW.

@@ -1,7 +1,7 @@
 // fastdw_cpp::inverted_residual on CPU (float32), a MobileNetV2/V3 block in one call:
 //   h = act((x @ We^T) * es + eb)               expand 1x1 (skipped without expand_w)
 //   d = act(dwconv_kxk(h, stride) * ds + db)    depthwise, padding (k-1)/2
-//   d = d * hardsigmoid(W2 relu(W1 mean_hw(d) + b1) + b2)      squeeze-excite (optional)
+//   d = d * se_gate(W2 se_act(W1 mean_hw(d) + b1) + b2)        squeeze-excite (optional)
 //   y = (d @ Wp^T) * ps + pb  (+ x)             project 1x1 (+ residual)
 // all on channels-last memory, where a 1x1 conv is a GEMM over pixels.
 //
@@ -30,6 +30,7 @@
 #include <ATen/Context.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -71,6 +72,8 @@ struct Block {
   DwParams dw;            // depthwise taps/scale/shift/shape; pointers filled per group
   at::Tensor se_w1, se_b1, se_w2, se_b2;  // se_w1/se_w2 packed (packed_gemm_weight); or none
   int64_t squeeze;                        // se_w1's output channels
+  Act se_act;                             // the SE's inner activation
+  SeGate gate;                            // and its gate
 
   // Input rows [lo, hi) of the image being streamed, expanded into h (row lo at h[0]).
   struct Window {
@@ -131,25 +134,29 @@ struct Block {
   }
   int64_t d_floats() const { return (se_w1.defined() ? OH : group_rows) * OW * hidden; }
 
-  // The squeeze-excite gate of one image's d (OH*OW x hidden): the spatial mean, then fc1 + relu
-  // and fc2 + hardsigmoid as 1-row GEMMs with the activation in the epilogue. Returns a pointer
-  // into a thread-local buffer (hidden floats), valid until the next call on this thread.
+  // The squeeze-excite gate of one image's d (OH*OW x hidden): the spatial mean, then fc1 +
+  // se_act and fc2 + the gate as 1-row GEMMs with the activation in the epilogue (a sigmoid gate
+  // after it, over the hidden floats: the GEMM epilogues have the act names only). Returns a
+  // pointer into a thread-local buffer (hidden floats), valid until the next call on this thread.
   const float* se_gate(const float* d) const {
     thread_local std::vector<float> buf;
     buf.resize(2 * hidden + squeeze);
     float* pooled = buf.data();
     float* z = pooled + hidden;
-    float* gate = z + squeeze;
+    float* g = z + squeeze;
     column_means(d, OH * OW, hidden, pooled);
     gemm(GemmParams{.a = pooled, .b = se_w1.data_ptr<float>(), .c = z,
                     .shift = se_b1.data_ptr<float>(), .K = hidden, .N = squeeze, .lda = hidden,
-                    .ldc = squeeze, .act = kRelu},
+                    .ldc = squeeze, .act = se_act},
          0, 1, 0, squeeze);
-    gemm(GemmParams{.a = z, .b = se_w2.data_ptr<float>(), .c = gate,
+    const bool sigmoid = gate == SeGate::kSigmoid;
+    gemm(GemmParams{.a = z, .b = se_w2.data_ptr<float>(), .c = g,
                     .shift = se_b2.data_ptr<float>(), .K = squeeze, .N = hidden, .lda = squeeze,
-                    .ldc = hidden, .act = kHardsigmoid},
+                    .ldc = hidden, .act = sigmoid ? kNone : kHardsigmoid},
          0, 1, 0, hidden);
-    return gate;
+    if (sigmoid)  // 1 / (1 + e^-u): exp overflows to inf for u < -88, giving 0; NaN stays NaN
+      for (int64_t c = 0; c < hidden; ++c) g[c] = 1.f / (1.f + std::exp(-g[c]));
+    return g;
   }
 
   // Unit u: (image, band of output rows) without SE, an image with SE.
@@ -199,7 +206,8 @@ at::Tensor contiguous_or_none(const std::optional<at::Tensor>& t) {
 }  // namespace
 
 at::Tensor inverted_residual(const at::Tensor& x, const BlockWeights& w, int64_t stride,
-                             c10::string_view act, bool residual) {
+                             c10::string_view act, bool residual, c10::string_view se_act,
+                             c10::string_view se_gate) {
   check_feature_map(x, "x", /*allow_bf16=*/false);
   const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
   int64_t hidden = Cin;
@@ -225,6 +233,8 @@ at::Tensor inverted_residual(const at::Tensor& x, const BlockWeights& w, int64_t
   check_affine(w.project_scale, "project_scale", w.project_shift, "project_shift", Cout);
   check_range(stride, "stride", 1);
   const Act a = parse_act(act);
+  const Act sa = parse_act(se_act, "se_act");
+  const SeGate sg = parse_se_gate(se_gate);
   const bool has_se = w.se_w1.has_value();
   TORCH_CHECK(has_se == w.se_b1.has_value() && has_se == w.se_w2.has_value() &&
               has_se == w.se_b2.has_value(), "squeeze-excite needs all of se_w1, se_b1, se_w2, "
@@ -287,7 +297,7 @@ at::Tensor inverted_residual(const at::Tensor& x, const BlockWeights& w, int64_t
                      .k = k, .stride = stride, .pad = pad, .dil = 1, .act = a, .dtype = kFloat},
       .se_w1 = packed_or_none(w.se_w1), .se_b1 = contiguous_or_none(w.se_b1),
       .se_w2 = packed_or_none(w.se_w2), .se_b2 = contiguous_or_none(w.se_b2),
-      .squeeze = squeeze};
+      .squeeze = squeeze, .se_act = sa, .gate = sg};
   const int64_t units = has_se ? N : N * blk.bands_per_image();
   auto work = [&](int64_t begin, int64_t end) {
     float* h = scratch(blk.h_floats() + blk.d_floats());
@@ -303,8 +313,9 @@ at::Tensor inverted_residual(const at::Tensor& x, const BlockWeights& w, int64_t
 TORCH_LIBRARY_IMPL(fastdw_cpp, CPU, m) {
   m.impl("inverted_residual", [](const at::Tensor& x,
                                  const c10::List<std::optional<at::Tensor>>& weights,
-                                 int64_t stride, c10::string_view act, bool residual) {
+                                 int64_t stride, c10::string_view act, bool residual,
+                                 c10::string_view se_act, c10::string_view se_gate) {
     return fastdw_cpu::inverted_residual(x, fastdw_cpu::block_weights(weights), stride, act,
-                                         residual);
+                                         residual, se_act, se_gate);
   });
 }

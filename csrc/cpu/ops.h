@@ -19,8 +19,10 @@ at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
                          const at::Tensor& shift, c10::string_view act,
                          const std::optional<at::Tensor>& residual);
 
+// se_act / se_gate: the squeeze-excite's inner activation and gate (checked with or without SE).
 at::Tensor inverted_residual(const at::Tensor& x, const BlockWeights& w, int64_t stride,
-                             c10::string_view act, bool residual);
+                             c10::string_view act, bool residual, c10::string_view se_act,
+                             c10::string_view se_gate);
 
 // Conv2d (groups 1) + bias + activation with C_in*k*k <= kMaxConvTaps (the stem), for programs;
 // no op schema (torch's conv2d covers eager use). Returns channels-last output.

@@ -136,13 +136,17 @@ class Program : public torch::CustomClassHolder {
     });
   }
 
-  // weights: the block's tensors in block_weights.h's order, unpacked once here.
+  // weights: the block's tensors in block_weights.h's order, unpacked once here; se_act and
+  // se_gate: its squeeze-excite's inner activation and gate, as the op takes them.
   void add_inverted_residual(const c10::List<std::optional<at::Tensor>>& weights, int64_t stride,
-                             const std::string& act, bool residual) {
+                             const std::string& act, bool residual, const std::string& se_act,
+                             const std::string& se_gate) {
     parse_act(act);
+    parse_act(se_act, "se_act");
+    parse_se_gate(se_gate);
     const BlockWeights w = block_weights(weights);
     add("inverted_residual", [=](const at::Tensor& x) {
-      return inverted_residual(x, w, stride, act, residual);
+      return inverted_residual(x, w, stride, act, residual, se_act, se_gate);
     });
   }
 

@@ -79,11 +79,12 @@ def pwconv_bn_act(x, weight, scale, shift, act, residual):
     return torch.ops.fastdw_cpp.pwconv_bn_act(x, weight, scale, shift, act, residual)
 
 
-def inverted_residual(x, weights, stride, act, residual):
+def inverted_residual(x, weights, stride, act, residual, se_act, se_gate):
     # The kernel takes the block's tensors as one Tensor?[] list, which functorch's generic
     # batching fallback cannot split and in which the dispatcher does not resolve lazily
     # negated or conjugated views: vmap runs on reference, and views are resolved here.
     if x.dtype != torch.float32 or torch_internals.functorch_transforms_active():
-        return reference.inverted_residual(x, weights, stride, act, residual)
+        return reference.inverted_residual(x, weights, stride, act, residual, se_act, se_gate)
     weights = [t.resolve_neg().resolve_conj() if t is not None else None for t in weights]
-    return torch.ops.fastdw_cpp.inverted_residual(x, weights, stride, act, residual)
+    return torch.ops.fastdw_cpp.inverted_residual(x, weights, stride, act, residual, se_act,
+                                                  se_gate)

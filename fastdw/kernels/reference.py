@@ -9,13 +9,15 @@ Kernel contract shared by all backends (the public ops in fastdw.ops normalise t
   x (N, C, H, W); depthwise weight (C*m, 1, k, k); 1x1 weights 2-D (C_out, C_in);
   scale/shift (C_out,) always present; an inverted-residual block's tensors as one
   fastdw.contract.BlockWeights (squeeze-excite weights 2-D, biases 1-D; expand and
-  squeeze-excite entries None where the block has no such stage).
+  squeeze-excite entries None where the block has no such stage), then its options stride, act,
+  residual, se_act, se_gate (the squeeze-excite's inner activation and gate, passed whether or
+  not the block has one).
 """
 import torch
 import torch.nn.functional as F
 
-from fastdw.contract import (ACTIVATIONS, BlockWeights, compute_dtype, output_memory_format,
-                             same_padding)
+from fastdw.contract import (ACTIVATIONS, SE_GATES, BlockWeights, compute_dtype,
+                             output_memory_format, same_padding)
 
 DEVICES = None  # stock ops run on every device
 NOTES = "stock PyTorch ops; the fallback and the test oracle"
@@ -38,11 +40,11 @@ def _pw(h, weight, scale, shift, act):
     return _epilogue(F.conv2d(h, weight.to(h.dtype)[:, :, None, None]), scale, shift, act)
 
 
-def _squeeze_excite(h, w1, b1, w2, b2):
-    # torchvision's SqueezeExcitation: avg-pool -> fc1 -> ReLU -> fc2 -> hardsigmoid -> scale.
+def _squeeze_excite(h, w1, b1, w2, b2, se_act, se_gate):
+    # torchvision's SqueezeExcitation: avg-pool -> fc1 -> se_act -> fc2 -> se_gate -> scale.
     pooled = h.mean((2, 3))
-    hidden = F.relu(F.linear(pooled, w1.to(h.dtype), b1.to(h.dtype)))
-    gate = F.hardsigmoid(F.linear(hidden, w2.to(h.dtype), b2.to(h.dtype)))
+    hidden = ACTIVATIONS[se_act](F.linear(pooled, w1.to(h.dtype), b1.to(h.dtype)))
+    gate = SE_GATES[se_gate](F.linear(hidden, w2.to(h.dtype), b2.to(h.dtype)))
     return h * gate[:, :, None, None]
 
 
@@ -58,21 +60,22 @@ def pwconv_bn_act(x, weight, scale, shift, act, residual):
     return _finish(y, x)
 
 
-def inverted_residual(x, weights, stride, act, residual):
+def inverted_residual(x, weights, stride, act, residual, se_act, se_gate):
     w = weights
     h = x.to(compute_dtype(x.dtype))
     if w.expand_w is not None:
         h = _pw(h, w.expand_w, w.expand_scale, w.expand_shift, act)
     h = _dw(h, w.dw_w, w.dw_scale, w.dw_shift, stride, same_padding(w.dw_w.shape[-1]), 1, act)
     if w.se_w1 is not None:
-        h = _squeeze_excite(h, w.se_w1, w.se_b1, w.se_w2, w.se_b2)
+        h = _squeeze_excite(h, w.se_w1, w.se_b1, w.se_w2, w.se_b2, se_act, se_gate)
     y = _pw(h, w.project_w, w.project_scale, w.project_shift, "none")
     if residual:
         y = y + x.to(y.dtype)
     return _finish(y, x)
 
 
-# d act(u) / du applied to an incoming gradient g, as stock aten backward ops.
+# d act(u) / du applied to an incoming gradient g, as stock aten backward ops, for the act
+# names and the squeeze-excite gates (contract.ACTIVATIONS, contract.SE_GATES).
 _ACT_BACKWARD = {
     "none": lambda g, u: g,
     "relu": lambda g, u: torch.ops.aten.threshold_backward(g, u, 0),
@@ -80,6 +83,7 @@ _ACT_BACKWARD = {
     "hardswish": torch.ops.aten.hardswish_backward,
     "hardsigmoid": torch.ops.aten.hardsigmoid_backward,
     "silu": torch.ops.aten.silu_backward,
+    "sigmoid": lambda g, u: torch.ops.aten.sigmoid_backward(g, torch.sigmoid(u)),
 }
 
 
@@ -96,15 +100,15 @@ def _conv_bn_act_backward(grad, h, weight, scale, shift, stride, padding, dilati
     return grad_h, grad_weight, grad_scale, grad_shift
 
 
-def _squeeze_excite_backward(grad, h, w1, b1, w2, b2):
-    """Gradients of h, w1, b1, w2, b2 for out = h * hardsigmoid(fc2(relu(fc1(mean_hw(h)))))."""
+def _squeeze_excite_backward(grad, h, w1, b1, w2, b2, se_act, se_gate):
+    """Gradients of h, w1, b1, w2, b2 for out = h * se_gate(fc2(se_act(fc1(mean_hw(h)))))."""
     pooled = h.mean((2, 3))
     u1 = F.linear(pooled, w1, b1)
-    a = F.relu(u1)
+    a = ACTIVATIONS[se_act](u1)
     u2 = F.linear(a, w2, b2)
-    gate = F.hardsigmoid(u2)
-    g_u2 = torch.ops.aten.hardsigmoid_backward((grad * h).sum((2, 3)), u2)
-    g_u1 = torch.ops.aten.threshold_backward(g_u2 @ w2, u1, 0)
+    gate = SE_GATES[se_gate](u2)
+    g_u2 = _ACT_BACKWARD[se_gate]((grad * h).sum((2, 3)), u2)
+    g_u1 = _ACT_BACKWARD[se_act](g_u2 @ w2, u1)
     g_pooled = g_u1 @ w1
     grad_h = grad * gate[:, :, None, None] + g_pooled[:, :, None, None] / (h.shape[2] * h.shape[3])
     return grad_h, g_u1.t() @ pooled, g_u1.sum(0), g_u2.t() @ a, g_u2.sum(0)
@@ -127,7 +131,7 @@ def pwconv_bn_act_backward(grad, x, weight, scale, shift, act):
     return [grads[0], grads[1].flatten(1), *grads[2:]]
 
 
-def inverted_residual_backward(grad, x, weights, stride, act, residual):
+def inverted_residual_backward(grad, x, weights, stride, act, residual, se_act, se_gate):
     """(gradient of x, BlockWeights of the weights' gradients, None where a weight is None):
     the forward is recomputed stage by stage, then each stage's backward runs in reverse."""
     grad, x_c = _in_compute_dtype(x, grad, x)
@@ -137,14 +141,14 @@ def inverted_residual_backward(grad, x, weights, stride, act, residual):
                 else _pw(x_c, w.expand_w, w.expand_scale, w.expand_shift, act))
     dw_out = _dw(expanded, w.dw_w, w.dw_scale, w.dw_shift, stride, pad, 1, act)
     se = (w.se_w1, w.se_b1, w.se_w2, w.se_b2)
-    se_out = dw_out if w.se_w1 is None else _squeeze_excite(dw_out, *se)
+    se_out = dw_out if w.se_w1 is None else _squeeze_excite(dw_out, *se, se_act, se_gate)
 
     g_h, g_pw, g_ps, g_pb = _conv_bn_act_backward(
         grad, se_out, w.project_w[:, :, None, None], w.project_scale, w.project_shift, 1, 0, 1,
         1, "none")
     grads = {"project_w": g_pw.flatten(1), "project_scale": g_ps, "project_shift": g_pb}
     if w.se_w1 is not None:
-        g_h, *g_se = _squeeze_excite_backward(g_h, dw_out, *se)
+        g_h, *g_se = _squeeze_excite_backward(g_h, dw_out, *se, se_act, se_gate)
         grads.update(zip(("se_w1", "se_b1", "se_w2", "se_b2"), g_se))
     g_h, *g_dw = _conv_bn_act_backward(g_h, expanded, w.dw_w, w.dw_scale, w.dw_shift, stride,
                                        pad, 1, expanded.shape[1], act)

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from fastdw import ops, torch_internals
-from fastdw.contract import BlockWeights, adds_residual, same_padding
+from fastdw.contract import SE_GATES, BlockWeights, adds_residual, same_padding
 from fastdw.nn.cache import CachedForward, cached
 from fastdw.nn.fold import fold_bn, foldable
 from fastdw.nn.layers import (ACT_MODULES, RUN_CHILDREN, ConvBNAct, DWConvBNAct, SqueezeExcite,
                               plain, traced_as_leaf)
-from fastdw.ops.checks import matrix
+from fastdw.ops.checks import activation, matrix
 
 
 # The classes of the modules a fused block stands in for.
@@ -121,9 +121,10 @@ class InvertedResidualBlock(CachedForward, nn.Module):
             se_w2=None if se is None else matrix(se.fc2.weight),
             se_b2=None if se is None else se.fc2.bias)
         in_channels = (dw if expand is None else expand)[0].in_channels
-        return ops.bind("inverted_residual", (block,),
-                        {"stride": self.stride, "act": dw.act, "residual": self.use_res_connect},
-                        in_channels)
+        options = {"stride": self.stride, "act": dw.act, "residual": self.use_res_connect}
+        if se is not None:
+            options.update(se_act=se.act, se_gate=se.gate)
+        return ops.bind("inverted_residual", (block,), options, in_channels)
 
 
 class InvertedResidual(InvertedResidualBlock):
@@ -153,20 +154,26 @@ class InvertedResidual(InvertedResidualBlock):
 
 class InvertedResidualV3(InvertedResidualBlock):
     """MobileNetV3 block: relu or hardswish, k x k depthwise, optional squeeze-excite whose
-    squeeze width is squeeze_channels (torchvision: make_divisible(expanded // 4, 8))."""
+    squeeze width is squeeze_channels (torchvision: make_divisible(expanded // 4, 8)), with
+    inner activation se_act and gate se_gate (SqueezeExcite's act and gate: MobileNetV3's relu
+    and hardsigmoid by default, EfficientNet's silu and sigmoid)."""
     _layers_name = "block"
 
     def __init__(self, in_channels, kernel_size, expanded_channels, out_channels, stride, *,
-                 act="relu", squeeze_channels=None, eps=1e-3, momentum=0.01):
+                 act="relu", squeeze_channels=None, se_act="relu", se_gate="hardsigmoid",
+                 eps=1e-3, momentum=0.01):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
+        activation(se_act, "se_act")
+        activation(se_gate, "se_gate", SE_GATES)
         bn = dict(eps=eps, momentum=momentum)
         layers = ([ConvBNAct(in_channels, expanded_channels, 1, act=act, **bn)]
                   if expanded_channels != in_channels else [])
         layers.append(DWConvBNAct(expanded_channels, kernel_size, stride, act=act, **bn))
         if squeeze_channels is not None:
-            layers.append(SqueezeExcite(expanded_channels, squeeze_channels))
+            layers.append(SqueezeExcite(expanded_channels, squeeze_channels, act=se_act,
+                                        gate=se_gate))
         layers.append(ConvBNAct(expanded_channels, out_channels, 1, act="none", **bn))
         self._setup(layers, in_channels, out_channels, stride)
 

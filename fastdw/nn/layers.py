@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdw import ops, torch_internals
-from fastdw.contract import same_padding
+from fastdw.contract import ACTIVATIONS, SE_GATES, same_padding
 from fastdw.nn.cache import CachedForward, cached
 from fastdw.nn.fold import fold_bn, fold_conv, foldable
-from fastdw.ops import dispatch
+from fastdw.ops import checks, dispatch
 from fastdw.ops.checks import matrix
 
 # act name -> activation module class; "none" has no module.
@@ -177,17 +177,28 @@ class DWConvBNAct(ConvBNAct):
 
 
 class SqueezeExcite(nn.Module):
-    """x * hardsigmoid(fc2(relu(fc1(avgpool(x))))), fc1/fc2 1x1 convs with bias (torchvision's
-    SqueezeExcitation with scale_activation=Hardsigmoid, as in MobileNetV3)."""
+    """x * gate(fc2(act(fc1(avgpool(x))))), fc1/fc2 1x1 convs with bias: torchvision's
+    SqueezeExcitation (same state_dict keys). act is an act name of the op contract
+    (fastdw.contract.ACTIVATIONS), gate one of fastdw.contract.SE_GATES: relu / hardsigmoid as
+    in MobileNetV3 (the defaults), silu / sigmoid as in EfficientNet. Inside a fused block it
+    is the op's se_act / se_gate."""
 
-    def __init__(self, channels, squeeze_channels):
+    # Also what a module pickled before these attributes existed computes.
+    act, gate = "relu", "hardsigmoid"
+
+    def __init__(self, channels, squeeze_channels, *, act="relu", gate="hardsigmoid"):
         super().__init__()
+        self.act = checks.activation(act, "act")
+        self.gate = checks.activation(gate, "gate", SE_GATES)
         self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
         self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
 
     def forward(self, x):
-        gate = self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1))))
-        return x * F.hardsigmoid(gate)
+        gate = self.fc2(ACTIVATIONS[self.act](self.fc1(F.adaptive_avg_pool2d(x, 1))))
+        return x * SE_GATES[self.gate](gate)
+
+    def extra_repr(self):
+        return f"act={self.act!r}, gate={self.gate!r}"
 
 
 class Linear(nn.Linear):

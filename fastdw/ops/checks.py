@@ -6,9 +6,11 @@ from fastdw import contract
 from fastdw.contract import ACTIVATIONS, FLOAT_DTYPES, INT32_MAX, compute_dtype
 
 
-def activation(act, name="act"):
-    if not isinstance(act, str) or act not in ACTIVATIONS:
-        raise ValueError(f"{name} must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+def activation(act, name="act", names=ACTIVATIONS):
+    """An act name of the op contract: one of `names` (contract.ACTIVATIONS, or for a
+    squeeze-excite gate contract.SE_GATES)."""
+    if not isinstance(act, str) or act not in names:
+        raise ValueError(f"{name} must be one of {sorted(names)}, got {act!r}")
     return act
 
 

@@ -25,8 +25,8 @@ def _pwconv_bn_act(*args):
 
 
 def _inverted_residual(x, *args):
-    block, stride, act, residual, _ = split_schema_arguments(args)
-    return dispatch.run_kernel("reference", "inverted_residual", x, block, stride, act, residual)
+    block, options, _ = split_schema_arguments(args)
+    return dispatch.run_kernel("reference", "inverted_residual", x, block, *options)
 
 
 _DECOMPOSITIONS = {

@@ -2,11 +2,16 @@
 
     h = act(expand_1x1(x) * expand_scale + expand_shift)       (skipped when expand_w is None)
     h = act(depthwise_kxk(h, stride) * dw_scale + dw_shift)     (padding (k-1)//2)
-    h = h * hardsigmoid(fc2(relu(fc1(avgpool(h)))))             (only with squeeze-excite weights)
+    h = h * se_gate(fc2(se_act(fc1(avgpool(h)))))               (only with squeeze-excite weights)
     y = project_1x1(h) * project_scale + project_shift  (+ x when residual)
 
+se_act is any act name (fastdw.contract.ACTIVATIONS), se_gate one of contract.SE_GATES:
+relu / hardsigmoid by default (MobileNetV3), silu / sigmoid for EfficientNet.
+
 The block's tensors travel together as one fastdw.contract.BlockWeights: the custom ops'
-schemas are generated from its fields, and every backend takes it whole.
+schemas are generated from its fields, and every backend takes it whole. After them come the
+block's options, (stride, act, residual, se_act, se_gate) in this order everywhere (the
+schemas, the backends' kernels, the C++ kernel), then at the custom ops the backend.
 """
 from typing import Optional
 
@@ -14,8 +19,8 @@ import torch
 from torch import Tensor
 
 from fastdw import backend as _backend
-from fastdw.contract import (BLOCK_OPTIONAL, BlockWeights, adds_residual, conv_output_size,
-                             same_padding)
+from fastdw.contract import (BLOCK_OPTIONAL, SE_GATES, BlockWeights, adds_residual,
+                             conv_output_size, same_padding)
 from fastdw.ops import checks, dispatch
 from fastdw.ops._outputs import as_grad, empty_grad, empty_output
 
@@ -28,21 +33,23 @@ def _schema(leading, returns):
     """A custom op schema: `leading` arguments, the block's tensors, then its options."""
     block = ", ".join(f"Tensor{'?' if name in BLOCK_OPTIONAL else ''} {name}"
                       for name in BlockWeights._fields)
-    return f"({leading}, {block}, int stride, str act, bool residual, str backend) -> {returns}"
+    return (f"({leading}, {block}, int stride, str act, bool residual, str se_act, "
+            f"str se_gate, str backend) -> {returns}")
 
 
 def split_schema_arguments(args):
-    """(BlockWeights, stride, act, residual, backend) out of a schema's trailing arguments."""
-    return (BlockWeights._make(args[:_BLOCK_SIZE]), *args[_BLOCK_SIZE:])
+    """(BlockWeights, options, backend) out of a schema's trailing arguments: options are the
+    kernels' arguments after the block, (stride, act, residual, se_act, se_gate)."""
+    return BlockWeights._make(args[:_BLOCK_SIZE]), args[_BLOCK_SIZE:-1], args[-1]
 
 
 def _forward(x, *args):
-    block, stride, act, residual, backend = split_schema_arguments(args)
-    return dispatch.run_kernel(backend, "inverted_residual", x, block, stride, act, residual)
+    block, options, backend = split_schema_arguments(args)
+    return dispatch.run_kernel(backend, "inverted_residual", x, block, *options)
 
 
 def _forward_fake(x, *args):
-    block, stride, _, _, _ = split_schema_arguments(args)
+    block, (stride, *_), _ = split_schema_arguments(args)
     k = block.dw_w.shape[-1]
     out = [conv_output_size(s, k, stride, same_padding(k), 1) for s in x.shape[2:]]
     return empty_output(x, block.project_w.shape[0], *out)
@@ -50,9 +57,9 @@ def _forward_fake(x, *args):
 
 def _backward_op(grad, x, *args):
     """Gradients of x and of every block tensor that is not None, in schema order."""
-    block, stride, act, residual, backend = split_schema_arguments(args)
+    block, options, backend = split_schema_arguments(args)
     grad_x, grad_block = dispatch.run_kernel(backend, "inverted_residual_backward", grad, x,
-                                             block, stride, act, residual)
+                                             block, *options)
     return [as_grad(grad_x, x), *(as_grad(g, t) for g, t in zip(grad_block, block)
                                   if t is not None)]
 
@@ -72,7 +79,7 @@ _inverted_residual_backward.register_fake(_backward_fake)
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:1 + _BLOCK_SIZE])  # x and the block (None where absent)
-    ctx.options = inputs[1 + _BLOCK_SIZE:]            # stride, act, residual, backend
+    ctx.options = inputs[1 + _BLOCK_SIZE:]            # the block's options, the backend
 
 
 def _backward(ctx, grad):
@@ -94,13 +101,16 @@ def inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Optio
                       stride: int = 1, act: str = "relu6", se_w1: Optional[Tensor] = None,
                       se_b1: Optional[Tensor] = None, se_w2: Optional[Tensor] = None,
                       se_b2: Optional[Tensor] = None, residual: bool = True,
+                      se_act: str = "relu", se_gate: str = "hardsigmoid",
                       backend: Optional[str] = None) -> Tensor:
     """A fused inverted-residual block (see the module docstring for the math).
 
     x: (N, C_in, H, W). expand_w: (hidden, C_in[, 1, 1]) or None for no expansion (hidden =
     C_in). dw_w: (hidden, 1, k, k). project_w: (C_out, hidden[, 1, 1]). Scales/shifts are
     per-channel vectors or None (1 / 0). Squeeze-excite: se_w1 (S, hidden[, 1, 1]), se_b1 (S,),
-    se_w2 (hidden, S[, 1, 1]), se_b2 (hidden,), all four or none. `act` is the activation of the
+    se_w2 (hidden, S[, 1, 1]), se_b2 (hidden,), all four or none; `se_act` is the activation
+    between its two 1x1 convs (a name of fastdw.contract.ACTIVATIONS) and `se_gate` the gate
+    (fastdw.contract.SE_GATES: "hardsigmoid" or "sigmoid"). `act` is the activation of the
     expand and depthwise stages; `residual` adds x when stride is 1 and C_in == C_out.
     """
     # The tensor parameters are named as BlockWeights' fields, in its order (a test holds them
@@ -108,30 +118,35 @@ def inverted_residual(x: Tensor, expand_w: Optional[Tensor], expand_scale: Optio
     # (bench/op_overhead.py): the BlockWeights is made only for the checked route.
     weights = [expand_w, expand_scale, expand_shift, dw_w, dw_scale, dw_shift, project_w,
                project_scale, project_shift, se_w1, se_b1, se_w2, se_b2]
-    out = _kernel_first(x, weights, stride, act, residual, backend)
+    out = _kernel_first(x, weights, stride, act, residual, se_act, se_gate, backend)
     if out is not None:
         return out
-    return _checked(x, BlockWeights._make(weights), stride, act, residual, backend)
+    return _checked(x, BlockWeights._make(weights), stride, act, residual, se_act, se_gate,
+                    backend)
 
 
-def route(x, block, stride=1, act="relu6", residual=True, backend=None):
+def route(x, block, stride=1, act="relu6", residual=True, se_act="relu", se_gate="hardsigmoid",
+          backend=None):
     """inverted_residual with the block's tensors as one BlockWeights: what a BoundOp
     (fastdw.ops.bind) calls, down fastdw.ops.dispatch's one route."""
-    out = _kernel_first(x, block, stride, act, residual, backend)
-    return _checked(x, block, stride, act, residual, backend) if out is None else out
+    out = _kernel_first(x, block, stride, act, residual, se_act, se_gate, backend)
+    if out is not None:
+        return out
+    return _checked(x, block, stride, act, residual, se_act, se_gate, backend)
 
 
-def _kernel_first(x, weights, stride, act, residual, backend):
+def _kernel_first(x, weights, stride, act, residual, se_act, se_gate, backend):
     """Step 1 of the route (fastdw.ops.dispatch): the C++ kernel's output, or None where the
     call is not its to take."""
     if dispatch.cpp_direct("inverted_residual", x, weights, backend):
-        args = cpp_args(x.shape[1], weights, stride=stride, act=act, residual=residual)
+        args = cpp_args(x.shape[1], weights, stride=stride, act=act, residual=residual,
+                        se_act=se_act, se_gate=se_gate)
         if args is not None:
             return dispatch.try_cpp("inverted_residual", x, *args)
     return None
 
 
-def _checked(x, block, stride, act, residual, backend):
+def _checked(x, block, stride, act, residual, se_act, se_gate, backend):
     """Steps 2 to 4 of the route: the Python checks, the backend, its kernel."""
     # Under autocast x and the conv weights take the autocast dtype (checks.autocast).
     x, *weights = checks.autocast(x, *(getattr(block, name) for name in _CONV_WEIGHTS))
@@ -140,6 +155,8 @@ def _checked(x, block, stride, act, residual, backend):
     block, c_out = _checked_stages(x, block)
     checks.integer(stride, "stride", 1)
     checks.activation(act)
+    checks.activation(se_act, "se_act")
+    checks.activation(se_gate, "se_gate", SE_GATES)
     k = block.dw_w.shape[-1]
     for size in x.shape[2:]:
         checks.conv_output_size(size, k, stride, same_padding(k), 1, "x")
@@ -147,10 +164,11 @@ def _checked(x, block, stride, act, residual, backend):
     if not isinstance(residual, bool):
         raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
     residual = residual and adds_residual(stride, x.shape[1], c_out)
+    options = (stride, act, residual, se_act, se_gate)
     return dispatch.run(_inverted_residual, "inverted_residual", (x, *block),
-                        (x, *block, stride, act, residual),
+                        (x, *block, *options),
                         _backend.resolve(backend, x.device.type, "inverted_residual"),
-                        kernel_args=(x, block, stride, act, residual))
+                        kernel_args=(x, block, *options))
 
 
 def _checked_stages(x, block):
@@ -204,14 +222,16 @@ _PROJECT_W = BlockWeights._fields.index("project_w")
 _SQUEEZE_EXCITE = [BlockWeights._fields.index(n) for n in _SE_FIELDS]
 
 
-def cpp_args(in_channels, weights, *, stride=1, act="relu6", residual=True):
+def cpp_args(in_channels, weights, *, stride=1, act="relu6", residual=True, se_act="relu",
+             se_gate="hardsigmoid"):
     """The C++ kernel's arguments after x for a call on inputs of `in_channels` channels, with
     the block's tensors `weights` (a BlockWeights or a list in its order), or None where the
     call is not the kernel's (options of other types than the op takes, absent vectors or
     squeeze-excite biases the op would fill in). The kernel checks everything else itself, and
     takes 1x1 weights 2-D or 4-D. The block goes as a list: torch.ops converts a list faster
     than a tuple."""
-    if not (type(stride) is int and type(act) is str and type(residual) is bool):
+    if not (type(stride) is int and type(act) is str and type(residual) is bool
+            and type(se_act) is str and type(se_gate) is str):
         return None
     weights = list(weights)
     for i in _REQUIRED:
@@ -226,4 +246,4 @@ def cpp_args(in_channels, weights, *, stride=1, act="relu6", residual=True):
     project_w = weights[_PROJECT_W]
     add = (residual and project_w.dim() in (2, 4)
            and adds_residual(stride, in_channels, project_w.shape[0]))
-    return weights, stride, act, add
+    return weights, stride, act, add, se_act, se_gate

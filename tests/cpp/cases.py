@@ -10,7 +10,8 @@ forgets to write fails the comparison. Shapes are small (sanitizer runs are ~10x
 cover every template path: k 3/5 with stride 1/2, the runtime-k path (k 1, 7, stride 3,
 dilation 2), channel tails (C not a multiple of 16 or 8), 1-pixel images, every activation,
 NCHW / channels_last / strided inputs, fp32 and bf16, weights reused (cached packs) and then
-edited in place, inverted-residual blocks streamed in many row groups and in bands,
+edited in place, inverted-residual blocks streamed in many row groups and in bands, with each
+squeeze-excite inner activation (relu, silu) and gate (hardsigmoid, sigmoid),
 programs (torch.classes.fastdw_cpp.Program) chaining every kind of step, and their conv step
 (the stem) alone.
 """
@@ -100,7 +101,8 @@ def run_pw(n, cin, cout, h, w, res, act, lay):
 
 
 def ir_cases():
-    # (N, C_in, hidden, C_out, H, W, k, stride, act, squeeze-excite, expand, layout[, reuse])
+    # (N, C_in, hidden, C_out, H, W, k, stride, act, squeeze-excite, expand, layout[, reuse[,
+    # se_act, se_gate]])
     yield (2, 16, 48, 16, 9, 7, 3, 1, "relu6", False, True, "channels_last")
     yield (1, 24, 72, 40, 11, 11, 5, 2, "relu", True, True, "nchw")
     yield (2, 40, 120, 40, 7, 6, 5, 1, "hardswish", True, True, "channels_last")
@@ -114,9 +116,17 @@ def ir_cases():
     yield (1, 16, 288, 24, 11, 120, 5, 2, "hardswish", False, True, "nchw")
     yield (1, 24, 480, 24, 8, 70, 5, 1, "hardswish", True, True, "channels_last")
     yield (1, 16, 288, 16, 40, 60, 3, 1, "relu6", False, True, "channels_last")
+    # EfficientNet's SE (silu, sigmoid) and the mixed kinds; the gate scales d (6x6 = 36 pixels
+    # <= C_out 40) or the project weights (7x6 = 42 > 24), batch 2 as whole units.
+    yield (1, 24, 72, 40, 11, 11, 5, 2, "silu", True, True, "nchw", False, "silu", "sigmoid")
+    yield (2, 24, 72, 24, 7, 6, 3, 1, "hardswish", True, True, "channels_last", False, "relu",
+           "sigmoid")
+    yield (1, 16, 16, 24, 9, 9, 3, 2, "silu", True, False, "strided", False, "silu",
+           "hardsigmoid")
 
 
-def run_ir(n, cin, hid, cout, h, w, k, s, act, se, expand, lay, reuse=False):
+def run_ir(n, cin, hid, cout, h, w, k, s, act, se, expand, lay, reuse=False, se_act="relu",
+           se_gate="hardsigmoid"):
     x = layout(torch.randn(n, cin, h, w), lay)
     hid = hid if expand else cin
     ew = torch.randn(hid, cin) / cin ** 0.5 if expand else None
@@ -128,27 +138,29 @@ def run_ir(n, cin, hid, cout, h, w, k, s, act, se, expand, lay, reuse=False):
             torch.randn(hid)] if se else [None] * 4)
     res = s == 1 and cin == cout
     weights = [ew, es, eb, dw, ds, db, pw, ps, pb, *sew]
-    out = torch.ops.fastdw_cpp.inverted_residual(x, weights, s, act, res)
+    options = (s, act, res, se_act, se_gate)
+    out = torch.ops.fastdw_cpp.inverted_residual(x, weights, *options)
     if reuse:  # again with the same weight tensors, edited in place: cached packs are refreshed
-        torch.ops.fastdw_cpp.inverted_residual(x, weights, s, act, res)
+        torch.ops.fastdw_cpp.inverted_residual(x, weights, *options)
         for t in (ew, dw, pw):
             if t is not None:
                 t.mul_(-1.5)
-        out = torch.ops.fastdw_cpp.inverted_residual(x, weights, s, act, res)
-    ref = reference.inverted_residual(f64(x), f64_block(weights), s, act, res)
+        out = torch.ops.fastdw_cpp.inverted_residual(x, weights, *options)
+    ref = reference.inverted_residual(f64(x), f64_block(weights), *options)
     return out, ref, x
 
 
 def program_cases():
-    # (N, H, W, layout, head): stem conv -> block -> dwconv -> pwconv -> act [-> pool -> linear
-    # with act -> linear]
-    yield (2, 13, 11, "nchw", False)
-    yield (2, 12, 9, "channels_last", False)  # the result is the last (in-place) act's
-    yield (1, 9, 10, "channels_last", True)
-    yield (3, 8, 8, "strided", True)
+    # (N, H, W, layout, head, the block's SE (se_act, se_gate)): stem conv -> block -> dwconv ->
+    # pwconv -> act [-> pool -> linear with act -> linear]
+    yield (2, 13, 11, "nchw", False, ("relu", "hardsigmoid"))
+    # the result is the last (in-place) act's
+    yield (2, 12, 9, "channels_last", False, ("silu", "sigmoid"))
+    yield (1, 9, 10, "channels_last", True, ("relu", "hardsigmoid"))
+    yield (3, 8, 8, "strided", True, ("silu", "sigmoid"))
 
 
-def run_program(n, h, w, lay, head):
+def run_program(n, h, w, lay, head, se_kind):
     x = layout(torch.randn(n, 3, h, w), lay)
     stem_w, stem_b = torch.randn(16, 3, 3, 3) / 5, torch.randn(16)
     block = [torch.randn(48, 16) / 4, torch.rand(48) + 0.5, torch.randn(48),
@@ -160,12 +172,12 @@ def run_program(n, h, w, lay, head):
     fc = [torch.randn(32, 40) / 6, torch.randn(32), torch.randn(10, 32) / 6, torch.randn(10)]
     program = torch.classes.fastdw_cpp.Program()
     program.add_conv(stem_w, stem_b, 2, 1, 1, 1, "hardswish")
-    program.add_inverted_residual(block, 2, "relu", False)
+    program.add_inverted_residual(block, 2, "relu", False, *se_kind)
     program.add_dwconv_bn_act(*dw, 1, 2, 2, "relu6")
     program.add_pwconv_bn_act(*pw, "none")
     program.add_act("silu")
     ref = F.hardswish(F.conv2d(f64(x), f64(stem_w), f64(stem_b), 2, 1))
-    ref = reference.inverted_residual(ref, f64_block(block), 2, "relu", False)
+    ref = reference.inverted_residual(ref, f64_block(block), 2, "relu", False, *se_kind)
     ref = reference.dwconv_bn_act(ref, *map(f64, dw), 1, 2, 2, "relu6")
     ref = F.silu(reference.pwconv_bn_act(ref, *map(f64, pw), "none", None))
     if head:

@@ -32,7 +32,7 @@ def ir_args(**change):
                  se_b1=None, se_w2=None, se_b2=None)
     block.update((name, change.pop(name)) for name in list(change) if name in block)
     args = dict(x=torch.randn(1, 8, 6, 6), weights=[block[n] for n in ops.block_weight_names()],
-                stride=1, act="relu6", residual=True)
+                stride=1, act="relu6", residual=True, se_act="relu", se_gate="hardsigmoid")
     args.update(change)
     return args
 
@@ -105,6 +105,12 @@ BAD_IR = {
                     "se_w2 must have size 4"),
     "x dtype": (ir_args(x=torch.randn(1, 8, 6, 6, dtype=torch.bfloat16)), "x must be float32"),
     "act": (ir_args(act="tanh"), "act must be one of"),
+    "se_act": (ir_args(se_act="gelu"), "se_act must be one of none, relu,"),
+    "se_gate": (ir_args(se_gate="relu"),
+                "se_gate must be one of hardsigmoid, sigmoid; got 'relu'"),
+    "se_gate with se": (ir_args(se_w1=torch.randn(4, 16), se_b1=torch.zeros(4),
+                                se_w2=torch.randn(16, 4), se_b2=torch.zeros(16),
+                                se_gate="Sigmoid"), "se_gate must be one of"),
     "weights short": (ir_args(weights=IR_WEIGHTS[:12]),
                       r"weights must have 13 entries \(expand_w\?, .*se_b2\?.*\), got 12"),
     "weights long": (ir_args(weights=IR_WEIGHTS + [None]), "weights must have 13 entries"),
@@ -139,6 +145,11 @@ def test_good_arguments_run():
     assert ops.dwconv_bn_act(*dw_args().values()).shape == (2, 8, 6, 6)
     assert ops.pwconv_bn_act(*pw_args().values()).shape == (2, 4, 5, 5)
     assert ops.inverted_residual(*ir_args().values()).shape == (1, 8, 6, 6)
+    # se_act and se_gate default to MobileNetV3's relu and hardsigmoid, as the public op's do
+    args = ir_args(se_w1=torch.randn(4, 16), se_b1=torch.zeros(4), se_w2=torch.randn(16, 4),
+                   se_b2=torch.zeros(16))
+    torch.testing.assert_close(ops.inverted_residual(*list(args.values())[:5]),
+                               ops.inverted_residual(*args.values()), rtol=0, atol=0)
 
 
 def test_block_weight_names_match_python():
@@ -161,9 +172,14 @@ def test_program_checks_its_steps_and_inputs():
         program.add_linear(torch.randn(4, 8), torch.randn(5), "none")
     # A block's weights list is checked when the step is added, not at the first run.
     with pytest.raises(RuntimeError, match="weights must have 13 entries"):
-        program.add_inverted_residual(IR_WEIGHTS[:12], 1, "relu6", True)
+        program.add_inverted_residual(IR_WEIGHTS[:12], 1, "relu6", True, "relu", "hardsigmoid")
     with pytest.raises(RuntimeError, match="dw_w is required"):
-        program.add_inverted_residual(ir_args(dw_w=None)["weights"], 1, "relu6", True)
+        program.add_inverted_residual(ir_args(dw_w=None)["weights"], 1, "relu6", True, "relu",
+                                      "hardsigmoid")
+    with pytest.raises(RuntimeError, match="se_act must be one of"):
+        program.add_inverted_residual(IR_WEIGHTS, 1, "relu6", True, "gelu", "hardsigmoid")
+    with pytest.raises(RuntimeError, match="se_gate must be one of"):
+        program.add_inverted_residual(IR_WEIGHTS, 1, "relu6", True, "silu", "hardswish")
     program.add_pwconv_bn_act(*list(pw_args().values())[1:5])
     program.add_global_avg_pool()
     program.add_linear(torch.randn(3, 4), torch.randn(3), "relu")

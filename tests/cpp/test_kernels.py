@@ -72,7 +72,9 @@ PARALLEL_CASES = [
     (cases.run_ir, (1, 24, 144, 32, 56, 56, 3, 2, "relu6", False, True, "channels_last")),
     (cases.run_ir, (4, 40, 120, 40, 28, 28, 5, 1, "hardswish", True, True, "channels_last")),
     (cases.run_ir, (1, 40, 120, 80, 28, 28, 3, 2, "hardswish", True, True, "nchw")),
-    (cases.run_ir, (4, 80, 480, 112, 7, 7, 3, 1, "hardswish", True, True, "channels_last")),
+    # EfficientNet's squeeze-excite (silu, sigmoid), its gate computed per image by each thread
+    (cases.run_ir, (4, 80, 480, 112, 7, 7, 3, 1, "hardswish", True, True, "channels_last", False,
+                    "silu", "sigmoid")),
     # bands of rows as units: batch 1 at 56x56, and batch 3 on 2 threads (two bands per image)
     (cases.run_ir, (1, 24, 144, 24, 56, 56, 3, 1, "relu6", False, True, "channels_last")),
     (cases.run_ir, (3, 24, 72, 24, 40, 40, 3, 1, "relu6", False, True, "nchw")),

@@ -61,9 +61,9 @@ class IrProject:
 
     def check(self, w):
         weights = [*self.fixed, w, self.scale, self.shift, None, None, None, None]
-        out = OPS.inverted_residual(self.x, weights, 1, "relu6", False)
+        out = OPS.inverted_residual(self.x, weights, 1, "relu6", False, "relu", "hardsigmoid")
         close(out, reference.inverted_residual(f64(self.x), BlockWeights(*map(f64, weights)), 1,
-                                               "relu6", False))
+                                               "relu6", False, "relu", "hardsigmoid"))
 
 
 PROBLEMS = [Pw, Dw, IrProject]

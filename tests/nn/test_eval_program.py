@@ -13,7 +13,7 @@ from torch import nn
 import fastdw.models
 from fastdw import backend
 from fastdw.models import eval_program
-from fastdw.nn import InvertedResidualV3, cache, freeze
+from fastdw.nn import ConvBNAct, InvertedResidualV3, cache, freeze
 from numerics import rel_err
 
 
@@ -190,6 +190,29 @@ def test_module_path_where_the_program_cannot_stand_in(randomize_bn, spy, accura
     assert program_of(model) is None
     with torch.no_grad():
         assert differs(model(x), fast)  # batch statistics (which also update the running ones)
+
+
+def test_program_blocks_keep_their_squeeze_excite_act_and_gate(randomize_bn, accurate):
+    """A block's program step runs its squeeze-excite as the block does: EfficientNet's (SiLU,
+    sigmoid gate) beside MobileNetV3's (ReLU, hardsigmoid), never the latter for both."""
+    model = randomize_bn(nn.Sequential(
+        ConvBNAct(3, 16, 3, 2, act="silu"),
+        InvertedResidualV3(16, 3, 64, 24, 2, act="silu", squeeze_channels=4, se_act="silu",
+                           se_gate="sigmoid"),
+        InvertedResidualV3(24, 5, 72, 24, 1, act="hardswish", squeeze_channels=24))).eval()
+    x = torch.randn(2, 3, 32, 30)
+    frozen = freeze(model)
+    assert frozen.steps == ("conv+silu", "inverted_residual", "inverted_residual")
+    out = frozen(x)
+    assert accurate(out, model, x)
+    with torch.no_grad():
+        assert rel_err(out, model(x)) < 1e-5  # the module path: one fused op per block
+    for se, kind in [(model[1].block[2], ("relu", "hardsigmoid")),
+                     (model[2].block[2], ("silu", "sigmoid"))]:
+        changed = copy.deepcopy(model)
+        se_copy = changed.get_submodule(next(n for n, m in model.named_modules() if m is se))
+        se_copy.act, se_copy.gate = kind
+        assert differs(freeze(changed)(x), out), kind  # the program sees each one
 
 
 def test_v3_avgpool_forward_replaced(randomize_bn, spy, accurate):

@@ -1,5 +1,7 @@
 """fastdw.nn modules: fused eval forwards against the stock composition of their own children,
 train-mode behaviour, fold invalidation, one op per block, torch.compile."""
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -42,6 +44,10 @@ BLOCKS = {
                                                      squeeze_channels=24),
     "v3 no expand se s2": lambda: InvertedResidualV3(16, 3, 16, 16, 2, squeeze_channels=8),
     "v3 no se": lambda: InvertedResidualV3(24, 3, 88, 24, 1),
+    # EfficientNet's MBConv: SiLU throughout, squeeze-excite with a SiLU and a sigmoid gate
+    "mbconv se silu sigmoid": lambda: InvertedResidualV3(24, 3, 72, 24, 1, act="silu",
+                                                         squeeze_channels=6, se_act="silu",
+                                                         se_gate="sigmoid"),
 }
 
 
@@ -117,13 +123,73 @@ def test_conv_bn_act_matches_torchvision_layer(act, groups, randomize_bn):
         assert rel_err(ours(x), tv(x)) < REL_TOL[torch.float32]
 
 
-def test_squeeze_excite_matches_torchvision():
-    tv = SqueezeExcitation(32, 8, scale_activation=nn.Hardsigmoid)
-    ours = SqueezeExcite(32, 8)
+# SqueezeExcite's (act, gate) -> torchvision SqueezeExcitation's (activation, scale_activation)
+SE_KINDS = {("relu", "hardsigmoid"): (nn.ReLU, nn.Hardsigmoid),
+            ("silu", "sigmoid"): (nn.SiLU, nn.Sigmoid),
+            ("silu", "hardsigmoid"): (nn.SiLU, nn.Hardsigmoid)}
+
+
+@pytest.mark.parametrize("kind", SE_KINDS, ids="-".join)
+def test_squeeze_excite_matches_torchvision(kind):
+    activation, scale_activation = SE_KINDS[kind]
+    tv = SqueezeExcitation(32, 8, activation=activation, scale_activation=scale_activation)
+    ours = SqueezeExcite(32, 8) if kind == ("relu", "hardsigmoid") else \
+        SqueezeExcite(32, 8, act=kind[0], gate=kind[1])
     assert list(ours.state_dict()) == list(tv.state_dict())
     ours.load_state_dict(tv.state_dict())
     x = torch.randn(2, 32, 7, 7)
-    assert rel_err(ours(x), tv(x)) < 1e-6
+    y_ours, y_tv = ours(x), tv(x)
+    assert rel_err(y_ours, y_tv) < 1e-6
+    g = torch.randn_like(y_tv)
+    (y_ours * g).sum().backward()
+    (y_tv * g).sum().backward()
+    for name, p in tv.named_parameters():
+        assert rel_err(ours.get_parameter(name).grad, p.grad) < 1e-5, name
+
+
+def test_efficientnet_block_matches_torchvision_modules(randomize_bn):
+    """An MBConv block (SiLU, squeeze-excite with SiLU and sigmoid) against the same block of
+    torchvision's modules (Conv2dNormActivation, SqueezeExcitation) with its weights: outputs
+    in eval (the fused op), gradients in eval (the fused op's backward) and in training (batch
+    statistics, running-stat updates)."""
+    bn = functools.partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)
+    layer = functools.partial(Conv2dNormActivation, norm_layer=bn, activation_layer=nn.SiLU)
+    tv = randomize_bn(nn.Sequential(
+        layer(16, 64, 1), layer(64, 64, 5, 2, groups=64),
+        SqueezeExcitation(64, 4, activation=nn.SiLU, scale_activation=nn.Sigmoid),
+        layer(64, 24, 1, activation_layer=None)))
+    ours = InvertedResidualV3(16, 5, 64, 24, 2, act="silu", squeeze_channels=4, se_act="silu",
+                              se_gate="sigmoid")
+    ours.block.load_state_dict(tv.state_dict())
+    x = torch.randn(2, 16, 13, 11)
+    for mode in ("eval", "train"):
+        ours.train(mode == "train")
+        tv.train(mode == "train")
+        if mode == "eval":
+            with torch.no_grad():
+                assert rel_err(ours(x), tv(x)) < REL_TOL[torch.float32]
+        y_ours, y_tv = ours(x), tv(x)
+        assert rel_err(y_ours, y_tv) < REL_TOL[torch.float32], mode
+        g = torch.randn_like(y_tv)
+        for p in (*ours.parameters(), *tv.parameters()):
+            p.grad = None
+        (y_ours * g).sum().backward()
+        (y_tv * g).sum().backward()
+        for name, p in tv.named_parameters():
+            assert rel_err(ours.block.get_parameter(name).grad, p.grad) < 1e-4, (mode, name)
+    for name, buf in tv.named_buffers():
+        torch.testing.assert_close(ours.block.get_buffer(name), buf, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_squeeze_excite_act_and_gate():
+    with pytest.raises(ValueError, match="act must be one of"):
+        SqueezeExcite(16, 4, act="gelu")
+    with pytest.raises(ValueError, match=r"gate must be one of \['hardsigmoid', 'sigmoid'\]"):
+        SqueezeExcite(16, 4, gate="relu")
+    with pytest.raises(ValueError, match="se_act must be one of"):
+        InvertedResidualV3(16, 3, 64, 16, 1, squeeze_channels=16, se_act="tanh")
+    with pytest.raises(ValueError, match="se_gate must be one of"):
+        InvertedResidualV3(16, 3, 64, 16, 1, squeeze_channels=16, se_gate="hardswish")
 
 
 @pytest.mark.parametrize("name", ["depthwise 3x3", "stem 3x3 s2", "v3 se hardswish k5"])

@@ -48,22 +48,30 @@ def pwconv_bn_act(x, weight, scale, shift, act, residual=None):
     return y if residual is None else y + residual.double()
 
 
-def squeeze_excite(h, w1, b1, w2, b2):
+# The squeeze-excite gates (torchvision's SqueezeExcitation scale_activation).
+GATE_MODULES = {"hardsigmoid": nn.Hardsigmoid, "sigmoid": nn.Sigmoid}
+
+
+def squeeze_excite(h, w1, b1, w2, b2, se_act="relu", se_gate="hardsigmoid"):
     pooled = F.adaptive_avg_pool2d(h, 1)
-    gate = F.relu(F.conv2d(pooled, w1.double().reshape(*w1.shape[:2], 1, 1), b1.double()))
-    gate = F.hardsigmoid(F.conv2d(gate, w2.double().reshape(*w2.shape[:2], 1, 1), b2.double()))
+    gate = ACT_MODULES[se_act]()(
+        F.conv2d(pooled, w1.double().reshape(*w1.shape[:2], 1, 1), b1.double()))
+    gate = GATE_MODULES[se_gate]()(
+        F.conv2d(gate, w2.double().reshape(*w2.shape[:2], 1, 1), b2.double()))
     return h * gate
 
 
-def inverted_residual(x, expand, dw, project, se, stride, act, residual=True):
-    """expand/dw/project are (weight, scale, shift) triples; expand and se may be None."""
+def inverted_residual(x, expand, dw, project, se, stride, act, residual=True, se_act="relu",
+                      se_gate="hardsigmoid"):
+    """expand/dw/project are (weight, scale, shift) triples; expand and se may be None; se_act
+    and se_gate are the squeeze-excite's inner activation and gate."""
     h = x.double()
     if expand is not None:
         h = pwconv_bn_act(h, *expand, act)
     k = dw[0].shape[-1]
     h = dwconv_bn_act(h, *dw, stride, (k - 1) // 2, 1, act)
     if se is not None:
-        h = squeeze_excite(h, *se)
+        h = squeeze_excite(h, *se, se_act, se_gate)
     y = pwconv_bn_act(h, *project, "none")
     if residual and stride == 1 and x.shape[1] == y.shape[1]:
         y = y + x.double()

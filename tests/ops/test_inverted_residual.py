@@ -41,11 +41,12 @@ def make_block(cfg, dtype, layout="nchw"):
     return x, expand, dw, project, se, stride, act
 
 
-def call_op(x, expand, dw, project, se, stride, act, backend_name, residual=True):
+def call_op(x, expand, dw, project, se, stride, act, backend_name, residual=True, **se_kind):
+    """The op on make_block's arguments; se_kind: se_act and se_gate, where not the defaults."""
     se_kwargs = {} if se is None else dict(zip(("se_w1", "se_b1", "se_w2", "se_b2"), se))
     return ops.inverted_residual(x, *(expand or (None, None, None)), *dw, *project,
                                  stride=stride, act=act, residual=residual, backend=backend_name,
-                                 **se_kwargs)
+                                 **se_kwargs, **se_kind)
 
 
 @pytest.mark.parametrize("dtype,layout", DTYPE_LAYOUTS,
@@ -101,6 +102,12 @@ def test_gradients_match_oracle(backend_name, block, dtype):
         assert numerics.rel_err(g, w) < numerics.REL_TOL[dtype], f"input {i}"
 
 
+# The squeeze-excite's (inner activation, gate): MobileNetV3's (the defaults), EfficientNet's
+# and the two mixed.
+SE_KINDS = [("relu", "hardsigmoid"), ("relu", "sigmoid"), ("silu", "hardsigmoid"),
+            ("silu", "sigmoid")]
+
+
 @pytest.mark.parametrize("block", [(1, 4, 8, 4, 3, 2, "hardswish", 2, 5, 5),
                                    (1, 4, None, 4, 3, 1, "relu6", None, 4, 5)],
                          ids=["expand-se-s2", "no-expand-residual"])
@@ -114,6 +121,35 @@ def test_gradcheck_float64(backend_name, block):
     assert torch.autograd.gradcheck(op, flat)
 
 
+@pytest.mark.parametrize("se_act, se_gate", SE_KINDS, ids=["-".join(k) for k in SE_KINDS])
+def test_squeeze_excite_act_and_gate(backend_name, se_act, se_gate):
+    """Each SE inner activation and gate against float64 stock PyTorch: the forward (under
+    no_grad the C++ kernel's direct route, with autograd the custom op) and the gradients of
+    every input. Batch 2, residual, hidden 36 (no whole SIMD vector)."""
+    x, expand, dw, project, se, stride, act = make_block(
+        (2, 12, 36, 12, 3, 1, "hardswish", 10, 6, 7), torch.float32, "channels_last")
+    flat = _flat_inputs(x, expand, dw, project, se)
+    ref_inputs = [t.detach().double().requires_grad_() for t in flat]
+    ref = oracle.inverted_residual(*_unflatten(ref_inputs, True, True), stride, act,
+                                   se_act=se_act, se_gate=se_gate)
+    if (se_act, se_gate) != SE_KINDS[0]:  # the case tells the kinds apart
+        assert numerics.rel_err(ref, oracle.inverted_residual(x, expand, dw, project, se,
+                                                               stride, act)) > 1e-3
+    with torch.no_grad():
+        out = call_op(x, expand, dw, project, se, stride, act, backend_name, se_act=se_act,
+                      se_gate=se_gate)
+    numerics.assert_close(out, ref.detach(), torch.float32)
+    inputs = [t.detach().requires_grad_() for t in flat]
+    out = call_op(*_unflatten(inputs, True, True), stride, act, backend_name, se_act=se_act,
+                  se_gate=se_gate)
+    numerics.assert_close(out.detach(), ref.detach(), torch.float32)
+    grad = torch.randn(out.shape)
+    got = torch.autograd.grad(out, inputs, grad)
+    want = torch.autograd.grad(ref, ref_inputs, grad.double())
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert numerics.rel_err(g, w) < numerics.REL_TOL[torch.float32], f"input {i}"
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_opcheck(backend_name, layout):
     x, expand, dw, project, se, stride, act = make_block(BLOCKS[3].values[0], torch.float32,
@@ -123,7 +159,7 @@ def test_opcheck(backend_name, layout):
     two_d = lambda w: w.flatten(1)  # noqa: E731  the kernel contract takes 1x1 weights as 2-D
     block = BlockWeights(two_d(expand[0]), *expand[1:], *dw, two_d(project[0]), *project[1:],
                          two_d(se[0]), se[1], two_d(se[2]), se[3])
-    args = (x, *block, stride, act, True, backend_name)
+    args = (x, *block, stride, act, True, "silu", "sigmoid", backend_name)
     torch.library.opcheck(torch.ops.fastdw.inverted_residual.default, args)
     grad = torch.randn(1, 40, 7, 7)
     detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)

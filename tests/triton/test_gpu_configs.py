@@ -163,7 +163,7 @@ def run_block(c_in, hidden, c_out, k, stride, act, se, dtype, n, h, w, layout, l
     x = op_oracle.feature_map((n, c_in, h, w), dtype, layout, scale=1.0)
     weights, stages = block_weights(c_in, hidden, c_out, k, dtype, se)
     residual = stride == 1 and c_in == c_out
-    out = ir.forward(x, weights, stride, act, residual, gpu_tiles=True)
+    out = ir.forward(x, weights, stride, act, residual, "relu", "hardsigmoid", gpu_tiles=True)
     ref = op_oracle.inverted_residual(x, *stages, stride, act, residual)
     assert out.shape == ref.shape
     assert_close(out, ref, dtype)

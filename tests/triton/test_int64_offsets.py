@@ -105,7 +105,7 @@ def test_pwconv_past_int32_offsets(int64_launches):
 def test_inverted_residual_past_int32_offsets(se, int64_launches):
     x = far_rows(2, 16, 12, torch.float16)
     weights, stages = block_weights(16, 32, 16, 3, torch.float16, se)
-    out = ir.forward(x, weights, 1, "relu6", True)
+    out = ir.forward(x, weights, 1, "relu6", True, "relu", "hardsigmoid")
     ref = op_oracle.inverted_residual(x, *stages, 1, "relu6", True)
     assert_close(out, ref, torch.float16)
     assert int64_launches == (["ir_kernel", "pw_kernel"] if se else ["ir_kernel"])
@@ -176,7 +176,7 @@ def test_inverted_residual_picks_int64_by_image_size(shape, int64, recorded):
     c = shape[1]
     weights, _ = block_weights(c, 2 * c, c, 3, torch.float16, False)
     weights = type(weights)(*(t if t is None else t.to("meta") for t in weights))
-    ir.forward(meta(*shape), weights, 1, "relu6", True)
+    ir.forward(meta(*shape), weights, 1, "relu6", True, "relu", "hardsigmoid")
     assert set(int64_flags(recorded["ir_kernel"])) == {int64}  # one launch per wave of images
 
 

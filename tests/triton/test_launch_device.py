@@ -42,8 +42,9 @@ def every_kernel(x):
     grads = kernels.dwconv_bn_act_backward(torch.randn_like(y), x, *dw_args)
     p = kernels.pwconv_bn_act(x, torch.randn(24, c, device=x.device) / c ** 0.5,
                               *affine(24, x.device), "hardswish", None)
-    fused = kernels.inverted_residual(x, block(c, 32, c, False, x.device), 1, "relu6", True)
-    split = kernels.inverted_residual(x, block(c, 32, c, True, x.device), 1, "relu6", True)
+    options = (1, "relu6", True, "relu", "hardsigmoid")
+    fused = kernels.inverted_residual(x, block(c, 32, c, False, x.device), *options)
+    split = kernels.inverted_residual(x, block(c, 32, c, True, x.device), *options)
     return [y, *grads, p, fused, split]
 
 

@@ -30,6 +30,7 @@ if DEVICE not in kernels.DEVICES:
                 allow_module_level=True)
 
 ACTS = tuple(ACTIVATIONS)  # every act name of the op contract
+DEFAULT_SE = ("relu", "hardsigmoid")  # the squeeze-excite's (se_act, se_gate): MobileNetV3's
 
 
 # Every float tensor the kernels' launchers allocate starts as NaN (tests/triton/conftest.py).
@@ -112,7 +113,8 @@ def test_dwconv_training_step_through_public_op(act):
 
 
 def block(c_in, hidden, c_out, k, dtype, lay, se, n=1, h=10, w=10):
-    """x and the BlockWeights entries of a block, by stage (hidden None: no expansion)."""
+    """x and the BlockWeights entries of a block, by stage (hidden None: no expansion; se
+    false: no squeeze-excite)."""
     def affine(ch):
         return (torch.empty(ch, device=DEVICE).uniform_(0.5, 1.5),
                 torch.empty(ch, device=DEVICE).uniform_(-0.5, 0.5))
@@ -132,16 +134,22 @@ def block(c_in, hidden, c_out, k, dtype, lay, se, n=1, h=10, w=10):
     return x, expand, dw, project, se_args
 
 
-# (C_in, hidden, C_out, k, stride, act, SE, H, W, split expected): fused blocks (C_out <= 128, no
-# SE) and split ones (SE, or C_out > 128), with and without expansion, residual, stride 2.
+# (C_in, hidden, C_out, k, stride, act, SE (se_act, se_gate) or None, H, W, split expected):
+# fused blocks (C_out <= 128, no SE) and split ones (SE, MobileNetV3's or EfficientNet's, or
+# C_out > 128), with and without expansion, residual, stride 2.
 IR_CASES = [
-    (24, 144, 24, 3, 1, "relu6", False, 10, 10, False),
-    (16, 96, 24, 3, 2, "relu6", False, 9, 11, False),
-    (32, None, 16, 3, 1, "relu6", False, 8, 8, False),
-    (40, 120, 40, 5, 1, "hardswish", True, 7, 7, True),
-    (16, None, 16, 3, 2, "relu", True, 12, 12, True),
-    (64, 192, 160, 3, 1, "silu", False, 6, 5, True),
+    (24, 144, 24, 3, 1, "relu6", None, 10, 10, False),
+    (16, 96, 24, 3, 2, "relu6", None, 9, 11, False),
+    (32, None, 16, 3, 1, "relu6", None, 8, 8, False),
+    (40, 120, 40, 5, 1, "hardswish", DEFAULT_SE, 7, 7, True),
+    (16, None, 16, 3, 2, "relu", ("silu", "sigmoid"), 12, 12, True),
+    (64, 192, 160, 3, 1, "silu", None, 6, 5, True),
 ]
+
+
+def ir_case_id(case):
+    se = "-".join(case[6]) if case[6] else "no-se"
+    return "-".join(map(str, (*case[:6], se)))
 
 
 @pytest.mark.parametrize("dtype,lay", [(torch.float32, "nchw"), (torch.float32, "channels_last"),
@@ -149,7 +157,7 @@ IR_CASES = [
                                        (torch.float16, "channels_last"),
                                        (torch.bfloat16, "channels_last")],
                          ids=lambda v: str(v).replace("torch.", ""))
-@pytest.mark.parametrize("case", IR_CASES, ids=lambda c: "-".join(map(str, c[:7])))
+@pytest.mark.parametrize("case", IR_CASES, ids=ir_case_id)
 def test_inverted_residual_paths(case, dtype, lay, monkeypatch):
     c_in, hidden, c_out, k, stride, act, se, h, w, split = case
     x, expand, dw, project, se_args = block(c_in, hidden, c_out, k, dtype, lay, se, h=h, w=w)
@@ -158,7 +166,8 @@ def test_inverted_residual_paths(case, dtype, lay, monkeypatch):
     project_gemm = ir_module.pw_forward
     monkeypatch.setattr(ir_module, "pw_forward", lambda *a, **kw: calls.append(1) or
                         project_gemm(*a, **kw))
-    args = (x, BlockWeights(*expand, *dw, *project, *se_args), stride, act, residual)
+    args = (x, BlockWeights(*expand, *dw, *project, *se_args), stride, act, residual,
+            *(se or DEFAULT_SE))
     out = kernels.inverted_residual(*args)
     assert bool(calls) == split, "fused/split path"
     ref = reference.inverted_residual(*as64(*args))
@@ -232,7 +241,8 @@ def test_inverted_residual_zero_pads_the_expanded_map_at_tile_borders(case, dtyp
                                                   n=2, h=h, w=w)
     expand = (we, es, eb + 2.0)
     residual = stride == 1 and c_in == c_out
-    args = (x, BlockWeights(*expand, *dw, *project, *se_args), stride, act, residual)
+    args = (x, BlockWeights(*expand, *dw, *project, *se_args), stride, act, residual,
+            *DEFAULT_SE)
     out = kernels.inverted_residual(*args)
     ref = reference.inverted_residual(*as64(*args))
     assert rel_err(out, ref) < REL_TOL[dtype]
@@ -263,7 +273,8 @@ def test_inverted_residual_expands_each_window_pixel_once(case, monkeypatch):
     x, expand, dw, project, se_args = block(c_in, hidden, c_out, k, torch.float32, "nchw", se,
                                             n=n, h=h, w=w)
     residual = stride == 1 and c_in == c_out
-    args = (x, BlockWeights(*expand, *dw, *project, *se_args), stride, act, residual)
+    args = (x, BlockWeights(*expand, *dw, *project, *se_args), stride, act, residual,
+            *DEFAULT_SE)
     out = kernels.inverted_residual(*args)
     assert rel_err(out, reference.inverted_residual(*as64(*args))) < REL_TOL[torch.float32]
 
@@ -300,7 +311,8 @@ def test_inverted_residual_launches_in_waves_within_the_scratch_budget(se, monke
     n = 3
     x, expand, dw, project, se_args = block(16, 64, 16, 3, torch.float32, "channels_last", se,
                                             n=n, h=9, w=8)
-    args = (x, BlockWeights(*expand, *dw, *project, *se_args), 1, "hardswish", True)
+    args = (x, BlockWeights(*expand, *dw, *project, *se_args), 1, "hardswish", True,
+            *DEFAULT_SE)
     out = kernels.inverted_residual(*args)
     assert rel_err(out, reference.inverted_residual(*as64(*args))) < REL_TOL[torch.float32]
     tiles = math.ceil(9 / 4) * math.ceil(8 / 4)

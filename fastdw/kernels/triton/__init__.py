@@ -48,6 +48,6 @@ def pwconv_bn_act(x, weight, scale, shift, act, residual):
     return _pw.forward(x, weight, scale, shift, act, residual)
 
 
-def inverted_residual(x, weights, stride, act, residual):
+def inverted_residual(x, weights, stride, act, residual, se_act, se_gate):
     run = _ir.forward if _ir.handled(x) else reference.inverted_residual
-    return run(x, weights, stride, act, residual)
+    return run(x, weights, stride, act, residual, se_act, se_gate)

@@ -20,7 +20,7 @@ s=1, 320 for 289 at k=3 s=2), where recomputing the expansion at every tap took 
 Split (two kernels) when the project accumulator would not fit in registers (C_OUT > 128) or
 the block has squeeze-excite (its gate needs the whole map pooled before projecting): the same
 kernel with PROJECT=False writes the hidden tensor once (NHWC, x's dtype) and, for SE, per-tile
-channel sums; the gate's tiny fc1/relu/fc2/hardsigmoid run as torch ops; the 1x1 GEMM kernel of
+channel sums; the gate's tiny fc1/se_act/fc2/se_gate run as torch ops; the 1x1 GEMM kernel of
 pwconv_bn_act reads the hidden tensor once, applies the gate in its prologue and adds x.
 """
 import torch
@@ -28,7 +28,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from fastdw.contract import conv_output_size, output_memory_format, same_padding
+from fastdw.contract import (ACTIVATIONS, SE_GATES, conv_output_size, output_memory_format,
+                             same_padding)
 from fastdw.kernels.triton._shared import (MAXNREG, activation, as_offset, dot_operand,
                                            interpreting, needs_int64, on_device_of)
 from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
@@ -218,7 +219,7 @@ def handled(x):
     return pw_handled(x)
 
 
-def forward(x, block, stride, act, residual, gpu_tiles=False):
+def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
     """The block on x; `block` is a fastdw.contract.BlockWeights. gpu_tiles: launch the GPU
     tile configs (of both kernels of the split path) even under the interpreter."""
     b = block
@@ -274,8 +275,8 @@ def forward(x, block, stride, act, residual, gpu_tiles=False):
     gate = None
     if se:  # torchvision SqueezeExcitation on the pooled (N, HID) vector: tiny, torch ops
         pooled = pooled / (oh * ow)
-        hidden_se = F.relu(F.linear(pooled, b.se_w1.float(), b.se_b1.float()))
-        gate = F.hardsigmoid(F.linear(hidden_se, b.se_w2.float(), b.se_b2.float()))
+        hidden_se = ACTIVATIONS[se_act](F.linear(pooled, b.se_w1.float(), b.se_b1.float()))
+        gate = SE_GATES[se_gate](F.linear(hidden_se, b.se_w2.float(), b.se_b2.float()))
     return pw_forward(hid.permute(0, 3, 1, 2), b.project_w, b.project_scale, b.project_shift,
                       "none", x if residual else None, gate=gate, out_like=x,
                       gpu_tiles=gpu_tiles)
