@@ -61,14 +61,7 @@ def stand_in_se(se: Atom):
     shape = se.info
     fc1, fc2 = se.module.get_submodule(shape.fc1), se.module.get_submodule(shape.fc2)
     with torch.device("meta"):
-        try:
-            new = SqueezeExcite(fc1.in_channels, fc1.out_channels, act=shape.act,
-                                gate=shape.gate)
-        except TypeError:  # a SqueezeExcite before act= / gate=: relu / hardsigmoid only
-            if (shape.act, shape.gate) != ("relu", "hardsigmoid"):
-                raise ValueError(f"fastdw's SqueezeExcite computes relu / hardsigmoid, not "
-                                 f"{shape.act} / {shape.gate}") from None
-            new = SqueezeExcite(fc1.in_channels, fc1.out_channels)
+        new = SqueezeExcite(fc1.in_channels, fc1.out_channels, act=shape.act, gate=shape.gate)
     new.fc1, new.fc2 = fc1, fc2
     return new
 

@@ -1,14 +1,6 @@
-"""What the convert tests share: whether fastdw's SE takes EfficientNet's gate, and a small
-net of timm's layers and blocks (timm_parts: conftest.py)."""
-import inspect
-
+"""What the convert tests share: a small net of timm's layers and blocks (timm_parts:
+conftest.py)."""
 from torch import nn
-
-import fastdw.nn as fnn
-
-# Whether fastdw's squeeze-excite takes an act and a gate (EfficientNet's silu / sigmoid); until
-# it does, convert() leaves such SEs, saying so.
-SE_GATES = "gate" in inspect.signature(fnn.SqueezeExcite).parameters
 
 
 def small_timm_net(parts, stem_act, separable_act, *block_args, **block_kwargs):

@@ -13,7 +13,7 @@ from torch import nn
 import fastdw
 import fastdw.nn as fnn
 import numerics
-from convert_cases import SE_GATES, small_timm_net
+from convert_cases import small_timm_net
 from fastdw.nn.convert_fused import FusedChain, FusedSequential
 
 
@@ -60,11 +60,9 @@ def test_residual_block_with_drop_path_in_both_modes(randomize_bn, accurate, tim
                                                      act_layer=nn.SiLU))
     new, report = fastdw.convert(model.eval(), return_report=True)
     assert type(new) is FusedChain and new.has_skip is True
-    if SE_GATES:  # one op: expand, depthwise, EfficientNet's SE, project and the residual
-        assert report.converted[0].into == ("inverted_residual(expand + dw3x3 silu + SE "
-                                            "silu/sigmoid, residual)"), str(report)
-    else:
-        assert report.left[0].name == "se" and "silu / sigmoid" in report.left[0].why
+    # one op: expand, depthwise, EfficientNet's SE, project and the residual
+    assert report.converted[0].into == ("inverted_residual(expand + dw3x3 silu + SE "
+                                        "silu/sigmoid, residual)"), str(report)
     x = torch.randn(4, 16, 8, 8)
     check_same(new, model, x, accurate)
     model.train(), new.train()
