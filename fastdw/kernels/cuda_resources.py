@@ -10,8 +10,8 @@ __launch_bounds__ declares (.maxntid in the PTX): every kernel launches with exa
 threads. The compile is cached (fastdw/kernels/cpp_build.py, build_cache) by the sources'
 hash, so the test and the command share one build.
 
-Theoretical occupancy, as the CUDA toolkit's occupancy calculator (cuda_occupancy.h) computes
-it: resident blocks per SM are the fewest that the warp slots, the block slots, the register
+Theoretical occupancy, computed as the CUDA occupancy calculator does (the formula, in full):
+resident blocks per SM are the fewest that the warp slots, the block slots, the register
 file (registers allocated per warp in units of REGISTER_UNIT, from one of SUBPARTITIONS equal
 shares) and shared memory (per block plus the RESERVED_SHARED the system keeps, rounded up to
 SHARED_UNIT) each allow; occupancy is the resident warps over the SM's warp slots. It is what
