@@ -5,7 +5,9 @@ benchmarks time the same layers. Used by bench/gpu/ (pytest-benchmark) and by
 `python -m fastdw bench` where a CUDA device is present.
 
 No machine of this project has a GPU: this code is written to run the day one is available;
-here bench/gpu skips (NO_CUDA) and the command times CPU providers only.
+here bench/gpu skips (NO_CUDA) and the command times CPU providers only. On a GPU machine a
+fastdw provider whose backend cannot run (the CUDA extension not built, say) skips with the
+backend's own reason (unavailable()).
 """
 import copy
 import dataclasses
@@ -35,7 +37,7 @@ class Workload:
     dtype: str
     x: torch.Tensor                 # NCHW, on the GPU, in `dtype`
     module: torch.nn.Module         # stock eager module, eval, NCHW, on the GPU, in `dtype`
-    fastdw: Callable[[], Callable]  # builds fastdw's fn(x) on the triton backend
+    fastdw: Callable[[str], Callable]  # builds fastdw's fn(x) on the backend named
     about: dict
 
     def oracle(self):
@@ -55,13 +57,13 @@ def op_workload(layer: _providers.DepthwiseLayer, batch: int, dtype: str) -> Wor
     module = _on_gpu(copy.deepcopy(layer.module), x, dtype)
     x = x.to(DTYPES[dtype])
 
-    def fastdw_fn():
+    def fastdw_fn(backend):
         from fastdw import ops
         scale, shift = (t.detach() for t in ops.fold_bn(module[1]))
         return functools.partial(ops.dwconv_bn_act, weight=module[0].weight.detach(),
                                  scale=scale, shift=shift, stride=layer.stride,
                                  padding=layer.padding, dilation=layer.dilation, act=layer.act,
-                                 backend="triton")
+                                 backend=backend)
 
     return Workload(f"{dtype}-b{batch}-{layer.name}",
                     f"dwconv_bn_act {dtype} b{batch} {layer.name}",
@@ -76,7 +78,7 @@ def model_workload(model_name: str, batch: int, dtype: str) -> Workload:
     module = _on_gpu(_providers.stock_model(model_name), x, dtype)
     x = x.to(DTYPES[dtype])
 
-    def fastdw_fn():
+    def fastdw_fn(backend):
         import fastdw
         import fastdw.models
         model = getattr(fastdw.models, model_name)()
@@ -85,7 +87,7 @@ def model_workload(model_name: str, batch: int, dtype: str) -> Workload:
                                 memory_format=torch.channels_last)
 
         def run(inp):
-            with fastdw.use_backend("triton"):
+            with fastdw.use_backend(backend):
                 return model(inp)
         return run
 
@@ -120,12 +122,27 @@ def _max_autotune(workload):
                          dynamic=False)
 
 
-def _fastdw_triton(workload):
+def unavailable(backend):
+    """Why fastdw's `backend` cannot run on CUDA tensors in this process, or None where it can:
+    no CUDA device, or the backend's own reason (fastdw.backend.info), e.g. the CUDA extension
+    not built."""
     import fastdw.backend
-    if "triton" not in fastdw.backend.usable("cuda"):
-        reason = fastdw.backend.info()["triton"]["reason"] or "no CUDA device"
-        raise _providers.Unavailable(f"fastdw triton backend cannot run on CUDA: {reason}")
-    return workload.fastdw()
+    if NO_CUDA is not None:  # TRITON_INTERPRET=1 makes triton "usable" on CPU tensors only
+        return f"fastdw {backend} backend cannot run on CUDA: {NO_CUDA}"
+    if backend in fastdw.backend.usable("cuda"):
+        return None
+    about = fastdw.backend.info()[backend]
+    reason = about["reason"] or f"runs on {', '.join(about['devices'])} tensors only"
+    return f"fastdw {backend} backend cannot run on CUDA: {reason}"
+
+
+def _fastdw(backend):
+    def make(workload):
+        reason = unavailable(backend)
+        if reason is not None:
+            raise _providers.Unavailable(reason)
+        return workload.fastdw(backend)
+    return make
 
 
 PROVIDERS = [
@@ -137,8 +154,13 @@ PROVIDERS = [
              "shapes, inductor freezing), channels_last", _max_autotune, channels_last=True,
              stock=True),
     Provider("fastdw_triton", "fastdw on backend='triton', channels_last input",
-             _fastdw_triton, channels_last=True, stock=False),
+             _fastdw("triton"), channels_last=True, stock=False),
+    Provider("fastdw_cuda", "fastdw on backend='cuda' (csrc/cuda kernels; ops they do not cover "
+             "run on reference), channels_last input", _fastdw("cuda"), channels_last=True,
+             stock=False),
 ]
+# The fastdw providers, judged against the design targets (bench/gpu/compare_gpu.py).
+FASTDW_PROVIDERS = tuple(p.name for p in PROVIDERS if not p.stock)
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
