@@ -239,3 +239,39 @@ def test_fused_no_expansion_gpu_config(launches):
     launch, tiles_per_image = run_block(32, None, 16, 3, 1, "relu", False, torch.float16, 2,
                                         10, 11, "strided", launches)
     assert launch.meta["PROJECT"] and launch.grid == (2 * tiles_per_image, 1)
+
+
+@pytest.mark.parametrize("sms,path", [(132, ["ir_kernel", "pw_kernel"]), (4, ["ir_kernel"])],
+                         ids=["h100-split", "4sm-fused"])
+def test_inverted_residual_fused_or_split_by_sms(sms, path, launches, monkeypatch):
+    """A block the fused kernel takes (no SE, C_out <= 128) at batch 1, 10x10 output in 8x8
+    tiles: 4 fused programs. On a GPU of 132 SMs it runs split (one program per tile and hidden
+    chunk, then the 1x1 GEMM); on one of 4 SMs, fused; the same result both ways."""
+    monkeypatch.setattr(ir, "multiprocessors", lambda device: sms)
+    launch, tiles_per_image = run_block(16, 40, 16, 3, 1, "relu6", False, torch.float16, 1,
+                                        10, 10, "channels_last", launches)
+    assert tiles_per_image == 4
+    assert [launch.kernel for launch in launches] == path
+    assert launch.meta["PROJECT"] == (len(path) == 1)
+    chunks = 1 if launch.meta["PROJECT"] else math.ceil(40 / launch.meta["BLOCK_HID"])
+    assert launch.grid == (tiles_per_image, chunks)
+
+
+def test_multiprocessors_reads_the_tensors_gpu(monkeypatch):
+    """The SM count comes from the properties of the tensor's own device (not device 0); off a
+    GPU there is none, and the launcher keeps the fused kernel."""
+    from types import SimpleNamespace
+    from fastdw.kernels.triton._shared import multiprocessors
+    asked = []
+
+    def properties(device):
+        asked.append(torch.device(device))
+        return SimpleNamespace(multi_processor_count=108)
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    assert multiprocessors(torch.device("cuda", 1)) == 108
+    assert asked == [torch.device("cuda", 1)]
+    assert multiprocessors(torch.device("cpu")) is None
+    assert ir.runs_fused(False, 128, 3, None) and not ir.runs_fused(False, 129, 10**6, None)
+    assert not ir.runs_fused(True, 16, 10**6, 132)
+    assert ir.runs_fused(False, 16, 132, 132) and not ir.runs_fused(False, 16, 131, 132)

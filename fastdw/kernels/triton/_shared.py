@@ -38,6 +38,14 @@ def needs_int64(*tensors):
     return any(image_extent(t) > INT32_MAX for t in tensors)
 
 
+def multiprocessors(device):
+    """Streaming multiprocessors of device's GPU, or None off a GPU (the interpreter's CPU
+    tensors): what a launcher weighs its number of programs against."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def on_device_of(t):
     """The context every launcher runs its kernels in: t's CUDA device made current. Triton
     launches on the current device, on torch's current stream of that device, so without it a

@@ -17,8 +17,11 @@ it). Expand work per tile and chunk: the window's
 HALO_H*HALO_W pixels once, in whole BLOCK_P steps (8x8 tile: 128 rows for 100 pixels at k=3
 s=1, 320 for 289 at k=3 s=2), where recomputing the expansion at every tap took k*k*BLOCK_P.
 
-Split (two kernels) when the project accumulator would not fit in registers (C_OUT > 128) or
-the block has squeeze-excite (its gate needs the whole map pooled before projecting): the same
+Split (two kernels) when the project accumulator would not fit in registers (C_OUT > 128), when
+the block has squeeze-excite (its gate needs the whole map pooled before projecting), or when
+the fused grid (one program per output tile and image, each walking every hidden chunk) would
+leave SMs idle: fewer programs than the GPU has SMs (V2's 14x14 blocks at batch 1 are 4 tiles),
+where the split path's first kernel has one program per tile and hidden chunk. The same
 kernel with PROJECT=False writes the hidden tensor once (NHWC, x's dtype) and, for SE, per-tile
 channel sums; the gate's tiny fc1/se_act/fc2/se_gate run as torch ops; the 1x1 GEMM kernel of
 pwconv_bn_act reads the hidden tensor once, applies the gate in its prologue and adds x.
@@ -31,7 +34,8 @@ import triton.language as tl
 from fastdw.contract import (ACTIVATIONS, SE_GATES, conv_output_size, output_memory_format,
                              same_padding)
 from fastdw.kernels.triton._shared import (MAXNREG, activation, as_offset, dot_operand,
-                                           interpreting, needs_int64, on_device_of)
+                                           interpreting, multiprocessors, needs_int64,
+                                           on_device_of)
 from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
 from fastdw.kernels.triton.pwconv_bn_act import (dot_in_fp32, forward as pw_forward,
                                                   handled as pw_handled)
@@ -51,6 +55,13 @@ SCRATCH_BUDGET = 8 << 20
 
 def _block(channels, cap):
     return min(max(triton.next_power_of_2(channels), 16), cap)
+
+
+def runs_fused(se, c_out, programs, sms):
+    """Whether a block runs as the fused kernel: no squeeze-excite, its project accumulator
+    fits (C_OUT <= MAX_FUSED_COUT), and its `programs` fused programs (images x output tiles)
+    are at least the `sms` SMs of the GPU (None: not on a GPU, where SMs do not apply)."""
+    return not se and c_out <= MAX_FUSED_COUT and (sms is None or programs >= sms)
 
 
 def pick_config(c_in, hidden, c_out, out_h, out_w, fused, element_size, gpu_tiles=False):
@@ -228,11 +239,14 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
     pad = same_padding(k)
     oh, ow = (conv_output_size(s, k, stride, pad, 1) for s in (h, w))
     se = b.se_w1 is not None
-    fused = not se and c_out <= MAX_FUSED_COUT
-    block_oh, block_ow, block_cin, block_hid, block_cout, warps = pick_config(
-        c_in, hidden, c_out, oh, ow, fused, x.element_size(), gpu_tiles)
+    # The spatial tile is the same on both paths: the programs a fused launch would have.
+    block_oh, block_ow = pick_config(c_in, hidden, c_out, oh, ow, False, x.element_size(),
+                                     gpu_tiles)[:2]
     tiles_w = triton.cdiv(ow, block_ow)
     tiles_hw = triton.cdiv(oh, block_oh) * tiles_w
+    fused = runs_fused(se, c_out, n * tiles_hw, multiprocessors(x.device))
+    block_oh, block_ow, block_cin, block_hid, block_cout, warps = pick_config(
+        c_in, hidden, c_out, oh, ow, fused, x.element_size(), gpu_tiles)
     expand = b.expand_w is not None
     chunks = 1 if fused else triton.cdiv(hidden, block_hid)  # grid axis 1
     region = scratch_region(k, stride, block_oh, block_ow, block_hid) if expand else 0
