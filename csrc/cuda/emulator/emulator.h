@@ -545,12 +545,20 @@ struct Block {
     return v;
   }
 
-  // An access to shared bytes a cp.async is still copying into is an error.
-  void check_not_inflight(bool dynamic, size_t offset, size_t bytes, const std::string& what) {
+  template <typename What>
+  static std::string name_of(const What& what) {
+    if constexpr (std::is_invocable_v<What>) return what();
+    else return std::string(what);
+  }
+
+  // An access to shared bytes a cp.async is still copying into is an error. `what` names the
+  // access, as a string or a callable making one: the name is built only for a report.
+  template <typename What>
+  void check_not_inflight(bool dynamic, size_t offset, size_t bytes, const What& what) {
     const auto& v = dynamic ? dynamic_inflight : static_inflight;
     for (size_t i = offset; i < offset + bytes && i < v.size(); ++i)
       if (v[i])
-        fail("shared-memory access " + what + " while a cp.async into it is in flight: "
+        fail("shared-memory access " + name_of(what) + " while a cp.async into it is in flight: "
              "read or write it only after the issuing thread's cp.async.wait_group covers "
              "the copy (and a __syncthreads for other threads)");
   }
@@ -635,8 +643,9 @@ struct Block {
     return true;
   }
 
+  template <typename What>
   void track(std::vector<Shadow>& shadow, size_t offset, size_t bytes, bool write,
-             const std::string& what) {
+             const What& what) {
     const int32_t me = static_cast<int32_t>(current->linear);
     for (size_t i = offset; i < offset + bytes; ++i) {
       Shadow& s = shadow[i];
@@ -652,7 +661,7 @@ struct Block {
       if (kind) {
         const std::string by = other >= 0 ? "thread " + str_of(threads[other].thread_idx)
                                           : "other threads";
-        fail("shared-memory race on " + what + ": " + kind + " (" + by +
+        fail("shared-memory race on " + name_of(what) + ": " + kind + " (" + by +
              ") with no __syncthreads between");
       }
       if (write) {
@@ -727,15 +736,17 @@ class SharedPtr {
   unsigned char* address(bool write) const {
     detail::Block& b = this_block();
     const int64_t size = sizeof(T), index = (offset_ - begin_) / size;
-    const std::string what = std::string(name_) + "[" + std::to_string(index) + "] (" +
-                             std::to_string(sizeof(T)) + "-byte " + (write ? "write" : "read") +
-                             ")";
+    // Built only for a report: every access of an emulated kernel comes through here.
+    const auto what = [&] {
+      return std::string(name_) + "[" + std::to_string(index) + "] (" +
+             std::to_string(sizeof(T)) + "-byte " + (write ? "write" : "read") + ")";
+    };
     if (offset_ < begin_ || offset_ + size > end_)
-      b.fail("out-of-bounds shared-memory access " + what + ": " + name_ + " has " +
+      b.fail("out-of-bounds shared-memory access " + what() + ": " + name_ + " has " +
              std::to_string(end_ - begin_) + " bytes, the access is at byte " +
              std::to_string(offset_ - begin_));
     if (offset_ % static_cast<int64_t>(alignof(T)))
-      b.fail("misaligned shared-memory access " + what + ": shared address " +
+      b.fail("misaligned shared-memory access " + what() + ": shared address " +
              std::to_string(offset_) + " is not a multiple of " + std::to_string(alignof(T)));
     b.check_not_inflight(dynamic_, offset_, sizeof(T), what);
     if (b.opt.racecheck)
