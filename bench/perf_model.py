@@ -3,8 +3,10 @@
     python bench/perf_model.py --model mobilenet_v2 --batch 32 --dtype fp16 [--png out.png]
 
 Every figure is MODELLED by fastdw.perfmodel (no GPU ran): (a) stock eager, (b) BN folded with
-the activation in the conv epilogue, (c) fastdw's fused kernels. See fastdw/perfmodel.py for the
-formulas and assumptions.
+the activation in the conv epilogue, (c) the fused design (hidden tensor on chip, the ideal),
+(d) fastdw's committed Triton kernels and (e) its committed CUDA kernels, as their launchers run
+them (halo recompute, padded tiles, scratch, split blocks, reference fallbacks). See
+fastdw/perfmodel.py for the formulas and assumptions.
 """
 import argparse
 

@@ -9,7 +9,7 @@ Where the layers come from
     it (no memory is allocated and no arithmetic done). Editing a model definition changes the
     model here; an aten op this module has no cost for raises instead of being skipped silently.
 
-The three executions compared (a "pass" is one kernel; it streams its operands from DRAM once)
+The five executions compared (a "pass" is one kernel; it streams its operands from DRAM once)
     (a) eager   every aten op is a pass: conv, BatchNorm, activation, residual add, the pooling,
                 FCs and gating of squeeze-excite (SE). An in-place op still reads and writes its
                 whole tensor.   bytes = (inputs + parameters + output) * itemsize
@@ -18,7 +18,7 @@ The three executions compared (a "pass" is one kernel; it streams its operands f
                 linear layer.   bytes = (input + residual + weight + 2*C_out + output) * itemsize
                 Ops that are not the epilogue of a conv (SE pooling and gating, the global pool)
                 stay passes of their own, as in (a).
-    (c) fastdw  blocks with the math of the fastdw inverted_residual op (optional 1x1 expand with
+    (c) design  blocks with the math of the fastdw inverted_residual op (optional 1x1 expand with
                 act, depthwise with act, optional SE, 1x1 project without act, optional residual)
                 run fused, as issue 3 designs the kernels:
                   no SE:   one kernel; the expanded hidden tensor never reaches DRAM and the residual
@@ -39,14 +39,52 @@ The three executions compared (a "pass" is one kernel; it streams its operands f
                 Every other layer (stem, last 1x1 conv, MobileNetV1's depthwise-separable pairs,
                 whose pointwise conv has an activation the inverted_residual op does not have, the
                 pool and the classifier) runs as in (b), through fastdw's per-layer ops.
+                (c) is the ideal design, kept as the yardstick; (d) and (e) are what runs.
+    (d) triton  fastdw's committed Triton kernels (fastdw/kernels/triton), as their launchers
+                choose on this GPU. The tile configs, the fused-vs-split choice, the scratch
+                region and budget are the kernel modules' own (pick_config, runs_fused,
+                scratch_region, SCRATCH_BUDGET: imported, so the model follows the code).
+                inverted_residual, fused (one program per image and 8x8 output tile, each
+                walking every hidden chunk): DRAM as in (c). Per program and hidden chunk the
+                expand re-reads the x window (tile + halo, so neighbouring tiles recompute the
+                halo's expansion), computes it in whole BLOCK_P pixel steps (the padding is
+                expand work too) and writes it to an fp32 scratch region that the k*k taps read
+                back; the tl.dot tiles are padded (C_in to BLOCK_CIN, C_out to BLOCK_COUT, tile
+                pixels past the map edge). Scratch and re-reads are L2 traffic (the launcher
+                bounds a launch's scratch to SCRATCH_BUDGET, below L2; larger batches launch in
+                waves, each a kernel).
+                inverted_residual, split (SE, C_out > MAX_FUSED_COUT, or fewer fused programs
+                than SMs): the same expand + depthwise kernel, one program per tile and chunk,
+                writes the hidden tensor (x's dtype) and for SE fp32 per-tile sums to DRAM; the
+                SE gate runs as torch ops on fp32 vectors (a pass each, weight casts included);
+                pwconv_bn_act's GEMM kernel reads hidden (gate in its prologue), adds x, writes y.
+                dwconv_bn_act and pwconv_bn_act layers: their tile kernels (DRAM as (b), padded
+                tiles, each program loading its window / its rows per column tile).
+                The stem conv (F.conv2d with the BN folded into weight and bias, then its
+                activation module), the pool and the classifier (nn.Linear, then its activation
+                module) are stock torch ops on a GPU: a pass each.
+    (e) cuda    fastdw's committed CUDA kernels (csrc/cuda; tile sizes CUDA_* below, checked
+                against the headers by tests/test_perfmodel.py): dwconv_bn_act one thread per
+                output pixel and 16-byte channel pack reading its taps from global memory,
+                pwconv_bn_act 64x64 tiles (mma.sync for fp16/bf16 rows of whole 16-byte packs,
+                fp32 FMA otherwise, K padded to the chunk). inverted_residual has no CUDA kernel
+                committed: the backend runs fastdw.kernels.reference.inverted_residual, traced
+                here on meta tensors op by op (x cast to fp32, each conv, scale, shift, act a pass
+                in fp32, SE and residual as torch ops, the result cast back); stem, pool and
+                classifier as in (d).
 
 "Minimum DRAM bytes": each pass reads each operand and writes its output exactly once. Halo
 re-reads and weights re-read by many thread blocks are assumed to hit L2; a tensor written by one
 kernel and read by the next is assumed NOT to still be in L2 (H100's L2 is 50 MB, so at small
 batch the late 7x7 stages of (a) and (b) may in fact stay on chip: the model flatters fusion
-there).
+there). Folded BN scales and shifts are fp32 at fastdw's kernels (d, e), x's dtype in (a)-(c).
 
-FLOPs (identical in a, b and c: fusion moves data, it does not change the arithmetic)
+L2 bytes (d, e): what a kernel's global loads and stores move between L2 and the SMs, counted as
+the footprint of each program (thread block): L1 catches re-reads within one program, nothing is
+shared between programs, shared memory and registers are free. For (a)-(c) L2 bytes = DRAM bytes.
+
+FLOPs (identical in a, b and c: fusion moves data, it does not change the arithmetic; (d) and
+(e) count what their kernels execute: padded tiles, the halo's expansion per tile)
     conv    2 * N * C_out * H_out * W_out * (C_in / groups) * k_h * k_w  (+ N*C_out*H_out*W_out bias)
     linear  2 * M * N * K + M * N (bias)
     BatchNorm 2 per element (one FMA with a folded per-channel scale and shift)
@@ -54,16 +92,19 @@ FLOPs (identical in a, b and c: fusion moves data, it does not change the arithm
     hardswish 5 (hardsigmoid then a multiply), silu 4; add and multiply 1; mean 1 per input element
 
 Roofline time of one pass on an H100 SXM
-    t = max(bytes / 3.35 TB/s,  tensor_flops / P_tensor + cuda_core_flops / P_cuda)
+    t = max(bytes / 3.35 TB/s,  L2 bytes / 5.5 TB/s,  tensor_flops / P_tensor + cuda_core_flops / P_cuda)
+    The L2 bandwidth is an assumption (no GPU here measured it); it only bounds (d) and (e).
     P_tensor (dense convs and linears, groups == 1): 989 TFLOP/s for fp16/bf16 (dense tensor
     cores); 67 TFLOP/s for fp32 (FMA on CUDA cores: TF32 is not assumed).
     P_cuda (depthwise convs, BatchNorm, activations, adds, pooling): 67 TFLOP/s for every dtype,
     because fastdw accumulates fp16/bf16 in fp32, i.e. fp32 FMA on CUDA cores (the 134 TFLOP/s
     of packed fp16 FMA would need fp16 accumulation).
     Tensor-core and CUDA-core work are added, not overlapped, and launch latency is not modelled
-    (it dominates at batch 1: read the kernel counts alongside the times).
+    (it dominates at batch 1: read the kernel counts alongside the times). The reference path of
+    (e) computes fp16/bf16 blocks in fp32: its dense work runs at the fp32 rate.
 """
 import functools
+import importlib
 import re
 from dataclasses import dataclass, field
 
@@ -71,7 +112,7 @@ import torch
 from fastdw.torch_internals import TorchDispatchMode
 
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
-STRATEGIES = ("eager", "folded", "fastdw")
+STRATEGIES = ("eager", "folded", "design", "triton", "cuda")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -81,9 +122,13 @@ class Gpu:
     dram_bytes_per_s: float
     tensor_flops: dict      # dtype name -> FLOP/s of dense convs and linears
     cuda_core_flops: float  # FLOP/s of fp32 FMA on CUDA cores
+    l2_bytes_per_s: float   # assumed bandwidth of L2 to the SMs (see the module docstring)
+    sms: int                # streaming multiprocessors (the triton launcher weighs its grid)
+    shared_per_block: int   # opt-in dynamic shared memory of one block, bytes
 
 
-H100_SXM = Gpu("H100 SXM", 3.35e12, {"fp16": 989e12, "bf16": 989e12, "fp32": 67e12}, 67e12)
+H100_SXM = Gpu("H100 SXM", 3.35e12, {"fp16": 989e12, "bf16": 989e12, "fp32": 67e12}, 67e12,
+               5.5e12, 132, 227 * 1024)
 
 # FLOPs per element of the elementwise aten ops (see the module docstring).
 _ACT_FLOPS = {"relu": 1, "hardtanh": 2, "hardsigmoid": 4, "hardswish": 5, "silu": 4}
@@ -133,20 +178,30 @@ class Layer:
 
 @dataclass
 class Kernel:
-    """One modelled pass: bytes per layer it serves (layer index -> bytes) and its FLOPs."""
+    """One modelled pass: DRAM bytes per layer it serves (layer index -> bytes), its FLOPs,
+    and for the committed kernels (d, e) the bytes its global loads and stores move through L2
+    (None: only its DRAM bytes), the launches it takes and the dtype its dense work runs in
+    (None: the model's dtype)."""
     bytes_by_layer: dict
     tensor_flops: int
     cuda_flops: int
+    l2_bytes: int = None
+    launches: int = 1
+    dtype: str = None
 
     @property
     def bytes(self):
         return sum(self.bytes_by_layer.values())
 
+    @property
+    def l2(self):
+        return self.bytes if self.l2_bytes is None else max(self.l2_bytes, self.bytes)
+
     def memory_time(self, gpu):
-        return self.bytes / gpu.dram_bytes_per_s
+        return max(self.bytes / gpu.dram_bytes_per_s, self.l2 / gpu.l2_bytes_per_s)
 
     def time(self, gpu, dtype):
-        compute = (self.tensor_flops / gpu.tensor_flops[dtype]
+        compute = (self.tensor_flops / gpu.tensor_flops[self.dtype or dtype]
                    + self.cuda_flops / gpu.cuda_core_flops)
         return max(self.memory_time(gpu), compute)
 
@@ -389,8 +444,8 @@ def _is_inverted_residual(layers, indices):
 
 
 def _fastdw_block(indices, layers, numel, itemsize):
-    """Kernels of one fused inverted-residual block (see the module docstring), or None when the
-    block is not one."""
+    """Kernels of one inverted-residual block in the fused design (c) (see the module
+    docstring), or None when the block is not one."""
     if not _is_inverted_residual(layers, indices):
         return None
     blk = [layers[i] for i in indices]
@@ -426,31 +481,498 @@ def _fastdw_block(indices, layers, numel, itemsize):
             kernel([mul, project], project_k)]
 
 
-def kernels(tr, strategy, dtype):
-    """[(block, [Kernel])] in network order for one strategy; bytes per layer index."""
+def kernels(tr, strategy, dtype, gpu=None):
+    """[(block, [Kernel])] in network order for one strategy; bytes per layer index. `gpu`
+    (default H100_SXM) matters to the committed triton kernels, whose launcher weighs its grid
+    against the GPU's SMs."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    gpu = gpu or H100_SXM
     itemsize = torch.empty(0, dtype=DTYPES[dtype]).element_size()
     out = []
     for block, indices in _blocks(tr.layers):
+        if strategy in ("triton", "cuda"):
+            out.append((block, _committed(tr, indices, strategy, dtype, gpu)))
+            continue
         fused = (_fastdw_block(indices, tr.layers, tr.numel, itemsize)
-                 if strategy == "fastdw" else None)
+                 if strategy == "design" else None)
         if fused is not None:
             out.append((block, fused))
             continue
         ks = []
         for i in indices:
-            layer = tr.layers[i]
             if strategy == "eager":
-                for op in layer.ops:
-                    elems = sum(tr.numel[v] for v in op.reads) + op.params + tr.numel[op.out]
-                    tensor = op.flops if op.tensor_core else 0
-                    ks.append(Kernel({i: elems * itemsize}, tensor, op.flops - tensor))
+                ks += _eager(tr, i, itemsize)
             else:
-                elems = (sum(tr.numel[v] for v in layer.inputs) + layer.folded_params
-                         + tr.numel[layer.out])
-                tensor = sum(op.flops for op in layer.ops if op.tensor_core)
-                ks.append(Kernel({i: elems * itemsize}, tensor, layer.flops - tensor))
+                ks.append(_folded(tr, i, itemsize))
         out.append((block, ks))
     return out
+
+
+def _eager(tr, i, itemsize):
+    """Layer i's ops, each a pass of its own."""
+    ks = []
+    for op in tr.layers[i].ops:
+        elems = sum(tr.numel[v] for v in op.reads) + op.params + tr.numel[op.out]
+        tensor = op.flops if op.tensor_core else 0
+        ks.append(Kernel({i: elems * itemsize}, tensor, op.flops - tensor))
+    return ks
+
+
+def _folded(tr, i, itemsize):
+    """Layer i as one pass, BN folded and its act and residual in the epilogue."""
+    layer = tr.layers[i]
+    elems = sum(tr.numel[v] for v in layer.inputs) + layer.folded_params + tr.numel[layer.out]
+    tensor = sum(op.flops for op in layer.ops if op.tensor_core)
+    return Kernel({i: elems * itemsize}, tensor, layer.flops - tensor)
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) triton and (e) cuda: fastdw's committed kernels, as their launchers run them on a GPU.
+
+PARAM_BYTES = 4    # folded BN scales and shifts reach every fastdw kernel in fp32 (fold_bn)
+SCRATCH_BYTES = 4  # the triton block's expand scratch: inverted_residual.forward's fp32 workspace
+# aten name of a traced activation -> the act name of fastdw's ops (fastdw.contract.ACTIVATIONS)
+_ACT_NAMES = {"hardtanh": "relu6", "relu": "relu", "hardswish": "hardswish",
+              "hardsigmoid": "hardsigmoid", "silu": "silu"}
+# csrc/cuda tile constants (a test reads them from the headers and fails when they differ):
+# pwconv_bn_act.cuh: kMmaTile (= kFfmaTile) pixels x output channels per block, and the K chunk
+# of the tensor-core (kMmaK) and fp32 FMA (kFfmaK) kernels; dwconv_bn_act.cuh: a thread owns one
+# 16-byte pack of channels, a block 256 threads with at most 16 channel groups.
+CUDA_PW_TILE, CUDA_PW_MMA_K, CUDA_PW_FFMA_K = 64, 32, 16
+CUDA_PACK_BYTES, CUDA_DW_THREADS, CUDA_DW_MAX_GROUPS = 16, 256, 16
+# inverted_residual.cuh: a block owns a kIrTile x kIrTile output tile and kIrCout output
+# channels, walks the hidden channels in chunks of kIrChunk (C_in too), rows of kIrRow elements.
+CUDA_IR_TILE, CUDA_IR_CHUNK, CUDA_IR_COUT, CUDA_IR_ROW = 8, 32, 64, 40
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _round_up(a, b):
+    return _cdiv(a, b) * b
+
+
+@dataclass(frozen=True)
+class IRShape:
+    """One inverted-residual block as its op sees it, read from the block's traced layers."""
+    n: int
+    c_in: int
+    h: int
+    w: int
+    hidden: int
+    k: int
+    stride: int
+    oh: int
+    ow: int
+    c_out: int
+    act: str            # fastdw act name of expand and depthwise
+    residual: bool
+    squeeze: int        # SE inner channels, 0 without SE
+    se_act: str
+    se_gate: str
+    stages: dict        # stage (expand, dw, project, mean, fc1, fc2, mul) -> layer index
+
+    @property
+    def expand(self):
+        return "expand" in self.stages
+
+
+def ir_shape(tr, indices):
+    """The IRShape of a fused block's layers (see _is_inverted_residual)."""
+    layers = [tr.layers[i] for i in indices]
+    stages = {}
+    if layers[0].role.startswith("pw"):
+        stages["expand"] = indices[0]
+    stages["dw"] = indices[len(stages)]
+    stages["project"] = indices[-1]
+    squeeze = 0
+    if len(indices) - len(stages) == 4:
+        stages.update(zip(("mean", "fc1", "fc2", "mul"), indices[-5:-1]))
+        squeeze = tr.layers[stages["fc1"]].ops[0].conv["c_out"]
+
+    def act_of(i, default):
+        return next((op.name for op in tr.layers[i].ops if op.kind == "act"), default)
+
+    n, c_in, h, w = tr.shape[layers[0].inputs[0]]
+    dw = tr.layers[stages["dw"]]
+    _, hidden, oh, ow = tr.shape[dw.out]
+    return IRShape(n, c_in, h, w, hidden, dw.ops[0].conv["k"], dw.ops[0].conv["stride"], oh, ow,
+                   tr.layers[stages["project"]].ops[0].conv["c_out"],
+                   _ACT_NAMES[act_of(stages["dw"], None)],
+                   tr.layers[stages["project"]].role.endswith("+res"), squeeze,
+                   _ACT_NAMES.get(act_of(stages.get("fc1", stages["dw"]), None), "relu"),
+                   _ACT_NAMES[act_of(stages["fc2"], None)] if squeeze else "hardsigmoid",
+                   stages)
+
+
+def _window_pixels(size, out, block, stride, k):
+    """Input pixels inside the image, summed over the tiles of one image axis, of the windows
+    ((block - 1) * stride + k pixels from tile * block * stride - (k - 1) // 2) that output tiles
+    of `block` pixels read along an axis of `size` input / `out` output pixels."""
+    span, total = (block - 1) * stride + k, 0
+    for t in range(_cdiv(out, block)):
+        start = t * block * stride - (k - 1) // 2
+        total += max(0, min(start + span, size) - max(start, 0))
+    return total
+
+
+def _triton_module(op):
+    """The module of triton kernel `op` (by path: the package rebinds these names to the
+    backend's functions). Imported on first use: tracing needs no Triton."""
+    return importlib.import_module(f"fastdw.kernels.triton.{op}")
+
+
+def triton_ir_plan(b, itemsize, gpu):
+    """What fastdw/kernels/triton/inverted_residual.forward launches for block b on `gpu`: a
+    dict of fused (bool), the tile config, tiles per image, hidden chunks, the scratch region
+    (elements) and launches (waves of images sharing the scratch budget)."""
+    ir = _triton_module("inverted_residual")
+    tile = ir.pick_config(b.c_in, b.hidden, b.c_out, b.oh, b.ow, False, itemsize, True)[:2]
+    tiles_hw = _cdiv(b.oh, tile[0]) * _cdiv(b.ow, tile[1])
+    fused = ir.runs_fused(b.squeeze > 0, b.c_out, b.n * tiles_hw, gpu.sms)
+    config = ir.pick_config(b.c_in, b.hidden, b.c_out, b.oh, b.ow, fused, itemsize, True)
+    chunks = _cdiv(b.hidden, config[3])
+    region = ir.scratch_region(b.k, b.stride, *config[:2], config[3]) if b.expand else 0
+    grid_chunks = 1 if fused else chunks
+    wave = max(1, min(b.n, ir.SCRATCH_BUDGET
+                      // max(1, tiles_hw * grid_chunks * region * SCRATCH_BYTES)))
+    return dict(fused=fused, config=config, tiles_hw=tiles_hw, chunks=chunks, region=region,
+                launches=_cdiv(b.n, wave), grid=(wave * tiles_hw, grid_chunks))
+
+
+def _triton_ir(b, itemsize, gpu):
+    """Kernels of block b on the triton backend (see the module docstring, (d))."""
+    plan = triton_ir_plan(b, itemsize, gpu)
+    boh, bow, bcin, bhid, bcout, _ = plan["config"]
+    st, s = b.stages, itemsize
+    bp, chunks = boh * bow, plan["chunks"]
+    programs = b.n * plan["tiles_hw"]
+    work = programs * chunks               # (program, hidden chunk) pairs, fused or split
+    window = b.n * (_window_pixels(b.h, b.oh, boh, b.stride, b.k)
+                    * _window_pixels(b.w, b.ow, bow, b.stride, b.k))
+    act = _act_flops(b.act)
+    x, y = b.n * b.c_in * b.h * b.w * s, b.n * b.c_out * b.oh * b.ow * s
+    we = (b.c_in * b.hidden * s + 2 * b.hidden * PARAM_BYTES) if b.expand else 0
+    wd = b.k * b.k * b.hidden * s + 2 * b.hidden * PARAM_BYTES
+    wp = b.hidden * b.c_out * s + 2 * b.c_out * PARAM_BYTES
+    first = st.get("expand", st["dw"])
+    if b.expand:  # each chunk re-expands its window, in whole BLOCK_P steps, through scratch
+        e_tensor = work * plan["region"] * _round_up(b.c_in, bcin) * 2
+        e_cuda = work * plan["region"] * (2 + act)
+        halo = (boh - 1) * b.stride + b.k
+        halo *= (bow - 1) * b.stride + b.k
+        l2 = (window * b.c_in * s * chunks + programs * we
+              + work * (plan["region"] + halo * bhid) * SCRATCH_BYTES)
+    else:         # the taps read x's window directly
+        e_tensor = e_cuda = 0
+        l2 = window * b.hidden * s
+    d_cuda = work * bp * bhid * (2 * b.k * b.k + 2 + act)
+    l2 += programs * wd
+    if plan["fused"]:
+        p_tensor = work * bp * bhid * bcout * 2
+        end = programs * bp * bcout * (2 + b.residual)
+        l2 += programs * wp + (b.n * b.c_out * b.oh * b.ow * s if b.residual else 0) + y
+        dram = {first: x + we, st["dw"]: wd, st["project"]: wp + y}
+        if first == st["dw"]:
+            dram[first] = x + wd
+        return [Kernel(dram, e_tensor + p_tensor, e_cuda + d_cuda + end, l2,
+                       plan["launches"])]
+    hidden = b.n * b.oh * b.ow * b.hidden * s
+    pool = b.n * plan["tiles_hw"] * b.hidden * _SUM_BYTES if b.squeeze else 0
+    dram = {first: x + we, st["dw"]: wd + hidden}
+    if first == st["dw"]:
+        dram[first] = x + wd + hidden
+    if pool:
+        dram[st["mean"]] = pool
+    ks = [Kernel(dram, e_tensor, e_cuda + d_cuda, l2 + hidden + pool, plan["launches"])]
+    if b.squeeze:
+        ks += _se_gate_passes(b, itemsize, plan)
+    ks.append(_triton_pw(b.n, b.oh * b.ow, b.hidden, b.c_out, itemsize, "none", b.residual,
+                         gate=b.squeeze > 0, layer=st["project"],
+                         gate_layer=st.get("mul")))
+    return ks
+
+
+def _act_flops(name):
+    """FLOPs per element of fastdw act `name` ("none" 0; the sigmoid gate, which these
+    networks do not use, costed like silu)."""
+    aten = {act: aten for aten, act in _ACT_NAMES.items()}.get(name, "silu")
+    return 0 if name == "none" else _ACT_FLOPS[aten]
+
+
+def _se_gate_passes(b, itemsize, plan):
+    """The split block's squeeze-excite between its two kernels, as torch ops on fp32 vectors
+    (inverted_residual.forward): per launch the per-tile sums summed (and copied into the
+    pooled vector), then the division by the pixels, fc1 (weights cast to fp32), se_act, fc2,
+    se_gate; each op a pass of its own."""
+    st, f = b.stages, _SUM_BYTES
+    per_image = plan["tiles_hw"] * b.hidden
+    ks = [Kernel({st["mean"]: (b.n * per_image + b.n * b.hidden) * f}, 0, b.n * per_image,
+                 launches=plan["launches"]),
+          Kernel({st["mean"]: 2 * b.n * b.hidden * f}, 0, 0, launches=plan["launches"]),
+          Kernel({st["mean"]: 2 * b.n * b.hidden * f}, 0, b.n * b.hidden)]
+    for fc, c_in, c_out, act in (("fc1", b.hidden, b.squeeze, b.se_act),
+                                 ("fc2", b.squeeze, b.hidden, b.se_gate)):
+        params = c_in * c_out + c_out
+        if itemsize != f:  # .float() of the weight and the bias
+            ks.append(Kernel({st[fc]: params * (itemsize + f)}, 0, 0, launches=2))
+        ks.append(Kernel({st[fc]: (b.n * c_in + params + b.n * c_out) * f},
+                         2 * b.n * c_in * c_out, b.n * c_out, dtype="fp32"))
+        ks.append(Kernel({st[fc]: 2 * b.n * c_out * f}, 0,
+                         b.n * c_out * _act_flops(act)))
+    return ks
+
+
+def _triton_pw(n, pixels, c_in, c_out, itemsize, act, residual, layer, gate=False,
+               gate_layer=None):
+    """pwconv_bn_act's GEMM kernel (fastdw/kernels/triton/pwconv_bn_act.py) on m = n * pixels
+    rows: each program loads its BLOCK_M rows of x (once per BLOCK_N column tile) and BLOCK_N
+    rows of the weight (once per row tile); tl.dot on whole padded tiles."""
+    pw = _triton_module("pwconv_bn_act")
+    m, s = n * pixels, itemsize
+    bm, bn, bk, _ = pw.pick_config(m, c_in, c_out, True)
+    gx, gy = _cdiv(m, bm), _cdiv(c_out, bn)
+    tensor = 2 * gx * bm * gy * bn * _round_up(c_in, bk)
+    cuda = m * c_out * (2 + _act_flops(act) + residual) + (m * c_in if gate else 0)
+    out = m * c_out * s * (1 + residual)
+    l2 = gy * m * c_in * s + gx * c_out * c_in * s + out + (gx * gy * c_in * _SUM_BYTES if gate
+                                                             else 0)
+    dram = {layer: c_out * c_in * s + 2 * c_out * PARAM_BYTES + out}
+    if gate_layer is not None:
+        dram[gate_layer] = m * c_in * s + n * c_in * _SUM_BYTES
+    else:
+        dram[layer] += m * c_in * s + (n * c_in * _SUM_BYTES if gate else 0)
+    return Kernel(dram, tensor, cuda, l2)
+
+
+def _triton_dw(n, c, h, w, oh, ow, k, stride, itemsize, act, layer):
+    """dwconv_bn_act's tile kernel (fastdw/kernels/triton/dwconv_bn_act.py): a program loads
+    the window of its BLOCK_OH x BLOCK_OW tile for BLOCK_C channels."""
+    dw = _triton_module("dwconv_bn_act")
+    boh, bow, bc, _ = dw.pick_config(c, itemsize, oh, ow, True)
+    programs = n * _cdiv(oh, boh) * _cdiv(ow, bow) * _cdiv(c, bc)
+    window = n * _window_pixels(h, oh, boh, stride, k) * _window_pixels(w, ow, bow, stride, k)
+    params = k * k * c * itemsize + 2 * c * PARAM_BYTES
+    x, y = n * c * h * w * itemsize, n * c * oh * ow * itemsize
+    cuda = programs * boh * bow * bc * (2 * k * k + 2 + _act_flops(act))
+    l2 = window * c * itemsize + programs * (k * k + 2) * bc * itemsize + y
+    return Kernel({layer: x + params + y}, 0, cuda, l2)
+
+
+def _cuda_pw(n, pixels, c_in, c_out, itemsize, act, residual, layer):
+    """csrc/cuda/pwconv_bn_act.cuh: CUDA_PW_TILE x CUDA_PW_TILE tiles of y; tensor cores (mma)
+    for fp16/bf16 rows of whole 16-byte packs, else fp32 FMA on CUDA cores."""
+    m, s, tile = n * pixels, itemsize, CUDA_PW_TILE
+    mma = itemsize == 2 and (c_in * itemsize) % CUDA_PACK_BYTES == 0
+    gx, gy = _cdiv(m, tile), _cdiv(c_out, tile)
+    gemm = 2 * gx * tile * gy * tile * _round_up(c_in, CUDA_PW_MMA_K if mma else CUDA_PW_FFMA_K)
+    cuda = m * c_out * (2 + _act_flops(act) + residual)
+    out = m * c_out * s * (1 + residual)
+    l2 = gy * m * c_in * s + gx * c_out * c_in * s + out
+    dram = m * c_in * s + c_out * c_in * s + 2 * c_out * PARAM_BYTES + out
+    return Kernel({layer: dram}, gemm if mma else 0, cuda + (0 if mma else gemm), l2)
+
+
+def _cuda_dw(n, c, h, w, oh, ow, k, stride, itemsize, act, layer):
+    """csrc/cuda/dwconv_bn_act.cuh: one thread per output pixel and 16-byte channel pack, a
+    block a strip of consecutive pixels by up to CUDA_DW_MAX_GROUPS packs; each thread reads its
+    k x k taps straight from global memory (a block's footprint: k rows of its strip's window)."""
+    v = CUDA_PACK_BYTES // itemsize
+    groups = _cdiv(c, v)
+    bx = 1
+    while bx < CUDA_DW_MAX_GROUPS and bx < groups:
+        bx *= 2
+    by = CUDA_DW_THREADS // bx
+    pixels = n * oh * ow
+    blocks = _cdiv(pixels, by) * _cdiv(groups, bx)
+    channels = min(c, bx * v)
+    strip = k * min(w, (by - 1) * stride + k) * channels * itemsize
+    x, y = n * c * h * w * itemsize, pixels * c * itemsize
+    params = k * k * c * itemsize + 2 * c * PARAM_BYTES
+    cuda = pixels * groups * v * (2 * k * k + 2 + _act_flops(act))
+    l2 = blocks * (strip + (k * k + 2) * channels * itemsize) + y
+    return Kernel({layer: x + params + y}, 0, cuda, l2)
+
+
+def cuda_has_block_kernel():
+    """Whether the cuda backend has an inverted_residual kernel (fastdw/kernels/cuda.py): the
+    model follows the code, blocks without one run the reference composite."""
+    return hasattr(importlib.import_module("fastdw.kernels.cuda"), "inverted_residual")
+
+
+def cuda_ir_shared_bytes(b, itemsize):
+    """Dynamic shared memory of one block of csrc/cuda/inverted_residual.cuh (its ir_shared):
+    x and expand-weight staging (with an expand), the fp32 hidden window, the depthwise output
+    and the project weights, each rounded to 16 bytes."""
+    halo = ((CUDA_IR_TILE - 1) * b.stride + b.k) ** 2
+    parts = [CUDA_IR_TILE ** 2 * CUDA_IR_ROW * itemsize, CUDA_IR_CHUNK * CUDA_IR_ROW * itemsize]
+    parts = (parts if b.expand else []) + [halo * CUDA_IR_CHUNK * 4,
+                                           CUDA_IR_TILE ** 2 * CUDA_IR_ROW * itemsize,
+                                           CUDA_IR_COUT * CUDA_IR_ROW * itemsize]
+    return sum(_round_up(p, 16) for p in parts)
+
+
+def _cuda_ir(b, itemsize, dtype, gpu):
+    """Kernels of block b on the cuda backend (see the module docstring, (e))."""
+    if b.squeeze or not cuda_has_block_kernel():
+        return _reference_ir(b, dtype)
+    st, s = b.stages, itemsize
+    if cuda_ir_shared_bytes(b, itemsize) > gpu.shared_per_block:  # the building blocks
+        hw = b.h * b.w
+        ks = [_cuda_pw(b.n, hw, b.c_in, b.hidden, s, b.act, False, st["expand"])] \
+            if b.expand else []
+        ks.append(_cuda_dw(b.n, b.hidden, b.h, b.w, b.oh, b.ow, b.k, b.stride, s, b.act,
+                           st["dw"]))
+        ks.append(_cuda_pw(b.n, b.oh * b.ow, b.hidden, b.c_out, s, "none", b.residual,
+                           st["project"]))
+        return ks
+    tile, chunk, cout = CUDA_IR_TILE, CUDA_IR_CHUNK, CUDA_IR_COUT
+    bp = tile * tile
+    blocks = b.n * _cdiv(b.oh, tile) * _cdiv(b.ow, tile) * _cdiv(b.c_out, cout)
+    chunks = _cdiv(b.hidden, chunk)
+    work = blocks * chunks
+    halo = ((tile - 1) * b.stride + b.k) ** 2
+    window = b.n * _cdiv(b.c_out, cout) * (_window_pixels(b.h, b.oh, tile, b.stride, b.k)
+                                           * _window_pixels(b.w, b.ow, tile, b.stride, b.k))
+    mma = itemsize == 2
+    act = _act_flops(b.act)
+    x, y = b.n * b.c_in * b.h * b.w * s, b.n * b.c_out * b.oh * b.ow * s
+    we = (b.c_in * b.hidden * s + 2 * b.hidden * PARAM_BYTES) if b.expand else 0
+    wd = b.k * b.k * b.hidden * s + 2 * b.hidden * PARAM_BYTES
+    wp = b.hidden * b.c_out * s + 2 * b.c_out * PARAM_BYTES
+    gemm = work * bp * chunk * cout * 2                          # project
+    cuda = work * bp * chunk * (2 * b.k * b.k + 2 + act)         # depthwise
+    cuda += blocks * bp * cout * (2 + b.residual)                # epilogue
+    if b.expand:  # per chunk: the window in 64-pixel steps, C_in in chunks, staged in shared
+        gemm += work * _round_up(halo, bp) * chunk * _round_up(b.c_in, chunk) * 2
+        cuda += work * halo * chunk * (2 + act)
+        l2 = window * b.c_in * s * chunks + blocks * we
+    else:
+        l2 = window * b.hidden * s
+    per_cout = min(b.c_out, cout)  # each block's column slice of the project weights and y
+    l2 += blocks * (wd + b.hidden * per_cout * s) + y * (1 + b.residual)
+    dram = {st.get("expand", st["dw"]): x + we, st["dw"]: wd, st["project"]: wp + y}
+    if not b.expand:
+        dram[st["dw"]] = x + wd
+    return [Kernel(dram, gemm if mma else 0, cuda + (0 if mma else gemm), l2)]
+
+
+class _PassRecorder(TorchDispatchMode):
+    """Every aten op a function dispatches on meta tensors, as a pass: (aten name, bytes read,
+    bytes written, FLOPs, dense). Ops returning a view of an input move nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.passes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        returns = func._schema.returns
+        alias = returns[0].alias_info if returns else None
+        name = func.overloadpacket.__name__.rstrip("_")
+        if (alias is not None and not alias.is_write) or name.startswith("empty"):
+            return out
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        result = out[0] if isinstance(out, tuple) else out
+        read = sum(t.numel() * t.element_size() for t in tensors)
+        flops, dense = 0, False
+        if name in _KIND:
+            flops, conv = _Recorder._flops(_KIND[name], name, args, tensors, result)
+            dense = _KIND[name] == "linear" or (_KIND[name] == "conv" and conv["groups"] == 1)
+        self.passes.append((name, read, result.numel() * result.element_size(), flops, dense))
+        return out
+
+
+def _reference_ir(b, dtype):
+    """Block b through fastdw.kernels.reference.inverted_residual (what a backend without an
+    inverted_residual kernel runs), traced on meta tensors: one Kernel per aten op, its dense
+    work at the reference's compute dtype. Bytes go to the stage each op serves."""
+    from fastdw.contract import BlockWeights, compute_dtype
+    from fastdw.kernels import reference
+    t = DTYPES[dtype]
+
+    def meta(*shape, fp32=False):
+        return torch.empty(shape, dtype=torch.float32 if fp32 else t, device="meta")
+
+    e = b.expand
+    se = b.squeeze > 0
+    weights = BlockWeights(
+        meta(b.hidden, b.c_in) if e else None, meta(b.hidden, fp32=True) if e else None,
+        meta(b.hidden, fp32=True) if e else None, meta(b.hidden, 1, b.k, b.k),
+        meta(b.hidden, fp32=True), meta(b.hidden, fp32=True), meta(b.c_out, b.hidden),
+        meta(b.c_out, fp32=True), meta(b.c_out, fp32=True),
+        *((meta(b.squeeze, b.hidden), meta(b.squeeze), meta(b.hidden, b.squeeze),
+           meta(b.hidden)) if se else (None,) * 4))
+    # NCHW: a meta convolution drops channels_last (cuDNN keeps it, so a GPU run has no final
+    # layout copy); no pass moves other bytes in one layout than in the other.
+    x = meta(b.n, b.c_in, b.h, b.w)
+    recorder = _PassRecorder()
+    with torch.no_grad(), recorder:
+        reference.inverted_residual(x, weights, b.stride, b.act, b.residual, b.se_act,
+                                    b.se_gate)
+    st = b.stages
+    convs = [st[k] for k in ("expand", "dw", "project") if k in st]
+    fcs = [st[k] for k in ("fc1", "fc2") if k in st]
+    compute = next(k for k, v in DTYPES.items() if v == compute_dtype(t))
+    ks, layer, gated = [], convs[0], False
+    for name, read, write, flops, dense in recorder.passes:
+        if name == "convolution":
+            layer = convs.pop(0)
+        elif name in ("addmm", "linear"):
+            layer = fcs.pop(0)
+            gated = not fcs
+        elif name == "mean":
+            layer = st["mean"]
+        elif name == "mul" and gated:
+            layer, gated = st["mul"], False
+        ks.append(Kernel({layer: read + write}, flops if dense else 0, 0 if dense else flops,
+                         dtype=compute))
+    return ks
+
+
+def _stock(tr, i, itemsize):
+    """A layer fastdw runs with stock torch ops on a GPU (see the module docstring, (d)/(e)):
+    the stem conv with its folded bias, then its in-place activation; a Linear (addmm with its
+    bias), then its activation module; a lone op as one pass."""
+    layer = tr.layers[i]
+    head = _folded(tr, i, itemsize)
+    if not layer.role.endswith("+act") or layer.role.split("+")[0] not in ("conv", "fc"):
+        return [head]
+    act = next(op for op in layer.ops if op.kind == "act")
+    head.cuda_flops -= act.flops
+    out = tr.numel[layer.out] * itemsize
+    return [head, Kernel({i: 2 * out}, 0, act.flops)]
+
+
+def _committed(tr, indices, backend, dtype, gpu):
+    """Kernels of one block on fastdw's `backend` ("triton" or "cuda") as committed."""
+    itemsize = torch.empty(0, dtype=DTYPES[dtype]).element_size()
+    if _is_inverted_residual(tr.layers, indices):
+        b = ir_shape(tr, indices)
+        return (_triton_ir(b, itemsize, gpu) if backend == "triton"
+                else _cuda_ir(b, itemsize, dtype, gpu))
+    ks = []
+    for i in indices:
+        layer = tr.layers[i]
+        conv = layer.ops[0].conv
+        base = layer.role.split("+")[0]
+        act = next((_ACT_NAMES[op.name] for op in layer.ops if op.kind == "act"), "none")
+        is_conv = layer.ops[0].kind == "conv"
+        if is_conv and base in ("pw", "fc") and conv["k"] == 1 and conv["groups"] == 1:
+            n, c_out, oh, ow = tr.shape[layer.out]
+            run = _triton_pw if backend == "triton" else _cuda_pw
+            ks.append(run(n, oh * ow, conv["c_in"], c_out, itemsize, act,
+                          layer.role.endswith("+res"), layer=i))
+        elif is_conv and base == "dw":
+            n, c, h, w = tr.shape[layer.inputs[0]]
+            _, _, oh, ow = tr.shape[layer.out]
+            run = _triton_dw if backend == "triton" else _cuda_dw
+            ks.append(run(n, c, h, w, oh, ow, conv["k"], conv["stride"], itemsize, act, i))
+        else:
+            ks += _stock(tr, i, itemsize)
+    return ks
 
 
 @dataclass
@@ -462,7 +984,9 @@ class Report:
     layer_bytes: dict   # strategy -> [bytes per layer]
     block_time: dict    # strategy -> {block: seconds}
     block_kernels: dict  # strategy -> {block: number of kernels}
-    block_memory_time: dict  # strategy -> {block: seconds its kernels spend on DRAM traffic}
+    block_memory_time: dict  # strategy -> {block: seconds its kernels spend on memory traffic}
+    block_l2: dict      # strategy -> {block: bytes its kernels' loads and stores move via L2}
+    block_flops: dict   # strategy -> {block: FLOPs its kernels execute, padding included}
 
     def total_bytes(self, strategy):
         return sum(self.layer_bytes[strategy])
@@ -473,6 +997,12 @@ class Report:
     def total_kernels(self, strategy):
         return sum(self.block_kernels[strategy].values())
 
+    def total_l2(self, strategy):
+        return sum(self.block_l2[strategy].values())
+
+    def total_executed_flops(self, strategy):
+        return sum(self.block_flops[strategy].values())
+
     @property
     def total_flops(self):
         return sum(layer.flops for layer in self.trace.layers)
@@ -482,11 +1012,22 @@ class Report:
         return _blocks(self.trace.layers)
 
     def compute_bound(self, strategy, block):
-        """True when the block's modelled time exceeds its DRAM time (some kernel is FLOP-bound)."""
+        """True when the block's modelled time exceeds its memory time (some kernel is
+        FLOP-bound)."""
         return self.block_time[strategy][block] > 1.001 * self.block_memory_time[strategy][block]
 
+    def bound(self, strategy, block):
+        """What limits the block's kernels: "FLOPs", "L2" or "DRAM" (the larger of its DRAM and
+        L2 time)."""
+        if self.compute_bound(strategy, block):
+            return "FLOPs"
+        gpu = self.gpu
+        dram = sum(self.layer_bytes[strategy][i] for i in dict(self.blocks())[block])
+        return "L2" if self.block_l2[strategy][block] / gpu.l2_bytes_per_s > \
+            dram / gpu.dram_bytes_per_s else "DRAM"
+
     def fused_blocks(self):
-        """Blocks fastdw runs as a fused inverted residual."""
+        """Blocks that are one inverted_residual op (fused in (c); (d) and (e) as committed)."""
         return [b for b, idx in self.blocks() if _is_inverted_residual(self.trace.layers, idx)]
 
 
@@ -500,16 +1041,21 @@ def report(tr, dtype="fp16", gpu=H100_SXM):
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     layer_bytes, block_time, block_kernels, block_memory_time = {}, {}, {}, {}
+    block_l2, block_flops = {}, {}
     for strategy in STRATEGIES:
         per_layer = [0] * len(tr.layers)
-        times, counts, memory = {}, {}, {}
-        for block, ks in kernels(tr, strategy, dtype):
+        times, counts, memory, l2, flops = {}, {}, {}, {}, {}
+        for block, ks in kernels(tr, strategy, dtype, gpu):
             for k in ks:
                 for i, b in k.bytes_by_layer.items():
                     per_layer[i] += b
             times[block] = sum(k.time(gpu, dtype) for k in ks)
             memory[block] = sum(k.memory_time(gpu) for k in ks)
-            counts[block] = len(ks)
+            counts[block] = sum(k.launches for k in ks)
+            l2[block] = sum(k.l2 for k in ks)
+            flops[block] = sum(k.tensor_flops + k.cuda_flops for k in ks)
         layer_bytes[strategy], block_time[strategy] = per_layer, times
         block_kernels[strategy], block_memory_time[strategy] = counts, memory
-    return Report(tr, dtype, gpu, layer_bytes, block_time, block_kernels, block_memory_time)
+        block_l2[strategy], block_flops[strategy] = l2, flops
+    return Report(tr, dtype, gpu, layer_bytes, block_time, block_kernels, block_memory_time,
+                  block_l2, block_flops)

@@ -3,8 +3,11 @@
 All figures are modelled (no GPU exists here); these tests check the model's arithmetic and that
 it reads the real network definitions.
 """
+import dataclasses
+import importlib
 import importlib.util
 import pathlib
+import re
 
 import pytest
 import torch
@@ -43,9 +46,9 @@ def test_depthwise_layer_by_formula(dtype, itemsize):
     # (b) one pass: x, weights, folded scale+shift, output.
     assert r.layer_bytes["folded"][dw] == (2 * elems + weights + 2 * 32) * itemsize
     # (c) the block's kernel reads x here; the hidden tensor never leaves the chip...
-    assert r.layer_bytes["fastdw"][dw] == (elems + weights + 2 * 32) * itemsize
+    assert r.layer_bytes["design"][dw] == (elems + weights + 2 * 32) * itemsize
     # ...and the projection only adds its weights and the block output y.
-    assert r.layer_bytes["fastdw"][pw] == (16 * 32 + 2 * 16 + n * 16 * 112 * 112) * itemsize
+    assert r.layer_bytes["design"][pw] == (16 * 32 + 2 * 16 + n * 16 * 112 * 112) * itemsize
 
 
 def test_squeeze_excite_block_by_formula():
@@ -59,8 +62,8 @@ def test_squeeze_excite_block_by_formula():
     expand_dw = (x + dw_params + hidden) * s + n * 16 * 4
     gate = n * 16 * 4 + (fc_params + n * 16) * s
     project = (hidden + n * 16 + pw_params + y) * s
-    assert sum(r.layer_bytes["fastdw"][i] for i in indices) == expand_dw + gate + project
-    assert r.block_kernels["fastdw"]["features.1"] == 3
+    assert sum(r.layer_bytes["design"][i] for i in indices) == expand_dw + gate + project
+    assert r.block_kernels["design"]["features.1"] == 3
 
 
 def test_roofline_time_of_one_kernel():
@@ -83,10 +86,13 @@ def test_fused_moves_less_than_folded_less_than_eager_in_every_block(reports, na
         b = {k: sum(r.layer_bytes[k][i] for i in indices) for k in perfmodel.STRATEGIES}
         t = {k: r.block_time[k][block] for k in perfmodel.STRATEGIES}
         if block in fused:
-            assert b["fastdw"] < b["folded"] < b["eager"], block
-            assert t["fastdw"] < t["folded"] < t["eager"], block
-        else:  # a layer fastdw runs with its per-layer ops, exactly like (b)
-            assert b["fastdw"] == b["folded"] <= b["eager"], block
+            assert b["design"] < b["folded"] < b["eager"], block
+            assert t["design"] < t["folded"] < t["eager"], block
+            # The committed kernels never beat the design they approximate.
+            assert b["triton"] >= b["design"] and t["triton"] > t["design"], block
+            assert t["cuda"] > t["design"], block
+        else:  # a layer the design runs with its per-layer ops, exactly like (b)
+            assert b["design"] == b["folded"] <= b["eager"], block
 
 
 def test_mobilenet_v1_has_nothing_to_fuse_beyond_folding(reports):
@@ -94,7 +100,7 @@ def test_mobilenet_v1_has_nothing_to_fuse_beyond_folding(reports):
     # cannot express, so fastdw runs V1 layer by layer: (c) == (b), still below eager.
     r = reports["mobilenet_v1"]
     assert r.fused_blocks() == []
-    assert r.total_bytes("fastdw") == r.total_bytes("folded") < r.total_bytes("eager")
+    assert r.total_bytes("design") == r.total_bytes("folded") < r.total_bytes("eager")
 
 
 def _module_count(model, *types):
@@ -122,7 +128,7 @@ def test_layer_counts(reports, name, fused, se, residual):
     assert r.total_kernels("folded") == (_module_count(model, nn.Conv2d, nn.Linear) + 2 * se + 1)
     # (c): fused blocks are 1 kernel, or 3 with SE; the rest (stem, head, classifier) as in (b).
     others = sum(r.block_kernels["folded"][b] for b, _ in r.blocks() if b not in r.fused_blocks())
-    assert r.total_kernels("fastdw") == fused + 2 * se + others
+    assert r.total_kernels("design") == fused + 2 * se + others
 
 
 def test_mobilenet_v2_eager_kernel_count(reports):
@@ -145,7 +151,7 @@ def test_fastdw_models_have_the_traced_layers(name):
 
 def test_mobilenet_v2_batch32_fp16_meets_the_issue_target(reports):
     r = reports["mobilenet_v2"]
-    fastdw = r.total_bytes("fastdw")
+    fastdw = r.total_bytes("design")
     assert r.total_bytes("folded") / fastdw >= 5.0
     assert r.total_bytes("eager") / fastdw >= 12.0
 
@@ -155,16 +161,20 @@ def test_flops_do_not_depend_on_fusion_and_match_the_known_total(reports):
     assert reports["mobilenet_v2"].total_flops / 32 == pytest.approx(0.63e9, rel=0.03)
     assert reports["mobilenet_v1"].total_flops / 32 == pytest.approx(1.16e9, rel=0.03)
     for r in reports.values():
-        for strategy in perfmodel.STRATEGIES:
+        for strategy in ("eager", "folded", "design"):
             ks = [k for _, block in perfmodel.kernels(r.trace, strategy, "fp16") for k in block]
             assert sum(k.tensor_flops + k.cuda_flops for k in ks) == r.total_flops
+        # The committed kernels execute padded tiles and recompute halos: never less.
+        for strategy in ("triton", "cuda"):
+            assert r.total_executed_flops(strategy) >= r.total_flops
 
 
 def test_bytes_scale_with_itemsize_without_squeeze_excite():
-    # MobileNetV2 has no fp32 SE sums, so every byte doubles from fp16 to fp32.
+    # MobileNetV2 has no fp32 SE sums, so every byte of (a)-(c) doubles from fp16 to fp32
+    # (the committed kernels' fp32 scales, scratch and dtype-chosen tiles do not scale).
     tr = perfmodel.trace("mobilenet_v2", 4, 128)
     half, single = perfmodel.report(tr, "fp16"), perfmodel.report(tr, "fp32")
-    for strategy in perfmodel.STRATEGIES:
+    for strategy in ("eager", "folded", "design"):
         assert single.total_bytes(strategy) == 2 * half.total_bytes(strategy)
 
 
@@ -219,3 +229,221 @@ def test_bench_script_labels_figures_and_writes_the_png(tmp_path, capsys):
     assert out.startswith("MODELLED, not measured")
     assert "TOTAL (modelled)" in out and "target" in out and ": met (modelled)" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- (d) triton and (e) cuda: the committed kernels -----------------------------------------
+
+def _ir_module():
+    return importlib.import_module("fastdw.kernels.triton.inverted_residual")
+
+
+def _small_v2():
+    # MobileNetV2 at 32x32, batch 1: features.3 is expand 24->144, dw 3x3 s1 at 8x8, project
+    # 144->24 with the residual: one 8x8 output tile.
+    tr = perfmodel.trace("mobilenet_v2", 1, 32)
+    return tr, dict(perfmodel._blocks(tr.layers))["features.3"]
+
+
+def _block_kernels(tr, strategy, block, gpu=perfmodel.H100_SXM):
+    return dict(perfmodel.kernels(tr, strategy, "fp16", gpu))[block]
+
+
+def test_triton_fused_block_by_hand():
+    # One SM, so the single tile's fused grid does not leave SMs idle and the block runs fused.
+    tr, indices = _small_v2()
+    one_sm = dataclasses.replace(perfmodel.H100_SXM, sms=1)
+    (k,) = _block_kernels(tr, "triton", "features.3", one_sm)
+    b = perfmodel.ir_shape(tr, indices)
+    assert (b.c_in, b.hidden, b.c_out, b.h, b.oh, b.k, b.stride, b.residual) == \
+        (24, 144, 24, 8, 8, 3, 1, True)
+    assert perfmodel.triton_ir_plan(b, 2, one_sm)["config"] == (8, 8, 32, 16, 32, 8), \
+        "the GPU tile changed: recompute the figures below by hand"
+    s, f = 2, 4  # fp16 elements; fp32 scale/shift and scratch
+    x = y = 24 * 8 * 8 * s
+    we, wd, wp = 24 * 144 * s + 2 * 144 * f, 9 * 144 * s + 2 * 144 * f, 144 * 24 * s + 2 * 24 * f
+    # DRAM: x, every weight once, y, as the design (c).
+    assert k.bytes == x + we + wd + wp + y
+    # 9 hidden chunks of 16; the 10x10 window (8 of its 10 rows and columns inside the 8x8 map)
+    # is expanded in 2 steps of 64 pixels into a 128 x 16 fp32 scratch region, which the 3x3
+    # taps read back (100 x 16); x's window is reloaded per chunk, the residual reread at the end.
+    chunks, window, region, halo = 9, 8 * 8, 128 * 16, 100 * 16
+    assert k.l2_bytes == (window * 24 * s * chunks + we + wd + wp
+                          + chunks * (region + halo) * f + x + y)
+    # Expand: 128 rows x 16 channels x C_in padded to 32, per chunk; project: 64 x 16 x C_out
+    # padded to 32 per chunk.
+    assert k.tensor_flops == chunks * (128 * 16 * 32 * 2 + 64 * 16 * 32 * 2)
+    # Expand epilogue (scale, shift, relu6: 4 per element), depthwise (18 + 4 per element) and
+    # the project epilogue with the residual (3 per element of the 64 x 32 padded tile).
+    assert k.cuda_flops == chunks * (128 * 16 * 4 + 64 * 16 * 22) + 64 * 32 * 3
+    assert k.launches == 1
+
+
+def test_triton_split_block_by_hand():
+    # On 132 SMs one tile is too few programs: the block splits, hidden goes through DRAM.
+    tr, _ = _small_v2()
+    expand_dw, project = _block_kernels(tr, "triton", "features.3")
+    s, f = 2, 4
+    x = y = 24 * 8 * 8 * s
+    hidden = 144 * 8 * 8 * s
+    assert expand_dw.bytes == x + (24 * 144 * s + 2 * 144 * f) + (9 * 144 * s + 2 * 144 * f) \
+        + hidden
+    # pwconv_bn_act's small_n tile (64 x 32 x 32): one program reads hidden, the weights, x for
+    # the residual and writes y; K = 144 padded to 160.
+    assert project.bytes == hidden + 144 * 24 * s + 2 * 24 * f + x + y
+    assert project.tensor_flops == 2 * 64 * 32 * 160
+
+
+def test_triton_plan_follows_the_launcher(monkeypatch):
+    # Run the launcher with its kernels replaced by recorders: the model's choice of path, tile,
+    # grid, waves and scratch dtype must be the launcher's own.
+    ir = _ir_module()
+    calls, projects = [], []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: calls.append((grid, args, kw))
+
+    monkeypatch.setattr(ir, "ir_kernel", Recorder())
+    monkeypatch.setattr(ir, "pw_forward", lambda *a, **kw: projects.append(a) or a[0])
+    tr = perfmodel.trace("mobilenet_v3_small", 2, 64)
+    blocks = dict(perfmodel._blocks(tr.layers))
+    for sms in (1, 132):
+        monkeypatch.setattr(ir, "multiprocessors", lambda device: sms)
+        gpu = dataclasses.replace(perfmodel.H100_SXM, sms=sms)
+        for name in ("features.1", "features.2", "features.4"):  # SE, plain, SE k5 s2
+            b = perfmodel.ir_shape(tr, blocks[name])
+            plan = perfmodel.triton_ir_plan(b, 2, gpu)
+            calls.clear()
+            projects.clear()
+            ir.forward(torch.randn(b.n, b.c_in, b.h, b.w, dtype=torch.float16),
+                       _weights(b), b.stride, b.act, b.residual, b.se_act, b.se_gate,
+                       gpu_tiles=True)
+            grid, args, kw = calls[0]
+            assert len(calls) == plan["launches"] and grid == plan["grid"], name
+            assert not projects == plan["fused"], name
+            assert (kw["BLOCK_OH"], kw["BLOCK_OW"], kw["BLOCK_CIN"], kw["BLOCK_HID"],
+                    kw["BLOCK_COUT"], kw["num_warps"]) == plan["config"], name
+            assert args[8].element_size() == perfmodel.SCRATCH_BYTES, name  # the workspace
+
+
+def _weights(b):
+    from fastdw.contract import BlockWeights
+
+    def t(*shape):
+        return torch.randn(*shape, dtype=torch.float16)
+
+    def v(c):
+        return torch.randn(c)
+    e, se = b.expand, b.squeeze > 0
+    return BlockWeights(t(b.hidden, b.c_in) if e else None, v(b.hidden) if e else None,
+                        v(b.hidden) if e else None, t(b.hidden, 1, b.k, b.k), v(b.hidden),
+                        v(b.hidden), t(b.c_out, b.hidden), v(b.c_out), v(b.c_out),
+                        *((t(b.squeeze, b.hidden), t(b.squeeze), t(b.hidden, b.squeeze),
+                           t(b.hidden)) if se else (None,) * 4))
+
+
+def test_cuda_blocks_without_a_kernel_run_the_reference_composite_by_hand(monkeypatch):
+    # MobileNetV2 features.1 at 32x32, batch 1: dw 3x3 32 ch at 16x16, project 32->16. Without
+    # a CUDA inverted_residual kernel the block is fastdw.kernels.reference's composite, in fp32.
+    monkeypatch.setattr(perfmodel, "cuda_has_block_kernel", lambda: False)
+    tr = perfmodel.trace("mobilenet_v2", 1, 32)
+    ks = _block_kernels(tr, "cuda", "features.1")
+    h, y = 32 * 16 * 16, 16 * 16 * 16            # elements of x / hidden and of y
+    # x to fp32; dw weight to fp32, conv, * scale, + shift, relu6; project weight to fp32,
+    # conv, * scale, + shift; y back to fp16.
+    assert [k.bytes for k in ks] == [h * 6, 288 * 6, h * 8 + 288 * 4, h * 8 + 128, h * 8 + 128,
+                                     h * 8, 512 * 6, h * 4 + 512 * 4 + y * 4, y * 8 + 64,
+                                     y * 8 + 64, y * 6]
+    assert all(k.dtype == "fp32" for k in ks)
+
+
+def test_cuda_block_kernel_by_hand(monkeypatch):
+    # csrc/cuda/inverted_residual.cuh on features.3 of the small MobileNetV2 (24 -> 144 -> 24,
+    # 3x3 s1 at 8x8, residual): one block (8x8 tile, 64 output channels), 5 hidden chunks of 32.
+    monkeypatch.setattr(perfmodel, "cuda_has_block_kernel", lambda: True)
+    tr, _ = _small_v2()
+    (k,) = _block_kernels(tr, "cuda", "features.3")
+    s, f = 2, 4
+    x = y = 24 * 8 * 8 * s
+    we, wd, wp = 24 * 144 * s + 2 * 144 * f, 9 * 144 * s + 2 * 144 * f, 144 * 24 * s + 2 * 24 * f
+    assert k.bytes == x + we + wd + wp + y
+    # x's window (its 64 pixels inside the map) staged once per hidden chunk; every weight once;
+    # the residual and y; the hidden window stays in shared memory.
+    assert k.l2_bytes == 64 * 24 * s * 5 + we + wd + 144 * 24 * s + 2 * y
+    # Expand: the 100-pixel window in 2 steps of 64 rows, C_in padded to 32; project 64 x 64.
+    assert k.tensor_flops == 5 * (128 * 32 * 32 * 2 + 64 * 32 * 64 * 2)
+    assert k.cuda_flops == 5 * (100 * 32 * 4 + 64 * 32 * 22) + 64 * 64 * 3
+
+
+def test_cuda_block_kernel_follows_the_backend():
+    has = hasattr(importlib.import_module("fastdw.kernels.cuda"), "inverted_residual")
+    assert perfmodel.cuda_has_block_kernel() == has
+    header = ROOT / "csrc" / "cuda" / "inverted_residual.cuh"
+    assert header.exists() == has
+    if has:  # the model's tile is the kernel's
+        consts = dict(re.findall(r"\b(kIr\w+) = (\w+)", header.read_text()))
+        assert (int(consts["kIrTile"]), int(consts["kIrChunk"]), int(consts["kIrCout"])) == \
+            (perfmodel.CUDA_IR_TILE, perfmodel.CUDA_IR_CHUNK, perfmodel.CUDA_IR_COUT)
+        assert consts["kIrRow"] == "kIrChunk" and perfmodel.CUDA_IR_ROW == 32 + 8
+
+
+def test_cuda_block_shared_memory_by_hand():
+    # k=3 s=1 fp16 with an expand: x and expand-weight staging (64 and 32 rows of 40 halves),
+    # the 10x10 fp32 hidden window of 32 channels, the depthwise output and project weights.
+    tr, indices = _small_v2()
+    b = perfmodel.ir_shape(tr, indices)
+    assert perfmodel.cuda_ir_shared_bytes(b, 2) == (64 * 40 * 2 + 32 * 40 * 2 + 100 * 32 * 4
+                                                    + 64 * 40 * 2 + 64 * 40 * 2)
+
+
+@pytest.mark.parametrize("dtype, mma", [("fp16", True), ("fp32", False)])
+def test_cuda_pwconv_layer_by_hand(dtype, mma):
+    # MobileNetV2 features.18 at 32x32, batch 2: pw 320->1280 + relu6 on 1x1 maps (M = 2).
+    tr = perfmodel.trace("mobilenet_v2", 2, 32)
+    (k,) = dict(perfmodel.kernels(tr, "cuda", dtype))["features.18"]
+    s = {"fp16": 2, "fp32": 4}[dtype]
+    m, c_in, c_out = 2, 320, 1280
+    assert k.bytes == (m * c_in + c_out * c_in + m * c_out) * s + 2 * c_out * 4
+    # 64 x 64 tiles: 1 row tile, 20 column tiles; x is read per column tile, w per row tile.
+    assert k.l2_bytes == (20 * m * c_in + c_out * c_in + m * c_out) * s
+    gemm = 2 * 64 * 1280 * 320  # K = 320 is whole chunks of 32 (mma) and of 16 (FMA)
+    assert (k.tensor_flops, k.cuda_flops) == ((gemm, m * c_out * 4) if mma
+                                              else (0, gemm + m * c_out * 4))
+
+
+def test_cuda_dwconv_layer_by_hand():
+    # MobileNetV1 features.1's depthwise at 32x32 input, batch 1: 32 channels at 16x16, 3x3 s1.
+    tr = perfmodel.trace("mobilenet_v1", 1, 32)
+    i = next(i for i, layer in enumerate(tr.layers) if layer.desc.startswith("dw3x3 s1 32 @16"))
+    (k,) = [k for _, ks in perfmodel.kernels(tr, "cuda", "fp16") for k in ks
+            if i in k.bytes_by_layer]
+    s, elems = 2, 32 * 16 * 16
+    assert k.bytes == (2 * elems + 9 * 32) * s + 2 * 32 * 4
+    # 4 packs of 8 channels: blocks of 4 x 64 threads, each a strip of 64 pixels whose taps
+    # span 3 rows of the 16-pixel-wide map; 4 blocks.
+    assert k.l2_bytes == 4 * (3 * 16 * 32 * s + 11 * 32 * s) + elems * s
+    assert k.cuda_flops == 256 * 32 * (18 + 2 + 2)
+
+
+def test_cuda_tile_constants_are_the_headers():
+    pw = (ROOT / "csrc" / "cuda" / "pwconv_bn_act.cuh").read_text()
+    consts = dict(re.findall(r"\b(k\w+) = (\d+)", pw))
+    assert int(consts["kMmaTile"]) == int(consts["kFfmaTile"]) == perfmodel.CUDA_PW_TILE
+    assert int(consts["kMmaK"]) == perfmodel.CUDA_PW_MMA_K
+    assert int(consts["kFfmaK"]) == perfmodel.CUDA_PW_FFMA_K
+    dw = (ROOT / "csrc" / "cuda" / "dwconv_bn_act.cuh").read_text()
+    assert f"constexpr int V = {perfmodel.CUDA_PACK_BYTES} / sizeof(T);" in dw
+    assert f"__launch_bounds__({perfmodel.CUDA_DW_THREADS})" in dw
+    assert f"while (bx < {perfmodel.CUDA_DW_MAX_GROUPS} && bx < groups) bx *= 2;" in dw
+    assert f"by = {perfmodel.CUDA_DW_THREADS} / bx;" in dw
+
+
+def test_committed_figures_of_mobilenet_v2(reports):
+    # The committed triton blocks move at least the design's DRAM bytes and more through L2
+    # (scratch, per-chunk window reloads).
+    r = reports["mobilenet_v2"]
+    assert r.total_bytes("design") < r.total_bytes("triton") < r.total_bytes("folded")
+    assert r.total_l2("triton") > 5 * r.total_bytes("triton")
+    assert r.bound("triton", "features.3") == "L2"
+    for block in r.fused_blocks():
+        assert r.block_l2["cuda"][block] > 0 and r.block_l2["triton"][block] > 0
