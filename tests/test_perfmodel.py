@@ -4,6 +4,7 @@ All figures are modelled (no GPU exists here); these tests check the model's ari
 it reads the real network definitions.
 """
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import pathlib
@@ -237,10 +238,16 @@ def _ir_module():
     return importlib.import_module("fastdw.kernels.triton.inverted_residual")
 
 
+@functools.lru_cache(maxsize=None)
+def _trace(name, batch, resolution):
+    """One trace per configuration for the tests below (none of them changes it)."""
+    return perfmodel.trace(name, batch, resolution)
+
+
 def _small_v2():
     # MobileNetV2 at 32x32, batch 1: features.3 is expand 24->144, dw 3x3 s1 at 8x8, project
     # 144->24 with the residual: one 8x8 output tile.
-    tr = perfmodel.trace("mobilenet_v2", 1, 32)
+    tr = _trace("mobilenet_v2", 1, 32)
     return tr, dict(perfmodel._blocks(tr.layers))["features.3"]
 
 
@@ -346,7 +353,7 @@ def test_cuda_blocks_without_a_kernel_run_the_reference_composite_by_hand(monkey
     # MobileNetV2 features.1 at 32x32, batch 1: dw 3x3 32 ch at 16x16, project 32->16. Without
     # a CUDA inverted_residual kernel the block is fastdw.kernels.reference's composite, in fp32.
     monkeypatch.setattr(perfmodel, "cuda_has_block_kernel", lambda: False)
-    tr = perfmodel.trace("mobilenet_v2", 1, 32)
+    tr = _trace("mobilenet_v2", 1, 32)
     ks = _block_kernels(tr, "cuda", "features.1")
     h, y = 32 * 16 * 16, 16 * 16 * 16            # elements of x / hidden and of y
     # x to fp32; dw weight to fp32, conv, * scale, + shift, relu6; project weight to fp32,
@@ -399,7 +406,7 @@ def test_cuda_block_shared_memory_by_hand():
 @pytest.mark.parametrize("dtype, mma", [("fp16", True), ("fp32", False)])
 def test_cuda_pwconv_layer_by_hand(dtype, mma):
     # MobileNetV2 features.18 at 32x32, batch 2: pw 320->1280 + relu6 on 1x1 maps (M = 2).
-    tr = perfmodel.trace("mobilenet_v2", 2, 32)
+    tr = _trace("mobilenet_v2", 2, 32)
     (k,) = dict(perfmodel.kernels(tr, "cuda", dtype))["features.18"]
     s = {"fp16": 2, "fp32": 4}[dtype]
     m, c_in, c_out = 2, 320, 1280
