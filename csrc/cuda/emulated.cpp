@@ -13,6 +13,7 @@
 #include "dwconv_bn_act.cuh"
 #include "emulator/selftest.h"
 #include "host_ops.h"
+#include "inverted_residual.cuh"
 #include "pwconv_bn_act.cuh"
 
 namespace {
@@ -44,6 +45,16 @@ at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   return emulate("pwconv_bn_act", [&] { return fastdw_cuda::run_pwconv_bn_act(call, nullptr); });
 }
 
+at::Tensor inverted_residual(const at::Tensor& x,
+                             const c10::List<std::optional<at::Tensor>>& weights, int64_t stride,
+                             c10::string_view act, bool residual, c10::string_view se_act,
+                             c10::string_view se_gate) {
+  const auto call = fastdw_cuda::check_inverted_residual(x, weights, stride, act, residual, se_act,
+                                                         se_gate, fastdw_cuda::kEmulated);
+  return emulate("inverted_residual",
+                 [&] { return fastdw_cuda::run_inverted_residual(call, nullptr); });
+}
+
 // The last launch on this thread: "kernel grid=(x,y,z) block=(x,y,z) seed=s", for tests that
 // check which instantiation and shape a launcher chose, and say which run failed.
 std::string last_launch() {
@@ -73,6 +84,7 @@ std::vector<std::string> emulator_selftest_names() {
 TORCH_LIBRARY(fastdw_cuda_emu, m) {
   m.def(fastdw_cuda::kDwconvBnActSchema);
   m.def(fastdw_cuda::kPwconvBnActSchema);
+  m.def(fastdw_cuda::kInvertedResidualSchema);
   m.def("last_launch() -> str", &last_launch);
   m.def("emulator_selftest(str name, int seed, bool racecheck, int arch) -> ()",
         &emulator_selftest);
@@ -82,4 +94,5 @@ TORCH_LIBRARY(fastdw_cuda_emu, m) {
 TORCH_LIBRARY_IMPL(fastdw_cuda_emu, CPU, m) {
   m.impl("dwconv_bn_act", &dwconv_bn_act);
   m.impl("pwconv_bn_act", &pwconv_bn_act);
+  m.impl("inverted_residual", &inverted_residual);
 }

@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "../cpu/block_weights.h"
 #include "launchers.h"
 
 namespace fastdw_cuda {
@@ -26,6 +27,11 @@ inline constexpr const char* kDwconvBnActSchema =
 inline constexpr const char* kPwconvBnActSchema =
     "pwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, str act, "
     "Tensor? residual) -> Tensor";
+
+// se_act / se_gate: the squeeze-excite's inner activation and gate (fastdw.contract.SE_GATES).
+inline constexpr const char* kInvertedResidualSchema =
+    "inverted_residual(Tensor x, Tensor?[] weights, int stride, str act, bool residual, "
+    "str se_act=\"relu\", str se_gate=\"hardsigmoid\") -> Tensor";
 
 inline constexpr int64_t kMaxExtent = 2147483647;  // hyper-parameters reach the kernel as int
 
@@ -253,6 +259,197 @@ inline at::Tensor run_pwconv_bn_act(const PwCall& a, Stream stream) {
     default: launch_pwconv<__nv_bfloat16>(a, x, w, scale, shift, r, y, stream);
   }
   return y;
+}
+
+// inverted_residual: a checked call. The weights list is unpacked in the order of
+// csrc/cpu/block_weights.h (FASTDW_BLOCK_WEIGHTS), the one list of the block's tensors.
+struct IrCall {
+  at::Tensor x;
+  fastdw_cpu::BlockWeights w;
+  int64_t stride, k, hidden, Cout, OH, OW;
+  Act act;
+  bool residual;
+};
+
+inline fastdw_cpu::BlockWeights unpack_block_weights(
+    const c10::List<std::optional<at::Tensor>>& weights) {
+  constexpr const char* names[] = {
+#define FASTDW_NAME(name, required) #name,
+      FASTDW_BLOCK_WEIGHTS(FASTDW_NAME)
+#undef FASTDW_NAME
+  };
+  constexpr size_t count = sizeof(names) / sizeof(names[0]);
+  TORCH_CHECK(weights.size() == count, "weights must have ", count, " entries (expand_w, ..., "
+              "se_b2 as csrc/cpu/block_weights.h lists them), got ", weights.size());
+  fastdw_cpu::BlockWeights w;
+  size_t i = 0;
+  auto take = [&](auto& field) {
+    std::optional<at::Tensor> t = weights.get(i);
+    if constexpr (std::is_same_v<std::decay_t<decltype(field)>, at::Tensor>) {
+      TORCH_CHECK(t.has_value() && t->defined(), names[i], " is required (weights[", i,
+                  "]), got None");
+      field = *t;
+    } else if (t.has_value() && t->defined()) {
+      field = *t;
+    }
+    ++i;
+  };
+#define FASTDW_TAKE(name, required) take(w.name);
+  FASTDW_BLOCK_WEIGHTS(FASTDW_TAKE)
+#undef FASTDW_TAKE
+  return w;
+}
+
+// A 1x1 conv weight, (rows, cols) or (rows, cols, 1, 1), with x's dtype, as a matrix.
+inline at::Tensor check_one_by_one(const at::Tensor& w, const char* name, int64_t cols,
+                                   const at::Tensor& x, const Target& target) {
+  check_tensor(w, name, target, &x);
+  TORCH_CHECK(w.scalar_type() == x.scalar_type(), name, " must have x's dtype ",
+              x.scalar_type(), ", got ", w.scalar_type());
+  TORCH_CHECK((w.dim() == 2 || (w.dim() == 4 && w.size(2) == 1 && w.size(3) == 1)) &&
+                  w.size(1) == cols && w.size(0) > 0,
+              name, " must be (rows, ", cols, ") or (rows, ", cols, ", 1, 1), got shape ",
+              w.sizes());
+  check_range(w.size(0), name, 1);
+  return w.reshape({w.size(0), cols});
+}
+
+inline void check_vector(const at::Tensor& t, const char* name, int64_t length,
+                         const at::Tensor& x, const Target& target) {
+  check_tensor(t, name, target, &x);
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == length, name, " must have shape (", length,
+              "), got ", t.sizes());
+}
+
+inline IrCall check_inverted_residual(const at::Tensor& x,
+                                      const c10::List<std::optional<at::Tensor>>& weights,
+                                      int64_t stride, c10::string_view act, bool residual,
+                                      c10::string_view se_act, c10::string_view se_gate,
+                                      const Target& target) {
+  check_tensor(x, "x", target);
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+              "x must be float32, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK(x.dim() == 4, "x must be 4-D (N, C, H, W), got shape ", x.sizes());
+  TORCH_CHECK(x.numel() > 0, "x must not be empty, got shape ", x.sizes());
+  TORCH_CHECK(x.stride(1) == 1 || x.size(1) == 1, "x must have channel stride 1 "
+              "(channels_last), got strides ", x.strides());
+  for (int d = 0; d < 4; ++d) check_range(x.size(d), "x's sizes", 1);
+  fastdw_cpu::BlockWeights w = unpack_block_weights(weights);
+  const int64_t Cin = x.size(1);
+  int64_t hidden = Cin;
+  if (w.expand_w.has_value()) {
+    w.expand_w = check_one_by_one(*w.expand_w, "expand_w", Cin, x, target);
+    hidden = w.expand_w->size(0);
+    for (const auto& [t, name] : {std::pair{&w.expand_scale, "expand_scale"},
+                                  std::pair{&w.expand_shift, "expand_shift"}}) {
+      TORCH_CHECK(t->has_value(), name, " must be a tensor of shape (", hidden, ") with "
+                  "expand_w, got None");
+      check_vector(**t, name, hidden, x, target);
+    }
+  } else {
+    TORCH_CHECK(!w.expand_scale.has_value() && !w.expand_shift.has_value(),
+                "expand_scale and expand_shift must be None without expand_w");
+  }
+  check_tensor(w.dw_w, "dw_w", target, &x);
+  TORCH_CHECK(w.dw_w.scalar_type() == dtype, "dw_w must have x's dtype ", dtype, ", got ",
+              w.dw_w.scalar_type());
+  TORCH_CHECK(w.dw_w.dim() == 4 && w.dw_w.size(0) == hidden && w.dw_w.size(1) == 1 &&
+                  w.dw_w.size(2) == w.dw_w.size(3) && w.dw_w.size(2) % 2 == 1,
+              "dw_w must be (", hidden, ", 1, k, k) with k odd, got shape ", w.dw_w.sizes());
+  const int64_t k = w.dw_w.size(2);
+  check_range(k, "dw_w's kernel size", 1);
+  check_vector(w.dw_scale, "dw_scale", hidden, x, target);
+  check_vector(w.dw_shift, "dw_shift", hidden, x, target);
+  w.project_w = check_one_by_one(w.project_w, "project_w", hidden, x, target);
+  const int64_t Cout = w.project_w.size(0);
+  check_vector(w.project_scale, "project_scale", Cout, x, target);
+  check_vector(w.project_shift, "project_shift", Cout, x, target);
+  TORCH_CHECK(!w.se_w1.has_value() && !w.se_b1.has_value() && !w.se_w2.has_value() &&
+                  !w.se_b2.has_value(),
+              "se_w1, se_b1, se_w2, se_b2 must be None: the cuda backend's inverted_residual "
+              "has no squeeze-excite kernel");
+  check_range(stride, "stride", 1);
+  const Act a = parse_act(act);
+  parse_act(se_act);
+  TORCH_CHECK(se_gate == "hardsigmoid" || se_gate == "sigmoid",
+              "se_gate must be one of hardsigmoid, sigmoid; got '", std::string(se_gate), "'");
+  TORCH_CHECK(!residual || (stride == 1 && Cout == Cin), "residual needs stride 1 and C_out == "
+              "C_in, got stride ", stride, ", C_in ", Cin, ", C_out ", Cout);
+  const int64_t pad = (k - 1) / 2;
+  const int64_t OH = conv_out(x.size(2), k, stride, pad, 1, "x (height)");
+  const int64_t OW = conv_out(x.size(3), k, stride, pad, 1, "x (width)");
+  return {x, w, stride, k, hidden, Cout, OH, OW, a, residual};
+}
+
+template <typename T>
+bool launch_inverted(const IrCall& a, const at::Tensor& ew, const at::Tensor& es,
+                     const at::Tensor& eb, const at::Tensor& taps, const at::Tensor& ds,
+                     const at::Tensor& db, const at::Tensor& pw, const at::Tensor& ps,
+                     const at::Tensor& pb, at::Tensor& y, Stream stream) {
+  const at::Tensor& x = a.x;
+  auto f32 = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; };
+  const IrParams<T> p{
+      .x = reinterpret_cast<const T*>(x.const_data_ptr()),
+      .ew = ew.defined() ? reinterpret_cast<const T*>(ew.const_data_ptr()) : nullptr,
+      .es = f32(es), .eb = f32(eb), .dw = f32(taps), .ds = f32(ds), .db = f32(db),
+      .pw = reinterpret_cast<const T*>(pw.const_data_ptr()), .ps = f32(ps), .pb = f32(pb),
+      .y = reinterpret_cast<T*>(y.mutable_data_ptr()),
+      .N = x.size(0), .Cin = x.size(1), .H = x.size(2), .W = x.size(3), .hidden = a.hidden,
+      .Cout = a.Cout, .OH = a.OH, .OW = a.OW,
+      .xs_n = x.stride(0), .xs_h = x.stride(2), .xs_w = x.stride(3),
+      .ys_n = y.stride(0), .ys_h = y.stride(2), .ys_w = y.stride(3),
+      .k = static_cast<int>(a.k), .stride = static_cast<int>(a.stride),
+      .pad = static_cast<int>((a.k - 1) / 2), .act = a.act, .residual = a.residual};
+  return checked_launch([&] { return launch_inverted_residual(p, stream); });
+}
+
+// The block through the building blocks' kernels (pwconv, dwconv, pwconv): what the fused
+// kernel's launcher refuses (a window over the shared-memory limit). h is rounded to x's dtype
+// between the stages.
+inline at::Tensor run_inverted_residual_in_stages(const IrCall& a, Stream stream) {
+  const auto& w = a.w;
+  at::Tensor h = a.x;
+  if (w.expand_w.has_value())
+    h = run_pwconv_bn_act({h, *w.expand_w, *w.expand_scale, *w.expand_shift, c10::nullopt,
+                           a.hidden, a.act}, stream);
+  const int64_t pad = (a.k - 1) / 2;
+  h = run_dwconv_bn_act({h, w.dw_w, w.dw_scale, w.dw_shift, a.k, a.stride, pad, 1, a.OH,
+                         a.OW, a.act}, stream);
+  return run_pwconv_bn_act({h, w.project_w, w.project_scale, w.project_shift,
+                            a.residual ? c10::optional<at::Tensor>(a.x) : c10::nullopt, a.Cout,
+                            kNone}, stream);
+}
+
+// The block (the math is above the kernel in csrc/cuda/inverted_residual.cuh), channels_last
+// out, on the device of a checked call: the fused kernel where its shared memory fits, else
+// the building blocks.
+inline at::Tensor run_inverted_residual(const IrCall& a, Stream stream) {
+  const auto& w = a.w;
+  auto f32 = [](const c10::optional<at::Tensor>& t) {
+    return t.has_value() ? t->to(at::kFloat).contiguous() : at::Tensor();
+  };  // absent: a null pointer for the kernel
+  const at::Tensor ew = w.expand_w.has_value() ? w.expand_w->contiguous() : at::Tensor();
+  const at::Tensor es = f32(w.expand_scale), eb = f32(w.expand_shift);
+  // Tap-major fp32 depthwise weights, as dwconv_bn_act's.
+  const at::Tensor taps = w.dw_w.to(at::kFloat).reshape({a.hidden, a.k * a.k}).t().contiguous();
+  const at::Tensor ds = f32(w.dw_scale), db = f32(w.dw_shift);
+  const at::Tensor pw = w.project_w.contiguous();
+  const at::Tensor ps = f32(w.project_scale), pb = f32(w.project_shift);
+  at::Tensor y = at::empty({a.x.size(0), a.Cout, a.OH, a.OW},
+                           a.x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  bool fused;
+  switch (a.x.scalar_type()) {
+    case at::kFloat:
+      fused = launch_inverted<float>(a, ew, es, eb, taps, ds, db, pw, ps, pb, y, stream);
+      break;
+    case at::kHalf:
+      fused = launch_inverted<__half>(a, ew, es, eb, taps, ds, db, pw, ps, pb, y, stream);
+      break;
+    default:
+      fused = launch_inverted<__nv_bfloat16>(a, ew, es, eb, taps, ds, db, pw, ps, pb, y, stream);
+  }
+  return fused ? y : run_inverted_residual_in_stages(a, stream);
 }
 
 }  // namespace fastdw_cuda

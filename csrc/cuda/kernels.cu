@@ -2,6 +2,7 @@
 // choose, through explicit instantiation of the launchers (tests/cuda/test_cuda_resources.py
 // compiles this file for sm_80 and sm_90 and checks each kernel's registers and spills).
 #include "dwconv_bn_act.cuh"
+#include "inverted_residual.cuh"
 #include "pwconv_bn_act.cuh"
 
 namespace fastdw_cuda {
@@ -12,5 +13,8 @@ template void launch_dwconv_bn_act<__nv_bfloat16>(const DwParams<__nv_bfloat16>&
 template void launch_pwconv_bn_act<float>(const PwParams<float>&, Stream);
 template void launch_pwconv_bn_act<__half>(const PwParams<__half>&, Stream);
 template void launch_pwconv_bn_act<__nv_bfloat16>(const PwParams<__nv_bfloat16>&, Stream);
+template bool launch_inverted_residual<float>(const IrParams<float>&, Stream);
+template bool launch_inverted_residual<__half>(const IrParams<__half>&, Stream);
+template bool launch_inverted_residual<__nv_bfloat16>(const IrParams<__nv_bfloat16>&, Stream);
 
 }  // namespace fastdw_cuda

@@ -57,4 +57,28 @@ struct PwParams {
 template <typename T>
 void launch_pwconv_bn_act(const PwParams<T>& p, Stream stream);
 
+// inverted_residual forward on channels_last tensors, one fused kernel
+// (csrc/cuda/inverted_residual.cuh). The expand is absent where ew is null (hidden == Cin).
+template <typename T>
+struct IrParams {
+  const T* x;                        // (N, H, W, Cin) at strides xs_*, channel stride 1
+  const T* ew;                       // (hidden, Cin) contiguous, or null
+  const float *es, *eb;              // (hidden,), with ew
+  const float* dw;                   // (k*k, hidden) contiguous: tap (i, j) at (i*k + j)*hidden
+  const float *ds, *db;              // (hidden,)
+  const T* pw;                       // (Cout, hidden) contiguous
+  const float *ps, *pb;              // (Cout,)
+  T* y;                              // (N, OH, OW, Cout) at strides ys_*, channel stride 1
+  int64_t N, Cin, H, W, hidden, Cout, OH, OW;
+  int64_t xs_n, xs_h, xs_w, ys_n, ys_h, ys_w;  // in elements
+  int k, stride, pad, act;
+  bool residual;  // y += x (stride 1, Cin == Cout)
+};
+
+// Launches the fused kernel on `stream` and returns true, or returns false (launching nothing)
+// when the shape's shared memory exceeds the GPU's per-block limit; throws as
+// launch_dwconv_bn_act does.
+template <typename T>
+bool launch_inverted_residual(const IrParams<T>& p, Stream stream);
+
 }  // namespace fastdw_cuda

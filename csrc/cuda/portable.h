@@ -3,6 +3,7 @@
 // (csrc/cuda/emulator/emulator.h), which runs the kernel on the host and checks it.
 //
 // Kernel code keeps to what both sides define:
+//   FASTDW_DEVICE for device functions, FASTDW_HOST_DEVICE for those the launchers call too;
 //   threadIdx, blockIdx, blockDim, gridDim, warpSize, __syncthreads(), __shfl*_sync,
 //   __ballot_sync, __syncwarp, and the CUDA math functions that <cmath> also has (fmaf, expf...);
 //   FASTDW_SHARED(T, name, count) / FASTDW_SHARED_ALIGNED(T, name, count, align) for __shared__
@@ -28,6 +29,7 @@
 #include <utility>
 
 #define FASTDW_DEVICE __device__ __forceinline__
+#define FASTDW_HOST_DEVICE __host__ __device__ inline
 #define FASTDW_SHARED(T, name, count) __shared__ T name[count]
 #define FASTDW_SHARED_ALIGNED(T, name, count, align) __shared__ __align__(align) T name[count]
 #define FASTDW_DYNAMIC_SHARED(T, name)                                    \
@@ -78,6 +80,7 @@ inline void check_cuda(cudaError_t err, const char* what) {
 #undef __shared__  // cuda headers define it empty for the host
 #define __shared__ FASTDW_SHARED_instead_of___shared__
 #define FASTDW_DEVICE inline
+#define FASTDW_HOST_DEVICE inline
 #undef __launch_bounds__  // an unknown attribute to g++
 #define __launch_bounds__(...)
 #define FASTDW_SHARED(T, name, count)                 \

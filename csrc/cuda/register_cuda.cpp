@@ -43,6 +43,16 @@ at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   return fastdw_cuda::run_pwconv_bn_act(call, c10::cuda::getCurrentCUDAStream().stream());
 }
 
+at::Tensor inverted_residual(const at::Tensor& x,
+                             const c10::List<std::optional<at::Tensor>>& weights, int64_t stride,
+                             c10::string_view act, bool residual, c10::string_view se_act,
+                             c10::string_view se_gate) {
+  const auto call = fastdw_cuda::check_inverted_residual(x, weights, stride, act, residual, se_act,
+                                                         se_gate, fastdw_cuda::kGpu);
+  const c10::cuda::CUDAGuard guard(x.device());
+  return fastdw_cuda::run_inverted_residual(call, c10::cuda::getCurrentCUDAStream().stream());
+}
+
 std::string archs() { return FASTDW_STRINGIFY(FASTDW_CUDA_ARCHS); }
 
 }  // namespace
@@ -50,12 +60,14 @@ std::string archs() { return FASTDW_STRINGIFY(FASTDW_CUDA_ARCHS); }
 TORCH_LIBRARY(fastdw_cuda, m) {
   m.def(fastdw_cuda::kDwconvBnActSchema);
   m.def(fastdw_cuda::kPwconvBnActSchema);
+  m.def(fastdw_cuda::kInvertedResidualSchema);
   m.def("archs() -> str", &archs);
 }
 
 TORCH_LIBRARY_IMPL(fastdw_cuda, CUDA, m) {
   m.impl("dwconv_bn_act", &dwconv_bn_act);
   m.impl("pwconv_bn_act", &pwconv_bn_act);
+  m.impl("inverted_residual", &inverted_residual);
 }
 
 extern "C" PyObject* PyInit__C_cuda() {

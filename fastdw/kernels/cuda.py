@@ -35,9 +35,11 @@ HEADER_CANDIDATES = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda")
 EMULATING = os.environ.get(EMULATE_SWITCH) == "1"
 DEVICES = ("cpu",) if EMULATING else ("cuda",)
 # What the kernels cover; every other call runs on reference.
-COVERAGE = ("dwconv_bn_act (channel multiplier 1) and pwconv_bn_act are CUDA kernels for "
-            "channels_last float32/float16/bfloat16 inputs (pwconv_bn_act on tensor cores for "
-            "float16/bfloat16), every other call runs on reference")
+COVERAGE = ("dwconv_bn_act (channel multiplier 1), pwconv_bn_act and inverted_residual "
+            "without squeeze-excite are CUDA kernels for channels_last float32/float16/bfloat16 "
+            "inputs (the 1x1 GEMMs on tensor cores for float16/bfloat16); inverted_residual is "
+            "one fused kernel where its depthwise window fits the GPU's shared memory, else "
+            "the pwconv/dwconv kernels in turn; every other call runs on reference")
 NOTES = f"CUDA kernels run through fastdw's CUDA emulator on CPU tensors; {COVERAGE}"
 
 
@@ -53,8 +55,10 @@ def cuda_headers():
 
 
 def sources():
-    """Every file of csrc/cuda the emulator build depends on, in a fixed order."""
-    return sorted(p for pattern in ("*.cpp", "*.cuh", "*.h", "emulator/*.h")
+    """Every file the emulator build depends on (csrc/cuda, and the block's weight list
+    csrc/cpu/block_weights.h that the host ops include), in a fixed order."""
+    return sorted(p for pattern in ("*.cpp", "*.cuh", "*.h", "emulator/*.h",
+                                    "../cpu/block_weights.h")
                   for p in glob.glob(os.path.join(CSRC, pattern)))
 
 
@@ -148,4 +152,12 @@ def pwconv_bn_act(x, weight, scale, shift, act, residual):
             or (x.stride(1) != 1 and x.shape[1] != 1)):
         return reference.pwconv_bn_act(x, weight, scale, shift, act, residual)
     y = _ops(x).pwconv_bn_act(x, weight, scale, shift, act, residual)
+    return y.contiguous(memory_format=output_memory_format(x))
+
+
+def inverted_residual(x, weights, stride, act, residual, se_act, se_gate):
+    if (x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or x.numel() == 0
+            or (x.stride(1) != 1 and x.shape[1] != 1) or weights.se_w1 is not None):
+        return reference.inverted_residual(x, weights, stride, act, residual, se_act, se_gate)
+    y = _ops(x).inverted_residual(x, list(weights), stride, act, residual, se_act, se_gate)
     return y.contiguous(memory_format=output_memory_format(x))

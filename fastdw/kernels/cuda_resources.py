@@ -7,7 +7,9 @@ they allow on that GPU. tests/cuda/test_cuda_resources.py checks the same table.
 Spills and local memory are build errors here (ptxas --warn-on-spills and
 --warn-on-local-memory-usage under -Werror all-warnings). A kernel's block size is the one its
 __launch_bounds__ declares (.maxntid in the PTX): every kernel launches with exactly that many
-threads. The compile is cached (fastdw/kernels/cpp_build.py, build_cache) by the sources'
+threads. The shared memory in the table is static: the dynamic shared memory a launch sizes
+per shape (inverted_residual's, IrShared in csrc/cuda/inverted_residual.cuh) is not in it, nor
+in its occupancy. The compile is cached (fastdw/kernels/cpp_build.py, build_cache) by the sources'
 hash, so the test and the command share one build.
 
 Theoretical occupancy, computed as the CUDA occupancy calculator does (the formula, in full):

@@ -1,0 +1,168 @@
+"""The CUDA inverted_residual kernel (csrc/cuda/inverted_residual.cuh) run through the emulator,
+through the cuda backend's function (fastdw/kernels/cuda.py), against stock PyTorch in float64 on
+fresh random inputs (tests/ops/op_oracle.py, bounds of tests/numerics.py), with outputs poisoned.
+
+The fused kernel has one instantiation per dtype, with k, the stride and the expand chosen at run
+time, so the cases cover what its launches vary: k 3 / 5 / 7, stride 1 / 2, with and without an
+expand, with the residual, tiles cut at the right and bottom borders (the top and left are the
+padding), several hidden chunks (the last partial), more than one C_in chunk, more than one
+block of output channels; and the host's other choice, the building blocks, for a window over
+the shared-memory limit of the emulated GPU."""
+import pytest
+import torch
+
+import op_oracle as oracle
+from fastdw.contract import BlockWeights
+from fastdw.kernels import cuda
+from oracle_check import assert_matches_oracle
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+NAMES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
+
+
+def fused_kernel(dtype):
+    return (f"void fastdw_cuda::inverted_residual_nhwc<{NAMES[dtype]}>"
+            f"(fastdw_cuda::IrParams<{NAMES[dtype]}>)")
+
+
+def make(shape, hidden, c_out, k, dtype):
+    """(x, BlockWeights, oracle stage triples) with fresh random tensors; hidden None: no
+    expand."""
+    n, c_in, h, w = shape
+    x = oracle.feature_map(shape, dtype, "channels_last")
+    expand = None
+    if hidden is not None:
+        expand = (oracle.conv_weight((hidden, c_in), dtype), *oracle.random_affine(hidden))
+    else:
+        hidden = c_in
+    dw = (oracle.conv_weight((hidden, 1, k, k), dtype), *oracle.random_affine(hidden))
+    project = (oracle.conv_weight((c_out, hidden), dtype), *oracle.random_affine(c_out))
+    block = BlockWeights(*(expand or (None,) * 3), *dw, *project, None, None, None, None)
+    return x, block, (expand, dw, project)
+
+
+def run(emulator, shape, hidden, c_out, k, stride, dtype, act="relu6", residual=False):
+    """The kernel's output for fresh random inputs, checked against the float64 oracle; returns
+    the launch the emulator ran last."""
+    x, block, (expand, dw, project) = make(shape, hidden, c_out, k, dtype)
+    y = cuda.inverted_residual(x, block, stride, act, residual, "relu", "hardsigmoid")
+    launch = emulator.last_launch()
+    ref = oracle.inverted_residual(x, expand, dw, project, None, stride, act, residual)
+    assert_matches_oracle(y, ref, x, launch)
+    return launch
+
+
+# (shape, hidden or None, C_out, k, stride, residual): output tiles of 8 x 8 pixels cut at the
+# right and bottom, hidden chunks of 32 and C_in chunks of 32 (the last ones partial), blocks of
+# 64 output channels.
+CASES = [
+    pytest.param((1, 40, 9, 5), 72, 40, 3, 1, True, id="k3-s1-expand-residual-3-chunks"),
+    pytest.param((1, 12, 17, 9), 24, 70, 3, 2, False, id="k3-s2-expand-2-cout-blocks"),
+    pytest.param((2, 36, 9, 5), None, 20, 5, 1, False, id="k5-s1-no-expand-batch2"),
+    pytest.param((1, 16, 17, 9), 40, 16, 5, 2, False, id="k5-s2-expand"),
+    pytest.param((1, 8, 9, 6), None, 8, 7, 1, True, id="k7-s1-no-expand-residual"),
+]
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, hidden, c_out, k, stride, residual", CASES)
+def test_fused_kernel(emulator, shape, hidden, c_out, k, stride, residual, dtype):
+    launch = run(emulator, shape, hidden, c_out, k, stride, dtype, residual=residual)
+    assert launch.startswith(fused_kernel(dtype)), launch
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+def test_launch_shape(emulator):
+    """One block per 8 x 8 output tile of each image, by 64 output channels; 128 threads."""
+    launch = run(emulator, (2, 8, 17, 9), 16, 65, 3, 1, torch.float16)
+    assert "grid=(12,2,1) block=(128,1,1)" in launch, launch  # 2 images x 3 x 2 tiles
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("act", ["none", "relu", "hardswish", "hardsigmoid", "silu"])
+def test_activations(emulator, act):
+    run(emulator, (1, 8, 5, 6), 16, 8, 3, 1, torch.float32, act=act, residual=True)
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_shared_memory_race(emulator, monkeypatch, dtype):
+    """Under the race detector, the barriers order every shared-memory write before the reads
+    of other threads, across C_in chunks, window blocks and hidden chunks."""
+    monkeypatch.setenv("FASTDW_CUDA_EMULATE_RACECHECK", "1")
+    run(emulator, (1, 40, 9, 5), 40, 40, 3, 1, dtype, residual=True)
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_windows_over_the_shared_memory_limit_run_in_stages(emulator, monkeypatch, dtype):
+    """k = 21 at stride 2 needs a 35 x 35 pixel window: over sm_80's 163 KB of shared memory
+    per block, so the building blocks run (the project's pwconv launch last); within sm_90's
+    227 KB, the fused kernel."""
+    launch = run(emulator, (1, 8, 5, 5), 16, 8, 21, 2, dtype)
+    assert "pwconv_bn_act" in launch, launch
+    monkeypatch.setenv("FASTDW_CUDA_EMULATE_ARCH", "90")
+    launch = run(emulator, (1, 8, 5, 5), 16, 8, 21, 2, dtype)
+    assert launch.startswith(fused_kernel(dtype)), launch
+
+
+def test_squeeze_excite_and_nchw_run_on_reference(emulator):
+    x, block, (expand, dw, project) = make((1, 8, 5, 5), 16, 8, 3, torch.float32)
+    y = cuda.inverted_residual(x.contiguous(), block, 1, "relu6", True, "relu", "hardsigmoid")
+    assert y.is_contiguous()
+    ref = oracle.inverted_residual(x, expand, dw, project, None, 1, "relu6", True)
+    assert_matches_oracle(y, ref, x.contiguous(), "reference")
+    se = (oracle.conv_weight((4, 16), torch.float32), torch.randn(4),
+          oracle.conv_weight((16, 4), torch.float32), torch.randn(16))
+    y = cuda.inverted_residual(x, block._replace(se_w1=se[0], se_b1=se[1], se_w2=se[2],
+                                                 se_b2=se[3]),
+                               1, "relu6", True, "relu", "hardsigmoid")
+    ref = oracle.inverted_residual(x, expand, dw, project, se, 1, "relu6", True)
+    assert_matches_oracle(y, ref, x, "reference")
+
+
+def _arguments():
+    x, block, _ = make((1, 4, 5, 5), 8, 4, 3, torch.float32)
+    return dict(x=x, weights=list(block), stride=1, act="relu", residual=True, se_act="relu",
+                se_gate="hardsigmoid")
+
+
+def weight(name, value):
+    """A change of _arguments(): the block's tensor `name` replaced by `value`."""
+    index = BlockWeights._fields.index(name)
+    return lambda a: a["weights"].__setitem__(index, value)
+
+
+def option(**values):
+    return lambda a: a.update(values)
+
+
+BAD = [
+    (lambda a: a["weights"].pop(), "weights must have 13 entries"),
+    (weight("dw_w", None), r"dw_w is required \(weights\[3\]\)"),
+    (option(x=torch.randn(1, 4, 5, 5, dtype=torch.float64)), "x must be float32, float16 or"),
+    (option(x=torch.randn(1, 4, 5, 5)), "x must have channel stride 1"),
+    (weight("expand_w", torch.randn(8, 5)), r"expand_w must be \(rows, 4\)"),
+    (weight("expand_w", torch.randn(8, 4).half()), "expand_w must have x's dtype"),
+    (weight("expand_scale", None), "expand_scale must be a tensor of shape"),
+    (weight("expand_w", None), "expand_scale and expand_shift must be None without expand_w"),
+    (weight("dw_w", torch.randn(8, 1, 4, 4)), "with k odd"),
+    (weight("dw_scale", torch.rand(7)), r"dw_scale must have shape \(8\)"),
+    (weight("project_w", torch.randn(4, 9)), r"project_w must be \(rows, 8\)"),
+    (weight("project_shift", torch.ones(4, dtype=torch.int32)), "project_shift must be a float"),
+    (weight("se_w1", torch.randn(2, 8)), "se_w1, se_b1, se_w2, se_b2 must be None"),
+    (option(stride=2), "residual needs stride 1"),
+    (option(stride=0, residual=False), r"stride must be in \[1, "),
+    (option(act="gelu"), "act must be one of"),
+    (option(se_gate="relu"), "se_gate must be one of hardsigmoid, sigmoid"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD, ids=[m for _, m in BAD])
+def test_bad_arguments_are_named(emulator, change, message):
+    """The C++ op checks every argument before a launch, naming it."""
+    args = _arguments()
+    change(args)
+    with pytest.raises(RuntimeError, match=message):
+        emulator.inverted_residual(*args.values())
