@@ -41,7 +41,7 @@ pytestmark = pytest.mark.usefixtures("poisoned")  # outputs and scratch start as
 class Launch(NamedTuple):
     kernel: str
     grid: tuple
-    meta: dict  # the BLOCK_* constexprs, PROJECT, and num_warps
+    meta: dict  # the BLOCK_* constexprs, PROJECT, num_warps and maxnreg
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def launches(monkeypatch):
 
     def recording(self, *args, grid, warmup, **kwargs):
         meta = {k: v for k, v in kwargs.items()
-                if k.startswith("BLOCK_") or k in ("PROJECT", "num_warps")}
+                if k.startswith("BLOCK_") or k in ("PROJECT", "num_warps", "maxnreg")}
         seen.append(Launch(self.__name__, tuple(grid), meta))
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
@@ -275,3 +275,26 @@ def test_multiprocessors_reads_the_tensors_gpu(monkeypatch):
     assert ir.runs_fused(False, 128, 3, None) and not ir.runs_fused(False, 129, 10**6, None)
     assert not ir.runs_fused(True, 16, 10**6, 132)
     assert ir.runs_fused(False, 16, 132, 132) and not ir.runs_fused(False, 16, 131, 132)
+
+
+# (dtype, layout, registers): fp16 with channel counts and strides multiples of 16 (or 1) takes
+# the 128 cap (two 8-warp blocks per SM); fp32, or an NCHW 4x4 map (row stride 4), takes 255.
+MAXNREG_CASES = [(torch.float16, "channels_last", 128), (torch.float32, "channels_last", 255),
+                 (torch.float16, "nchw", 255)]
+
+
+@pytest.mark.parametrize("dtype,layout,registers", MAXNREG_CASES,
+                         ids=lambda v: str(v).replace("torch.", ""))
+def test_register_cap_by_dtype_and_alignment(dtype, layout, registers, launches):
+    """The tl.dot kernels launch with the register cap of their dtype and alignment, under which
+    resources.py compiles every config without a spill."""
+    x = op_oracle.feature_map((1, 32, 4, 4), dtype, layout)
+    weight = op_oracle.conv_weight((16, 32), dtype)
+    scale, shift = op_oracle.random_affine(16)
+    out = pw.forward(x, weight, scale, shift, "relu", None, gpu_tiles=True)
+    assert_close(out, op_oracle.pwconv_bn_act(x, weight, scale, shift, "relu", None), dtype)
+    weights, stages = block_weights(32, 32, 16, 3, dtype, False)
+    out = ir.forward(x, weights, 1, "relu6", False, "relu", "hardsigmoid", gpu_tiles=True)
+    assert_close(out, op_oracle.inverted_residual(x, *stages, 1, "relu6", False), dtype)
+    assert [launch.kernel for launch in launches] == ["pw_kernel", "ir_kernel"]
+    assert [launch.meta["maxnreg"] for launch in launches] == [registers, registers]

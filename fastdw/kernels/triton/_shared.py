@@ -8,13 +8,24 @@ import triton.language as tl
 
 from fastdw.contract import INT32_MAX
 
-# Registers per thread for the tl.dot kernels (pwconv, inverted residual). Left alone, ptxas caps
-# them at 64-128 registers and spills a few loop-carried values (seen in the static check,
-# resources.py); 255 removes every spill and still fits 256 threads in a 64K register file.
-# It costs occupancy (resources.py prints it): above 128 registers one 8-warp block fits an SM
-# where two would. A cap of 128 for fp16/bf16 is not safe by dtype alone (the fused block spills
-# at some channel counts not a multiple of 16), and fp32 spills at 128.
-MAXNREG = 255
+# Registers per thread for the tl.dot kernels (pwconv, inverted residual), by x's element size.
+# Left alone, ptxas caps them at 64-128 and spills a few loop-carried values (seen in the static
+# check, resources.py). Above 128 one 8-warp block fits an SM's 64K registers where two would,
+# so fp16/bf16 are capped at 128, where none of their configs spills; fp32 (tl.dot on CUDA
+# cores, larger operand layouts) spills at 128 and takes 255.
+MAXNREG = {2: 128, 4: 255}
+# Without divisibility hints (a channel count or stride not a multiple of 16, as V3's widths and
+# NCHW strides) the loads are scalar and their addresses take registers: fp16/bf16 spill at 128
+# there (resources.py's worst cases), and take 255 too.
+MAXNREG_UNALIGNED = 255
+
+
+def maxnreg(element_size, *ints):
+    """The register cap of a tl.dot kernel launch on x of this element size whose channel
+    counts and strides are `ints`: MAXNREG when each is 1 or a multiple of 16 (Triton then
+    specialises them as resources.py compiles them), else MAXNREG_UNALIGNED."""
+    aligned = all(i == 1 or i % 16 == 0 for i in ints)
+    return MAXNREG[element_size] if aligned else MAXNREG_UNALIGNED
 
 
 def interpreting():

@@ -33,9 +33,9 @@ import triton.language as tl
 
 from fastdw.contract import (ACTIVATIONS, SE_GATES, conv_output_size, output_memory_format,
                              same_padding)
-from fastdw.kernels.triton._shared import (MAXNREG, activation, as_offset, dot_operand,
-                                           interpreting, multiprocessors, needs_int64,
-                                           on_device_of)
+from fastdw.kernels.triton._shared import (activation, as_offset, dot_operand,
+                                           interpreting, maxnreg, multiprocessors,
+                                           needs_int64, on_device_of)
 from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
 from fastdw.kernels.triton.pwconv_bn_act import (dot_in_fp32, forward as pw_forward,
                                                   handled as pw_handled)
@@ -269,6 +269,7 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
         b.dw_w.contiguous(), b.dw_scale, b.dw_shift, b.project_w.contiguous(), b.project_scale,
         b.project_shift)
     int64 = needs_int64(x, y)  # the hidden tensor and the scratch are int64-indexed anyway
+    regs = maxnreg(x.element_size(), c_in, hidden, c_out, *x.stride(), *y.stride())
     for n0 in range(0, n, wave):
         images = min(wave, n - n0)
         with on_device_of(x):
@@ -279,7 +280,7 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
                 tiles_hw, K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=se,
                 RESIDUAL=residual, DOT_FP32=dot_in_fp32(x.dtype), BLOCK_OH=block_oh,
                 BLOCK_OW=block_ow, BLOCK_CIN=block_cin, BLOCK_HID=block_hid,
-                BLOCK_COUT=block_cout, INT64=int64, num_warps=warps, maxnreg=MAXNREG)
+                BLOCK_COUT=block_cout, INT64=int64, num_warps=warps, maxnreg=regs)
         if se:  # this wave's per-tile sums follow its scratch in the workspace
             start = images * tiles_hw * chunks * region
             pooled[n0:n0 + images] = workspace[start:start + images * tiles_hw * hidden].view(

@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from fastdw.contract import INT32_MAX, output_memory_format
-from fastdw.kernels.triton._shared import (MAXNREG, activation, as_offset, dot_operand,
-                                           interpreting, needs_int64, on_device_of)
+from fastdw.kernels.triton._shared import (activation, as_offset, dot_operand, interpreting,
+                                           maxnreg, needs_int64, on_device_of)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; resources.py compiles each of them.
 GPU_CONFIGS = {"small_n": (64, 32, 32, 4), "mid_n": (64, 64, 32, 8), "wide_n": (64, 128, 32, 8)}
@@ -130,6 +130,7 @@ def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None,
     gate_arg = scale if gate is None else gate  # never read when HAS_GATE is False
     int64 = needs_int64(x, res, y) or gate_arg.numel() > INT32_MAX
     weight = weight.contiguous()
+    regs = maxnreg(x.element_size(), c_in, c_out, *x.stride(), *res.stride(), *y.stride())
     images = MAX_LAUNCH_PIXELS // max(1, h * w)  # per launch (handled() keeps it >= 1)
     for n0 in range(0, n, images):
         batch = slice(n0, n0 + images)
@@ -141,5 +142,5 @@ def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None,
                 res[batch], y[batch], m, h * w, w, c_in, c_out, *x.stride(), *res.stride(),
                 *y.stride(), ACT=act, HAS_GATE=gate is not None, HAS_RES=residual is not None,
                 DOT_FP32=dot_in_fp32(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
-                BLOCK_K=block_k, INT64=int64, num_warps=warps, maxnreg=MAXNREG)
+                BLOCK_K=block_k, INT64=int64, num_warps=warps, maxnreg=regs)
     return y

@@ -26,10 +26,11 @@ Each row also gives the occupancy the kernel would have on an A100 (sm_80) and a
 blocks resident per SM and the share of the SM's warp slots they fill, from its registers,
 warps and shared memory; a summary gives each kernel's range.
 
---worst adds the worst cases: channel counts that are not multiples of 16 (no divisibility
-hints, no vector loads; every V3 width) and blocks at stride 1 with the residual. They are not
-part of the CI check yet, because some spill today (the fp32 1x1 kernel, and the bf16
-depthwise forward on sm_80; run --worst for the table).
+The worst cases are compiled too: the fused block at stride 1 with the residual and k 7, and
+channel counts that are not multiples of 16 (no divisibility hints, no vector loads; every V3
+width), each with the register cap its launcher passes (_shared.maxnreg). --worst adds the
+unaligned cases that spill today (the fp32 1x1 kernel, and the bf16 depthwise forward on
+sm_80), which are therefore not part of the CI check yet, and the unaligned bf16 tl.dot cases.
 """
 import argparse
 import concurrent.futures
@@ -72,7 +73,6 @@ def _cases(full, worst=False):
     an int (1 and multiples of 16 specialise like at launch).
     """
     # By module path: the package's own attributes of these names are the kernel functions.
-    from fastdw.kernels.triton._shared import MAXNREG
     dw, pw, ir = (importlib.import_module(f"fastdw.kernels.triton.{name}") for name in
                   ("dwconv_bn_act", "pwconv_bn_act", "inverted_residual"))
 
@@ -110,7 +110,7 @@ def _cases(full, worst=False):
             x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, gate_ptr=f32, res_ptr=dt, y_ptr=dt,
             M=3136, HW=3136, W=56, C_IN=64, C_OUT=64, **strides), dict(
             ACT=act, HAS_GATE=True, HAS_RES=True, DOT_FP32=False, BLOCK_M=bm, BLOCK_N=bn,
-            BLOCK_K=bk, INT64=int64), dict(num_warps=warps, maxnreg=MAXNREG)
+            BLOCK_K=bk, INT64=int64), _dot_options(warps, dt, C_IN=64, C_OUT=64, **strides)
 
     # inverted residual: every channel block the launcher can pick, fused and split.
     shapes = itertools.product((3, 5, 7), (1, 2), _ACTS, (True, False)) if full else \
@@ -134,20 +134,45 @@ def _cases(full, worst=False):
                 K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=not fused,
                 RESIDUAL=fused and stride == 1, DOT_FP32=False, BLOCK_OH=boh, BLOCK_OW=bow,
                 BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=int64), \
-                dict(num_warps=warps, maxnreg=MAXNREG)
-    if worst:
-        yield from _worst_cases(dw, pw, ir, MAXNREG)
+                _dot_options(warps, dt, C_IN=64, HID=384, C_OUT=64, **strides)
+    yield from _worst_cases(dw, pw, ir, worst)
 
 
-def _worst_cases(dw, pw, ir, maxnreg):
-    """The worst cases (--worst), with the widest channel blocks: channel counts that are not
-    multiples of 16 (120, as V3's 120-channel layers; 360 hidden), so no divisibility hints
-    and no vector loads, and the blocks at stride 1 with the residual and k 7."""
+def _dot_options(warps, dt, **ints):
+    """Compile options of a tl.dot kernel: the register cap its launcher passes for x of dtype
+    dt and these channel counts and strides (_shared.maxnreg)."""
+    from fastdw.kernels.triton._shared import maxnreg
+    return dict(num_warps=warps, maxnreg=maxnreg(dt.itemsize, *ints.values()))
+
+
+def _worst_cases(dw, pw, ir, known_spills):
+    """The worst cases, with the widest channel blocks: the fused block at stride 1 with the
+    residual and k 7, channels multiples of 16 (the register cap is then MAXNREG, 128 for
+    fp16/bf16); the same and every other kernel with channel counts that are not multiples of 16
+    (120, as V3's 120-channel layers; 360 hidden), so no divisibility hints and no vector
+    loads. The unaligned cases that spill today (the fp32 1x1 kernel, the bf16 depthwise
+    forward on sm_80) only with known_spills (--worst), and so the unaligned bf16 tl.dot
+    cases, which compile to the registers of their fp16 twins (within 1), to save CI time."""
     f32 = torch.float32
+    boh, bow, bh, warps = ir.GPU_CONFIG
+    aligned = {f"s{t}{d}": v for t in "xy" for d, v in zip("nchw", (56 * 56 * 64, 1, 56 * 64, 64))}
+    for dt in _DTYPES:
+        bcin = ir.GPU_MAX_BLOCK_CIN[dt.itemsize]
+        yield ir.ir_kernel, f"fused {_DTYPES[dt]} cin{bcin} cout128 k7 s1 silu c64", dict(
+            x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
+            wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, pool_ptr=f32, y_ptr=dt,
+            C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=56, OW=56, **aligned, PAD=3, TILES_W=7,
+            TILES_HW=49), dict(
+            K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=True, POOL=False, RESIDUAL=True,
+            DOT_FP32=False, BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_CIN=bcin, BLOCK_HID=bh,
+            BLOCK_COUT=128, INT64=False), _dot_options(warps, dt, C_IN=64, HID=384, C_OUT=64,
+                                                       **aligned)
     c, hidden = 120, 360
     strides = {f"s{t}{d}": v for t in "xgry" for d, v in zip("nchw", (56 * 56 * c, 1, 56 * c, c))}
     ints = dict(C=c, H=56, W=56, OH=56, OW=56, PAD=3, TILES_W=7, TILES_HW=49)
-    for label, dt in [("wide4", f32), ("wide2", torch.float16), ("wide2", torch.bfloat16)]:
+    dw_cfgs = [("wide4", f32), ("wide2", torch.float16)] + \
+        [("wide2", torch.bfloat16)] * known_spills
+    for label, dt in dw_cfgs:
         boh, bow, bc, warps = dw.GPU_CONFIGS[label]
         tile = dict(K=7, STRIDE=1, DILATION=1, BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_C=bc,
                     INT64=False)
@@ -165,27 +190,31 @@ def _worst_cases(dw, pw, ir, maxnreg):
             gz_ptr=f32, w_ptr=dt, gx_ptr=dt, **ints, **{"sgx" + k[2]: v for k, v in xs.items()}), \
             tile, dict(num_warps=warps)
     for label, dt in itertools.product(pw.GPU_CONFIGS, _DTYPES):
+        if dt != torch.float16 and not known_spills:
+            continue
         bm, bn, bk, warps = pw.GPU_CONFIGS[label]
+        xry = {k: v for k, v in strides.items() if k[1] in "xry"}
         yield pw.pw_kernel, f"{label} {_DTYPES[dt]} silu c{c}", dict(
             x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, gate_ptr=f32, res_ptr=dt, y_ptr=dt,
-            M=3136, HW=3136, W=56, C_IN=c, C_OUT=c,
-            **{k: v for k, v in strides.items() if k[1] in "xry"}), dict(
+            M=3136, HW=3136, W=56, C_IN=c, C_OUT=c, **xry), dict(
             ACT="silu", HAS_GATE=True, HAS_RES=True, DOT_FP32=False, BLOCK_M=bm, BLOCK_N=bn,
-            BLOCK_K=bk, INT64=False), dict(num_warps=warps, maxnreg=maxnreg)
-    boh, bow, bh, warps = ir.GPU_CONFIG
+            BLOCK_K=bk, INT64=False), _dot_options(warps, dt, C_IN=c, C_OUT=c, **xry)
     for dt, fused in itertools.product(_DTYPES, (True, False)):
+        if dt == torch.bfloat16 and not known_spills:
+            continue
         bcin, bcout = ir.GPU_MAX_BLOCK_CIN[dt.itemsize], 128 if fused else 16
         name = (f"{'fused' if fused else 'split'} {_DTYPES[dt]} cin{bcin} cout{bcout} k7 s1 silu "
                 f"c{c}")
+        xy = {k: v for k, v in strides.items() if k[1] in "xy"}
         yield ir.ir_kernel, name, dict(
             x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
             wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, pool_ptr=f32, y_ptr=dt,
-            C_IN=c, HID=hidden, C_OUT=c, H=56, W=56, OH=56, OW=56,
-            **{k: v for k, v in strides.items() if k[1] in "xy"}, PAD=3, TILES_W=7,
+            C_IN=c, HID=hidden, C_OUT=c, H=56, W=56, OH=56, OW=56, **xy, PAD=3, TILES_W=7,
             TILES_HW=49), dict(
             K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=fused, POOL=not fused,
             RESIDUAL=fused, DOT_FP32=False, BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_CIN=bcin,
-            BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=False), dict(num_warps=warps, maxnreg=maxnreg)
+            BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=False), _dot_options(
+                warps, dt, C_IN=c, HID=hidden, C_OUT=c, **xy)
 
 
 def _signature(fn, args, constexprs):
@@ -312,8 +341,8 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true",
                         help="also enumerate act/stride/dilation/kernel size (slow)")
     parser.add_argument("--worst", action="store_true",
-                        help="also the worst cases: channels not multiples of 16, stride 1 "
-                             "with the residual (some spill today: not part of the CI check)")
+                        help="also the unaligned worst cases that spill today (not part of "
+                             "the CI check)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: cores)")
     opts = parser.parse_args(argv)
     # The kernels must be real JIT functions, not interpreted ones: drop the interpreter switch
