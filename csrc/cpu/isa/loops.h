@@ -51,6 +51,37 @@ template <int N> inline void store(bf16* p, typename Lanes<N>::F v) {
   __builtin_memcpy(p, &h, sizeof h);
 }
 
+// e^u lane-wise, for silu: EfficientNet applies it to every expanded pixel, where a scalar
+// libm call per lane keeps the loop from vectorising. Range reduction u = n ln2 + r with
+// n = round(u / ln2), |r| <= ln2 / 2, ln2 split in two so n * ln2 is exact to 32 bits; then
+// e^r = 1 + r + r^2/2 + ... to degree 7 in Horner form (truncation error |r|^8 / 8! below
+// float rounding); then 2^n through the exponent bits. Within 2 ulp of e^u where that is a
+// normal float (tests/ops check silu against float64). Beyond it: 0 below ln(FLT_MIN) and +inf
+// above 127.5 ln2 (2^128 does not fit the exponent; e^u > 2.4e38 there), so silu(-inf) is
+// -inf / inf = NaN as in torch. A NaN lane stays NaN.
+template <int N> inline typename Lanes<N>::F exp_lanes(typename Lanes<N>::F u) {
+  using F = typename Lanes<N>::F;
+  using I = typename Lanes<N>::I;
+  const F zero{}, lo = zero - 87.3365447f, hi = zero + 88.3762626f;  // ln(FLT_MIN), 127.5 ln2
+  const F t = u < lo ? lo : u > hi ? hi : u;  // NaN lanes keep NaN (both comparisons false)
+  const F half = t < zero ? zero - 0.5f : zero + 0.5f;
+  const I n = __builtin_convertvector(t * 1.44269504f + half, I);  // round half away from 0
+  const F nf = __builtin_convertvector(n, F);
+  const F r = (t - nf * 0.693359375f) + nf * 2.12194440e-4f;  // ln2 = 0.693359375 - 2.1219e-4
+  F p = zero + 1.f / 5040.f;
+  p = p * r + 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  F e = p * (F)((n + 127) << 23);  // 2^n for n in [-126, 127]
+  e = u < lo ? zero : e;
+  e = u > hi ? zero + __builtin_inff() : e;
+  return u != u ? u : e;
+}
+
 // The activations of fastdw.contract.ACTIVATIONS, lane-wise, with torch's NaN semantics: a NaN
 // lane stays NaN, so each clamp selects the bound only where the comparison with it holds (a
 // comparison with NaN is false).
@@ -62,11 +93,8 @@ template <int A, int N> inline typename Lanes<N>::F activate(typename Lanes<N>::
   else if constexpr (A == kRelu6) return relu6(v);
   else if constexpr (A == kHardswish) return v * relu6(v + 3.f) * (1.f / 6.f);
   else if constexpr (A == kHardsigmoid) return relu6(v + 3.f) * (1.f / 6.f);
-  else if constexpr (A == kSilu) {
-    // x * sigmoid(x), lane by lane through libm: silu is not on MobileNet's hot path.
-    for (int l = 0; l < N; ++l) v[l] = v[l] / (1.f + __builtin_expf(-v[l]));
-    return v;
-  } else return v;
+  else if constexpr (A == kSilu) return v / (1.f + exp_lanes<N>(-v));  // x * sigmoid(x)
+  else return v;
 }
 
 // The output columns [lo, hi) whose window (k taps from ow*s - pad, dilation d) lies inside the
