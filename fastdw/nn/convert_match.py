@@ -217,7 +217,8 @@ def _is_pool(node, module, x):
     """Whether node is a global average pool of x, keeping dims."""
     if node.op == "call_method" and node.target == "mean" and node.args[:1] == (x,):
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        return (tuple(dims or ()) in ((2, 3), (-2, -1), (-1, -2), (3, 2))
+        dims = dims if isinstance(dims, (tuple, list)) else (dims,)  # x.mean(2): one dim
+        return (tuple(dims) in ((2, 3), (-2, -1), (-1, -2), (3, 2))
                 and node.kwargs.get("keepdim", False) is True)
     if node.op == "call_module" and node.args == (x,):
         pool = module.get_submodule(node.target)

