@@ -11,14 +11,14 @@ from torchvision.models import MobileNet_V3_Small_Weights
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 
 
-def python_m_fastdw(args, torch_home):
-    env = {**os.environ, "TORCH_HOME": str(torch_home)}
+def python_m_fastdw(args, torch_home, **environment):
+    env = {**os.environ, "TORCH_HOME": str(torch_home), **environment}
     return subprocess.run([sys.executable, "-m", "fastdw", *args], capture_output=True,
                           text=True, env=env, timeout=300)
 
 
-def run(args, torch_home):
-    done = python_m_fastdw(args, torch_home)
+def run(args, torch_home, **environment):
+    done = python_m_fastdw(args, torch_home, **environment)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -62,6 +62,12 @@ def test_demo_without_weights_says_random_and_how_to_get_them(tmp_path):
     out = run(["demo", "--model", "mobilenet_v3_small", "--runs", "1", "--rounds", "1"],
               tmp_path)
     assert "RANDOM weights" in out and name in out and "top-5 fastdw" in out
+
+
+def test_demo_names_the_ops_the_kill_switch_disables(tmp_path):
+    out = run(["demo", "--model", "mobilenet_v3_small", "--runs", "1", "--rounds", "1"],
+              tmp_path, FASTDW_DISABLE_OPS="inverted_residual,dwconv_bn_act")
+    assert "kill switch: dwconv_bn_act, inverted_residual" in out, out
 
 
 def test_demo_refuses_an_unknown_model(tmp_path):
