@@ -94,7 +94,10 @@ def demo(args):
                 print(f"  {p:7.2%}  {categories[i]}")
         diff = (logits["fastdw"] - logits["torchvision"]).abs().max().item()
         print(f"\nmax |logit difference| fastdw vs torchvision: {diff:.3g}")
-        print(f"fastdw backend: {backend.resolve(None, 'cpu')}")
+        disabled = sorted(backend.disabled_ops())
+        print(f"fastdw backend: {backend.resolve(None, 'cpu')}"
+              + (f"; run on stock PyTorch by the kill switch: {', '.join(disabled)}"
+                 if disabled else ""))
         # Alternate the two providers so machine noise hits both alike.
         runs = {"fastdw": [], "torchvision": []}
         for _ in range(args.rounds):
