@@ -226,6 +226,14 @@ class CachedForward:
             self.__dict__["_fold_cache"][:] = (None, None)
         return super().train(mode)
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling any: fail here with
+        # what to use, not deep inside TorchScript's compile of the cache or torch.fx.
+        raise RuntimeError(
+            f"torch.jit.script cannot compile fastdw's {type(self).__name__} (its forward uses "
+            f"Python that TorchScript does not support); use torch.jit.trace(model, "
+            f"example_inputs), torch.export.export or torch.compile instead")
+
     def _apply(self, fn, *args, **kwargs):
         module = super()._apply(fn, *args, **kwargs)
         entry = self.__dict__.get("_fold_cache")

@@ -55,6 +55,12 @@ def test_jit_trace_runs_as_the_net(randomize_bn, accurate):
     assert accurate(traced(x), net, x)
 
 
+def test_jit_script_says_what_to_use_instead():
+    net = fastdw.models.mobilenet_v3_small().eval()
+    with pytest.raises(RuntimeError, match=r"jit\.script cannot compile fastdw's .*jit\.trace"):
+        torch.jit.script(net)
+
+
 # Loads both packages in a process that never imports fastdw: the lowered one must run, the one
 # calling fastdw's ops must be refused (their kernels are Python: torch.library.custom_op).
 _LOAD_WITHOUT_FASTDW = textwrap.dedent("""
