@@ -41,7 +41,7 @@ pytestmark = pytest.mark.usefixtures("poisoned")  # outputs and scratch start as
 class Launch(NamedTuple):
     kernel: str
     grid: tuple
-    meta: dict  # the BLOCK_* constexprs, PROJECT, num_warps and maxnreg
+    meta: dict  # the BLOCK_* constexprs, PROJECT, PRECISION, num_warps and maxnreg
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def launches(monkeypatch):
 
     def recording(self, *args, grid, warmup, **kwargs):
         meta = {k: v for k, v in kwargs.items()
-                if k.startswith("BLOCK_") or k in ("PROJECT", "num_warps", "maxnreg")}
+                if k.startswith("BLOCK_") or k in ("PROJECT", "PRECISION", "num_warps", "maxnreg")}
         seen.append(Launch(self.__name__, tuple(grid), meta))
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
@@ -298,3 +298,33 @@ def test_register_cap_by_dtype_and_alignment(dtype, layout, registers, launches)
     assert_close(out, op_oracle.inverted_residual(x, *stages, 1, "relu6", False), dtype)
     assert [launch.kernel for launch in launches] == ["pw_kernel", "ir_kernel"]
     assert [launch.meta["maxnreg"] for launch in launches] == [registers, registers]
+
+
+# (dtype, torch.backends.cuda.matmul.allow_tf32, tl.dot input_precision of every launch)
+TF32_CASES = [(torch.float32, False, "ieee"), (torch.float32, True, "tf32"),
+              (torch.float16, True, "ieee")]
+
+
+@pytest.mark.parametrize("dtype,allow_tf32,precision", TF32_CASES,
+                         ids=lambda v: str(v).replace("torch.", ""))
+def test_tf32_follows_torch_matmul_flag(dtype, allow_tf32, precision, launches, monkeypatch):
+    """fp32 tl.dot runs as TF32 only when the user allows TF32 for fp32 matmuls (off by default,
+    as torch's flag is); fp16 is unaffected. Both tl.dot kernels, the block fused and split.
+    The interpreter multiplies in fp32 whatever input_precision says, so the numerics checked
+    here are the kernels' (fp32 bound); on a GPU TF32 rounds operands to 10 mantissa bits."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow_tf32)
+    x = op_oracle.feature_map((1, 32, 4, 4), dtype, "channels_last")
+    weight = op_oracle.conv_weight((16, 32), dtype)
+    scale, shift = op_oracle.random_affine(16)
+    out = pw.forward(x, weight, scale, shift, "relu", None, gpu_tiles=True)
+    assert_close(out, op_oracle.pwconv_bn_act(x, weight, scale, shift, "relu", None), dtype)
+    weights, stages = block_weights(32, 32, 16, 3, dtype, False)
+    ref = op_oracle.inverted_residual(x, *stages, 1, "relu6", False)
+    for sms in (None, 2):  # fused (off a GPU), then split (1 program < 2 SMs)
+        monkeypatch.setattr(ir, "multiprocessors", lambda device: sms)
+        out = ir.forward(x, weights, 1, "relu6", False, "relu", "hardsigmoid", gpu_tiles=True)
+        assert_close(out, ref, dtype)
+    assert [launch.kernel for launch in launches] == ["pw_kernel", "ir_kernel", "ir_kernel",
+                                                      "pw_kernel"]
+    assert [launch.meta["PROJECT"] for launch in launches[1:3]] == [True, False]
+    assert [launch.meta["PRECISION"] for launch in launches] == [precision] * 4

@@ -59,6 +59,12 @@ def test_no_spills_and_shared_memory_within_limits():
     for dt in ("fp32", "fp16", "bf16"):
         assert any(c.startswith(f"fused {dt} ") and c.endswith(" k7 s1 silu c64")
                    for k, c, *_ in rows), dt
+    # fp32 with TF32 allowed (an opt-in) multiplies on the tensor cores as tf32 (the check fails
+    # a row whose mma differs), in both tl.dot kernels on both archs.
+    tf32 = {(kernel, arch) for kernel, config, arch, mma, *_ in rows
+            if config.endswith(" tf32") and mma == "tf32"}
+    assert tf32 == {(kernel, arch) for kernel in ("pw_kernel", "ir_kernel")
+                    for arch in ("sm_80", "sm_90")}
     # Capped at 128 registers, every aligned fp16/bf16 config of the tl.dot kernels fits two
     # 8-warp blocks (or more) per SM: 255 allowed 1 (issue 13: fused fp16 at 161 registers).
     for kernel, config, arch, mma, blocks, occupied in rows:

@@ -66,6 +66,16 @@ def on_device_of(t):
     return torch.cuda.device_of(t)
 
 
+def dot_precision(dtype):
+    """tl.dot's input_precision for x of this dtype: "tf32" for fp32 when the user allows TF32
+    for fp32 matmuls (torch.backends.cuda.matmul.allow_tf32, or set_float32_matmul_precision
+    "high"), so the 1x1 GEMMs run on tensor cores with 10-bit-mantissa operands; else "ieee"
+    (fp32 on CUDA cores; fp16/bf16 go to the tensor cores in their own type either way). An
+    opt-in, off by default as torch's matmul flag is: torch.backends.cudnn.allow_tf32 is on
+    by default, and following it would change fastdw's fp32 results without a request."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
 @triton.jit
 def _clamp_0_6(u):
     """min(max(u, 0), 6), NaN kept."""

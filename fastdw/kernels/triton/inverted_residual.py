@@ -33,7 +33,7 @@ import triton.language as tl
 
 from fastdw.contract import (ACTIVATIONS, SE_GATES, conv_output_size, output_memory_format,
                              same_padding)
-from fastdw.kernels.triton._shared import (activation, as_offset, dot_operand,
+from fastdw.kernels.triton._shared import (activation, as_offset, dot_operand, dot_precision,
                                            interpreting, maxnreg, multiprocessors,
                                            needs_int64, on_device_of)
 from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
@@ -42,7 +42,8 @@ from fastdw.kernels.triton.pwconv_bn_act import (dot_in_fp32, forward as pw_forw
 
 # The fused kernel keeps BLOCK_P x BLOCK_COUT fp32 accumulators; above this it splits.
 MAX_FUSED_COUT = 128
-# GPU tile (BLOCK_OH, BLOCK_OW, BLOCK_HID, num_warps). fp32 multiplies on CUDA cores (no TF32),
+# GPU tile (BLOCK_OH, BLOCK_OW, BLOCK_HID, num_warps). fp32 multiplies on CUDA cores (TF32 only
+# when allowed: _shared.dot_precision),
 # whose tl.dot operand layouts need more registers: it takes at most 32 input channels per
 # expand step, fp16/bf16 64 (beyond that ptxas spills, seen in resources.py).
 GPU_CONFIG = (8, 8, 16, 8)
@@ -122,6 +123,7 @@ def ir_kernel(
     POOL: tl.constexpr,        # (not PROJECT) also write per-tile channel sums for SE
     RESIDUAL: tl.constexpr,    # (PROJECT) add x; stride 1 and C_IN == C_OUT
     DOT_FP32: tl.constexpr,    # tl.dot on fp32 operands (bf16 under the interpreter)
+    PRECISION: tl.constexpr,   # tl.dot input_precision: "ieee", or "tf32" (fp32, opt-in)
     BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr,   # output tile
     BLOCK_CIN: tl.constexpr,   # input channels per expand tl.dot step
     BLOCK_HID: tl.constexpr,   # hidden channels per chunk
@@ -178,7 +180,7 @@ def ir_kernel(
                     we = tl.load(we_ptr + hc[None, :] * C_IN + ci[:, None],
                                  mask=ci_mask[:, None] & h_mask[None, :], other=0.0)
                     e = tl.dot(dot_operand(xv, x_ptr, DOT_FP32),
-                               dot_operand(we, x_ptr, DOT_FP32), e, input_precision="ieee")
+                               dot_operand(we, x_ptr, DOT_FP32), e, input_precision=PRECISION)
                 # Zero padding applies to the expanded map: act(0 * es + eb) != 0.
                 e = tl.where(inside[:, None], activation(e * es[None, :] + eb[None, :], ACT), 0.0)
                 tl.store(scratch + q[:, None] * BLOCK_HID + hl[None, :], e)
@@ -203,7 +205,7 @@ def ir_kernel(
             wp = tl.load(wp_ptr + o[None, :] * HID + hc[:, None],
                          mask=h_mask[:, None] & o_mask[None, :], other=0.0)
             acc = tl.dot(dot_operand(d, x_ptr, DOT_FP32), dot_operand(wp, x_ptr, DOT_FP32), acc,
-                         input_precision="ieee")
+                         input_precision=PRECISION)
         else:
             pix = (n.to(tl.int64) * OH + rows) * OW + cols
             tl.store(hid_ptr + pix[:, None] * HID + hc[None, :], d.to(hid_ptr.dtype.element_ty),
@@ -278,9 +280,10 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
                 y[n0:n0 + images],
                 c_in, hidden, c_out, h, w, oh, ow, *x.stride(), *y.stride(), pad, tiles_w,
                 tiles_hw, K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=se,
-                RESIDUAL=residual, DOT_FP32=dot_in_fp32(x.dtype), BLOCK_OH=block_oh,
-                BLOCK_OW=block_ow, BLOCK_CIN=block_cin, BLOCK_HID=block_hid,
-                BLOCK_COUT=block_cout, INT64=int64, num_warps=warps, maxnreg=regs)
+                RESIDUAL=residual, DOT_FP32=dot_in_fp32(x.dtype),
+                PRECISION=dot_precision(x.dtype), BLOCK_OH=block_oh, BLOCK_OW=block_ow,
+                BLOCK_CIN=block_cin, BLOCK_HID=block_hid, BLOCK_COUT=block_cout,
+                INT64=int64, num_warps=warps, maxnreg=regs)
         if se:  # this wave's per-tile sums follow its scratch in the workspace
             start = images * tiles_hw * chunks * region
             pooled[n0:n0 + images] = workspace[start:start + images * tiles_hw * hidden].view(

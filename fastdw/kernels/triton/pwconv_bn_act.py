@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from fastdw.contract import INT32_MAX, output_memory_format
-from fastdw.kernels.triton._shared import (activation, as_offset, dot_operand, interpreting,
-                                           maxnreg, needs_int64, on_device_of)
+from fastdw.kernels.triton._shared import (activation, as_offset, dot_operand, dot_precision,
+                                           interpreting, maxnreg, needs_int64, on_device_of)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; resources.py compiles each of them.
 GPU_CONFIGS = {"small_n": (64, 32, 32, 4), "mid_n": (64, 64, 32, 8), "wide_n": (64, 128, 32, 8)}
@@ -53,7 +53,8 @@ def pixel_rows(m, HW, W, sn, sh, sw):
 # For each pixel m = (n, h, w) and output channel o:
 #   a[m, i]  = x[n, i, h, w] * gate[n, i]                (gate only when HAS_GATE)
 #   y[n, o, h, w] = act(sum_i a[m, i] * w[o, i] * scale[o] + shift[o]) + residual[n, o, h, w]
-# fp32 accumulation in tl.dot; fp32 operands are multiplied in IEEE fp32 (not TF32).
+# fp32 accumulation in tl.dot; fp32 operands are multiplied in IEEE fp32, or as TF32 when the
+# user allows it (PRECISION, _shared.dot_precision).
 @triton.jit
 def pw_kernel(
     x_ptr,        # input (N, C_IN, H, W), any strides
@@ -71,6 +72,7 @@ def pw_kernel(
     HAS_GATE: tl.constexpr,   # multiply A by gate[n, i] in the prologue
     HAS_RES: tl.constexpr,    # add the residual after the activation
     DOT_FP32: tl.constexpr,   # cast operands to fp32 before tl.dot (bf16 under the interpreter)
+    PRECISION: tl.constexpr,  # tl.dot input_precision: "ieee", or "tf32" (fp32, opt-in)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INT64: tl.constexpr,      # offsets within an image (and into the gate) in int64
 ):
@@ -95,7 +97,7 @@ def pw_kernel(
         b = tl.load(w_ptr + o[None, :] * C_IN + i[:, None],
                     mask=i_mask[:, None] & o_mask[None, :], other=0.0)
         acc = tl.dot(dot_operand(a, x_ptr, DOT_FP32), dot_operand(b, x_ptr, DOT_FP32), acc,
-                     input_precision="ieee")
+                     input_precision=PRECISION)
     scale = tl.load(scale_ptr + o, mask=o_mask, other=0.0)
     shift = tl.load(shift_ptr + o, mask=o_mask, other=0.0)
     y = activation(acc * scale[None, :] + shift[None, :], ACT)
@@ -141,6 +143,7 @@ def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None,
                 x[batch], weight, scale, shift, gate_arg if gate is None else gate[batch],
                 res[batch], y[batch], m, h * w, w, c_in, c_out, *x.stride(), *res.stride(),
                 *y.stride(), ACT=act, HAS_GATE=gate is not None, HAS_RES=residual is not None,
-                DOT_FP32=dot_in_fp32(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
-                BLOCK_K=block_k, INT64=int64, num_warps=warps, maxnreg=regs)
+                DOT_FP32=dot_in_fp32(x.dtype), PRECISION=dot_precision(x.dtype),
+                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                INT64=int64, num_warps=warps, maxnreg=regs)
     return y

@@ -57,11 +57,13 @@ GPUS = {80: "A100", 90: "H100"}
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "silu")
 _INDEX = {False: "", True: " int64"}  # config label suffix of the INT64 variants
+_PRECISION = {"ieee": "", "tf32": " tf32"}  # and of the fp32 variants with TF32 allowed
 # Tensor-core instructions in the PTX, capturing their operand type.
 _MMA = re.compile(r"\b(?:wgmma\.mma_async|mma)\.sync\.aligned\.[\w.]*?\.f32\.(bf16|f16|tf32)\b")
 # The operand type each kernel's tensor-core instructions must have, by its x dtype: the
-# tl.dot kernels multiply fp16/bf16 on tensor cores and fp32 in IEEE fp32 on CUDA cores (no
-# TF32); the depthwise kernels never use them. "-": none.
+# tl.dot kernels multiply fp16/bf16 on tensor cores and fp32 in IEEE fp32 on CUDA cores, or as
+# tf32 on tensor cores when TF32 is allowed (PRECISION "tf32"); the depthwise kernels never use
+# them. "-": none.
 _DOT_KERNELS = ("pw_kernel", "ir_kernel")
 _EXPECTED_MMA = {"fp32": "-", "fp16": "f16", "bf16": "bf16"}
 
@@ -103,14 +105,19 @@ def _cases(full, worst=False):
 
     # pwconv: every config x dtype, with gate and residual (its heaviest form).
     acts = _ACTS if full else ("hardswish",)
-    for label, dt, act, int64 in itertools.product(pw.GPU_CONFIGS, _DTYPES, acts, (False, True)):
+    for label, dt, act, int64, precision in itertools.product(pw.GPU_CONFIGS, _DTYPES, acts,
+                                                              (False, True), _PRECISION):
+        if precision == "tf32" and (dt != f32 or int64):  # TF32: fp32 only, int32 offsets
+            continue
         bm, bn, bk, warps = pw.GPU_CONFIGS[label]
         strides = {f"s{t}{d}": v for t in "xry" for d, v in zip("nchw", (200704, 1, 3584, 64))}
-        yield pw.pw_kernel, f"{label} {_DTYPES[dt]} {act}{_INDEX[int64]}", dict(
+        name = f"{label} {_DTYPES[dt]} {act}{_INDEX[int64]}{_PRECISION[precision]}"
+        yield pw.pw_kernel, name, dict(
             x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, gate_ptr=f32, res_ptr=dt, y_ptr=dt,
             M=3136, HW=3136, W=56, C_IN=64, C_OUT=64, **strides), dict(
-            ACT=act, HAS_GATE=True, HAS_RES=True, DOT_FP32=False, BLOCK_M=bm, BLOCK_N=bn,
-            BLOCK_K=bk, INT64=int64), _dot_options(warps, dt, C_IN=64, C_OUT=64, **strides)
+            ACT=act, HAS_GATE=True, HAS_RES=True, DOT_FP32=False, PRECISION=precision,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, INT64=int64), \
+            _dot_options(warps, dt, C_IN=64, C_OUT=64, **strides)
 
     # inverted residual: every channel block the launcher can pick, fused and split.
     shapes = itertools.product((3, 5, 7), (1, 2), _ACTS, (True, False)) if full else \
@@ -119,12 +126,16 @@ def _cases(full, worst=False):
     for dt, (k, stride, act, expand) in itertools.product(_DTYPES, shapes):
         cin_blocks = [b for b in (16, 32, 64) if b <= ir.GPU_MAX_BLOCK_CIN[dt.itemsize]]
         widest = cin_blocks[-1]
-        modes = [(bcin, bcout, True, False) for bcin in cin_blocks for bcout in (16, 32, 64, 128)]
-        modes += [(bcin, 16, False, False) for bcin in cin_blocks]
-        modes += [(widest, 128, True, True), (widest, 16, False, True)]
-        for bcin, bcout, fused, int64 in modes:
+        modes = [(bcin, bcout, True, False, "ieee") for bcin in cin_blocks
+                 for bcout in (16, 32, 64, 128)]
+        modes += [(bcin, 16, False, False, "ieee") for bcin in cin_blocks]
+        modes += [(widest, 128, True, True, "ieee"), (widest, 16, False, True, "ieee")]
+        if dt == f32:  # TF32 allowed, widest blocks
+            modes += [(widest, 128, True, False, "tf32"), (widest, 16, False, False, "tf32")]
+        for bcin, bcout, fused, int64, precision in modes:
             name = (f"{'fused' if fused else 'split'} {_DTYPES[dt]} cin{bcin} cout{bcout} k{k} "
-                    f"s{stride} {act}{'' if expand else ' no-expand'}{_INDEX[int64]}")
+                    f"s{stride} {act}{'' if expand else ' no-expand'}{_INDEX[int64]}"
+                    f"{_PRECISION[precision]}")
             strides = {f"s{t}{d}": v for t in "xy" for d, v in zip("nchw", (200704, 1, 3584, 64))}
             yield ir.ir_kernel, name, dict(
                 x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
@@ -132,8 +143,9 @@ def _cases(full, worst=False):
                 C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=28, OW=28, **strides, PAD=2,
                 TILES_W=4, TILES_HW=28), dict(
                 K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=not fused,
-                RESIDUAL=fused and stride == 1, DOT_FP32=False, BLOCK_OH=boh, BLOCK_OW=bow,
-                BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=int64), \
+                RESIDUAL=fused and stride == 1, DOT_FP32=False, PRECISION=precision,
+                BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout,
+                INT64=int64), \
                 _dot_options(warps, dt, C_IN=64, HID=384, C_OUT=64, **strides)
     yield from _worst_cases(dw, pw, ir, worst)
 
@@ -164,7 +176,8 @@ def _worst_cases(dw, pw, ir, known_spills):
             C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=56, OW=56, **aligned, PAD=3, TILES_W=7,
             TILES_HW=49), dict(
             K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=True, POOL=False, RESIDUAL=True,
-            DOT_FP32=False, BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_CIN=bcin, BLOCK_HID=bh,
+            DOT_FP32=False, PRECISION="ieee", BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_CIN=bcin,
+            BLOCK_HID=bh,
             BLOCK_COUT=128, INT64=False), _dot_options(warps, dt, C_IN=64, HID=384, C_OUT=64,
                                                        **aligned)
     c, hidden = 120, 360
@@ -197,8 +210,9 @@ def _worst_cases(dw, pw, ir, known_spills):
         yield pw.pw_kernel, f"{label} {_DTYPES[dt]} silu c{c}", dict(
             x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, gate_ptr=f32, res_ptr=dt, y_ptr=dt,
             M=3136, HW=3136, W=56, C_IN=c, C_OUT=c, **xry), dict(
-            ACT="silu", HAS_GATE=True, HAS_RES=True, DOT_FP32=False, BLOCK_M=bm, BLOCK_N=bn,
-            BLOCK_K=bk, INT64=False), _dot_options(warps, dt, C_IN=c, C_OUT=c, **xry)
+            ACT="silu", HAS_GATE=True, HAS_RES=True, DOT_FP32=False, PRECISION="ieee",
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, INT64=False), \
+            _dot_options(warps, dt, C_IN=c, C_OUT=c, **xry)
     for dt, fused in itertools.product(_DTYPES, (True, False)):
         if dt == torch.bfloat16 and not known_spills:
             continue
@@ -212,7 +226,8 @@ def _worst_cases(dw, pw, ir, known_spills):
             C_IN=c, HID=hidden, C_OUT=c, H=56, W=56, OH=56, OW=56, **xy, PAD=3, TILES_W=7,
             TILES_HW=49), dict(
             K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=fused, POOL=not fused,
-            RESIDUAL=fused, DOT_FP32=False, BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_CIN=bcin,
+            RESIDUAL=fused, DOT_FP32=False, PRECISION="ieee", BLOCK_OH=boh, BLOCK_OW=bow,
+            BLOCK_CIN=bcin,
             BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=False), _dot_options(
                 warps, dt, C_IN=c, HID=hidden, C_OUT=c, **xy)
 
@@ -266,6 +281,8 @@ def compile_one(case, arch):
     shared = compiled.metadata.shared + use.get("SHARED", 0)
     mma = ",".join(sorted(set(_MMA.findall(compiled.asm["ptx"])))) or "-"
     want = _EXPECTED_MMA[_DTYPES[args["x_ptr"]]] if fn.__name__ in _DOT_KERNELS else "-"
+    if constexprs.get("PRECISION") == "tf32":
+        want = "tf32"
     problems = []
     if mma != want:
         problems.append(f"tensor cores {mma}, expected {want}")
