@@ -23,9 +23,9 @@ from fastdw.contract import adds_residual
 from fastdw.nn.blocks import InvertedResidual, InvertedResidualBlock, InvertedResidualV3
 from fastdw.nn.convert_fused import (FusedChain, FusedSequential, stand_in_block, stand_in_layer,
                                      stand_in_se)
-from fastdw.nn.convert_match import (Atom, Block, NotAChain, Unit, atoms, block_at,
+from fastdw.nn.convert_match import (Atom, Block, NotAChain, Unit, act_name, atoms, block_at,
                                      is_sequential, squeeze_excite, unit_at, wiring)
-from fastdw.nn.layers import ACT_NAMES, ConvBNAct, DWConvBNAct, SqueezeExcite, symmetric_conv
+from fastdw.nn.layers import ConvBNAct, DWConvBNAct, SqueezeExcite, symmetric_conv
 
 # The stage Sequential's name in torchvision's MobileNetV2 / V3 blocks, and fastdw's block for it.
 _FASTDW_BLOCKS = {"conv": InvertedResidual, "block": InvertedResidualV3}
@@ -165,14 +165,15 @@ class _Walk:
         """fastdw's own module for `module` where their trees match, else None."""
         if is_sequential(module) and 2 <= len(module) <= 3:
             conv, bn, *act = module
-            acts = [ACT_NAMES.get(type(a)) for a in act]
+            acts = [act_name(a) for a in act]
             if (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and None not in acts
                     and symmetric_conv(conv)):
                 cls = DWConvBNAct if conv.groups == conv.in_channels else ConvBNAct
                 layer = cls.wrap(conv, bn, acts[0] if acts else "none")
-                for fresh, original in zip(list(layer)[2:], act):  # wrap makes a new act
-                    fresh.training = original.training
-                if layer.children_fuse():
+                fuses = layer.children_fuse()
+                if act:  # the original act module, not wrap's new one: its hooks, its edits
+                    layer._modules["2"] = act[0]
+                if fuses:
                     self._done(path, module, f"{cls.__name__} ({layer.kind}, {layer.act})")
                     return layer
         se = squeeze_excite(module)

@@ -49,10 +49,15 @@ def plain_bn(bn):
     return view
 
 
-def stand_in_layer(unit: Unit):
-    """fastdw's ConvBNAct (or DWConvBNAct) over the unit's conv and BN tensors."""
+def stand_in_layer(unit: Unit, own_act=False):
+    """fastdw's ConvBNAct (or DWConvBNAct) over the unit's conv and BN tensors; with own_act,
+    over the unit's own act module too (not a new one), so that children_fuse() sees what was
+    done to it since convert (ReLU6 bounds edited)."""
     cls = DWConvBNAct if unit.kind == "depthwise" else ConvBNAct
-    return cls.wrap(unit.conv, plain_bn(unit.bn), unit.act)
+    layer = cls.wrap(unit.conv, plain_bn(unit.bn), unit.act)
+    if own_act and unit.act != "none":
+        layer._modules["2"] = unit.atoms[-1].module
+    return layer
 
 
 def stand_in_se(se: Atom):
@@ -66,14 +71,14 @@ def stand_in_se(se: Atom):
     return new
 
 
-def stand_in_block(block: Block):
+def stand_in_block(block: Block, own_acts=False):
     """fastdw's InvertedResidualV3 over the block's modules, adding its input where the block
-    does (block.residual)."""
-    stages = [stand_in_layer(block.expand)] if block.expand is not None else []
-    stages.append(stand_in_layer(block.dw))
+    does (block.residual); own_acts: see stand_in_layer."""
+    stages = [stand_in_layer(block.expand, own_acts)] if block.expand is not None else []
+    stages.append(stand_in_layer(block.dw, own_acts))
     if block.se is not None:
         stages.append(stand_in_se(block.se))
-    stages.append(stand_in_layer(block.project))
+    stages.append(stand_in_layer(block.project, own_acts))
     new = InvertedResidualV3.wrap(nn.Sequential(*stages))
     new.use_res_connect = block.residual
     return new
@@ -151,7 +156,7 @@ class FusedChain(CachedForward, nn.Module):
         steps = []
         for item in self.plan:
             if isinstance(item, Block):
-                step = stand_in_block(item).bound_op()
+                step = stand_in_block(item, own_acts=True).bound_op()
             elif isinstance(item, Unit):
                 step = self._unit_step(item)
             else:
@@ -164,7 +169,7 @@ class FusedChain(CachedForward, nn.Module):
 
     @staticmethod
     def _unit_step(unit):
-        layer = stand_in_layer(unit)
+        layer = stand_in_layer(unit, own_act=True)
         folded = layer._folded()
         if folded is RUN_CHILDREN or folded is None or layer.kind != "conv":
             return folded

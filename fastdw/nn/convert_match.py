@@ -203,11 +203,20 @@ def _bn_tail(bn):
     return tuple(tail)
 
 
+def act_name(module):
+    """The contract's name for the activation an activation module computes, or None: its
+    class's name (ACT_NAMES), but for a ReLU6 whose bounds were edited (a Hardtanh then, the
+    same rule as ConvBNAct.children_fuse)."""
+    if isinstance(module, nn.Hardtanh) and (module.min_val, module.max_val) != (0.0, 6.0):
+        return None
+    return ACT_NAMES.get(type(module))
+
+
 def _act_name(node, module):
     """The activation a graph node computes, or None."""
     if node.op == "call_module":
         sub = module.get_submodule(node.target)
-        return ACT_NAMES.get(type(sub)) or _GATE_NAMES.get(type(sub))
+        return act_name(sub) or _GATE_NAMES.get(type(sub))
     if node.op == "call_function" and len(node.args) == 1 and set(node.kwargs) <= {"inplace"}:
         return _ACT_FUNCTIONS.get(node.target)
     return None
@@ -303,8 +312,8 @@ def atoms(module, path="", top=True):
         rest = [a for name in tail
                 for a in atoms(module.get_submodule(name), _join(path, name), False)]
         return [Atom("bn", path, module, len(rest)), *rest]
-    if cls in ACT_NAMES:
-        return [Atom("act", path, module, ACT_NAMES[cls])]
+    if act_name(module) is not None:
+        return [Atom("act", path, module, act_name(module))]
     if _identity_in_eval(module):
         return [Atom("identity", path, module)]
     se = squeeze_excite(module)

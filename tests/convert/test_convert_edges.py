@@ -42,3 +42,31 @@ def test_squeeze_excite_pooling_one_axis_is_left(dims, randomize_bn, accurate):
     x = torch.randn(2, C, 8, 8)
     with torch.no_grad():
         assert accurate(new(x), model, x)
+
+
+def dw_layer(act):
+    return [nn.Conv2d(C, C, 3, padding=1, groups=C, bias=False), nn.BatchNorm2d(C), act]
+
+
+def clipped():
+    """A ReLU6 whose bounds were edited: no longer relu6."""
+    act = nn.ReLU6()
+    act.max_val = 0.5
+    return act
+
+
+@pytest.mark.parametrize("tail", [[], [nn.GELU()]], ids=["layer", "chain"])
+def test_relu6_with_edited_bounds(tail, randomize_bn, accurate):
+    """A ReLU6 clipping at 0.5 is not fused as relu6, whether convert finds it so or it is
+    edited after convert (fastdw's layer used to replace it by a new ReLU6)."""
+    model = randomize_bn(nn.Sequential(*dw_layer(clipped()), *tail)).eval()
+    x = torch.randn(2, C, 8, 8)
+    new = fastdw.convert(model)
+    with torch.no_grad():
+        assert accurate(new(x), model, x)
+    model[2].max_val = 6.0
+    new = fastdw.convert(model)
+    with torch.no_grad():
+        new(x)  # binds the fused ops
+        new[2].max_val = model[2].max_val = 0.5
+        assert accurate(new(x), model, x)
