@@ -36,6 +36,18 @@ def test_exported_program_runs_as_the_model(randomize_bn, accurate, name):
     assert accurate(exported.module()(x), model, x)
 
 
+def test_exported_program_takes_batch_and_image_size_as_dynamic_dims(randomize_bn, accurate):
+    """Dynamic batch and spatial size, with the lower bound torchvision's own MobileNets need
+    too (below 33 pixels a stride-2 stage reaches 1x1 and export specialises on it)."""
+    model = randomize_bn(fastdw.models.mobilenet_v2()).eval()
+    dims = {0: torch.export.Dim("n", max=64), 2: torch.export.Dim("h", min=33, max=512),
+            3: torch.export.Dim("w", min=33, max=512)}
+    exported = torch.export.export(model, (torch.randn(2, 3, 64, 64),), dynamic_shapes=(dims,))
+    assert fastdw_ops(exported) <= FASTDW_OPS and fastdw_ops(exported)
+    x = torch.randn(3, 3, 71, 96)
+    assert accurate(exported.module()(x), model, x)
+
+
 def small_net(randomize_bn):
     """All three fastdw ops and four activations (squeeze-excite: ReLU, hardsigmoid), in a net
     that AOTInductor compiles in seconds."""
