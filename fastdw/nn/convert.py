@@ -159,6 +159,7 @@ class _Walk:
         if new is None:
             return module
         new.training = module.training
+        _carry_hooks(module, new)
         return new
 
     def _fastdw_module(self, module, path, stages):
@@ -196,6 +197,7 @@ class _Walk:
             if chain.steps == (stages,) and cls.fusable(layers):
                 block = cls.wrap(layers)
                 if block.use_res_connect == chain.residual and block.stages_fuse():
+                    _carry_hooks(layers, getattr(block, stages))  # wrap made a new Sequential
                     self._done(path, module, f"{cls.__name__} (inverted_residual"
                                              f"{', residual' if chain.residual else ''})")
                     return block
@@ -277,6 +279,12 @@ class _Walk:
             if why.startswith("excluded"):
                 left.setdefault(path, Left(path, cls, why))
         return ConvertReport(outer, sorted(left.values()))
+
+
+def _carry_hooks(old, new):
+    """new, which replaces old in the model, runs old's hooks (forward, backward, state_dict):
+    the very dicts, so a handle registered on old still removes its hook."""
+    new.__dict__.update((name, value) for name, value in old.__dict__.items() if "hook" in name)
 
 
 def _prefixes(name):

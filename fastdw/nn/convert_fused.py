@@ -144,11 +144,12 @@ class FusedChain(CachedForward, nn.Module):
     def _bind(self):
         """The eval forward's steps (bound ops, folded convs, modules to run as they are); None
         while a module under this one trains; RUN_CHILDREN where the modules are no longer
-        those the plan was made of, or something watches them."""
+        those the plan was made of, or something watches them (hooks on this module itself
+        run around its forward, whichever way it computes)."""
         for m in self.modules():
             if m.training:
                 return None
-            if (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+            if m is not self and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                     or m._backward_pre_hooks or "forward" in m.__dict__):
                 return RUN_CHILDREN
         if not all(self.get_submodule(a.path) is a.module for a in self._atoms()):

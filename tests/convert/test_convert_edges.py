@@ -2,11 +2,14 @@
 pooling in other ways, activation modules with edited bounds, hooks registered before convert,
 attributes a converted module's forward was read with. Each case once failed silently or
 crashed."""
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import fastdw
+from fastdw.nn.layers import RUN_CHILDREN
 
 C = 16
 
@@ -70,3 +73,45 @@ def test_relu6_with_edited_bounds(tail, randomize_bn, accurate):
         new(x)  # binds the fused ops
         new[2].max_val = model[2].max_val = 0.5
         assert accurate(new(x), model, x)
+
+
+def test_hooks_registered_before_convert_still_run(randomize_bn, accurate, timm_parts):
+    """Forward hooks (and pre-hooks) on modules convert() replaces run on their replacements,
+    see the same values, and their handles still remove them; a hook on a converted block
+    itself leaves its forward fused. They used to be dropped silently."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    model = randomize_bn(nn.Sequential(
+        InvertedResidual(C, C, 1, 4), nn.Sequential(*dw_layer(nn.ReLU())),
+        timm_parts.InvertedResidual(C, C, exp_ratio=2))).eval()
+    reference = copy.deepcopy(model)
+    watched = {"0": model[0], "0.conv": model[0].conv, "0.conv.0": model[0].conv[0],
+               "1.2": model[1][2], "2": model[2]}
+    seen = {}
+
+    def keep(name):
+        def hook(module, args, *output):
+            seen[name] = (output or args)[0]  # returns None: the output stays as it is
+        return hook
+
+    handles = [m.register_forward_hook(keep(name)) for name, m in watched.items()]
+    handles.append(model[1].register_forward_pre_hook(keep("1<")))
+    x = torch.randn(2, C, 8, 8)
+    with torch.no_grad():
+        model(x)
+    new = fastdw.convert(model, inplace=True)  # the handles hold the model's hook dicts
+    expected = dict(seen)
+    seen.clear()
+    assert all(type(new.get_submodule(n)) is not type(m) for n, m in watched.items()
+               if n in ("0", "0.conv.0", "2"))
+    with torch.no_grad():
+        assert accurate(new(x), reference, x)
+        assert new[2]._bind() not in (None, RUN_CHILDREN)  # its own hook: still fused
+    assert seen.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.allclose(seen[name], value, rtol=1e-4, atol=1e-5), name
+    for handle in handles:
+        handle.remove()
+    seen.clear()
+    with torch.no_grad():
+        new(x)
+    assert not seen
