@@ -153,6 +153,10 @@ class _Walk:
             return module
         if any(_under(e, path) for e in self.excluded):
             return module  # a module holding an excluded one is not replaced as a whole
+        if "forward" in module.__dict__:
+            self.why[path] = (_class(module), "its forward is set on the module itself, "
+                                              "which convert() does not read")
+            return module
         new = self._fastdw_module(module, path, stages)
         if new is None:
             new = self._fused_chain(module, path, root)

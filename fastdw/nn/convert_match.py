@@ -300,6 +300,8 @@ def atoms(module, path="", top=True):
     under `path`. A module convert() made (it keeps its wiring) is read through only at the
     top, for the block around it to fuse its residual; deeper it stays one opaque atom."""
     cls = type(module)
+    if "forward" in module.__dict__:  # set on the module: not what its class's forward reads
+        return [Atom("opaque", path, module)]
     if isinstance(module, ConvBNAct):  # its unfused forward: its children in order
         return [a for name, child in module.named_children()
                 for a in atoms(child, _join(path, name), False)]

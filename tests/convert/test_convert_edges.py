@@ -3,6 +3,7 @@ pooling in other ways, activation modules with edited bounds, hooks registered b
 attributes a converted module's forward was read with. Each case once failed silently or
 crashed."""
 import copy
+import types
 
 import pytest
 import torch
@@ -115,3 +116,14 @@ def test_hooks_registered_before_convert_still_run(randomize_bn, accurate, timm_
     with torch.no_grad():
         new(x)
     assert not seen
+
+
+def test_a_forward_set_on_the_instance_is_kept(randomize_bn):
+    """convert() reads a module's class's forward: one set on the module itself (a patch) keeps
+    the module as it is, and the report says so (it used to be replaced silently)."""
+    patched = nn.Sequential(*dw_layer(nn.ReLU()), nn.GELU())
+    patched.forward = types.MethodType(lambda self, x: nn.Sequential.forward(self, x).neg(),
+                                       patched)
+    model = randomize_bn(nn.Sequential(patched)).eval()
+    new, report = fastdw.convert(model, inplace=True, return_report=True)
+    assert new[0] is patched and "forward is set on the module" in str(report)
