@@ -59,6 +59,18 @@ inline void check_tensor(const at::Tensor& t, const char* name, const Target& ta
               t.scalar_type());
 }
 
+// x: a non-empty 4-D float32 / float16 / bfloat16 tensor with channel stride 1 (channels_last).
+inline void check_feature_map(const at::Tensor& x, const Target& target) {
+  check_tensor(x, "x", target);
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+              "x must be float32, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK(x.dim() == 4, "x must be 4-D (N, C, H, W), got shape ", x.sizes());
+  TORCH_CHECK(x.numel() > 0, "x must not be empty, got shape ", x.sizes());
+  TORCH_CHECK(x.stride(1) == 1 || x.size(1) == 1, "x must have channel stride 1 "
+              "(channels_last), got strides ", x.strides());
+}
+
 inline void check_range(int64_t v, const char* name, int64_t lo) {
   TORCH_CHECK(v >= lo && v <= kMaxExtent, name, " must be in [", lo, ", ", kMaxExtent, "], got ",
               v);
@@ -102,15 +114,8 @@ inline DwCall check_dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight,
                                   const at::Tensor& scale, const at::Tensor& shift,
                                   int64_t stride, int64_t padding, int64_t dilation,
                                   c10::string_view act, const Target& target) {
-  check_tensor(x, "x", target);
-  const auto dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
-              "x must be float32, float16 or bfloat16, got ", dtype);
-  TORCH_CHECK(x.dim() == 4, "x must be 4-D (N, C, H, W), got shape ", x.sizes());
+  check_feature_map(x, target);
   const int64_t C = x.size(1);
-  TORCH_CHECK(x.numel() > 0, "x must not be empty, got shape ", x.sizes());
-  TORCH_CHECK(x.stride(1) == 1 || C == 1, "x must have channel stride 1 (channels_last), got "
-              "strides ", x.strides());
   for (int d = 0; d < 4; ++d) check_range(x.size(d), "x's sizes", 1);
   check_tensor(weight, "weight", target, &x);
   TORCH_CHECK(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1 &&
@@ -189,14 +194,8 @@ inline PwCall check_pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight,
                                   c10::string_view act,
                                   const c10::optional<at::Tensor>& residual,
                                   const Target& target) {
-  check_tensor(x, "x", target);
+  check_feature_map(x, target);
   const auto dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
-              "x must be float32, float16 or bfloat16, got ", dtype);
-  TORCH_CHECK(x.dim() == 4, "x must be 4-D (N, C, H, W), got shape ", x.sizes());
-  TORCH_CHECK(x.numel() > 0, "x must not be empty, got shape ", x.sizes());
-  TORCH_CHECK(x.stride(1) == 1 || x.size(1) == 1, "x must have channel stride 1 "
-              "(channels_last), got strides ", x.strides());
   const int64_t K = x.size(1);
   check_tensor(weight, "weight", target, &x);
   TORCH_CHECK(weight.scalar_type() == dtype, "weight must have x's dtype ", dtype, ", got ",
@@ -266,8 +265,9 @@ inline at::Tensor run_pwconv_bn_act(const PwCall& a, Stream stream) {
 struct IrCall {
   at::Tensor x;
   fastdw_cpu::BlockWeights w;
-  int64_t stride, k, hidden, Cout, OH, OW;
-  Act act;
+  int64_t stride, k, hidden, Cout, OH, OW, squeeze;  // squeeze 0: no squeeze-excite
+  Act act, se_act;
+  SeGate se_gate;
   bool residual;
 };
 
@@ -326,14 +326,8 @@ inline IrCall check_inverted_residual(const at::Tensor& x,
                                       int64_t stride, c10::string_view act, bool residual,
                                       c10::string_view se_act, c10::string_view se_gate,
                                       const Target& target) {
-  check_tensor(x, "x", target);
+  check_feature_map(x, target);
   const auto dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
-              "x must be float32, float16 or bfloat16, got ", dtype);
-  TORCH_CHECK(x.dim() == 4, "x must be 4-D (N, C, H, W), got shape ", x.sizes());
-  TORCH_CHECK(x.numel() > 0, "x must not be empty, got shape ", x.sizes());
-  TORCH_CHECK(x.stride(1) == 1 || x.size(1) == 1, "x must have channel stride 1 "
-              "(channels_last), got strides ", x.strides());
   for (int d = 0; d < 4; ++d) check_range(x.size(d), "x's sizes", 1);
   fastdw_cpu::BlockWeights w = unpack_block_weights(weights);
   const int64_t Cin = x.size(1);
@@ -365,28 +359,54 @@ inline IrCall check_inverted_residual(const at::Tensor& x,
   const int64_t Cout = w.project_w.size(0);
   check_vector(w.project_scale, "project_scale", Cout, x, target);
   check_vector(w.project_shift, "project_shift", Cout, x, target);
-  TORCH_CHECK(!w.se_w1.has_value() && !w.se_b1.has_value() && !w.se_w2.has_value() &&
-                  !w.se_b2.has_value(),
-              "se_w1, se_b1, se_w2, se_b2 must be None: the cuda backend's inverted_residual "
-              "has no squeeze-excite kernel");
+  int64_t squeeze = 0;
+  const bool se = w.se_w1.has_value() || w.se_b1.has_value() || w.se_w2.has_value() ||
+                  w.se_b2.has_value();
+  if (se) {
+    TORCH_CHECK(w.se_w1.has_value() && w.se_b1.has_value() && w.se_w2.has_value() &&
+                    w.se_b2.has_value(),
+                "a squeeze-excite needs all of se_w1, se_b1, se_w2, se_b2, or none");
+    check_tensor(*w.se_w1, "se_w1", target, &x);
+    TORCH_CHECK((w.se_w1->dim() == 2 || (w.se_w1->dim() == 4 && w.se_w1->size(2) == 1 &&
+                                         w.se_w1->size(3) == 1)) &&
+                    w.se_w1->size(1) == hidden && w.se_w1->size(0) > 0,
+                "se_w1 must be (squeeze, ", hidden, ") or (squeeze, ", hidden, ", 1, 1), got "
+                "shape ", w.se_w1->sizes());
+    squeeze = w.se_w1->size(0);
+    check_range(squeeze, "se_w1", 1);
+    w.se_w1 = w.se_w1->reshape({squeeze, hidden});
+    check_vector(*w.se_b1, "se_b1", squeeze, x, target);
+    check_tensor(*w.se_w2, "se_w2", target, &x);
+    TORCH_CHECK((w.se_w2->dim() == 2 || (w.se_w2->dim() == 4 && w.se_w2->size(2) == 1 &&
+                                         w.se_w2->size(3) == 1)) &&
+                    w.se_w2->size(0) == hidden && w.se_w2->size(1) == squeeze,
+                "se_w2 must be (", hidden, ", ", squeeze, ") or (", hidden, ", ", squeeze,
+                ", 1, 1), got shape ", w.se_w2->sizes());
+    w.se_w2 = w.se_w2->reshape({hidden, squeeze});
+    check_vector(*w.se_b2, "se_b2", hidden, x, target);
+  }
   check_range(stride, "stride", 1);
   const Act a = parse_act(act);
-  parse_act(se_act);
+  const Act inner = parse_act(se_act);
   TORCH_CHECK(se_gate == "hardsigmoid" || se_gate == "sigmoid",
               "se_gate must be one of hardsigmoid, sigmoid; got '", std::string(se_gate), "'");
+  const SeGate gate = se_gate == "sigmoid" ? kGateSigmoid : kGateHardsigmoid;
   TORCH_CHECK(!residual || (stride == 1 && Cout == Cin), "residual needs stride 1 and C_out == "
               "C_in, got stride ", stride, ", C_in ", Cin, ", C_out ", Cout);
   const int64_t pad = (k - 1) / 2;
   const int64_t OH = conv_out(x.size(2), k, stride, pad, 1, "x (height)");
   const int64_t OW = conv_out(x.size(3), k, stride, pad, 1, "x (width)");
-  return {x, w, stride, k, hidden, Cout, OH, OW, a, residual};
+  return {x, w, stride, k, hidden, Cout, OH, OW, squeeze, a, inner, gate, residual};
 }
 
+// The fused kernel, or with d and partial defined the first kernel of a squeeze-excite block;
+// false where its shared memory does not fit.
 template <typename T>
 bool launch_inverted(const IrCall& a, const at::Tensor& ew, const at::Tensor& es,
                      const at::Tensor& eb, const at::Tensor& taps, const at::Tensor& ds,
                      const at::Tensor& db, const at::Tensor& pw, const at::Tensor& ps,
-                     const at::Tensor& pb, at::Tensor& y, Stream stream) {
+                     const at::Tensor& pb, at::Tensor& y, at::Tensor& d, at::Tensor& partial,
+                     Stream stream) {
   const at::Tensor& x = a.x;
   auto f32 = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; };
   const IrParams<T> p{
@@ -400,30 +420,57 @@ bool launch_inverted(const IrCall& a, const at::Tensor& ew, const at::Tensor& es
       .xs_n = x.stride(0), .xs_h = x.stride(2), .xs_w = x.stride(3),
       .ys_n = y.stride(0), .ys_h = y.stride(2), .ys_w = y.stride(3),
       .k = static_cast<int>(a.k), .stride = static_cast<int>(a.stride),
-      .pad = static_cast<int>((a.k - 1) / 2), .act = a.act, .residual = a.residual};
+      .pad = static_cast<int>((a.k - 1) / 2), .act = a.act, .residual = a.residual,
+      .d = d.defined() ? reinterpret_cast<T*>(d.mutable_data_ptr()) : nullptr,
+      .partial = partial.defined() ? partial.mutable_data_ptr<float>() : nullptr};
   return checked_launch([&] { return launch_inverted_residual(p, stream); });
 }
 
-// The block through the building blocks' kernels (pwconv, dwconv, pwconv): what the fused
-// kernel's launcher refuses (a window over the shared-memory limit). h is rounded to x's dtype
-// between the stages.
-inline at::Tensor run_inverted_residual_in_stages(const IrCall& a, Stream stream) {
+// The second kernel of a squeeze-excite block: y from d and the per-tile sums `partial`
+// (N, tiles, hidden).
+template <typename T>
+void launch_se(const IrCall& a, const at::Tensor& d, const at::Tensor& partial,
+               const at::Tensor& pw, const at::Tensor& ps, const at::Tensor& pb, at::Tensor& y,
+               Stream stream) {
+  const auto& w = a.w;
+  const at::Tensor w1 = w.se_w1->to(at::kFloat).contiguous(), b1 = w.se_b1->to(at::kFloat);
+  const at::Tensor w2 = w.se_w2->to(at::kFloat).contiguous(), b2 = w.se_b2->to(at::kFloat);
+  const at::Tensor b1c = b1.contiguous(), b2c = b2.contiguous();
+  const at::Tensor& x = a.x;
+  const SeParams<T> p{
+      .d = reinterpret_cast<const T*>(d.const_data_ptr()),
+      .partial = partial.const_data_ptr<float>(),
+      .w1 = w1.const_data_ptr<float>(), .b1 = b1c.const_data_ptr<float>(),
+      .w2 = w2.const_data_ptr<float>(), .b2 = b2c.const_data_ptr<float>(),
+      .pw = reinterpret_cast<const T*>(pw.const_data_ptr()),
+      .ps = ps.const_data_ptr<float>(), .pb = pb.const_data_ptr<float>(),
+      .x = reinterpret_cast<const T*>(x.const_data_ptr()),
+      .y = reinterpret_cast<T*>(y.mutable_data_ptr()),
+      .N = x.size(0), .hidden = a.hidden, .squeeze = a.squeeze, .Cout = a.Cout, .OH = a.OH,
+      .OW = a.OW, .tiles = partial.size(1),
+      .xs_n = x.stride(0), .xs_h = x.stride(2), .xs_w = x.stride(3),
+      .ys_n = y.stride(0), .ys_h = y.stride(2), .ys_w = y.stride(3),
+      .se_act = a.se_act, .se_gate = a.se_gate, .residual = a.residual};
+  checked_launch([&] { launch_se_gate_project(p, stream); });
+}
+
+// The block's hidden map up to the depthwise through the building blocks' kernels (pwconv,
+// dwconv), rounded to x's dtype between the stages: what the fused kernel's launcher refuses (a
+// window over the shared-memory limit).
+inline at::Tensor depthwise_in_stages(const IrCall& a, Stream stream) {
   const auto& w = a.w;
   at::Tensor h = a.x;
   if (w.expand_w.has_value())
     h = run_pwconv_bn_act({h, *w.expand_w, *w.expand_scale, *w.expand_shift, c10::nullopt,
                            a.hidden, a.act}, stream);
   const int64_t pad = (a.k - 1) / 2;
-  h = run_dwconv_bn_act({h, w.dw_w, w.dw_scale, w.dw_shift, a.k, a.stride, pad, 1, a.OH,
-                         a.OW, a.act}, stream);
-  return run_pwconv_bn_act({h, w.project_w, w.project_scale, w.project_shift,
-                            a.residual ? c10::optional<at::Tensor>(a.x) : c10::nullopt, a.Cout,
-                            kNone}, stream);
+  return run_dwconv_bn_act({h, w.dw_w, w.dw_scale, w.dw_shift, a.k, a.stride, pad, 1, a.OH,
+                            a.OW, a.act}, stream);
 }
 
-// The block (the math is above the kernel in csrc/cuda/inverted_residual.cuh), channels_last
-// out, on the device of a checked call: the fused kernel where its shared memory fits, else
-// the building blocks.
+// The block (the math is above the kernels in csrc/cuda/inverted_residual.cuh), channels_last
+// out, on the device of a checked call: the fused kernel (with a squeeze-excite, the first of
+// two) where its shared memory fits, else the building blocks up to the depthwise.
 inline at::Tensor run_inverted_residual(const IrCall& a, Stream stream) {
   const auto& w = a.w;
   auto f32 = [](const c10::optional<at::Tensor>& t) {
@@ -436,20 +483,36 @@ inline at::Tensor run_inverted_residual(const IrCall& a, Stream stream) {
   const at::Tensor ds = f32(w.dw_scale), db = f32(w.dw_shift);
   const at::Tensor pw = w.project_w.contiguous();
   const at::Tensor ps = f32(w.project_scale), pb = f32(w.project_shift);
-  at::Tensor y = at::empty({a.x.size(0), a.Cout, a.OH, a.OW},
-                           a.x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  bool fused;
-  switch (a.x.scalar_type()) {
-    case at::kFloat:
-      fused = launch_inverted<float>(a, ew, es, eb, taps, ds, db, pw, ps, pb, y, stream);
-      break;
-    case at::kHalf:
-      fused = launch_inverted<__half>(a, ew, es, eb, taps, ds, db, pw, ps, pb, y, stream);
-      break;
-    default:
-      fused = launch_inverted<__nv_bfloat16>(a, ew, es, eb, taps, ds, db, pw, ps, pb, y, stream);
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  at::Tensor y = at::empty({a.x.size(0), a.Cout, a.OH, a.OW}, a.x.options().memory_format(cl));
+  // With a squeeze-excite: d (N, OH, OW, hidden) and the per-tile sums of the first kernel.
+  at::Tensor d, partial;
+  if (a.squeeze > 0) {
+    const int64_t tiles = ((a.OH + kIrTile - 1) / kIrTile) * ((a.OW + kIrTile - 1) / kIrTile);
+    d = at::empty({a.x.size(0), a.hidden, a.OH, a.OW}, a.x.options().memory_format(cl));
+    partial = at::empty({a.x.size(0), tiles, a.hidden}, a.x.options().dtype(at::kFloat));
   }
-  return fused ? y : run_inverted_residual_in_stages(a, stream);
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    if (!launch_inverted<T>(a, ew, es, eb, taps, ds, db, pw, ps, pb, y, d, partial, stream)) {
+      if (a.squeeze == 0) {
+        const at::Tensor h = depthwise_in_stages(a, stream);
+        y = run_pwconv_bn_act({h, pw, ps, pb,
+                               a.residual ? c10::optional<at::Tensor>(a.x) : c10::nullopt,
+                               a.Cout, kNone}, stream);
+        return;
+      }
+      d = depthwise_in_stages(a, stream);
+      partial = d.to(at::kFloat).sum({2, 3}).unsqueeze(1);  // one "tile": the whole image
+    }
+    if (a.squeeze > 0) launch_se<T>(a, d, partial, pw, ps, pb, y, stream);
+  };
+  switch (a.x.scalar_type()) {
+    case at::kFloat: run(float{}); break;
+    case at::kHalf: run(__half{}); break;
+    default: run(__nv_bfloat16{});
+  }
+  return y;
 }
 
 }  // namespace fastdw_cuda

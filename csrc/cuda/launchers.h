@@ -59,6 +59,11 @@ void launch_pwconv_bn_act(const PwParams<T>& p, Stream stream);
 
 // inverted_residual forward on channels_last tensors, one fused kernel
 // (csrc/cuda/inverted_residual.cuh). The expand is absent where ew is null (hidden == Cin).
+// With d set (a squeeze-excite) the kernel writes d and the per-tile sums instead of y, and
+// se_gate_project finishes the block.
+// The side of the square output tile a block of the fused kernel computes.
+inline constexpr int kIrTile = 8;
+
 template <typename T>
 struct IrParams {
   const T* x;                        // (N, H, W, Cin) at strides xs_*, channel stride 1
@@ -73,6 +78,29 @@ struct IrParams {
   int64_t xs_n, xs_h, xs_w, ys_n, ys_h, ys_w;  // in elements
   int k, stride, pad, act;
   bool residual;  // y += x (stride 1, Cin == Cout)
+  T* d;            // (N, OH, OW, hidden) contiguous: the depthwise output, or null
+  float* partial;  // (N, tiles, hidden): per 8 x 8 tile (row-major), the sum of d over it
+};
+
+// The squeeze-excite's gates, numbered as the host ops parse them (fastdw.contract.SE_GATES).
+enum SeGate : int { kGateHardsigmoid = 0, kGateSigmoid };
+
+// The second kernel of a block with a squeeze-excite: the gate from the per-tile sums, then
+// y = project(d * gate) (+ x), as the fused kernel's epilogue.
+template <typename T>
+struct SeParams {
+  const T* d;             // (N, OH, OW, hidden) contiguous
+  const float* partial;   // (N, tiles, hidden)
+  const float *w1, *b1;   // (squeeze, hidden), (squeeze,)
+  const float *w2, *b2;   // (hidden, squeeze), (hidden,)
+  const T* pw;            // (Cout, hidden) contiguous
+  const float *ps, *pb;   // (Cout,)
+  const T* x;             // the residual's x, at strides xs_*, channel stride 1
+  T* y;                   // (N, OH, OW, Cout) at strides ys_*, channel stride 1
+  int64_t N, hidden, squeeze, Cout, OH, OW, tiles;
+  int64_t xs_n, xs_h, xs_w, ys_n, ys_h, ys_w;  // in elements
+  int se_act, se_gate;
+  bool residual;
 };
 
 // Launches the fused kernel on `stream` and returns true, or returns false (launching nothing)
@@ -80,5 +108,9 @@ struct IrParams {
 // launch_dwconv_bn_act does.
 template <typename T>
 bool launch_inverted_residual(const IrParams<T>& p, Stream stream);
+
+// Throws std::invalid_argument when the gate's shared memory or the grid exceed the limits.
+template <typename T>
+void launch_se_gate_project(const SeParams<T>& p, Stream stream);
 
 }  // namespace fastdw_cuda

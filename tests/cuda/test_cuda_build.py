@@ -114,9 +114,12 @@ def test_extension_is_built_importable_and_registered_for_cuda():
     assert torch.ops.fastdw_cuda.archs() == cpp_build.cuda_arch_names(
         cpp_build.cuda_archs(os.environ))
     x = torch.randn(1, 4, 5, 5).to(memory_format=torch.channels_last)
+    block = [None, None, None, torch.randn(4, 1, 3, 3), torch.rand(4), torch.rand(4),
+             torch.randn(3, 4), torch.rand(3), torch.rand(3), None, None, None, None]
     calls = {"dwconv_bn_act": (x, torch.randn(4, 1, 3, 3), torch.rand(4), torch.rand(4), 1, 1,
                                1, "relu"),
-             "pwconv_bn_act": (x, torch.randn(3, 4), torch.rand(3), torch.rand(3), "relu", None)}
+             "pwconv_bn_act": (x, torch.randn(3, 4), torch.rand(3), torch.rand(3), "relu", None),
+             "inverted_residual": (x, block, 1, "relu", False, "relu", "hardsigmoid")}
     for name, args in calls.items():
         keys = backends_of(getattr(torch.ops.fastdw_cuda, name), *args)
         assert "CUDA" in keys and "CPU" not in keys, (name, keys)
@@ -174,3 +177,21 @@ def test_kernels_on_the_gpu(dtype):
         ref = oracle.pwconv_bn_act(x, weight, scale, shift, "hardswish", residual)
         err = numerics.rel_err(y.cpu(), ref)
         assert err < numerics.REL_TOL[dtype], (dtype, c_in, c_out, err)
+    # inverted_residual: fused (k 3 / 5, stride 1 / 2), with a squeeze-excite, in stages (k 21).
+    for k, stride, squeeze in ((3, 1, None), (5, 2, None), (3, 1, 4), (21, 2, None)):
+        x = oracle.feature_map((2, 16, 11, 9), dtype, "channels_last")
+        expand = (oracle.conv_weight((40, 16, 1, 1), dtype), *oracle.random_affine(40))
+        dw = (oracle.conv_weight((40, 1, k, k), dtype), *oracle.random_affine(40))
+        project = (oracle.conv_weight((16, 40, 1, 1), dtype), *oracle.random_affine(16))
+        se = None if squeeze is None else (
+            oracle.conv_weight((squeeze, 40, 1, 1), dtype), torch.randn(squeeze),
+            oracle.conv_weight((40, squeeze, 1, 1), dtype), torch.randn(40))
+        se_args = {} if se is None else dict(zip(("se_w1", "se_b1", "se_w2", "se_b2"),
+                                                 (t.cuda() for t in se)))
+        with torch.no_grad():
+            y = ops.inverted_residual(x.cuda(), *(t.cuda() for t in expand + dw + project),
+                                      stride=stride, act="relu6", residual=True,
+                                      backend="cuda", **se_args)
+        ref = oracle.inverted_residual(x, expand, dw, project, se, stride, "relu6")
+        err = numerics.rel_err(y.cpu(), ref)
+        assert err < numerics.REL_TOL[dtype], (dtype, k, stride, squeeze, err)

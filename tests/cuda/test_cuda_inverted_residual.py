@@ -7,7 +7,9 @@ time, so the cases cover what its launches vary: k 3 / 5 / 7, stride 1 / 2, with
 expand, with the residual, tiles cut at the right and bottom borders (the top and left are the
 padding), several hidden chunks (the last partial), more than one C_in chunk, more than one
 block of output channels; and the host's other choice, the building blocks, for a window over
-the shared-memory limit of the emulated GPU."""
+the shared-memory limit of the emulated GPU. Blocks with a squeeze-excite run two kernels (the
+first the fused one's steps 1 and 2, writing the depthwise output and per-tile sums; the second
+the gate and the project), checked the same way, with both gates and inner activations."""
 import pytest
 import torch
 
@@ -21,13 +23,18 @@ NAMES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_
 
 
 def fused_kernel(dtype):
-    return (f"void fastdw_cuda::inverted_residual_nhwc<{NAMES[dtype]}>"
+    return (f"void fastdw_cuda::inverted_residual_nhwc<{NAMES[dtype]}, false>"
             f"(fastdw_cuda::IrParams<{NAMES[dtype]}>)")
 
 
-def make(shape, hidden, c_out, k, dtype):
-    """(x, BlockWeights, oracle stage triples) with fresh random tensors; hidden None: no
-    expand."""
+def se_kernel(dtype):
+    return (f"void fastdw_cuda::se_gate_project<{NAMES[dtype]}>"
+            f"(fastdw_cuda::SeParams<{NAMES[dtype]}>)")
+
+
+def make(shape, hidden, c_out, k, dtype, squeeze=None):
+    """(x, BlockWeights, oracle stage triples and SE tuple) with fresh random tensors; hidden
+    None: no expand; squeeze None: no squeeze-excite."""
     n, c_in, h, w = shape
     x = oracle.feature_map(shape, dtype, "channels_last")
     expand = None
@@ -37,17 +44,23 @@ def make(shape, hidden, c_out, k, dtype):
         hidden = c_in
     dw = (oracle.conv_weight((hidden, 1, k, k), dtype), *oracle.random_affine(hidden))
     project = (oracle.conv_weight((c_out, hidden), dtype), *oracle.random_affine(c_out))
-    block = BlockWeights(*(expand or (None,) * 3), *dw, *project, None, None, None, None)
-    return x, block, (expand, dw, project)
+    se = None
+    if squeeze is not None:  # biases in float32, as the public op passes them
+        se = (oracle.conv_weight((squeeze, hidden), dtype), torch.randn(squeeze) * 0.5,
+              oracle.conv_weight((hidden, squeeze), dtype), torch.randn(hidden) * 0.5)
+    block = BlockWeights(*(expand or (None,) * 3), *dw, *project, *(se or (None,) * 4))
+    return x, block, (expand, dw, project, se)
 
 
-def run(emulator, shape, hidden, c_out, k, stride, dtype, act="relu6", residual=False):
+def run(emulator, shape, hidden, c_out, k, stride, dtype, act="relu6", residual=False,
+        squeeze=None, se_act="relu", se_gate="hardsigmoid"):
     """The kernel's output for fresh random inputs, checked against the float64 oracle; returns
     the launch the emulator ran last."""
-    x, block, (expand, dw, project) = make(shape, hidden, c_out, k, dtype)
-    y = cuda.inverted_residual(x, block, stride, act, residual, "relu", "hardsigmoid")
+    x, block, (expand, dw, project, se) = make(shape, hidden, c_out, k, dtype, squeeze)
+    y = cuda.inverted_residual(x, block, stride, act, residual, se_act, se_gate)
     launch = emulator.last_launch()
-    ref = oracle.inverted_residual(x, expand, dw, project, None, stride, act, residual)
+    ref = oracle.inverted_residual(x, expand, dw, project, se, stride, act, residual, se_act,
+                                   se_gate)
     assert_matches_oracle(y, ref, x, launch)
     return launch
 
@@ -107,18 +120,56 @@ def test_windows_over_the_shared_memory_limit_run_in_stages(emulator, monkeypatc
     assert launch.startswith(fused_kernel(dtype)), launch
 
 
-def test_squeeze_excite_and_nchw_run_on_reference(emulator):
-    x, block, (expand, dw, project) = make((1, 8, 5, 5), 16, 8, 3, torch.float32)
-    y = cuda.inverted_residual(x.contiguous(), block, 1, "relu6", True, "relu", "hardsigmoid")
+# (shape, hidden or None, C_out, k, stride, residual, squeeze, se_act, se_gate): several tiles
+# per image (the pooled sums add tiles, partial ones included), two images, hidden chunks.
+SE_CASES = [
+    pytest.param((2, 16, 11, 9), 40, 16, 3, 1, True, 10, "relu", "hardsigmoid",
+                 id="k3-s1-expand-residual-relu-hardsigmoid"),
+    pytest.param((1, 36, 17, 9), None, 70, 5, 2, False, 8, "silu", "sigmoid",
+                 id="k5-s2-no-expand-silu-sigmoid"),
+]
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, hidden, c_out, k, stride, residual, squeeze, se_act, se_gate",
+                         SE_CASES)
+def test_squeeze_excite(emulator, shape, hidden, c_out, k, stride, residual, squeeze, se_act,
+                        se_gate, dtype):
+    launch = run(emulator, shape, hidden, c_out, k, stride, dtype, residual=residual,
+                 squeeze=squeeze, se_act=se_act, se_gate=se_gate)
+    assert launch.startswith(se_kernel(dtype)), launch
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+def test_squeeze_excite_is_deterministic(emulator, monkeypatch):
+    """The pooled sums add in a fixed order whatever order the emulator runs the threads and
+    blocks in: two runs with different seeds agree bit for bit."""
+    x, block, _ = make((1, 8, 17, 9), 40, 8, 3, torch.float32, squeeze=6)
+    runs = []
+    for seed in ("1", "2"):
+        monkeypatch.setenv("FASTDW_CUDA_EMULATE_SEED", seed)
+        runs.append(cuda.inverted_residual(x, block, 1, "relu6", True, "relu", "sigmoid"))
+    assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+def test_squeeze_excite_race_free_and_in_stages(emulator, monkeypatch):
+    """Both kernels under the race detector; and a window over the shared-memory limit, whose
+    depthwise output comes from the building blocks, then the gate and project kernel."""
+    monkeypatch.setenv("FASTDW_CUDA_EMULATE_RACECHECK", "1")
+    run(emulator, (1, 16, 9, 9), 40, 16, 3, 1, torch.float16, residual=True, squeeze=4)
+    monkeypatch.delenv("FASTDW_CUDA_EMULATE_RACECHECK")
+    launch = run(emulator, (1, 8, 5, 5), 16, 8, 21, 2, torch.float32, squeeze=4)
+    assert launch.startswith(se_kernel(torch.float32)), launch
+
+
+def test_nchw_runs_on_reference(emulator):
+    x, block, (expand, dw, project, _) = make((1, 8, 5, 5), 16, 8, 3, torch.float32)
+    x = x.contiguous()
+    y = cuda.inverted_residual(x, block, 1, "relu6", True, "relu", "hardsigmoid")
     assert y.is_contiguous()
     ref = oracle.inverted_residual(x, expand, dw, project, None, 1, "relu6", True)
-    assert_matches_oracle(y, ref, x.contiguous(), "reference")
-    se = (oracle.conv_weight((4, 16), torch.float32), torch.randn(4),
-          oracle.conv_weight((16, 4), torch.float32), torch.randn(16))
-    y = cuda.inverted_residual(x, block._replace(se_w1=se[0], se_b1=se[1], se_w2=se[2],
-                                                 se_b2=se[3]),
-                               1, "relu6", True, "relu", "hardsigmoid")
-    ref = oracle.inverted_residual(x, expand, dw, project, se, 1, "relu6", True)
     assert_matches_oracle(y, ref, x, "reference")
 
 
@@ -132,6 +183,14 @@ def weight(name, value):
     """A change of _arguments(): the block's tensor `name` replaced by `value`."""
     index = BlockWeights._fields.index(name)
     return lambda a: a["weights"].__setitem__(index, value)
+
+
+def squeeze_excite(**wrong):
+    """A change of _arguments(): a squeeze-excite of 2 channels, with the tensors in `wrong`."""
+    tensors = {**dict(se_w1=torch.randn(2, 8), se_b1=torch.rand(2), se_w2=torch.randn(8, 2),
+                      se_b2=torch.rand(8)), **wrong}
+    changes = [weight(name, value) for name, value in tensors.items()]
+    return lambda a: [change(a) for change in changes]
 
 
 def option(**values):
@@ -151,7 +210,11 @@ BAD = [
     (weight("dw_scale", torch.rand(7)), r"dw_scale must have shape \(8\)"),
     (weight("project_w", torch.randn(4, 9)), r"project_w must be \(rows, 8\)"),
     (weight("project_shift", torch.ones(4, dtype=torch.int32)), "project_shift must be a float"),
-    (weight("se_w1", torch.randn(2, 8)), "se_w1, se_b1, se_w2, se_b2 must be None"),
+    (weight("se_w1", torch.randn(2, 8)), "needs all of se_w1, se_b1, se_w2, se_b2, or none"),
+    (squeeze_excite(se_w1=torch.randn(2, 7)), r"se_w1 must be \(squeeze, 8\)"),
+    (squeeze_excite(se_b1=torch.rand(3)), r"se_b1 must have shape \(2\)"),
+    (squeeze_excite(se_w2=torch.randn(8, 3)), r"se_w2 must be \(8, 2\)"),
+    (squeeze_excite(se_b2=torch.rand(2, 4)), r"se_b2 must have shape \(8\)"),
     (option(stride=2), "residual needs stride 1"),
     (option(stride=0, residual=False), r"stride must be in \[1, "),
     (option(act="gelu"), "act must be one of"),

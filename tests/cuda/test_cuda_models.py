@@ -43,7 +43,8 @@ def test_mobilenet_v2_checkpoint_top5_as_torchvision(emulator, checkpoint, float
     launches = result["launches"]
     # Each of the 17 blocks launched the fused float32 kernel (a distinct launch: its seed).
     assert len(launches) == len(set(launches)) == 17, launches
-    assert all(l.startswith("void fastdw_cuda::inverted_residual_nhwc<float>") for l in launches)
+    fused = "void fastdw_cuda::inverted_residual_nhwc<float, false>"
+    assert all(launch.startswith(fused) for launch in launches), launches
 
     tv = torchvision.models.mobilenet_v2()
     tv.load_state_dict(torch.load(checkpoint, map_location="cpu"))

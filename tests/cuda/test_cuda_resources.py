@@ -27,11 +27,12 @@ DTYPES = {"float": "f", "half": "6__half", "bfloat16": "13__nv_bfloat16"}
 #  * pwconv_bn_act_ffma: one per dtype, 256 threads, budgeted as dwconv.
 #  * pwconv_bn_act_mma: fp16/bf16, 128 threads holding a 32 x 32 accumulator per warp (32
 #    floats a thread); 96 registers still let 5 blocks (20 warps) stay resident.
-#  * inverted_residual_nhwc: one per dtype, 128 threads holding a 16 x 64 project accumulator
-#    and a 16 x 32 expand accumulator per warp (48 floats a thread) besides the walk's indices;
-#    168 registers let 3 blocks stay resident. Its shared memory is dynamic, sized per shape
-#    (IrShared in csrc/cuda/inverted_residual.cuh), so the table's occupancy counts registers
-#    only.
+#  * inverted_residual_nhwc: per dtype, fused (false) or a squeeze-excite's first kernel
+#    (true); 128 threads holding a 16 x 64 project accumulator and a 16 x 32 expand accumulator
+#    per warp (48 floats a thread) besides the walk's indices; 168 registers let 3 blocks stay
+#    resident. se_gate_project: per dtype, 128 threads, the project accumulator only; 128
+#    registers let 4 blocks stay resident. Their shared memory is dynamic, sized per shape
+#    (csrc/cuda/inverted_residual.cuh), so the table's occupancy counts registers only.
 KERNELS = {
     "dwconv_bn_act_nhwc": ([f"I{code}Li{k}ELi{s}EE" for code in DTYPES.values()
                             for k, s in [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2), (0, 0)]],
@@ -39,7 +40,9 @@ KERNELS = {
     "pwconv_bn_act_ffma": ([f"I{code}E" for code in DTYPES.values()], 256, 64, 0.5),
     "pwconv_bn_act_mma": ([f"I{code}E" for code in ("6__half", "13__nv_bfloat16")], 128, 96,
                           0.3),
-    "inverted_residual_nhwc": ([f"I{code}E" for code in DTYPES.values()], 128, 168, 0.18),
+    "inverted_residual_nhwc": ([f"I{code}Lb{se}EE" for code in DTYPES.values()
+                                for se in (0, 1)], 128, 168, 0.18),
+    "se_gate_project": ([f"I{code}E" for code in DTYPES.values()], 128, 128, 0.25),
 }
 
 
