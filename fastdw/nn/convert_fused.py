@@ -4,7 +4,8 @@ laid out as fastdw's own modules (timm's blocks, torchvision's MBConv and MNASNe
 nn.Sequential).
 
 It holds the original's children under their own names (so state_dict keys and tensors, and the
-modules themselves, are the original's) and its plain attributes. Its forward:
+modules themselves, are the original's) and its plain attributes, fixed to the values
+its forward was read with. Its forward:
 * in eval, with every module under it in eval mode and nothing watching (hooks, a forward set
   on a module, a child replaced since convert): one fastdw op per Unit and Block of its plan,
   bound once per change of the modules and cached under fastdw.nn.cache's stamp; the plan's
@@ -106,9 +107,11 @@ class FusedChain(CachedForward, nn.Module):
         super().__init__()
         for name, child in source._modules.items():
             self.add_module(name, child)
-        for name, value in source.__dict__.items():
-            if name not in _MODULE_STATE and type(value) in _PLAIN_VALUES:
-                self.__dict__[name] = value  # e.g. timm's has_skip, torchvision's out_channels
+        read = [name for name, value in source.__dict__.items()
+                if name not in _MODULE_STATE and type(value) in _PLAIN_VALUES]
+        for name in read:  # e.g. timm's has_skip, torchvision's out_channels
+            self.__dict__[name] = source.__dict__[name]
+        self.__dict__["_read_with"] = frozenset(read)
         self.training = source.training
         self.wiring = wiring
         self.plan = tuple(plan)
@@ -117,6 +120,17 @@ class FusedChain(CachedForward, nn.Module):
 
     def extra_repr(self):
         return f"original={self.original}"
+
+    def __setattr__(self, name, value):
+        # The wiring and plan were read from the original's forward with these values (a flag
+        # such as has_skip may choose what it calls): another value would go unseen.
+        if name in self.__dict__.get("_read_with", ()):
+            old = self.__dict__[name]
+            if not (type(value) is type(old) and value == old):
+                raise AttributeError(
+                    f"{name!r} of this converted {self.original} is the value convert() read its "
+                    f"forward with ({old!r}): set it on the original module and convert that")
+        super().__setattr__(name, value)
 
     def forward(self, x):
         if isinstance(x, torch.fx.Proxy):

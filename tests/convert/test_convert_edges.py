@@ -127,3 +127,29 @@ def test_a_forward_set_on_the_instance_is_kept(randomize_bn):
     model = randomize_bn(nn.Sequential(patched)).eval()
     new, report = fastdw.convert(model, inplace=True, return_report=True)
     assert new[0] is patched and "forward is set on the module" in str(report)
+
+
+class Switch(nn.Module):
+    """A forward that a plain attribute steers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.act = dw_layer(nn.ReLU())
+        self.use_act = True
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.act(y) if self.use_act else y
+
+
+def test_an_attribute_the_forward_was_read_with_is_fixed(randomize_bn, accurate):
+    """A FusedChain runs the forward convert() read with the original's attributes: changing
+    one raises, naming it, instead of being ignored (the output used to stay the old one)."""
+    model = randomize_bn(nn.Sequential(Switch())).eval()
+    new = fastdw.convert(model)
+    new[0].use_act = True  # the same value: allowed
+    with pytest.raises(AttributeError, match="'use_act' of this converted"):
+        new[0].use_act = False
+    x = torch.randn(2, C, 8, 8)
+    with torch.no_grad():
+        assert accurate(new(x), model, x)
