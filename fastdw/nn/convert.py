@@ -356,6 +356,9 @@ def _layer_does_not_fuse(conv):
         return "the conv has a bias: fastdw's layers fold a bias-free conv and its BatchNorm"
     if conv.padding_mode != "zeros":
         return f"padding_mode={conv.padding_mode!r}: fastdw's layers pad with zeros"
+    if isinstance(conv.padding, str):
+        return (f"padding={conv.padding!r}: fastdw's depthwise and 1x1 layers take the padding "
+                "as numbers")
     return (f"asymmetric conv {conv}: fastdw's layers take square kernels with equal strides, "
             "paddings and dilations")
 

@@ -153,3 +153,12 @@ def test_an_attribute_the_forward_was_read_with_is_fixed(randomize_bn, accurate)
     x = torch.randn(2, C, 8, 8)
     with torch.no_grad():
         assert accurate(new(x), model, x)
+
+
+def test_a_padding_given_by_name_is_reported_as_such():
+    """padding='same' is symmetric: the report names the padding, not an asymmetric conv."""
+    model = nn.Sequential(nn.Conv2d(C, C, 3, padding="same", groups=C, bias=False),
+                          nn.BatchNorm2d(C), nn.ReLU())
+    _, report = fastdw.convert(model, return_report=True)
+    assert [entry.why for entry in report.left] == [
+        "padding='same': fastdw's depthwise and 1x1 layers take the padding as numbers"]
