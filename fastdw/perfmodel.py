@@ -543,7 +543,10 @@ CUDA_PW_TILE, CUDA_PW_MMA_K, CUDA_PW_FFMA_K = 64, 32, 16
 CUDA_PACK_BYTES, CUDA_DW_THREADS, CUDA_DW_MAX_GROUPS = 16, 256, 16
 # inverted_residual.cuh: a block owns a kIrTile x kIrTile output tile and kIrCout output
 # channels, walks the hidden channels in chunks of kIrChunk (C_in too), rows of kIrRow elements.
-CUDA_IR_TILE, CUDA_IR_CHUNK, CUDA_IR_COUT, CUDA_IR_ROW = 8, 32, 64, 40
+CUDA_IR_TILE, CUDA_IR_CHUNK, CUDA_IR_COUT, CUDA_IR_ROW, CUDA_IR_THREADS = 8, 32, 64, 40, 128
+# Whether fastdw/kernels/cuda.py sends blocks with squeeze-excite to its kernels (else to
+# reference); a test calls the backend and fails when this differs.
+CUDA_BLOCK_SE_KERNEL = True
 
 
 def _cdiv(a, b):
@@ -775,10 +778,20 @@ def _cuda_pw(n, pixels, c_in, c_out, itemsize, act, residual, layer):
     return Kernel({layer: dram}, gemm if mma else 0, cuda + (0 if mma else gemm), l2)
 
 
+def _cuda_taps(c, k, itemsize, layer):
+    """The host's per-call fp32 tap-major copy of depthwise weights (csrc/cuda/host_ops.h:
+    weight.to(float), then the transposed copy): one launch for fp32 weights, two otherwise."""
+    elems = c * k * k
+    if itemsize == PARAM_BYTES:
+        return Kernel({layer: 2 * elems * PARAM_BYTES}, 0, 0)
+    return Kernel({layer: elems * (itemsize + 3 * PARAM_BYTES)}, 0, 0, launches=2)
+
+
 def _cuda_dw(n, c, h, w, oh, ow, k, stride, itemsize, act, layer):
     """csrc/cuda/dwconv_bn_act.cuh: one thread per output pixel and 16-byte channel pack, a
     block a strip of consecutive pixels by up to CUDA_DW_MAX_GROUPS packs; each thread reads its
-    k x k taps straight from global memory (a block's footprint: k rows of its strip's window)."""
+    k x k taps straight from global memory (a block's footprint: k rows of its strip's window),
+    and the fp32 tap-major weights the host prepares per call (_cuda_taps)."""
     v = CUDA_PACK_BYTES // itemsize
     groups = _cdiv(c, v)
     bx = 1
@@ -790,10 +803,10 @@ def _cuda_dw(n, c, h, w, oh, ow, k, stride, itemsize, act, layer):
     channels = min(c, bx * v)
     strip = k * min(w, (by - 1) * stride + k) * channels * itemsize
     x, y = n * c * h * w * itemsize, pixels * c * itemsize
-    params = k * k * c * itemsize + 2 * c * PARAM_BYTES
+    params = (k * k + 2) * c * PARAM_BYTES
     cuda = pixels * groups * v * (2 * k * k + 2 + _act_flops(act))
-    l2 = blocks * (strip + (k * k + 2) * channels * itemsize) + y
-    return Kernel({layer: x + params + y}, 0, cuda, l2)
+    l2 = blocks * (strip + (k * k + 2) * channels * PARAM_BYTES) + y
+    return [_cuda_taps(c, k, itemsize, layer), Kernel({layer: x + params + y}, 0, cuda, l2)]
 
 
 def cuda_has_block_kernel():
@@ -802,61 +815,101 @@ def cuda_has_block_kernel():
     return hasattr(importlib.import_module("fastdw.kernels.cuda"), "inverted_residual")
 
 
-def cuda_ir_shared_bytes(b, itemsize):
+def cuda_ir_shared_bytes(b, itemsize, se=False):
     """Dynamic shared memory of one block of csrc/cuda/inverted_residual.cuh (its ir_shared):
     x and expand-weight staging (with an expand), the fp32 hidden window, the depthwise output
-    and the project weights, each rounded to 16 bytes."""
+    and the project weights (with SE the threads' fp32 partial sums instead), each rounded to
+    16 bytes."""
     halo = ((CUDA_IR_TILE - 1) * b.stride + b.k) ** 2
-    parts = [CUDA_IR_TILE ** 2 * CUDA_IR_ROW * itemsize, CUDA_IR_CHUNK * CUDA_IR_ROW * itemsize]
-    parts = (parts if b.expand else []) + [halo * CUDA_IR_CHUNK * 4,
-                                           CUDA_IR_TILE ** 2 * CUDA_IR_ROW * itemsize,
-                                           CUDA_IR_COUT * CUDA_IR_ROW * itemsize]
+    rows = CUDA_IR_ROW * itemsize
+    parts = ([CUDA_IR_TILE ** 2 * rows, CUDA_IR_CHUNK * rows] if b.expand else []) + [
+        halo * CUDA_IR_CHUNK * 4, CUDA_IR_TILE ** 2 * rows,
+        CUDA_IR_THREADS * 4 if se else CUDA_IR_COUT * rows]
     return sum(_round_up(p, 16) for p in parts)
 
 
 def _cuda_ir(b, itemsize, dtype, gpu):
     """Kernels of block b on the cuda backend (see the module docstring, (e))."""
-    if b.squeeze or not cuda_has_block_kernel():
+    se = b.squeeze > 0
+    if not cuda_has_block_kernel() or (se and not CUDA_BLOCK_SE_KERNEL):
         return _reference_ir(b, dtype)
     st, s = b.stages, itemsize
-    if cuda_ir_shared_bytes(b, itemsize) > gpu.shared_per_block:  # the building blocks
+    if cuda_ir_shared_bytes(b, itemsize, se) > gpu.shared_per_block:  # the building blocks
+        if se:
+            raise NotImplementedError("perfmodel does not model a squeeze-excite block whose "
+                                      "window exceeds the GPU's shared memory")
         hw = b.h * b.w
         ks = [_cuda_pw(b.n, hw, b.c_in, b.hidden, s, b.act, False, st["expand"])] \
             if b.expand else []
-        ks.append(_cuda_dw(b.n, b.hidden, b.h, b.w, b.oh, b.ow, b.k, b.stride, s, b.act,
-                           st["dw"]))
+        ks += _cuda_dw(b.n, b.hidden, b.h, b.w, b.oh, b.ow, b.k, b.stride, s, b.act, st["dw"])
         ks.append(_cuda_pw(b.n, b.oh * b.ow, b.hidden, b.c_out, s, "none", b.residual,
                            st["project"]))
         return ks
     tile, chunk, cout = CUDA_IR_TILE, CUDA_IR_CHUNK, CUDA_IR_COUT
     bp = tile * tile
-    blocks = b.n * _cdiv(b.oh, tile) * _cdiv(b.ow, tile) * _cdiv(b.c_out, cout)
+    tiles = _cdiv(b.oh, tile) * _cdiv(b.ow, tile)
+    columns = 1 if se else _cdiv(b.c_out, cout)  # blocks per tile, each re-expanding it
+    blocks = b.n * tiles * columns
     chunks = _cdiv(b.hidden, chunk)
     work = blocks * chunks
     halo = ((tile - 1) * b.stride + b.k) ** 2
-    window = b.n * _cdiv(b.c_out, cout) * (_window_pixels(b.h, b.oh, tile, b.stride, b.k)
-                                           * _window_pixels(b.w, b.ow, tile, b.stride, b.k))
+    window = b.n * columns * (_window_pixels(b.h, b.oh, tile, b.stride, b.k)
+                              * _window_pixels(b.w, b.ow, tile, b.stride, b.k))
     mma = itemsize == 2
     act = _act_flops(b.act)
     x, y = b.n * b.c_in * b.h * b.w * s, b.n * b.c_out * b.oh * b.ow * s
     we = (b.c_in * b.hidden * s + 2 * b.hidden * PARAM_BYTES) if b.expand else 0
-    wd = b.k * b.k * b.hidden * s + 2 * b.hidden * PARAM_BYTES
+    wd = (b.k * b.k + 2) * b.hidden * PARAM_BYTES  # fp32 taps (_cuda_taps), scale, shift
     wp = b.hidden * b.c_out * s + 2 * b.c_out * PARAM_BYTES
-    gemm = work * bp * chunk * cout * 2                          # project
-    cuda = work * bp * chunk * (2 * b.k * b.k + 2 + act)         # depthwise
-    cuda += blocks * bp * cout * (2 + b.residual)                # epilogue
+    gemm, cuda = 0, work * bp * chunk * (2 * b.k * b.k + 2 + act)  # depthwise
     if b.expand:  # per chunk: the window in 64-pixel steps, C_in in chunks, staged in shared
         gemm += work * _round_up(halo, bp) * chunk * _round_up(b.c_in, chunk) * 2
         cuda += work * halo * chunk * (2 + act)
         l2 = window * b.c_in * s * chunks + blocks * we
     else:
         l2 = window * b.hidden * s
-    per_cout = min(b.c_out, cout)  # each block's column slice of the project weights and y
-    l2 += blocks * (wd + b.hidden * per_cout * s) + y * (1 + b.residual)
-    dram = {st.get("expand", st["dw"]): x + we, st["dw"]: wd, st["project"]: wp + y}
-    if not b.expand:
-        dram[st["dw"]] = x + wd
-    return [Kernel(dram, gemm if mma else 0, cuda + (0 if mma else gemm), l2)]
+    l2 += blocks * wd
+    first = st.get("expand", st["dw"])
+    dram = {first: x + we, st["dw"]: wd} if b.expand else {first: x + wd}
+
+    def kernel(dram, gemm, cuda, l2):
+        return Kernel(dram, gemm if mma else 0, cuda + (0 if mma else gemm), l2)
+
+    taps = _cuda_taps(b.hidden, b.k, s, st["dw"])
+    per_cout = min(b.c_out, cout)  # a block's column slice of the project weights
+    if not se:  # project each chunk into the accumulators, then the epilogue
+        gemm += work * bp * chunk * cout * 2
+        cuda += blocks * bp * cout * (2 + b.residual)
+        l2 += blocks * b.hidden * per_cout * s + y * (1 + b.residual)
+        dram[st["project"]] = wp + y
+        return [taps, kernel(dram, gemm, cuda, l2)]
+    # SE: the first kernel writes d and per-tile fp32 sums of d; the host casts the SE weights
+    # to fp32 (a launch each unless they are fp32); se_gate_project recomputes the image's gate
+    # in every block (pools the sums, fc1, se_act, fc2, se_gate) and projects the gated d of 64
+    # pixels x 64 output channels.
+    d = b.n * b.oh * b.ow * b.hidden * s
+    sums = b.n * tiles * b.hidden * _SUM_BYTES
+    dram[st["dw"]] = dram.get(st["dw"], 0) + d
+    dram[st["mean"]] = sums
+    ks = [taps, kernel(dram, gemm, cuda, l2 + d + sums)]
+    fc_elems = {"fc1": b.squeeze * (b.hidden + 1), "fc2": b.hidden * (b.squeeze + 1)}
+    if s != PARAM_BYTES:
+        ks += [Kernel({st[fc]: e * (s + PARAM_BYTES)}, 0, 0, launches=2)
+               for fc, e in fc_elems.items()]
+    rows = _cdiv(b.oh * b.ow, bp)
+    blocks2 = b.n * rows * _cdiv(b.c_out, cout)
+    fcs = sum(fc_elems.values()) * PARAM_BYTES
+    gate_cuda = blocks2 * (tiles * b.hidden + 2 * (2 * b.squeeze * b.hidden)
+                           + b.squeeze * (1 + _act_flops(b.se_act))
+                           + b.hidden * (1 + _act_flops(b.se_gate)))
+    gemm2 = blocks2 * bp * _round_up(b.hidden, chunk) * cout * 2
+    cuda2 = gate_cuda + blocks2 * bp * b.hidden + blocks2 * bp * cout * (2 + b.residual)
+    l2_2 = (blocks2 * (tiles * b.hidden * _SUM_BYTES + fcs + b.hidden * per_cout * s)
+            + _cdiv(b.c_out, cout) * d + y * (1 + b.residual))
+    dram2 = {st["mean"]: sums, st["fc1"]: fc_elems["fc1"] * PARAM_BYTES,
+             st["fc2"]: fc_elems["fc2"] * PARAM_BYTES, st["mul"]: d,
+             st["project"]: wp + y + (x if b.residual else 0)}
+    return ks + [kernel(dram2, gemm2, cuda2, l2_2)]
 
 
 class _PassRecorder(TorchDispatchMode):
@@ -968,8 +1021,11 @@ def _committed(tr, indices, backend, dtype, gpu):
         elif is_conv and base == "dw":
             n, c, h, w = tr.shape[layer.inputs[0]]
             _, _, oh, ow = tr.shape[layer.out]
-            run = _triton_dw if backend == "triton" else _cuda_dw
-            ks.append(run(n, c, h, w, oh, ow, conv["k"], conv["stride"], itemsize, act, i))
+            if backend == "triton":
+                ks.append(_triton_dw(n, c, h, w, oh, ow, conv["k"], conv["stride"], itemsize,
+                                     act, i))
+            else:
+                ks += _cuda_dw(n, c, h, w, oh, ow, conv["k"], conv["stride"], itemsize, act, i)
         else:
             ks += _stock(tr, i, itemsize)
     return ks

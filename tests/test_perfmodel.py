@@ -369,10 +369,12 @@ def test_cuda_block_kernel_by_hand(monkeypatch):
     # 3x3 s1 at 8x8, residual): one block (8x8 tile, 64 output channels), 5 hidden chunks of 32.
     monkeypatch.setattr(perfmodel, "cuda_has_block_kernel", lambda: True)
     tr, _ = _small_v2()
-    (k,) = _block_kernels(tr, "cuda", "features.3")
+    taps, k = _block_kernels(tr, "cuda", "features.3")
     s, f = 2, 4
     x = y = 24 * 8 * 8 * s
-    we, wd, wp = 24 * 144 * s + 2 * 144 * f, 9 * 144 * s + 2 * 144 * f, 144 * 24 * s + 2 * 24 * f
+    # The depthwise weights go to the kernel as fp32 taps, cast and transposed per call.
+    we, wd, wp = 24 * 144 * s + 2 * 144 * f, (9 + 2) * 144 * f, 144 * 24 * s + 2 * 24 * f
+    assert (taps.bytes, taps.launches) == (9 * 144 * (s + 3 * f), 2)
     assert k.bytes == x + we + wd + wp + y
     # x's window (its 64 pixels inside the map) staged once per hidden chunk; every weight once;
     # the residual and y; the hidden window stays in shared memory.
@@ -382,16 +384,68 @@ def test_cuda_block_kernel_by_hand(monkeypatch):
     assert k.cuda_flops == 5 * (100 * 32 * 4 + 64 * 32 * 22) + 64 * 64 * 3
 
 
-def test_cuda_block_kernel_follows_the_backend():
+def _cuda_runs_reference(monkeypatch, b):
+    """Whether the cuda backend hands block b (random weights, a CPU channels_last x) to
+    fastdw.kernels.reference rather than to its kernels."""
+    cuda = importlib.import_module("fastdw.kernels.cuda")
+
+    class Fallback(Exception):
+        pass
+
+    def fallback(*args):
+        raise Fallback
+
+    monkeypatch.setattr(cuda.reference, "inverted_residual", fallback)
+    x = torch.randn(b.n, b.c_in, b.h, b.w, dtype=torch.float16)
+    try:
+        cuda.inverted_residual(x.contiguous(memory_format=torch.channels_last), _weights(b),
+                               b.stride, b.act, b.residual, b.se_act, b.se_gate)
+    except Fallback:
+        return True
+    except Exception:  # the kernel's op (not loaded here, or refusing the call)
+        return False
+    return False
+
+
+def test_cuda_block_kernel_follows_the_backend(monkeypatch):
     has = hasattr(importlib.import_module("fastdw.kernels.cuda"), "inverted_residual")
     assert perfmodel.cuda_has_block_kernel() == has
-    header = ROOT / "csrc" / "cuda" / "inverted_residual.cuh"
-    assert header.exists() == has
-    if has:  # the model's tile is the kernel's
-        consts = dict(re.findall(r"\b(kIr\w+) = (\w+)", header.read_text()))
-        assert (int(consts["kIrTile"]), int(consts["kIrChunk"]), int(consts["kIrCout"])) == \
-            (perfmodel.CUDA_IR_TILE, perfmodel.CUDA_IR_CHUNK, perfmodel.CUDA_IR_COUT)
-        assert consts["kIrRow"] == "kIrChunk" and perfmodel.CUDA_IR_ROW == 32 + 8
+    if not has:
+        assert perfmodel.CUDA_BLOCK_SE_KERNEL is False
+        return
+    # Which blocks the backend sends to its kernels: plain ones, and SE ones where the model
+    # says so.
+    tr = _trace("mobilenet_v3_small", 1, 32)
+    blocks = dict(perfmodel._blocks(tr.layers))
+    plain, se = (perfmodel.ir_shape(tr, blocks[name]) for name in ("features.2", "features.1"))
+    assert plain.squeeze == 0 and se.squeeze > 0
+    assert not _cuda_runs_reference(monkeypatch, plain)
+    assert _cuda_runs_reference(monkeypatch, se) != perfmodel.CUDA_BLOCK_SE_KERNEL
+    # The model's tile is the kernel's.
+    text = "".join(p.read_text() for p in (ROOT / "csrc" / "cuda").glob("*.*h"))
+    consts = dict(re.findall(r"\b(kIr\w+) = (\w+)", text))
+    assert (int(consts["kIrTile"]), int(consts["kIrChunk"]), int(consts["kIrCout"]),
+            int(consts["kIrThreads"])) == (perfmodel.CUDA_IR_TILE, perfmodel.CUDA_IR_CHUNK,
+                                           perfmodel.CUDA_IR_COUT, perfmodel.CUDA_IR_THREADS)
+    assert consts["kIrRow"] == "kIrChunk" and perfmodel.CUDA_IR_ROW == 32 + 8
+
+
+def test_cuda_squeeze_excite_block_by_hand(monkeypatch):
+    # MobileNetV3-small features.1 at 64x64, batch 1: dw 3x3 s2 16 ch (32 -> 16), SE 16->8->16,
+    # project 16->16. The first kernel writes d and the per-tile sums (2 x 2 tiles, fp32), the
+    # second reads them, the SE and project weights, and writes y.
+    monkeypatch.setattr(perfmodel, "cuda_has_block_kernel", lambda: True)
+    monkeypatch.setattr(perfmodel, "CUDA_BLOCK_SE_KERNEL", True)
+    tr = _trace("mobilenet_v3_small", 1, 64)
+    taps, first, fc1_cast, fc2_cast, second = _block_kernels(tr, "cuda", "features.1")
+    s, f = 2, 4
+    x, d = 16 * 32 * 32 * s, 16 * 16 * 16 * s
+    sums = 4 * 16 * f
+    assert first.bytes == x + (9 + 2) * 16 * f + d + sums
+    # The SE weights and biases cast to fp32 on the host (two launches per fc).
+    fc1, fc2 = 8 * (16 + 1), 16 * (8 + 1)
+    assert (fc1_cast.bytes, fc2_cast.bytes) == (fc1 * (s + f), fc2 * (s + f))
+    assert second.bytes == sums + (fc1 + fc2) * f + d + (16 * 16 * s + 2 * 16 * f) + d
 
 
 def test_cuda_block_shared_memory_by_hand():
@@ -401,6 +455,9 @@ def test_cuda_block_shared_memory_by_hand():
     b = perfmodel.ir_shape(tr, indices)
     assert perfmodel.cuda_ir_shared_bytes(b, 2) == (64 * 40 * 2 + 32 * 40 * 2 + 100 * 32 * 4
                                                     + 64 * 40 * 2 + 64 * 40 * 2)
+    # With SE the project weights give way to the 128 threads' fp32 partial sums.
+    assert perfmodel.cuda_ir_shared_bytes(b, 2, se=True) == (
+        64 * 40 * 2 + 32 * 40 * 2 + 100 * 32 * 4 + 64 * 40 * 2 + 128 * 4)
 
 
 @pytest.mark.parametrize("dtype, mma", [("fp16", True), ("fp32", False)])
@@ -422,13 +479,15 @@ def test_cuda_dwconv_layer_by_hand():
     # MobileNetV1 features.1's depthwise at 32x32 input, batch 1: 32 channels at 16x16, 3x3 s1.
     tr = perfmodel.trace("mobilenet_v1", 1, 32)
     i = next(i for i, layer in enumerate(tr.layers) if layer.desc.startswith("dw3x3 s1 32 @16"))
-    (k,) = [k for _, ks in perfmodel.kernels(tr, "cuda", "fp16") for k in ks
-            if i in k.bytes_by_layer]
-    s, elems = 2, 32 * 16 * 16
-    assert k.bytes == (2 * elems + 9 * 32) * s + 2 * 32 * 4
+    taps, k = [k for _, ks in perfmodel.kernels(tr, "cuda", "fp16") for k in ks
+               if i in k.bytes_by_layer]
+    s, f, elems = 2, 4, 32 * 16 * 16
+    # The host's fp32 tap-major weights: a cast (2 -> 4 bytes) and a transposed copy.
+    assert (taps.bytes, taps.launches) == (9 * 32 * (s + f + f + f), 2)
+    assert k.bytes == 2 * elems * s + (9 + 2) * 32 * f
     # 4 packs of 8 channels: blocks of 4 x 64 threads, each a strip of 64 pixels whose taps
     # span 3 rows of the 16-pixel-wide map; 4 blocks.
-    assert k.l2_bytes == 4 * (3 * 16 * 32 * s + 11 * 32 * s) + elems * s
+    assert k.l2_bytes == 4 * (3 * 16 * 32 * s + 11 * 32 * f) + elems * s
     assert k.cuda_flops == 256 * 32 * (18 + 2 + 2)
 
 
