@@ -67,11 +67,17 @@ The five executions compared (a "pass" is one kernel; it streams its operands fr
                 against the headers by tests/test_perfmodel.py): dwconv_bn_act one thread per
                 output pixel and 16-byte channel pack reading its taps from global memory,
                 pwconv_bn_act 64x64 tiles (mma.sync for fp16/bf16 rows of whole 16-byte packs,
-                fp32 FMA otherwise, K padded to the chunk). inverted_residual has no CUDA kernel
-                committed: the backend runs fastdw.kernels.reference.inverted_residual, traced
-                here on meta tensors op by op (x cast to fp32, each conv, scale, shift, act a pass
-                in fp32, SE and residual as torch ops, the result cast back); stem, pool and
-                classifier as in (d).
+                fp32 FMA otherwise, K padded to the chunk), both after the host's per-call fp32
+                tap-major copy of the depthwise weights. inverted_residual: one kernel per 8x8
+                output tile and 64 output channels (so a wider block re-expands each tile per
+                64 outputs), x's window staged through shared memory once per hidden chunk of
+                32, the hidden window in shared memory (no DRAM or L2 traffic); with SE two
+                kernels: the first writes d (x's dtype) and fp32 per-tile sums, the second
+                recomputes the image's gate in every block and projects the gated d. Where the
+                backend has no block kernel (cuda_has_block_kernel, CUDA_BLOCK_SE_KERNEL), the
+                block is fastdw.kernels.reference.inverted_residual traced on meta tensors op by
+                op (x cast to fp32, each conv, scale, shift, act a pass in fp32, the result cast
+                back). Stem, pool and classifier as in (d).
 
 "Minimum DRAM bytes": each pass reads each operand and writes its output exactly once. Halo
 re-reads and weights re-read by many thread blocks are assumed to hit L2; a tensor written by one
