@@ -25,7 +25,7 @@ from fastdw.nn.convert_fused import (FusedChain, FusedSequential, stand_in_block
                                      stand_in_se)
 from fastdw.nn.convert_match import (Atom, Block, NotAChain, Unit, act_name, atoms, block_at,
                                      is_sequential, squeeze_excite, unit_at, wiring)
-from fastdw.nn.layers import ConvBNAct, DWConvBNAct, SqueezeExcite, symmetric_conv
+from fastdw.nn.layers import ConvBNAct, DWConvBNAct, SqueezeExcite, plain, symmetric_conv
 
 # The stage Sequential's name in torchvision's MobileNetV2 / V3 blocks, and fastdw's block for it.
 _FASTDW_BLOCKS = {"conv": InvertedResidual, "block": InvertedResidualV3}
@@ -87,7 +87,12 @@ def convert_model(model: nn.Module, *, inplace: bool = False, exclude=(), verbos
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     excluded = _exclusions(model, exclude)
     if not inplace:
-        model = copy.deepcopy(model)
+        try:
+            model = copy.deepcopy(model)
+        except Exception as e:  # e.g. weight_norm's computed weights refuse deepcopy
+            raise RuntimeError(f"convert(inplace=False) copies the model with copy.deepcopy, "
+                               f"which failed ({type(e).__name__}: {e}); pass inplace=True "
+                               "to convert the model itself") from e
     walk = _Walk(excluded)
     model = walk.visit(model, "", root=True)
     report = walk.report(model)
@@ -344,14 +349,20 @@ def _plan(found):
                 plan.append(unit)
                 i += len(unit.atoms)
                 continue
-            why.setdefault(found[i].path, ("Conv2d", _layer_does_not_fuse(unit.conv)))
+            why.setdefault(found[i].path, ("Conv2d", _layer_does_not_fuse(unit)))
         atom = found[i]
         plan.append(atom)
         i += 1 + (atom.info if atom.kind == "bn" else 0)
     return plan, why
 
 
-def _layer_does_not_fuse(conv):
+def _layer_does_not_fuse(unit):
+    conv = unit.conv
+    for module in (conv, unit.bn):
+        if type(module) in (nn.Conv2d, nn.BatchNorm2d) and not plain(module, type(module)):
+            return (f"its {type(module).__name__} has hooks, a forward of its own or a tensor "
+                    "that is not a parameter or buffer (weight_norm): fastdw's layers stand in "
+                    "for plain modules")
     if conv.bias is not None:
         return "the conv has a bias: fastdw's layers fold a bias-free conv and its BatchNorm"
     if conv.padding_mode != "zeros":

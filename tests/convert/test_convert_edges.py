@@ -162,3 +162,16 @@ def test_a_padding_given_by_name_is_reported_as_such():
     _, report = fastdw.convert(model, return_report=True)
     assert [entry.why for entry in report.left] == [
         "padding='same': fastdw's depthwise and 1x1 layers take the padding as numbers"]
+
+
+def test_weight_norm_is_left_and_said_so():
+    """A weight-normed conv (a pre-hook computing its weight) is left, the report says why
+    (it used to call the conv asymmetric); the copy inplace=False makes cannot be taken, and
+    the error says what to do."""
+    conv = nn.Conv2d(C, C, 3, padding=1, groups=C, bias=False)
+    with pytest.warns(FutureWarning):
+        model = nn.Sequential(nn.utils.weight_norm(conv), nn.BatchNorm2d(C), nn.ReLU()).eval()
+    with pytest.raises(RuntimeError, match="pass inplace=True"):
+        fastdw.convert(model, inplace=False)
+    new, report = fastdw.convert(model, inplace=True, return_report=True)
+    assert new is model and "its Conv2d has hooks" in report.left[0].why
