@@ -57,6 +57,13 @@ def multiprocessors(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def tap_major(weight):
+    """A depthwise weight (C, 1, K, K) as the kernels read it: (K*K, C), contiguous, so one
+    tap's weights for a block of channels are consecutive (a vector load; stored (C, K*K) they
+    are K*K elements apart, one scalar load per channel). A copy of C*K*K elements per call."""
+    return weight.reshape(weight.shape[0], -1).t().contiguous()
+
+
 def on_device_of(t):
     """The context every launcher runs its kernels in: t's CUDA device made current. Triton
     launches on the current device, on torch's current stream of that device, so without it a

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from fastdw.contract import conv_output_size, output_memory_format
 from fastdw.kernels.triton._shared import (activation, activation_grad, as_offset, interpreting,
-                                           needs_int64, on_device_of)
+                                           needs_int64, on_device_of, tap_major)
 
 
 # Tile configs (BLOCK_OH, BLOCK_OW, BLOCK_C, num_warps), chosen by channel count and element size.
@@ -31,6 +31,11 @@ from fastdw.kernels.triton._shared import (activation, activation_grad, as_offse
 # how tests/triton/test_gpu_configs.py runs them numerically). resources.py compiles every entry of
 # GPU_CONFIGS.
 GPU_CONFIGS = {"narrow": (8, 16, 16, 4), "wide4": (8, 8, 32, 4), "wide2": (8, 8, 64, 4)}
+# Register cap of the forward and grad-input kernels (4 warps: 4 blocks per SM or more). Without
+# one ptxas chose 56-128 registers and an 8-byte stack spill for some configs (the fp16 narrow
+# grad-input, the fp16 forward on 120 channels; seen in resources.py), which fit at 128 with
+# none. The grad-params kernel keeps ptxas's choice: it needs up to ~235 on 120 channels.
+MAXNREG = 128
 
 
 def pick_config(channels, element_size, out_h, out_w, gpu_tiles=False):
@@ -76,16 +81,17 @@ def window_tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
 
 
 @triton.jit
-def _window(x_base, w_ptr, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD,
+def _window(x_base, w_ptr, rows, cols, c, c_mask, C, H, W, sxc, sxh, sxw, PAD,
             K: tl.constexpr, STRIDE: tl.constexpr, DILATION: tl.constexpr,
             BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """z[p, c] = sum_{i,j} x[ih(p, i), iw(p, j), c] * w[c, i, j], accumulated in fp32."""
+    """z[p, c] = sum_{i,j} x[ih(p, i), iw(p, j), c] * w[i*K + j, c], accumulated in fp32
+    (w tap-major)."""
     z = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
     for i in range(K):  # run-time loop: see the module docstring
         for j in range(K):
             xv = window_tap(x_base, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD, i, j,
                             STRIDE, DILATION)
-            wv = tl.load(w_ptr + c * (K * K) + (i * K + j), mask=c_mask, other=0.0)
+            wv = tl.load(w_ptr + (i * K + j) * C + c, mask=c_mask, other=0.0)
             z += xv * wv.to(tl.float32)[None, :]
     return z
 
@@ -97,7 +103,7 @@ def _window(x_base, w_ptr, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD,
 @triton.jit
 def dw_forward_kernel(
     x_ptr,      # input (N, C, H, W), any strides
-    w_ptr,      # weight (C, 1, K, K), contiguous
+    w_ptr,      # weight, tap-major (K*K, C) contiguous: w[i*K + j, c] = weight[c, 0, i, j]
     scale_ptr,  # (C,) fp32 folded-BN scale
     shift_ptr,  # (C,) fp32 folded-BN shift
     y_ptr,      # output (N, C, OH, OW), any strides, x's dtype
@@ -121,7 +127,7 @@ def dw_forward_kernel(
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     x_base = x_ptr + n.to(tl.int64) * sxn
-    z = _window(x_base, w_ptr, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD,
+    z = _window(x_base, w_ptr, rows, cols, c, c_mask, C, H, W, sxc, sxh, sxw, PAD,
                 K, STRIDE, DILATION, BLOCK_OH * BLOCK_OW, BLOCK_C)
     scale = tl.load(scale_ptr + c, mask=c_mask, other=0.0)
     shift = tl.load(shift_ptr + c, mask=c_mask, other=0.0)
@@ -142,7 +148,7 @@ def dw_forward_kernel(
 def dw_backward_params_kernel(
     g_ptr,        # incoming gradient (N, C, OH, OW), any strides
     x_ptr,        # forward input (N, C, H, W), any strides
-    w_ptr,        # weight (C, 1, K, K), contiguous
+    w_ptr,        # weight, tap-major (K*K, C) contiguous
     scale_ptr,    # (C,) fp32
     shift_ptr,    # (C,) fp32
     gz_ptr,       # out: g_z (N, OH, OW, C) fp32, contiguous
@@ -162,7 +168,7 @@ def dw_backward_params_kernel(
     c_mask = c < C
     out = ((rows < OH) & (cols < OW))[:, None] & c_mask[None, :]
     x_base = x_ptr + n.to(tl.int64) * sxn
-    z = _window(x_base, w_ptr, rows, cols, c, c_mask, H, W, sxc, sxh, sxw, PAD,
+    z = _window(x_base, w_ptr, rows, cols, c, c_mask, C, H, W, sxc, sxh, sxw, PAD,
                 K, STRIDE, DILATION, BLOCK_OH * BLOCK_OW, BLOCK_C)
     scale = tl.load(scale_ptr + c, mask=c_mask, other=0.0)
     shift = tl.load(shift_ptr + c, mask=c_mask, other=0.0)
@@ -189,7 +195,7 @@ def dw_backward_params_kernel(
 @triton.jit
 def dw_backward_input_kernel(
     gz_ptr,   # g_z (N, OH, OW, C) fp32, contiguous (from dw_backward_params_kernel)
-    w_ptr,    # weight (C, 1, K, K), contiguous
+    w_ptr,    # weight, tap-major (K*K, C) contiguous
     gx_ptr,   # out: grad of x (N, C, H, W), any strides, x's dtype
     C, H, W, OH, OW,
     sgxn, sgxc, sgxh, sgxw,   # strides of grad_x
@@ -215,7 +221,7 @@ def dw_backward_input_kernel(
             gz_rows = (n.to(tl.int64) * OH + oh) * OW + ow
             gz = tl.load(gz_ptr + gz_rows[:, None] * C + c[None, :],
                          mask=ok[:, None] & c_mask[None, :], other=0.0)
-            wv = tl.load(w_ptr + c * (K * K) + (i * K + j), mask=c_mask, other=0.0)
+            wv = tl.load(w_ptr + (i * K + j) * C + c, mask=c_mask, other=0.0)
             acc += gz * wv.to(tl.float32)[None, :]
     inside = (ih < H) & (iw < W)
     ptrs = gx_ptr + n.to(tl.int64) * sgxn + (ih * sgxh + iw * sgxw)[:, None] + (c * sgxc)[None, :]
@@ -246,10 +252,10 @@ def forward(x, weight, scale, shift, stride, padding, dilation, act, gpu_tiles=F
     grid, tiles_w, tiles_hw = _grid(n, oh, ow, c, cfg)
     with on_device_of(x):
         dw_forward_kernel[grid](
-            x, weight.contiguous(), scale, shift, y, c, h, w, oh, ow, *x.stride(), *y.stride(),
+            x, tap_major(weight), scale, shift, y, c, h, w, oh, ow, *x.stride(), *y.stride(),
             padding, tiles_w, tiles_hw, K=k, STRIDE=stride, DILATION=dilation, ACT=act,
             BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2], INT64=needs_int64(x, y),
-            num_warps=cfg[3])
+            num_warps=cfg[3], maxnreg=MAXNREG)
     return y
 
 
@@ -258,7 +264,7 @@ def backward(grad, x, weight, scale, shift, stride, padding, dilation, act, gpu_
     n, c, h, w = x.shape
     k = weight.shape[-1]
     oh, ow = grad.shape[2:]
-    weight = weight.contiguous()
+    taps = tap_major(weight)
     grad_x = torch.empty_like(x, memory_format=output_memory_format(x))
     int64 = needs_int64(grad, x, grad_x)  # g_z and partial are int64-indexed on every path
     cfg = pick_config(c, x.element_size(), oh, ow, gpu_tiles)
@@ -267,7 +273,7 @@ def backward(grad, x, weight, scale, shift, stride, padding, dilation, act, gpu_
     partial = torch.empty((grid[0], k * k + 2, c), dtype=torch.float32, device=x.device)
     with on_device_of(x):
         dw_backward_params_kernel[grid](
-            grad, x, weight, scale, shift, g_z, partial, c, h, w, oh, ow, *grad.stride(),
+            grad, x, taps, scale, shift, g_z, partial, c, h, w, oh, ow, *grad.stride(),
             *x.stride(), padding, tiles_w, tiles_hw, K=k, STRIDE=stride, DILATION=dilation,
             ACT=act, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2], INT64=int64,
             num_warps=cfg[3])
@@ -276,9 +282,9 @@ def backward(grad, x, weight, scale, shift, stride, padding, dilation, act, gpu_
     grid, tiles_w, tiles_hw = _grid(n, h, w, c, cfg)
     with on_device_of(x):
         dw_backward_input_kernel[grid](
-            g_z, weight, grad_x, c, h, w, oh, ow, *grad_x.stride(), padding, tiles_w, tiles_hw,
+            g_z, taps, grad_x, c, h, w, oh, ow, *grad_x.stride(), padding, tiles_w, tiles_hw,
             K=k, STRIDE=stride, DILATION=dilation, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1],
-            BLOCK_C=cfg[2], INT64=int64, num_warps=cfg[3])
+            BLOCK_C=cfg[2], INT64=int64, num_warps=cfg[3], maxnreg=MAXNREG)
     # Copies, not views of `sums`: a custom op's outputs must not alias one another.
     grad_w = sums[:k * k].t().reshape(weight.shape).to(weight.dtype, copy=True)
     return [grad_x, grad_w, sums[k * k].clone(), sums[k * k + 1].clone()]

@@ -35,7 +35,7 @@ from fastdw.contract import (ACTIVATIONS, SE_GATES, conv_output_size, output_mem
                              same_padding)
 from fastdw.kernels.triton._shared import (activation, as_offset, dot_operand, dot_precision,
                                            interpreting, maxnreg, multiprocessors,
-                                           needs_int64, on_device_of)
+                                           needs_int64, on_device_of, tap_major)
 from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
 from fastdw.kernels.triton.pwconv_bn_act import (dot_in_fp32, forward as pw_forward,
                                                   handled as pw_handled)
@@ -106,7 +106,7 @@ def scratch_region(k, stride, block_oh, block_ow, block_hid):
 def ir_kernel(
     x_ptr,                     # block input (N, C_IN, H, W), any strides
     we_ptr, es_ptr, eb_ptr,    # expand weight (HID, C_IN) contiguous, scale, shift (fp32)
-    wd_ptr, ds_ptr, db_ptr,    # depthwise weight (HID, 1, K, K) contiguous, scale, shift
+    wd_ptr, ds_ptr, db_ptr,    # depthwise weight tap-major (K*K, HID) contiguous, scale, shift
     wp_ptr, ps_ptr, pb_ptr,    # project weight (C_OUT, HID) contiguous, scale, shift
     hid_ptr,                   # out when not PROJECT: hidden (N, OH, OW, HID), x's dtype
     pool_ptr,                  # fp32 workspace: with EXPAND, the expand scratch (programs,
@@ -194,7 +194,7 @@ def ir_kernel(
                 else:
                     e = window_tap(x_base, rows, cols, hc, h_mask, H, W, sxc, sxh, sxw, PAD,
                                    a, b, STRIDE, 1)
-                wd = tl.load(wd_ptr + hc * (K * K) + (a * K + b), mask=h_mask, other=0.0)
+                wd = tl.load(wd_ptr + (a * K + b) * HID + hc, mask=h_mask, other=0.0)
                 dw += e * wd.to(tl.float32)[None, :]
         if EXPAND:
             tl.debug_barrier()  # every tap is read before the next chunk overwrites scratch
@@ -268,7 +268,7 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
     # Without expansion the expand arguments are placeholders, never read.
     kernel_weights = ((b.expand_w.contiguous(), b.expand_scale, b.expand_shift) if expand
                       else (b.dw_scale, b.dw_scale, b.dw_shift)) + (
-        b.dw_w.contiguous(), b.dw_scale, b.dw_shift, b.project_w.contiguous(), b.project_scale,
+        tap_major(b.dw_w), b.dw_scale, b.dw_shift, b.project_w.contiguous(), b.project_scale,
         b.project_shift)
     int64 = needs_int64(x, y)  # the hidden tensor and the scratch are int64-indexed anyway
     regs = maxnreg(x.element_size(), c_in, hidden, c_out, *x.stride(), *y.stride())

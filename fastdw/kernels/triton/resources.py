@@ -65,6 +65,8 @@ _MMA = re.compile(r"\b(?:wgmma\.mma_async|mma)\.sync\.aligned\.[\w.]*?\.f32\.(bf
 # tf32 on tensor cores when TF32 is allowed (PRECISION "tf32"); the depthwise kernels never use
 # them. "-": none.
 _DOT_KERNELS = ("pw_kernel", "ir_kernel")
+# Global loads in the PTX, capturing the vector width (".v2", ".v4") or none (a scalar load).
+_LOAD = re.compile(r"\bld\.global(?:\.\w+)*?(\.v[248])?\.[busf]\d+\b")
 _EXPECTED_MMA = {"fp32": "-", "fp16": "f16", "bf16": "bf16"}
 
 
@@ -94,14 +96,15 @@ def _cases(full, worst=False):
         x = dict(sxn=200704, sxc=1, sxh=3584, sxw=64)
         yield dw.dw_forward_kernel, name, dict(
             x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, y_ptr=dt, **ints, **x,
-            syn=200704, syc=1, syh=3584, syw=64), dict(tile, ACT=act), dict(num_warps=warps)
+            syn=200704, syc=1, syh=3584, syw=64), dict(tile, ACT=act), \
+            dict(num_warps=warps, maxnreg=dw.MAXNREG)
         yield dw.dw_backward_params_kernel, name, dict(
             g_ptr=dt, x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, gz_ptr=f32,
             partial_ptr=f32, **ints, sgn=200704, sgc=1, sgh=3584, sgw=64, **x), \
             dict(tile, ACT=act), dict(num_warps=warps)
         yield dw.dw_backward_input_kernel, name, dict(
             gz_ptr=f32, w_ptr=dt, gx_ptr=dt, **ints, sgxn=200704, sgxc=1, sgxh=3584,
-            sgxw=64), tile, dict(num_warps=warps)
+            sgxw=64), tile, dict(num_warps=warps, maxnreg=dw.MAXNREG)
 
     # pwconv: every config x dtype, with gate and residual (its heaviest form).
     acts = _ACTS if full else ("hardswish",)
@@ -194,14 +197,14 @@ def _worst_cases(dw, pw, ir, known_spills):
         yield dw.dw_forward_kernel, name, dict(
             x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, y_ptr=dt, **ints, **xs,
             **{k: v for k, v in strides.items() if k[1] == "y"}), dict(tile, ACT="silu"), \
-            dict(num_warps=warps)
+            dict(num_warps=warps, maxnreg=dw.MAXNREG)
         yield dw.dw_backward_params_kernel, name, dict(
             g_ptr=dt, x_ptr=dt, w_ptr=dt, scale_ptr=f32, shift_ptr=f32, gz_ptr=f32,
             partial_ptr=f32, **ints, **{k: v for k, v in strides.items() if k[1] == "g"}, **xs), \
             dict(tile, ACT="silu"), dict(num_warps=warps)
         yield dw.dw_backward_input_kernel, name, dict(
             gz_ptr=f32, w_ptr=dt, gx_ptr=dt, **ints, **{"sgx" + k[2]: v for k, v in xs.items()}), \
-            tile, dict(num_warps=warps)
+            tile, dict(num_warps=warps, maxnreg=dw.MAXNREG)
     for label, dt in itertools.product(pw.GPU_CONFIGS, _DTYPES):
         if dt != torch.float16 and not known_spills:
             continue
@@ -283,7 +286,13 @@ def compile_one(case, arch):
     want = _EXPECTED_MMA[_DTYPES[args["x_ptr"]]] if fn.__name__ in _DOT_KERNELS else "-"
     if constexprs.get("PRECISION") == "tf32":
         want = "tf32"
+    loads = _LOAD.findall(compiled.asm["ptx"])
+    scalar = loads.count("")
     problems = []
+    # Depthwise kernels on channels that are multiples of 16 load every tap's x and weights as
+    # vectors (weights tap-major: _shared.tap_major); a scalar load there is a regression.
+    if fn.__name__.startswith("dw_") and args["C"] % 16 == 0 and scalar:
+        problems.append(f"{scalar} scalar global loads")
     if mma != want:
         problems.append(f"tensor cores {mma}, expected {want}")
     if use.get("LOCAL", 0) or use.get("STACK", 0):
@@ -295,7 +304,8 @@ def compile_one(case, arch):
     blocks, occupied = occupancy(arch, use["REG"], warps, shared)
     return dict(kernel=fn.__name__, config=label, arch=f"sm_{arch}", warps=warps, regs=use["REG"],
                 spill=use.get("LOCAL", 0) + use.get("STACK", 0), smem=shared, mma=mma,
-                blocks=blocks, occupancy=occupied, problems="; ".join(problems))
+                blocks=blocks, occupancy=occupied, loads=f"{len(loads) - scalar}/{len(loads)}",
+                problems="; ".join(problems))
 
 
 def check(full=False, jobs=None, worst=False):
@@ -334,11 +344,11 @@ def format_table(rows):
     """The table; `blocks` and `occ` are the occupancy on the arch's GPU (sm_80 an A100, sm_90 an
     H100): blocks resident per SM and the share of its warp slots they fill."""
     lines = [f"{'kernel':<27} {'config':<48} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>6} "
-             f"{'smem B':>7} {'mma':>4} {'blocks':>6} {'occ':>4}  problems"]
+             f"{'smem B':>7} {'mma':>4} {'blocks':>6} {'occ':>4} {'vec ld':>6}  problems"]
     for r in rows:
         lines.append(f"{r['kernel']:<27} {r['config']:<48} {r['arch']:<6} {r['warps']:>5} "
                      f"{r['regs']:>5} {r['spill']:>6} {r['smem']:>7} {r['mma']:>4} "
-                     f"{r['blocks']:>6} {r['occupancy']:>4.0%}  {r['problems']}")
+                     f"{r['blocks']:>6} {r['occupancy']:>4.0%} {r['loads']:>6}  {r['problems']}")
     return "\n".join(lines)
 
 
