@@ -71,8 +71,9 @@ def convert_model(model: nn.Module, *, inplace: bool = False, exclude=(), verbos
     nn.Sequential(Conv2d, BatchNorm2d, ReLU6)). `fastdw.convert` is this function.
 
     inplace: convert `model` itself (False: a deep copy, `model` untouched).
-    exclude: module names (qualified, as model.named_modules() gives them) whose subtrees are
-        left as they are; a block holding one is not fused as a whole.
+    exclude: module names (qualified, as model.named_modules() gives them) or nn.Module
+        classes (every module that is an instance of one): their subtrees are left as they
+        are; a block holding one is not fused as a whole.
     verbose: print the report (what was converted, what was left and why).
     return_report: return (model, ConvertReport) instead of the model.
 
@@ -108,20 +109,28 @@ def convert(model: nn.Module, **options) -> nn.Module:
 
 
 def _exclusions(model, exclude):
-    if isinstance(exclude, str):
+    """The qualified names of the modules `exclude` names, or whose classes it names."""
+    if isinstance(exclude, (str, type)):
         exclude = (exclude,)
     try:
-        names = tuple(exclude)
+        entries = tuple(exclude)
     except TypeError:
-        raise TypeError(f"exclude must be module names (an iterable of str), got "
-                        f"{type(exclude).__name__}") from None
-    known = {name for name, _ in model.named_modules()}
-    for name in names:
-        if not isinstance(name, str):
-            raise TypeError(f"exclude must hold module names (str), got {name!r}")
-        if name not in known:
-            raise ValueError(f"exclude: {name!r} names no module of the model (names are "
+        raise TypeError(f"exclude must be module names or classes (an iterable of str or "
+                        f"nn.Module subclasses), got {type(exclude).__name__}") from None
+    modules = dict(model.named_modules())
+    names = set()
+    for entry in entries:
+        if isinstance(entry, type) and issubclass(entry, nn.Module):
+            # a filter, not a pointer: a class no module has excludes nothing
+            names.update(name for name, m in modules.items() if isinstance(m, entry))
+        elif not isinstance(entry, str):
+            raise TypeError(f"exclude must hold module names (str) or nn.Module subclasses, "
+                            f"got {entry!r}")
+        elif entry not in modules:
+            raise ValueError(f"exclude: {entry!r} names no module of the model (names are "
                              "those of model.named_modules())")
+        else:
+            names.add(entry)
     return frozenset(names)
 
 

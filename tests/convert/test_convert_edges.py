@@ -175,3 +175,15 @@ def test_weight_norm_is_left_and_said_so():
         fastdw.convert(model, inplace=False)
     new, report = fastdw.convert(model, inplace=True, return_report=True)
     assert new is model and "its Conv2d has hooks" in report.left[0].why
+
+
+def test_exclude_by_class():
+    """exclude= takes module classes too (it used to refuse them): every module of that class
+    is left, whatever its name; a class no module has excludes nothing; other types raise."""
+    model = nn.Sequential(nn.Sequential(*dw_layer(nn.ReLU())), mbconv(nn.Identity()))
+    new, report = fastdw.convert(model, exclude=nn.ReLU, return_report=True)
+    assert type(new[0]) is nn.Sequential and type(new[1][2]) is nn.ReLU  # both hold a ReLU
+    assert {entry.name for entry in report.left} >= {"0.2", "1.2", "1.5"}
+    assert type(fastdw.convert(model, exclude=[nn.GELU])[0]).__name__ == "DWConvBNAct"
+    with pytest.raises(TypeError, match="exclude must hold module names"):
+        fastdw.convert(model, exclude=[int])
