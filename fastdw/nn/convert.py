@@ -17,6 +17,7 @@ report. A module whose forward cannot be read is left as it is, and its children
 import copy
 from typing import NamedTuple
 
+import torch
 from torch import nn
 
 from fastdw.contract import adds_residual
@@ -86,6 +87,9 @@ def convert_model(model: nn.Module, *, inplace: bool = False, exclude=(), verbos
     its plain attributes, not its class (FusedChain, its `original` names the class)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError("model is a TorchScript module, whose forward is compiled: convert the "
+                        "nn.Module before torch.jit.script")
     excluded = _exclusions(model, exclude)
     if not inplace:
         try:

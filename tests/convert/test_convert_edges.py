@@ -187,3 +187,11 @@ def test_exclude_by_class():
     assert type(fastdw.convert(model, exclude=[nn.GELU])[0]).__name__ == "DWConvBNAct"
     with pytest.raises(TypeError, match="exclude must hold module names"):
         fastdw.convert(model, exclude=[int])
+
+
+def test_a_scripted_model_is_refused_by_name():
+    """torch.jit.script's modules used to fail with a bare KeyError deep inside convert()."""
+    with pytest.warns(FutureWarning):  # torch.jit.script is deprecated
+        model = torch.jit.script(nn.Sequential(*dw_layer(nn.ReLU())).eval())
+    with pytest.raises(TypeError, match="model is a TorchScript module"):
+        fastdw.convert(model)
