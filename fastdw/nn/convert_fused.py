@@ -25,7 +25,7 @@ from torch import nn
 
 from fastdw import torch_internals
 from fastdw.nn.cache import CachedForward, cached
-from fastdw.nn.convert_match import Atom, Block, Unit, Wiring
+from fastdw.nn.convert_match import Atom, Block, Unit, Wiring, identity_in_eval
 from fastdw.nn.layers import (RUN_CHILDREN, ConvBNAct, DWConvBNAct, SqueezeExcite,
                               traced_as_leaf)
 from fastdw.nn.blocks import InvertedResidualV3
@@ -167,6 +167,11 @@ class FusedChain(CachedForward, nn.Module):
                     or m._backward_pre_hooks or "forward" in m.__dict__):
                 return RUN_CHILDREN
         if not all(self.get_submodule(a.path) is a.module for a in self._atoms()):
+            return RUN_CHILDREN
+        # skipped as the identity in eval: still so (a flag set since may switch one on); not
+        # while torch.compile traces, where the probe's data-dependent answer breaks the graph
+        if not torch.compiler.is_compiling() and not all(
+                identity_in_eval(a.module) for a in self._atoms() if a.kind == "identity"):
             return RUN_CHILDREN
         steps = []
         for item in self.plan:

@@ -272,7 +272,7 @@ def squeeze_excite(module) -> Optional[SEShape]:
     return SEShape(fc1.target, act_name, fc2.target, gate_name)
 
 
-def _identity_in_eval(module):
+def identity_in_eval(module):
     """Whether a parameter-free leaf returns its very input, unchanged, in eval mode (Identity,
     Dropout, timm's DropPath, torchvision's StochasticDepth): one probe call on a random input
     whose magnitudes span many decades."""
@@ -316,7 +316,7 @@ def atoms(module, path="", top=True):
         return [Atom("bn", path, module, len(rest)), *rest]
     if act_name(module) is not None:
         return [Atom("act", path, module, act_name(module))]
-    if _identity_in_eval(module):
+    if identity_in_eval(module):
         return [Atom("identity", path, module)]
     se = squeeze_excite(module)
     if se is not None:

@@ -195,3 +195,27 @@ def test_a_scripted_model_is_refused_by_name():
         model = torch.jit.script(nn.Sequential(*dw_layer(nn.ReLU())).eval())
     with pytest.raises(TypeError, match="model is a TorchScript module"):
         fastdw.convert(model)
+
+
+class Scale(nn.Module):
+    """x * (1 + scale), and x itself while scale is 0: the identity when convert() reads it."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = 0.0
+
+    def forward(self, x):
+        return x * (1 + self.scale) if self.scale else x
+
+
+def test_a_leaf_skipped_as_the_identity_is_run_once_it_is_not(randomize_bn, accurate):
+    """A parameter-free leaf convert() skipped as the identity in eval runs again once a flag
+    makes it compute something (it used to stay skipped, silently)."""
+    layer = dw_layer(nn.ReLU())
+    model = randomize_bn(nn.Sequential(*layer[:2], Scale(), layer[2], nn.GELU())).eval()
+    new = fastdw.convert(model)
+    x = torch.randn(2, C, 8, 8)
+    with torch.no_grad():
+        assert accurate(new(x), model, x)
+        new[2].scale = model[2].scale = 1.0
+        assert accurate(new(x), model, x)
