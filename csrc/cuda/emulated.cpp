@@ -10,6 +10,7 @@
 #include <vector>
 
 // After torch: the emulator defines threadIdx, warpSize, ... as macros.
+#include "dwconv_backward.cuh"
 #include "dwconv_bn_act.cuh"
 #include "emulator/selftest.h"
 #include "host_ops.h"
@@ -35,6 +36,18 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
   const auto call = fastdw_cuda::check_dwconv_bn_act(x, weight, scale, shift, stride, padding,
                                                      dilation, act, fastdw_cuda::kEmulated);
   return emulate("dwconv_bn_act", [&] { return fastdw_cuda::run_dwconv_bn_act(call, nullptr); });
+}
+
+std::vector<at::Tensor> dwconv_bn_act_backward(const at::Tensor& grad, const at::Tensor& x,
+                                               const at::Tensor& weight, const at::Tensor& scale,
+                                               const at::Tensor& shift, int64_t stride,
+                                               int64_t padding, int64_t dilation,
+                                               c10::string_view act) {
+  const auto call = fastdw_cuda::check_dwconv_bn_act(x, weight, scale, shift, stride, padding,
+                                                     dilation, act, fastdw_cuda::kEmulated);
+  return emulate("dwconv_bn_act_backward", [&] {
+    return fastdw_cuda::run_dwconv_bn_act_backward(call, grad, fastdw_cuda::kEmulated, nullptr);
+  });
 }
 
 at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
@@ -83,6 +96,7 @@ std::vector<std::string> emulator_selftest_names() {
 
 TORCH_LIBRARY(fastdw_cuda_emu, m) {
   m.def(fastdw_cuda::kDwconvBnActSchema);
+  m.def(fastdw_cuda::kDwconvBnActBackwardSchema);
   m.def(fastdw_cuda::kPwconvBnActSchema);
   m.def(fastdw_cuda::kInvertedResidualSchema);
   m.def("last_launch() -> str", &last_launch);
@@ -93,6 +107,7 @@ TORCH_LIBRARY(fastdw_cuda_emu, m) {
 
 TORCH_LIBRARY_IMPL(fastdw_cuda_emu, CPU, m) {
   m.impl("dwconv_bn_act", &dwconv_bn_act);
+  m.impl("dwconv_bn_act_backward", &dwconv_bn_act_backward);
   m.impl("pwconv_bn_act", &pwconv_bn_act);
   m.impl("inverted_residual", &inverted_residual);
 }

@@ -36,4 +36,20 @@ FASTDW_DEVICE float activate(float v, int act) {
   }
 }
 
+// g times d activate(z, act) / dz, as torch's backward ops (threshold_backward,
+// hardtanh_backward, hardswish_backward, hardsigmoid_backward, silu_backward) give it.
+FASTDW_DEVICE float activate_grad(float g, float z, int act) {
+  switch (act) {
+    case kRelu: return z > 0.f ? g : 0.f;
+    case kRelu6: return z > 0.f && z < 6.f ? g : 0.f;
+    case kHardswish: return z < -3.f ? 0.f : z <= 3.f ? g * (z / 3.f + 0.5f) : g;
+    case kHardsigmoid: return z > -3.f && z < 3.f ? g / 6.f : 0.f;
+    case kSilu: {
+      const float sig = 1.f / (1.f + expf(-z));
+      return g * sig * (1.f + z * (1.f - sig));
+    }
+    default: return g;
+  }
+}
+
 }  // namespace fastdw_cuda

@@ -13,6 +13,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "../cpu/block_weights.h"
 #include "launchers.h"
@@ -23,6 +24,10 @@ namespace fastdw_cuda {
 inline constexpr const char* kDwconvBnActSchema =
     "dwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
     "int padding, int dilation, str act) -> Tensor";
+
+inline constexpr const char* kDwconvBnActBackwardSchema =
+    "dwconv_bn_act_backward(Tensor grad, Tensor x, Tensor weight, Tensor scale, Tensor shift, "
+    "int stride, int padding, int dilation, str act) -> Tensor[]";
 
 inline constexpr const char* kPwconvBnActSchema =
     "pwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, str act, "
@@ -179,6 +184,57 @@ inline at::Tensor run_dwconv_bn_act(const DwCall& a, Stream stream) {
     default: launch_dwconv<__nv_bfloat16>(a, taps, scale, shift, y, stream);
   }
   return y;
+}
+
+// The gradients of dwconv_bn_act's x (x's dtype, channels_last), weight, scale and shift
+// (float32) for the incoming gradient `grad` of y (the math is above the kernels in
+// csrc/cuda/dwconv_backward.cuh), on the device of a checked call.
+inline std::vector<at::Tensor> run_dwconv_bn_act_backward(const DwCall& a, const at::Tensor& grad,
+                                                          const Target& target, Stream stream) {
+  const at::Tensor& x = a.x;
+  check_tensor(grad, "grad", target, &x);
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "grad must have x's dtype ",
+              x.scalar_type(), ", got ", grad.scalar_type());
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef({x.size(0), x.size(1), a.OH, a.OW}),
+              "grad must have y's shape (", x.size(0), ", ", x.size(1), ", ", a.OH, ", ", a.OW,
+              "), got ", grad.sizes());
+  const int64_t C = x.size(1), taps = a.k * a.k;
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor g = grad.contiguous(cl);
+  const at::Tensor w = a.weight.to(at::kFloat).reshape({C, taps}).t().contiguous();
+  const at::Tensor scale = a.scale.to(at::kFloat).contiguous();
+  const at::Tensor shift = a.shift.to(at::kFloat).contiguous();
+  const auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(cl));
+  const at::Tensor gu = at::empty({x.size(0) * a.OH * a.OW * C}, f32);
+  const int64_t slices = (x.size(0) * a.OH * a.OW + kDwBackSlice - 1) / kDwBackSlice;
+  const at::Tensor partial = at::empty({slices, taps + 2, C}, f32);
+  at::Tensor gw = at::empty({taps, C}, f32), gscale = at::empty({C}, f32),
+             gshift = at::empty({C}, f32);
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    const DwParams<T> f{
+        .x = reinterpret_cast<const T*>(x.const_data_ptr()), .w = w.const_data_ptr<float>(),
+        .scale = scale.const_data_ptr<float>(), .shift = shift.const_data_ptr<float>(),
+        .y = nullptr, .N = x.size(0), .C = C, .H = x.size(2), .W = x.size(3), .OH = a.OH,
+        .OW = a.OW, .xs_n = x.stride(0), .xs_h = x.stride(2), .xs_w = x.stride(3), .ys_n = 0,
+        .ys_h = 0, .ys_w = 0, .k = static_cast<int>(a.k), .stride = static_cast<int>(a.stride),
+        .pad = static_cast<int>(a.padding), .dil = static_cast<int>(a.dilation), .act = a.act,
+        .vector = false};
+    const DwBackParams<T> p{
+        .f = f, .grad = reinterpret_cast<const T*>(g.const_data_ptr()),
+        .gx = reinterpret_cast<T*>(gx.mutable_data_ptr()),
+        .gu = gu.mutable_data_ptr<float>(), .partial = partial.mutable_data_ptr<float>(),
+        .gw = gw.mutable_data_ptr<float>(), .gscale = gscale.mutable_data_ptr<float>(),
+        .gshift = gshift.mutable_data_ptr<float>()};
+    checked_launch([&] { launch_dwconv_bn_act_backward(p, stream); });
+  };
+  switch (x.scalar_type()) {
+    case at::kFloat: run(float{}); break;
+    case at::kHalf: run(__half{}); break;
+    default: run(__nv_bfloat16{});
+  }
+  return {gx, gw.t().reshape({C, 1, a.k, a.k}), gscale, gshift};
 }
 
 // pwconv_bn_act: a checked call.

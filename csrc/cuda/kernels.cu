@@ -1,6 +1,7 @@
 // The CUDA backend's device code for nvcc: every kernel instantiation its host launchers can
 // choose, through explicit instantiation of the launchers (tests/cuda/test_cuda_resources.py
 // compiles this file for sm_80 and sm_90 and checks each kernel's registers and spills).
+#include "dwconv_backward.cuh"
 #include "dwconv_bn_act.cuh"
 #include "inverted_residual.cuh"
 #include "pwconv_bn_act.cuh"
@@ -10,6 +11,10 @@ namespace fastdw_cuda {
 template void launch_dwconv_bn_act<float>(const DwParams<float>&, Stream);
 template void launch_dwconv_bn_act<__half>(const DwParams<__half>&, Stream);
 template void launch_dwconv_bn_act<__nv_bfloat16>(const DwParams<__nv_bfloat16>&, Stream);
+template void launch_dwconv_bn_act_backward<float>(const DwBackParams<float>&, Stream);
+template void launch_dwconv_bn_act_backward<__half>(const DwBackParams<__half>&, Stream);
+template void launch_dwconv_bn_act_backward<__nv_bfloat16>(const DwBackParams<__nv_bfloat16>&,
+                                                           Stream);
 template void launch_pwconv_bn_act<float>(const PwParams<float>&, Stream);
 template void launch_pwconv_bn_act<__half>(const PwParams<__half>&, Stream);
 template void launch_pwconv_bn_act<__nv_bfloat16>(const PwParams<__nv_bfloat16>&, Stream);

@@ -113,4 +113,25 @@ bool launch_inverted_residual(const IrParams<T>& p, Stream stream);
 template <typename T>
 void launch_se_gate_project(const SeParams<T>& p, Stream stream);
 
+// dwconv_bn_act backward on channels_last tensors (csrc/cuda/dwconv_backward.cuh): with the
+// forward's DwParams (x, w, scale, shift, shapes, strides; y unused), the incoming gradient and
+// fp32 scratch, it writes the gradients of x (T), of the taps (fp32, tap-major as w), of scale
+// and of shift (fp32).
+template <typename T>
+struct DwBackParams {
+  DwParams<T> f;
+  const T* grad;       // (N, OH, OW, C) contiguous
+  T* gx;               // (N, H, W, C) contiguous
+  float* gu;           // scratch (N, OH, OW, C): the gradient of the conv's output
+  float* partial;      // scratch (slices, k*k + 2, C): per slice of pixels, the sums of gw,
+                       // gscale, gshift in that order
+  float *gw, *gscale, *gshift;  // (k*k, C), (C,), (C,)
+};
+
+template <typename T>
+void launch_dwconv_bn_act_backward(const DwBackParams<T>& p, Stream stream);
+
+// The slices of output pixels whose partial sums the backward keeps: the size of `partial`.
+inline constexpr int kDwBackSlice = 128;
+
 }  // namespace fastdw_cuda

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <vector>
 
 #include "host_ops.h"
 
@@ -32,6 +33,18 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at
                                                      dilation, act, fastdw_cuda::kGpu);
   const c10::cuda::CUDAGuard guard(x.device());
   return fastdw_cuda::run_dwconv_bn_act(call, c10::cuda::getCurrentCUDAStream().stream());
+}
+
+std::vector<at::Tensor> dwconv_bn_act_backward(const at::Tensor& grad, const at::Tensor& x,
+                                               const at::Tensor& weight, const at::Tensor& scale,
+                                               const at::Tensor& shift, int64_t stride,
+                                               int64_t padding, int64_t dilation,
+                                               c10::string_view act) {
+  const auto call = fastdw_cuda::check_dwconv_bn_act(x, weight, scale, shift, stride, padding,
+                                                     dilation, act, fastdw_cuda::kGpu);
+  const c10::cuda::CUDAGuard guard(x.device());
+  return fastdw_cuda::run_dwconv_bn_act_backward(call, grad, fastdw_cuda::kGpu,
+                                                 c10::cuda::getCurrentCUDAStream().stream());
 }
 
 at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
@@ -59,6 +72,7 @@ std::string archs() { return FASTDW_STRINGIFY(FASTDW_CUDA_ARCHS); }
 
 TORCH_LIBRARY(fastdw_cuda, m) {
   m.def(fastdw_cuda::kDwconvBnActSchema);
+  m.def(fastdw_cuda::kDwconvBnActBackwardSchema);
   m.def(fastdw_cuda::kPwconvBnActSchema);
   m.def(fastdw_cuda::kInvertedResidualSchema);
   m.def("archs() -> str", &archs);
@@ -66,6 +80,7 @@ TORCH_LIBRARY(fastdw_cuda, m) {
 
 TORCH_LIBRARY_IMPL(fastdw_cuda, CUDA, m) {
   m.impl("dwconv_bn_act", &dwconv_bn_act);
+  m.impl("dwconv_bn_act_backward", &dwconv_bn_act_backward);
   m.impl("pwconv_bn_act", &pwconv_bn_act);
   m.impl("inverted_residual", &inverted_residual);
 }

@@ -35,12 +35,12 @@ HEADER_CANDIDATES = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda")
 EMULATING = os.environ.get(EMULATE_SWITCH) == "1"
 DEVICES = ("cpu",) if EMULATING else ("cuda",)
 # What the kernels cover; every other call runs on reference.
-COVERAGE = ("dwconv_bn_act (channel multiplier 1), pwconv_bn_act and inverted_residual are "
-            "CUDA kernels for channels_last float32/float16/bfloat16 inputs (the 1x1 GEMMs on "
-            "tensor cores for float16/bfloat16); inverted_residual is one fused kernel (two "
-            "with a squeeze-excite) where its depthwise window fits the GPU's shared memory, "
-            "else the pwconv/dwconv kernels up to the depthwise; every other call runs on "
-            "reference")
+COVERAGE = ("dwconv_bn_act (channel multiplier 1; forward and backward), pwconv_bn_act and "
+            "inverted_residual are CUDA kernels for channels_last float32/float16/bfloat16 "
+            "inputs (the 1x1 GEMMs on tensor cores for float16/bfloat16); inverted_residual is "
+            "one fused kernel (two with a squeeze-excite) where its depthwise window fits the "
+            "GPU's shared memory, else the pwconv/dwconv kernels up to the depthwise; every "
+            "other call runs on reference")
 NOTES = f"CUDA kernels run through fastdw's CUDA emulator on CPU tensors; {COVERAGE}"
 
 
@@ -146,6 +146,17 @@ def dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act):
         return reference.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
     y = _ops(x).dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
     return y.contiguous(memory_format=output_memory_format(x))
+
+
+def dwconv_bn_act_backward(grad, x, weight, scale, shift, stride, padding, dilation, act):
+    if (x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or x.numel() == 0
+            or weight.shape[0] != x.shape[1] or (x.stride(1) != 1 and x.shape[1] != 1)
+            or grad.dtype != x.dtype):
+        return reference.dwconv_bn_act_backward(grad, x, weight, scale, shift, stride, padding,
+                                                dilation, act)
+    gx, *rest = _ops(x).dwconv_bn_act_backward(grad, x, weight, scale, shift, stride, padding,
+                                                dilation, act)
+    return [gx.contiguous(memory_format=output_memory_format(x)), *rest]
 
 
 def pwconv_bn_act(x, weight, scale, shift, act, residual):

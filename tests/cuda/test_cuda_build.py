@@ -119,7 +119,9 @@ def test_extension_is_built_importable_and_registered_for_cuda():
     calls = {"dwconv_bn_act": (x, torch.randn(4, 1, 3, 3), torch.rand(4), torch.rand(4), 1, 1,
                                1, "relu"),
              "pwconv_bn_act": (x, torch.randn(3, 4), torch.rand(3), torch.rand(3), "relu", None),
-             "inverted_residual": (x, block, 1, "relu", False, "relu", "hardsigmoid")}
+             "inverted_residual": (x, block, 1, "relu", False, "relu", "hardsigmoid"),
+             "dwconv_bn_act_backward": (torch.randn(1, 4, 5, 5), x, torch.randn(4, 1, 3, 3),
+                                        torch.rand(4), torch.rand(4), 1, 1, 1, "relu")}
     for name, args in calls.items():
         keys = backends_of(getattr(torch.ops.fastdw_cuda, name), *args)
         assert "CUDA" in keys and "CPU" not in keys, (name, keys)
@@ -195,3 +197,20 @@ def test_kernels_on_the_gpu(dtype):
         ref = oracle.inverted_residual(x, expand, dw, project, se, stride, "relu6")
         err = numerics.rel_err(y.cpu(), ref)
         assert err < numerics.REL_TOL[dtype], (dtype, k, stride, squeeze, err)
+    # dwconv_bn_act backward: the gradients of x (x's dtype) and of weight, scale, shift (fp32).
+    for k, stride, dilation in [(3, 1, 1), (5, 2, 1), (3, 2, 2)]:
+        x = oracle.feature_map((2, 40, 9, 11), dtype, "channels_last")
+        weight = oracle.conv_weight((40, 1, k, k), dtype)
+        scale, shift = oracle.random_affine(40)
+        leaves = [t.cuda().requires_grad_() for t in (x, weight, scale, shift)]
+        pad = dilation * (k - 1) // 2
+        y = ops.dwconv_bn_act(*leaves, stride=stride, padding=pad, dilation=dilation,
+                              act="hardswish", backend="cuda")
+        grad = torch.randn(y.shape, dtype=dtype).to(memory_format=torch.channels_last)
+        got = torch.autograd.grad(y, leaves, grad.cuda())
+        ref_leaves = [t.double().requires_grad_() for t in (x, weight, scale, shift)]
+        ref = torch.autograd.grad(oracle.dwconv_bn_act(*ref_leaves, stride, pad, dilation,
+                                                       "hardswish"), ref_leaves, grad.double())
+        for g, r, bound in zip(got, ref, (dtype, dtype, torch.float32, torch.float32)):
+            err = numerics.rel_err(g.cpu(), r)
+            assert err < numerics.REL_TOL[bound], (dtype, k, stride, dilation, err)

@@ -33,6 +33,9 @@ DTYPES = {"float": "f", "half": "6__half", "bfloat16": "13__nv_bfloat16"}
 #    resident. se_gate_project: per dtype, 128 threads, the project accumulator only; 128
 #    registers let 4 blocks stay resident. Their shared memory is dynamic, sized per shape
 #    (csrc/cuda/inverted_residual.cuh), so the table's occupancy counts registers only.
+#  * dwconv backward (csrc/cuda/dwconv_backward.cuh): 256 threads each; dw_backward_z recomputes
+#    the conv with 64-bit pixel indices and the activation's derivative, 96 registers (2 blocks
+#    resident); the input, weight and slice-sum kernels are budgeted as dwconv.
 KERNELS = {
     "dwconv_bn_act_nhwc": ([f"I{code}Li{k}ELi{s}EE" for code in DTYPES.values()
                             for k, s in [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2), (0, 0)]],
@@ -43,14 +46,21 @@ KERNELS = {
     "inverted_residual_nhwc": ([f"I{code}Lb{se}EE" for code in DTYPES.values()
                                 for se in (0, 1)], 128, 168, 0.18),
     "se_gate_project": ([f"I{code}E" for code in DTYPES.values()], 128, 128, 0.25),
+    "dw_backward_z": ([f"I{code}E" for code in DTYPES.values()], 256, 96, 0.25),
+    "dw_backward_input": ([f"I{code}E" for code in DTYPES.values()], 256, 64, 0.5),
+    "dw_backward_weight": ([f"I{code}E" for code in DTYPES.values()], 256, 64, 0.5),
+    "dw_backward_sum": ([""], 256, 64, 0.5),
 }
 
 
 def family(mangled):
     """(kernel, mangled template arguments) of a mangled instantiation's name:
-    _ZN11fastdw_cuda<length><kernel><arguments>EvNS_..."""
+    _ZN11fastdw_cuda<length><kernel><arguments>EvNS_..., or (kernel, "") for a kernel that is
+    not a template."""
     start = re.match(r"_ZN11fastdw_cuda(\d+)", mangled)
     end = start.end() + int(start.group(1))
+    if not mangled.startswith("I", end):  # not a template: no arguments
+        return mangled[start.end():end], ""
     return mangled[start.end():end], mangled[end:mangled.index("EvNS_", end)]
 
 
