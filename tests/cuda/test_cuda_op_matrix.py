@@ -4,8 +4,10 @@ tests/ops/test_pwconv_bn_act.py and tests/ops/test_inverted_residual.py (forward
 stock ops, opcheck, torch.compile fullgraph, layouts, bad inputs) run on it as on every other
 backend. Each runs in a child process because the variable is read when fastdw is imported.
 
-The float64 gradchecks are left out: the cuda backend has no float64 kernel and no backward, so
-on it they run the reference backend's code, which the reference rows of the same matrix test."""
+The float64 gradchecks are left out: the cuda backend has no float64 kernel, so on it they run
+the reference backend's code, which the reference rows of the same matrix test. The gradient
+rows in the dtypes it has run its dwconv_bn_act backward (the other ops' backward is
+reference's)."""
 import os
 import re
 import subprocess
