@@ -59,7 +59,8 @@ The five executions compared (a "pass" is one kernel; it streams its operands fr
                 SE gate runs as torch ops on fp32 vectors (a pass each, weight casts included);
                 pwconv_bn_act's GEMM kernel reads hidden (gate in its prologue), adds x, writes y.
                 dwconv_bn_act and pwconv_bn_act layers: their tile kernels (DRAM as (b), padded
-                tiles, each program loading its window / its rows per column tile).
+                tiles, each program loading its window / its rows per column tile). Depthwise
+                weights are copied tap-major by the launchers on every call (a launch each).
                 The stem conv (F.conv2d with the BN folded into weight and bias, then its
                 activation module), the pool and the classifier (nn.Linear, then its activation
                 module) are stock torch ops on a GPU: a pass each.
@@ -686,8 +687,8 @@ def _triton_ir(b, itemsize, gpu):
         dram = {first: x + we, st["dw"]: wd, st["project"]: wp + y}
         if first == st["dw"]:
             dram[first] = x + wd
-        return [Kernel(dram, e_tensor + p_tensor, e_cuda + d_cuda + end, l2,
-                       plan["launches"])]
+        return [_triton_taps(b.hidden, b.k, s, st["dw"]),
+                Kernel(dram, e_tensor + p_tensor, e_cuda + d_cuda + end, l2, plan["launches"])]
     hidden = b.n * b.oh * b.ow * b.hidden * s
     pool = b.n * plan["tiles_hw"] * b.hidden * _SUM_BYTES if b.squeeze else 0
     dram = {first: x + we, st["dw"]: wd + hidden}
@@ -695,13 +696,20 @@ def _triton_ir(b, itemsize, gpu):
         dram[first] = x + wd + hidden
     if pool:
         dram[st["mean"]] = pool
-    ks = [Kernel(dram, e_tensor, e_cuda + d_cuda, l2 + hidden + pool, plan["launches"])]
+    ks = [_triton_taps(b.hidden, b.k, s, st["dw"]),
+          Kernel(dram, e_tensor, e_cuda + d_cuda, l2 + hidden + pool, plan["launches"])]
     if b.squeeze:
         ks += _se_gate_passes(b, itemsize, plan)
     ks.append(_triton_pw(b.n, b.oh * b.ow, b.hidden, b.c_out, itemsize, "none", b.residual,
                          gate=b.squeeze > 0, layer=st["project"],
                          gate_layer=st.get("mul")))
     return ks
+
+
+def _triton_taps(c, k, itemsize, layer):
+    """The launchers' per-call tap-major copy of depthwise weights (_shared.tap_major: (C, K*K)
+    transposed to (K*K, C) in the weight's dtype): one launch."""
+    return Kernel({layer: 2 * c * k * k * itemsize}, 0, 0)
 
 
 def _act_flops(name):
@@ -767,7 +775,7 @@ def _triton_dw(n, c, h, w, oh, ow, k, stride, itemsize, act, layer):
     x, y = n * c * h * w * itemsize, n * c * oh * ow * itemsize
     cuda = programs * boh * bow * bc * (2 * k * k + 2 + _act_flops(act))
     l2 = window * c * itemsize + programs * (k * k + 2) * bc * itemsize + y
-    return Kernel({layer: x + params + y}, 0, cuda, l2)
+    return [_triton_taps(c, k, itemsize, layer), Kernel({layer: x + params + y}, 0, cuda, l2)]
 
 
 def _cuda_pw(n, pixels, c_in, c_out, itemsize, act, residual, layer):
@@ -1027,11 +1035,8 @@ def _committed(tr, indices, backend, dtype, gpu):
         elif is_conv and base == "dw":
             n, c, h, w = tr.shape[layer.inputs[0]]
             _, _, oh, ow = tr.shape[layer.out]
-            if backend == "triton":
-                ks.append(_triton_dw(n, c, h, w, oh, ow, conv["k"], conv["stride"], itemsize,
-                                     act, i))
-            else:
-                ks += _cuda_dw(n, c, h, w, oh, ow, conv["k"], conv["stride"], itemsize, act, i)
+            run = _triton_dw if backend == "triton" else _cuda_dw
+            ks += run(n, c, h, w, oh, ow, conv["k"], conv["stride"], itemsize, act, i)
         else:
             ks += _stock(tr, i, itemsize)
     return ks

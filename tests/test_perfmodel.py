@@ -259,7 +259,8 @@ def test_triton_fused_block_by_hand():
     # One SM, so the single tile's fused grid does not leave SMs idle and the block runs fused.
     tr, indices = _small_v2()
     one_sm = dataclasses.replace(perfmodel.H100_SXM, sms=1)
-    (k,) = _block_kernels(tr, "triton", "features.3", one_sm)
+    taps, k = _block_kernels(tr, "triton", "features.3", one_sm)
+    assert taps.bytes == 2 * 9 * 144 * 2  # the launcher's tap-major copy of the dw weights
     b = perfmodel.ir_shape(tr, indices)
     assert (b.c_in, b.hidden, b.c_out, b.h, b.oh, b.k, b.stride, b.residual) == \
         (24, 144, 24, 8, 8, 3, 1, True)
@@ -288,7 +289,7 @@ def test_triton_fused_block_by_hand():
 def test_triton_split_block_by_hand():
     # On 132 SMs one tile is too few programs: the block splits, hidden goes through DRAM.
     tr, _ = _small_v2()
-    expand_dw, project = _block_kernels(tr, "triton", "features.3")
+    _, expand_dw, project = _block_kernels(tr, "triton", "features.3")
     s, f = 2, 4
     x = y = 24 * 8 * 8 * s
     hidden = 144 * 8 * 8 * s
