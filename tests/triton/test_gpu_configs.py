@@ -41,7 +41,7 @@ pytestmark = pytest.mark.usefixtures("poisoned")  # outputs and scratch start as
 class Launch(NamedTuple):
     kernel: str
     grid: tuple
-    meta: dict  # the BLOCK_* constexprs, PROJECT, PRECISION, num_warps and maxnreg
+    meta: dict  # the BLOCK_* constexprs, PROJECT, PRECISION, VEC, num_warps and maxnreg
 
 
 @pytest.fixture
@@ -53,7 +53,8 @@ def launches(monkeypatch):
 
     def recording(self, *args, grid, warmup, **kwargs):
         meta = {k: v for k, v in kwargs.items()
-                if k.startswith("BLOCK_") or k in ("PROJECT", "PRECISION", "num_warps", "maxnreg")}
+                if k.startswith("BLOCK_") or k in ("PROJECT", "PRECISION", "VEC", "num_warps",
+                                                        "maxnreg")}
         seen.append(Launch(self.__name__, tuple(grid), meta))
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
@@ -126,6 +127,11 @@ def test_dwconv_gpu_configs_forward_and_backward(case, launches):
     assert_tiled(launches[0], n, oh, ow, c)
     assert_tiled(launches[1], n, oh, ow, c)
     assert_tiled(launches[2], n, h, w, c)  # grad-input tiles cover the input map
+    # Channels_last: the forward's VEC is the largest power of two (up to 16) dividing C, which
+    # divides every row and column stride (of grad_x too); with the NCHW gradient, and other
+    # layouts, 1.
+    vec = min(16, c & -c) if layout == "channels_last" else 1
+    assert [launch.meta["VEC"] for launch in launches] == [vec, 1, vec]
 
 
 # (config, C_in, C_out, N, H, W, layout, residual, act). pick_config gives C_out <= 32 small_n,

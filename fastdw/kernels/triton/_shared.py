@@ -57,6 +57,31 @@ def multiprocessors(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def vector_width(*ints):
+    """VEC, the channel-vector width a kernel may assume: the largest power of two up to 16
+    dividing each of ints, the channel count and the row and column strides of its tensors.
+    Triton only knows an int argument is a multiple of 16 (or not), so 120 channels (V3) or 24
+    (V2) gave scalar loads; a launcher passes those ints divided by VEC and the kernel multiplies
+    them back by the constexpr (vec_int), which tells the compiler they are multiples of VEC: on
+    channels_last tensors the loads of VEC consecutive channels become vectors."""
+    vec = 16
+    for value in ints:
+        while value % vec:
+            vec //= 2
+    return vec
+
+
+def row_strides(*tensors):
+    """The row and column strides of these (N, C, H, W) tensors (what VEC must divide)."""
+    return [s for t in tensors for s in t.stride()[2:]]
+
+
+def vec_strides(t, vec):
+    """t's strides as the kernels with a VEC take them: row and column strides divided by vec."""
+    sn, sc, sh, sw = t.stride()
+    return sn, sc, sh // vec, sw // vec
+
+
 def tap_major(weight):
     """A depthwise weight (C, 1, K, K) as the kernels read it: (K*K, C), contiguous, so one
     tap's weights for a block of channels are consecutive (a vector load; stored (C, K*K) they
@@ -139,6 +164,13 @@ def as_offset(t, INT64: tl.constexpr):
     if INT64:
         t = tl.cast(t, tl.int64)  # tl.cast, not .to: a stride of 1 arrives as a constexpr
     return t
+
+
+@triton.jit
+def vec_int(t, VEC: tl.constexpr, INT64: tl.constexpr):
+    """An int the launcher divided by VEC (vector_width), multiplied back, in the type of offsets:
+    the product with the constexpr is what tells the compiler it is a multiple of VEC."""
+    return as_offset(t, INT64) * VEC
 
 
 @triton.jit

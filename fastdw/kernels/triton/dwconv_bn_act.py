@@ -21,7 +21,8 @@ import triton.language as tl
 
 from fastdw.contract import conv_output_size, output_memory_format
 from fastdw.kernels.triton._shared import (activation, activation_grad, as_offset, interpreting,
-                                           needs_int64, on_device_of, tap_major)
+                                           needs_int64, on_device_of, row_strides, tap_major,
+                                           vec_int, vec_strides, vector_width)
 
 
 # Tile configs (BLOCK_OH, BLOCK_OW, BLOCK_C, num_warps), chosen by channel count and element size.
@@ -107,9 +108,9 @@ def dw_forward_kernel(
     scale_ptr,  # (C,) fp32 folded-BN scale
     shift_ptr,  # (C,) fp32 folded-BN shift
     y_ptr,      # output (N, C, OH, OW), any strides, x's dtype
-    C, H, W, OH, OW,          # channels, input and output spatial sizes
-    sxn, sxc, sxh, sxw,       # strides of x, in elements
-    syn, syc, syh, syw,       # strides of y, in elements
+    C, H, W, OH, OW,          # channels (/ VEC), input and output spatial sizes
+    sxn, sxc, sxh, sxw,       # strides of x, in elements (sxh, sxw / VEC)
+    syn, syc, syh, syw,       # strides of y, in elements (syh, syw / VEC)
     PAD,                      # zero padding on each side
     TILES_W, TILES_HW,        # spatial tiles per output row of tiles / per image
     K: tl.constexpr,          # window size
@@ -120,9 +121,11 @@ def dw_forward_kernel(
     BLOCK_OW: tl.constexpr,   # output columns per tile
     BLOCK_C: tl.constexpr,    # channels per program (innermost, vectorised for NHWC)
     INT64: tl.constexpr,      # offsets within an image in int64 (an image of >= 2**31 elements)
+    VEC: tl.constexpr,        # C and the row/column strides are multiples of VEC, passed / VEC
 ):
-    sxc, sxh, sxw = as_offset(sxc, INT64), as_offset(sxh, INT64), as_offset(sxw, INT64)
-    syc, syh, syw = as_offset(syc, INT64), as_offset(syh, INT64), as_offset(syw, INT64)
+    C = C * VEC
+    sxc, sxh, sxw = as_offset(sxc, INT64), vec_int(sxh, VEC, INT64), vec_int(sxw, VEC, INT64)
+    syc, syh, syw = as_offset(syc, INT64), vec_int(syh, VEC, INT64), vec_int(syw, VEC, INT64)
     n, rows, cols = spatial_tile(tl.program_id(0), TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
@@ -153,15 +156,17 @@ def dw_backward_params_kernel(
     shift_ptr,    # (C,) fp32
     gz_ptr,       # out: g_z (N, OH, OW, C) fp32, contiguous
     partial_ptr,  # out: (programs along axis 0, K*K + 2, C) fp32 partial sums
-    C, H, W, OH, OW,
-    sgn, sgc, sgh, sgw,       # strides of g
-    sxn, sxc, sxh, sxw,       # strides of x
+    C, H, W, OH, OW,          # C / VEC
+    sgn, sgc, sgh, sgw,       # strides of g (sgh, sgw / VEC)
+    sxn, sxc, sxh, sxw,       # strides of x (sxh, sxw / VEC)
     PAD, TILES_W, TILES_HW,
     K: tl.constexpr, STRIDE: tl.constexpr, DILATION: tl.constexpr, ACT: tl.constexpr,
     BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr, BLOCK_C: tl.constexpr, INT64: tl.constexpr,
+    VEC: tl.constexpr,        # as in the forward
 ):
-    sgc, sgh, sgw = as_offset(sgc, INT64), as_offset(sgh, INT64), as_offset(sgw, INT64)
-    sxc, sxh, sxw = as_offset(sxc, INT64), as_offset(sxh, INT64), as_offset(sxw, INT64)
+    C = C * VEC
+    sgc, sgh, sgw = as_offset(sgc, INT64), vec_int(sgh, VEC, INT64), vec_int(sgw, VEC, INT64)
+    sxc, sxh, sxw = as_offset(sxc, INT64), vec_int(sxh, VEC, INT64), vec_int(sxw, VEC, INT64)
     pid = tl.program_id(0)
     n, rows, cols = spatial_tile(pid, TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -197,13 +202,16 @@ def dw_backward_input_kernel(
     gz_ptr,   # g_z (N, OH, OW, C) fp32, contiguous (from dw_backward_params_kernel)
     w_ptr,    # weight, tap-major (K*K, C) contiguous
     gx_ptr,   # out: grad of x (N, C, H, W), any strides, x's dtype
-    C, H, W, OH, OW,
-    sgxn, sgxc, sgxh, sgxw,   # strides of grad_x
+    C, H, W, OH, OW,          # C / VEC
+    sgxn, sgxc, sgxh, sgxw,   # strides of grad_x (sgxh, sgxw / VEC)
     PAD, TILES_W, TILES_HW,   # tiles now cover the INPUT map (H, W)
     K: tl.constexpr, STRIDE: tl.constexpr, DILATION: tl.constexpr,
     BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr, BLOCK_C: tl.constexpr, INT64: tl.constexpr,
+    VEC: tl.constexpr,        # as in the forward
 ):
-    sgxc, sgxh, sgxw = as_offset(sgxc, INT64), as_offset(sgxh, INT64), as_offset(sgxw, INT64)
+    C = C * VEC
+    sgxc, sgxh, sgxw = as_offset(sgxc, INT64), vec_int(sgxh, VEC, INT64), vec_int(sgxw, VEC,
+                                                                                  INT64)
     n, ih, iw = spatial_tile(tl.program_id(0), TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
@@ -250,12 +258,13 @@ def forward(x, weight, scale, shift, stride, padding, dilation, act, gpu_tiles=F
                     memory_format=output_memory_format(x))
     cfg = pick_config(c, x.element_size(), oh, ow, gpu_tiles)
     grid, tiles_w, tiles_hw = _grid(n, oh, ow, c, cfg)
+    vec = vector_width(c, *row_strides(x, y))
     with on_device_of(x):
         dw_forward_kernel[grid](
-            x, tap_major(weight), scale, shift, y, c, h, w, oh, ow, *x.stride(), *y.stride(),
-            padding, tiles_w, tiles_hw, K=k, STRIDE=stride, DILATION=dilation, ACT=act,
-            BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2], INT64=needs_int64(x, y),
-            num_warps=cfg[3], maxnreg=MAXNREG)
+            x, tap_major(weight), scale, shift, y, c // vec, h, w, oh, ow, *vec_strides(x, vec),
+            *vec_strides(y, vec), padding, tiles_w, tiles_hw, K=k, STRIDE=stride,
+            DILATION=dilation, ACT=act, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2],
+            INT64=needs_int64(x, y), VEC=vec, num_warps=cfg[3], maxnreg=MAXNREG)
     return y
 
 
@@ -267,24 +276,27 @@ def backward(grad, x, weight, scale, shift, stride, padding, dilation, act, gpu_
     taps = tap_major(weight)
     grad_x = torch.empty_like(x, memory_format=output_memory_format(x))
     int64 = needs_int64(grad, x, grad_x)  # g_z and partial are int64-indexed on every path
+    vec = vector_width(c, *row_strides(grad, x))
     cfg = pick_config(c, x.element_size(), oh, ow, gpu_tiles)
     grid, tiles_w, tiles_hw = _grid(n, oh, ow, c, cfg)
     g_z = torch.empty((n, oh, ow, c), dtype=torch.float32, device=x.device)
     partial = torch.empty((grid[0], k * k + 2, c), dtype=torch.float32, device=x.device)
     with on_device_of(x):
         dw_backward_params_kernel[grid](
-            grad, x, taps, scale, shift, g_z, partial, c, h, w, oh, ow, *grad.stride(),
-            *x.stride(), padding, tiles_w, tiles_hw, K=k, STRIDE=stride, DILATION=dilation,
-            ACT=act, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1], BLOCK_C=cfg[2], INT64=int64,
-            num_warps=cfg[3])
+            grad, x, taps, scale, shift, g_z, partial, c // vec, h, w, oh, ow,
+            *vec_strides(grad, vec), *vec_strides(x, vec), padding, tiles_w, tiles_hw, K=k,
+            STRIDE=stride, DILATION=dilation, ACT=act, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1],
+            BLOCK_C=cfg[2], INT64=int64, VEC=vec, num_warps=cfg[3])
     sums = partial.sum(0)
     cfg = pick_config(c, x.element_size(), h, w, gpu_tiles)
     grid, tiles_w, tiles_hw = _grid(n, h, w, c, cfg)
+    vec = vector_width(c, *row_strides(grad_x))  # g_z is NHWC: channels contiguous
     with on_device_of(x):
         dw_backward_input_kernel[grid](
-            g_z, taps, grad_x, c, h, w, oh, ow, *grad_x.stride(), padding, tiles_w, tiles_hw,
-            K=k, STRIDE=stride, DILATION=dilation, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1],
-            BLOCK_C=cfg[2], INT64=int64, num_warps=cfg[3], maxnreg=MAXNREG)
+            g_z, taps, grad_x, c // vec, h, w, oh, ow, *vec_strides(grad_x, vec), padding,
+            tiles_w, tiles_hw, K=k, STRIDE=stride, DILATION=dilation, BLOCK_OH=cfg[0],
+            BLOCK_OW=cfg[1], BLOCK_C=cfg[2], INT64=int64, VEC=vec, num_warps=cfg[3],
+            maxnreg=MAXNREG)
     # Copies, not views of `sums`: a custom op's outputs must not alias one another.
     grad_w = sums[:k * k].t().reshape(weight.shape).to(weight.dtype, copy=True)
     return [grad_x, grad_w, sums[k * k].clone(), sums[k * k + 1].clone()]

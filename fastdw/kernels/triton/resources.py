@@ -27,10 +27,10 @@ blocks resident per SM and the share of the SM's warp slots they fill, from its 
 warps and shared memory; a summary gives each kernel's range.
 
 The worst cases are compiled too: the fused block at stride 1 with the residual and k 7, and
-channel counts that are not multiples of 16 (no divisibility hints, no vector loads; every V3
-width), each with the register cap its launcher passes (_shared.maxnreg). --worst adds the
-unaligned cases that spill today (the fp32 1x1 kernel, and the bf16 depthwise forward on
-sm_80), which are therefore not part of the CI check yet, and the unaligned bf16 tl.dot cases.
+channel counts that are not multiples of 16 (no divisibility hints: scalar loads in the tl.dot
+kernels; every V3 width), each with the register cap its launcher passes (_shared.maxnreg). --worst adds the
+unaligned cases that spill today (the fp32 1x1 kernel), which are therefore not part of the CI
+check yet, and the unaligned bf16 tl.dot cases.
 """
 import argparse
 import concurrent.futures
@@ -74,8 +74,25 @@ def _cases(full, worst=False):
     """(kernel, config label, args {name: value}, constexprs, compile options).
 
     Argument values are only types and specialisation: a torch dtype for a pointer, an int for
-    an int (1 and multiples of 16 specialise like at launch).
+    an int (1 and multiples of 16 specialise like at launch). A kernel with a VEC constexpr
+    gets its channel count and row/column strides divided by VEC, as its launcher passes them.
     """
+    from fastdw.kernels.triton._shared import vector_width
+    for fn, label, args, constexprs, options in _kernel_cases(full, worst):
+        if "VEC" in fn.arg_names:
+            vec_args = ["C"] + [name for name in args if name in _ROW_STRIDES]
+            vec = vector_width(*(args[name] for name in vec_args))
+            args = dict(args, **{name: args[name] // vec for name in vec_args})
+            constexprs = dict(constexprs, VEC=vec)
+        yield fn, label, args, constexprs, options
+
+
+# The row and column stride arguments of the kernels that take a VEC.
+_ROW_STRIDES = {f"s{t}{d}" for t in ("x", "y", "g", "gx") for d in "hw"}
+
+
+def _kernel_cases(full, worst):
+    """_cases before the VEC division."""
     # By module path: the package's own attributes of these names are the kernel functions.
     dw, pw, ir = (importlib.import_module(f"fastdw.kernels.triton.{name}") for name in
                   ("dwconv_bn_act", "pwconv_bn_act", "inverted_residual"))
@@ -164,10 +181,11 @@ def _worst_cases(dw, pw, ir, known_spills):
     """The worst cases, with the widest channel blocks: the fused block at stride 1 with the
     residual and k 7, channels multiples of 16 (the register cap is then MAXNREG, 128 for
     fp16/bf16); the same and every other kernel with channel counts that are not multiples of 16
-    (120, as V3's 120-channel layers; 360 hidden), so no divisibility hints and no vector
-    loads. The unaligned cases that spill today (the fp32 1x1 kernel, the bf16 depthwise
-    forward on sm_80) only with known_spills (--worst), and so the unaligned bf16 tl.dot
-    cases, which compile to the registers of their fp16 twins (within 1), to save CI time."""
+    (120, as V3's 120-channel layers; 360 hidden): Triton's divisibility hints do not apply, so
+    the tl.dot kernels load scalars, the depthwise kernels vectors of VEC = 8 channels. The
+    unaligned cases that spill today (the fp32 1x1 kernel) only with known_spills (--worst),
+    and so the unaligned bf16 tl.dot cases, which compile to the registers of their fp16 twins
+    (within 1), to save CI time."""
     f32 = torch.float32
     boh, bow, bh, warps = ir.GPU_CONFIG
     aligned = {f"s{t}{d}": v for t in "xy" for d, v in zip("nchw", (56 * 56 * 64, 1, 56 * 64, 64))}
@@ -186,9 +204,7 @@ def _worst_cases(dw, pw, ir, known_spills):
     c, hidden = 120, 360
     strides = {f"s{t}{d}": v for t in "xgry" for d, v in zip("nchw", (56 * 56 * c, 1, 56 * c, c))}
     ints = dict(C=c, H=56, W=56, OH=56, OW=56, PAD=3, TILES_W=7, TILES_HW=49)
-    dw_cfgs = [("wide4", f32), ("wide2", torch.float16)] + \
-        [("wide2", torch.bfloat16)] * known_spills
-    for label, dt in dw_cfgs:
+    for label, dt in [("wide4", f32), ("wide2", torch.float16), ("wide2", torch.bfloat16)]:
         boh, bow, bc, warps = dw.GPU_CONFIGS[label]
         tile = dict(K=7, STRIDE=1, DILATION=1, BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_C=bc,
                     INT64=False)
@@ -289,9 +305,10 @@ def compile_one(case, arch):
     loads = _LOAD.findall(compiled.asm["ptx"])
     scalar = loads.count("")
     problems = []
-    # Depthwise kernels on channels that are multiples of 16 load every tap's x and weights as
-    # vectors (weights tap-major: _shared.tap_major); a scalar load there is a regression.
-    if fn.__name__.startswith("dw_") and args["C"] % 16 == 0 and scalar:
+    # Depthwise kernels on channels_last tensors whose channels and strides are multiples of 8
+    # (VEC, _shared.vector_width) load every tap's x and weights as vectors (weights tap-major:
+    # _shared.tap_major); a scalar load there is a regression.
+    if fn.__name__.startswith("dw_") and constexprs["VEC"] >= 8 and scalar:
         problems.append(f"{scalar} scalar global loads")
     if mma != want:
         problems.append(f"tensor cores {mma}, expected {want}")
