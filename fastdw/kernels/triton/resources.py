@@ -28,9 +28,9 @@ warps and shared memory; a summary gives each kernel's range.
 
 The worst cases are compiled too: the fused block at stride 1 with the residual and k 7, and
 channel counts that are not multiples of 16 (no divisibility hints: scalar loads in the tl.dot
-kernels; every V3 width), each with the register cap its launcher passes (_shared.maxnreg). --worst adds the
-unaligned cases that spill today (the fp32 1x1 kernel), which are therefore not part of the CI
-check yet, and the unaligned bf16 tl.dot cases.
+kernels; every V3 width), each with the register cap its launcher passes (_shared.maxnreg).
+--worst adds the unaligned cases that spill today (the fp32 1x1 kernel), which are therefore
+not part of the CI check yet, and the unaligned bf16 tl.dot cases.
 """
 import argparse
 import concurrent.futures
