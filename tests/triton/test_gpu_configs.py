@@ -334,3 +334,26 @@ def test_tf32_follows_torch_matmul_flag(dtype, allow_tf32, precision, launches, 
                                                       "pw_kernel"]
     assert [launch.meta["PROJECT"] for launch in launches[1:3]] == [True, False]
     assert [launch.meta["PRECISION"] for launch in launches] == [precision] * 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_fused_expand_scratch_in_input_dtype(dtype, launches, monkeypatch):
+    """The fused block's expand scratch is in x's dtype (fp16: half the bytes of fp32), one
+    region per program, and the block still matches the oracle."""
+    kernel = ir.ir_kernel
+    index = kernel.arg_names.index("scratch_ptr")
+    scratch = []
+
+    class Recording:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                scratch.append(args[index])
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(ir, "ir_kernel", Recording())
+    launch, tiles_per_image = run_block(16, 24, 16, 3, 1, "relu6", False, dtype, 1, 10, 10,
+                                        "channels_last", launches)
+    m = launch.meta
+    region = ir.scratch_region(3, 1, m["BLOCK_OH"], m["BLOCK_OW"], m["BLOCK_HID"])
+    assert [(t.dtype, t.numel()) for t in scratch] == [(dtype, tiles_per_image * region)]

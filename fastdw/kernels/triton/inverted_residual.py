@@ -8,14 +8,15 @@ plus its halo, HALO_H x HALO_W = ((BLOCK_OH-1)*S+K) x ((BLOCK_OW-1)*S+K) input p
 pixel exactly once, into a per-program scratch region; the k*k depthwise taps then read shifted
 windows of that region, and the depthwise output is folded straight into the project
 accumulator (BLOCK_P x C_OUT, fp32) with tl.dot. Triton has no shifted views of an on-chip
-tile, hence the scratch: one fp32 region of ceil(HALO/BLOCK_P)*BLOCK_P x BLOCK_HID per program
-(8 KiB for the 8x8 GPU tile at k=3 s=1, 20 KiB at k=3 s=2, 24 KiB at k=5 s=2), rewritten by
-every chunk, written and read back by the same program within one chunk. The launcher bounds
-the scratch of one launch to SCRATCH_BUDGET (launching in waves of whole images that reuse it),
-so on a GPU it should stay resident in L2 rather than reach DRAM (modelled; no GPU has measured
-it). Expand work per tile and chunk: the window's
-HALO_H*HALO_W pixels once, in whole BLOCK_P steps (8x8 tile: 128 rows for 100 pixels at k=3
-s=1, 320 for 289 at k=3 s=2), where recomputing the expansion at every tap took k*k*BLOCK_P.
+tile, hence the scratch: one region of ceil(HALO/BLOCK_P)*BLOCK_P x BLOCK_HID per program in
+x's dtype (the expanded map is rounded to it, as stock PyTorch's expand layer stores it; fp16:
+4 KiB for the 8x8 GPU tile at k=3 s=1, 10 KiB at k=3 s=2, 12 KiB at k=5 s=2; fp32 twice that),
+rewritten by every chunk, written and read back by the same program within one chunk. The
+launcher bounds the scratch of one launch to SCRATCH_BUDGET (launching in waves of whole images
+that reuse it), so on a GPU it should stay resident in L2 rather than reach DRAM (modelled; no
+GPU has measured it). Expand work per tile and chunk: the window's HALO_H*HALO_W pixels once,
+in whole BLOCK_P steps (8x8 tile: 128 rows for 100 pixels at k=3 s=1, 320 for 289 at k=3 s=2),
+where recomputing the expansion at every tap took k*k*BLOCK_P.
 
 Split (two kernels) when the project accumulator would not fit in registers (C_OUT > 128), when
 the block has squeeze-excite (its gate needs the whole map pooled before projecting), or when
@@ -48,9 +49,9 @@ MAX_FUSED_COUT = 128
 # expand step, fp16/bf16 64 (beyond that ptxas spills, seen in resources.py).
 GPU_CONFIG = (8, 8, 16, 8)
 GPU_MAX_BLOCK_CIN = {4: 32, 2: 64}  # by element size
-# Bytes of expand scratch one launch may use; larger batches launch in waves of whole images
-# that reuse the same scratch, so it stays in L2 (40 MB on A100, 50 MB on H100) and is not
-# written back to DRAM.
+# Bytes of expand scratch (x's dtype) one launch may use; larger batches launch in waves of
+# whole images that reuse the same scratch, so it stays in L2 (40 MB on A100, 50 MB on H100)
+# and is not written back to DRAM.
 SCRATCH_BUDGET = 8 << 20
 
 
@@ -84,8 +85,8 @@ def halo_pixels(k, stride, block_oh, block_ow):
 
 
 def scratch_region(k, stride, block_oh, block_ow, block_hid):
-    """fp32 elements of one program's expand scratch: the halo rounded up to whole BLOCK_P
-    expand steps, by BLOCK_HID channels (the kernel's REGION)."""
+    """Elements (in x's dtype) of one program's expand scratch: the halo rounded up to whole
+    BLOCK_P expand steps, by BLOCK_HID channels (the kernel's REGION)."""
     block_p = block_oh * block_ow
     return triton.cdiv(halo_pixels(k, stride, block_oh, block_ow), block_p) * block_p * block_hid
 
@@ -109,9 +110,9 @@ def ir_kernel(
     wd_ptr, ds_ptr, db_ptr,    # depthwise weight tap-major (K*K, HID) contiguous, scale, shift
     wp_ptr, ps_ptr, pb_ptr,    # project weight (C_OUT, HID) contiguous, scale, shift
     hid_ptr,                   # out when not PROJECT: hidden (N, OH, OW, HID), x's dtype
-    pool_ptr,                  # fp32 workspace: with EXPAND, the expand scratch (programs,
-                               # REGION) first, program = pid0 * programs(1) + pid1; then with
-                               # POOL the (N * TILES_HW, HID) per-tile sums
+    scratch_ptr,               # with EXPAND: the expand scratch (programs, REGION), x's dtype,
+                               # program = pid0 * programs(1) + pid1
+    pool_ptr,                  # out with POOL: (N * TILES_HW, HID) fp32 per-tile sums
     y_ptr,                     # out when PROJECT: (N, C_OUT, OH, OW), any strides
     C_IN, HID, C_OUT, H, W, OH, OW,
     sxn, sxc, sxh, sxw,        # strides of x
@@ -144,8 +145,7 @@ def ir_kernel(
     o = tl.arange(0, BLOCK_COUT)
     o_mask = o < C_OUT
     hl = tl.arange(0, BLOCK_HID)
-    programs = tl.num_programs(0) * tl.num_programs(1)
-    scratch = pool_ptr + (pid * tl.num_programs(1) + tl.program_id(1)).to(tl.int64) * REGION
+    scratch = scratch_ptr + (pid * tl.num_programs(1) + tl.program_id(1)).to(tl.int64) * REGION
     # This tile's first input row/column of the window, and each tile pixel's window offset.
     t = pid % TILES_HW
     row0 = (t // TILES_W) * (BLOCK_OH * STRIDE) - PAD
@@ -183,14 +183,15 @@ def ir_kernel(
                                dot_operand(we, x_ptr, DOT_FP32), e, input_precision=PRECISION)
                 # Zero padding applies to the expanded map: act(0 * es + eb) != 0.
                 e = tl.where(inside[:, None], activation(e * es[None, :] + eb[None, :], ACT), 0.0)
-                tl.store(scratch + q[:, None] * BLOCK_HID + hl[None, :], e)
+                tl.store(scratch + q[:, None] * BLOCK_HID + hl[None, :],
+                         e.to(scratch_ptr.dtype.element_ty))
             tl.debug_barrier()  # the taps read pixels other threads stored
         dw = tl.zeros((BLOCK_P, BLOCK_HID), tl.float32)
         for a in range(K):  # run-time loops, like the depthwise kernel's window
             for b in range(K):
                 if EXPAND:
                     e = tl.load(scratch + (p_win + (a * HALO_W + b))[:, None] * BLOCK_HID
-                                + hl[None, :])
+                                + hl[None, :]).to(tl.float32)
                 else:
                     e = window_tap(x_base, rows, cols, hc, h_mask, H, W, sxc, sxh, sxw, PAD,
                                    a, b, STRIDE, 1)
@@ -212,8 +213,7 @@ def ir_kernel(
                      mask=out[:, None] & h_mask[None, :])
             if POOL:
                 pooled = tl.sum(tl.where(out[:, None], d, 0.0), axis=0)
-                tl.store(pool_ptr + programs.to(tl.int64) * REGION + pid.to(tl.int64) * HID + hc,
-                         pooled, mask=h_mask)
+                tl.store(pool_ptr + pid.to(tl.int64) * HID + hc, pooled, mask=h_mask)
     if PROJECT:
         ps = tl.load(ps_ptr + o, mask=o_mask, other=0.0)
         pb = tl.load(pb_ptr + o, mask=o_mask, other=0.0)
@@ -253,10 +253,11 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
     chunks = 1 if fused else triton.cdiv(hidden, block_hid)  # grid axis 1
     region = scratch_region(k, stride, block_oh, block_ow, block_hid) if expand else 0
     # Images per launch: as many as SCRATCH_BUDGET allows (at least one).
-    wave = max(1, min(n, SCRATCH_BUDGET // max(1, tiles_hw * chunks * region * 4)))
-    scratch = wave * tiles_hw * chunks * region
-    workspace = torch.empty(scratch + (wave * tiles_hw * hidden if se else 0) or 1,
-                            dtype=torch.float32, device=x.device)
+    image_bytes = tiles_hw * chunks * region * x.element_size()
+    wave = max(1, min(n, SCRATCH_BUDGET // max(1, image_bytes)))
+    scratch = torch.empty(wave * tiles_hw * chunks * region or 1, dtype=x.dtype, device=x.device)
+    tile_sums = torch.empty(wave * tiles_hw * hidden if se else 1, dtype=torch.float32,
+                            device=x.device)
     if fused:
         y = torch.empty((n, c_out, oh, ow), dtype=x.dtype, device=x.device,
                         memory_format=output_memory_format(x))
@@ -276,7 +277,7 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
         images = min(wave, n - n0)
         with on_device_of(x):
             ir_kernel[(images * tiles_hw, chunks)](
-                x[n0:n0 + images], *kernel_weights, hid[n0:n0 + images], workspace,
+                x[n0:n0 + images], *kernel_weights, hid[n0:n0 + images], scratch, tile_sums,
                 y[n0:n0 + images],
                 c_in, hidden, c_out, h, w, oh, ow, *x.stride(), *y.stride(), pad, tiles_w,
                 tiles_hw, K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=se,
@@ -284,9 +285,8 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
                 PRECISION=dot_precision(x.dtype), BLOCK_OH=block_oh, BLOCK_OW=block_ow,
                 BLOCK_CIN=block_cin, BLOCK_HID=block_hid, BLOCK_COUT=block_cout,
                 INT64=int64, num_warps=warps, maxnreg=regs)
-        if se:  # this wave's per-tile sums follow its scratch in the workspace
-            start = images * tiles_hw * chunks * region
-            pooled[n0:n0 + images] = workspace[start:start + images * tiles_hw * hidden].view(
+        if se:  # this wave's per-tile sums, before the next wave overwrites them
+            pooled[n0:n0 + images] = tile_sums[:images * tiles_hw * hidden].view(
                 images, tiles_hw, hidden).sum(1)
     if fused:
         return y

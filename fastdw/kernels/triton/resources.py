@@ -159,7 +159,8 @@ def _kernel_cases(full, worst):
             strides = {f"s{t}{d}": v for t in "xy" for d, v in zip("nchw", (200704, 1, 3584, 64))}
             yield ir.ir_kernel, name, dict(
                 x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
-                wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, pool_ptr=f32, y_ptr=dt,
+                wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
+                y_ptr=dt,
                 C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=28, OW=28, **strides, PAD=2,
                 TILES_W=4, TILES_HW=28), dict(
                 K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=not fused,
@@ -193,7 +194,8 @@ def _worst_cases(dw, pw, ir, known_spills):
         bcin = ir.GPU_MAX_BLOCK_CIN[dt.itemsize]
         yield ir.ir_kernel, f"fused {_DTYPES[dt]} cin{bcin} cout128 k7 s1 silu c64", dict(
             x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
-            wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, pool_ptr=f32, y_ptr=dt,
+            wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
+                y_ptr=dt,
             C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=56, OW=56, **aligned, PAD=3, TILES_W=7,
             TILES_HW=49), dict(
             K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=True, POOL=False, RESIDUAL=True,
@@ -241,7 +243,8 @@ def _worst_cases(dw, pw, ir, known_spills):
         xy = {k: v for k, v in strides.items() if k[1] in "xy"}
         yield ir.ir_kernel, name, dict(
             x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
-            wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, pool_ptr=f32, y_ptr=dt,
+            wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
+                y_ptr=dt,
             C_IN=c, HID=hidden, C_OUT=c, H=56, W=56, OH=56, OW=56, **xy, PAD=3, TILES_W=7,
             TILES_HW=49), dict(
             K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=fused, POOL=not fused,
