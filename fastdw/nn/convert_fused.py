@@ -114,6 +114,8 @@ class FusedChain(CachedForward, nn.Module):
         self.__dict__["_read_with"] = frozenset(read)
         self.training = source.training
         self.wiring = wiring
+        # every module under it as convert() read them: one swapped since (an SE's act) unfuses
+        self.__dict__["_tree"] = tuple(self.named_modules())
         self.plan = tuple(plan)
         self.adds_input = adds_input
         self.original = f"{type(source).__module__}.{type(source).__qualname__}"
@@ -166,7 +168,9 @@ class FusedChain(CachedForward, nn.Module):
             if m is not self and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                     or m._backward_pre_hooks or "forward" in m.__dict__):
                 return RUN_CHILDREN
-        if not all(self.get_submodule(a.path) is a.module for a in self._atoms()):
+        tree = self.__dict__.get("_tree")  # (absent from a module pickled before it was kept)
+        if not all(self.get_submodule(a.path) is a.module for a in self._atoms()) or (
+                tree is not None and tuple(self.named_modules()) != tree):
             return RUN_CHILDREN
         # skipped as the identity in eval: still so (a flag set since may switch one on); not
         # while torch.compile traces, where the probe's data-dependent answer breaks the graph

@@ -16,16 +16,18 @@ C = 16
 
 
 class MeanSE(nn.Module):
-    """A squeeze-excite whose pool is x.mean(dims, keepdim=True)."""
+    """A squeeze-excite whose pool is x.mean(dims, keepdim=True), its convs named otherwise
+    than fastdw's SqueezeExcite (so that it stays this class, as timm's does)."""
 
     def __init__(self, channels, dims):
         super().__init__()
         self.dims = dims
-        self.fc1, self.act = nn.Conv2d(channels, 4, 1), nn.ReLU()
-        self.fc2, self.gate = nn.Conv2d(4, channels, 1), nn.Sigmoid()
+        self.reduce, self.act = nn.Conv2d(channels, 4, 1), nn.ReLU()
+        self.expand, self.gate = nn.Conv2d(4, channels, 1), nn.Sigmoid()
 
     def forward(self, x):
-        return x * self.gate(self.fc2(self.act(self.fc1(x.mean(self.dims, keepdim=True)))))
+        pooled = x.mean(self.dims, keepdim=True)
+        return x * self.gate(self.expand(self.act(self.reduce(pooled))))
 
 
 def mbconv(se):
@@ -218,4 +220,18 @@ def test_a_leaf_skipped_as_the_identity_is_run_once_it_is_not(randomize_bn, accu
     with torch.no_grad():
         assert accurate(new(x), model, x)
         new[2].scale = model[2].scale = 1.0
+        assert accurate(new(x), model, x)
+
+
+def test_a_module_swapped_inside_a_squeeze_excite_unfuses(randomize_bn, accurate):
+    """An SE's act or gate replaced after convert (the model in eval again): the block runs
+    its modules as they are now (the fused op kept the old act and gate, silently)."""
+    model = randomize_bn(nn.Sequential(mbconv(MeanSE(2 * C, (2, 3))))).eval()
+    new = fastdw.convert(model)
+    x = torch.randn(2, C, 8, 8)
+    with torch.no_grad():
+        new(x)
+        for m in (new, model):
+            m[0][6].act, m[0][6].gate = nn.Hardswish(), nn.Hardsigmoid()
+            m.eval()
         assert accurate(new(x), model, x)
