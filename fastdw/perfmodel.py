@@ -48,8 +48,8 @@ The five executions compared (a "pass" is one kernel; it streams its operands fr
                 walking every hidden chunk): DRAM as in (c). Per program and hidden chunk the
                 expand re-reads the x window (tile + halo, so neighbouring tiles recompute the
                 halo's expansion), computes it in whole BLOCK_P pixel steps (the padding is
-                expand work too) and writes it to an fp32 scratch region that the k*k taps read
-                back; the tl.dot tiles are padded (C_in to BLOCK_CIN, C_out to BLOCK_COUT, tile
+                expand work too) and writes it to a scratch region (x's dtype) that the k*k
+                taps read back; the tl.dot tiles are padded (C_in to BLOCK_CIN, C_out to BLOCK_COUT, tile
                 pixels past the map edge). Scratch and re-reads are L2 traffic (the launcher
                 bounds a launch's scratch to SCRATCH_BUDGET, below L2; larger batches launch in
                 waves, each a kernel).
@@ -538,7 +538,6 @@ def _folded(tr, i, itemsize):
 # (d) triton and (e) cuda: fastdw's committed kernels, as their launchers run them on a GPU.
 
 PARAM_BYTES = 4    # folded BN scales and shifts reach every fastdw kernel in fp32 (fold_bn)
-SCRATCH_BYTES = 4  # the triton block's expand scratch: inverted_residual.forward's fp32 workspace
 # aten name of a traced activation -> the act name of fastdw's ops (fastdw.contract.ACTIVATIONS)
 _ACT_NAMES = {"hardtanh": "relu6", "relu": "relu", "hardswish": "hardswish",
               "hardsigmoid": "hardsigmoid", "silu": "silu"}
@@ -647,7 +646,7 @@ def triton_ir_plan(b, itemsize, gpu):
     region = ir.scratch_region(b.k, b.stride, *config[:2], config[3]) if b.expand else 0
     grid_chunks = 1 if fused else chunks
     wave = max(1, min(b.n, ir.SCRATCH_BUDGET
-                      // max(1, tiles_hw * grid_chunks * region * SCRATCH_BYTES)))
+                      // max(1, tiles_hw * grid_chunks * region * itemsize)))
     return dict(fused=fused, config=config, tiles_hw=tiles_hw, chunks=chunks, region=region,
                 launches=_cdiv(b.n, wave), grid=(wave * tiles_hw, grid_chunks))
 
@@ -674,7 +673,7 @@ def _triton_ir(b, itemsize, gpu):
         halo = (boh - 1) * b.stride + b.k
         halo *= (bow - 1) * b.stride + b.k
         l2 = (window * b.c_in * s * chunks + programs * we
-              + work * (plan["region"] + halo * bhid) * SCRATCH_BYTES)
+              + work * (plan["region"] + halo * bhid) * s)
     else:         # the taps read x's window directly
         e_tensor = e_cuda = 0
         l2 = window * b.hidden * s

@@ -172,7 +172,7 @@ def test_flops_do_not_depend_on_fusion_and_match_the_known_total(reports):
 
 def test_bytes_scale_with_itemsize_without_squeeze_excite():
     # MobileNetV2 has no fp32 SE sums, so every byte of (a)-(c) doubles from fp16 to fp32
-    # (the committed kernels' fp32 scales, scratch and dtype-chosen tiles do not scale).
+    # (the committed kernels' fp32 scales and dtype-chosen tiles do not scale).
     tr = perfmodel.trace("mobilenet_v2", 4, 128)
     half, single = perfmodel.report(tr, "fp16"), perfmodel.report(tr, "fp32")
     for strategy in ("eager", "folded", "design"):
@@ -266,17 +266,17 @@ def test_triton_fused_block_by_hand():
         (24, 144, 24, 8, 8, 3, 1, True)
     assert perfmodel.triton_ir_plan(b, 2, one_sm)["config"] == (8, 8, 32, 16, 32, 8), \
         "the GPU tile changed: recompute the figures below by hand"
-    s, f = 2, 4  # fp16 elements; fp32 scale/shift and scratch
+    s, f = 2, 4  # fp16 elements and scratch; fp32 scale/shift
     x = y = 24 * 8 * 8 * s
     we, wd, wp = 24 * 144 * s + 2 * 144 * f, 9 * 144 * s + 2 * 144 * f, 144 * 24 * s + 2 * 24 * f
     # DRAM: x, every weight once, y, as the design (c).
     assert k.bytes == x + we + wd + wp + y
     # 9 hidden chunks of 16; the 10x10 window (8 of its 10 rows and columns inside the 8x8 map)
-    # is expanded in 2 steps of 64 pixels into a 128 x 16 fp32 scratch region, which the 3x3
+    # is expanded in 2 steps of 64 pixels into a 128 x 16 fp16 scratch region, which the 3x3
     # taps read back (100 x 16); x's window is reloaded per chunk, the residual reread at the end.
     chunks, window, region, halo = 9, 8 * 8, 128 * 16, 100 * 16
     assert k.l2_bytes == (window * 24 * s * chunks + we + wd + wp
-                          + chunks * (region + halo) * f + x + y)
+                          + chunks * (region + halo) * s + x + y)
     # Expand: 128 rows x 16 channels x C_in padded to 32, per chunk; project: 64 x 16 x C_out
     # padded to 32 per chunk.
     assert k.tensor_flops == chunks * (128 * 16 * 32 * 2 + 64 * 16 * 32 * 2)
@@ -331,7 +331,9 @@ def test_triton_plan_follows_the_launcher(monkeypatch):
             assert not projects == plan["fused"], name
             assert (kw["BLOCK_OH"], kw["BLOCK_OW"], kw["BLOCK_CIN"], kw["BLOCK_HID"],
                     kw["BLOCK_COUT"], kw["num_warps"]) == plan["config"], name
-            assert args[8].element_size() == perfmodel.SCRATCH_BYTES, name  # the workspace
+            # x, 3 expand and 3 depthwise and 3 project tensors, hidden, then the scratch: in
+            # x's dtype, as modelled.
+            assert args[11].dtype == torch.float16, name
 
 
 def _weights(b):
