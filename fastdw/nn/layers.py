@@ -188,10 +188,25 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, channels, squeeze_channels, *, act="relu", gate="hardsigmoid"):
         super().__init__()
-        self.act = checks.activation(act, "act")
-        self.gate = checks.activation(gate, "gate", SE_GATES)
+        self.act, self.gate = act, gate  # checked by __setattr__
         self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
         self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
+
+    # torchvision's SqueezeExcitation keeps its act and gate as modules under these names (as
+    # fastdw.convert's source models do); set here they would never be read.
+    _TORCHVISION_NAMES = {"activation": "act", "scale_activation": "gate"}
+
+    def __setattr__(self, name, value):
+        if name in self._TORCHVISION_NAMES:
+            raise AttributeError(
+                f"fastdw's SqueezeExcite has no {name!r} module: set "
+                f"{self._TORCHVISION_NAMES[name]!r} to an act name instead, e.g. se.gate = "
+                f"'sigmoid' (one of {sorted(SE_GATES)})")
+        if name == "act":
+            value = checks.activation(value, "act")
+        elif name == "gate":
+            value = checks.activation(value, "gate", SE_GATES)
+        super().__setattr__(name, value)
 
     def forward(self, x):
         gate = self.fc2(ACTIVATIONS[self.act](self.fc1(F.adaptive_avg_pool2d(x, 1))))

@@ -147,6 +147,25 @@ def test_squeeze_excite_matches_torchvision(kind):
         assert rel_err(ours.get_parameter(name).grad, p.grad) < 1e-5, name
 
 
+def test_squeeze_excite_refuses_torchvisions_module_names_and_unknown_acts():
+    """A converted model's SE is this class: setting torchvision's act modules on it, or an act
+    name the op contract lacks, raises instead of being stored and never read."""
+    se = SqueezeExcite(16, 8)
+    with pytest.raises(AttributeError, match="no 'scale_activation'.*'gate'"):
+        se.scale_activation = nn.Sigmoid()
+    with pytest.raises(AttributeError, match="no 'activation'.*'act'"):
+        se.activation = nn.SiLU()
+    with pytest.raises(ValueError, match="gate must be one of"):
+        se.gate = nn.Sigmoid()
+    with pytest.raises(ValueError, match="act must be one of"):
+        se.act = "gelu"
+    se.act, se.gate = "silu", "sigmoid"
+    tv = SqueezeExcitation(16, 8, activation=nn.SiLU, scale_activation=nn.Sigmoid)
+    tv.load_state_dict(se.state_dict())
+    x = torch.randn(2, 16, 5, 5)
+    assert rel_err(se(x), tv(x)) < 1e-6
+
+
 def test_efficientnet_block_matches_torchvision_modules(randomize_bn):
     """An MBConv block (SiLU, squeeze-excite with SiLU and sigmoid) against the same block of
     torchvision's modules (Conv2dNormActivation, SqueezeExcitation) with its weights: outputs
