@@ -357,3 +357,24 @@ def test_fused_expand_scratch_in_input_dtype(dtype, launches, monkeypatch):
     m = launch.meta
     region = ir.scratch_region(3, 1, m["BLOCK_OH"], m["BLOCK_OW"], m["BLOCK_HID"])
     assert [(t.dtype, t.numel()) for t in scratch] == [(dtype, tiles_per_image * region)]
+
+
+def test_fused_expand_trims_the_window_padding(launches, monkeypatch):
+    """The GPU tile (8x8) at k 5, stride 1 has a 12x12 = 144-pixel window: two whole 64-row
+    expand steps and one of 16 (144 rows), not three whole steps (192 rows), per program and
+    hidden chunk; the block still matches the oracle."""
+    from triton.runtime.interpreter import InterpreterBuilder
+    rows = []
+    create_dot = InterpreterBuilder.create_dot
+
+    def counting_dot(self, a, b, *rest):
+        if b.data.shape == (16, 16):  # the expand step: BLOCK_CIN x BLOCK_HID (project: x 32)
+            rows.append(a.data.shape[0])
+        return create_dot(self, a, b, *rest)
+
+    monkeypatch.setattr(InterpreterBuilder, "create_dot", counting_dot)
+    launch, tiles_per_image = run_block(16, 24, 24, 5, 1, "relu6", False, torch.float16, 1,
+                                        10, 10, "channels_last", launches)
+    assert launch.meta["PROJECT"] and launch.meta["BLOCK_COUT"] == 32
+    assert ir.expand_steps(ir.halo_pixels(5, 1, 8, 8), 64) == [64, 64, 16]
+    assert rows == [64, 64, 16] * (tiles_per_image * 2)  # 2 hidden chunks of 16

@@ -84,11 +84,52 @@ def halo_pixels(k, stride, block_oh, block_ow):
     return ((block_oh - 1) * stride + k) * ((block_ow - 1) * stride + k)
 
 
+def expand_steps(halo, block_p):
+    """The row counts of the kernel's expand steps over a window of `halo` pixels: whole BLOCK_P
+    steps, then one step of the rest rounded up to a power of two of at least 16 (tl.dot's
+    least M) when that is less than a whole step: 8x8 tile, k=5 s=1: 64, 64, 16 = 144 rows for
+    144 pixels, where whole steps took 192; k=7 s=1: 208 for 196, not 256; k=3 unchanged."""
+    full = halo // block_p * block_p
+    rest = halo - full
+    tail = max(16, triton.next_power_of_2(rest)) if rest else 0
+    if tail >= block_p:  # one more whole step
+        return [block_p] * (full // block_p + 1)
+    return [block_p] * (full // block_p) + ([tail] if tail else [])
+
+
 def scratch_region(k, stride, block_oh, block_ow, block_hid):
-    """Elements (in x's dtype) of one program's expand scratch: the halo rounded up to whole
-    BLOCK_P expand steps, by BLOCK_HID channels (the kernel's REGION)."""
-    block_p = block_oh * block_ow
-    return triton.cdiv(halo_pixels(k, stride, block_oh, block_ow), block_p) * block_p * block_hid
+    """Elements (in x's dtype) of one program's expand scratch: the rows of its expand steps
+    (expand_steps), by BLOCK_HID channels (the kernel's REGION)."""
+    steps = expand_steps(halo_pixels(k, stride, block_oh, block_ow), block_oh * block_ow)
+    return sum(steps) * block_hid
+
+
+@triton.jit
+def _expand_step(q0, x_base, x_ptr, we_ptr, es, eb, scratch, hc, h_mask, row0, col0, C_IN, H, W,
+                 sxc, sxh, sxw, STEP: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr,
+                 ACT: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+                 BLOCK_CIN: tl.constexpr, BLOCK_HID: tl.constexpr):
+    """e[q, h] of ir_kernel for the STEP window pixels q0 <= q < q0 + STEP (0 past the window
+    and outside the image), into rows q of the scratch, in its dtype."""
+    q = q0 + tl.arange(0, STEP)
+    ih = row0 + q // HALO_W
+    iw = col0 + q % HALO_W
+    inside = (q < HALO) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    pix = ih * sxh + iw * sxw
+    e = tl.zeros((STEP, BLOCK_HID), tl.float32)
+    for i0 in range(0, C_IN, BLOCK_CIN):
+        ci = i0 + tl.arange(0, BLOCK_CIN)
+        ci_mask = ci < C_IN
+        xv = tl.load(x_base + pix[:, None] + (ci * sxc)[None, :],
+                     mask=inside[:, None] & ci_mask[None, :], other=0.0)
+        we = tl.load(we_ptr + hc[None, :] * C_IN + ci[:, None],
+                     mask=ci_mask[:, None] & h_mask[None, :], other=0.0)
+        e = tl.dot(dot_operand(xv, x_ptr, DOT_FP32), dot_operand(we, x_ptr, DOT_FP32), e,
+                   input_precision=PRECISION)
+    # Zero padding applies to the expanded map: act(0 * es + eb) != 0.
+    e = tl.where(inside[:, None], activation(e * es[None, :] + eb[None, :], ACT), 0.0)
+    tl.store(scratch + q[:, None] * BLOCK_HID + tl.arange(0, BLOCK_HID)[None, :],
+             e.to(scratch.dtype.element_ty))
 
 
 # For output pixel p = (n, oh, ow) of the tile and hidden channel h (padding P = (K-1)//2):
@@ -136,8 +177,14 @@ def ir_kernel(
     BLOCK_P: tl.constexpr = BLOCK_OH * BLOCK_OW
     HALO_W: tl.constexpr = (BLOCK_OW - 1) * STRIDE + K
     HALO: tl.constexpr = ((BLOCK_OH - 1) * STRIDE + K) * HALO_W
-    # scratch_region() of the launcher: the halo in whole expand steps of BLOCK_P pixels
-    REGION: tl.constexpr = (HALO + BLOCK_P - 1) // BLOCK_P * BLOCK_P * BLOCK_HID if EXPAND else 0
+    # The expand steps of expand_steps() (launcher): whole BLOCK_P steps up to WHOLE, then one of
+    # PART rows (the rest rounded up to a power of two >= 16, when less than a whole step).
+    FULL: tl.constexpr = HALO // BLOCK_P * BLOCK_P
+    REST: tl.constexpr = HALO - FULL
+    TAIL: tl.constexpr = 0 if REST == 0 else max(16, 1 << (REST - 1).bit_length())
+    WHOLE: tl.constexpr = FULL + BLOCK_P if TAIL >= BLOCK_P else FULL
+    PART: tl.constexpr = 0 if TAIL >= BLOCK_P else TAIL
+    REGION: tl.constexpr = (WHOLE + PART) * BLOCK_HID if EXPAND else 0
     pid = tl.program_id(0)
     n, rows, cols = spatial_tile(pid, TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
     x_base = x_ptr + n.to(tl.int64) * sxn
@@ -165,26 +212,14 @@ def ir_kernel(
         if EXPAND:  # the chunk's expanded window, each pixel once, into scratch
             es = tl.load(es_ptr + hc, mask=h_mask, other=0.0)
             eb = tl.load(eb_ptr + hc, mask=h_mask, other=0.0)
-            for q0 in range(0, HALO, BLOCK_P):
-                q = q0 + p
-                ih = row0 + q // HALO_W
-                iw = col0 + q % HALO_W
-                inside = (q < HALO) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                pix = ih * sxh + iw * sxw
-                e = tl.zeros((BLOCK_P, BLOCK_HID), tl.float32)
-                for i0 in range(0, C_IN, BLOCK_CIN):
-                    ci = i0 + tl.arange(0, BLOCK_CIN)
-                    ci_mask = ci < C_IN
-                    xv = tl.load(x_base + pix[:, None] + (ci * sxc)[None, :],
-                                 mask=inside[:, None] & ci_mask[None, :], other=0.0)
-                    we = tl.load(we_ptr + hc[None, :] * C_IN + ci[:, None],
-                                 mask=ci_mask[:, None] & h_mask[None, :], other=0.0)
-                    e = tl.dot(dot_operand(xv, x_ptr, DOT_FP32),
-                               dot_operand(we, x_ptr, DOT_FP32), e, input_precision=PRECISION)
-                # Zero padding applies to the expanded map: act(0 * es + eb) != 0.
-                e = tl.where(inside[:, None], activation(e * es[None, :] + eb[None, :], ACT), 0.0)
-                tl.store(scratch + q[:, None] * BLOCK_HID + hl[None, :],
-                         e.to(scratch_ptr.dtype.element_ty))
+            for q0 in range(0, WHOLE, BLOCK_P):
+                _expand_step(q0, x_base, x_ptr, we_ptr, es, eb, scratch, hc, h_mask, row0, col0,
+                             C_IN, H, W, sxc, sxh, sxw, BLOCK_P, HALO, HALO_W, ACT, DOT_FP32,
+                             PRECISION, BLOCK_CIN, BLOCK_HID)
+            if PART > 0:
+                _expand_step(WHOLE, x_base, x_ptr, we_ptr, es, eb, scratch, hc, h_mask, row0,
+                             col0, C_IN, H, W, sxc, sxh, sxw, PART, HALO, HALO_W, ACT, DOT_FP32,
+                             PRECISION, BLOCK_CIN, BLOCK_HID)
             tl.debug_barrier()  # the taps read pixels other threads stored
         dw = tl.zeros((BLOCK_P, BLOCK_HID), tl.float32)
         for a in range(K):  # run-time loops, like the depthwise kernel's window

@@ -180,8 +180,8 @@ def _dot_options(warps, dt, **ints):
 
 def _worst_cases(dw, pw, ir, known_spills):
     """The worst cases, with the widest channel blocks: the fused block at stride 1 with the
-    residual and k 7, channels multiples of 16 (the register cap is then MAXNREG, 128 for
-    fp16/bf16); the same and every other kernel with channel counts that are not multiples of 16
+    residual and k 7 (and the split one: k 7 s 1 has a tail expand step), channels multiples
+    of 16 (the register cap is then MAXNREG, 128 for fp16/bf16); the same and every other kernel with channel counts that are not multiples of 16
     (120, as V3's 120-channel layers; 360 hidden): Triton's divisibility hints do not apply, so
     the tl.dot kernels load scalars, the depthwise kernels vectors of VEC = 8 channels. The
     unaligned cases that spill today (the fp32 1x1 kernel) only with known_spills (--worst),
@@ -190,19 +190,19 @@ def _worst_cases(dw, pw, ir, known_spills):
     f32 = torch.float32
     boh, bow, bh, warps = ir.GPU_CONFIG
     aligned = {f"s{t}{d}": v for t in "xy" for d, v in zip("nchw", (56 * 56 * 64, 1, 56 * 64, 64))}
-    for dt in _DTYPES:
-        bcin = ir.GPU_MAX_BLOCK_CIN[dt.itemsize]
-        yield ir.ir_kernel, f"fused {_DTYPES[dt]} cin{bcin} cout128 k7 s1 silu c64", dict(
+    for dt, fused in itertools.product(_DTYPES, (True, False)):  # k 7 s 1: a tail expand step
+        bcin, bcout = ir.GPU_MAX_BLOCK_CIN[dt.itemsize], 128 if fused else 16
+        name = (f"{'fused' if fused else 'split'} {_DTYPES[dt]} cin{bcin} cout{bcout} k7 s1 silu "
+                f"c64")
+        yield ir.ir_kernel, name, dict(
             x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
             wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
-                y_ptr=dt,
-            C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=56, OW=56, **aligned, PAD=3, TILES_W=7,
-            TILES_HW=49), dict(
-            K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=True, POOL=False, RESIDUAL=True,
-            DOT_FP32=False, PRECISION="ieee", BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_CIN=bcin,
-            BLOCK_HID=bh,
-            BLOCK_COUT=128, INT64=False), _dot_options(warps, dt, C_IN=64, HID=384, C_OUT=64,
-                                                       **aligned)
+            y_ptr=dt, C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=56, OW=56, **aligned, PAD=3,
+            TILES_W=7, TILES_HW=49), dict(
+            K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=fused, POOL=not fused,
+            RESIDUAL=fused, DOT_FP32=False, PRECISION="ieee", BLOCK_OH=boh, BLOCK_OW=bow,
+            BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=False), \
+            _dot_options(warps, dt, C_IN=64, HID=384, C_OUT=64, **aligned)
     c, hidden = 120, 360
     strides = {f"s{t}{d}": v for t in "xgry" for d, v in zip("nchw", (56 * 56 * c, 1, 56 * c, c))}
     ints = dict(C=c, H=56, W=56, OH=56, OW=56, PAD=3, TILES_W=7, TILES_HW=49)
