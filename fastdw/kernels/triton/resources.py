@@ -181,8 +181,9 @@ def _dot_options(warps, dt, **ints):
 def _worst_cases(dw, pw, ir, known_spills):
     """The worst cases, with the widest channel blocks: the fused block at stride 1 with the
     residual and k 7 (and the split one: k 7 s 1 has a tail expand step), channels multiples
-    of 16 (the register cap is then MAXNREG, 128 for fp16/bf16); the same and every other kernel with channel counts that are not multiples of 16
-    (120, as V3's 120-channel layers; 360 hidden): Triton's divisibility hints do not apply, so
+    of 16 (the register cap is then MAXNREG, 128 for fp16/bf16); the same and every other
+    kernel with channel counts that are not multiples of 16 (120, as V3's 120-channel layers;
+    360 hidden): Triton's divisibility hints do not apply, so
     the tl.dot kernels load scalars, the depthwise kernels vectors of VEC = 8 channels. The
     unaligned cases that spill today (the fp32 1x1 kernel) only with known_spills (--worst),
     and so the unaligned bf16 tl.dot cases, which compile to the registers of their fp16 twins
