@@ -47,9 +47,9 @@ The five executions compared (a "pass" is one kernel; it streams its operands fr
                 inverted_residual, fused (one program per image and 8x8 output tile, each
                 walking every hidden chunk): DRAM as in (c). Per program and hidden chunk the
                 expand re-reads the x window (tile + halo, so neighbouring tiles recompute the
-                halo's expansion), computes it in whole BLOCK_P pixel steps (the padding is
-                expand work too) and writes it to a scratch region (x's dtype) that the k*k
-                taps read back; the tl.dot tiles are padded (C_in to BLOCK_CIN, C_out to BLOCK_COUT, tile
+                halo's expansion), computes it in the launcher's expand steps (whole BLOCK_P
+                steps, then a power-of-two tail: the padding is expand work too) and writes it
+                to a scratch region (x's dtype) that the k*k taps read back; the tl.dot tiles are padded (C_in to BLOCK_CIN, C_out to BLOCK_COUT, tile
                 pixels past the map edge). Scratch and re-reads are L2 traffic (the launcher
                 bounds a launch's scratch to SCRATCH_BUDGET, below L2; larger batches launch in
                 waves, each a kernel).
@@ -667,7 +667,7 @@ def _triton_ir(b, itemsize, gpu):
     wd = b.k * b.k * b.hidden * s + 2 * b.hidden * PARAM_BYTES
     wp = b.hidden * b.c_out * s + 2 * b.c_out * PARAM_BYTES
     first = st.get("expand", st["dw"])
-    if b.expand:  # each chunk re-expands its window, in whole BLOCK_P steps, through scratch
+    if b.expand:  # each chunk re-expands its window, in the expand steps, through scratch
         e_tensor = work * plan["region"] * _round_up(b.c_in, bcin) * 2
         e_cuda = work * plan["region"] * (2 + act)
         halo = (boh - 1) * b.stride + b.k

@@ -334,6 +334,7 @@ def test_triton_plan_follows_the_launcher(monkeypatch):
             # x, 3 expand and 3 depthwise and 3 project tensors, hidden, then the scratch: in
             # x's dtype, as modelled.
             assert args[11].dtype == torch.float16, name
+            assert args[11].numel() == max(1, plan["grid"][0] * plan["grid"][1] * plan["region"])
 
 
 def _weights(b):
