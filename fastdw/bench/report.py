@@ -286,7 +286,8 @@ def write(folder, *, plan, command, results, machine, modelled, minutes):
         "",
         "No GPU ran these figures: fastdw.perfmodel's DRAM bytes and roofline times of a batch "
         f"of {plan.modelled_batch} in {plan.modelled_dtype} on an H100, for (a) stock eager, "
-        "(b) BN folded into the convs, (c) fastdw's fused blocks.",
+        "(b) BN folded into the convs, (c) the fused-block design, and fastdw's committed "
+        "kernels: (d) triton, (e) cuda.",
         "",
         *modelled_lines,
     ]
