@@ -21,3 +21,24 @@ def test_api_tour_runs(checkpoint, tmp_path, monkeypatch):
     assert len(namespace["labels"]) == 1000
     if namespace["fastdw"].info()["cpp"]["usable"]:
         assert namespace["logits"].shape == (1, 1000)
+
+
+def latest_bench_table():
+    """(report text, model latency table) of bench/latest/report.md, the last full run of
+    `python -m fastdw bench` kept in the repository."""
+    text = (README.parent / "bench" / "latest" / "report.md").read_text()
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("## Latency per model"))
+    first = next(i for i in range(start, len(lines)) if lines[i].startswith("|"))
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return text, "\n".join(lines[first:end])
+
+
+def test_performance_table_is_the_latest_full_bench_report():
+    """The README's CPU table is the one `python -m fastdw bench` wrote, with its date, not a
+    hand-kept copy that can drift from the report."""
+    report, table = latest_bench_table()
+    assert "`python -m fastdw bench` at fastdw commit" in report, "not a full run's report"
+    date = re.search(r"# fastdw benchmark, (\S+)", report).group(1)
+    section = re.search(r"## Performance today.*?(?=\n## )", README.read_text(), re.S).group(0)
+    assert date in section and table in section
