@@ -1,10 +1,9 @@
-// The host side of the CUDA backend's ops, one source for both registrations: the GPU one
+// The host side of the CUDA backend's ops, one source for both builds: the GPU one
 // (csrc/cuda/register_cuda.cpp, ops of namespace fastdw_cuda on CUDA tensors) and the emulated one
-// (csrc/cuda/emulated.cpp, namespace fastdw_cuda_emu on CPU tensors). Each op first checks every
-// argument (shapes, dtypes, devices, strides, ranges) before touching memory, naming the bad
-// argument, then lays its tensors out for the kernel and calls its launcher
-// (csrc/cuda/launchers.h). The registrations differ only in the device they require and in how
-// they launch (a device guard and the current stream, or the emulator).
+// (csrc/cuda/emulated.cpp, namespace fastdw_cuda_emu on CPU tensors); csrc/cuda/ops.h wraps
+// each op once for both. Each op first checks every argument (shapes, dtypes, devices, strides,
+// ranges) before touching memory, naming the bad argument, then lays its tensors out for the
+// kernel and calls its launcher (csrc/cuda/launchers.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,24 +18,6 @@
 #include "launchers.h"
 
 namespace fastdw_cuda {
-
-// The ops' schemas, defined by each registration in its own namespace.
-inline constexpr const char* kDwconvBnActSchema =
-    "dwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, int stride, "
-    "int padding, int dilation, str act) -> Tensor";
-
-inline constexpr const char* kDwconvBnActBackwardSchema =
-    "dwconv_bn_act_backward(Tensor grad, Tensor x, Tensor weight, Tensor scale, Tensor shift, "
-    "int stride, int padding, int dilation, str act) -> Tensor[]";
-
-inline constexpr const char* kPwconvBnActSchema =
-    "pwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, str act, "
-    "Tensor? residual) -> Tensor";
-
-// se_act / se_gate: the squeeze-excite's inner activation and gate (fastdw.contract.SE_GATES).
-inline constexpr const char* kInvertedResidualSchema =
-    "inverted_residual(Tensor x, Tensor?[] weights, int stride, str act, bool residual, "
-    "str se_act=\"relu\", str se_gate=\"hardsigmoid\") -> Tensor";
 
 inline constexpr int64_t kMaxExtent = 2147483647;  // hyper-parameters reach the kernel as int
 
@@ -189,8 +170,8 @@ inline at::Tensor run_dwconv_bn_act(const DwCall& a, Stream stream) {
 // The gradients of dwconv_bn_act's x (x's dtype, channels_last), weight, scale and shift
 // (float32) for the incoming gradient `grad` of y (the math is above the kernels in
 // csrc/cuda/dwconv_backward.cuh), on the device of a checked call.
-inline std::vector<at::Tensor> run_dwconv_bn_act_backward(const DwCall& a, const at::Tensor& grad,
-                                                          const Target& target, Stream stream) {
+// grad: the incoming gradient of a checked call's y.
+inline void check_dwconv_grad(const DwCall& a, const at::Tensor& grad, const Target& target) {
   const at::Tensor& x = a.x;
   check_tensor(grad, "grad", target, &x);
   TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "grad must have x's dtype ",
@@ -198,6 +179,11 @@ inline std::vector<at::Tensor> run_dwconv_bn_act_backward(const DwCall& a, const
   TORCH_CHECK(grad.sizes() == at::IntArrayRef({x.size(0), x.size(1), a.OH, a.OW}),
               "grad must have y's shape (", x.size(0), ", ", x.size(1), ", ", a.OH, ", ", a.OW,
               "), got ", grad.sizes());
+}
+
+inline std::vector<at::Tensor> run_dwconv_bn_act_backward(const DwCall& a, const at::Tensor& grad,
+                                                          Stream stream) {
+  const at::Tensor& x = a.x;
   const int64_t C = x.size(1), taps = a.k * a.k;
   const auto cl = at::MemoryFormat::ChannelsLast;
   const at::Tensor g = grad.contiguous(cl);

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "host_ops.h"
+#include "ops.h"
 
 // The GPU architectures the kernels were compiled for, e.g. sm_80,sm_90 (set by the build).
 #ifndef FASTDW_CUDA_ARCHS
@@ -25,65 +25,26 @@
 
 namespace {
 
-// The argument checks and the launch of csrc/cuda/host_ops.h, on x's device and current stream.
-at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
-                         const at::Tensor& shift, int64_t stride, int64_t padding,
-                         int64_t dilation, c10::string_view act) {
-  const auto call = fastdw_cuda::check_dwconv_bn_act(x, weight, scale, shift, stride, padding,
-                                                     dilation, act, fastdw_cuda::kGpu);
-  const c10::cuda::CUDAGuard guard(x.device());
-  return fastdw_cuda::run_dwconv_bn_act(call, c10::cuda::getCurrentCUDAStream().stream());
-}
-
-std::vector<at::Tensor> dwconv_bn_act_backward(const at::Tensor& grad, const at::Tensor& x,
-                                               const at::Tensor& weight, const at::Tensor& scale,
-                                               const at::Tensor& shift, int64_t stride,
-                                               int64_t padding, int64_t dilation,
-                                               c10::string_view act) {
-  const auto call = fastdw_cuda::check_dwconv_bn_act(x, weight, scale, shift, stride, padding,
-                                                     dilation, act, fastdw_cuda::kGpu);
-  const c10::cuda::CUDAGuard guard(x.device());
-  return fastdw_cuda::run_dwconv_bn_act_backward(call, grad, fastdw_cuda::kGpu,
-                                                 c10::cuda::getCurrentCUDAStream().stream());
-}
-
-at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
-                         const at::Tensor& shift, c10::string_view act,
-                         const c10::optional<at::Tensor>& residual) {
-  const auto call = fastdw_cuda::check_pwconv_bn_act(x, weight, scale, shift, act, residual,
-                                                     fastdw_cuda::kGpu);
-  const c10::cuda::CUDAGuard guard(x.device());
-  return fastdw_cuda::run_pwconv_bn_act(call, c10::cuda::getCurrentCUDAStream().stream());
-}
-
-at::Tensor inverted_residual(const at::Tensor& x,
-                             const c10::List<std::optional<at::Tensor>>& weights, int64_t stride,
-                             c10::string_view act, bool residual, c10::string_view se_act,
-                             c10::string_view se_gate) {
-  const auto call = fastdw_cuda::check_inverted_residual(x, weights, stride, act, residual, se_act,
-                                                         se_gate, fastdw_cuda::kGpu);
-  const c10::cuda::CUDAGuard guard(x.device());
-  return fastdw_cuda::run_inverted_residual(call, c10::cuda::getCurrentCUDAStream().stream());
-}
+// The launch policy of csrc/cuda/ops.h: CUDA tensors, on x's device and current stream.
+struct Gpu {
+  static constexpr const fastdw_cuda::Target& target = fastdw_cuda::kGpu;
+  template <typename F>
+  static decltype(auto) run(const char*, const at::Tensor& x, F&& f) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    return f(c10::cuda::getCurrentCUDAStream().stream());
+  }
+};
 
 std::string archs() { return FASTDW_STRINGIFY(FASTDW_CUDA_ARCHS); }
 
 }  // namespace
 
 TORCH_LIBRARY(fastdw_cuda, m) {
-  m.def(fastdw_cuda::kDwconvBnActSchema);
-  m.def(fastdw_cuda::kDwconvBnActBackwardSchema);
-  m.def(fastdw_cuda::kPwconvBnActSchema);
-  m.def(fastdw_cuda::kInvertedResidualSchema);
+  fastdw_cuda::define_ops(m);
   m.def("archs() -> str", &archs);
 }
 
-TORCH_LIBRARY_IMPL(fastdw_cuda, CUDA, m) {
-  m.impl("dwconv_bn_act", &dwconv_bn_act);
-  m.impl("dwconv_bn_act_backward", &dwconv_bn_act_backward);
-  m.impl("pwconv_bn_act", &pwconv_bn_act);
-  m.impl("inverted_residual", &inverted_residual);
-}
+TORCH_LIBRARY_IMPL(fastdw_cuda, CUDA, m) { fastdw_cuda::impl_ops<Gpu>(m); }
 
 extern "C" PyObject* PyInit__C_cuda() {
   static PyModuleDef module = {.m_base = PyModuleDef_HEAD_INIT, .m_name = "_C_cuda",
