@@ -45,15 +45,17 @@ inline void check_tensor(const at::Tensor& t, const char* name, const Target& ta
               t.scalar_type());
 }
 
-// x: a non-empty 4-D float32 / float16 / bfloat16 tensor with channel stride 1 (channels_last).
-inline void check_feature_map(const at::Tensor& x, const Target& target) {
+// x: a non-empty 4-D float32 / float16 / bfloat16 tensor, with channel stride 1
+// (channels_last) unless `any_layout`.
+inline void check_feature_map(const at::Tensor& x, const Target& target,
+                              bool any_layout = false) {
   check_tensor(x, "x", target);
   const auto dtype = x.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
               "x must be float32, float16 or bfloat16, got ", dtype);
   TORCH_CHECK(x.dim() == 4, "x must be 4-D (N, C, H, W), got shape ", x.sizes());
   TORCH_CHECK(x.numel() > 0, "x must not be empty, got shape ", x.sizes());
-  TORCH_CHECK(x.stride(1) == 1 || x.size(1) == 1, "x must have channel stride 1 "
+  TORCH_CHECK(any_layout || x.stride(1) == 1 || x.size(1) == 1, "x must have channel stride 1 "
               "(channels_last), got strides ", x.strides());
 }
 
@@ -89,85 +91,113 @@ decltype(auto) checked_launch(F&& run) {
   }
 }
 
-// dwconv_bn_act: a checked call.
+// dwconv_bn_act: a checked call. Cout = C * mult output channels.
 struct DwCall {
   at::Tensor x, weight, scale, shift;
   int64_t k, stride, padding, dilation, OH, OW;
   Act act;
+  int64_t mult = 1;
 };
 
 inline DwCall check_dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight,
                                   const at::Tensor& scale, const at::Tensor& shift,
                                   int64_t stride, int64_t padding, int64_t dilation,
                                   c10::string_view act, const Target& target) {
-  check_feature_map(x, target);
+  check_feature_map(x, target, /*any_layout=*/true);
   const int64_t C = x.size(1);
   for (int d = 0; d < 4; ++d) check_range(x.size(d), "x's sizes", 1);
   check_tensor(weight, "weight", target, &x);
-  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1 &&
-                  weight.size(2) == weight.size(3),
-              "weight must be (C, 1, k, k) with C = ", C, ", got shape ", weight.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) > 0 && weight.size(0) % C == 0 &&
+                  weight.size(1) == 1 && weight.size(2) == weight.size(3),
+              "weight must be (C*m, 1, k, k) with C = ", C, " and a channel multiplier m >= 1, "
+              "got shape ", weight.sizes());
+  const int64_t Cout = weight.size(0);
+  check_range(Cout, "weight's output channels", 1);
   const int64_t k = weight.size(2);
   check_range(k, "weight's kernel size", 1);
   for (const auto& [t, name] : {std::pair{&scale, "scale"}, std::pair{&shift, "shift"}}) {
     check_tensor(*t, name, target, &x);
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == C, name, " must have shape (", C, "), got ",
-                t->sizes());
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == Cout, name, " must have shape (", Cout,
+                "), got ", t->sizes());
   }
   check_range(stride, "stride", 1);
   check_range(padding, "padding", 0);
   check_range(dilation, "dilation", 1);
   const int64_t OH = conv_out(x.size(2), k, stride, padding, dilation, "x (height)");
   const int64_t OW = conv_out(x.size(3), k, stride, padding, dilation, "x (width)");
-  return {x, weight, scale, shift, k, stride, padding, dilation, OH, OW, parse_act(act)};
+  return {x, weight, scale, shift, k, stride, padding, dilation, OH, OW, parse_act(act),
+          Cout / C};
+}
+
+// x read through channels_last kernels: itself where its channel stride is 1, else a
+// channels_last copy.
+inline at::Tensor channels_last_view(const at::Tensor& x) {
+  return x.stride(1) == 1 || x.size(1) == 1 ? x : x.contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 template <typename T>
 bool aligned16(const T* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// Launches the channels_last kernel, or with `nchw` the NCHW one (false where its window does
+// not fit), for x and y at any strides.
 template <typename T>
-void launch_dwconv(const DwCall& a, const at::Tensor& taps, const at::Tensor& scale,
-                   const at::Tensor& shift, at::Tensor& y, Stream stream) {
+bool launch_dwconv(const DwCall& a, const at::Tensor& x, const at::Tensor& taps,
+                   const at::Tensor& scale, const at::Tensor& shift, at::Tensor& y, bool nchw,
+                   Stream stream) {
   constexpr int64_t V = 16 / sizeof(T);
-  const at::Tensor& x = a.x;
   DwParams<T> p{
       .x = reinterpret_cast<const T*>(x.const_data_ptr()),
       .w = taps.const_data_ptr<float>(), .scale = scale.const_data_ptr<float>(),
       .shift = shift.const_data_ptr<float>(), .y = reinterpret_cast<T*>(y.mutable_data_ptr()),
-      .N = x.size(0), .C = x.size(1), .H = x.size(2), .W = x.size(3),
+      .N = x.size(0), .C = y.size(1), .H = x.size(2), .W = x.size(3),
       .OH = y.size(2), .OW = y.size(3),
       .xs_n = x.stride(0), .xs_h = x.stride(2), .xs_w = x.stride(3),
       .ys_n = y.stride(0), .ys_h = y.stride(2), .ys_w = y.stride(3),
       .k = static_cast<int>(a.k), .stride = static_cast<int>(a.stride),
       .pad = static_cast<int>(a.padding), .dil = static_cast<int>(a.dilation), .act = a.act,
-      .vector = false};
+      .vector = false, .xs_c = x.stride(1), .ys_c = y.stride(1),
+      .mult = static_cast<int>(a.mult)};
+  if (nchw) return checked_launch([&] { return launch_dwconv_bn_act_nchw(p, stream); });
   // 16-byte accesses need every channel group to start on a 16-byte boundary in x, y and the
-  // fp32 taps / scale / shift (fresh contiguous tensors, aligned by the allocator).
-  p.vector = p.C % V == 0 && aligned16(p.x) && aligned16(p.y) && aligned16(p.w) &&
-             aligned16(p.scale) && aligned16(p.shift) && p.xs_n % V == 0 && p.xs_h % V == 0 &&
-             p.xs_w % V == 0;
+  // fp32 taps / scale / shift (fresh contiguous tensors, aligned by the allocator), and one
+  // input channel per output channel.
+  p.vector = a.mult == 1 && p.C % V == 0 && aligned16(p.x) && aligned16(p.y) &&
+             aligned16(p.w) && aligned16(p.scale) && aligned16(p.shift) && p.xs_n % V == 0 &&
+             p.xs_h % V == 0 && p.xs_w % V == 0;
   checked_launch([&] { launch_dwconv_bn_act(p, stream); });
+  return true;
 }
 
-// y = act(depthwise_conv2d(x, weight) * scale + shift), channels_last in and out (the math is
-// above the kernel in csrc/cuda/dwconv_bn_act.cuh), on the device of a checked call.
+// y = act(depthwise_conv2d(x, weight) * scale + shift) (the math is above the kernels in
+// csrc/cuda/dwconv_bn_act.cuh), on the device of a checked call: x with channel stride 1 on
+// the channels_last kernel (y channels_last), any other x on the NCHW kernel (y contiguous),
+// or, where the NCHW kernel's window exceeds its shared memory, as a channels_last copy.
 inline at::Tensor run_dwconv_bn_act(const DwCall& a, Stream stream) {
-  const int64_t C = a.x.size(1);
+  const int64_t Cout = a.weight.size(0);
   // Tap-major fp32 weights: one 16-byte load gives a tap for a thread's channel group.
-  const at::Tensor taps = a.weight.to(at::kFloat).reshape({C, a.k * a.k}).t().contiguous();
+  const at::Tensor taps = a.weight.to(at::kFloat).reshape({Cout, a.k * a.k}).t().contiguous();
   const at::Tensor scale = a.scale.to(at::kFloat).contiguous();
   const at::Tensor shift = a.shift.to(at::kFloat).contiguous();
-  at::Tensor y = at::empty({a.x.size(0), C, a.OH, a.OW},
-                           a.x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const bool nchw = a.x.stride(1) != 1 && a.x.size(1) != 1;
+  at::Tensor y = at::empty({a.x.size(0), Cout, a.OH, a.OW},
+                           a.x.options().memory_format(nchw ? at::MemoryFormat::Contiguous
+                                                            : at::MemoryFormat::ChannelsLast));
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    if (launch_dwconv<T>(a, a.x, taps, scale, shift, y, nchw, stream)) return;
+    y = at::empty(y.sizes(), y.options().memory_format(at::MemoryFormat::ChannelsLast));
+    launch_dwconv<T>(a, channels_last_view(a.x), taps, scale, shift, y, false, stream);
+  };
   switch (a.x.scalar_type()) {
-    case at::kFloat: launch_dwconv<float>(a, taps, scale, shift, y, stream); break;
-    case at::kHalf: launch_dwconv<__half>(a, taps, scale, shift, y, stream); break;
-    default: launch_dwconv<__nv_bfloat16>(a, taps, scale, shift, y, stream);
+    case at::kFloat: run(float{}); break;
+    case at::kHalf: run(__half{}); break;
+    default: run(__nv_bfloat16{});
   }
   return y;
 }
 
-// The gradients of dwconv_bn_act's x (x's dtype, channels_last), weight, scale and shift
+// The gradients of dwconv_bn_act's x (x's dtype, channels_last; an x of another layout is read
+// as a channels_last copy), weight, scale and shift
 // (float32) for the incoming gradient `grad` of y (the math is above the kernels in
 // csrc/cuda/dwconv_backward.cuh), on the device of a checked call.
 // grad: the incoming gradient of a checked call's y.
@@ -176,6 +206,8 @@ inline void check_dwconv_grad(const DwCall& a, const at::Tensor& grad, const Tar
   check_tensor(grad, "grad", target, &x);
   TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "grad must have x's dtype ",
               x.scalar_type(), ", got ", grad.scalar_type());
+  TORCH_CHECK(a.mult == 1, "weight must be (C, 1, k, k) with C = ", x.size(1), " for the "
+              "backward (it has no channel multiplier kernel), got shape ", a.weight.sizes());
   TORCH_CHECK(grad.sizes() == at::IntArrayRef({x.size(0), x.size(1), a.OH, a.OW}),
               "grad must have y's shape (", x.size(0), ", ", x.size(1), ", ", a.OH, ", ", a.OW,
               "), got ", grad.sizes());
@@ -183,7 +215,7 @@ inline void check_dwconv_grad(const DwCall& a, const at::Tensor& grad, const Tar
 
 inline std::vector<at::Tensor> run_dwconv_bn_act_backward(const DwCall& a, const at::Tensor& grad,
                                                           Stream stream) {
-  const at::Tensor& x = a.x;
+  const at::Tensor x = channels_last_view(a.x);  // the kernels are channels_last's
   const int64_t C = x.size(1), taps = a.k * a.k;
   const auto cl = at::MemoryFormat::ChannelsLast;
   const at::Tensor g = grad.contiguous(cl);

@@ -11,6 +11,9 @@ namespace fastdw_cuda {
 template void launch_dwconv_bn_act<float>(const DwParams<float>&, Stream);
 template void launch_dwconv_bn_act<__half>(const DwParams<__half>&, Stream);
 template void launch_dwconv_bn_act<__nv_bfloat16>(const DwParams<__nv_bfloat16>&, Stream);
+template bool launch_dwconv_bn_act_nchw<float>(const DwParams<float>&, Stream);
+template bool launch_dwconv_bn_act_nchw<__half>(const DwParams<__half>&, Stream);
+template bool launch_dwconv_bn_act_nchw<__nv_bfloat16>(const DwParams<__nv_bfloat16>&, Stream);
 template void launch_dwconv_bn_act_backward<float>(const DwBackParams<float>&, Stream);
 template void launch_dwconv_bn_act_backward<__half>(const DwBackParams<__half>&, Stream);
 template void launch_dwconv_bn_act_backward<__nv_bfloat16>(const DwBackParams<__nv_bfloat16>&,

@@ -19,18 +19,22 @@ using Stream = void*;
 // The activations of fastdw.contract.ACTIVATIONS, numbered as the host ops parse them.
 enum Act : int { kNone = 0, kRelu, kRelu6, kHardswish, kHardsigmoid, kSilu };
 
-// dwconv_bn_act forward on channels_last tensors (csrc/cuda/dwconv_bn_act.cuh).
+// dwconv_bn_act forward (csrc/cuda/dwconv_bn_act.cuh): on channels_last tensors (channel
+// strides 1), or on any other layout through the NCHW kernel. C counts the output channels: with
+// a channel multiplier m, output channel c reads input channel c / m.
 template <typename T>
 struct DwParams {
-  const T* x;           // (N, H, W, C) at strides xs_*, channel stride 1
+  const T* x;           // (N, C / m, H, W) at strides xs_*
   const float* w;       // (k*k, C) contiguous: tap (i, j) of channel c at (i*k + j)*C + c
   const float* scale;   // (C,)
   const float* shift;   // (C,)
-  T* y;                 // (N, OH, OW, C) at strides ys_*, channel stride 1
+  T* y;                 // (N, C, OH, OW) at strides ys_*
   int64_t N, C, H, W, OH, OW;
   int64_t xs_n, xs_h, xs_w, ys_n, ys_h, ys_w;  // in elements
   int k, stride, pad, dil, act;
   bool vector;  // x, y, their strides and C allow 16-byte accesses of whole channel groups
+  int64_t xs_c = 1, ys_c = 1;  // the channel strides (1 for the channels_last kernel)
+  int mult = 1;                // the channel multiplier m
 };
 
 // Launches the instantiation of dwconv_bn_act_nhwc that fits `p` on `stream`; throws
@@ -38,6 +42,12 @@ struct DwParams {
 // launch fails.
 template <typename T>
 void launch_dwconv_bn_act(const DwParams<T>& p, Stream stream);
+
+// Launches the instantiation of dwconv_bn_act_nchw that fits `p` and returns true, or returns
+// false (launching nothing) when its input window exceeds the default shared memory; throws as
+// launch_dwconv_bn_act does.
+template <typename T>
+bool launch_dwconv_bn_act_nchw(const DwParams<T>& p, Stream stream);
 
 // pwconv_bn_act forward on channels_last tensors, as a GEMM over pixels
 // (csrc/cuda/pwconv_bn_act.cuh).

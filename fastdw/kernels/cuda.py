@@ -35,12 +35,17 @@ HEADER_CANDIDATES = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda")
 EMULATING = os.environ.get(EMULATE_SWITCH) == "1"
 DEVICES = ("cpu",) if EMULATING else ("cuda",)
 # What the kernels cover; every other call runs on reference.
-COVERAGE = ("dwconv_bn_act (channel multiplier 1; forward and backward), pwconv_bn_act and "
-            "inverted_residual are CUDA kernels for channels_last float32/float16/bfloat16 "
-            "inputs (the 1x1 GEMMs on tensor cores for float16/bfloat16); inverted_residual is "
-            "one fused kernel (two with a squeeze-excite) where its depthwise window fits the "
-            "GPU's shared memory, else the pwconv/dwconv kernels up to the depthwise; every "
-            "other call runs on reference")
+COVERAGE = ("dwconv_bn_act forward is a CUDA kernel for float32/float16/bfloat16 inputs in "
+            "channels_last and NCHW (any other layout through the NCHW kernel; an NCHW window "
+            "over 48 KB of shared memory as a channels_last copy), channel multipliers "
+            "included; its backward is CUDA kernels for channel multiplier 1 (an NCHW input "
+            "as a channels_last copy). pwconv_bn_act and inverted_residual are CUDA kernels "
+            "for channels_last float32/float16/bfloat16 inputs (the 1x1 GEMMs on tensor cores "
+            "for float16/bfloat16); inverted_residual is one fused kernel (two with a "
+            "squeeze-excite) where its depthwise window fits the GPU's shared memory, else the "
+            "pwconv/dwconv kernels up to the depthwise; every other call (float64, the "
+            "backward of pwconv_bn_act and inverted_residual, dwconv_bn_act's backward with a "
+            "channel multiplier) runs on reference")
 NOTES = f"CUDA kernels run through fastdw's CUDA emulator on CPU tensors; {COVERAGE}"
 
 
@@ -141,8 +146,7 @@ def unavailable():
 
 
 def dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act):
-    if (x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or x.numel() == 0
-            or weight.shape[0] != x.shape[1] or (x.stride(1) != 1 and x.shape[1] != 1)):
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or x.numel() == 0:
         return reference.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
     y = _ops(x).dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
     return y.contiguous(memory_format=output_memory_format(x))
@@ -150,8 +154,7 @@ def dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act):
 
 def dwconv_bn_act_backward(grad, x, weight, scale, shift, stride, padding, dilation, act):
     if (x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or x.numel() == 0
-            or weight.shape[0] != x.shape[1] or (x.stride(1) != 1 and x.shape[1] != 1)
-            or grad.dtype != x.dtype):
+            or weight.shape[0] != x.shape[1] or grad.dtype != x.dtype):
         return reference.dwconv_bn_act_backward(grad, x, weight, scale, shift, stride, padding,
                                                 dilation, act)
     gx, *rest = _ops(x).dwconv_bn_act_backward(grad, x, weight, scale, shift, stride, padding,

@@ -1,12 +1,15 @@
-"""The CUDA dwconv_bn_act kernel (csrc/cuda/dwconv_bn_act.cuh) run through the emulator, through
-the cuda backend's function (fastdw/kernels/cuda.py), against stock PyTorch in float64 on fresh
-random inputs (tests/ops/op_oracle.py, bounds of tests/numerics.py), with outputs poisoned.
+"""The CUDA dwconv_bn_act kernels (csrc/cuda/dwconv_bn_act.cuh) run through the emulator,
+through the cuda backend's function (fastdw/kernels/cuda.py), against stock PyTorch in float64 on
+fresh random inputs (tests/ops/op_oracle.py, bounds of tests/numerics.py), with outputs poisoned.
 
-The cases cover every launch a GPU would execute: each template instantiation (k in {3, 5, 7} x
-stride {1, 2}, and the generic path: dilation, other k, other strides) for each dtype, the 16-byte
-path and the element-wise one (channel counts that are not a multiple of a 16-byte group, an
-input whose channels do not start 16-byte aligned), the last partial block of pixels and more
-than one block of channels."""
+The cases cover every launch a GPU would execute: each template instantiation of both kernels (k
+in {3, 5, 7} x stride {1, 2}, and the generic path: dilation, other k, other strides) for each
+dtype; for channels_last the 16-byte path and the element-wise one (channel counts that are not
+a multiple of a 16-byte group, an input whose channels do not start 16-byte aligned), the last
+partial block of pixels and more than one block of channels; for NCHW each tile width, one and
+several planes per block (the last block's partial), partial tiles, a strided input, and the
+window too large for shared memory (a channels_last copy instead); channel multipliers on
+both."""
 import pytest
 import torch
 
@@ -20,21 +23,22 @@ TEMPLATED = [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2)]
 NAMES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
 
 
-def kernel_name(dtype, k, stride):
-    return f"fastdw_cuda::dwconv_bn_act_nhwc<{NAMES[dtype]}, {k}, {stride}>"
+def kernel_name(dtype, k, stride, layout="nhwc"):
+    return f"fastdw_cuda::dwconv_bn_act_{layout}<{NAMES[dtype]}, {k}, {stride}>"
 
 
 def run(emulator, shape, dtype, k, stride=1, dilation=1, padding=None, act="relu6",
-        offset=False):
-    """The kernel's output for fresh random inputs, checked against the float64 oracle; returns
-    the launch the emulator ran ("kernel grid=... block=... seed=...")."""
+        offset=False, layout="channels_last", mult=1):
+    """The kernel's output for fresh random inputs (x in `layout`, weight (C*mult, 1, k, k)),
+    checked against the float64 oracle; returns the launch the emulator ran ("kernel grid=...
+    block=... seed=...")."""
     n, c, h, w = shape
     if offset:  # channels start one element past a 16-byte boundary: the element-wise path
         x = oracle.feature_map((n, c + 1, h, w), dtype, "channels_last")[:, 1:]
     else:
-        x = oracle.feature_map(shape, dtype, "channels_last")
-    weight = oracle.conv_weight((c, 1, k, k), dtype)
-    scale, shift = oracle.random_affine(c)
+        x = oracle.feature_map(shape, dtype, layout)
+    weight = oracle.conv_weight((c * mult, 1, k, k), dtype)
+    scale, shift = oracle.random_affine(c * mult)
     padding = dilation * (k - 1) // 2 if padding is None else padding
     y = cuda.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act)
     launch = emulator.last_launch()
@@ -62,6 +66,44 @@ def test_every_instantiation(emulator, dtype):
 
 
 @pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_nchw_instantiation(emulator, dtype):
+    """Each of the NCHW launcher's kernels for this dtype runs."""
+    seen = set()
+    for k, stride in TEMPLATED:
+        seen.add(run(emulator, (2, 3, 9, 11), dtype, k, stride, layout="nchw").split(" grid")[0])
+    for k, stride, dilation in ((3, 1, 2), (1, 1, 1), (4, 3, 1)):
+        seen.add(run(emulator, (1, 2, 10, 9), dtype, k, stride, dilation, layout="nchw")
+                 .split(" grid")[0])
+    expected = {f"void {kernel_name(dtype, k, s, 'nchw')}(fastdw_cuda::DwParams<{NAMES[dtype]}>)"
+                for k, s in TEMPLATED + [(0, 0)]}
+    assert seen == expected
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("shape, k, stride, dilation, grid", [
+    ((3, 5, 7, 6), 3, 1, 1, "grid=(1,1,1)"),      # 8 wide, 2 strips: 16 planes a block, 15 used
+    ((1, 3, 13, 14), 5, 1, 1, "grid=(1,1,1)"),    # 16 wide, 4 strips: 4 planes a block
+    ((1, 2, 37, 40), 3, 1, 1, "grid=(2,4,1)"),    # 32 wide, 8 strips: 2 x 2 tiles a plane
+    ((1, 2, 70, 70), 3, 3, 20, "nhwc"),           # the window exceeds the shared memory
+])
+def test_nchw_launch_shapes(emulator, shape, k, stride, dilation, grid):
+    launch = run(emulator, shape, torch.float32, k, stride, dilation, layout="nchw")
+    assert grid in launch, launch
+    run(emulator, shape, torch.float16, k, stride, dilation, layout="strided")
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("layout, kernel", [("channels_last", "nhwc<float, 0, 0>"),
+                                            ("nchw", "nchw<float, 3, 2>")])
+@pytest.mark.parametrize("mult", [2, 3])
+def test_channel_multiplier(emulator, layout, kernel, mult):
+    """weight (C*m, 1, k, k): output channel c reads input channel c // m."""
+    assert kernel in run(emulator, (2, 5, 9, 8), torch.float32, 3, 2, layout=layout, mult=mult)
+    run(emulator, (1, 4, 6, 7), torch.bfloat16, 3, layout=layout, mult=mult)
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
 @pytest.mark.parametrize("act", ["none", "relu", "relu6", "hardswish", "hardsigmoid", "silu"])
 def test_activations(emulator, act):
     run(emulator, (2, 12, 7, 6), torch.float32, 3, act=act)
@@ -81,24 +123,23 @@ def test_launch_shapes(emulator, dtype):
     run(emulator, (1, group, 4, 4), dtype, 5, stride=2, padding=4)
 
 
-def test_layouts_the_kernel_does_not_take_run_on_reference(emulator):
-    """NCHW inputs (channel stride > 1), float64 and channel multipliers are the reference
-    backend's; the results are still right and keep the input's layout."""
-    x = oracle.feature_map((2, 6, 7, 7), torch.float32, "nchw")
-    weight = oracle.conv_weight((6, 1, 3, 3), torch.float32)
-    scale, shift = oracle.random_affine(6)
+def test_float64_runs_on_reference(emulator):
+    """float64 has no kernel: the reference backend runs it, right and in the input's layout."""
+    x = oracle.feature_map((2, 6, 7, 7), torch.float64, "nchw")
+    weight = oracle.conv_weight((6, 1, 3, 3), torch.float64)
+    scale, shift = (t.double() for t in oracle.random_affine(6))
     y = cuda.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "relu")
-    assert y.is_contiguous()
+    assert y.is_contiguous() and y.dtype == torch.float64
     numerics.assert_close(y, oracle.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "relu"),
-                          torch.float32)
+                          torch.float64)
 
 
 @pytest.mark.parametrize("change, message", [
     (dict(x=torch.randn(1, 4, 5, 5, dtype=torch.float64)), "x must be float32, float16 or bf"),
     (dict(x=torch.randn(4, 5, 5)), r"x must be 4-D"),
-    (dict(x=torch.randn(1, 4, 5, 5)), "x must have channel stride 1"),
-    (dict(weight=torch.randn(3, 1, 3, 3)), r"weight must be \(C, 1, k, k\) with C = 4"),
-    (dict(weight=torch.randn(4, 1, 3, 2)), r"weight must be \(C, 1, k, k\)"),
+    (dict(weight=torch.randn(6, 1, 3, 3)), r"weight must be \(C\*m, 1, k, k\) with C = 4"),
+    (dict(weight=torch.randn(4, 1, 3, 2)), r"weight must be \(C\*m, 1, k, k\)"),
+    (dict(scale=torch.randn(8), weight=torch.randn(8, 1, 3, 3)), r"shift must have shape \(8\)"),
     (dict(scale=torch.randn(5)), r"scale must have shape \(4\)"),
     (dict(shift=torch.ones(4, dtype=torch.int32)), "shift must be a floating-point tensor"),
     (dict(stride=0), r"stride must be in \[1, "),

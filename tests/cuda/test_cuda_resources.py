@@ -20,10 +20,15 @@ from fastdw.kernels import cuda_resources as resources
 ARCHS = (80, 90)
 # Mangled template arguments of the dtypes.
 DTYPES = {"float": "f", "half": "6__half", "bfloat16": "13__nv_bfloat16"}
+# The depthwise kernels' (k, stride) instantiations, (0, 0) the generic one.
+DEPTHWISE = [f"I{code}Li{k}ELi{s}EE" for code in DTYPES.values()
+             for k, s in [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2), (0, 0)]]
 # Per kernel: its instantiations (mangled names past the kernel's), its block size (the
 # launcher's), the most registers a thread may use and the least occupancy that leaves.
 #  * dwconv_bn_act_nhwc: (k, stride) instantiations, 256 threads; 64 registers let 4 blocks
 #    (half of the 2048 threads an SM holds) fit in the 65536 registers of an A100 or H100 SM.
+#  * dwconv_bn_act_nchw: as dwconv_bn_act_nhwc (its window and taps are in dynamic shared
+#    memory, sized per shape, so the occupancy counts registers only).
 #  * pwconv_bn_act_ffma: one per dtype, 256 threads, budgeted as dwconv.
 #  * pwconv_bn_act_mma: fp16/bf16, 128 threads holding a 32 x 32 accumulator per warp (32
 #    floats a thread); 96 registers still let 5 blocks (20 warps) stay resident.
@@ -37,9 +42,8 @@ DTYPES = {"float": "f", "half": "6__half", "bfloat16": "13__nv_bfloat16"}
 #    the conv with 64-bit pixel indices and the activation's derivative, 96 registers (2 blocks
 #    resident); the input, weight and slice-sum kernels are budgeted as dwconv.
 KERNELS = {
-    "dwconv_bn_act_nhwc": ([f"I{code}Li{k}ELi{s}EE" for code in DTYPES.values()
-                            for k, s in [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2), (0, 0)]],
-                           256, 64, 0.5),
+    "dwconv_bn_act_nhwc": (DEPTHWISE, 256, 64, 0.5),
+    "dwconv_bn_act_nchw": (DEPTHWISE, 256, 64, 0.5),
     "pwconv_bn_act_ffma": ([f"I{code}E" for code in DTYPES.values()], 256, 64, 0.5),
     "pwconv_bn_act_mma": ([f"I{code}E" for code in ("6__half", "13__nv_bfloat16")], 128, 96,
                           0.3),
