@@ -6,6 +6,15 @@ channels_last (K contiguous: vectorised loads), NCHW and non-contiguous inputs a
 copy. The same kernel is the project stage of a split inverted-residual block: its prologue then
 multiplies the A tile by the block's squeeze-excite gate.
 
+Vector width: Triton only knows an int argument is a multiple of 16 or not, so with channel
+counts that are not (every V3 width, V2's 24) channels_last rows gave scalar loads and stores.
+The launcher passes the channel counts and the image, row and column strides divided by
+VEC_K (x's side: C_IN, x's strides) and VEC_N (C_OUT, the residual's and y's strides), the
+largest powers of two up to 16 dividing them (_shared.vector_width); the kernel multiplies them
+back by the constexprs, which tells the compiler they are multiples of VEC_K / VEC_N: on
+channels_last tensors the A tile, weight and gate rows load as vectors of VEC_K channels, the
+residual loads and y stores as vectors of VEC_N. (NCHW: channels are not contiguous, VEC is 1.)
+
 The flat pixel index is int32: a batch of more pixels launches in groups of whole images, and an
 image of more goes to reference (handled). Offsets within an image are int32 unless an image of
 a tensor reaches 2**31 elements (INT64: the strides, and so every offset, become int64).
@@ -16,7 +25,8 @@ import triton.language as tl
 
 from fastdw.contract import INT32_MAX, output_memory_format
 from fastdw.kernels.triton._shared import (activation, as_offset, dot_operand, dot_precision,
-                                           interpreting, maxnreg, needs_int64, on_device_of)
+                                           interpreting, maxnreg, needs_int64, on_device_of,
+                                           vec_int, vector_width)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; resources.py compiles each of them.
 GPU_CONFIGS = {"small_n": (64, 32, 32, 4), "mid_n": (64, 64, 32, 8), "wide_n": (64, 128, 32, 8)}
@@ -64,10 +74,11 @@ def pw_kernel(
     gate_ptr,     # (N, C_IN) fp32 squeeze-excite gate (read only when HAS_GATE)
     res_ptr,      # residual (N, C_OUT, H, W), any strides (read only when HAS_RES)
     y_ptr,        # output (N, C_OUT, H, W), any strides
-    M, HW, W, C_IN, C_OUT,    # M: the launch's pixels (<= MAX_LAUNCH_PIXELS), HW = H*W
-    sxn, sxc, sxh, sxw,       # strides of x
-    srn, src, srh, srw,       # strides of the residual
-    syn, syc, syh, syw,       # strides of y
+    M, HW, W,                 # M: the launch's pixels (<= MAX_LAUNCH_PIXELS), HW = H*W
+    C_IN, C_OUT,              # channels, / VEC_K and / VEC_N
+    sxn, sxc, sxh, sxw,       # strides of x (sxn, sxh, sxw / VEC_K)
+    srn, src, srh, srw,       # strides of the residual (srn, srh, srw / VEC_N)
+    syn, syc, syh, syw,       # strides of y (syn, syh, syw / VEC_N)
     ACT: tl.constexpr,        # activation name
     HAS_GATE: tl.constexpr,   # multiply A by gate[n, i] in the prologue
     HAS_RES: tl.constexpr,    # add the residual after the activation
@@ -75,10 +86,17 @@ def pw_kernel(
     PRECISION: tl.constexpr,  # tl.dot input_precision: "ieee", or "tf32" (fp32, opt-in)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     INT64: tl.constexpr,      # offsets within an image (and into the gate) in int64
+    VEC_K: tl.constexpr,      # C_IN and x's image/row/column strides are multiples of VEC_K
+    VEC_N: tl.constexpr,      # C_OUT and the residual's and y's are multiples of VEC_N
 ):
-    sxc, sxh, sxw = as_offset(sxc, INT64), as_offset(sxh, INT64), as_offset(sxw, INT64)
-    src, srh, srw = as_offset(src, INT64), as_offset(srh, INT64), as_offset(srw, INT64)
-    syc, syh, syw = as_offset(syc, INT64), as_offset(syh, INT64), as_offset(syw, INT64)
+    C_IN = C_IN * VEC_K
+    C_OUT = C_OUT * VEC_N
+    # Image strides in int64 (pixel_rows multiplies them by an int64 image index anyway): a
+    # batch stride over 2**31 can arrive divided into an int32.
+    sxn, srn, syn = vec_int(sxn, VEC_K, True), vec_int(srn, VEC_N, True), vec_int(syn, VEC_N, True)
+    sxc, sxh, sxw = as_offset(sxc, INT64), vec_int(sxh, VEC_K, INT64), vec_int(sxw, VEC_K, INT64)
+    src, srh, srw = as_offset(src, INT64), vec_int(srh, VEC_N, INT64), vec_int(srw, VEC_N, INT64)
+    syc, syh, syw = as_offset(syc, INT64), vec_int(syh, VEC_N, INT64), vec_int(syw, VEC_N, INT64)
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = m < M
@@ -111,9 +129,33 @@ def pw_kernel(
              mask=mask)
 
 
+# The int arguments of pw_kernel each vector width divides: one home for the launcher and the
+# static check (resources.py).
+VEC_ARGS = {"VEC_K": ("C_IN", "sxn", "sxh", "sxw"),
+            "VEC_N": ("C_OUT", "srn", "srh", "srw", "syn", "syh", "syw")}
+
+
+def vectorised(args):
+    """pw_kernel's arguments {name: value} as the kernel takes them (the ints of VEC_ARGS divided
+    by their vector width), and the vector widths {"VEC_K": .., "VEC_N": ..}."""
+    args, vecs = dict(args), {}
+    for name, ints in VEC_ARGS.items():
+        vec = vector_width(*(args[i] for i in ints))
+        # 16: Triton's own specialisation already marks each int a multiple of 16, and the
+        # ints passed whole keep the aligned kernels' code as it was.
+        vecs[name] = 1 if vec == 16 else vec
+        args.update({i: args[i] // vecs[name] for i in ints})
+    return args, vecs
+
+
 def handled(x):
     """Not float64, nor an image of more pixels than one launch covers."""
     return x.dtype != torch.float64 and x.shape[2] * x.shape[3] <= MAX_LAUNCH_PIXELS
+
+
+def _strides(prefix, t):
+    """t's strides as pw_kernel's arguments s<prefix>n, s<prefix>c, s<prefix>h, s<prefix>w."""
+    return {f"s{prefix}{d}": s for d, s in zip("nchw", t.stride())}
 
 
 def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None,
@@ -133,6 +175,8 @@ def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None,
     int64 = needs_int64(x, res, y) or gate_arg.numel() > INT32_MAX
     weight = weight.contiguous()
     regs = maxnreg(x.element_size(), c_in, c_out, *x.stride(), *res.stride(), *y.stride())
+    ints, vecs = vectorised(dict(C_IN=c_in, C_OUT=c_out, **_strides("x", x), **_strides("r", res),
+                                 **_strides("y", y)))
     images = MAX_LAUNCH_PIXELS // max(1, h * w)  # per launch (handled() keeps it >= 1)
     for n0 in range(0, n, images):
         batch = slice(n0, n0 + images)
@@ -141,9 +185,8 @@ def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None,
         with on_device_of(x):
             pw_kernel[grid](
                 x[batch], weight, scale, shift, gate_arg if gate is None else gate[batch],
-                res[batch], y[batch], m, h * w, w, c_in, c_out, *x.stride(), *res.stride(),
-                *y.stride(), ACT=act, HAS_GATE=gate is not None, HAS_RES=residual is not None,
-                DOT_FP32=dot_in_fp32(x.dtype), PRECISION=dot_precision(x.dtype),
-                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                INT64=int64, num_warps=warps, maxnreg=regs)
+                res[batch], y[batch], m, h * w, w, **ints, ACT=act, HAS_GATE=gate is not None,
+                HAS_RES=residual is not None, DOT_FP32=dot_in_fp32(x.dtype),
+                PRECISION=dot_precision(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
+                BLOCK_K=block_k, INT64=int64, **vecs, num_warps=warps, maxnreg=regs)
     return y

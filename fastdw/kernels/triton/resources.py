@@ -75,7 +75,8 @@ def _cases(full, worst=False):
 
     Argument values are only types and specialisation: a torch dtype for a pointer, an int for
     an int (1 and multiples of 16 specialise like at launch). A kernel with a VEC constexpr
-    gets its channel count and row/column strides divided by VEC, as its launcher passes them.
+    gets its channel count and row/column strides divided by VEC, as its launcher passes them;
+    the 1x1 kernel its ints divided by VEC_K and VEC_N (pwconv_bn_act.vectorised).
     """
     from fastdw.kernels.triton._shared import vector_width
     for fn, label, args, constexprs, options in _kernel_cases(full, worst):
@@ -84,6 +85,9 @@ def _cases(full, worst=False):
             vec = vector_width(*(args[name] for name in vec_args))
             args = dict(args, **{name: args[name] // vec for name in vec_args})
             constexprs = dict(constexprs, VEC=vec)
+        if "VEC_K" in fn.arg_names:  # the 1x1 kernel: a vector width on each side of the GEMM
+            args, vecs = importlib.import_module(fn.__module__).vectorised(args)
+            constexprs = dict(constexprs, **vecs)
         yield fn, label, args, constexprs, options
 
 
