@@ -355,7 +355,8 @@ def test_fused_expand_scratch_in_input_dtype(dtype, launches, monkeypatch):
     launch, tiles_per_image = run_block(16, 24, 16, 3, 1, "relu6", False, dtype, 1, 10, 10,
                                         "channels_last", launches)
     m = launch.meta
-    region = ir.scratch_region(3, 1, m["BLOCK_OH"], m["BLOCK_OW"], m["BLOCK_HID"])
+    row = ir.scratch_row(24, m["BLOCK_HID"], True)  # every hidden chunk: 32 columns
+    region = ir.scratch_region(3, 1, m["BLOCK_OH"], m["BLOCK_OW"], row)
     assert [(t.dtype, t.numel()) for t in scratch] == [(dtype, tiles_per_image * region)]
 
 
@@ -377,4 +378,42 @@ def test_fused_expand_trims_the_window_padding(launches, monkeypatch):
                                         10, 10, "channels_last", launches)
     assert launch.meta["PROJECT"] and launch.meta["BLOCK_COUT"] == 32
     assert ir.expand_steps(ir.halo_pixels(5, 1, 8, 8), 64) == [64, 64, 16]
-    assert rows == [64, 64, 16] * (tiles_per_image * 2)  # 2 hidden chunks of 16
+    # per tile, each step for its 2 hidden chunks of 16
+    assert rows == [64, 64, 64, 64, 16, 16] * tiles_per_image
+
+
+@pytest.mark.parametrize("dtype,c_in,c_out,k,stride", [
+    (torch.float16, 48, 48, 3, 1), (torch.float32, 24, 40, 5, 2)], ids=["fp16-k3s1", "fp32-k5s2"])
+def test_fused_block_reads_its_x_window_once(dtype, c_in, c_out, k, stride, launches,
+                                             monkeypatch):
+    """Each fused program reads the input pixels of its tile's window once for all of its 3
+    hidden chunks (C_IN within one resident BLOCK_CIN tile), and the tile's pixels once more for
+    the residual: the elements the interpreter loads from x are counted."""
+    import numpy as np
+    from triton.runtime.interpreter import InterpreterBuilder
+    x = op_oracle.feature_map((1, c_in, 10 * stride, 10 * stride), dtype, "channels_last",
+                              scale=1.0)
+    span = (x.data_ptr(), x.data_ptr() + x.untyped_storage().nbytes())
+    read = []
+    masked_load = InterpreterBuilder.create_masked_load
+
+    def counting(self, ptrs, mask, *rest):
+        at = ptrs.data[mask.data]
+        read.append(int(((at >= span[0]) & (at < span[1])).sum()))
+        return masked_load(self, ptrs, mask, *rest)
+
+    monkeypatch.setattr(InterpreterBuilder, "create_masked_load", counting)
+    weights, stages = block_weights(c_in, 40, c_out, k, dtype, False)
+    residual = stride == 1 and c_in == c_out
+    out = ir.forward(x, weights, stride, "hardswish", residual, "relu", "hardsigmoid",
+                     gpu_tiles=True)
+    assert_close(out, op_oracle.inverted_residual(x, *stages, stride, "hardswish", residual),
+                 dtype)
+    (launch,) = launches
+    assert launch.meta["PROJECT"] and launch.meta["BLOCK_CIN"] >= c_in
+    assert math.ceil(40 / launch.meta["BLOCK_HID"]) == 3
+    h = x.shape[2]
+    window = [[max(0, min(t * 8 * stride - (k - 1) // 2 + 7 * stride + k, h)
+                   - max(t * 8 * stride - (k - 1) // 2, 0)) for t in range(2)]] * 2
+    pixels = sum(np.outer(*window).flat)  # the 2x2 tiles' windows, inside the image
+    assert sum(read) == c_in * (pixels + (10 * 10 if residual else 0))

@@ -289,8 +289,9 @@ def test_inverted_residual_expands_each_window_pixel_once(case, monkeypatch):
     assert len(expand_rows) == tiles * chunks * steps * math.ceil(c_in / block_cin)
     assert steps * block_p < halo + block_p  # no window pixel is expanded twice
     assert steps < k * k  # the per-tap recompute took k*k steps
-    assert ir_module.scratch_region(k, stride, block_oh, block_ow, block_hid) == \
-        steps * block_p * block_hid
+    row = chunks * block_hid if not se else block_hid  # fused: every chunk; split: one
+    assert ir_module.scratch_row(hidden, block_hid, not se) == row
+    assert ir_module.scratch_region(k, stride, block_oh, block_ow, row) == steps * block_p * row
 
 
 @pytest.mark.parametrize("se", [False, True], ids=["fused", "split-se"])

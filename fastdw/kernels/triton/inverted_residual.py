@@ -2,21 +2,25 @@
 project 1x1 [+ x]) in as few passes over memory as its shape allows.
 
 Fused (one kernel, x read and y written, nothing else in DRAM): a program owns a 2-D tile of
-BLOCK_OH x BLOCK_OW output pixels and walks the hidden channels in chunks of BLOCK_HID. For
-each chunk it expands (1x1 GEMM with tl.dot + BN + act) the tile's input window, i.e. the tile
-plus its halo, HALO_H x HALO_W = ((BLOCK_OH-1)*S+K) x ((BLOCK_OW-1)*S+K) input pixels, each
-pixel exactly once, into a per-program scratch region; the k*k depthwise taps then read shifted
-windows of that region, and the depthwise output is folded straight into the project
-accumulator (BLOCK_P x C_OUT, fp32) with tl.dot. Triton has no shifted views of an on-chip
-tile, hence the scratch: one region of ceil(HALO/BLOCK_P)*BLOCK_P x BLOCK_HID per program in
-x's dtype (the expanded map is rounded to it, as stock PyTorch's expand layer stores it; fp16:
-4 KiB for the 8x8 GPU tile at k=3 s=1, 10 KiB at k=3 s=2, 12 KiB at k=5 s=2; fp32 twice that),
-rewritten by every chunk, written and read back by the same program within one chunk. The
-launcher bounds the scratch of one launch to SCRATCH_BUDGET (launching in waves of whole images
-that reuse it), so on a GPU it should stay resident in L2 rather than reach DRAM (modelled; no
-GPU has measured it). Expand work per tile and chunk: the window's HALO_H*HALO_W pixels once,
-in whole BLOCK_P steps (8x8 tile: 128 rows for 100 pixels at k=3 s=1, 320 for 289 at k=3 s=2),
-where recomputing the expansion at every tap took k*k*BLOCK_P.
+BLOCK_OH x BLOCK_OW output pixels. It first expands (1x1 GEMM with tl.dot + BN + act) the
+tile's input window, i.e. the tile plus its halo, HALO_H x HALO_W = ((BLOCK_OH-1)*S+K) x
+((BLOCK_OW-1)*S+K) input pixels, each pixel exactly once, for every hidden channel, into a
+per-program scratch region: per expand step the step's x rows (the first BLOCK_CIN channels,
+all of them when C_IN <= BLOCK_CIN: 64 for fp16/bf16, 32 for fp32) are loaded once and stay
+resident while the hidden chunks of BLOCK_HID channels are expanded from them, so each program
+reads its x window once (channels past BLOCK_CIN: once per hidden chunk; resident, 128 spill
+on sm_80 and fp32's 64 on sm_90, seen in resources.py). It then walks the hidden chunks:
+the k*k depthwise taps read shifted windows of the scratch, and the depthwise output is folded
+straight into the project accumulator (BLOCK_P x C_OUT, fp32) with tl.dot. Triton has no
+shifted views of an on-chip tile, hence the scratch: one region of ceil(HALO/BLOCK_P)*BLOCK_P x
+HID (rounded up to BLOCK_HID) per program in x's dtype (the expanded map is rounded to it, as
+stock PyTorch's expand layer stores it; fp16, HID 384: 96 KiB for the 8x8 GPU tile at k=3 s=1,
+240 KiB at k=3 s=2; fp32 twice that), written and read back by the same program. The launcher
+bounds the scratch of one launch to SCRATCH_BUDGET (launching in waves of whole images that
+reuse it), so on a GPU it should stay resident in L2 rather than reach DRAM (modelled; no GPU
+has measured it). Expand work per tile and hidden chunk: the window's HALO_H*HALO_W pixels
+once, in whole BLOCK_P steps (8x8 tile: 128 rows for 100 pixels at k=3 s=1, 320 for 289 at
+k=3 s=2), where recomputing the expansion at every tap took k*k*BLOCK_P.
 
 Split (two kernels) when the project accumulator would not fit in registers (C_OUT > 128), when
 the block has squeeze-excite (its gate needs the whole map pooled before projecting), or when
@@ -97,39 +101,62 @@ def expand_steps(halo, block_p):
     return [block_p] * (full // block_p) + ([tail] if tail else [])
 
 
-def scratch_region(k, stride, block_oh, block_ow, block_hid):
+def scratch_row(hidden, block_hid, fused):
+    """Scratch columns per window pixel (the kernel's SCRATCH_ROW): the hidden channels one
+    program expands, every chunk of them when fused, one chunk when split."""
+    return triton.cdiv(hidden, block_hid) * block_hid if fused else block_hid
+
+
+def scratch_region(k, stride, block_oh, block_ow, row):
     """Elements (in x's dtype) of one program's expand scratch: the rows of its expand steps
-    (expand_steps), by BLOCK_HID channels (the kernel's REGION)."""
+    (expand_steps), by `row` columns (scratch_row)."""
     steps = expand_steps(halo_pixels(k, stride, block_oh, block_ow), block_oh * block_ow)
-    return sum(steps) * block_hid
+    return sum(steps) * row
 
 
 @triton.jit
-def _expand_step(q0, x_base, x_ptr, we_ptr, es, eb, scratch, hc, h_mask, row0, col0, C_IN, H, W,
-                 sxc, sxh, sxw, STEP: tl.constexpr, HALO: tl.constexpr, HALO_W: tl.constexpr,
-                 ACT: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
-                 BLOCK_CIN: tl.constexpr, BLOCK_HID: tl.constexpr):
+def _expand_step(q0, h_start, h_end, x_base, x_ptr, we_ptr, es_ptr, eb_ptr, scratch, row0, col0,
+                 C_IN, HID, H, W, sxc, sxh, sxw, SCRATCH_ROW, STEP: tl.constexpr,
+                 HALO: tl.constexpr, HALO_W: tl.constexpr, ACT: tl.constexpr,
+                 DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_CIN: tl.constexpr,
+                 BLOCK_HID: tl.constexpr):
     """e[q, h] of ir_kernel for the STEP window pixels q0 <= q < q0 + STEP (0 past the window
-    and outside the image), into rows q of the scratch, in its dtype."""
+    and outside the image) and the hidden channels h_start <= h < h_end, into row q, column
+    h - h_start of the scratch, in its dtype. The step's first BLOCK_CIN input channels are
+    loaded once, before the hidden loop, and stay resident for every hidden chunk: with
+    C_IN <= BLOCK_CIN (the fused launcher's choice) each program reads its x window once;
+    further input chunks are reloaded per hidden chunk."""
     q = q0 + tl.arange(0, STEP)
     ih = row0 + q // HALO_W
     iw = col0 + q % HALO_W
     inside = (q < HALO) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     pix = ih * sxh + iw * sxw
-    e = tl.zeros((STEP, BLOCK_HID), tl.float32)
-    for i0 in range(0, C_IN, BLOCK_CIN):
-        ci = i0 + tl.arange(0, BLOCK_CIN)
-        ci_mask = ci < C_IN
-        xv = tl.load(x_base + pix[:, None] + (ci * sxc)[None, :],
-                     mask=inside[:, None] & ci_mask[None, :], other=0.0)
+    ci = tl.arange(0, BLOCK_CIN)
+    x0 = tl.load(x_base + pix[:, None] + (ci * sxc)[None, :],
+                 mask=inside[:, None] & (ci < C_IN)[None, :], other=0.0)
+    x0 = dot_operand(x0, x_ptr, DOT_FP32)
+    hl = tl.arange(0, BLOCK_HID)
+    for h0 in range(h_start, h_end, BLOCK_HID):
+        hc = h0 + hl
+        h_mask = hc < HID
         we = tl.load(we_ptr + hc[None, :] * C_IN + ci[:, None],
-                     mask=ci_mask[:, None] & h_mask[None, :], other=0.0)
-        e = tl.dot(dot_operand(xv, x_ptr, DOT_FP32), dot_operand(we, x_ptr, DOT_FP32), e,
-                   input_precision=PRECISION)
-    # Zero padding applies to the expanded map: act(0 * es + eb) != 0.
-    e = tl.where(inside[:, None], activation(e * es[None, :] + eb[None, :], ACT), 0.0)
-    tl.store(scratch + q[:, None] * BLOCK_HID + tl.arange(0, BLOCK_HID)[None, :],
-             e.to(scratch.dtype.element_ty))
+                     mask=(ci < C_IN)[:, None] & h_mask[None, :], other=0.0)
+        e = tl.dot(x0, dot_operand(we, x_ptr, DOT_FP32), input_precision=PRECISION)
+        for i0 in range(BLOCK_CIN, C_IN, BLOCK_CIN):
+            cj = i0 + ci
+            cj_mask = cj < C_IN
+            xv = tl.load(x_base + pix[:, None] + (cj * sxc)[None, :],
+                         mask=inside[:, None] & cj_mask[None, :], other=0.0)
+            we = tl.load(we_ptr + hc[None, :] * C_IN + cj[:, None],
+                         mask=cj_mask[:, None] & h_mask[None, :], other=0.0)
+            e = tl.dot(dot_operand(xv, x_ptr, DOT_FP32), dot_operand(we, x_ptr, DOT_FP32), e,
+                       input_precision=PRECISION)
+        es = tl.load(es_ptr + hc, mask=h_mask, other=0.0)
+        eb = tl.load(eb_ptr + hc, mask=h_mask, other=0.0)
+        # Zero padding applies to the expanded map: act(0 * es + eb) != 0.
+        e = tl.where(inside[:, None], activation(e * es[None, :] + eb[None, :], ACT), 0.0)
+        tl.store(scratch + q[:, None] * SCRATCH_ROW + (hc - h_start)[None, :],
+                 e.to(scratch.dtype.element_ty))
 
 
 # For output pixel p = (n, oh, ow) of the tile and hidden channel h (padding P = (K-1)//2):
@@ -140,10 +167,11 @@ def _expand_step(q0, x_base, x_ptr, we_ptr, es, eb, scratch, hc, h_mask, row0, c
 # PROJECT:   y[n, o, p] = sum_h d[p, h] * wp[o, h] * ps[o] + pb[o]  (+ x[n, o, p] if RESIDUAL)
 # otherwise: hidden[n, p, h] = d[p, h] for this program's chunk of h, and with POOL
 #            pool[tile, h] = sum over the tile's pixels of d[p, h]
-# With EXPAND, e is computed once per chunk for the tile's window: input pixel
+# With EXPAND, e is computed once per program for the tile's window and the program's hidden
+# channels h0 <= h < h1 (PROJECT: all; else one chunk): input pixel
 # q = (r0*S - P + u, c0*S - P + v), (u, v) < (HALO_H, HALO_W), (r0, c0) the tile's first output
-# pixel, goes to scratch[u*HALO_W + v, h]; tap (a, b) of tile pixel (i, j) reads
-# scratch[(i*S + a)*HALO_W + j*S + b, h].
+# pixel, goes to scratch[u*HALO_W + v, h - h0]; tap (a, b) of tile pixel (i, j) reads
+# scratch[(i*S + a)*HALO_W + j*S + b, h - h0].
 @triton.jit
 def ir_kernel(
     x_ptr,                     # block input (N, C_IN, H, W), any strides
@@ -152,13 +180,16 @@ def ir_kernel(
     wp_ptr, ps_ptr, pb_ptr,    # project weight (C_OUT, HID) contiguous, scale, shift
     hid_ptr,                   # out when not PROJECT: hidden (N, OH, OW, HID), x's dtype
     scratch_ptr,               # with EXPAND: the expand scratch (programs, REGION), x's dtype,
-                               # program = pid0 * programs(1) + pid1
+                               # program = pid0 * programs(1) + pid1; REGION = window rows x
+                               # SCRATCH_ROW
     pool_ptr,                  # out with POOL: (N * TILES_HW, HID) fp32 per-tile sums
     y_ptr,                     # out when PROJECT: (N, C_OUT, OH, OW), any strides
     C_IN, HID, C_OUT, H, W, OH, OW,
     sxn, sxc, sxh, sxw,        # strides of x
     syn, syc, syh, syw,        # strides of y
     PAD, TILES_W, TILES_HW,    # padding (K-1)//2; output tiles per tile row / per image
+    SCRATCH_ROW,               # scratch columns per window pixel: the hidden channels this
+                               # program expands (PROJECT: all, rounded up to BLOCK_HID)
     K: tl.constexpr, STRIDE: tl.constexpr, ACT: tl.constexpr,
     EXPAND: tl.constexpr,      # the block has an expand 1x1 stage
     PROJECT: tl.constexpr,     # fused: project into y; else write the hidden tensor
@@ -184,7 +215,7 @@ def ir_kernel(
     TAIL: tl.constexpr = 0 if REST == 0 else max(16, 1 << (REST - 1).bit_length())
     WHOLE: tl.constexpr = FULL + BLOCK_P if TAIL >= BLOCK_P else FULL
     PART: tl.constexpr = 0 if TAIL >= BLOCK_P else TAIL
-    REGION: tl.constexpr = (WHOLE + PART) * BLOCK_HID if EXPAND else 0
+    ROWS: tl.constexpr = WHOLE + PART if EXPAND else 0
     pid = tl.program_id(0)
     n, rows, cols = spatial_tile(pid, TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
     x_base = x_ptr + n.to(tl.int64) * sxn
@@ -192,7 +223,8 @@ def ir_kernel(
     o = tl.arange(0, BLOCK_COUT)
     o_mask = o < C_OUT
     hl = tl.arange(0, BLOCK_HID)
-    scratch = scratch_ptr + (pid * tl.num_programs(1) + tl.program_id(1)).to(tl.int64) * REGION
+    scratch = scratch_ptr + (pid * tl.num_programs(1) + tl.program_id(1)).to(tl.int64) \
+        * (ROWS * SCRATCH_ROW)
     # This tile's first input row/column of the window, and each tile pixel's window offset.
     t = pid % TILES_HW
     row0 = (t // TILES_W) * (BLOCK_OH * STRIDE) - PAD
@@ -206,34 +238,30 @@ def ir_kernel(
     else:        # one chunk per program along grid axis 1
         h_start = tl.program_id(1) * BLOCK_HID
         h_end = h_start + BLOCK_HID
+    if EXPAND:  # the window expanded for this program's hidden channels, each pixel once
+        for q0 in range(0, WHOLE, BLOCK_P):
+            _expand_step(q0, h_start, h_end, x_base, x_ptr, we_ptr, es_ptr, eb_ptr, scratch,
+                         row0, col0, C_IN, HID, H, W, sxc, sxh, sxw, SCRATCH_ROW, BLOCK_P, HALO,
+                         HALO_W, ACT, DOT_FP32, PRECISION, BLOCK_CIN, BLOCK_HID)
+        if PART > 0:
+            _expand_step(WHOLE, h_start, h_end, x_base, x_ptr, we_ptr, es_ptr, eb_ptr, scratch,
+                         row0, col0, C_IN, HID, H, W, sxc, sxh, sxw, SCRATCH_ROW, PART, HALO,
+                         HALO_W, ACT, DOT_FP32, PRECISION, BLOCK_CIN, BLOCK_HID)
+        tl.debug_barrier()  # the taps read pixels other threads stored
     for h0 in range(h_start, h_end, BLOCK_HID):
         hc = h0 + hl
         h_mask = hc < HID
-        if EXPAND:  # the chunk's expanded window, each pixel once, into scratch
-            es = tl.load(es_ptr + hc, mask=h_mask, other=0.0)
-            eb = tl.load(eb_ptr + hc, mask=h_mask, other=0.0)
-            for q0 in range(0, WHOLE, BLOCK_P):
-                _expand_step(q0, x_base, x_ptr, we_ptr, es, eb, scratch, hc, h_mask, row0, col0,
-                             C_IN, H, W, sxc, sxh, sxw, BLOCK_P, HALO, HALO_W, ACT, DOT_FP32,
-                             PRECISION, BLOCK_CIN, BLOCK_HID)
-            if PART > 0:
-                _expand_step(WHOLE, x_base, x_ptr, we_ptr, es, eb, scratch, hc, h_mask, row0,
-                             col0, C_IN, H, W, sxc, sxh, sxw, PART, HALO, HALO_W, ACT, DOT_FP32,
-                             PRECISION, BLOCK_CIN, BLOCK_HID)
-            tl.debug_barrier()  # the taps read pixels other threads stored
         dw = tl.zeros((BLOCK_P, BLOCK_HID), tl.float32)
         for a in range(K):  # run-time loops, like the depthwise kernel's window
             for b in range(K):
                 if EXPAND:
-                    e = tl.load(scratch + (p_win + (a * HALO_W + b))[:, None] * BLOCK_HID
-                                + hl[None, :]).to(tl.float32)
+                    e = tl.load(scratch + (p_win + (a * HALO_W + b))[:, None] * SCRATCH_ROW
+                                + (hc - h_start)[None, :]).to(tl.float32)
                 else:
                     e = window_tap(x_base, rows, cols, hc, h_mask, H, W, sxc, sxh, sxw, PAD,
                                    a, b, STRIDE, 1)
                 wd = tl.load(wd_ptr + (a * K + b) * HID + hc, mask=h_mask, other=0.0)
                 dw += e * wd.to(tl.float32)[None, :]
-        if EXPAND:
-            tl.debug_barrier()  # every tap is read before the next chunk overwrites scratch
         ds = tl.load(ds_ptr + hc, mask=h_mask, other=0.0)
         db = tl.load(db_ptr + hc, mask=h_mask, other=0.0)
         d = activation(dw * ds[None, :] + db[None, :], ACT)
@@ -286,7 +314,8 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
         c_in, hidden, c_out, oh, ow, fused, x.element_size(), gpu_tiles)
     expand = b.expand_w is not None
     chunks = 1 if fused else triton.cdiv(hidden, block_hid)  # grid axis 1
-    region = scratch_region(k, stride, block_oh, block_ow, block_hid) if expand else 0
+    row = scratch_row(hidden, block_hid, fused)
+    region = scratch_region(k, stride, block_oh, block_ow, row) if expand else 0
     # Images per launch: as many as SCRATCH_BUDGET allows (at least one).
     image_bytes = tiles_hw * chunks * region * x.element_size()
     wave = max(1, min(n, SCRATCH_BUDGET // max(1, image_bytes)))
@@ -315,7 +344,7 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
                 x[n0:n0 + images], *kernel_weights, hid[n0:n0 + images], scratch, tile_sums,
                 y[n0:n0 + images],
                 c_in, hidden, c_out, h, w, oh, ow, *x.stride(), *y.stride(), pad, tiles_w,
-                tiles_hw, K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=se,
+                tiles_hw, row, K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=se,
                 RESIDUAL=residual, DOT_FP32=dot_in_fp32(x.dtype),
                 PRECISION=dot_precision(x.dtype), BLOCK_OH=block_oh, BLOCK_OW=block_ow,
                 BLOCK_CIN=block_cin, BLOCK_HID=block_hid, BLOCK_COUT=block_cout,

@@ -166,7 +166,7 @@ def _kernel_cases(full, worst):
                 wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
                 y_ptr=dt,
                 C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=28, OW=28, **strides, PAD=2,
-                TILES_W=4, TILES_HW=28), dict(
+                TILES_W=4, TILES_HW=28, SCRATCH_ROW=384 if fused else bh), dict(
                 K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=not fused,
                 RESIDUAL=fused and stride == 1, DOT_FP32=False, PRECISION=precision,
                 BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout,
@@ -203,7 +203,7 @@ def _worst_cases(dw, pw, ir, known_spills):
             x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
             wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
             y_ptr=dt, C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=56, OW=56, **aligned, PAD=3,
-            TILES_W=7, TILES_HW=49), dict(
+            TILES_W=7, TILES_HW=49, SCRATCH_ROW=384 if fused else bh), dict(
             K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=fused, POOL=not fused,
             RESIDUAL=fused, DOT_FP32=False, PRECISION="ieee", BLOCK_OH=boh, BLOCK_OW=bow,
             BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=False), \
@@ -251,7 +251,7 @@ def _worst_cases(dw, pw, ir, known_spills):
             wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
                 y_ptr=dt,
             C_IN=c, HID=hidden, C_OUT=c, H=56, W=56, OH=56, OW=56, **xy, PAD=3, TILES_W=7,
-            TILES_HW=49), dict(
+            TILES_HW=49, SCRATCH_ROW=368 if fused else bh), dict(
             K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=fused, POOL=not fused,
             RESIDUAL=fused, DOT_FP32=False, PRECISION="ieee", BLOCK_OH=boh, BLOCK_OW=bow,
             BLOCK_CIN=bcin,
