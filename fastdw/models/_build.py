@@ -9,7 +9,10 @@ from fastdw.nn.cache import CachedForward
 class MobileNet(CachedForward, nn.Module):
     """Base of fastdw's MobileNets: classifier(flatten(global_avg_pool(features(x)))). Under
     no_grad in eval mode on cpp the forward runs the model as one C++ program
-    (fastdw.models.eval_program), otherwise module by module (_forward_modules)."""
+    (fastdw.models.eval_program), otherwise module by module (_forward_modules). On a CUDA
+    device the feature maps are channels_last from the stem on: its ConvBNAct converts an NCHW
+    input once (fastdw.nn.layers.feature_layout), and every fastdw op after it gets and returns
+    channels_last."""
 
     def forward(self, x):
         return eval_forward(self, x, self._forward_modules)

@@ -18,7 +18,7 @@ from fastdw.contract import SE_GATES, BlockWeights, adds_residual, same_padding
 from fastdw.nn.cache import CachedForward, cached
 from fastdw.nn.fold import fold_bn, foldable
 from fastdw.nn.layers import (ACT_MODULES, RUN_CHILDREN, ConvBNAct, DWConvBNAct, SqueezeExcite,
-                              plain, traced_as_leaf)
+                              feature_layout, plain, traced_as_leaf)
 from fastdw.ops.checks import activation, matrix
 
 
@@ -77,6 +77,7 @@ class InvertedResidualBlock(CachedForward, nn.Module):
     def forward(self, x):
         if isinstance(x, torch.fx.Proxy):
             return traced_as_leaf(self, x)
+        x = feature_layout(x)
         bound = cached(self, self.bound_op)
         if bound is None or bound is RUN_CHILDREN or torch_internals.global_module_hooks():
             # a BN trains, or the stages do not fuse: the stages one by one, as they are

@@ -27,7 +27,7 @@ from fastdw import torch_internals
 from fastdw.nn.cache import CachedForward, cached
 from fastdw.nn.convert_match import Atom, Block, Unit, Wiring, identity_in_eval
 from fastdw.nn.layers import (RUN_CHILDREN, ConvBNAct, DWConvBNAct, SqueezeExcite,
-                              traced_as_leaf)
+                              feature_layout, traced_as_leaf)
 from fastdw.nn.blocks import InvertedResidualV3
 
 # The attribute names every nn.Module has: not copied from the original.
@@ -137,6 +137,7 @@ class FusedChain(CachedForward, nn.Module):
     def forward(self, x):
         if isinstance(x, torch.fx.Proxy):
             return traced_as_leaf(self, x)
+        x = feature_layout(x)
         if not self.training:
             steps = cached(self, self._bind)
             if (steps is not None and steps is not RUN_CHILDREN

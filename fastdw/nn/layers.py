@@ -7,6 +7,10 @@ activation, so batch statistics and running-stat updates are nn.BatchNorm2d's ow
 is in eval mode it is folded and the layer is one fused fastdw op, bound once per change of
 the layer (fastdw.ops.bind, cached under fastdw.nn.cache's stamp). A layer whose children are not
 what the fused op computes, or carry hooks, runs them as they are (children_fuse).
+
+On a CUDA device the fused modules (these, the inverted-residual blocks, convert's FusedChain)
+compute channels_last: an NCHW input is converted by the first of them (feature_layout), and
+their outputs are channels_last. On the CPU every layout stays as it is.
 """
 import torch
 import torch.nn.functional as F
@@ -34,6 +38,30 @@ def symmetric_conv(conv: nn.Conv2d) -> bool:
     pairs = (conv.kernel_size, conv.stride, conv.padding, conv.dilation)
     return (all(isinstance(p, tuple) and len(set(p)) == 1 for p in pairs)
             and conv.padding_mode == "zeros" and conv.bias is None)
+
+
+def computes_channels_last(x) -> bool:
+    """Whether fastdw's modules compute on tensor x in channels_last: on a CUDA device. There the
+    cuda backend's 1x1 and block kernels take channels_last only (an NCHW call runs on
+    reference), and the Triton 1x1 kernel reads an NCHW input's channels a whole image apart:
+    its A tile is scalar loads (2-byte ld.global for fp16, 4-byte cp.async for fp32) where a
+    channels_last row is 16-byte cp.async vectors (sm_80/sm_90 PTX; pwconv_bn_act.py). On the
+    CPU every layout stays as it is."""
+    return x.is_cuda
+
+
+def feature_layout(x):
+    """x in the layout fastdw's modules compute in (computes_channels_last): a 4-D CUDA
+    feature map as channels_last, anything else as it is. Every fused module (ConvBNAct, the
+    inverted-residual blocks, convert's FusedChain) passes its input through it, so in a model
+    an NCHW input is converted once, by the first of them (the stem), and every fastdw op after
+    it gets channels_last (an op's output keeps its input's layout:
+    fastdw.contract.output_memory_format); later calls find it channels_last and copy nothing.
+    So on CUDA these modules return channels_last whatever the input's layout."""
+    if (isinstance(x, torch.Tensor) and computes_channels_last(x) and x.dim() == 4
+            and not x.is_contiguous(memory_format=torch.channels_last)):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def traced_as_leaf(module, x):
@@ -130,6 +158,7 @@ class ConvBNAct(CachedForward, nn.Sequential):
     def forward(self, x):
         if isinstance(x, torch.fx.Proxy):
             return traced_as_leaf(self, x)
+        x = feature_layout(x)
         folded = cached(self, self._folded)
         if folded is RUN_CHILDREN or torch_internals.global_module_hooks():
             return nn.Sequential.forward(self, x)

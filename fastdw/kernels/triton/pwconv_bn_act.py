@@ -15,6 +15,12 @@ back by the constexprs, which tells the compiler they are multiples of VEC_K / V
 channels_last tensors the A tile, weight and gate rows load as vectors of VEC_K channels, the
 residual loads and y stores as vectors of VEC_N. (NCHW: channels are not contiguous, VEC is 1.)
 
+NCHW inputs run, but slowly: the A tile's channels are a whole image apart and the compiler
+cannot prove a pixel row contiguous through the flat index's division by W, so it loads
+scalars (2-byte ld.global per element in fp16, 4-byte cp.async in fp32, sm_80/sm_90 PTX) and
+stores y scalar by scalar. fastdw's modules therefore compute channels_last on CUDA (one
+conversion at a model's stem: fastdw.nn.layers.feature_layout).
+
 The flat pixel index is int32: a batch of more pixels launches in groups of whole images, and an
 image of more goes to reference (handled). Offsets within an image are int32 unless an image of
 a tensor reaches 2**31 elements (INT64: the strides, and so every offset, become int64).
