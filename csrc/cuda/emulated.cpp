@@ -15,6 +15,7 @@
 #include "emulator/selftest.h"
 #include "inverted_residual.cuh"
 #include "ops.h"
+#include "pwconv_backward.cuh"
 #include "pwconv_bn_act.cuh"
 
 namespace {

@@ -297,20 +297,29 @@ inline PwCall check_pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight,
   return {x, weight, scale, shift, residual, Cout, parse_act(act)};
 }
 
+// The GEMM's parameters for x, w, scale, shift (and residual, y where given) of a call.
 template <typename T>
-void launch_pwconv(const PwCall& a, const at::Tensor& x, const at::Tensor& w,
-                   const at::Tensor& scale, const at::Tensor& shift, const at::Tensor* residual,
-                   at::Tensor& y, Stream stream) {
+PwParams<T> pw_params(const PwCall& a, const at::Tensor& x, const at::Tensor& w,
+                      const at::Tensor& scale, const at::Tensor& shift,
+                      const at::Tensor* residual, at::Tensor* y) {
   PwParams<T> p{
       .x = reinterpret_cast<const T*>(x.const_data_ptr()),
       .w = reinterpret_cast<const T*>(w.const_data_ptr()),
       .scale = scale.const_data_ptr<float>(), .shift = shift.const_data_ptr<float>(),
       .residual = residual ? reinterpret_cast<const T*>(residual->const_data_ptr()) : nullptr,
-      .y = reinterpret_cast<T*>(y.mutable_data_ptr()),
+      .y = y ? reinterpret_cast<T*>(y->mutable_data_ptr()) : nullptr,
       .M = x.size(0) * x.size(2) * x.size(3), .K = x.size(1), .Cout = a.Cout,
       .ldx = x.size(1), .ldr = a.Cout, .ldy = a.Cout, .act = a.act, .mma = false};
   // cp.async copies 16 bytes: every row of x and w must start on a 16-byte boundary.
   p.mma = !std::is_same_v<T, float> && p.K % 8 == 0 && aligned16(p.x) && aligned16(p.w);
+  return p;
+}
+
+template <typename T>
+void launch_pwconv(const PwCall& a, const at::Tensor& x, const at::Tensor& w,
+                   const at::Tensor& scale, const at::Tensor& shift, const at::Tensor* residual,
+                   at::Tensor& y, Stream stream) {
+  const PwParams<T> p = pw_params<T>(a, x, w, scale, shift, residual, &y);
   checked_launch([&] { launch_pwconv_bn_act(p, stream); });
 }
 
@@ -332,6 +341,58 @@ inline at::Tensor run_pwconv_bn_act(const PwCall& a, Stream stream) {
     default: launch_pwconv<__nv_bfloat16>(a, x, w, scale, shift, r, y, stream);
   }
   return y;
+}
+
+// grad: the incoming gradient of a checked call's y (without a residual: its gradient is grad).
+inline void check_pwconv_grad(const PwCall& a, const at::Tensor& grad, const Target& target) {
+  const at::Tensor& x = a.x;
+  check_tensor(grad, "grad", target, &x);
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "grad must have x's dtype ",
+              x.scalar_type(), ", got ", grad.scalar_type());
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef({x.size(0), a.Cout, x.size(2), x.size(3)}),
+              "grad must have y's shape (", x.size(0), ", ", a.Cout, ", ", x.size(2), ", ",
+              x.size(3), "), got ", grad.sizes());
+}
+
+// The gradients of pwconv_bn_act's x (x's dtype, channels_last), weight (C_out, C_in), scale
+// and shift (float32) for the incoming gradient `grad` of y (the math is above the kernels in
+// csrc/cuda/pwconv_backward.cuh), on the device of a checked call and its checked grad.
+inline std::vector<at::Tensor> run_pwconv_bn_act_backward(const PwCall& a, const at::Tensor& grad,
+                                                          Stream stream) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = a.x.contiguous(cl), g = grad.contiguous(cl);
+  const int64_t K = x.size(1), M = x.size(0) * x.size(2) * x.size(3);
+  const at::Tensor w = a.weight.reshape({a.Cout, K}).contiguous();
+  const at::Tensor scale = a.scale.to(at::kFloat).contiguous();
+  const at::Tensor shift = a.shift.to(at::kFloat).contiguous();
+  const auto f32 = x.options().dtype(at::kFloat);
+  const at::Tensor wt = (w.to(at::kFloat) * scale.unsqueeze(1)).t().contiguous();
+  const at::Tensor ones = at::ones({K}, f32), zeros = at::zeros({K}, f32);
+  const at::Tensor gz = at::empty({M, a.Cout}, f32), u = at::empty({M, a.Cout}, f32);
+  at::Tensor gx = at::empty(x.sizes(), f32.memory_format(cl));
+  const int64_t slices = (M + kPwBackSlice - 1) / kPwBackSlice;
+  const at::Tensor partial = at::empty({slices, K + 2, a.Cout}, f32);
+  at::Tensor gw = at::empty({K, a.Cout}, f32), gscale = at::empty({a.Cout}, f32),
+             gshift = at::empty({a.Cout}, f32);
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    PwParams<T> f = pw_params<T>(a, x, w, scale, shift, nullptr, nullptr);
+    f.grad = reinterpret_cast<const T*>(g.const_data_ptr());
+    f.gz = gz.mutable_data_ptr<float>();
+    f.u = u.mutable_data_ptr<float>();
+    const PwBackParams<T> p{
+        .f = f, .wt = wt.const_data_ptr<float>(), .ones = ones.const_data_ptr<float>(),
+        .zeros = zeros.const_data_ptr<float>(), .gx = gx.mutable_data_ptr<float>(),
+        .partial = partial.mutable_data_ptr<float>(), .gw = gw.mutable_data_ptr<float>(),
+        .gscale = gscale.mutable_data_ptr<float>(), .gshift = gshift.mutable_data_ptr<float>()};
+    checked_launch([&] { launch_pwconv_bn_act_backward(p, stream); });
+  };
+  switch (x.scalar_type()) {
+    case at::kFloat: run(float{}); break;
+    case at::kHalf: run(__half{}); break;
+    default: run(__nv_bfloat16{});
+  }
+  return {gx.to(x.scalar_type()), gw.t().contiguous(), gscale, gshift};
 }
 
 // inverted_residual: a checked call. The weights list is unpacked in the order of

@@ -4,6 +4,7 @@
 #include "dwconv_backward.cuh"
 #include "dwconv_bn_act.cuh"
 #include "inverted_residual.cuh"
+#include "pwconv_backward.cuh"
 #include "pwconv_bn_act.cuh"
 
 namespace fastdw_cuda {
@@ -21,6 +22,10 @@ template void launch_dwconv_bn_act_backward<__nv_bfloat16>(const DwBackParams<__
 template void launch_pwconv_bn_act<float>(const PwParams<float>&, Stream);
 template void launch_pwconv_bn_act<__half>(const PwParams<__half>&, Stream);
 template void launch_pwconv_bn_act<__nv_bfloat16>(const PwParams<__nv_bfloat16>&, Stream);
+template void launch_pwconv_bn_act_backward<float>(const PwBackParams<float>&, Stream);
+template void launch_pwconv_bn_act_backward<__half>(const PwBackParams<__half>&, Stream);
+template void launch_pwconv_bn_act_backward<__nv_bfloat16>(const PwBackParams<__nv_bfloat16>&,
+                                                           Stream);
 template bool launch_inverted_residual<float>(const IrParams<float>&, Stream);
 template bool launch_inverted_residual<__half>(const IrParams<__half>&, Stream);
 template bool launch_inverted_residual<__nv_bfloat16>(const IrParams<__nv_bfloat16>&, Stream);

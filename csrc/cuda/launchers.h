@@ -62,10 +62,34 @@ struct PwParams {
   int64_t M, K, Cout, ldx, ldr, ldy;  // in elements
   int act;
   bool mma;  // fp16/bf16 with K % 8 == 0 and 16-byte aligned rows: the tensor-core kernel
+  // The backward's recompute (csrc/cuda/pwconv_backward.cuh): with grad set, the kernels write
+  // u = sum_k x w and gz = grad act'(u scale + shift), both (M, Cout) contiguous, instead of y.
+  const T* grad = nullptr;  // (M, Cout) contiguous
+  float* gz = nullptr;
+  float* u = nullptr;
 };
 
 template <typename T>
 void launch_pwconv_bn_act(const PwParams<T>& p, Stream stream);
+
+// pwconv_bn_act backward (csrc/cuda/pwconv_backward.cuh): with the forward's PwParams (x, w,
+// scale, shift, shapes, act; grad, gz, u set; y unused) and fp32 scratch, it writes the
+// gradients of x, w (transposed), scale and shift in fp32.
+template <typename T>
+struct PwBackParams {
+  PwParams<T> f;
+  const float* wt;        // (K, Cout) contiguous: scale[n] w[n, k] at k*Cout + n
+  const float *ones, *zeros;  // (K,): the grad-x GEMM's epilogue
+  float* gx;              // (M, K) contiguous
+  float* partial;         // scratch (slices, K + 2, Cout): per slice of kPwBackSlice pixels, the
+                          // sums of gw (transposed), gscale, gshift in that order
+  float *gw, *gscale, *gshift;  // (K, Cout), (Cout,), (Cout,)
+};
+
+template <typename T>
+void launch_pwconv_bn_act_backward(const PwBackParams<T>& p, Stream stream);
+
+inline constexpr int kPwBackSlice = 256;
 
 // inverted_residual forward on channels_last tensors, one fused kernel
 // (csrc/cuda/inverted_residual.cuh). The expand is absent where ew is null (hidden == Cin).

@@ -53,6 +53,20 @@ struct Ops {
                        [&](Stream stream) { return run_pwconv_bn_act(call, stream); });
   }
 
+  static std::vector<at::Tensor> pwconv_bn_act_backward(const at::Tensor& grad,
+                                                        const at::Tensor& x,
+                                                        const at::Tensor& weight,
+                                                        const at::Tensor& scale,
+                                                        const at::Tensor& shift,
+                                                        c10::string_view act) {
+    const auto call = check_pwconv_bn_act(x, weight, scale, shift, act, c10::nullopt,
+                                          Policy::target);
+    check_pwconv_grad(call, grad, Policy::target);
+    return Policy::run("pwconv_bn_act_backward", x, [&](Stream stream) {
+      return run_pwconv_bn_act_backward(call, grad, stream);
+    });
+  }
+
   static at::Tensor inverted_residual(const at::Tensor& x,
                                       const c10::List<std::optional<at::Tensor>>& weights,
                                       int64_t stride, c10::string_view act, bool residual,
@@ -73,6 +87,8 @@ inline void define_ops(torch::Library& m) {
         "Tensor shift, int stride, int padding, int dilation, str act) -> Tensor[]");
   m.def("pwconv_bn_act(Tensor x, Tensor weight, Tensor scale, Tensor shift, str act, "
         "Tensor? residual) -> Tensor");
+  m.def("pwconv_bn_act_backward(Tensor grad, Tensor x, Tensor weight, Tensor scale, "
+        "Tensor shift, str act) -> Tensor[]");
   m.def("inverted_residual(Tensor x, Tensor?[] weights, int stride, str act, bool residual, "
         "str se_act=\"relu\", str se_gate=\"hardsigmoid\") -> Tensor");
 }
@@ -83,6 +99,7 @@ void impl_ops(torch::Library& m) {
   m.impl("dwconv_bn_act", &Ops<Policy>::dwconv_bn_act);
   m.impl("dwconv_bn_act_backward", &Ops<Policy>::dwconv_bn_act_backward);
   m.impl("pwconv_bn_act", &Ops<Policy>::pwconv_bn_act);
+  m.impl("pwconv_bn_act_backward", &Ops<Policy>::pwconv_bn_act_backward);
   m.impl("inverted_residual", &Ops<Policy>::inverted_residual);
 }
 

@@ -22,10 +22,17 @@
 
 namespace fastdw_cuda {
 
-// The epilogue of output (m, n): scale, shift, activation, residual, one rounding to T.
+// The epilogue of output (m, n): scale, shift, activation, residual, one rounding to T; or, in
+// the backward's recompute (p.grad set), u and gz in fp32.
 template <typename T>
 FASTDW_DEVICE void pw_store(const PwParams<T>& p, int64_t m, int64_t n, float acc) {
   if (m >= p.M || n >= p.Cout) return;
+  if (p.grad != nullptr) {
+    const int64_t e = m * p.Cout + n;
+    p.u[e] = acc;
+    p.gz[e] = activate_grad(to_float(p.grad[e]), fmaf(acc, p.scale[n], p.shift[n]), p.act);
+    return;
+  }
   float v = activate(fmaf(acc, p.scale[n], p.shift[n]), p.act);
   if (p.residual != nullptr) v += to_float(p.residual[m * p.ldr + n]);
   p.y[m * p.ldy + n] = from_float<T>(v);
@@ -36,6 +43,25 @@ FASTDW_DEVICE void pw_store(const PwParams<T>& p, int64_t m, int64_t n, float ac
 // transposed ([k][m], [k][n]) so that a thread's four rows (columns) are one broadcast read;
 // elements past M, C_out or K read as 0. Each output sums its products in k order with fmaf.
 inline constexpr int kFfmaTile = 64, kFfmaK = 16, kFfmaThreads = 256;
+
+// One chunk of the FFMA tile product: acc[i][j] += a[q][4 ty + i] b[q][4 tx + j] for the
+// kFfmaK rows q of two [q][kFfmaTile] fp32 tiles in shared memory, in q order with fmaf (the
+// backward's weight tiles, csrc/cuda/pwconv_backward.cuh, use it too).
+FASTDW_DEVICE void ffma_chunk(const SharedPtr<float>& as, const SharedPtr<float>& bs, int ty,
+                              int tx, float (&acc)[4][4]) {
+#pragma unroll 4
+  for (int q = 0; q < kFfmaK; ++q) {
+    float a[4], b[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[i] = as[q * kFfmaTile + ty * 4 + i];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) b[j] = bs[q * kFfmaTile + tx * 4 + j];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+  }
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kFfmaThreads) pwconv_bn_act_ffma(const PwParams<T> p) {
@@ -59,18 +85,7 @@ __global__ void __launch_bounds__(kFfmaThreads) pwconv_bn_act_ffma(const PwParam
       ws[(lk + e) * kFfmaTile + lr] = n < p.Cout && k < p.K ? to_float(p.w[n * p.K + k]) : 0.f;
     }
     __syncthreads();
-#pragma unroll 4
-    for (int k = 0; k < kFfmaK; ++k) {
-      float a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = xs[k * kFfmaTile + ty * 4 + i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = ws[k * kFfmaTile + tx * 4 + j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-    }
+    ffma_chunk(xs, ws, ty, tx, acc);
     __syncthreads();
   }
 #pragma unroll

@@ -39,13 +39,14 @@ COVERAGE = ("dwconv_bn_act forward is a CUDA kernel for float32/float16/bfloat16
             "channels_last and NCHW (any other layout through the NCHW kernel; an NCHW window "
             "over 48 KB of shared memory as a channels_last copy), channel multipliers "
             "included; its backward is CUDA kernels for channel multiplier 1 (an NCHW input "
-            "as a channels_last copy). pwconv_bn_act and inverted_residual are CUDA kernels "
-            "for channels_last float32/float16/bfloat16 inputs (the 1x1 GEMMs on tensor cores "
-            "for float16/bfloat16); inverted_residual is one fused kernel (two with a "
-            "squeeze-excite) where its depthwise window fits the GPU's shared memory, else the "
-            "pwconv/dwconv kernels up to the depthwise; every other call (float64, the "
-            "backward of pwconv_bn_act and inverted_residual, dwconv_bn_act's backward with a "
-            "channel multiplier) runs on reference")
+            "as a channels_last copy). pwconv_bn_act (forward and backward) and "
+            "inverted_residual are CUDA kernels for channels_last float32/float16/bfloat16 "
+            "inputs (the forward 1x1 GEMMs on tensor cores for float16/bfloat16, the "
+            "backward's gradient GEMMs in float32); inverted_residual is one fused kernel (two "
+            "with a squeeze-excite) where its depthwise window fits the GPU's shared memory, "
+            "else the pwconv/dwconv kernels up to the depthwise; every other call (float64, "
+            "NCHW pwconv_bn_act and inverted_residual, inverted_residual's backward, "
+            "dwconv_bn_act's backward with a channel multiplier) runs on reference")
 NOTES = f"CUDA kernels run through fastdw's CUDA emulator on CPU tensors; {COVERAGE}"
 
 
@@ -168,6 +169,14 @@ def pwconv_bn_act(x, weight, scale, shift, act, residual):
         return reference.pwconv_bn_act(x, weight, scale, shift, act, residual)
     y = _ops(x).pwconv_bn_act(x, weight, scale, shift, act, residual)
     return y.contiguous(memory_format=output_memory_format(x))
+
+
+def pwconv_bn_act_backward(grad, x, weight, scale, shift, act):
+    if (x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or x.numel() == 0
+            or (x.stride(1) != 1 and x.shape[1] != 1) or grad.dtype != x.dtype):
+        return reference.pwconv_bn_act_backward(grad, x, weight, scale, shift, act)
+    gx, *rest = _ops(x).pwconv_bn_act_backward(grad, x, weight, scale, shift, act)
+    return [gx.contiguous(memory_format=output_memory_format(x)), *rest]
 
 
 def inverted_residual(x, weights, stride, act, residual, se_act, se_gate):

@@ -41,6 +41,9 @@ DEPTHWISE = [f"I{code}Li{k}ELi{s}EE" for code in DTYPES.values()
 #  * dwconv backward (csrc/cuda/dwconv_backward.cuh): 256 threads each; dw_backward_z recomputes
 #    the conv with 64-bit pixel indices and the activation's derivative, 96 registers (2 blocks
 #    resident); the input, weight and slice-sum kernels are budgeted as dwconv.
+#  * pwconv backward (csrc/cuda/pwconv_backward.cuh): 256 threads each; pw_backward_weight is
+#    the FFMA GEMM's tile (a 4 x 4 accumulator a thread) and pw_backward_bn a per-channel sum,
+#    budgeted as dwconv.
 KERNELS = {
     "dwconv_bn_act_nhwc": (DEPTHWISE, 256, 64, 0.5),
     "dwconv_bn_act_nchw": (DEPTHWISE, 256, 64, 0.5),
@@ -54,6 +57,8 @@ KERNELS = {
     "dw_backward_input": ([f"I{code}E" for code in DTYPES.values()], 256, 64, 0.5),
     "dw_backward_weight": ([f"I{code}E" for code in DTYPES.values()], 256, 64, 0.5),
     "dw_backward_sum": ([""], 256, 64, 0.5),
+    "pw_backward_bn": ([""], 256, 64, 0.5),
+    "pw_backward_weight": ([f"I{code}E" for code in DTYPES.values()], 256, 64, 0.5),
 }
 
 
