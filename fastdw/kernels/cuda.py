@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from fastdw.contract import output_memory_format
+from fastdw.contract import BlockWeights, output_memory_format, same_padding
 from fastdw.kernels import cpp_build, reference
 
 EMULATE_SWITCH = "FASTDW_CUDA_EMULATE"
@@ -44,9 +44,11 @@ COVERAGE = ("dwconv_bn_act forward is a CUDA kernel for float32/float16/bfloat16
             "inputs (the forward 1x1 GEMMs on tensor cores for float16/bfloat16, the "
             "backward's gradient GEMMs in float32); inverted_residual is one fused kernel (two "
             "with a squeeze-excite) where its depthwise window fits the GPU's shared memory, "
-            "else the pwconv/dwconv kernels up to the depthwise; every other call (float64, "
-            "NCHW pwconv_bn_act and inverted_residual, inverted_residual's backward, "
-            "dwconv_bn_act's backward with a channel multiplier) runs on reference")
+            "else the pwconv/dwconv kernels up to the depthwise, and its backward without a "
+            "squeeze-excite is the pwconv/dwconv forward and backward kernels stage by stage "
+            "in float32; every other call (float64, NCHW pwconv_bn_act and inverted_residual, "
+            "a squeeze-excite block's backward, dwconv_bn_act's backward with a channel "
+            "multiplier) runs on reference")
 NOTES = f"CUDA kernels run through fastdw's CUDA emulator on CPU tensors; {COVERAGE}"
 
 
@@ -185,3 +187,38 @@ def inverted_residual(x, weights, stride, act, residual, se_act, se_gate):
         return reference.inverted_residual(x, weights, stride, act, residual, se_act, se_gate)
     y = _ops(x).inverted_residual(x, list(weights), stride, act, residual, se_act, se_gate)
     return y.contiguous(memory_format=output_memory_format(x))
+
+
+def inverted_residual_backward(grad, x, weights, stride, act, residual, se_act, se_gate):
+    """The block's gradients from the building blocks' kernels, as reference's
+    inverted_residual_backward composes them from stock ops: the forward recomputed stage by
+    stage (expand, depthwise), then each stage's backward in reverse (project, depthwise,
+    expand), all in float32 as reference computes (the kernels' float32 instantiations), the
+    gradients cast back by the op. A block with a squeeze-excite runs on reference."""
+    w = weights
+    if (x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or x.numel() == 0
+            or (x.stride(1) != 1 and x.shape[1] != 1) or w.se_w1 is not None):
+        return reference.inverted_residual_backward(grad, x, weights, stride, act, residual,
+                                                    se_act, se_gate)
+    ops = _ops(x)
+    w = BlockWeights(*(None if t is None else t.float() for t in w))
+    x32 = x.float().contiguous(memory_format=torch.channels_last)
+    g = grad.float().contiguous(memory_format=torch.channels_last)
+    pad = same_padding(w.dw_w.shape[-1])
+    expanded = (x32 if w.expand_w is None else
+                ops.pwconv_bn_act(x32, w.expand_w, w.expand_scale, w.expand_shift, act, None))
+    dw_out = ops.dwconv_bn_act(expanded, w.dw_w, w.dw_scale, w.dw_shift, stride, pad, 1, act)
+    grads = {}
+    g_h, *grads_project = ops.pwconv_bn_act_backward(g, dw_out, w.project_w, w.project_scale,
+                                                     w.project_shift, "none")
+    grads.update(zip(("project_w", "project_scale", "project_shift"), grads_project))
+    g_h, *grads_dw = ops.dwconv_bn_act_backward(g_h, expanded, w.dw_w, w.dw_scale, w.dw_shift,
+                                                stride, pad, 1, act)
+    grads.update(zip(("dw_w", "dw_scale", "dw_shift"), grads_dw))
+    if w.expand_w is not None:
+        g_h, *grads_expand = ops.pwconv_bn_act_backward(g_h, x32, w.expand_w, w.expand_scale,
+                                                        w.expand_shift, act)
+        grads.update(zip(("expand_w", "expand_scale", "expand_shift"), grads_expand))
+    grad_x = g_h + g if residual else g_h
+    return (grad_x.to(x.dtype).contiguous(memory_format=output_memory_format(x)),
+            BlockWeights(**{name: grads.get(name) for name in BlockWeights._fields}))
