@@ -41,7 +41,7 @@ pytestmark = pytest.mark.usefixtures("poisoned")  # outputs and scratch start as
 class Launch(NamedTuple):
     kernel: str
     grid: tuple
-    meta: dict  # the BLOCK_* constexprs, PROJECT, PRECISION, VEC, num_warps and maxnreg
+    meta: dict  # the BLOCK_* and VEC* constexprs, PROJECT, PRECISION, num_warps and maxnreg
 
 
 @pytest.fixture
@@ -53,8 +53,8 @@ def launches(monkeypatch):
 
     def recording(self, *args, grid, warmup, **kwargs):
         meta = {k: v for k, v in kwargs.items()
-                if k.startswith("BLOCK_") or k in ("PROJECT", "PRECISION", "VEC", "num_warps",
-                                                        "maxnreg")}
+                if k.startswith("BLOCK_") or k.startswith("VEC")
+                or k in ("PROJECT", "PRECISION", "num_warps", "maxnreg")}
         seen.append(Launch(self.__name__, tuple(grid), meta))
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
@@ -417,3 +417,29 @@ def test_fused_block_reads_its_x_window_once(dtype, c_in, c_out, k, stride, laun
                    - max(t * 8 * stride - (k - 1) // 2, 0)) for t in range(2)]] * 2
     pixels = sum(np.outer(*window).flat)  # the 2x2 tiles' windows, inside the image
     assert sum(read) == c_in * (pixels + (10 * 10 if residual else 0))
+
+
+@pytest.mark.parametrize("layout,vec", [("channels_last", 8), ("nchw", 1)])
+def test_block_vector_width_and_padded_hidden(layout, vec, launches, monkeypatch):
+    """C 24 (V2's narrow blocks): the block kernel takes the ints / VEC = 8 on channels_last
+    (vector loads and stores where C % 16 != 0), 1 on NCHW; split, the hidden tensor's pixels
+    are padded from 40 to 48 channels with zeros, so the 1x1 GEMM reads K = 48 (a multiple of
+    16: its VEC_K is 1, the aligned kernel) in vectors; fused and split match the oracle."""
+    handed = []
+    project = ir.pw_forward
+
+    def recording(hidden, weight, *args, **kwargs):
+        handed.append((hidden.clone(), hidden.stride(), weight.shape))
+        return project(hidden, weight, *args, **kwargs)
+
+    monkeypatch.setattr(ir, "pw_forward", recording)
+    for sms in (None, 132):  # fused off a GPU; split on 132 SMs (4 programs)
+        monkeypatch.setattr(ir, "multiprocessors", lambda device: sms)
+        run_block(24, 40, 24, 3, 1, "relu6", False, torch.float16, 1, 10, 10, layout, launches)
+    assert [launch.kernel for launch in launches] == ["ir_kernel", "ir_kernel", "pw_kernel"]
+    assert [launch.meta["VEC"] for launch in launches[:2]] == [vec, vec]
+    (hidden, strides, weight_shape), = handed
+    assert hidden.shape == (1, 48, 10, 10) and strides[1] == 1 and strides[3] == 48
+    assert weight_shape == (24, 48)
+    assert hidden[:, 40:].eq(0).all() and not hidden[:, :40].eq(0).all()
+    assert launches[2].meta["VEC_K"] == 1

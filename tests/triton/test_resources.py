@@ -59,6 +59,17 @@ def test_no_spills_and_shared_memory_within_limits():
     for dt in ("fp32", "fp16", "bf16"):
         assert any(c.startswith(f"fused {dt} ") and c.endswith(" k7 s1 silu c64")
                    for k, c, *_ in rows), dt
+    # The block kernel on 120 channels (C % 16 != 0: VEC 8) loads every x, weight and per-channel
+    # vector as a vector in fp16/bf16 (1 of 101-151 loads before VEC), and fits two 8-warp blocks
+    # per SM (209-221 registers, one block, before).
+    ir_c120 = [line.split() for line in done.stdout.splitlines()
+               if line.startswith("ir_kernel ") and " c120 " in f"{line} "
+               and (" fp16 " in line or " bf16 " in line)]
+    assert ir_c120
+    for words in ir_c120:
+        arch = next(i for i, word in enumerate(words) if word.startswith("sm_"))
+        vector, loads = words[arch + 8].split("/")
+        assert vector == loads and int(words[arch + 6]) >= 2, words
     # fp32 with TF32 allowed (an opt-in) multiplies on the tensor cores as tf32 (the check fails
     # a row whose mma differs), in both tl.dot kernels on both archs.
     tf32 = {(kernel, arch) for kernel, config, arch, mma, *_ in rows

@@ -71,6 +71,16 @@ def vector_width(*ints):
     return vec
 
 
+def vectorised(args, names):
+    """(args with the ints `names` divided by VEC, VEC) for a kernel taking a VEC constexpr and
+    those ints / VEC: VEC = vector_width of them, or 1 when that is 16, since Triton's own
+    specialisation already marks an int that is a multiple of 16 and passing them whole keeps
+    the aligned kernels' code as it was."""
+    vec = vector_width(*(args[name] for name in names))
+    vec = 1 if vec == 16 else vec
+    return dict(args, **{name: args[name] // vec for name in names}), vec
+
+
 def row_strides(*tensors):
     """The row and column strides of these (N, C, H, W) tensors (what VEC must divide)."""
     return [s for t in tensors for s in t.stride()[2:]]

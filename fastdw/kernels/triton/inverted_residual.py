@@ -40,7 +40,8 @@ from fastdw.contract import (ACTIVATIONS, SE_GATES, conv_output_size, output_mem
                              same_padding)
 from fastdw.kernels.triton._shared import (activation, as_offset, dot_operand, dot_precision,
                                            interpreting, maxnreg, multiprocessors,
-                                           needs_int64, on_device_of, tap_major)
+                                           needs_int64, on_device_of, tap_major, vec_int,
+                                           vectorised)
 from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
 from fastdw.kernels.triton.pwconv_bn_act import (dot_in_fp32, forward as pw_forward,
                                                   handled as pw_handled)
@@ -57,6 +58,10 @@ GPU_MAX_BLOCK_CIN = {4: 32, 2: 64}  # by element size
 # whole images that reuse the same scratch, so it stays in L2 (40 MB on A100, 50 MB on H100)
 # and is not written back to DRAM.
 SCRATCH_BUDGET = 8 << 20
+# The ints ir_kernel takes divided by its VEC (_shared.vectorised): channel counts, and the image,
+# row and column strides of x and y; with VEC >= 8 a channels_last x or y whose channels are not
+# a multiple of 16 (V2's 24, V3's 40, 72, 120, ...) is loaded and stored in vectors.
+VEC_ARGS = ("C_IN", "HID", "C_OUT", "sxn", "sxh", "sxw", "syn", "syh", "syw")
 
 
 def _block(channels, cap):
@@ -178,18 +183,21 @@ def ir_kernel(
     we_ptr, es_ptr, eb_ptr,    # expand weight (HID, C_IN) contiguous, scale, shift (fp32)
     wd_ptr, ds_ptr, db_ptr,    # depthwise weight tap-major (K*K, HID) contiguous, scale, shift
     wp_ptr, ps_ptr, pb_ptr,    # project weight (C_OUT, HID) contiguous, scale, shift
-    hid_ptr,                   # out when not PROJECT: hidden (N, OH, OW, HID), x's dtype
+    hid_ptr,                   # out when not PROJECT: hidden (N, OH, OW, HID_ROW), x's dtype,
+                               # channels HID..HID_ROW written as 0
     scratch_ptr,               # with EXPAND: the expand scratch (programs, REGION), x's dtype,
                                # program = pid0 * programs(1) + pid1; REGION = window rows x
                                # SCRATCH_ROW
     pool_ptr,                  # out with POOL: (N * TILES_HW, HID) fp32 per-tile sums
     y_ptr,                     # out when PROJECT: (N, C_OUT, OH, OW), any strides
-    C_IN, HID, C_OUT, H, W, OH, OW,
-    sxn, sxc, sxh, sxw,        # strides of x
-    syn, syc, syh, syw,        # strides of y
+    C_IN, HID, C_OUT, H, W, OH, OW,  # C_IN, HID, C_OUT / VEC
+    sxn, sxc, sxh, sxw,        # strides of x (sxn, sxh, sxw / VEC)
+    syn, syc, syh, syw,        # strides of y (syn, syh, syw / VEC); not PROJECT: unused
     PAD, TILES_W, TILES_HW,    # padding (K-1)//2; output tiles per tile row / per image
     SCRATCH_ROW,               # scratch columns per window pixel: the hidden channels this
                                # program expands (PROJECT: all, rounded up to BLOCK_HID)
+    HID_ROW,                   # (not PROJECT) the hidden tensor's pixel stride: HID rounded up
+                               # to BLOCK_HID, a multiple of 16 for the 1x1 GEMM's vector loads
     K: tl.constexpr, STRIDE: tl.constexpr, ACT: tl.constexpr,
     EXPAND: tl.constexpr,      # the block has an expand 1x1 stage
     PROJECT: tl.constexpr,     # fused: project into y; else write the hidden tensor
@@ -202,9 +210,12 @@ def ir_kernel(
     BLOCK_HID: tl.constexpr,   # hidden channels per chunk
     BLOCK_COUT: tl.constexpr,  # (PROJECT) all output channels, padded to a power of 2
     INT64: tl.constexpr,       # offsets within an image of x or y in int64 (>= 2**31 elements)
+    VEC: tl.constexpr,         # the ints marked / VEC are multiples of VEC (vectorised)
 ):
-    sxc, sxh, sxw = as_offset(sxc, INT64), as_offset(sxh, INT64), as_offset(sxw, INT64)
-    syc, syh, syw = as_offset(syc, INT64), as_offset(syh, INT64), as_offset(syw, INT64)
+    C_IN, HID, C_OUT = C_IN * VEC, HID * VEC, C_OUT * VEC
+    sxn, syn = vec_int(sxn, VEC, True), vec_int(syn, VEC, True)
+    sxc, sxh, sxw = as_offset(sxc, INT64), vec_int(sxh, VEC, INT64), vec_int(sxw, VEC, INT64)
+    syc, syh, syw = as_offset(syc, INT64), vec_int(syh, VEC, INT64), vec_int(syw, VEC, INT64)
     BLOCK_P: tl.constexpr = BLOCK_OH * BLOCK_OW
     HALO_W: tl.constexpr = (BLOCK_OW - 1) * STRIDE + K
     HALO: tl.constexpr = ((BLOCK_OH - 1) * STRIDE + K) * HALO_W
@@ -272,8 +283,9 @@ def ir_kernel(
                          input_precision=PRECISION)
         else:
             pix = (n.to(tl.int64) * OH + rows) * OW + cols
-            tl.store(hid_ptr + pix[:, None] * HID + hc[None, :], d.to(hid_ptr.dtype.element_ty),
-                     mask=out[:, None] & h_mask[None, :])
+            d = tl.where(h_mask[None, :], d, 0.0)  # the padding channels: 0
+            tl.store(hid_ptr + pix[:, None] * HID_ROW + hc[None, :],
+                     d.to(hid_ptr.dtype.element_ty), mask=out[:, None] & (hc < HID_ROW)[None, :])
             if POOL:
                 pooled = tl.sum(tl.where(out[:, None], d, 0.0), axis=0)
                 tl.store(pool_ptr + pid.to(tl.int64) * HID + hc, pooled, mask=h_mask)
@@ -322,12 +334,15 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
     scratch = torch.empty(wave * tiles_hw * chunks * region or 1, dtype=x.dtype, device=x.device)
     tile_sums = torch.empty(wave * tiles_hw * hidden if se else 1, dtype=torch.float32,
                             device=x.device)
+    # The split path's hidden tensor: NHWC, each pixel's channels padded with zeros to a
+    # multiple of BLOCK_HID (16), so the 1x1 GEMM reads it in vectors with K a multiple of 16.
+    hid_row = scratch_row(hidden, block_hid, True)
     if fused:
         y = torch.empty((n, c_out, oh, ow), dtype=x.dtype, device=x.device,
                         memory_format=output_memory_format(x))
         hid = y  # not touched by the fused kernel
     else:
-        hid = torch.empty((n, oh, ow, hidden), dtype=x.dtype, device=x.device)
+        hid = torch.empty((n, oh, ow, hid_row), dtype=x.dtype, device=x.device)
         y = hid
         pooled = torch.empty((n, hidden), dtype=torch.float32, device=x.device)
     # Without expansion the expand arguments are placeholders, never read.
@@ -337,18 +352,21 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
         b.project_shift)
     int64 = needs_int64(x, y)  # the hidden tensor and the scratch are int64-indexed anyway
     regs = maxnreg(x.element_size(), c_in, hidden, c_out, *x.stride(), *y.stride())
+    strides = dict(zip(("sxn", "sxc", "sxh", "sxw"), x.stride()))
+    # Split: y's strides are unused, x's stand in (so they do not narrow VEC).
+    strides.update(zip(("syn", "syc", "syh", "syw"), (y if fused else x).stride()))
+    ints, vec = vectorised(dict(C_IN=c_in, HID=hidden, C_OUT=c_out, **strides), VEC_ARGS)
     for n0 in range(0, n, wave):
         images = min(wave, n - n0)
         with on_device_of(x):
             ir_kernel[(images * tiles_hw, chunks)](
                 x[n0:n0 + images], *kernel_weights, hid[n0:n0 + images], scratch, tile_sums,
-                y[n0:n0 + images],
-                c_in, hidden, c_out, h, w, oh, ow, *x.stride(), *y.stride(), pad, tiles_w,
-                tiles_hw, row, K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=se,
-                RESIDUAL=residual, DOT_FP32=dot_in_fp32(x.dtype),
-                PRECISION=dot_precision(x.dtype), BLOCK_OH=block_oh, BLOCK_OW=block_ow,
-                BLOCK_CIN=block_cin, BLOCK_HID=block_hid, BLOCK_COUT=block_cout,
-                INT64=int64, num_warps=warps, maxnreg=regs)
+                y[n0:n0 + images], H=h, W=w, OH=oh, OW=ow, PAD=pad, TILES_W=tiles_w,
+                TILES_HW=tiles_hw, SCRATCH_ROW=row, HID_ROW=hid_row, **ints, K=k, STRIDE=stride,
+                ACT=act, EXPAND=expand, PROJECT=fused, POOL=se, RESIDUAL=residual,
+                DOT_FP32=dot_in_fp32(x.dtype), PRECISION=dot_precision(x.dtype),
+                BLOCK_OH=block_oh, BLOCK_OW=block_ow, BLOCK_CIN=block_cin, BLOCK_HID=block_hid,
+                BLOCK_COUT=block_cout, INT64=int64, VEC=vec, num_warps=warps, maxnreg=regs)
         if se:  # this wave's per-tile sums, before the next wave overwrites them
             pooled[n0:n0 + images] = tile_sums[:images * tiles_hw * hidden].view(
                 images, tiles_hw, hidden).sum(1)
@@ -359,6 +377,9 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
         pooled = pooled / (oh * ow)
         hidden_se = ACTIVATIONS[se_act](F.linear(pooled, b.se_w1.float(), b.se_b1.float()))
         gate = SE_GATES[se_gate](F.linear(hidden_se, b.se_w2.float(), b.se_b2.float()))
-    return pw_forward(hid.permute(0, 3, 1, 2), b.project_w, b.project_scale, b.project_shift,
-                      "none", x if residual else None, gate=gate, out_like=x,
+    # The padding channels of hidden are 0; the project weight and the gate are padded with 0.
+    pad_hid = (0, hid_row - hidden)
+    return pw_forward(hid.permute(0, 3, 1, 2), F.pad(b.project_w, pad_hid), b.project_scale,
+                      b.project_shift, "none", x if residual else None,
+                      gate=None if gate is None else F.pad(gate, pad_hid), out_like=x,
                       gpu_tiles=gpu_tiles)

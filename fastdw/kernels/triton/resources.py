@@ -78,9 +78,9 @@ def _cases(full, worst=False):
     gets its channel count and row/column strides divided by VEC, as its launcher passes them;
     the 1x1 kernel its ints divided by VEC_K and VEC_N (pwconv_bn_act.vectorised).
     """
-    from fastdw.kernels.triton._shared import vector_width
+    from fastdw.kernels.triton._shared import vector_width, vectorised
     for fn, label, args, constexprs, options in _kernel_cases(full, worst):
-        if "VEC" in fn.arg_names:
+        if "VEC" in fn.arg_names and fn.__name__ != "ir_kernel":
             vec_args = ["C"] + [name for name in args if name in _ROW_STRIDES]
             vec = vector_width(*(args[name] for name in vec_args))
             args = dict(args, **{name: args[name] // vec for name in vec_args})
@@ -88,6 +88,9 @@ def _cases(full, worst=False):
         if "VEC_K" in fn.arg_names:  # the 1x1 kernel: a vector width on each side of the GEMM
             args, vecs = importlib.import_module(fn.__module__).vectorised(args)
             constexprs = dict(constexprs, **vecs)
+        if fn.__name__ == "ir_kernel":  # VEC over the ints of VEC_ARGS, as its launcher
+            args, vec = vectorised(args, importlib.import_module(fn.__module__).VEC_ARGS)
+            constexprs = dict(constexprs, VEC=vec)
         yield fn, label, args, constexprs, options
 
 
@@ -166,7 +169,7 @@ def _kernel_cases(full, worst):
                 wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
                 y_ptr=dt,
                 C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=28, OW=28, **strides, PAD=2,
-                TILES_W=4, TILES_HW=28, SCRATCH_ROW=384 if fused else bh), dict(
+                TILES_W=4, TILES_HW=28, SCRATCH_ROW=384 if fused else bh, HID_ROW=384), dict(
                 K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=not fused,
                 RESIDUAL=fused and stride == 1, DOT_FP32=False, PRECISION=precision,
                 BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout,
@@ -203,7 +206,7 @@ def _worst_cases(dw, pw, ir, known_spills):
             x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
             wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
             y_ptr=dt, C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=56, OW=56, **aligned, PAD=3,
-            TILES_W=7, TILES_HW=49, SCRATCH_ROW=384 if fused else bh), dict(
+            TILES_W=7, TILES_HW=49, SCRATCH_ROW=384 if fused else bh, HID_ROW=384), dict(
             K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=fused, POOL=not fused,
             RESIDUAL=fused, DOT_FP32=False, PRECISION="ieee", BLOCK_OH=boh, BLOCK_OW=bow,
             BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=False), \
@@ -251,7 +254,7 @@ def _worst_cases(dw, pw, ir, known_spills):
             wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
                 y_ptr=dt,
             C_IN=c, HID=hidden, C_OUT=c, H=56, W=56, OH=56, OW=56, **xy, PAD=3, TILES_W=7,
-            TILES_HW=49, SCRATCH_ROW=368 if fused else bh), dict(
+            TILES_HW=49, SCRATCH_ROW=368 if fused else bh, HID_ROW=368), dict(
             K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=fused, POOL=not fused,
             RESIDUAL=fused, DOT_FP32=False, PRECISION="ieee", BLOCK_OH=boh, BLOCK_OW=bow,
             BLOCK_CIN=bcin,
