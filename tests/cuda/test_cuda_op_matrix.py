@@ -2,12 +2,16 @@
 usable on CPU tensors, so the matrices of tests/ops/test_dwconv_bn_act.py,
 tests/ops/test_pwconv_bn_act.py and tests/ops/test_inverted_residual.py (forward against float64
 stock ops, opcheck, torch.compile fullgraph, layouts, bad inputs) run on it as on every other
-backend. Each runs in a child process because the variable is read when fastdw is imported.
+backend. They run in one child process (the variable is read when fastdw is imported; one
+process pays for importing torch and loading the emulator once), and each op's test checks its
+own rows of that run.
 
 The float64 gradchecks are left out: the cuda backend has no float64 kernel, so on it they run
 the reference backend's code, which the reference rows of the same matrix test. The gradient
-rows in the dtypes it has run its dwconv_bn_act backward (the other ops' backward is
-reference's)."""
+rows in the dtypes it has run its backward kernels (dwconv_bn_act, pwconv_bn_act, and
+inverted_residual composed of them; a squeeze-excite block's backward is reference's). The
+dwconv_bn_act rows include NCHW and strided inputs (the NCHW kernel) and a channel multiplier."""
+import collections
 import os
 import re
 import subprocess
@@ -16,19 +20,31 @@ import sys
 import pytest
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPS = ("dwconv_bn_act", "pwconv_bn_act", "inverted_residual")
+
+
+@pytest.fixture(scope="module")
+def matrix_run(emulator):
+    """(outcomes per op file: {"PASSED": n, ...}, the run's output) of the three matrices'
+    cuda rows in one child process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
+         *(os.path.join(TESTS, "ops", f"test_{op}.py") for op in OPS),
+         "-k", "cuda and not gradcheck"],
+        env={**os.environ, "FASTDW_CUDA_EMULATE": "1"}, capture_output=True, text=True,
+        timeout=1800)
+    outcomes = collections.defaultdict(collections.Counter)
+    for outcome, path in re.findall(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (\S+?)::",
+                                    done.stdout, flags=re.M):
+        outcomes[os.path.basename(path)][outcome] += 1
+    return outcomes, done.stdout[-4000:] + done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("op, rows", [("dwconv_bn_act", 100), ("pwconv_bn_act", 80),
                                       ("inverted_residual", 52)])
-def test_the_op_matrix_runs_on_emulated_cuda(emulator, op, rows):
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         os.path.join(TESTS, "ops", f"test_{op}.py"), "-k", "cuda and not gradcheck"],
-        env={**os.environ, "FASTDW_CUDA_EMULATE": "1"}, capture_output=True, text=True,
-        timeout=1800)
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    passed = re.search(r"(\d+) passed", summary)
+def test_the_op_matrix_runs_on_emulated_cuda(matrix_run, op, rows):
+    outcomes, output = matrix_run
+    counts = outcomes[f"test_{op}.py"]
     # Each matrix has this many cuda rows or more; none may skip or fail.
-    assert passed and int(passed.group(1)) >= rows, summary
-    assert "skipped" not in summary and "failed" not in summary, summary
+    assert counts["PASSED"] >= rows, (dict(counts), output)
+    assert set(counts) == {"PASSED"}, (dict(counts), output)
