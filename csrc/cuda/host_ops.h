@@ -131,7 +131,7 @@ inline DwCall check_dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight,
 
 // x read through channels_last kernels: itself where its channel stride is 1, else a
 // channels_last copy.
-inline at::Tensor channels_last_view(const at::Tensor& x) {
+inline at::Tensor as_channels_last(const at::Tensor& x) {
   return x.stride(1) == 1 || x.size(1) == 1 ? x : x.contiguous(at::MemoryFormat::ChannelsLast);
 }
 
@@ -186,7 +186,7 @@ inline at::Tensor run_dwconv_bn_act(const DwCall& a, Stream stream) {
     using T = decltype(zero);
     if (launch_dwconv<T>(a, a.x, taps, scale, shift, y, nchw, stream)) return;
     y = at::empty(y.sizes(), y.options().memory_format(at::MemoryFormat::ChannelsLast));
-    launch_dwconv<T>(a, channels_last_view(a.x), taps, scale, shift, y, false, stream);
+    launch_dwconv<T>(a, as_channels_last(a.x), taps, scale, shift, y, false, stream);
   };
   switch (a.x.scalar_type()) {
     case at::kFloat: run(float{}); break;
@@ -215,7 +215,7 @@ inline void check_dwconv_grad(const DwCall& a, const at::Tensor& grad, const Tar
 
 inline std::vector<at::Tensor> run_dwconv_bn_act_backward(const DwCall& a, const at::Tensor& grad,
                                                           Stream stream) {
-  const at::Tensor x = channels_last_view(a.x);  // the kernels are channels_last's
+  const at::Tensor x = as_channels_last(a.x);  // the kernels are channels_last's
   const int64_t C = x.size(1), taps = a.k * a.k;
   const auto cl = at::MemoryFormat::ChannelsLast;
   const at::Tensor g = grad.contiguous(cl);
