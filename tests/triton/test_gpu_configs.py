@@ -443,3 +443,16 @@ def test_block_vector_width_and_padded_hidden(layout, vec, launches, monkeypatch
     assert weight_shape == (24, 48)
     assert hidden[:, 40:].eq(0).all() and not hidden[:, :40].eq(0).all()
     assert launches[2].meta["VEC_K"] == 1
+
+
+def test_fused_waves_fill_the_resident_programs(launches, monkeypatch):
+    """The fused scratch region holds every hidden channel, so the scratch budget alone can
+    launch fewer programs than the GPU runs at once: on 3 SMs holding two 8-warp blocks each
+    at fp16's 128 registers (6 programs), a budget of one image (4 tiles) still launches 2
+    images (8 programs) per wave; the block matches the oracle."""
+    monkeypatch.setattr(ir, "multiprocessors", lambda device: 3)
+    monkeypatch.setattr(ir, "SCRATCH_BUDGET", 1)
+    run_block(16, 48, 16, 3, 1, "relu6", False, torch.float16, 3, 10, 10, "channels_last",
+              launches)
+    assert [(launch.grid, launch.meta["PROJECT"], launch.meta["maxnreg"]) for launch in launches] \
+        == [((8, 1), True, 128), ((4, 1), True, 128)]

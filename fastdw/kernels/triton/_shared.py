@@ -57,6 +57,15 @@ def multiprocessors(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def resident_programs(sms, regs, warps):
+    """Programs of `warps` warps capped at `regs` registers per thread that a GPU of `sms` SMs
+    (multiprocessors) runs at once (its SMs times the blocks one SM holds by registers:
+    resources.register_blocks), or None off a GPU (sms None): the fewest programs a launch
+    needs to fill the GPU."""
+    from fastdw.kernels.triton.resources import register_blocks
+    return None if sms is None else sms * register_blocks(regs, warps)
+
+
 def vector_width(*ints):
     """VEC, the channel-vector width a kernel may assume: the largest power of two up to 16
     dividing each of ints, the channel count and the row and column strides of its tensors.

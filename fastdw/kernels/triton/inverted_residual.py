@@ -40,8 +40,8 @@ from fastdw.contract import (ACTIVATIONS, SE_GATES, conv_output_size, output_mem
                              same_padding)
 from fastdw.kernels.triton._shared import (activation, as_offset, dot_operand, dot_precision,
                                            interpreting, maxnreg, multiprocessors,
-                                           needs_int64, on_device_of, tap_major, vec_int,
-                                           vectorised)
+                                           needs_int64, on_device_of, resident_programs,
+                                           tap_major, vec_int, vectorised)
 from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
 from fastdw.kernels.triton.pwconv_bn_act import (dot_in_fp32, forward as pw_forward,
                                                   handled as pw_handled)
@@ -321,19 +321,14 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
                                      gpu_tiles)[:2]
     tiles_w = triton.cdiv(ow, block_ow)
     tiles_hw = triton.cdiv(oh, block_oh) * tiles_w
-    fused = runs_fused(se, c_out, n * tiles_hw, multiprocessors(x.device))
+    sms = multiprocessors(x.device)
+    fused = runs_fused(se, c_out, n * tiles_hw, sms)
     block_oh, block_ow, block_cin, block_hid, block_cout, warps = pick_config(
         c_in, hidden, c_out, oh, ow, fused, x.element_size(), gpu_tiles)
     expand = b.expand_w is not None
     chunks = 1 if fused else triton.cdiv(hidden, block_hid)  # grid axis 1
     row = scratch_row(hidden, block_hid, fused)
     region = scratch_region(k, stride, block_oh, block_ow, row) if expand else 0
-    # Images per launch: as many as SCRATCH_BUDGET allows (at least one).
-    image_bytes = tiles_hw * chunks * region * x.element_size()
-    wave = max(1, min(n, SCRATCH_BUDGET // max(1, image_bytes)))
-    scratch = torch.empty(wave * tiles_hw * chunks * region or 1, dtype=x.dtype, device=x.device)
-    tile_sums = torch.empty(wave * tiles_hw * hidden if se else 1, dtype=torch.float32,
-                            device=x.device)
     # The split path's hidden tensor: NHWC, each pixel's channels padded with zeros to a
     # multiple of BLOCK_HID (16), so the 1x1 GEMM reads it in vectors with K a multiple of 16.
     hid_row = scratch_row(hidden, block_hid, True)
@@ -345,13 +340,25 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
         hid = torch.empty((n, oh, ow, hid_row), dtype=x.dtype, device=x.device)
         y = hid
         pooled = torch.empty((n, hidden), dtype=torch.float32, device=x.device)
+    regs = maxnreg(x.element_size(), c_in, hidden, c_out, *x.stride(), *y.stride())
+    # Images per launch: as many as SCRATCH_BUDGET allows, and on a GPU at least enough for
+    # the programs it runs at once (the fused scratch region holds every hidden channel, so
+    # the budget alone would launch fewer), at least one.
+    image_bytes = tiles_hw * chunks * region * x.element_size()
+    wave = SCRATCH_BUDGET // max(1, image_bytes)
+    resident = resident_programs(sms, regs, warps)
+    if resident is not None:
+        wave = max(wave, triton.cdiv(resident, tiles_hw * chunks))
+    wave = max(1, min(n, wave))
+    scratch = torch.empty(wave * tiles_hw * chunks * region or 1, dtype=x.dtype, device=x.device)
+    tile_sums = torch.empty(wave * tiles_hw * hidden if se else 1, dtype=torch.float32,
+                            device=x.device)
     # Without expansion the expand arguments are placeholders, never read.
     kernel_weights = ((b.expand_w.contiguous(), b.expand_scale, b.expand_shift) if expand
                       else (b.dw_scale, b.dw_scale, b.dw_shift)) + (
         tap_major(b.dw_w), b.dw_scale, b.dw_shift, b.project_w.contiguous(), b.project_scale,
         b.project_shift)
     int64 = needs_int64(x, y)  # the hidden tensor and the scratch are int64-indexed anyway
-    regs = maxnreg(x.element_size(), c_in, hidden, c_out, *x.stride(), *y.stride())
     strides = dict(zip(("sxn", "sxc", "sxh", "sxw"), x.stride()))
     # Split: y's strides are unused, x's stand in (so they do not narrow VEC).
     strides.update(zip(("syn", "syc", "syh", "syw"), (y if fused else x).stride()))

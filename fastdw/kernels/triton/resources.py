@@ -356,10 +356,16 @@ def occupancy(arch, regs, warps, smem):
     `warps` warps using `regs` registers per thread and `smem` bytes of shared memory per
     block, on sm_`arch` (the CUDA occupancy calculator's register, shared-memory, warp and
     block limits)."""
-    warp_regs = -(-regs * 32 // REG_UNIT) * REG_UNIT
-    blocks = min(MAX_BLOCKS, MAX_WARPS // warps, REGS_PER_SM // warp_regs // warps,
+    blocks = min(register_blocks(regs, warps),
                  SMEM_PER_SM[arch] // (smem + SMEM_RESERVED_PER_BLOCK))
     return blocks, blocks * warps / MAX_WARPS
+
+
+def register_blocks(regs, warps):
+    """Blocks of `warps` warps at `regs` registers per thread an SM holds by its registers, warp
+    slots and block slots (sm_80 and sm_90 alike): what a launcher sizes its launches by."""
+    warp_regs = -(-regs * 32 // REG_UNIT) * REG_UNIT
+    return min(MAX_BLOCKS, MAX_WARPS // warps, REGS_PER_SM // warp_regs // warps)
 
 
 def _compile_nth(work):
