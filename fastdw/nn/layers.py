@@ -43,10 +43,9 @@ def symmetric_conv(conv: nn.Conv2d) -> bool:
 def computes_channels_last(x) -> bool:
     """Whether fastdw's modules compute on tensor x in channels_last: on a CUDA device. There the
     cuda backend's 1x1 and block kernels take channels_last only (an NCHW call runs on
-    reference), and the Triton 1x1 kernel reads an NCHW input's channels a whole image apart:
-    its A tile is scalar loads (2-byte ld.global for fp16, 4-byte cp.async for fp32) where a
-    channels_last row is 16-byte cp.async vectors (sm_80/sm_90 PTX; pwconv_bn_act.py). On the
-    CPU every layout stays as it is."""
+    reference), and the Triton 1x1 kernel loads a channels_last A tile as 16-byte vectors on
+    every map, an NCHW one only where H*W is a multiple of 16 (scalars on 14x14 and 7x7 maps:
+    pwconv_bn_act.py). On the CPU every layout stays as it is."""
     return x.is_cuda
 
 

@@ -15,11 +15,19 @@ back by the constexprs, which tells the compiler they are multiples of VEC_K / V
 channels_last tensors the A tile, weight and gate rows load as vectors of VEC_K channels, the
 residual loads and y stores as vectors of VEC_N. (NCHW: channels are not contiguous, VEC is 1.)
 
-NCHW inputs run, but slowly: the A tile's channels are a whole image apart and the compiler
-cannot prove a pixel row contiguous through the flat index's division by W, so it loads
-scalars (2-byte ld.global per element in fp16, 4-byte cp.async in fp32, sm_80/sm_90 PTX) and
-stores y scalar by scalar. fastdw's modules therefore compute channels_last on CUDA (one
-conversion at a model's stem: fastdw.nn.layers.feature_layout).
+NCHW: the A tile's channels are a whole image apart, and through the flat pixel index's
+divmod by W the compiler cannot see that consecutive pixels are consecutive in memory, so it
+put the threads of a warp along the channels and loaded scalars (fp16: 24 ld.global.b16 per K
+step and thread, each lane in its own 32-byte sector; fp32: 4-byte cp.async; sm_80/sm_90
+PTX). Where x's, the residual's and y's pixel rows are contiguous (per_image), the grid walks
+(image, block of BLOCK_M pixels of it) instead (PER_IMAGE): the rows are image * stride + pixel,
+the compiler puts the threads along the pixels (coalesced), and where H*W is a multiple of 16
+(28x28, 56x56, 112x112) loads and stores 16-byte vectors as for channels_last (16-byte
+cp.async, v4 stores). On 14x14 and 7x7 maps the loads stay scalar but coalesced. A pixel block
+then never spans two images (at 7x7, 49 of 64 rows are used). Under the interpreter the
+launcher keeps flat blocks (few programs) unless asked for the GPU's tiles. fastdw's modules
+compute channels_last on CUDA all the same (fastdw.nn.layers.feature_layout): the cuda
+backend's kernels need it, and channels_last vectors do not depend on H*W.
 
 The flat pixel index is int32: a batch of more pixels launches in groups of whole images, and an
 image of more goes to reference (handled). Offsets within an image are int32 unless an image of
@@ -66,6 +74,18 @@ def pixel_rows(m, HW, W, sn, sh, sw):
     return img.to(tl.int64) * sn + (hw // W) * sh + (hw % W) * sw
 
 
+@triton.jit
+def tile_rows(m, img, HW, W, sn, sh, sw, PER_IMAGE: tl.constexpr):
+    """Offsets of the tile's pixels in a tensor with these strides: flat pixel index m of the
+    launch, or (PER_IMAGE) pixel m of image img of a tensor whose pixel p of an image is at
+    offset p (unit column stride, row stride W): img * sn + m, provably contiguous along m."""
+    if PER_IMAGE:
+        rows = img.to(tl.int64) * sn + m
+    else:
+        rows = pixel_rows(m, HW, W, sn, sh, sw)
+    return rows
+
+
 # For each pixel m = (n, h, w) and output channel o:
 #   a[m, i]  = x[n, i, h, w] * gate[n, i]                (gate only when HAS_GATE)
 #   y[n, o, h, w] = act(sum_i a[m, i] * w[o, i] * scale[o] + shift[o]) + residual[n, o, h, w]
@@ -80,7 +100,7 @@ def pw_kernel(
     gate_ptr,     # (N, C_IN) fp32 squeeze-excite gate (read only when HAS_GATE)
     res_ptr,      # residual (N, C_OUT, H, W), any strides (read only when HAS_RES)
     y_ptr,        # output (N, C_OUT, H, W), any strides
-    M, HW, W,                 # M: the launch's pixels (<= MAX_LAUNCH_PIXELS), HW = H*W
+    M, HW, W,                 # M: the launch's pixels (<= MAX_LAUNCH_PIXELS; PER_IMAGE: HW)
     C_IN, C_OUT,              # channels, / VEC_K and / VEC_N
     sxn, sxc, sxh, sxw,       # strides of x (sxn, sxh, sxw / VEC_K)
     srn, src, srh, srw,       # strides of the residual (srn, srh, srw / VEC_N)
@@ -94,6 +114,7 @@ def pw_kernel(
     INT64: tl.constexpr,      # offsets within an image (and into the gate) in int64
     VEC_K: tl.constexpr,      # C_IN and x's image/row/column strides are multiples of VEC_K
     VEC_N: tl.constexpr,      # C_OUT and the residual's and y's are multiples of VEC_N
+    PER_IMAGE: tl.constexpr,  # axis 0 walks (image, pixel block); pixel rows contiguous (NCHW)
 ):
     C_IN = C_IN * VEC_K
     C_OUT = C_OUT * VEC_N
@@ -103,11 +124,19 @@ def pw_kernel(
     sxc, sxh, sxw = as_offset(sxc, INT64), vec_int(sxh, VEC_K, INT64), vec_int(sxw, VEC_K, INT64)
     src, srh, srw = as_offset(src, INT64), vec_int(srh, VEC_N, INT64), vec_int(srw, VEC_N, INT64)
     syc, syh, syw = as_offset(syc, INT64), vec_int(syh, VEC_N, INT64), vec_int(syw, VEC_N, INT64)
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    if PER_IMAGE:  # M = HW: pixel blocks of one image each
+        tiles = tl.cdiv(HW, BLOCK_M)
+        img = tl.program_id(0) // tiles
+        m = (tl.program_id(0) % tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+        images = tl.zeros((BLOCK_M,), tl.int32) + img
+    else:
+        img = 0
+        m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        images = m // HW
     o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = m < M
     o_mask = o < C_OUT
-    x_rows = pixel_rows(m, HW, W, sxn, sxh, sxw)
+    x_rows = tile_rows(m, img, HW, W, sxn, sxh, sxw, PER_IMAGE)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, C_IN, BLOCK_K):
         i = k0 + tl.arange(0, BLOCK_K)
@@ -115,7 +144,7 @@ def pw_kernel(
         a = tl.load(x_ptr + x_rows[:, None] + (i * sxc)[None, :],
                     mask=m_mask[:, None] & i_mask[None, :], other=0.0)
         if HAS_GATE:
-            gate = tl.load(gate_ptr + as_offset(m // HW, INT64)[:, None] * C_IN + i[None, :],
+            gate = tl.load(gate_ptr + as_offset(images, INT64)[:, None] * C_IN + i[None, :],
                            mask=m_mask[:, None] & i_mask[None, :], other=0.0)
             a = (a.to(tl.float32) * gate).to(x_ptr.dtype.element_ty)
         b = tl.load(w_ptr + o[None, :] * C_IN + i[:, None],
@@ -127,10 +156,10 @@ def pw_kernel(
     y = activation(acc * scale[None, :] + shift[None, :], ACT)
     mask = m_mask[:, None] & o_mask[None, :]
     if HAS_RES:
-        r_rows = pixel_rows(m, HW, W, srn, srh, srw)
+        r_rows = tile_rows(m, img, HW, W, srn, srh, srw, PER_IMAGE)
         y += tl.load(res_ptr + r_rows[:, None] + (o * src)[None, :], mask=mask,
                      other=0.0).to(tl.float32)
-    y_rows = pixel_rows(m, HW, W, syn, syh, syw)
+    y_rows = tile_rows(m, img, HW, W, syn, syh, syw, PER_IMAGE)
     tl.store(y_ptr + y_rows[:, None] + (o * syc)[None, :], y.to(y_ptr.dtype.element_ty),
              mask=mask)
 
@@ -141,17 +170,34 @@ VEC_ARGS = {"VEC_K": ("C_IN", "sxn", "sxh", "sxw"),
             "VEC_N": ("C_OUT", "srn", "srh", "srw", "syn", "syh", "syw")}
 
 
-def vectorised(args):
+def vectorised(args, per_image_grid=True):
     """pw_kernel's arguments {name: value} as the kernel takes them (the ints of VEC_ARGS divided
-    by their vector width), and the vector widths {"VEC_K": .., "VEC_N": ..}."""
-    args, vecs = dict(args), {}
+    by their vector width), and the layout constexprs: the vector widths {"VEC_K", "VEC_N"} and
+    PER_IMAGE (per_image, unless per_image_grid is False)."""
+    layout = {"PER_IMAGE": per_image_grid and per_image(args)}
+    args = dict(args)
+    if layout["PER_IMAGE"]:  # row and column strides unused: 0, so they limit no VEC
+        args.update({f"s{t}{d}": 0 for t in "xry" for d in "hw"})
     for name, ints in VEC_ARGS.items():
         vec = vector_width(*(args[i] for i in ints))
         # 16: Triton's own specialisation already marks each int a multiple of 16, and the
         # ints passed whole keep the aligned kernels' code as it was.
-        vecs[name] = 1 if vec == 16 else vec
-        args.update({i: args[i] // vecs[name] for i in ints})
-    return args, vecs
+        layout[name] = 1 if vec == 16 else vec
+        args.update({i: args[i] // layout[name] for i in ints})
+    return args, layout
+
+
+def per_image(args):
+    """Whether pw_kernel takes its PER_IMAGE path for these arguments (HW, W and the strides):
+    x's channels are not contiguous (NCHW) and in x, the residual and y pixel p of an image is
+    at offset p (unit column stride, row stride W). The flat pixel index's (h, w) = divmod(hw,
+    W) hides that from the compiler, which then loads x's A tile element by element with the
+    threads along the channels, HW apart; indexed by image and pixel, its rows are contiguous
+    runs of pixels, and each warp's loads are coalesced along them."""
+    w = args["W"]
+    h = args["HW"] // w
+    return args["sxc"] != 1 and all(
+        (w == 1 or args[f"s{t}w"] == 1) and (h == 1 or args[f"s{t}h"] == w) for t in "xry")
 
 
 def handled(x):
@@ -181,18 +227,23 @@ def forward(x, weight, scale, shift, act, residual, gate=None, out_like=None,
     int64 = needs_int64(x, res, y) or gate_arg.numel() > INT32_MAX
     weight = weight.contiguous()
     regs = maxnreg(x.element_size(), c_in, c_out, *x.stride(), *res.stride(), *y.stride())
-    ints, vecs = vectorised(dict(C_IN=c_in, C_OUT=c_out, **_strides("x", x), **_strides("r", res),
-                                 **_strides("y", y)))
+    # Under the interpreter, without the GPU's tiles, few large programs: flat pixel blocks
+    # spanning images (every program costs ~35 ms whatever its size).
+    ints, layout = vectorised(dict(HW=h * w, W=w, C_IN=c_in, C_OUT=c_out, **_strides("x", x),
+                                   **_strides("r", res), **_strides("y", y)),
+                              per_image_grid=gpu_tiles or not interpreting())
     images = MAX_LAUNCH_PIXELS // max(1, h * w)  # per launch (handled() keeps it >= 1)
     for n0 in range(0, n, images):
         batch = slice(n0, n0 + images)
-        m = min(images, n - n0) * h * w
-        grid = (triton.cdiv(m, block_m), triton.cdiv(c_out, block_n))
+        count = min(images, n - n0)
+        m = h * w if layout["PER_IMAGE"] else count * h * w
+        blocks = count * triton.cdiv(m, block_m) if layout["PER_IMAGE"] else triton.cdiv(m, block_m)
+        grid = (blocks, triton.cdiv(c_out, block_n))
         with on_device_of(x):
             pw_kernel[grid](
                 x[batch], weight, scale, shift, gate_arg if gate is None else gate[batch],
-                res[batch], y[batch], m, h * w, w, **ints, ACT=act, HAS_GATE=gate is not None,
+                res[batch], y[batch], m, **ints, ACT=act, HAS_GATE=gate is not None,
                 HAS_RES=residual is not None, DOT_FP32=dot_in_fp32(x.dtype),
                 PRECISION=dot_precision(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
-                BLOCK_K=block_k, INT64=int64, **vecs, num_warps=warps, maxnreg=regs)
+                BLOCK_K=block_k, INT64=int64, **layout, num_warps=warps, maxnreg=regs)
     return y
