@@ -46,6 +46,35 @@ def feature_map(layout, n, c, h, w, dtype):
     return op_oracle.feature_map((n, c, h, w), dtype, layout)
 
 
+def on_gpu_tiles(test):
+    """A test of the launcher with the GPU tiles under the interpreter, in fp32 and fp16, whose
+    outputs start as NaN."""
+    marks = [pytest.mark.usefixtures("poisoned"),
+             pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason=(
+                 "runs the GPU tiles on CPU tensors under TRITON_INTERPRET=1")),
+             pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])]
+    for mark in marks:
+        test = mark(test)
+    return test
+
+
+def pw_call(layout, res_layout, has_gate, n, c_in, c_out, h, w, dtype):
+    """Random (x, weight, scale, shift, residual or None, gate or None) of a 1x1 call."""
+    x = feature_map(layout, n, c_in, h, w, dtype)
+    residual = None if res_layout is None else feature_map(res_layout, n, c_out, h, w, dtype)
+    gate = torch.rand(n, c_in) + 0.5 if has_gate else None
+    return (x, op_oracle.conv_weight((c_out, c_in), dtype), *op_oracle.random_affine(c_out),
+            residual, gate)
+
+
+def run_and_check(call, act, dtype):
+    """The launcher with the GPU tiles on `call` (pw_call), against the float64 oracle."""
+    x, weight, scale, shift, residual, gate = call
+    out = pw.forward(x, weight, scale, shift, act, residual, gate=gate, gpu_tiles=True)
+    gated = x.double() * gate.double()[:, :, None, None] if gate is not None else x
+    assert_close(out, op_oracle.pwconv_bn_act(gated, weight, scale, shift, act, residual), dtype)
+
+
 # (C_in, C_out, x's layout, the residual's layout or None, gate, VEC_K, VEC_N). y is
 # channels_last when x is channels_last-contiguous, else NCHW (output_memory_format).
 CASES = [
@@ -57,19 +86,11 @@ CASES = [
 ]
 
 
-@pytest.mark.usefixtures("poisoned")
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="runs the GPU tiles on CPU tensors under TRITON_INTERPRET=1")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@on_gpu_tiles
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
 def test_vector_widths_and_results(case, dtype, monkeypatch):
     c_in, c_out, layout, res_layout, has_gate, vec_k, vec_n = case
-    n, h, w = 2, 5, 7
-    x = feature_map(layout, n, c_in, h, w, dtype)
-    weight = op_oracle.conv_weight((c_out, c_in), dtype)
-    scale, shift = op_oracle.random_affine(c_out)
-    residual = None if res_layout is None else feature_map(res_layout, n, c_out, h, w, dtype)
-    gate = torch.rand(n, c_in) + 0.5 if has_gate else None
+    call = pw_call(layout, res_layout, has_gate, 2, c_in, c_out, 5, 7, dtype)
     widths = []
     vectorised = pw.vectorised
 
@@ -79,10 +100,7 @@ def test_vector_widths_and_results(case, dtype, monkeypatch):
         return ints, vecs
 
     monkeypatch.setattr(pw, "vectorised", recording)
-    out = pw.forward(x, weight, scale, shift, "hardswish", residual, gate=gate, gpu_tiles=True)
-    gated = x.double() * gate.double()[:, :, None, None] if has_gate else x
-    assert_close(out, op_oracle.pwconv_bn_act(gated, weight, scale, shift, "hardswish",
-                                              residual), dtype)
+    run_and_check(call, "hardswish", dtype)
     assert widths == [{"VEC_K": vec_k, "VEC_N": vec_n}]
 
 
@@ -123,25 +141,15 @@ PER_IMAGE_CASES = [
 ]
 
 
-@pytest.mark.usefixtures("poisoned")
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="runs the GPU tiles on CPU tensors under TRITON_INTERPRET=1")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@on_gpu_tiles
 @pytest.mark.parametrize("case", PER_IMAGE_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[4]}x{c[5]}")
 def test_per_image_grid(case, dtype, monkeypatch):
     layout, res_layout, has_gate, n, h, w, per_image = case
     c_in, c_out = 40, 24
-    x = feature_map(layout, n, c_in, h, w, dtype)
-    weight = op_oracle.conv_weight((c_out, c_in), dtype)
-    scale, shift = op_oracle.random_affine(c_out)
-    residual = None if res_layout is None else feature_map(res_layout, n, c_out, h, w, dtype)
-    gate = torch.rand(n, c_in) + 0.5 if has_gate else None
+    call = pw_call(layout, res_layout, has_gate, n, c_in, c_out, h, w, dtype)
     recorder = Recorder(pw.pw_kernel)
     monkeypatch.setattr(pw, "pw_kernel", recorder)
-    out = pw.forward(x, weight, scale, shift, "relu6", residual, gate=gate, gpu_tiles=True)
-    gated = x.double() * gate.double()[:, :, None, None] if has_gate else x
-    assert_close(out, op_oracle.pwconv_bn_act(gated, weight, scale, shift, "relu6", residual),
-                 dtype)
+    run_and_check(call, "relu6", dtype)
     block_m, block_n = pw.GPU_CONFIGS["small_n"][:2]
     pixels = h * w if per_image else n * h * w
     blocks = n * math.ceil(h * w / block_m) if per_image else math.ceil(n * h * w / block_m)
