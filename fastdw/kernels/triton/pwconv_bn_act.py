@@ -40,7 +40,8 @@ import triton.language as tl
 from fastdw.contract import INT32_MAX, output_memory_format
 from fastdw.kernels.triton._shared import (activation, as_offset, dot_operand, dot_precision,
                                            interpreting, maxnreg, needs_int64, on_device_of,
-                                           vec_int, vector_width)
+                                           vec_int)
+from fastdw.kernels.triton._shared import vectorised as shared_vectorised
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; resources.py compiles each of them.
 GPU_CONFIGS = {"small_n": (64, 32, 32, 4), "mid_n": (64, 64, 32, 8), "wide_n": (64, 128, 32, 8)}
@@ -179,11 +180,7 @@ def vectorised(args, per_image_grid=True):
     if layout["PER_IMAGE"]:  # row and column strides unused: 0, so they limit no VEC
         args.update({f"s{t}{d}": 0 for t in "xry" for d in "hw"})
     for name, ints in VEC_ARGS.items():
-        vec = vector_width(*(args[i] for i in ints))
-        # 16: Triton's own specialisation already marks each int a multiple of 16, and the
-        # ints passed whole keep the aligned kernels' code as it was.
-        layout[name] = 1 if vec == 16 else vec
-        args.update({i: args[i] // layout[name] for i in ints})
+        args, layout[name] = shared_vectorised(args, ints)
     return args, layout
 
 
