@@ -44,10 +44,10 @@ COVERAGE = ("dwconv_bn_act forward is a CUDA kernel for float32/float16/bfloat16
             "inputs (the forward 1x1 GEMMs on tensor cores for float16/bfloat16, the "
             "backward's gradient GEMMs in float32); inverted_residual is one fused kernel (two "
             "with a squeeze-excite) where its depthwise window fits the GPU's shared memory, "
-            "else the pwconv/dwconv kernels up to the depthwise, and its backward without a "
-            "squeeze-excite is the pwconv/dwconv forward and backward kernels stage by stage "
-            "in float32; every other call (float64, NCHW pwconv_bn_act and inverted_residual, "
-            "a squeeze-excite block's backward, dwconv_bn_act's backward with a channel "
+            "else the pwconv/dwconv kernels up to the depthwise, and its backward is the "
+            "pwconv/dwconv forward and backward kernels stage by stage in float32 (a "
+            "squeeze-excite's vectors and gate on stock ops); every other call (float64, NCHW "
+            "pwconv_bn_act and inverted_residual, dwconv_bn_act's backward with a channel "
             "multiplier) runs on reference")
 NOTES = f"CUDA kernels run through fastdw's CUDA emulator on CPU tensors; {COVERAGE}"
 
@@ -192,12 +192,14 @@ def inverted_residual(x, weights, stride, act, residual, se_act, se_gate):
 def inverted_residual_backward(grad, x, weights, stride, act, residual, se_act, se_gate):
     """The block's gradients from the building blocks' kernels, as reference's
     inverted_residual_backward composes them from stock ops: the forward recomputed stage by
-    stage (expand, depthwise), then each stage's backward in reverse (project, depthwise,
-    expand), all in float32 as reference computes (the kernels' float32 instantiations), the
-    gradients cast back by the op. A block with a squeeze-excite runs on reference."""
+    stage (expand, depthwise), then each stage's backward in reverse (project, squeeze-excite,
+    depthwise, expand), all in float32 as reference computes (the kernels' float32
+    instantiations), the gradients cast back by the op. The squeeze-excite's forward and
+    backward are reference's stock ops: per-image vectors, and one element-wise pass over the
+    hidden map each way."""
     w = weights
     if (x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or x.numel() == 0
-            or (x.stride(1) != 1 and x.shape[1] != 1) or w.se_w1 is not None):
+            or (x.stride(1) != 1 and x.shape[1] != 1)):
         return reference.inverted_residual_backward(grad, x, weights, stride, act, residual,
                                                     se_act, se_gate)
     ops = _ops(x)
@@ -208,10 +210,17 @@ def inverted_residual_backward(grad, x, weights, stride, act, residual, se_act, 
     expanded = (x32 if w.expand_w is None else
                 ops.pwconv_bn_act(x32, w.expand_w, w.expand_scale, w.expand_shift, act, None))
     dw_out = ops.dwconv_bn_act(expanded, w.dw_w, w.dw_scale, w.dw_shift, stride, pad, 1, act)
+    se = (w.se_w1, w.se_b1, w.se_w2, w.se_b2)
+    se_out = (dw_out if w.se_w1 is None else reference.squeeze_excite(dw_out, *se, se_act, se_gate)
+              .contiguous(memory_format=torch.channels_last))
     grads = {}
-    g_h, *grads_project = ops.pwconv_bn_act_backward(g, dw_out, w.project_w, w.project_scale,
+    g_h, *grads_project = ops.pwconv_bn_act_backward(g, se_out, w.project_w, w.project_scale,
                                                      w.project_shift, "none")
     grads.update(zip(("project_w", "project_scale", "project_shift"), grads_project))
+    if w.se_w1 is not None:
+        g_h, *grads_se = reference.squeeze_excite_backward(g_h, dw_out, *se, se_act, se_gate)
+        g_h = g_h.contiguous(memory_format=torch.channels_last)
+        grads.update(zip(("se_w1", "se_b1", "se_w2", "se_b2"), grads_se))
     g_h, *grads_dw = ops.dwconv_bn_act_backward(g_h, expanded, w.dw_w, w.dw_scale, w.dw_shift,
                                                 stride, pad, 1, act)
     grads.update(zip(("dw_w", "dw_scale", "dw_shift"), grads_dw))

@@ -40,7 +40,7 @@ def _pw(h, weight, scale, shift, act):
     return _epilogue(F.conv2d(h, weight.to(h.dtype)[:, :, None, None]), scale, shift, act)
 
 
-def _squeeze_excite(h, w1, b1, w2, b2, se_act, se_gate):
+def squeeze_excite(h, w1, b1, w2, b2, se_act, se_gate):
     # torchvision's SqueezeExcitation: avg-pool -> fc1 -> se_act -> fc2 -> se_gate -> scale.
     pooled = h.mean((2, 3))
     hidden = ACTIVATIONS[se_act](F.linear(pooled, w1.to(h.dtype), b1.to(h.dtype)))
@@ -67,7 +67,7 @@ def inverted_residual(x, weights, stride, act, residual, se_act, se_gate):
         h = _pw(h, w.expand_w, w.expand_scale, w.expand_shift, act)
     h = _dw(h, w.dw_w, w.dw_scale, w.dw_shift, stride, same_padding(w.dw_w.shape[-1]), 1, act)
     if w.se_w1 is not None:
-        h = _squeeze_excite(h, w.se_w1, w.se_b1, w.se_w2, w.se_b2, se_act, se_gate)
+        h = squeeze_excite(h, w.se_w1, w.se_b1, w.se_w2, w.se_b2, se_act, se_gate)
     y = _pw(h, w.project_w, w.project_scale, w.project_shift, "none")
     if residual:
         y = y + x.to(y.dtype)
@@ -100,7 +100,7 @@ def _conv_bn_act_backward(grad, h, weight, scale, shift, stride, padding, dilati
     return grad_h, grad_weight, grad_scale, grad_shift
 
 
-def _squeeze_excite_backward(grad, h, w1, b1, w2, b2, se_act, se_gate):
+def squeeze_excite_backward(grad, h, w1, b1, w2, b2, se_act, se_gate):
     """Gradients of h, w1, b1, w2, b2 for out = h * se_gate(fc2(se_act(fc1(mean_hw(h)))))."""
     pooled = h.mean((2, 3))
     u1 = F.linear(pooled, w1, b1)
@@ -141,14 +141,14 @@ def inverted_residual_backward(grad, x, weights, stride, act, residual, se_act, 
                 else _pw(x_c, w.expand_w, w.expand_scale, w.expand_shift, act))
     dw_out = _dw(expanded, w.dw_w, w.dw_scale, w.dw_shift, stride, pad, 1, act)
     se = (w.se_w1, w.se_b1, w.se_w2, w.se_b2)
-    se_out = dw_out if w.se_w1 is None else _squeeze_excite(dw_out, *se, se_act, se_gate)
+    se_out = dw_out if w.se_w1 is None else squeeze_excite(dw_out, *se, se_act, se_gate)
 
     g_h, g_pw, g_ps, g_pb = _conv_bn_act_backward(
         grad, se_out, w.project_w[:, :, None, None], w.project_scale, w.project_shift, 1, 0, 1,
         1, "none")
     grads = {"project_w": g_pw.flatten(1), "project_scale": g_ps, "project_shift": g_pb}
     if w.se_w1 is not None:
-        g_h, *g_se = _squeeze_excite_backward(g_h, dw_out, *se, se_act, se_gate)
+        g_h, *g_se = squeeze_excite_backward(g_h, dw_out, *se, se_act, se_gate)
         grads.update(zip(("se_w1", "se_b1", "se_w2", "se_b2"), g_se))
     g_h, *g_dw = _conv_bn_act_backward(g_h, expanded, w.dw_w, w.dw_scale, w.dw_shift, stride,
                                        pad, 1, expanded.shape[1], act)

@@ -16,7 +16,7 @@ import torch
 import numerics
 import op_oracle as oracle
 from fastdw.contract import BlockWeights
-from fastdw.kernels import cuda
+from fastdw.kernels import cuda, reference
 from oracle_check import assert_matches_oracle
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -288,10 +288,16 @@ def test_backward_is_deterministic(emulator, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
-def test_backward_with_squeeze_excite_runs_on_reference(emulator):
-    """The squeeze-excite has no backward kernel: such a block's backward is reference's (a
-    silu inner activation: a relu could zero the squeeze weights' gradient)."""
-    _, got, ref = block_gradients((1, 4, 5, 5), 8, 4, 3, 1, torch.float32, "relu", True,
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_backward_with_squeeze_excite_matches_float64(emulator, dtype, monkeypatch):
+    """A squeeze-excite block's backward: the stages on the kernels, the squeeze-excite's
+    vectors and gate on stock ops between them (a silu inner activation: a relu could zero the
+    squeeze weights' gradient), not reference's whole-block backward."""
+    monkeypatch.setattr(reference, "inverted_residual_backward", None)
+    _, got, ref = block_gradients((1, 4, 5, 5), 8, 4, 3, 1, dtype, "relu", True,
                                   squeeze=2, se_act="silu")
+    assert "dw_backward_sum" in emulator.last_launch()
+    assert len(got) == len(ref) == 14  # x and every weight, the squeeze-excite's included
     for i, (g, r) in enumerate(zip(got, ref)):
-        assert numerics.rel_err(g, r) < numerics.REL_TOL[torch.float32], f"gradient {i}"
+        assert numerics.rel_err(g, r) < numerics.REL_TOL[dtype], f"gradient {i}"
