@@ -124,30 +124,37 @@ def _expand_step(q0, h_start, h_end, x_base, x_ptr, we_ptr, es_ptr, eb_ptr, scra
                  C_IN, HID, H, W, sxc, sxh, sxw, SCRATCH_ROW, STEP: tl.constexpr,
                  HALO: tl.constexpr, HALO_W: tl.constexpr, ACT: tl.constexpr,
                  DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_CIN: tl.constexpr,
-                 BLOCK_HID: tl.constexpr):
+                 BLOCK_HID: tl.constexpr, RESIDENT: tl.constexpr):
     """e[q, h] of ir_kernel for the STEP window pixels q0 <= q < q0 + STEP (0 past the window
     and outside the image) and the hidden channels h_start <= h < h_end, into row q, column
-    h - h_start of the scratch, in its dtype. The step's first BLOCK_CIN input channels are
-    loaded once, before the hidden loop, and stay resident for every hidden chunk: with
-    C_IN <= BLOCK_CIN (the fused launcher's choice) each program reads its x window once;
-    further input chunks are reloaded per hidden chunk."""
+    h - h_start of the scratch, in its dtype. RESIDENT (fused: every hidden chunk): the step's
+    first BLOCK_CIN input channels are loaded once, before the hidden loop, and stay resident
+    for every hidden chunk, so with C_IN <= BLOCK_CIN each program reads its x window once;
+    further input chunks are reloaded per hidden chunk. Otherwise (split: one chunk) a plain
+    loop over the input chunks, which takes fewer registers."""
     q = q0 + tl.arange(0, STEP)
     ih = row0 + q // HALO_W
     iw = col0 + q % HALO_W
     inside = (q < HALO) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     pix = ih * sxh + iw * sxw
     ci = tl.arange(0, BLOCK_CIN)
-    x0 = tl.load(x_base + pix[:, None] + (ci * sxc)[None, :],
-                 mask=inside[:, None] & (ci < C_IN)[None, :], other=0.0)
-    x0 = dot_operand(x0, x_ptr, DOT_FP32)
+    if RESIDENT:
+        x0 = tl.load(x_base + pix[:, None] + (ci * sxc)[None, :],
+                     mask=inside[:, None] & (ci < C_IN)[None, :], other=0.0)
+        x0 = dot_operand(x0, x_ptr, DOT_FP32)
     hl = tl.arange(0, BLOCK_HID)
     for h0 in range(h_start, h_end, BLOCK_HID):
         hc = h0 + hl
         h_mask = hc < HID
-        we = tl.load(we_ptr + hc[None, :] * C_IN + ci[:, None],
-                     mask=(ci < C_IN)[:, None] & h_mask[None, :], other=0.0)
-        e = tl.dot(x0, dot_operand(we, x_ptr, DOT_FP32), input_precision=PRECISION)
-        for i0 in range(BLOCK_CIN, C_IN, BLOCK_CIN):
+        if RESIDENT:
+            we = tl.load(we_ptr + hc[None, :] * C_IN + ci[:, None],
+                         mask=(ci < C_IN)[:, None] & h_mask[None, :], other=0.0)
+            e = tl.dot(x0, dot_operand(we, x_ptr, DOT_FP32), input_precision=PRECISION)
+            first = BLOCK_CIN
+        else:
+            e = tl.zeros((STEP, BLOCK_HID), tl.float32)
+            first = 0
+        for i0 in range(first, C_IN, BLOCK_CIN):
             cj = i0 + ci
             cj_mask = cj < C_IN
             xv = tl.load(x_base + pix[:, None] + (cj * sxc)[None, :],
@@ -253,11 +260,11 @@ def ir_kernel(
         for q0 in range(0, WHOLE, BLOCK_P):
             _expand_step(q0, h_start, h_end, x_base, x_ptr, we_ptr, es_ptr, eb_ptr, scratch,
                          row0, col0, C_IN, HID, H, W, sxc, sxh, sxw, SCRATCH_ROW, BLOCK_P, HALO,
-                         HALO_W, ACT, DOT_FP32, PRECISION, BLOCK_CIN, BLOCK_HID)
+                         HALO_W, ACT, DOT_FP32, PRECISION, BLOCK_CIN, BLOCK_HID, PROJECT)
         if PART > 0:
             _expand_step(WHOLE, h_start, h_end, x_base, x_ptr, we_ptr, es_ptr, eb_ptr, scratch,
                          row0, col0, C_IN, HID, H, W, sxc, sxh, sxw, SCRATCH_ROW, PART, HALO,
-                         HALO_W, ACT, DOT_FP32, PRECISION, BLOCK_CIN, BLOCK_HID)
+                         HALO_W, ACT, DOT_FP32, PRECISION, BLOCK_CIN, BLOCK_HID, PROJECT)
         tl.debug_barrier()  # the taps read pixels other threads stored
     for h0 in range(h_start, h_end, BLOCK_HID):
         hc = h0 + hl
