@@ -77,18 +77,22 @@ __global__ void __launch_bounds__(256) dwconv_bn_act_nhwc(const DwParams<T> p) {
 #pragma unroll(K > 0 ? K : 1)
   for (int i = 0; i < k; ++i) {
     const int64_t ih = oh * s - p.pad + int64_t(i) * d;
-    if (ih < 0 || ih >= p.H) continue;
+    const bool row_inside = ih >= 0 && ih < p.H;
 #pragma unroll(K > 0 ? K : 1)
     for (int j = 0; j < k; ++j) {
       const int64_t iw = ow * s - p.pad + int64_t(j) * d;
-      if (iw < 0 || iw >= p.W) continue;
+      // A padded tap still adds 0 * w, as stock PyTorch does: a NaN or infinite w reaches
+      // every output of its channel, the border included.
       float xv[V], wv[V];
-      const T* at = xn + ih * p.xs_h + iw * p.xs_w;
-      if (K == 0 && p.mult > 1) {  // output channel c reads input channel c / m
+      if (!row_inside || iw < 0 || iw >= p.W) {
+#pragma unroll
+        for (int v = 0; v < V; ++v) xv[v] = 0.f;
+      } else if (K == 0 && p.mult > 1) {  // output channel c reads input channel c / m
+        const T* at = xn + ih * p.xs_h + iw * p.xs_w;
 #pragma unroll
         for (int v = 0; v < V; ++v) xv[v] = v < valid ? to_float(at[(c0 + v) / p.mult]) : 0.f;
       } else {
-        load_channels(at + c0, full, valid, xv);
+        load_channels(xn + ih * p.xs_h + iw * p.xs_w + c0, full, valid, xv);
       }
       load_channels(p.w + (int64_t(i) * k + j) * p.C + c0, full, valid, wv);
 #pragma unroll

@@ -20,6 +20,7 @@ from oracle_check import assert_matches_oracle
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TEMPLATED = [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2)]
+NONFINITE = (float("nan"), float("inf"), -float("inf"))
 NAMES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
 
 
@@ -121,6 +122,24 @@ def test_launch_shapes(emulator, dtype):
         run(emulator, shape, dtype, 3)
     run(emulator, (2, 2 * group, 6, 7), dtype, 3, offset=True)
     run(emulator, (1, group, 4, 4), dtype, 5, stride=2, padding=4)
+
+
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("layout, k", [("channels_last", 3), ("channels_last", 4), ("nchw", 3)])
+def test_nonfinite_weight_reaches_the_border(emulator, layout, k):
+    """A NaN or infinite tap makes its channel NaN or infinite at every output, the padded
+    border included, as in stock PyTorch: a padded tap multiplies a zero (0 * NaN is NaN), it is
+    not skipped. k = 3 runs a templated kernel, k = 4 the generic one."""
+    x = oracle.feature_map((2, 8, 6, 5), torch.float32, layout)
+    weight = oracle.conv_weight((8, 1, k, k), torch.float32)
+    weight[1, 0, 0, 0], weight[2, 0, -1, -1], weight[3, 0, 0, -1] = NONFINITE
+    scale, shift = oracle.random_affine(8)
+    y = cuda.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "none").double()
+    ref = oracle.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "none")
+    for where in (torch.isnan, torch.isposinf, torch.isneginf):
+        assert torch.equal(where(y), where(ref)), f"{where.__name__} at other places than stock"
+    finite = ref.isfinite()
+    numerics.assert_close(y[finite], ref[finite], torch.float32)
 
 
 def test_float64_runs_on_reference(emulator):
