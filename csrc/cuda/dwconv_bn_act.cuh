@@ -165,6 +165,8 @@ void launch_dwconv_bn_act(const DwParams<T>& p, Stream stream) {
 // The host (dwconv_nchw_shape) picks TW in {8, 16, 32} and TH from the output's size, and as
 // many planes per block as fill kNchwThreads threads.
 inline constexpr int kNchwThreads = 256, kNchwStrip = 4;
+// An extent (window reach, stride) past which no NCHW window fits shared memory.
+inline constexpr int64_t kNchwMaxExtent = 4096;
 
 // A launch's tile: TW columns x rows (strips of R) per plane, `planes` planes per block, and
 // the input window each plane stages.
@@ -280,6 +282,11 @@ DwKernel<T> dwconv_bn_act_nchw_kernel(const DwParams<T>& p) {
 
 template <typename T>
 bool launch_dwconv_bn_act_nchw(const DwParams<T>& p, Stream stream) {
+  // The window spans at least (k-1)d + 1 rows and columns and 7s more columns (TW >= 8): where
+  // either reaches kNchwMaxExtent it cannot fit shared memory, and NchwShape's int arithmetic
+  // must not see it (a dilation or stride near 2^31 would overflow).
+  const int64_t reach = int64_t(p.k - 1) * p.dil + 1;
+  if (reach >= kNchwMaxExtent || p.stride >= kNchwMaxExtent) return false;
   const NchwShape sh = dwconv_nchw_shape(p);
   const size_t bytes =
       sizeof(float) * size_t(sh.planes) * (size_t(sh.window()) + size_t(p.k) * p.k);

@@ -142,6 +142,26 @@ def test_nonfinite_weight_reaches_the_border(emulator, layout, k):
     numerics.assert_close(y[finite], ref[finite], torch.float32)
 
 
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 2**30, 2**30), (2**31 - 1, 1, 1)])
+def test_extents_near_int32_limit(emulator, layout, stride, padding, dilation):
+    """A dilation, padding or stride near 2**31 (the largest the op accepts) does not overflow
+    the NCHW kernel's window arithmetic: such a window never fits shared memory, so the
+    channels_last kernel runs it. Only the centre tap (dilation 2**30) or the first output
+    pixel (stride 2**31 - 1) sees the image: the oracle is that 1x1 depthwise conv."""
+    x = oracle.feature_map((2, 3, 5, 6), torch.float32, layout)
+    weight = oracle.conv_weight((3, 1, 3, 3), torch.float32)
+    scale, shift = oracle.random_affine(3)
+    y = cuda.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, "relu")
+    if dilation > 1:
+        ref = oracle.dwconv_bn_act(x, weight[..., 1:2, 1:2], scale, shift, 1, 0, 1, "relu")
+    else:
+        ref = oracle.dwconv_bn_act(x[..., :2, :2], weight, scale, shift, 1, 1, 1,
+                                   "relu")[..., :1, :1]
+    assert_matches_oracle(y, ref, x, emulator.last_launch())
+
+
 def test_float64_runs_on_reference(emulator):
     """float64 has no kernel: the reference backend runs it, right and in the input's layout."""
     x = oracle.feature_map((2, 6, 7, 7), torch.float64, "nchw")
