@@ -69,7 +69,11 @@ inline int64_t conv_out(int64_t size, int64_t k, int64_t stride, int64_t pad, in
   const int64_t span = size + 2 * pad - dil * (k - 1) - 1;
   TORCH_CHECK(span >= 0, name, ": input size ", size, " is too small for kernel ", k,
               " with padding ", pad, " and dilation ", dil);
-  return span / stride + 1;
+  const int64_t out = span / stride + 1;
+  TORCH_CHECK(out <= kMaxExtent, name, ": output size ", out, " exceeds ", kMaxExtent,
+              " (input size ", size, ", kernel ", k, ", padding ", pad, ", stride ", stride,
+              ", dilation ", dil, ")");
+  return out;
 }
 
 inline Act parse_act(c10::string_view act) {

@@ -186,6 +186,7 @@ def test_float64_runs_on_reference(emulator):
     (dict(dilation=0), r"dilation must be in \[1, "),
     (dict(weight=torch.randn(4, 1, 9, 9)), "x \\(height\\): input size 5 is too small"),
     (dict(act="gelu"), "act must be one of"),
+    (dict(padding=2**31 - 1), r"x \(height\): output size 4294967297 .* padding 2147483647"),
 ])
 def test_bad_arguments_are_named(emulator, change, message):
     """The C++ op checks every argument before a launch, naming it."""
