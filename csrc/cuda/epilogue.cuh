@@ -37,12 +37,14 @@ FASTDW_DEVICE float activate(float v, int act) {
 }
 
 // g times d activate(z, act) / dz, as torch's backward ops (threshold_backward,
-// hardtanh_backward, hardswish_backward, hardsigmoid_backward, silu_backward) give it.
+// hardtanh_backward, hardswish_backward, hardsigmoid_backward, silu_backward) give it. At a NaN
+// z, as autograd's vectorised CPU kernels (and fastdw's other backends): relu passes g on,
+// relu6 and hardsigmoid give 0, hardswish and silu NaN.
 FASTDW_DEVICE float activate_grad(float g, float z, int act) {
   switch (act) {
-    case kRelu: return z > 0.f ? g : 0.f;
+    case kRelu: return z <= 0.f ? 0.f : g;
     case kRelu6: return z > 0.f && z < 6.f ? g : 0.f;
-    case kHardswish: return z < -3.f ? 0.f : z <= 3.f ? g * (z / 3.f + 0.5f) : g;
+    case kHardswish: return z < -3.f ? 0.f : z <= 3.f ? g * (z / 3.f + 0.5f) : z > 3.f ? g : z;
     case kHardsigmoid: return z > -3.f && z < 3.f ? g / 6.f : 0.f;
     case kSilu: {
       const float sig = 1.f / (1.f + expf(-z));

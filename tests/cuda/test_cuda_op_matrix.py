@@ -1,8 +1,9 @@
 """The op contract on the emulated CUDA backend: with FASTDW_CUDA_EMULATE=1 the cuda backend is
 usable on CPU tensors, so the matrices of tests/ops/test_dwconv_bn_act.py,
 tests/ops/test_pwconv_bn_act.py and tests/ops/test_inverted_residual.py (forward against float64
-stock ops, opcheck, torch.compile fullgraph, layouts, bad inputs) run on it as on every other
-backend. They run in one child process (the variable is read when fastdw is imported; one
+stock ops, opcheck, torch.compile fullgraph, layouts, bad inputs), and tests/ops/test_nonfinite.py
+(NaN and Inf through every op and activation, forward and gradients), run on it as on every
+other backend. They run in one child process (the variable is read when fastdw is imported; one
 process pays for importing torch and loading the emulator once), and each op's test checks its
 own rows of that run.
 
@@ -20,16 +21,17 @@ import sys
 import pytest
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPS = ("dwconv_bn_act", "pwconv_bn_act", "inverted_residual")
+# tests/ops/test_<name>.py for each name: the three ops' matrices and the non-finite values' file.
+FILES = ("dwconv_bn_act", "pwconv_bn_act", "inverted_residual", "nonfinite")
 
 
 @pytest.fixture(scope="module")
 def matrix_run(emulator):
-    """(outcomes per op file: {"PASSED": n, ...}, the run's output) of the three matrices'
+    """(outcomes per op file: {"PASSED": n, ...}, the run's output) of the files'
     cuda rows in one child process."""
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
-         *(os.path.join(TESTS, "ops", f"test_{op}.py") for op in OPS),
+         *(os.path.join(TESTS, "ops", f"test_{op}.py") for op in FILES),
          "-k", "cuda and not gradcheck"],
         env={**os.environ, "FASTDW_CUDA_EMULATE": "1"}, capture_output=True, text=True,
         timeout=1800)
@@ -41,7 +43,7 @@ def matrix_run(emulator):
 
 
 @pytest.mark.parametrize("op, rows", [("dwconv_bn_act", 100), ("pwconv_bn_act", 80),
-                                      ("inverted_residual", 52)])
+                                      ("inverted_residual", 52), ("nonfinite", 66)])
 def test_the_op_matrix_runs_on_emulated_cuda(matrix_run, op, rows):
     outcomes, output = matrix_run
     counts = outcomes[f"test_{op}.py"]
