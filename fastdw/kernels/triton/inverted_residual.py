@@ -282,7 +282,9 @@ def ir_kernel(
                 dw += e * wd.to(tl.float32)[None, :]
         ds = tl.load(ds_ptr + hc, mask=h_mask, other=0.0)
         db = tl.load(db_ptr + hc, mask=h_mask, other=0.0)
-        d = activation(dw * ds[None, :] + db[None, :], ACT)
+        # The padding channels: 0. Their expand weights are 0, so an Inf input pixel makes
+        # them Inf * 0 = NaN, which the project GEMM would spread to every output channel.
+        d = tl.where(h_mask[None, :], activation(dw * ds[None, :] + db[None, :], ACT), 0.0)
         if PROJECT:
             wp = tl.load(wp_ptr + o[None, :] * HID + hc[:, None],
                          mask=h_mask[:, None] & o_mask[None, :], other=0.0)
@@ -290,7 +292,6 @@ def ir_kernel(
                          input_precision=PRECISION)
         else:
             pix = (n.to(tl.int64) * OH + rows) * OW + cols
-            d = tl.where(h_mask[None, :], d, 0.0)  # the padding channels: 0
             tl.store(hid_ptr + pix[:, None] * HID_ROW + hc[None, :],
                      d.to(hid_ptr.dtype.element_ty), mask=out[:, None] & (hc < HID_ROW)[None, :])
             if POOL:

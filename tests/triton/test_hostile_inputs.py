@@ -1,0 +1,46 @@
+"""Inputs a demanding user passes that the op matrix does not: non-finite values where stock
+PyTorch keeps results finite, against the float64 stock-PyTorch oracle (tests/ops/op_oracle.py),
+under the interpreter's tiles and the GPU's (gpu_tiles=True)."""
+import importlib
+import os
+
+import pytest
+import torch
+
+from numerics import assert_close
+
+pytest.importorskip("fastdw.kernels.triton", reason="needs triton installed")
+
+import op_oracle  # noqa: E402  (tests/triton/conftest.py puts tests/ops on sys.path)
+from ir_blocks import block_weights  # noqa: E402
+
+ir = importlib.import_module("fastdw.kernels.triton.inverted_residual")
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("forces launcher choices on CPU tensors under TRITON_INTERPRET=1",
+                allow_module_level=True)
+
+
+def assert_same_nonfinite(out, ref, dtype):
+    """out has NaN and +-Inf exactly where the float64 ref has them, and is within the
+    tolerance of ref on the rest."""
+    ref = ref.to(out.dtype).double()
+    out = out.double()
+    for name, pick in (("NaN", torch.isnan), ("+Inf", torch.isposinf),
+                       ("-Inf", torch.isneginf)):
+        assert torch.equal(pick(out), pick(ref)), f"{name} at other elements than stock"
+    finite = torch.isfinite(ref)
+    assert_close(out[finite], ref[finite], dtype)
+
+
+@pytest.mark.parametrize("gpu_tiles", [False, True], ids=["interpreter_tiles", "gpu_tiles"])
+def test_fused_block_keeps_an_inf_input_out_of_the_padded_hidden_channels(gpu_tiles):
+    # 24 hidden channels: the fused kernel pads them to a chunk of 16 or 32. An Inf input pixel
+    # makes each real hidden channel +-Inf before relu6, which clamps it; a padding channel
+    # (weights 0) would be Inf * 0 = NaN and reach every output channel of the window.
+    x = op_oracle.feature_map((1, 8, 6, 6))
+    x[0, 3, 2, 2] = float("inf")
+    weights, (expand, dw, project, se) = block_weights(8, 24, 8, 3, torch.float32, False)
+    out = ir.forward(x, weights, 1, "relu6", True, "relu", "hardsigmoid", gpu_tiles=gpu_tiles)
+    ref = op_oracle.inverted_residual(x, expand, dw, project, se, 1, "relu6", True)
+    assert_same_nonfinite(out, ref, torch.float32)
