@@ -41,29 +41,45 @@ The five executions compared (a "pass" is one kernel; it streams its operands fr
                 pool and the classifier) runs as in (b), through fastdw's per-layer ops.
                 (c) is the ideal design, kept as the yardstick; (d) and (e) are what runs.
     (d) triton  fastdw's committed Triton kernels (fastdw/kernels/triton), as their launchers
-                choose on this GPU. The tile configs, the fused-vs-split choice, the scratch
-                region and budget are the kernel modules' own (pick_config, runs_fused,
-                scratch_region, SCRATCH_BUDGET: imported, so the model follows the code).
-                inverted_residual, fused (one program per image and 8x8 output tile, each
-                walking every hidden chunk): DRAM as in (c). Per program and hidden chunk the
-                expand re-reads the x window (tile + halo, so neighbouring tiles recompute the
-                halo's expansion), computes it in the launcher's expand steps (whole BLOCK_P
-                steps, then a power-of-two tail: the padding is expand work too) and writes it
-                to a scratch region (x's dtype) that the k*k taps read back; the tl.dot tiles are padded (C_in to BLOCK_CIN, C_out to BLOCK_COUT, tile
-                pixels past the map edge). Scratch and re-reads are L2 traffic (the launcher
-                bounds a launch's scratch to SCRATCH_BUDGET, below L2; larger batches launch in
-                waves, each a kernel).
+                choose on this GPU for channels_last inputs (fastdw's modules compute
+                channels_last on CUDA: the first of them, the stem, copies the NCHW input once,
+                a pass of its own). The tile configs, the fused-vs-split choice (by the SM
+                count), the scratch region, the register cap and the images per launch are the
+                kernel modules' own (pick_config, runs_fused, scratch_row, scratch_region,
+                maxnreg, resident_programs, SCRATCH_BUDGET: imported, so the model follows the
+                code; triton_ir_plan, checked against the launcher by tests/test_perfmodel.py).
+                inverted_residual, fused (one program per image and 8x8 output tile): DRAM as
+                in (c). Each program expands its x window (tile + halo, so neighbouring tiles
+                recompute the halo's expansion) once for every hidden channel, in the
+                launcher's expand steps (whole BLOCK_P steps, then a power-of-two tail: the
+                padding is expand work too), into its scratch region (steps x C_hidden rounded
+                to BLOCK_HID, x's dtype); its first BLOCK_CIN input channels are read once per
+                program, channels past BLOCK_CIN once per hidden chunk. The k*k taps read the
+                region back chunk by chunk; the tl.dot tiles are padded (C_in to BLOCK_CIN,
+                C_out to BLOCK_COUT, tile pixels past the map edge). Scratch and re-reads are
+                L2 traffic. A launch (wave) holds the images SCRATCH_BUDGET allows, and at least
+                enough for the programs the GPU runs at once (SMs x blocks per SM by the
+                register cap); a wave's scratch beyond the GPU's L2 (l2_size) is charged to
+                DRAM once, as dirty lines evicted before the next wave reuses them (none on an
+                H100 for MobileNetV2 in fp16 or fp32).
                 inverted_residual, split (SE, C_out > MAX_FUSED_COUT, or fewer fused programs
                 than SMs): the same expand + depthwise kernel, one program per tile and chunk,
-                writes the hidden tensor (x's dtype) and for SE fp32 per-tile sums to DRAM; the
-                SE gate runs as torch ops on fp32 vectors (a pass each, weight casts included);
-                pwconv_bn_act's GEMM kernel reads hidden (gate in its prologue), adds x, writes y.
+                reading x's window per chunk, writes the hidden tensor (x's dtype, each pixel's
+                channels padded with zeros to whole BLOCK_HID chunks) and for SE fp32 per-tile
+                sums to DRAM; the SE gate runs as torch ops on fp32 vectors (a pass each, weight
+                casts included); F.pad copies the project weight (and the gate) to the padded
+                width, a pass each, padding or not; pwconv_bn_act's GEMM kernel reads the padded
+                hidden (gate in its prologue), adds x, writes y.
                 dwconv_bn_act and pwconv_bn_act layers: their tile kernels (DRAM as (b), padded
-                tiles, each program loading its window / its rows per column tile). Depthwise
-                weights are copied tap-major by the launchers on every call (a launch each).
+                tiles, each program loading its window / its rows per column tile; channels_last,
+                so pw's per-image NCHW grid does not apply). Depthwise weights are copied
+                tap-major by the launchers on every call (a launch each).
                 The stem conv (F.conv2d with the BN folded into weight and bias, then its
                 activation module), the pool and the classifier (nn.Linear, then its activation
                 module) are stock torch ops on a GPU: a pass each.
+                Vector widths (VEC) and other instruction choices move the same bytes: the model
+                does not see them. TRITON_CHANGES lists the issue-13 changes the model can switch
+                off (`off`), to show what each is modelled to save.
     (e) cuda    fastdw's committed CUDA kernels (csrc/cuda; tile sizes CUDA_* below, checked
                 against the headers by tests/test_perfmodel.py): dwconv_bn_act one thread per
                 output pixel and 16-byte channel pack reading its taps from global memory,
@@ -78,7 +94,9 @@ The five executions compared (a "pass" is one kernel; it streams its operands fr
                 backend has no block kernel (cuda_has_block_kernel, CUDA_BLOCK_SE_KERNEL), the
                 block is fastdw.kernels.reference.inverted_residual traced on meta tensors op by
                 op (x cast to fp32, each conv, scale, shift, act a pass in fp32, the result cast
-                back). Stem, pool and classifier as in (d).
+                back). Stem (with its channels_last copy), pool and classifier as in (d). Inputs
+                are channels_last, so the NCHW depthwise kernel does not run here; the backward
+                kernels are outside this model (inference only).
 
 "Minimum DRAM bytes": each pass reads each operand and writes its output exactly once. Halo
 re-reads and weights re-read by many thread blocks are assumed to hit L2; a tensor written by one
@@ -132,10 +150,11 @@ class Gpu:
     l2_bytes_per_s: float   # assumed bandwidth of L2 to the SMs (see the module docstring)
     sms: int                # streaming multiprocessors (the triton launcher weighs its grid)
     shared_per_block: int   # opt-in dynamic shared memory of one block, bytes
+    l2_size: int            # bytes of L2 (what the triton scratch of one wave may stay in)
 
 
 H100_SXM = Gpu("H100 SXM", 3.35e12, {"fp16": 989e12, "bf16": 989e12, "fp32": 67e12}, 67e12,
-               5.5e12, 132, 227 * 1024)
+               5.5e12, 132, 227 * 1024, 50 << 20)
 
 # FLOPs per element of the elementwise aten ops (see the module docstring).
 _ACT_FLOPS = {"relu": 1, "hardtanh": 2, "hardsigmoid": 4, "hardswish": 5, "silu": 4}
@@ -488,18 +507,23 @@ def _fastdw_block(indices, layers, numel, itemsize):
             kernel([mul, project], project_k)]
 
 
-def kernels(tr, strategy, dtype, gpu=None):
+def kernels(tr, strategy, dtype, gpu=None, off=()):
     """[(block, [Kernel])] in network order for one strategy; bytes per layer index. `gpu`
     (default H100_SXM) matters to the committed triton kernels, whose launcher weighs its grid
-    against the GPU's SMs."""
+    against the GPU's SMs. `off`: TRITON_CHANGES the model switches off in (d) (and
+    "channels_last" in (e))."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    off = _check_off(off)
     gpu = gpu or H100_SXM
     itemsize = torch.empty(0, dtype=DTYPES[dtype]).element_size()
     out = []
     for block, indices in _blocks(tr.layers):
         if strategy in ("triton", "cuda"):
-            out.append((block, _committed(tr, indices, strategy, dtype, gpu)))
+            ks = _committed(tr, indices, strategy, dtype, gpu, off)
+            if not out and "channels_last" not in off:
+                ks = [_to_channels_last(tr, indices[0], itemsize)] + ks
+            out.append((block, ks))
             continue
         fused = (_fastdw_block(indices, tr.layers, tr.numel, itemsize)
                  if strategy == "design" else None)
@@ -633,29 +657,95 @@ def _triton_module(op):
     return importlib.import_module(f"fastdw.kernels.triton.{op}")
 
 
-def triton_ir_plan(b, itemsize, gpu):
-    """What fastdw/kernels/triton/inverted_residual.forward launches for block b on `gpu`: a
-    dict of fused (bool), the tile config, tiles per image, hidden chunks, the scratch region
-    (elements) and launches (waves of images sharing the scratch budget)."""
+# The issue-13 changes of the triton kernels the model can switch off (the `off` argument of
+# model(), report(), kernels() and triton_ir_plan()), each back to what ran before it; what the
+# committed kernels do with each one on.
+TRITON_CHANGES = {
+    "x_once": "the fused kernel expands its window for every hidden chunk into one scratch "
+              "region and reads its x window once (off: a region per chunk, x per chunk)",
+    "sm_split": "blocks whose fused grid has fewer programs than SMs split "
+                "(off: fused whenever no SE and C_out <= MAX_FUSED_COUT)",
+    "scratch_dtype": "the expand scratch in x's dtype (off: fp32)",
+    "trimmed_window": "the expand steps end in a power-of-two tail (expand_steps; off: whole "
+                      "BLOCK_P steps)",
+    "padded_hidden": "the split path's hidden tensor, project weight and gate padded to whole "
+                     "BLOCK_HID channels (off: C_hidden, no F.pad copies)",
+    "resident_waves": "a launch holds at least the GPU's resident programs (off: only what "
+                      "SCRATCH_BUDGET allows)",
+    "channels_last": "fastdw's modules compute channels_last on CUDA: one NCHW -> NHWC copy of "
+                     "the input at the stem (off: no copy)",
+}
+
+
+def _check_off(off):
+    off = frozenset(off)
+    unknown = off - set(TRITON_CHANGES)
+    if unknown:
+        raise ValueError(f"off: unknown change(s) {sorted(unknown)}; choose from "
+                         f"{tuple(TRITON_CHANGES)}")
+    return off
+
+
+def _channels_last_strides(n, c, h, w):
+    return (c * h * w, 1, w * c, c)
+
+
+def triton_ir_plan(b, itemsize, gpu, off=()):
+    """What fastdw/kernels/triton/inverted_residual.forward launches for block b (channels_last
+    x, as fastdw's modules give it on CUDA) on `gpu`: a dict of fused (bool), the tile config,
+    tiles per image, hidden chunks, the scratch row (columns per window pixel) and region
+    (elements per program), its element size, the hidden tensor's padded row (hid_row), the
+    register cap (regs), the programs the GPU holds at once (resident), images per launch
+    (wave), launches, the grid of a full launch, and the scratch bytes no wave keeps in L2
+    (spill). `off`: TRITON_CHANGES switched off (the model's ablation, not the launcher)."""
+    off = _check_off(off)
     ir = _triton_module("inverted_residual")
+    shared = _triton_module("_shared")
     tile = ir.pick_config(b.c_in, b.hidden, b.c_out, b.oh, b.ow, False, itemsize, True)[:2]
     tiles_hw = _cdiv(b.oh, tile[0]) * _cdiv(b.ow, tile[1])
-    fused = ir.runs_fused(b.squeeze > 0, b.c_out, b.n * tiles_hw, gpu.sms)
+    fused = ir.runs_fused(b.squeeze > 0, b.c_out, b.n * tiles_hw,
+                          None if "sm_split" in off else gpu.sms)
     config = ir.pick_config(b.c_in, b.hidden, b.c_out, b.oh, b.ow, fused, itemsize, True)
-    chunks = _cdiv(b.hidden, config[3])
-    region = ir.scratch_region(b.k, b.stride, *config[:2], config[3]) if b.expand else 0
+    boh, bow, _, bhid, _, warps = config
+    chunks = _cdiv(b.hidden, bhid)
     grid_chunks = 1 if fused else chunks
-    wave = max(1, min(b.n, ir.SCRATCH_BUDGET
-                      // max(1, tiles_hw * grid_chunks * region * itemsize)))
-    return dict(fused=fused, config=config, tiles_hw=tiles_hw, chunks=chunks, region=region,
-                launches=_cdiv(b.n, wave), grid=(wave * tiles_hw, grid_chunks))
+    row = ir.scratch_row(b.hidden, bhid, fused and "x_once" not in off)
+    if "trimmed_window" in off:
+        halo = ir.halo_pixels(b.k, b.stride, boh, bow)
+        region = _round_up(halo, boh * bow) * row
+    else:
+        region = ir.scratch_region(b.k, b.stride, boh, bow, row)
+    region = region if b.expand else 0
+    scratch_size = 4 if "scratch_dtype" in off else itemsize
+    hid_row = b.hidden if "padded_hidden" in off else ir.scratch_row(b.hidden, bhid, True)
+    x_strides = _channels_last_strides(b.n, b.c_in, b.h, b.w)
+    y_strides = (_channels_last_strides(b.n, b.c_out, b.oh, b.ow) if fused
+                 else (b.oh * b.ow * hid_row, b.ow * hid_row, hid_row, 1))
+    regs = shared.maxnreg(itemsize, b.c_in, b.hidden, b.c_out, *x_strides, *y_strides)
+    resident = shared.resident_programs(gpu.sms, regs, warps)
+    per_image = tiles_hw * grid_chunks
+    wave = ir.SCRATCH_BUDGET // max(1, per_image * region * scratch_size)
+    if "resident_waves" not in off:
+        wave = max(wave, _cdiv(resident, per_image))
+    wave = max(1, min(b.n, wave))
+    launches = _cdiv(b.n, wave)
+    # A wave's scratch beyond L2 is evicted (dirty) before the next wave overwrites it: written
+    # to DRAM once. The programs' live regions are assumed to stay for their read-back, and
+    # L2's other contents (x, weights) are not counted against it.
+    spill = sum(max(0, min(wave, b.n - n0) * per_image * region * scratch_size - gpu.l2_size)
+                for n0 in range(0, b.n, wave))
+    return dict(fused=fused, config=config, tiles_hw=tiles_hw, chunks=chunks, row=row,
+                region=region, scratch_size=scratch_size, hid_row=hid_row, regs=regs,
+                resident=resident, wave=wave, launches=launches, grid=(wave * tiles_hw,
+                                                                       grid_chunks),
+                spill=spill)
 
 
-def _triton_ir(b, itemsize, gpu):
+def _triton_ir(b, itemsize, gpu, off=()):
     """Kernels of block b on the triton backend (see the module docstring, (d))."""
-    plan = triton_ir_plan(b, itemsize, gpu)
+    plan = triton_ir_plan(b, itemsize, gpu, off)
     boh, bow, bcin, bhid, bcout, _ = plan["config"]
-    st, s = b.stages, itemsize
+    st, s, ss = b.stages, itemsize, plan["scratch_size"]
     bp, chunks = boh * bow, plan["chunks"]
     programs = b.n * plan["tiles_hw"]
     work = programs * chunks               # (program, hidden chunk) pairs, fused or split
@@ -667,39 +757,48 @@ def _triton_ir(b, itemsize, gpu):
     wd = b.k * b.k * b.hidden * s + 2 * b.hidden * PARAM_BYTES
     wp = b.hidden * b.c_out * s + 2 * b.c_out * PARAM_BYTES
     first = st.get("expand", st["dw"])
-    if b.expand:  # each chunk re-expands its window, in the expand steps, through scratch
-        e_tensor = work * plan["region"] * _round_up(b.c_in, bcin) * 2
-        e_cuda = work * plan["region"] * (2 + act)
+    if b.expand:  # the window expanded in the expand steps into the scratch, read back by taps
+        rows = work * (plan["region"] // plan["row"]) * bhid  # scratch elements written
+        e_tensor = rows * _round_up(b.c_in, bcin) * 2
+        e_cuda = rows * (2 + act)
         halo = (boh - 1) * b.stride + b.k
         halo *= (bow - 1) * b.stride + b.k
-        l2 = (window * b.c_in * s * chunks + programs * we
-              + work * (plan["region"] + halo * bhid) * s)
+        # x's window: split programs (one chunk each) and fused programs with one region per
+        # chunk read it per chunk; a fused program's resident first BLOCK_CIN channels once.
+        reads = (b.c_in * chunks if not plan["fused"] or plan["row"] == bhid
+                 else min(b.c_in, bcin) + max(0, b.c_in - bcin) * chunks)
+        l2 = window * reads * s + programs * we + (rows + work * halo * bhid) * ss
     else:         # the taps read x's window directly
         e_tensor = e_cuda = 0
         l2 = window * b.hidden * s
     d_cuda = work * bp * bhid * (2 * b.k * b.k + 2 + act)
     l2 += programs * wd
+    taps = _triton_taps(b.hidden, b.k, s, st["dw"])
     if plan["fused"]:
         p_tensor = work * bp * bhid * bcout * 2
         end = programs * bp * bcout * (2 + b.residual)
         l2 += programs * wp + (b.n * b.c_out * b.oh * b.ow * s if b.residual else 0) + y
-        dram = {first: x + we, st["dw"]: wd, st["project"]: wp + y}
+        dram = {first: x + we + plan["spill"], st["dw"]: wd, st["project"]: wp + y}
         if first == st["dw"]:
             dram[first] = x + wd
-        return [_triton_taps(b.hidden, b.k, s, st["dw"]),
-                Kernel(dram, e_tensor + p_tensor, e_cuda + d_cuda + end, l2, plan["launches"])]
-    hidden = b.n * b.oh * b.ow * b.hidden * s
+        return [taps, Kernel(dram, e_tensor + p_tensor, e_cuda + d_cuda + end, l2,
+                             plan["launches"])]
+    hid_row = plan["hid_row"]
+    hidden = b.n * b.oh * b.ow * hid_row * s
     pool = b.n * plan["tiles_hw"] * b.hidden * _SUM_BYTES if b.squeeze else 0
-    dram = {first: x + we, st["dw"]: wd + hidden}
+    dram = {first: x + we + plan["spill"], st["dw"]: wd + hidden}
     if first == st["dw"]:
         dram[first] = x + wd + hidden
     if pool:
         dram[st["mean"]] = pool
-    ks = [_triton_taps(b.hidden, b.k, s, st["dw"]),
-          Kernel(dram, e_tensor, e_cuda + d_cuda, l2 + hidden + pool, plan["launches"])]
+    ks = [taps, Kernel(dram, e_tensor, e_cuda + d_cuda, l2 + hidden + pool, plan["launches"])]
     if b.squeeze:
         ks += _se_gate_passes(b, itemsize, plan)
-    ks.append(_triton_pw(b.n, b.oh * b.ow, b.hidden, b.c_out, itemsize, "none", b.residual,
+    if "padded_hidden" not in _check_off(off):  # F.pad copies the weight (and the gate)
+        ks.append(Kernel({st["project"]: b.c_out * (b.hidden + hid_row) * s}, 0, 0))
+        if b.squeeze:
+            ks.append(Kernel({st["mul"]: b.n * (b.hidden + hid_row) * _SUM_BYTES}, 0, 0))
+    ks.append(_triton_pw(b.n, b.oh * b.ow, hid_row, b.c_out, itemsize, "none", b.residual,
                          gate=b.squeeze > 0, layer=st["project"],
                          gate_layer=st.get("mul")))
     return ks
@@ -1012,12 +1111,18 @@ def _stock(tr, i, itemsize):
     return [head, Kernel({i: 2 * out}, 0, act.flops)]
 
 
-def _committed(tr, indices, backend, dtype, gpu):
+def _to_channels_last(tr, layer, itemsize):
+    """The first fused module's x.contiguous(memory_format=torch.channels_last) of the network's
+    NCHW input (fastdw.nn.layers.feature_layout, on CUDA): one copy pass."""
+    return Kernel({layer: 2 * tr.numel[tr.layers[layer].inputs[0]] * itemsize}, 0, 0)
+
+
+def _committed(tr, indices, backend, dtype, gpu, off=()):
     """Kernels of one block on fastdw's `backend` ("triton" or "cuda") as committed."""
     itemsize = torch.empty(0, dtype=DTYPES[dtype]).element_size()
     if _is_inverted_residual(tr.layers, indices):
         b = ir_shape(tr, indices)
-        return (_triton_ir(b, itemsize, gpu) if backend == "triton"
+        return (_triton_ir(b, itemsize, gpu, off) if backend == "triton"
                 else _cuda_ir(b, itemsize, dtype, gpu))
     ks = []
     for i in indices:
@@ -1097,12 +1202,13 @@ class Report:
         return [b for b, idx in self.blocks() if _is_inverted_residual(self.trace.layers, idx)]
 
 
-def model(name, batch=32, resolution=224, dtype="fp16", gpu=H100_SXM):
-    """The modelled report for one network; see the module docstring for every assumption."""
-    return report(trace(name, batch, resolution), dtype, gpu)
+def model(name, batch=32, resolution=224, dtype="fp16", gpu=H100_SXM, off=()):
+    """The modelled report for one network; see the module docstring for every assumption.
+    `off`: TRITON_CHANGES switched off (see kernels())."""
+    return report(trace(name, batch, resolution), dtype, gpu, off)
 
 
-def report(tr, dtype="fp16", gpu=H100_SXM):
+def report(tr, dtype="fp16", gpu=H100_SXM, off=()):
     """The modelled report of a trace (see trace() and trace_module())."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
@@ -1111,7 +1217,7 @@ def report(tr, dtype="fp16", gpu=H100_SXM):
     for strategy in STRATEGIES:
         per_layer = [0] * len(tr.layers)
         times, counts, memory, l2, flops = {}, {}, {}, {}, {}
-        for block, ks in kernels(tr, strategy, dtype, gpu):
+        for block, ks in kernels(tr, strategy, dtype, gpu, off):
             for k in ks:
                 for i, b in k.bytes_by_layer.items():
                     per_layer[i] += b

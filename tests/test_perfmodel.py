@@ -272,11 +272,12 @@ def test_triton_fused_block_by_hand():
     # DRAM: x, every weight once, y, as the design (c).
     assert k.bytes == x + we + wd + wp + y
     # 9 hidden chunks of 16; the 10x10 window (8 of its 10 rows and columns inside the 8x8 map)
-    # is expanded in 2 steps of 64 pixels into a 128 x 16 fp16 scratch region, which the 3x3
-    # taps read back (100 x 16); x's window is reloaded per chunk, the residual reread at the end.
-    chunks, window, region, halo = 9, 8 * 8, 128 * 16, 100 * 16
-    assert k.l2_bytes == (window * 24 * s * chunks + we + wd + wp
-                          + chunks * (region + halo) * s + x + y)
+    # is expanded in 2 steps of 64 pixels for all 144 hidden channels into a 128 x 144 fp16
+    # scratch region, which the 3x3 taps read back (100 x 16 per chunk); x's window (24
+    # channels, within BLOCK_CIN) is read once, the residual reread at the end.
+    chunks, window, region, halo = 9, 8 * 8, 128 * 144, 100 * 16
+    assert k.l2_bytes == (window * 24 * s + we + wd + wp
+                          + (region + chunks * halo) * s + x + y)
     # Expand: 128 rows x 16 channels x C_in padded to 32, per chunk; project: 64 x 16 x C_out
     # padded to 32 per chunk.
     assert k.tensor_flops == chunks * (128 * 16 * 32 * 2 + 64 * 16 * 32 * 2)
@@ -289,16 +290,84 @@ def test_triton_fused_block_by_hand():
 def test_triton_split_block_by_hand():
     # On 132 SMs one tile is too few programs: the block splits, hidden goes through DRAM.
     tr, _ = _small_v2()
-    _, expand_dw, project = _block_kernels(tr, "triton", "features.3")
+    _, expand_dw, pad, project = _block_kernels(tr, "triton", "features.3")
     s, f = 2, 4
     x = y = 24 * 8 * 8 * s
     hidden = 144 * 8 * 8 * s
     assert expand_dw.bytes == x + (24 * 144 * s + 2 * 144 * f) + (9 * 144 * s + 2 * 144 * f) \
         + hidden
+    # F.pad copies the project weight even where 144 hidden channels need no padding.
+    assert pad.bytes == 2 * 24 * 144 * s
     # pwconv_bn_act's small_n tile (64 x 32 x 32): one program reads hidden, the weights, x for
     # the residual and writes y; K = 144 padded to 160.
     assert project.bytes == hidden + 144 * 24 * s + 2 * 24 * f + x + y
     assert project.tensor_flops == 2 * 64 * 32 * 160
+
+
+def test_triton_split_hidden_is_padded_by_hand():
+    # MobileNetV3-small features.2 at 32x32, batch 1: 16 -> 72 -> 24, dw 3x3 s2 to 4x4; one
+    # tile, so it splits. The hidden tensor's 72 channels are padded to 80 (5 chunks of 16):
+    # written and read as 80, the project weight copied to 80 columns, K = 80 padded to 96.
+    tr = _trace("mobilenet_v3_small", 1, 32)
+    _, expand_dw, pad, project = _block_kernels(tr, "triton", "features.2")
+    s, f, pixels = 2, 4, 4 * 4
+    x, y = 16 * 8 * 8 * s, 24 * pixels * s
+    hidden = pixels * 80 * s
+    assert expand_dw.bytes == x + (16 * 72 * s + 2 * 72 * f) + (9 * 72 * s + 2 * 72 * f) \
+        + hidden
+    assert pad.bytes == 24 * (72 + 80) * s
+    assert project.bytes == hidden + 24 * 80 * s + 2 * 24 * f + y
+    assert project.tensor_flops == 2 * 64 * 32 * 96
+
+
+def test_triton_scratch_beyond_l2_is_charged_to_dram():
+    # The small V2 block fused on one SM: one program, one wave, a 128 x 144 fp16 scratch
+    # region. With an L2 1000 bytes smaller than it, those bytes reach DRAM.
+    tr, _ = _small_v2()
+    one_sm = dataclasses.replace(perfmodel.H100_SXM, sms=1)
+    region = 128 * 144 * 2
+    small_l2 = dataclasses.replace(one_sm, l2_size=region - 1000)
+    (_, fits), (_, spills) = (_block_kernels(tr, "triton", "features.3", g)
+                              for g in (one_sm, small_l2))
+    assert spills.bytes == fits.bytes + 1000
+    assert spills.l2_bytes == fits.l2_bytes
+
+
+def test_the_stem_converts_the_input_to_channels_last_once():
+    # fastdw's modules compute channels_last on CUDA: the first (the stem) copies the NCHW
+    # input, in (d) and (e) alike; no other block copies.
+    n = 2
+    tr = _trace("mobilenet_v2", n, 32)
+    for strategy in ("triton", "cuda"):
+        blocks = perfmodel.kernels(tr, strategy, "fp16")
+        copy = blocks[0][1][0]
+        assert copy.bytes == 2 * n * 3 * 32 * 32 * 2 and copy.launches == 1, strategy
+        off = perfmodel.kernels(tr, strategy, "fp16", off={"channels_last"})
+        assert off[0][1] == blocks[0][1][1:] and off[1:] == blocks[1:], strategy
+
+
+def test_every_triton_change_can_be_switched_off(monkeypatch):
+    # Each switch changes some modelled figure of a configuration where its change applies:
+    # MobileNetV3-small (k5 blocks, widths not multiples of 16) at 96x96, batch 1 and 8, on
+    # 8 SMs (its 12x12 blocks' 4 tiles split at batch 1 and run fused at 8), with a scratch
+    # budget of one byte (the waves follow the resident-programs rule alone).
+    monkeypatch.setattr(_ir_module(), "SCRATCH_BUDGET", 1)
+    gpu = dataclasses.replace(perfmodel.H100_SXM, sms=8)
+    reports = {}
+
+    def figures(batch, off=()):
+        tr = _trace("mobilenet_v3_small", batch, 96)
+        ks = [k for _, b in perfmodel.kernels(tr, "triton", "fp16", gpu, off) for k in b]
+        return (sum(k.bytes for k in ks), sum(k.l2 for k in ks), sum(k.launches for k in ks),
+                sum(k.tensor_flops + k.cuda_flops for k in ks))
+    for batch in (1, 8):
+        reports[batch] = figures(batch)
+        for change in perfmodel.TRITON_CHANGES:
+            reports[batch, change] = figures(batch, {change})
+    for change in perfmodel.TRITON_CHANGES:
+        assert any(reports[batch, change] != reports[batch] for batch in (1, 8)), change
+    with pytest.raises(ValueError, match="off: unknown change"):
+        perfmodel.kernels(_trace("mobilenet_v3_small", 1, 96), "triton", "fp16", off={"x"})
 
 
 def test_triton_plan_follows_the_launcher(monkeypatch):
@@ -313,28 +382,37 @@ def test_triton_plan_follows_the_launcher(monkeypatch):
 
     monkeypatch.setattr(ir, "ir_kernel", Recorder())
     monkeypatch.setattr(ir, "pw_forward", lambda *a, **kw: projects.append(a) or a[0])
-    tr = perfmodel.trace("mobilenet_v3_small", 2, 64)
+    # A budget of one byte leaves the launches to the resident-programs rule.
+    tr = perfmodel.trace("mobilenet_v3_small", 8, 64)
     blocks = dict(perfmodel._blocks(tr.layers))
-    for sms in (1, 132):
+    for sms, budget in ((1, ir.SCRATCH_BUDGET), (132, ir.SCRATCH_BUDGET), (3, 1), (132, 1)):
         monkeypatch.setattr(ir, "multiprocessors", lambda device: sms)
+        monkeypatch.setattr(ir, "SCRATCH_BUDGET", budget)
         gpu = dataclasses.replace(perfmodel.H100_SXM, sms=sms)
         for name in ("features.1", "features.2", "features.4"):  # SE, plain, SE k5 s2
             b = perfmodel.ir_shape(tr, blocks[name])
             plan = perfmodel.triton_ir_plan(b, 2, gpu)
             calls.clear()
             projects.clear()
-            ir.forward(torch.randn(b.n, b.c_in, b.h, b.w, dtype=torch.float16),
-                       _weights(b), b.stride, b.act, b.residual, b.se_act, b.se_gate,
-                       gpu_tiles=True)
+            x = torch.randn(b.n, b.c_in, b.h, b.w, dtype=torch.float16)
+            # channels_last, as fastdw's modules give it on CUDA (layers.feature_layout)
+            ir.forward(x.contiguous(memory_format=torch.channels_last), _weights(b), b.stride,
+                       b.act, b.residual, b.se_act, b.se_gate, gpu_tiles=True)
             grid, args, kw = calls[0]
-            assert len(calls) == plan["launches"] and grid == plan["grid"], name
-            assert not projects == plan["fused"], name
+            label = (name, sms, budget)
+            assert len(calls) == plan["launches"] and grid == plan["grid"], label
+            assert kw["maxnreg"] == plan["regs"], label
+            assert not projects == plan["fused"], label
             assert (kw["BLOCK_OH"], kw["BLOCK_OW"], kw["BLOCK_CIN"], kw["BLOCK_HID"],
-                    kw["BLOCK_COUT"], kw["num_warps"]) == plan["config"], name
+                    kw["BLOCK_COUT"], kw["num_warps"]) == plan["config"], label
+            assert kw["SCRATCH_ROW"] == plan["row"] and kw["HID_ROW"] == plan["hid_row"], label
             # x, 3 expand and 3 depthwise and 3 project tensors, hidden, then the scratch: in
             # x's dtype, as modelled.
-            assert args[11].dtype == torch.float16, name
+            assert args[11].dtype == torch.float16, label
             assert args[11].numel() == max(1, plan["grid"][0] * plan["grid"][1] * plan["region"])
+            if projects:  # the project GEMM reads the padded hidden tensor and weight
+                hid, weight = projects[0][:2]
+                assert hid.shape[1] == weight.shape[1] == plan["hid_row"], label
 
 
 def _weights(b):
