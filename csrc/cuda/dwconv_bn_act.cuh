@@ -293,7 +293,8 @@ bool launch_dwconv_bn_act_nchw(const DwParams<T>& p, Stream stream) {
   if (bytes > kDefaultDynamicShared) return false;
   const int64_t blocks = (p.N * p.C + sh.planes - 1) / sh.planes;
   const int64_t tiles = ((p.OH + sh.th() - 1) / sh.th()) * ((p.OW + sh.tw - 1) / sh.tw);
-  if (blocks > 0x7fffffff || tiles > 65535)
+  if (tiles > 65535) return false;  // grid.y's limit: a plane this large runs channels_last
+  if (blocks > 0x7fffffff)
     throw std::invalid_argument("dwconv_bn_act: " + std::to_string(p.N * p.C) + " planes of " +
                                 std::to_string(p.OH) + " x " + std::to_string(p.OW) +
                                 " outputs exceed the grid limits");

@@ -175,7 +175,8 @@ bool launch_dwconv(const DwCall& a, const at::Tensor& x, const at::Tensor& taps,
 // y = act(depthwise_conv2d(x, weight) * scale + shift) (the math is above the kernels in
 // csrc/cuda/dwconv_bn_act.cuh), on the device of a checked call: x with channel stride 1 on
 // the channels_last kernel (y channels_last), any other x on the NCHW kernel (y contiguous),
-// or, where the NCHW kernel's window exceeds its shared memory, as a channels_last copy.
+// or, where the NCHW kernel's window exceeds its shared memory (or a plane its grid), as a
+// channels_last copy.
 inline at::Tensor run_dwconv_bn_act(const DwCall& a, Stream stream) {
   const int64_t Cout = a.weight.size(0);
   // Tap-major fp32 weights: one 16-byte load gives a tap for a thread's channel group.

@@ -44,8 +44,8 @@ template <typename T>
 void launch_dwconv_bn_act(const DwParams<T>& p, Stream stream);
 
 // Launches the instantiation of dwconv_bn_act_nchw that fits `p` and returns true, or returns
-// false (launching nothing) when its input window exceeds the default shared memory; throws as
-// launch_dwconv_bn_act does.
+// false (launching nothing) when its input window exceeds the default shared memory or a plane
+// has more tiles than grid.y allows; throws as launch_dwconv_bn_act does.
 template <typename T>
 bool launch_dwconv_bn_act_nchw(const DwParams<T>& p, Stream stream);
 

@@ -37,7 +37,8 @@ DEVICES = ("cpu",) if EMULATING else ("cuda",)
 # What the kernels cover; every other call runs on reference.
 COVERAGE = ("dwconv_bn_act forward is a CUDA kernel for float32/float16/bfloat16 inputs in "
             "channels_last and NCHW (any other layout through the NCHW kernel; an NCHW window "
-            "over 48 KB of shared memory as a channels_last copy), channel multipliers "
+            "over 48 KB of shared memory, or a plane of more tiles than the grid allows, as a "
+            "channels_last copy), channel multipliers "
             "included; its backward is CUDA kernels for channel multiplier 1 (an NCHW input "
             "as a channels_last copy). pwconv_bn_act (forward and backward) and "
             "inverted_residual are CUDA kernels for channels_last float32/float16/bfloat16 "

@@ -162,6 +162,19 @@ def test_extents_near_int32_limit(emulator, layout, stride, padding, dilation):
     assert_matches_oracle(y, ref, x, emulator.last_launch())
 
 
+@pytest.mark.usefixtures("poisoned_outputs")
+def test_nchw_plane_over_the_grid_limit(emulator):
+    """An NCHW plane of more tiles than grid.y allows (65535) runs as a channels_last copy, as
+    stock PyTorch runs it, rather than being refused."""
+    x = oracle.feature_map((1, 2, 1, 32 * 65535 + 1), torch.float32, "nchw")
+    weight = oracle.conv_weight((2, 1, 1, 1), torch.float32)
+    scale, shift = oracle.random_affine(2)
+    y = cuda.dwconv_bn_act(x, weight, scale, shift, 1, 0, 1, "relu6")
+    assert "dwconv_bn_act_nhwc" in emulator.last_launch()
+    assert_matches_oracle(y, oracle.dwconv_bn_act(x, weight, scale, shift, 1, 0, 1, "relu6"), x,
+                          emulator.last_launch())
+
+
 def test_float64_runs_on_reference(emulator):
     """float64 has no kernel: the reference backend runs it, right and in the input's layout."""
     x = oracle.feature_map((2, 6, 7, 7), torch.float64, "nchw")
