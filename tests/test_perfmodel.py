@@ -232,6 +232,25 @@ def test_bench_script_labels_figures_and_writes_the_png(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_script_ablates_each_triton_change(capsys):
+    spec = importlib.util.spec_from_file_location("perf_model", ROOT / "bench" / "perf_model.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--ablate", "--model", "mobilenet_v3_small", "--batch", "1", "2",
+                 "--resolution", "64"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("MODELLED, not measured: what each issue-13 change saves")
+    assert all(line.endswith(" us") and "(modelled)" in line for line in out[1:3])
+    rows = [line.strip("|").split(" | ") for line in out if line.startswith("| ")][1:]
+    assert [(r[0].strip(), int(r[1])) for r in rows] == [
+        (c, b) for b in (1, 2) for c in perfmodel.TRITON_CHANGES]
+    # The stem's channels_last copy costs its input read and written once: 2 x 3 x 64 x 64 x 2.
+    stem = [r for r in rows if r[0].strip() == "channels_last"]
+    assert [float(r[2]) for r in stem] == pytest.approx(
+        [-2 * b * 3 * 64 * 64 * 2 / 1e6 for b in (1, 2)], abs=0.005)
+    assert [int(r[4]) for r in stem] == [-1, -1]
+
+
 # --- (d) triton and (e) cuda: the committed kernels -----------------------------------------
 
 def _ir_module():
