@@ -232,6 +232,15 @@ def test_bench_script_labels_figures_and_writes_the_png(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_gpu_readme_shows_the_model_as_committed(reports):
+    # bench/gpu/README.md's modelled MobileNetV2 table (block rows and totals) is what the model
+    # gives for the committed kernels: regenerate it with bench/perf_model.py when they change.
+    from fastdw.bench import modelled
+    readme = (ROOT / "bench" / "gpu" / "README.md").read_text().splitlines()
+    rows = [line for line in modelled.table(reports["mobilenet_v2"]) if not line.startswith(" ")]
+    assert [line for line in rows if line not in readme] == []
+
+
 def test_bench_script_ablates_each_triton_change(capsys):
     spec = importlib.util.spec_from_file_location("perf_model", ROOT / "bench" / "perf_model.py")
     script = importlib.util.module_from_spec(spec)
