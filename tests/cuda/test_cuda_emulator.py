@@ -7,6 +7,7 @@ emulator's mma.sync and ldmatrix against the PTX ISA's fragment layouts: fragmen
 the layout from global memory, and a GEMM tile staged by cp.async and loaded by ldmatrix, must
 give the exact product."""
 import pytest
+import torch
 
 SEEDS = (1, 2, 3, 4, 5)
 
@@ -80,3 +81,27 @@ def test_a_seed_replays_the_same_run(emulator):
         return str(caught.value)
     assert report(7) == report(7)
     assert len({report(seed) for seed in SEEDS}) > 1
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("FASTDW_CUDA_EMULATE_SEED", "abc", "FASTDW_CUDA_EMULATE_SEED must be"),
+    ("FASTDW_CUDA_EMULATE_SEED", "-1", "FASTDW_CUDA_EMULATE_SEED must be"),
+    ("FASTDW_CUDA_EMULATE_SEED", "1" * 30, "FASTDW_CUDA_EMULATE_SEED must be"),
+    ("FASTDW_CUDA_EMULATE_ARCH", "sm_90", "FASTDW_CUDA_EMULATE_ARCH must be 80 or 90"),
+    ("FASTDW_CUDA_EMULATE_ARCH", "75", "FASTDW_CUDA_EMULATE_ARCH must be 80 or 90"),
+    ("FASTDW_CUDA_EMULATE_RACECHECK", "yes", "FASTDW_CUDA_EMULATE_RACECHECK must be 0 or 1"),
+])
+def test_a_misspelt_setting_is_named(emulator, monkeypatch, variable, value, message):
+    """A setting the emulator cannot honour is an error naming it, not silently the default (a
+    seed of 0, sm_80, no race check)."""
+    monkeypatch.setenv(variable, value)
+    x = torch.randn(1, 4, 5, 5).to(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match=message):
+        emulator.dwconv_bn_act(x, torch.randn(4, 1, 3, 3), torch.rand(4), torch.rand(4), 1, 1,
+                               1, "relu")
+
+
+@pytest.mark.parametrize("arch", [75, 0])
+def test_selftest_names_an_unknown_arch(emulator, arch):
+    with pytest.raises(RuntimeError, match=f"arch must be 80 or 90, got {arch}"):
+        emulator.emulator_selftest("reverse", 1, False, arch)

@@ -32,6 +32,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cxxabi.h>
+#include <errno.h>
 #include <dlfcn.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -84,14 +85,32 @@ struct Options {
 
 // Options from the environment: FASTDW_CUDA_EMULATE_SEED (else a fresh random seed per launch),
 // FASTDW_CUDA_EMULATE_RACECHECK=1, FASTDW_CUDA_EMULATE_ARCH=80|90 (default 80).
+// Unset or empty means the default; any other value the emulator cannot honour is an Error
+// naming the variable, not silently the default.
 inline Options options_from_env() {
   Options o;
-  const char* seed = std::getenv("FASTDW_CUDA_EMULATE_SEED");
-  o.seed = seed && *seed ? std::strtoull(seed, nullptr, 10) : std::random_device{}();
-  const char* race = std::getenv("FASTDW_CUDA_EMULATE_RACECHECK");
-  o.racecheck = race && std::string(race) == "1";
-  const char* arch = std::getenv("FASTDW_CUDA_EMULATE_ARCH");
-  o.arch = arch && std::string(arch) == "90" ? &kSm90 : &kSm80;
+  auto setting = [](const char* name) {
+    const char* v = std::getenv(name);
+    return std::string(v ? v : "");
+  };
+  const std::string seed = setting("FASTDW_CUDA_EMULATE_SEED");
+  if (seed.empty()) {
+    o.seed = std::random_device{}();
+  } else {
+    char* end = nullptr;
+    errno = 0;
+    o.seed = std::strtoull(seed.c_str(), &end, 10);
+    if (seed.find_first_not_of("0123456789") != std::string::npos || *end || errno == ERANGE)
+      throw Error("FASTDW_CUDA_EMULATE_SEED must be an integer in [0, 2^64), got '" + seed + "'");
+  }
+  const std::string race = setting("FASTDW_CUDA_EMULATE_RACECHECK");
+  if (!race.empty() && race != "0" && race != "1")
+    throw Error("FASTDW_CUDA_EMULATE_RACECHECK must be 0 or 1, got '" + race + "'");
+  o.racecheck = race == "1";
+  const std::string arch = setting("FASTDW_CUDA_EMULATE_ARCH");
+  if (!arch.empty() && arch != "80" && arch != "90")
+    throw Error("FASTDW_CUDA_EMULATE_ARCH must be 80 or 90, got '" + arch + "'");
+  o.arch = arch == "90" ? &kSm90 : &kSm80;
   return o;
 }
 

@@ -467,6 +467,8 @@ inline const std::map<std::string, std::function<void(const fastdw_emu::Options&
 inline void run(const std::string& name, uint64_t seed, bool racecheck, int arch) {
   const auto it = cases().find(name);
   if (it == cases().end()) throw std::invalid_argument("no emulator self-test named " + name);
+  if (arch != 80 && arch != 90)
+    throw std::invalid_argument("arch must be 80 or 90, got " + std::to_string(arch));
   fastdw_emu::Options o;
   o.seed = seed;
   o.racecheck = racecheck;
