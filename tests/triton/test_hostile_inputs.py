@@ -2,6 +2,7 @@
 PyTorch keeps results finite, against the float64 stock-PyTorch oracle (tests/ops/op_oracle.py),
 under the interpreter's tiles and the GPU's (gpu_tiles=True)."""
 import importlib
+import threading
 import os
 
 import pytest
@@ -44,3 +45,34 @@ def test_fused_block_keeps_an_inf_input_out_of_the_padded_hidden_channels(gpu_ti
     out = ir.forward(x, weights, 1, "relu6", True, "relu", "hardsigmoid", gpu_tiles=gpu_tiles)
     ref = op_oracle.inverted_residual(x, expand, dw, project, se, 1, "relu6", True)
     assert_same_nonfinite(out, ref, torch.float32)
+
+
+def test_threads_calling_the_backend_at_once():
+    # Triton's interpreter patches triton.language for the duration of a launch and restores it
+    # after, so two threads interpreting kernels at once broke each other's launches.
+    from fastdw.ops.dwconv_bn_act import dwconv_bn_act
+    c, threads = 8, 4
+    weight = op_oracle.conv_weight((c, 1, 3, 3), torch.float32)
+    scale, shift = op_oracle.random_affine(c)
+    xs = [op_oracle.feature_map((1, c, 6, 6)) for _ in range(threads)]
+    outs, errors = [None] * threads, []
+    start = threading.Barrier(threads)
+
+    def work(i):
+        start.wait()
+        try:
+            for _ in range(3):  # a few launches each, so they overlap on every run
+                outs[i] = dwconv_bn_act(xs[i], weight, scale, shift, act="hardswish",
+                                        backend="triton")
+        except Exception as e:  # noqa: BLE001  (reported below, in the test's thread)
+            errors.append(e)
+
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not errors, errors
+    for x, out in zip(xs, outs):
+        assert_close(out, op_oracle.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "hardswish"),
+                     torch.float32)

@@ -1,6 +1,8 @@
 """Pieces every fastdw Triton kernel shares: the activations and their derivatives (one jit
 helper each, so every kernel computes exactly the same math), and launch-time facts."""
+import contextlib
 import os
+import threading
 
 import torch
 import triton
@@ -113,8 +115,21 @@ def on_device_of(t):
     launches on the current device, on torch's current stream of that device, so without it a
     tensor on cuda:1 with device 0 current would be handed to a kernel on the wrong GPU; with
     it the kernels run on t's device and that device's current stream, where torch's own ops
-    on t would run. A no-op for a CPU tensor (the interpreter)."""
-    return torch.cuda.device_of(t)
+    on t would run. Under the interpreter it also holds _INTERPRETER_LOCK: the interpreter
+    patches triton.language for the duration of a launch and restores it after, so launches
+    from two threads at once broke each other (one raised mid-kernel)."""
+    guard = torch.cuda.device_of(t)
+    if not interpreting():
+        return guard
+    stack = contextlib.ExitStack()
+    stack.enter_context(_INTERPRETER_LOCK)
+    stack.enter_context(guard)
+    return stack
+
+
+# Serialises interpreted launches (on_device_of); reentrant, as a launcher's with-block may
+# call another launcher.
+_INTERPRETER_LOCK = threading.RLock()
 
 
 def dot_precision(dtype):
