@@ -279,8 +279,8 @@ def _small_v2():
     return tr, dict(perfmodel._blocks(tr.layers))["features.3"]
 
 
-def _block_kernels(tr, strategy, block, gpu=perfmodel.H100_SXM):
-    return dict(perfmodel.kernels(tr, strategy, "fp16", gpu))[block]
+def _block_kernels(tr, strategy, block, gpu=perfmodel.H100_SXM, off=()):
+    return dict(perfmodel.kernels(tr, strategy, "fp16", gpu, off))[block]
 
 
 def test_triton_fused_block_by_hand():
@@ -313,6 +313,23 @@ def test_triton_fused_block_by_hand():
     # the project epilogue with the residual (3 per element of the 64 x 32 padded tile).
     assert k.cuda_flops == chunks * (128 * 16 * 4 + 64 * 16 * 22) + 64 * 32 * 3
     assert k.launches == 1
+
+
+def test_triton_fused_block_rereads_input_channels_past_block_cin():
+    # MobileNetV2 features.12 at 32x32, batch 1, fused on one SM: 96 -> 576 -> 96 on a 2x2
+    # map, 36 hidden chunks. A program keeps its first BLOCK_CIN = 64 input channels resident
+    # for every chunk and reloads the other 32 per chunk; before d8df343 (x_once off) all 96
+    # were reloaded per chunk. Nothing else differs in L2.
+    tr = _trace("mobilenet_v2", 1, 32)
+    one_sm = dataclasses.replace(perfmodel.H100_SXM, sms=1)
+    indices = dict(perfmodel._blocks(tr.layers))["features.12"]
+    b = perfmodel.ir_shape(tr, indices)
+    assert (b.c_in, b.hidden, b.h, b.w) == (96, 576, 2, 2)
+    assert perfmodel.triton_ir_plan(b, 2, one_sm)["config"][2] == 64
+    once, per_chunk = (_block_kernels(tr, "triton", "features.12", one_sm, off)[1]
+                       for off in ((), {"x_once"}))
+    assert per_chunk.l2_bytes - once.l2_bytes == 4 * (96 * 36 - (64 + 32 * 36)) * 2
+    assert per_chunk.bytes == once.bytes
 
 
 def test_triton_split_block_by_hand():
