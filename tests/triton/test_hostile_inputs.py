@@ -15,7 +15,9 @@ pytest.importorskip("fastdw.kernels.triton", reason="needs triton installed")
 import op_oracle  # noqa: E402  (tests/triton/conftest.py puts tests/ops on sys.path)
 from ir_blocks import block_weights  # noqa: E402
 
-ir = importlib.import_module("fastdw.kernels.triton.inverted_residual")
+# By module path: the package attributes of these names are the kernel functions.
+dw, ir = (importlib.import_module(f"fastdw.kernels.triton.{name}")
+          for name in ("dwconv_bn_act", "inverted_residual"))
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("forces launcher choices on CPU tensors under TRITON_INTERPRET=1",
@@ -76,3 +78,24 @@ def test_threads_calling_the_backend_at_once():
     for x, out in zip(xs, outs):
         assert_close(out, op_oracle.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "hardswish"),
                      torch.float32)
+
+
+def test_dwconv_backward_ignores_pixels_no_output_reads():
+    # Stride 2 without padding on an even map: stock never reads the last row and column, so an
+    # Inf there leaves every gradient finite. The GPU tile's rows and columns past the output
+    # map read it all the same, and silu' (Inf) * 0 = NaN reached the weight, scale and shift
+    # gradients through their sums.
+    c = 4
+    x = op_oracle.feature_map((1, c, 6, 6))
+    x[0, 1, 5, 5] = float("inf")
+    weight = op_oracle.conv_weight((c, 1, 3, 3), torch.float32)
+    scale, shift = op_oracle.random_affine(c)
+    conv = (2, 0, 1, "silu")
+    leaves = [t.double().requires_grad_() for t in (x, weight, scale, shift)]
+    ref = op_oracle.dwconv_bn_act(*leaves, *conv)
+    grad = torch.randn(ref.shape)
+    grads = dw.backward(grad, x, weight, scale, shift, *conv, gpu_tiles=True)
+    for name, g, r in zip(("x", "weight", "scale", "shift"), grads,
+                          torch.autograd.grad(ref, leaves, grad.double())):
+        assert torch.isfinite(r).all(), name
+        assert_close(g, r, torch.float32)

@@ -172,6 +172,11 @@ def dw_backward_params_kernel(
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     out = ((rows < OH) & (cols < OW))[:, None] & c_mask[None, :]
+    # The tile's rows and columns past the output map read no x (a row or column index this
+    # negative puts every tap above or left of the image): they may reach pixels no output
+    # reads, and a non-finite one there would enter the parameter sums as Inf * 0 = NaN.
+    rows = tl.where(rows < OH, rows, -K * DILATION)
+    cols = tl.where(cols < OW, cols, -K * DILATION)
     x_base = x_ptr + n.to(tl.int64) * sxn
     z = _window(x_base, w_ptr, rows, cols, c, c_mask, C, H, W, sxc, sxh, sxw, PAD,
                 K, STRIDE, DILATION, BLOCK_OH * BLOCK_OW, BLOCK_C)
