@@ -81,20 +81,22 @@ __global__ void __launch_bounds__(256) dwconv_bn_act_nhwc(const DwParams<T> p) {
 #pragma unroll(K > 0 ? K : 1)
     for (int j = 0; j < k; ++j) {
       const int64_t iw = ow * s - p.pad + int64_t(j) * d;
-      // A padded tap still adds 0 * w, as stock PyTorch does: a NaN or infinite w reaches
-      // every output of its channel, the border included.
       float xv[V], wv[V];
+      load_channels(p.w + (int64_t(i) * k + j) * p.C + c0, full, valid, wv);
       if (!row_inside || iw < 0 || iw >= p.W) {
+        // A padded tap adds 0 * w, as stock PyTorch does: a NaN or infinite w reaches every
+        // output of its channel, the border included.
 #pragma unroll
-        for (int v = 0; v < V; ++v) xv[v] = 0.f;
-      } else if (K == 0 && p.mult > 1) {  // output channel c reads input channel c / m
-        const T* at = xn + ih * p.xs_h + iw * p.xs_w;
+        for (int v = 0; v < V; ++v) acc[v] = fmaf(0.f, wv[v], acc[v]);
+        continue;
+      }
+      const T* at = xn + ih * p.xs_h + iw * p.xs_w;
+      if (K == 0 && p.mult > 1) {  // output channel c reads input channel c / m
 #pragma unroll
         for (int v = 0; v < V; ++v) xv[v] = v < valid ? to_float(at[(c0 + v) / p.mult]) : 0.f;
       } else {
-        load_channels(xn + ih * p.xs_h + iw * p.xs_w + c0, full, valid, xv);
+        load_channels(at + c0, full, valid, xv);
       }
-      load_channels(p.w + (int64_t(i) * k + j) * p.C + c0, full, valid, wv);
 #pragma unroll
       for (int v = 0; v < V; ++v) acc[v] = fmaf(xv[v], wv[v], acc[v]);
     }
