@@ -99,3 +99,26 @@ def test_dwconv_backward_ignores_pixels_no_output_reads():
                           torch.autograd.grad(ref, leaves, grad.double())):
         assert torch.isfinite(r).all(), name
         assert_close(g, r, torch.float32)
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6", "hardswish", "hardsigmoid"])
+def test_dwconv_backward_stops_an_inf_gradient_where_act_is_flat(act):
+    # Channel 1's shift puts every u = z * scale + shift below -3, where these activations are
+    # flat: autograd selects a zero gradient there (torch's threshold/hardtanh/hardsigmoid/
+    # hardswish backward), so an Inf incoming gradient gives 0, where g * act'(u) = Inf * 0
+    # gave NaN in every gradient of the channel.
+    c = 3
+    x = op_oracle.feature_map((1, c, 5, 6))
+    weight = op_oracle.conv_weight((c, 1, 3, 3), torch.float32)
+    scale, shift = op_oracle.random_affine(c)
+    shift[1] = -100.0
+    conv = (1, 1, 1, act)
+    leaves = [t.double().requires_grad_() for t in (x, weight, scale, shift)]
+    ref = op_oracle.dwconv_bn_act(*leaves, *conv)
+    grad = torch.randn(ref.shape)
+    grad[0, 1, 2, 3] = float("inf")
+    grads = dw.backward(grad, x, weight, scale, shift, *conv)
+    for name, g, r in zip(("x", "weight", "scale", "shift"), grads,
+                          torch.autograd.grad(ref, leaves, grad.double())):
+        assert torch.isfinite(r).all(), name
+        assert_close(g, r, torch.float32)

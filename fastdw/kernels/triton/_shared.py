@@ -191,6 +191,22 @@ def activation_grad(u, ACT: tl.constexpr):
 
 
 @triton.jit
+def activation_backward(g, u, ACT: tl.constexpr):
+    """g * act'(u), the gradient of u given g, the gradient of act(u), as autograd computes it:
+    where an activation is flat by a comparison (relu, relu6 and hardsigmoid wherever their
+    derivative is 0, hardswish below -3) torch selects 0 rather than multiplying, so an Inf or
+    NaN g gives 0 there, not Inf * 0 = NaN."""
+    d = activation_grad(u, ACT)
+    if ACT == "hardswish":
+        r = tl.where(u < -3.0, 0.0, g * d)  # (2u + 3) / 6 is 0 at u = -1.5: torch multiplies
+    elif ACT == "relu" or ACT == "relu6" or ACT == "hardsigmoid":
+        r = tl.where(d == 0.0, 0.0, g * d)
+    else:
+        r = g * d
+    return r
+
+
+@triton.jit
 def as_offset(t, INT64: tl.constexpr):
     """An integer (a stride, or an index) in the type of offsets: int64 when INT64, else as it
     is (int32, cheaper). A kernel casts its strides at entry, so every index * stride product

@@ -20,9 +20,9 @@ import triton
 import triton.language as tl
 
 from fastdw.contract import conv_output_size, output_memory_format
-from fastdw.kernels.triton._shared import (activation, activation_grad, as_offset, interpreting,
-                                           needs_int64, on_device_of, row_strides, tap_major,
-                                           vec_int, vec_strides, vector_width)
+from fastdw.kernels.triton._shared import (activation, activation_backward, as_offset,
+                                           interpreting, needs_int64, on_device_of, row_strides,
+                                           tap_major, vec_int, vec_strides, vector_width)
 
 
 # Tile configs (BLOCK_OH, BLOCK_OW, BLOCK_C, num_warps), chosen by channel count and element size.
@@ -184,7 +184,7 @@ def dw_backward_params_kernel(
     shift = tl.load(shift_ptr + c, mask=c_mask, other=0.0)
     g = tl.load(g_ptr + n.to(tl.int64) * sgn + (rows * sgh + cols * sgw)[:, None]
                 + (c * sgc)[None, :], mask=out, other=0.0).to(tl.float32)
-    g_u = g * activation_grad(z * scale[None, :] + shift[None, :], ACT)  # 0 outside the map
+    g_u = activation_backward(g, z * scale[None, :] + shift[None, :], ACT)  # 0 off the map
     g_z = g_u * scale[None, :]
     gz_rows = (n.to(tl.int64) * OH + rows) * OW + cols
     tl.store(gz_ptr + gz_rows[:, None] * C + c[None, :], g_z, mask=out)
