@@ -74,22 +74,16 @@ __global__ void __launch_bounds__(256) dwconv_bn_act_nhwc(const DwParams<T> p) {
 #pragma unroll
   for (int v = 0; v < V; ++v) acc[v] = 0.f;
   const T* xn = p.x + n * p.xs_n;
+  const int64_t ih0 = oh * s - p.pad, iw0 = ow * s - p.pad;  // the window's first pixel
 #pragma unroll(K > 0 ? K : 1)
   for (int i = 0; i < k; ++i) {
-    const int64_t ih = oh * s - p.pad + int64_t(i) * d;
-    const bool row_inside = ih >= 0 && ih < p.H;
+    const int64_t ih = ih0 + int64_t(i) * d;
+    if (ih < 0 || ih >= p.H) continue;
 #pragma unroll(K > 0 ? K : 1)
     for (int j = 0; j < k; ++j) {
-      const int64_t iw = ow * s - p.pad + int64_t(j) * d;
+      const int64_t iw = iw0 + int64_t(j) * d;
+      if (iw < 0 || iw >= p.W) continue;
       float xv[V], wv[V];
-      load_channels(p.w + (int64_t(i) * k + j) * p.C + c0, full, valid, wv);
-      if (!row_inside || iw < 0 || iw >= p.W) {
-        // A padded tap adds 0 * w, as stock PyTorch does: a NaN or infinite w reaches every
-        // output of its channel, the border included.
-#pragma unroll
-        for (int v = 0; v < V; ++v) acc[v] = fmaf(0.f, wv[v], acc[v]);
-        continue;
-      }
       const T* at = xn + ih * p.xs_h + iw * p.xs_w;
       if (K == 0 && p.mult > 1) {  // output channel c reads input channel c / m
 #pragma unroll
@@ -97,8 +91,24 @@ __global__ void __launch_bounds__(256) dwconv_bn_act_nhwc(const DwParams<T> p) {
       } else {
         load_channels(at + c0, full, valid, xv);
       }
+      load_channels(p.w + (int64_t(i) * k + j) * p.C + c0, full, valid, wv);
 #pragma unroll
       for (int v = 0; v < V; ++v) acc[v] = fmaf(xv[v], wv[v], acc[v]);
+    }
+  }
+  // The padded taps' terms 0 * w, added last, on border pixels only and in a loop of its own
+  // (registers): 0 for a finite w, so the order does not matter, and NaN for a NaN or infinite
+  // w, which then reaches every output of its channel as in stock PyTorch.
+  const int64_t reach = int64_t(k - 1) * d;
+  if (ih0 < 0 || ih0 + reach >= p.H || iw0 < 0 || iw0 + reach >= p.W) {
+#pragma unroll 1
+    for (int t = 0; t < k * k; ++t) {
+      const int64_t ih = ih0 + int64_t(t / k) * d, iw = iw0 + int64_t(t % k) * d;
+      if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) continue;
+      float wv[V];
+      load_channels(p.w + int64_t(t) * p.C + c0, full, valid, wv);
+#pragma unroll
+      for (int v = 0; v < V; ++v) acc[v] = fmaf(0.f, wv[v], acc[v]);
     }
   }
   float scale[V], shift[V];
