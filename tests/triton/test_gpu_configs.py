@@ -445,6 +445,20 @@ def test_block_vector_width_and_padded_hidden(layout, vec, launches, monkeypatch
     assert launches[2].meta["VEC_K"] == 1
 
 
+def test_split_block_copies_no_weight_when_hidden_needs_no_padding(launches, monkeypatch):
+    """Split with a hidden width that is already a multiple of 16 (V2's): the project weight
+    and the gate reach the 1x1 GEMM as they are, with no per-call F.pad copy."""
+    pads = []
+    pad = ir.F.pad
+    monkeypatch.setattr(ir.F, "pad", lambda *args, **kwargs: pads.append(1) or pad(*args,
+                                                                                   **kwargs))
+    monkeypatch.setattr(ir, "multiprocessors", lambda device: 132)
+    run_block(24, 48, 24, 3, 1, "relu6", False, torch.float16, 1, 10, 10, "channels_last",
+              launches)
+    assert [launch.kernel for launch in launches] == ["ir_kernel", "pw_kernel"]
+    assert pads == []
+
+
 def test_fused_waves_fill_the_resident_programs(launches, monkeypatch):
     """The fused scratch region holds every hidden channel, so the scratch budget alone can
     launch fewer programs than the GPU runs at once: on 3 SMs holding two 8-warp blocks each

@@ -392,9 +392,11 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
         pooled = pooled / (oh * ow)
         hidden_se = ACTIVATIONS[se_act](F.linear(pooled, b.se_w1.float(), b.se_b1.float()))
         gate = SE_GATES[se_gate](F.linear(hidden_se, b.se_w2.float(), b.se_b2.float()))
-    # The padding channels of hidden are 0; the project weight and the gate are padded with 0.
-    pad_hid = (0, hid_row - hidden)
-    return pw_forward(hid.permute(0, 3, 1, 2), F.pad(b.project_w, pad_hid), b.project_scale,
+    # The padding channels of hidden are 0; the project weight and the gate are padded with 0
+    # (copied only where there is padding).
+    def padded(t):
+        return t if hid_row == hidden else F.pad(t, (0, hid_row - hidden))
+    return pw_forward(hid.permute(0, 3, 1, 2), padded(b.project_w), b.project_scale,
                       b.project_shift, "none", x if residual else None,
-                      gate=None if gate is None else F.pad(gate, pad_hid), out_like=x,
+                      gate=None if gate is None else padded(gate), out_like=x,
                       gpu_tiles=gpu_tiles)
