@@ -67,8 +67,8 @@ The five executions compared (a "pass" is one kernel; it streams its operands fr
                 reading x's window per chunk, writes the hidden tensor (x's dtype, each pixel's
                 channels padded with zeros to whole BLOCK_HID chunks) and for SE fp32 per-tile
                 sums to DRAM; the SE gate runs as torch ops on fp32 vectors (a pass each, weight
-                casts included); F.pad copies the project weight (and the gate) to the padded
-                width, a pass each, padding or not; pwconv_bn_act's GEMM kernel reads the padded
+                casts included); where C_hidden is not a whole number of chunks F.pad copies the
+                project weight (and the gate) to the padded width, a pass each; pwconv_bn_act's GEMM kernel reads the padded
                 hidden (gate in its prologue), adds x, writes y.
                 dwconv_bn_act and pwconv_bn_act layers: their tile kernels (DRAM as (b), padded
                 tiles, each program loading its window / its rows per column tile; channels_last,
@@ -669,7 +669,8 @@ TRITON_CHANGES = {
     "trimmed_window": "the expand steps end in a power-of-two tail (expand_steps; off: whole "
                       "BLOCK_P steps)",
     "padded_hidden": "the split path's hidden tensor, project weight and gate padded to whole "
-                     "BLOCK_HID channels (off: C_hidden, no F.pad copies)",
+                     "BLOCK_HID channels, copied by F.pad where C_hidden is not (off: C_hidden, "
+                     "no copies)",
     "resident_waves": "a launch holds at least the GPU's resident programs (off: only what "
                       "SCRATCH_BUDGET allows)",
     "channels_last": "fastdw's modules compute channels_last on CUDA: one NCHW -> NHWC copy of "
@@ -794,7 +795,7 @@ def _triton_ir(b, itemsize, gpu, off=()):
     ks = [taps, Kernel(dram, e_tensor, e_cuda + d_cuda, l2 + hidden + pool, plan["launches"])]
     if b.squeeze:
         ks += _se_gate_passes(b, itemsize, plan)
-    if "padded_hidden" not in _check_off(off):  # F.pad copies the weight (and the gate)
+    if hid_row != b.hidden:  # F.pad copies the weight (and the gate) where there is padding
         ks.append(Kernel({st["project"]: b.c_out * (b.hidden + hid_row) * s}, 0, 0))
         if b.squeeze:
             ks.append(Kernel({st["mul"]: b.n * (b.hidden + hid_row) * _SUM_BYTES}, 0, 0))
