@@ -567,9 +567,9 @@ bool launch_inverted(const IrCall& a, const at::Tensor& ew, const at::Tensor& es
 }
 
 // The second kernel of a squeeze-excite block: y from d and the per-tile sums `partial`
-// (N, tiles, hidden).
+// (N, tiles, hidden); false where its gate does not fit shared memory.
 template <typename T>
-void launch_se(const IrCall& a, const at::Tensor& d, const at::Tensor& partial,
+bool launch_se(const IrCall& a, const at::Tensor& d, const at::Tensor& partial,
                const at::Tensor& pw, const at::Tensor& ps, const at::Tensor& pb, at::Tensor& y,
                Stream stream) {
   const auto& w = a.w;
@@ -591,7 +591,39 @@ void launch_se(const IrCall& a, const at::Tensor& d, const at::Tensor& partial,
       .xs_n = x.stride(0), .xs_h = x.stride(2), .xs_w = x.stride(3),
       .ys_n = y.stride(0), .ys_h = y.stride(2), .ys_w = y.stride(3),
       .se_act = a.se_act, .se_gate = a.se_gate, .residual = a.residual};
-  checked_launch([&] { launch_se_gate_project(p, stream); });
+  return checked_launch([&] { return launch_se_gate_project(p, stream); });
+}
+
+// An activation (fastdw.contract.ACTIVATIONS) as ATen computes it.
+inline at::Tensor activate_aten(const at::Tensor& t, Act act) {
+  switch (act) {
+    case kRelu: return at::relu(t);
+    case kRelu6: return at::hardtanh(t, 0, 6);
+    case kHardswish: return at::hardswish(t);
+    case kHardsigmoid: return at::hardsigmoid(t);
+    case kSilu: return at::silu(t);
+    default: return t;
+  }
+}
+
+// The second kernel's work on ATen ops where its gate does not fit shared memory (tens of
+// thousands of hidden channels): the gate in float32 from the per-tile sums, d times the gate
+// rounded to x's dtype, then the project and the residual as pwconv_bn_act.
+inline at::Tensor se_in_stages(const IrCall& a, const at::Tensor& d, const at::Tensor& partial,
+                               const at::Tensor& pw, const at::Tensor& ps, const at::Tensor& pb,
+                               Stream stream) {
+  const auto& w = a.w;
+  const at::Tensor pooled = partial.sum(1) / static_cast<double>(a.OH * a.OW);  // (N, hidden)
+  const at::Tensor z = activate_aten(
+      at::addmm(w.se_b1->to(at::kFloat), pooled, w.se_w1->to(at::kFloat).t()), a.se_act);
+  const at::Tensor s = at::addmm(w.se_b2->to(at::kFloat), z, w.se_w2->to(at::kFloat).t());
+  const at::Tensor gate = a.se_gate == kGateSigmoid ? at::sigmoid(s) : at::hardsigmoid(s);
+  const at::Tensor h = (d.to(at::kFloat) * gate.unsqueeze(-1).unsqueeze(-1))
+                           .to(d.scalar_type())
+                           .contiguous(at::MemoryFormat::ChannelsLast);
+  return run_pwconv_bn_act({h, pw, ps, pb,
+                            a.residual ? c10::optional<at::Tensor>(a.x) : c10::nullopt, a.Cout,
+                            kNone}, stream);
 }
 
 // The block's hidden map up to the depthwise through the building blocks' kernels (pwconv,
@@ -610,7 +642,8 @@ inline at::Tensor depthwise_in_stages(const IrCall& a, Stream stream) {
 
 // The block (the math is above the kernels in csrc/cuda/inverted_residual.cuh), channels_last
 // out, on the device of a checked call: the fused kernel (with a squeeze-excite, the first of
-// two) where its shared memory fits, else the building blocks up to the depthwise.
+// two) where its shared memory fits, else the building blocks up to the depthwise; the second
+// kernel where its gate fits, else ATen ops (se_in_stages).
 inline at::Tensor run_inverted_residual(const IrCall& a, Stream stream) {
   const auto& w = a.w;
   auto f32 = [](const c10::optional<at::Tensor>& t) {
@@ -645,7 +678,8 @@ inline at::Tensor run_inverted_residual(const IrCall& a, Stream stream) {
       d = depthwise_in_stages(a, stream);
       partial = d.to(at::kFloat).sum({2, 3}).unsqueeze(1);  // one "tile": the whole image
     }
-    if (a.squeeze > 0) launch_se<T>(a, d, partial, pw, ps, pb, y, stream);
+    if (a.squeeze > 0 && !launch_se<T>(a, d, partial, pw, ps, pb, y, stream))
+      y = se_in_stages(a, d, partial, pw, ps, pb, stream);
   };
   switch (a.x.scalar_type()) {
     case at::kFloat: run(float{}); break;

@@ -407,13 +407,9 @@ bool launch_inverted_residual(const IrParams<T>& p, Stream stream) {
 }
 
 template <typename T>
-void launch_se_gate_project(const SeParams<T>& p, Stream stream) {
+bool launch_se_gate_project(const SeParams<T>& p, Stream stream) {
   const SeShared L = se_shared(p.hidden, p.squeeze, sizeof(T));
-  if (static_cast<size_t>(L.bytes) > ir_shared_limit())
-    throw std::invalid_argument("inverted_residual: a squeeze-excite over " +
-                                std::to_string(p.hidden) + " hidden channels needs " +
-                                std::to_string(L.bytes) + " bytes of shared memory, over the "
-                                "GPU's " + std::to_string(ir_shared_limit()));
+  if (static_cast<size_t>(L.bytes) > ir_shared_limit()) return false;
   const int64_t gx = p.N * ((p.OH * p.OW + kIrPixels - 1) / kIrPixels);
   const int64_t gy = (p.Cout + kIrCout - 1) / kIrCout;
   if (gx > 0x7fffffff || gy > 65535)
@@ -424,6 +420,7 @@ void launch_se_gate_project(const SeParams<T>& p, Stream stream) {
          Launch{dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), dim3(kIrThreads),
                 static_cast<size_t>(L.bytes), stream},
          p);
+  return true;
 }
 
 }  // namespace fastdw_cuda

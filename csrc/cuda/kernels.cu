@@ -29,8 +29,8 @@ template void launch_pwconv_bn_act_backward<__nv_bfloat16>(const PwBackParams<__
 template bool launch_inverted_residual<float>(const IrParams<float>&, Stream);
 template bool launch_inverted_residual<__half>(const IrParams<__half>&, Stream);
 template bool launch_inverted_residual<__nv_bfloat16>(const IrParams<__nv_bfloat16>&, Stream);
-template void launch_se_gate_project<float>(const SeParams<float>&, Stream);
-template void launch_se_gate_project<__half>(const SeParams<__half>&, Stream);
-template void launch_se_gate_project<__nv_bfloat16>(const SeParams<__nv_bfloat16>&, Stream);
+template bool launch_se_gate_project<float>(const SeParams<float>&, Stream);
+template bool launch_se_gate_project<__half>(const SeParams<__half>&, Stream);
+template bool launch_se_gate_project<__nv_bfloat16>(const SeParams<__nv_bfloat16>&, Stream);
 
 }  // namespace fastdw_cuda

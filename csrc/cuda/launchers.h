@@ -143,9 +143,11 @@ struct SeParams {
 template <typename T>
 bool launch_inverted_residual(const IrParams<T>& p, Stream stream);
 
-// Throws std::invalid_argument when the gate's shared memory or the grid exceed the limits.
+// Launches the kernel and returns true, or returns false (launching nothing) when the gate's
+// shared memory (4 bytes a hidden channel) exceeds the GPU's; throws std::invalid_argument when
+// the grid exceeds the limits.
 template <typename T>
-void launch_se_gate_project(const SeParams<T>& p, Stream stream);
+bool launch_se_gate_project(const SeParams<T>& p, Stream stream);
 
 // dwconv_bn_act backward on channels_last tensors (csrc/cuda/dwconv_backward.cuh): with the
 // forward's DwParams (x, w, scale, shift, shapes, strides; y unused), the incoming gradient and

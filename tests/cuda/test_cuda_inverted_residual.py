@@ -165,6 +165,15 @@ def test_squeeze_excite_race_free_and_in_stages(emulator, monkeypatch):
     assert launch.startswith(se_kernel(torch.float32)), launch
 
 
+@pytest.mark.usefixtures("poisoned_outputs")
+def test_squeeze_excite_gate_over_the_shared_memory_limit(emulator):
+    """A squeeze-excite whose gate (4 bytes a hidden channel) exceeds sm_80's shared memory
+    runs its second stage on ATen ops and the pwconv kernel, rather than being refused. (One
+    pixel: the emulated fused kernel's time grows with hidden channels x pixels.)"""
+    launch = run(emulator, (1, 42000, 1, 1), None, 4, 1, 1, torch.bfloat16, squeeze=8)
+    assert "pwconv_bn_act" in launch, launch
+
+
 def test_nchw_runs_on_reference(emulator):
     x, block, (expand, dw, project, _) = make((1, 8, 5, 5), 16, 8, 3, torch.float32)
     x = x.contiguous()
