@@ -140,6 +140,15 @@ __global__ void __launch_bounds__(kDwBackThreads) dw_backward_sum(const float* p
   else gshift[e - weights - C] = acc;
 }
 
+// Launches dw_backward_sum over `count` = (weights per channel + 2) * C partial sums per slice.
+inline void launch_slice_sum(const float* partial, int64_t slices, int64_t count, float* gw,
+                             float* gscale, float* gshift, int64_t C, Stream stream) {
+  launch(dw_backward_sum,
+         Launch{dim3(static_cast<unsigned>((count + kDwBackThreads - 1) / kDwBackThreads)),
+                dim3(kDwBackThreads), 0, stream},
+         partial, slices, count, gw, gscale, gshift, C);
+}
+
 template <typename T>
 void launch_dwconv_bn_act_backward(const DwBackParams<T>& p, Stream stream) {
   const DwParams<T>& f = p.f;
@@ -161,10 +170,7 @@ void launch_dwconv_bn_act_backward(const DwBackParams<T>& p, Stream stream) {
                      static_cast<unsigned>((taps + kDwBackRows - 1) / kDwBackRows)),
                 block, 0, stream},
          p);
-  launch(dw_backward_sum,
-         Launch{dim3(static_cast<unsigned>((count + kDwBackThreads - 1) / kDwBackThreads)),
-                dim3(kDwBackThreads), 0, stream},
-         p.partial, slices, count, p.gw, p.gscale, p.gshift, f.C);
+  launch_slice_sum(p.partial, slices, count, p.gw, p.gscale, p.gshift, f.C, stream);
 }
 
 }  // namespace fastdw_cuda

@@ -119,10 +119,7 @@ void launch_pwconv_bn_act_backward(const PwBackParams<T>& p, Stream stream) {
                      static_cast<unsigned>(ktiles)),
                 dim3(kPwBackThreads), 0, stream},
          p);
-  launch(dw_backward_sum,
-         Launch{dim3(static_cast<unsigned>((count + kDwBackThreads - 1) / kDwBackThreads)),
-                dim3(kDwBackThreads), 0, stream},
-         p.partial, slices, count, p.gw, p.gscale, p.gshift, f.Cout);
+  launch_slice_sum(p.partial, slices, count, p.gw, p.gscale, p.gshift, f.Cout, stream);
 }
 
 }  // namespace fastdw_cuda
