@@ -64,8 +64,10 @@ def resident_programs(sms, regs, warps):
     (multiprocessors) runs at once (its SMs times the blocks one SM holds by registers:
     resources.register_blocks), or None off a GPU (sms None): the fewest programs a launch
     needs to fill the GPU."""
-    from fastdw.kernels.triton.resources import register_blocks
-    return None if sms is None else sms * register_blocks(regs, warps)
+    if sms is None:
+        return None
+    from fastdw.kernels.triton.resources import register_blocks  # the offline tool: on a GPU only
+    return sms * register_blocks(regs, warps)
 
 
 def vector_width(*ints):
