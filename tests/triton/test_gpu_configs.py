@@ -41,7 +41,7 @@ pytestmark = pytest.mark.usefixtures("poisoned")  # outputs and scratch start as
 class Launch(NamedTuple):
     kernel: str
     grid: tuple
-    meta: dict  # the BLOCK_* and VEC* constexprs, PROJECT, PRECISION, num_warps and maxnreg
+    meta: dict  # BLOCK_*, VEC*, PROJECT, PERSISTENT, PRECISION, num_warps and maxnreg
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def launches(monkeypatch):
     def recording(self, *args, grid, warmup, **kwargs):
         meta = {k: v for k, v in kwargs.items()
                 if k.startswith("BLOCK_") or k.startswith("VEC")
-                or k in ("PROJECT", "PRECISION", "num_warps", "maxnreg")}
+                or k in ("PROJECT", "PERSISTENT", "PRECISION", "num_warps", "maxnreg")}
         seen.append(Launch(self.__name__, tuple(grid), meta))
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
@@ -459,14 +459,54 @@ def test_split_block_copies_no_weight_when_hidden_needs_no_padding(launches, mon
     assert pads == []
 
 
-def test_fused_waves_fill_the_resident_programs(launches, monkeypatch):
-    """The fused scratch region holds every hidden channel, so the scratch budget alone can
-    launch fewer programs than the GPU runs at once: on 3 SMs holding two 8-warp blocks each
-    at fp16's 128 registers (6 programs), a budget of one image (4 tiles) still launches 2
-    images (8 programs) per wave; the block matches the oracle."""
-    monkeypatch.setattr(ir, "multiprocessors", lambda device: 3)
-    monkeypatch.setattr(ir, "SCRATCH_BUDGET", 1)
+def residency_of(monkeypatch, looped, plain):
+    """The launcher's launch_plan told that the persistent and the plain variant compile to
+    `looped` and `plain` = (programs the GPU runs at once, spilled bytes): what a GPU's
+    compiled kernels would report, which the interpreter has none of."""
+    plan = ir.launch_plan
+    monkeypatch.setattr(ir, "launch_plan", lambda *args, residency: plan(
+        *args, residency=lambda persistent: looped if persistent else plain))
+
+
+def test_persistent_programs_loop_over_the_tiles(launches, monkeypatch):
+    """More tiles than the GPU runs at once (3 images x 4 tiles on 1 SM, 2 programs by the
+    fp16 register cap), with the persistent variant as resident as the plain one: one launch
+    of the 3 programs the GPU runs at once, each taking every third tile and reusing its
+    scratch; the block matches the oracle."""
+    monkeypatch.setattr(ir, "multiprocessors", lambda device: 1)
+    residency_of(monkeypatch, looped=(3, 0), plain=(3, 0))
     run_block(16, 48, 16, 3, 1, "relu6", False, torch.float16, 3, 10, 10, "channels_last",
               launches)
-    assert [(launch.grid, launch.meta["PROJECT"], launch.meta["maxnreg"]) for launch in launches] \
-        == [((8, 1), True, 128), ((4, 1), True, 128)]
+    assert [(launch.grid, launch.meta["PROJECT"], launch.meta["PERSISTENT"])
+            for launch in launches] == [((3, 1), True, True)]
+
+
+@pytest.mark.parametrize("looped", [(3, 24), (1, 0)], ids=["spills", "fewer-resident"])
+def test_plain_waves_where_the_persistent_variant_costs(looped, launches, monkeypatch):
+    """Where the persistent variant spills or runs fewer programs at once than the plain one
+    (its loop takes more registers), the plain kernel launches in waves of whole images: as
+    many as SCRATCH_BUDGET allows (here one byte: none) and at least the programs the GPU runs
+    at once (3: one image of 4 tiles per wave); the block matches the oracle."""
+    monkeypatch.setattr(ir, "multiprocessors", lambda device: 1)
+    monkeypatch.setattr(ir, "SCRATCH_BUDGET", 1)
+    residency_of(monkeypatch, looped=looped, plain=(3, 0))
+    run_block(16, 48, 16, 3, 1, "relu6", False, torch.float16, 3, 10, 10, "channels_last",
+              launches)
+    assert [(launch.grid, launch.meta["PERSISTENT"]) for launch in launches] == \
+        [((4, 1), False)] * 3
+
+
+def test_launch_plan():
+    """(persistent, images per launch, programs per launch) for 10 images of 4 tiles, 2 hidden
+    chunks, a scratch region of 1 KiB; on 4 SMs holding 2 fp16 programs each by the cap."""
+    def never(persistent):
+        pytest.fail("compiled kernels asked for where none is needed")
+    budget = ir.SCRATCH_BUDGET // (2 * 1024)
+    assert ir.launch_plan(10, 4, 2, 1024, None, 128, 8, never) == (True, 10, min(40, budget))
+    assert ir.launch_plan(10, 4, 2, ir.SCRATCH_BUDGET, None, 128, 8, never) == (True, 10, 1)
+    assert ir.launch_plan(2, 2, 2, 1024, 4, 128, 8, never) == (False, 2, 4)  # 8 programs fit
+    both = {True: (12, 0), False: (12, 0)}
+    assert ir.launch_plan(10, 4, 2, 1024, 4, 128, 8, both.get) == (True, 10, 6)
+    spills = {True: (12, 8), False: (12, 0)}
+    assert ir.launch_plan(10, 4, 2, 1024, 4, 128, 8, spills.get) == (False, 10, 40)
+    assert ir.launch_plan(10, 4, 2, ir.SCRATCH_BUDGET, 4, 128, 8, spills.get) == (False, 2, 8)

@@ -177,7 +177,7 @@ def test_inverted_residual_picks_int64_by_image_size(shape, int64, recorded):
     weights, _ = block_weights(c, 2 * c, c, 3, torch.float16, False)
     weights = type(weights)(*(t if t is None else t.to("meta") for t in weights))
     ir.forward(meta(*shape), weights, 1, "relu6", True, "relu", "hardsigmoid")
-    assert set(int64_flags(recorded["ir_kernel"])) == {int64}  # one launch per wave of images
+    assert set(int64_flags(recorded["ir_kernel"])) == {int64}
 
 
 def pw_call(x, c_out, residual=False):

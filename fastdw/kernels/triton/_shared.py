@@ -61,13 +61,27 @@ def multiprocessors(device):
 
 def resident_programs(sms, regs, warps):
     """Programs of `warps` warps capped at `regs` registers per thread that a GPU of `sms` SMs
-    (multiprocessors) runs at once (its SMs times the blocks one SM holds by registers:
-    resources.register_blocks), or None off a GPU (sms None): the fewest programs a launch
-    needs to fill the GPU."""
+    (multiprocessors) surely runs at once (its SMs times the blocks one SM holds by registers:
+    resources.register_blocks; a kernel that uses fewer registers than its cap fits more), or
+    None off a GPU (sms None)."""
     if sms is None:
         return None
     from fastdw.kernels.triton.resources import register_blocks  # the offline tool: on a GPU only
     return sms * register_blocks(regs, warps)
+
+
+def compiled_residency(kernel):
+    """(programs the current CUDA device runs at once, bytes spilled) of a compiled kernel
+    (JITFunction.warmup's): its SMs times the blocks one SM holds by the registers, warps and
+    shared memory the kernel uses (resources.resident_blocks, with the device's own limits),
+    and its local-memory spill."""
+    from fastdw.kernels.triton.resources import resident_blocks
+    kernel._init_handles()  # loads the kernel: its register and spill counts
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    blocks = resident_blocks(kernel.n_regs, kernel.metadata.num_warps, kernel.metadata.shared,
+                             props.shared_memory_per_multiprocessor, props.regs_per_multiprocessor,
+                             props.max_threads_per_multi_processor // props.warp_size)
+    return props.multi_processor_count * blocks, kernel.n_spills
 
 
 def vector_width(*ints):

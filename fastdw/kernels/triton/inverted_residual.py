@@ -15,11 +15,12 @@ straight into the project accumulator (BLOCK_P x C_OUT, fp32) with tl.dot. Trito
 shifted views of an on-chip tile, hence the scratch: one region of ceil(HALO/BLOCK_P)*BLOCK_P x
 HID (rounded up to BLOCK_HID) per program in x's dtype (the expanded map is rounded to it, as
 stock PyTorch's expand layer stores it; fp16, HID 384: 96 KiB for the 8x8 GPU tile at k=3 s=1,
-240 KiB at k=3 s=2; fp32 twice that), written and read back by the same program. The launcher
-bounds the scratch of one launch to SCRATCH_BUDGET (launching in waves of whole images that
-reuse it), so on a GPU it should stay resident in L2 rather than reach DRAM (modelled; no GPU
-has measured it). Expand work per tile and hidden chunk: the window's HALO_H*HALO_W pixels
-once, in whole BLOCK_P steps (8x8 tile: 128 rows for 100 pixels at k=3 s=1, 320 for 289 at
+240 KiB at k=3 s=2; fp32 twice that), written and read back by the same program. Where there
+are more tiles than programs the GPU runs at once, the launch is persistent (launch_plan): one
+launch of the programs the GPU runs at once, each taking every P-th tile in turn and reusing
+its region, so the scratch is no more than those programs' regions and should stay in L2
+rather than reach DRAM (modelled; no GPU has measured it). Expand work per tile and hidden
+chunk: the window's HALO_H*HALO_W pixels once, in whole BLOCK_P steps (8x8 tile: 128 rows for 100 pixels at k=3 s=1, 320 for 289 at
 k=3 s=2), where recomputing the expansion at every tap took k*k*BLOCK_P.
 
 Split (two kernels) when the project accumulator would not fit in registers (C_OUT > 128), when
@@ -38,10 +39,10 @@ import triton.language as tl
 
 from fastdw.contract import (ACTIVATIONS, SE_GATES, conv_output_size, output_memory_format,
                              same_padding)
-from fastdw.kernels.triton._shared import (activation, as_offset, dot_operand, dot_precision,
-                                           interpreting, maxnreg, multiprocessors,
-                                           needs_int64, on_device_of, resident_programs,
-                                           tap_major, vec_int, vectorised)
+from fastdw.kernels.triton._shared import (activation, as_offset, compiled_residency,
+                                           dot_operand, dot_precision, interpreting, maxnreg,
+                                           multiprocessors, needs_int64, on_device_of,
+                                           resident_programs, tap_major, vec_int, vectorised)
 from fastdw.kernels.triton.dwconv_bn_act import spatial_tile, window_tap
 from fastdw.kernels.triton.pwconv_bn_act import (dot_in_fp32, forward as pw_forward,
                                                   handled as pw_handled)
@@ -54,9 +55,9 @@ MAX_FUSED_COUT = 128
 # expand step, fp16/bf16 64 (beyond that ptxas spills, seen in resources.py).
 GPU_CONFIG = (8, 8, 16, 8)
 GPU_MAX_BLOCK_CIN = {4: 32, 2: 64}  # by element size
-# Bytes of expand scratch (x's dtype) one launch may use; larger batches launch in waves of
-# whole images that reuse the same scratch, so it stays in L2 (40 MB on A100, 50 MB on H100)
-# and is not written back to DRAM.
+# Bytes of expand scratch (x's dtype) a launch off a GPU may use (launch_plan), and per wave on
+# a GPU where the persistent variant does not pay (waves of whole images reuse the same scratch,
+# so it stays in L2, 40 MB on A100, 50 MB on H100, and is not written back to DRAM).
 SCRATCH_BUDGET = 8 << 20
 # The ints ir_kernel takes divided by its VEC (_shared.vectorised): channel counts, and the image,
 # row and column strides of x and y; with VEC >= 8 a channels_last x or y whose channels are not
@@ -117,6 +118,34 @@ def scratch_region(k, stride, block_oh, block_ow, row):
     (expand_steps), by `row` columns (scratch_row)."""
     steps = expand_steps(halo_pixels(k, stride, block_oh, block_ow), block_oh * block_ow)
     return sum(steps) * row
+
+
+def launch_plan(n, tiles_hw, chunks, region_bytes, sms, regs, warps, residency):
+    """(persistent, images per launch, programs per launch along grid axis 0) of the block
+    kernel over n images of tiles_hw output tiles, `chunks` programs along axis 1, a scratch
+    region of `region_bytes` per program. `residency(persistent)`: (programs the GPU runs at
+    once, spilled bytes) of that variant as compiled for this launch.
+
+    Off a GPU (sms None): one persistent launch of as many programs as SCRATCH_BUDGET allows.
+    On a GPU, a program per tile when the tiles are no more than the programs it surely runs
+    at once (by the register cap `regs`); else one persistent launch of the programs the GPU
+    runs at once, each looping over every P-th tile and reusing its scratch, when that variant
+    compiles without spilling and runs as many programs at once as the plain one (its loop
+    takes ~20 more registers: the fp16 k7 fused block spills at the 128 cap, the unaligned
+    C=120 one falls to a block per SM; resources.py); else plain launches in waves of whole
+    images, as many as SCRATCH_BUDGET allows and at least the programs the GPU runs at once,
+    which reuse one scratch."""
+    tiles = n * tiles_hw
+    if sms is None:
+        return True, n, max(1, min(tiles, SCRATCH_BUDGET // max(1, chunks * region_bytes)))
+    if tiles * chunks <= resident_programs(sms, regs, warps):
+        return False, n, tiles
+    (looped, spills), (plain, _) = residency(True), residency(False)
+    if not spills and looped >= plain:
+        return True, n, max(1, min(tiles, looped // chunks))
+    wave = SCRATCH_BUDGET // max(1, tiles_hw * chunks * region_bytes)
+    wave = max(1, min(n, max(wave, triton.cdiv(plain, tiles_hw * chunks))))
+    return False, wave, wave * tiles_hw
 
 
 @triton.jit
@@ -195,12 +224,13 @@ def ir_kernel(
     scratch_ptr,               # with EXPAND: the expand scratch (programs, REGION), x's dtype,
                                # program = pid0 * programs(1) + pid1; REGION = window rows x
                                # SCRATCH_ROW
-    pool_ptr,                  # out with POOL: (N * TILES_HW, HID) fp32 per-tile sums
+    pool_ptr,                  # out with POOL: (TILES, HID) fp32 per-tile sums
     y_ptr,                     # out when PROJECT: (N, C_OUT, OH, OW), any strides
     C_IN, HID, C_OUT, H, W, OH, OW,  # C_IN, HID, C_OUT / VEC
     sxn, sxc, sxh, sxw,        # strides of x (sxn, sxh, sxw / VEC)
     syn, syc, syh, syw,        # strides of y (syn, syh, syw / VEC); not PROJECT: unused
     PAD, TILES_W, TILES_HW,    # padding (K-1)//2; output tiles per tile row / per image
+    TILES,                     # output tiles of the launch: its images x TILES_HW
     SCRATCH_ROW,               # scratch columns per window pixel: the hidden channels this
                                # program expands (PROJECT: all, rounded up to BLOCK_HID)
     HID_ROW,                   # (not PROJECT) the hidden tensor's pixel stride: HID rounded up
@@ -218,6 +248,7 @@ def ir_kernel(
     BLOCK_COUT: tl.constexpr,  # (PROJECT) all output channels, padded to a power of 2
     INT64: tl.constexpr,       # offsets within an image of x or y in int64 (>= 2**31 elements)
     VEC: tl.constexpr,         # the ints marked / VEC are multiples of VEC (vectorised)
+    PERSISTENT: tl.constexpr,  # the programs loop over the tiles (launch_plan), else one each
 ):
     C_IN, HID, C_OUT = C_IN * VEC, HID * VEC, C_OUT * VEC
     sxn, syn = vec_int(sxn, VEC, True), vec_int(syn, VEC, True)
@@ -234,17 +265,47 @@ def ir_kernel(
     WHOLE: tl.constexpr = FULL + BLOCK_P if TAIL >= BLOCK_P else FULL
     PART: tl.constexpr = 0 if TAIL >= BLOCK_P else TAIL
     ROWS: tl.constexpr = WHOLE + PART if EXPAND else 0
-    pid = tl.program_id(0)
-    n, rows, cols = spatial_tile(pid, TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
-    x_base = x_ptr + n.to(tl.int64) * sxn
-    out = (rows < OH) & (cols < OW)
+    scratch = scratch_ptr + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) \
+        .to(tl.int64) * (ROWS * SCRATCH_ROW)
+    if PERSISTENT:  # program i of the P along grid axis 0 takes tiles i, i + P, ... in turn
+        for tile in tl.range(tl.program_id(0), TILES, tl.num_programs(0), num_stages=1):
+            _ir_tile(tile, x_ptr, we_ptr, es_ptr, eb_ptr, wd_ptr, ds_ptr, db_ptr, wp_ptr, ps_ptr,
+                     pb_ptr, hid_ptr, scratch, pool_ptr, y_ptr, C_IN, HID, C_OUT, H, W, OH, OW,
+                     sxn, sxc, sxh, sxw, syn, syc, syh, syw, PAD, TILES_W, TILES_HW, SCRATCH_ROW,
+                     HID_ROW, K, STRIDE, ACT, EXPAND, PROJECT, POOL, RESIDUAL, DOT_FP32,
+                     PRECISION, BLOCK_OH, BLOCK_OW, BLOCK_CIN, BLOCK_HID, BLOCK_COUT, HALO_W,
+                     HALO, WHOLE, PART)
+            if EXPAND:
+                tl.debug_barrier()  # every tap is read before the next tile's expand writes
+    else:  # a program per tile
+        _ir_tile(tl.program_id(0), x_ptr, we_ptr, es_ptr, eb_ptr, wd_ptr, ds_ptr, db_ptr, wp_ptr,
+                 ps_ptr, pb_ptr, hid_ptr, scratch, pool_ptr, y_ptr, C_IN, HID, C_OUT, H, W, OH,
+                 OW, sxn, sxc, sxh, sxw, syn, syc, syh, syw, PAD, TILES_W, TILES_HW, SCRATCH_ROW,
+                 HID_ROW, K, STRIDE, ACT, EXPAND, PROJECT, POOL, RESIDUAL, DOT_FP32, PRECISION,
+                 BLOCK_OH, BLOCK_OW, BLOCK_CIN, BLOCK_HID, BLOCK_COUT, HALO_W, HALO, WHOLE, PART)
+
+
+@triton.jit
+def _ir_tile(tile, x_ptr, we_ptr, es_ptr, eb_ptr, wd_ptr, ds_ptr, db_ptr, wp_ptr, ps_ptr, pb_ptr,
+             hid_ptr, scratch, pool_ptr, y_ptr, C_IN, HID, C_OUT, H, W, OH, OW, sxn, sxc, sxh,
+             sxw, syn, syc, syh, syw, PAD, TILES_W, TILES_HW, SCRATCH_ROW, HID_ROW,
+             K: tl.constexpr, STRIDE: tl.constexpr, ACT: tl.constexpr, EXPAND: tl.constexpr,
+             PROJECT: tl.constexpr, POOL: tl.constexpr, RESIDUAL: tl.constexpr,
+             DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_OH: tl.constexpr,
+             BLOCK_OW: tl.constexpr, BLOCK_CIN: tl.constexpr, BLOCK_HID: tl.constexpr,
+             BLOCK_COUT: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr,
+             WHOLE: tl.constexpr, PART: tl.constexpr):
+    """ir_kernel's work for output tile `tile` (image tile // TILES_HW), inlined in its loop."""
+    BLOCK_P: tl.constexpr = BLOCK_OH * BLOCK_OW
+    tile = tl.cast(tile, tl.int32)  # the interpreter's loop index is a Python int
     o = tl.arange(0, BLOCK_COUT)
     o_mask = o < C_OUT
     hl = tl.arange(0, BLOCK_HID)
-    scratch = scratch_ptr + (pid * tl.num_programs(1) + tl.program_id(1)).to(tl.int64) \
-        * (ROWS * SCRATCH_ROW)
+    n, rows, cols = spatial_tile(tile, TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
+    x_base = x_ptr + n.to(tl.int64) * sxn
+    out = (rows < OH) & (cols < OW)
     # This tile's first input row/column of the window, and each tile pixel's window offset.
-    t = pid % TILES_HW
+    t = tile % TILES_HW
     row0 = (t // TILES_W) * (BLOCK_OH * STRIDE) - PAD
     col0 = (t % TILES_W) * (BLOCK_OW * STRIDE) - PAD
     p = tl.arange(0, BLOCK_P)
@@ -296,7 +357,7 @@ def ir_kernel(
                      d.to(hid_ptr.dtype.element_ty), mask=out[:, None] & (hc < HID_ROW)[None, :])
             if POOL:
                 pooled = tl.sum(tl.where(out[:, None], d, 0.0), axis=0)
-                tl.store(pool_ptr + pid.to(tl.int64) * HID + hc, pooled, mask=h_mask)
+                tl.store(pool_ptr + tile.to(tl.int64) * HID + hc, pooled, mask=h_mask)
     if PROJECT:
         ps = tl.load(ps_ptr + o, mask=o_mask, other=0.0)
         pb = tl.load(pb_ptr + o, mask=o_mask, other=0.0)
@@ -347,19 +408,8 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
     else:
         hid = torch.empty((n, oh, ow, hid_row), dtype=x.dtype, device=x.device)
         y = hid
-        pooled = torch.empty((n, hidden), dtype=torch.float32, device=x.device)
     regs = maxnreg(x.element_size(), c_in, hidden, c_out, *x.stride(), *y.stride())
-    # Images per launch: as many as SCRATCH_BUDGET allows, and on a GPU at least enough for
-    # the programs it runs at once (the fused scratch region holds every hidden channel, so
-    # the budget alone would launch fewer), at least one.
-    image_bytes = tiles_hw * chunks * region * x.element_size()
-    wave = SCRATCH_BUDGET // max(1, image_bytes)
-    resident = resident_programs(sms, regs, warps)
-    if resident is not None:
-        wave = max(wave, triton.cdiv(resident, tiles_hw * chunks))
-    wave = max(1, min(n, wave))
-    scratch = torch.empty(wave * tiles_hw * chunks * region or 1, dtype=x.dtype, device=x.device)
-    tile_sums = torch.empty(wave * tiles_hw * hidden if se else 1, dtype=torch.float32,
+    tile_sums = torch.empty(n * tiles_hw * hidden if se else 1, dtype=torch.float32,
                             device=x.device)
     # Without expansion the expand arguments are placeholders, never read.
     kernel_weights = ((b.expand_w.contiguous(), b.expand_scale, b.expand_shift) if expand
@@ -371,20 +421,31 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
     # Split: y's strides are unused, x's stand in (so they do not narrow VEC).
     strides.update(zip(("syn", "syc", "syh", "syw"), (y if fused else x).stride()))
     ints, vec = vectorised(dict(C_IN=c_in, HID=hidden, C_OUT=c_out, **strides), VEC_ARGS)
-    for n0 in range(0, n, wave):
-        images = min(wave, n - n0)
-        with on_device_of(x):
-            ir_kernel[(images * tiles_hw, chunks)](
-                x[n0:n0 + images], *kernel_weights, hid[n0:n0 + images], scratch, tile_sums,
-                y[n0:n0 + images], H=h, W=w, OH=oh, OW=ow, PAD=pad, TILES_W=tiles_w,
-                TILES_HW=tiles_hw, SCRATCH_ROW=row, HID_ROW=hid_row, **ints, K=k, STRIDE=stride,
-                ACT=act, EXPAND=expand, PROJECT=fused, POOL=se, RESIDUAL=residual,
+    meta = dict(H=h, W=w, OH=oh, OW=ow, PAD=pad, TILES_W=tiles_w, TILES_HW=tiles_hw,
+                SCRATCH_ROW=row, HID_ROW=hid_row, **ints, K=k, STRIDE=stride, ACT=act,
+                EXPAND=expand, PROJECT=fused, POOL=se, RESIDUAL=residual,
                 DOT_FP32=dot_in_fp32(x.dtype), PRECISION=dot_precision(x.dtype),
                 BLOCK_OH=block_oh, BLOCK_OW=block_ow, BLOCK_CIN=block_cin, BLOCK_HID=block_hid,
                 BLOCK_COUT=block_cout, INT64=int64, VEC=vec, num_warps=warps, maxnreg=regs)
-        if se:  # this wave's per-tile sums, before the next wave overwrites them
-            pooled[n0:n0 + images] = tile_sums[:images * tiles_hw * hidden].view(
-                images, tiles_hw, hidden).sum(1)
+
+    def residency(persistent):  # the variant compiled (or fetched) for these arguments
+        # A one-element scratch specialises like the real one (aligned, x's dtype).
+        kernel = ir_kernel.warmup(x, *kernel_weights, hid, x.new_empty(1), tile_sums, y,
+                                  grid=(1,), TILES=n * tiles_hw, PERSISTENT=persistent, **meta)
+        return compiled_residency(kernel)
+
+    with on_device_of(x):
+        persistent, wave, programs = launch_plan(n, tiles_hw, chunks, region * x.element_size(),
+                                                 sms, regs, warps, residency=residency)
+        scratch = x.new_empty(programs * chunks * region or 1)
+        for n0 in range(0, n, wave):
+            images = min(wave, n - n0)
+            ir_kernel[(min(programs, images * tiles_hw), chunks)](
+                x[n0:n0 + images], *kernel_weights, hid[n0:n0 + images], scratch,
+                tile_sums[n0 * tiles_hw * hidden:] if se else tile_sums, y[n0:n0 + images],
+                TILES=images * tiles_hw, PERSISTENT=persistent, **meta)
+    if se:
+        pooled = tile_sums.view(n, tiles_hw, hidden).sum(1)
     if fused:
         return y
     gate = None

@@ -58,6 +58,9 @@ _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "silu")
 _INDEX = {False: "", True: " int64"}  # config label suffix of the INT64 variants
 _PRECISION = {"ieee": "", "tf32": " tf32"}  # and of the fp32 variants with TF32 allowed
+# and of the block kernel's persistent variant, whose spills are no failure: its launcher picks
+# it only where it does not spill (inverted_residual.launch_plan, from the GPU's compile)
+_PERSISTENT = {False: "", True: " persistent"}
 # Tensor-core instructions in the PTX, capturing their operand type.
 _MMA = re.compile(r"\b(?:wgmma\.mma_async|mma)\.sync\.aligned\.[\w.]*?\.f32\.(bf16|f16|tf32)\b")
 # The operand type each kernel's tensor-core instructions must have, by its x dtype: the
@@ -153,27 +156,31 @@ def _kernel_cases(full, worst):
     for dt, (k, stride, act, expand) in itertools.product(_DTYPES, shapes):
         cin_blocks = [b for b in (16, 32, 64) if b <= ir.GPU_MAX_BLOCK_CIN[dt.itemsize]]
         widest = cin_blocks[-1]
-        modes = [(bcin, bcout, True, False, "ieee") for bcin in cin_blocks
+        modes = [(bcin, bcout, True, False, "ieee", False) for bcin in cin_blocks
                  for bcout in (16, 32, 64, 128)]
-        modes += [(bcin, 16, False, False, "ieee") for bcin in cin_blocks]
-        modes += [(widest, 128, True, True, "ieee"), (widest, 16, False, True, "ieee")]
+        modes += [(bcin, 16, False, False, "ieee", False) for bcin in cin_blocks]
+        # int64 offsets, and the persistent variant (launch_plan): widest blocks
+        modes += [(widest, bcout, bcout == 128, int64, "ieee", not int64)
+                  for int64 in (True, False) for bcout in (128, 16)]
         if dt == f32:  # TF32 allowed, widest blocks
-            modes += [(widest, 128, True, False, "tf32"), (widest, 16, False, False, "tf32")]
-        for bcin, bcout, fused, int64, precision in modes:
+            modes += [(widest, 128, True, False, "tf32", False),
+                      (widest, 16, False, False, "tf32", False)]
+        for bcin, bcout, fused, int64, precision, persistent in modes:
             name = (f"{'fused' if fused else 'split'} {_DTYPES[dt]} cin{bcin} cout{bcout} k{k} "
                     f"s{stride} {act}{'' if expand else ' no-expand'}{_INDEX[int64]}"
-                    f"{_PRECISION[precision]}")
+                    f"{_PRECISION[precision]}{_PERSISTENT[persistent]}")
             strides = {f"s{t}{d}": v for t in "xy" for d, v in zip("nchw", (200704, 1, 3584, 64))}
             yield ir.ir_kernel, name, dict(
                 x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
                 wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
                 y_ptr=dt,
                 C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=28, OW=28, **strides, PAD=2,
-                TILES_W=4, TILES_HW=28, SCRATCH_ROW=384 if fused else bh, HID_ROW=384), dict(
+                TILES_W=4, TILES_HW=28, TILES=28 * 64, SCRATCH_ROW=384 if fused else bh,
+                HID_ROW=384), dict(
                 K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=not fused,
                 RESIDUAL=fused and stride == 1, DOT_FP32=False, PRECISION=precision,
                 BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout,
-                INT64=int64), \
+                INT64=int64, PERSISTENT=persistent), \
                 _dot_options(warps, dt, C_IN=64, HID=384, C_OUT=64, **strides)
     yield from _worst_cases(dw, pw, ir, worst)
 
@@ -198,18 +205,19 @@ def _worst_cases(dw, pw, ir, known_spills):
     f32 = torch.float32
     boh, bow, bh, warps = ir.GPU_CONFIG
     aligned = {f"s{t}{d}": v for t in "xy" for d, v in zip("nchw", (56 * 56 * 64, 1, 56 * 64, 64))}
-    for dt, fused in itertools.product(_DTYPES, (True, False)):  # k 7 s 1: a tail expand step
+    for dt, fused, persistent in itertools.product(_DTYPES, (True, False), (False, True)):
         bcin, bcout = ir.GPU_MAX_BLOCK_CIN[dt.itemsize], 128 if fused else 16
         name = (f"{'fused' if fused else 'split'} {_DTYPES[dt]} cin{bcin} cout{bcout} k7 s1 silu "
-                f"c64")
+                f"c64{_PERSISTENT[persistent]}")
         yield ir.ir_kernel, name, dict(
             x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
             wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
             y_ptr=dt, C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=56, OW=56, **aligned, PAD=3,
-            TILES_W=7, TILES_HW=49, SCRATCH_ROW=384 if fused else bh, HID_ROW=384), dict(
+            TILES_W=7, TILES_HW=49, TILES=49 * 64, SCRATCH_ROW=384 if fused else bh, HID_ROW=384), dict(
             K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=fused, POOL=not fused,
             RESIDUAL=fused, DOT_FP32=False, PRECISION="ieee", BLOCK_OH=boh, BLOCK_OW=bow,
-            BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=False), \
+            BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=False,
+            PERSISTENT=persistent), \
             _dot_options(warps, dt, C_IN=64, HID=384, C_OUT=64, **aligned)
     c, hidden = 120, 360
     strides = {f"s{t}{d}": v for t in "xgry" for d, v in zip("nchw", (56 * 56 * c, 1, 56 * c, c))}
@@ -242,23 +250,23 @@ def _worst_cases(dw, pw, ir, known_spills):
             ACT="silu", HAS_GATE=True, HAS_RES=True, DOT_FP32=False, PRECISION="ieee",
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, INT64=False), \
             _dot_options(warps, dt, C_IN=c, C_OUT=c, **xry)
-    for dt, fused in itertools.product(_DTYPES, (True, False)):
+    for dt, fused, persistent in itertools.product(_DTYPES, (True, False), (False, True)):
         if dt == torch.bfloat16 and not known_spills:
             continue
         bcin, bcout = ir.GPU_MAX_BLOCK_CIN[dt.itemsize], 128 if fused else 16
         name = (f"{'fused' if fused else 'split'} {_DTYPES[dt]} cin{bcin} cout{bcout} k7 s1 silu "
-                f"c{c}")
+                f"c{c}{_PERSISTENT[persistent]}")
         xy = {k: v for k, v in strides.items() if k[1] in "xy"}
         yield ir.ir_kernel, name, dict(
             x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
             wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
                 y_ptr=dt,
             C_IN=c, HID=hidden, C_OUT=c, H=56, W=56, OH=56, OW=56, **xy, PAD=3, TILES_W=7,
-            TILES_HW=49, SCRATCH_ROW=368 if fused else bh, HID_ROW=368), dict(
+            TILES_HW=49, TILES=49 * 64, SCRATCH_ROW=368 if fused else bh, HID_ROW=368), dict(
             K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=fused, POOL=not fused,
             RESIDUAL=fused, DOT_FP32=False, PRECISION="ieee", BLOCK_OH=boh, BLOCK_OW=bow,
-            BLOCK_CIN=bcin,
-            BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=False), _dot_options(
+            BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=False,
+            PERSISTENT=persistent), _dot_options(
                 warps, dt, C_IN=c, HID=hidden, C_OUT=c, **xy)
 
 
@@ -323,7 +331,7 @@ def compile_one(case, arch):
         problems.append(f"{scalar} scalar global loads")
     if mma != want:
         problems.append(f"tensor cores {mma}, expected {want}")
-    if use.get("LOCAL", 0) or use.get("STACK", 0):
+    if (use.get("LOCAL", 0) or use.get("STACK", 0)) and not constexprs.get("PERSISTENT"):
         problems.append(f"spills: local {use.get('LOCAL', 0)} B, stack {use.get('STACK', 0)} B")
     if shared > SMEM_LIMIT[arch]:
         problems.append(f"shared {shared} B > sm_{arch} limit {SMEM_LIMIT[arch]} B")
@@ -356,16 +364,24 @@ def occupancy(arch, regs, warps, smem):
     `warps` warps using `regs` registers per thread and `smem` bytes of shared memory per
     block, on sm_`arch` (the CUDA occupancy calculator's register, shared-memory, warp and
     block limits)."""
-    blocks = min(register_blocks(regs, warps),
-                 SMEM_PER_SM[arch] // (smem + SMEM_RESERVED_PER_BLOCK))
+    blocks = resident_blocks(regs, warps, smem, SMEM_PER_SM[arch])
     return blocks, blocks * warps / MAX_WARPS
 
 
-def register_blocks(regs, warps):
+def resident_blocks(regs, warps, smem, smem_per_sm, regs_per_sm=REGS_PER_SM,
+                    max_warps=MAX_WARPS):
+    """Blocks of `warps` warps at `regs` registers per thread and `smem` bytes of shared memory
+    an SM with these limits holds at once (registers, shared memory, warp and block slots)."""
+    return min(register_blocks(regs, warps, regs_per_sm, max_warps),
+               smem_per_sm // (smem + SMEM_RESERVED_PER_BLOCK))
+
+
+def register_blocks(regs, warps, regs_per_sm=REGS_PER_SM, max_warps=MAX_WARPS):
     """Blocks of `warps` warps at `regs` registers per thread an SM holds by its registers, warp
-    slots and block slots (sm_80 and sm_90 alike): what a launcher sizes its launches by."""
+    slots and block slots (sm_80 and sm_90 alike by default): what a launcher sizes its
+    launches by."""
     warp_regs = -(-regs * 32 // REG_UNIT) * REG_UNIT
-    return min(MAX_BLOCKS, MAX_WARPS // warps, REGS_PER_SM // warp_regs // warps)
+    return min(MAX_BLOCKS, max_warps // warps, regs_per_sm // warp_regs // warps)
 
 
 def _compile_nth(work):
