@@ -46,7 +46,7 @@ The five executions compared (a "pass" is one kernel; it streams its operands fr
                 a pass of its own). The tile configs, the fused-vs-split choice (by the SM
                 count), the scratch region, the register cap and the images per launch are the
                 kernel modules' own (pick_config, runs_fused, scratch_row, scratch_region,
-                maxnreg, resident_programs, SCRATCH_BUDGET: imported, so the model follows the
+                maxnreg, resident_programs, launch_plan: imported, so the model follows the
                 code; triton_ir_plan, checked against the launcher by tests/test_perfmodel.py).
                 inverted_residual, fused (one program per image and 8x8 output tile): DRAM as
                 in (c). Each program expands its x window (tile + halo, so neighbouring tiles
@@ -57,10 +57,22 @@ The five executions compared (a "pass" is one kernel; it streams its operands fr
                 program, channels past BLOCK_CIN once per hidden chunk. The k*k taps read the
                 region back chunk by chunk; the tl.dot tiles are padded (C_in to BLOCK_CIN,
                 C_out to BLOCK_COUT, tile pixels past the map edge). Scratch and re-reads are
-                L2 traffic. A launch (wave) holds the images SCRATCH_BUDGET allows, and at least
-                enough for the programs the GPU runs at once (SMs x blocks per SM by the
-                register cap); a wave's scratch beyond the GPU's L2 (l2_size) is charged to
-                DRAM once, as dirty lines evicted before the next wave reuses them (none on an
+                L2 traffic. Launches: launch_plan's. With no more tiles than the programs
+                the GPU surely runs at once (SMs x blocks per SM by the register cap), a
+                program per tile in one launch. With more, the launcher compiles both
+                variants and goes persistent (one launch of the programs the GPU runs at
+                once, each looping over every P-th tile and reusing its scratch region) where
+                the looped variant neither spills nor runs fewer programs at once; else plain
+                waves of whole images (those SCRATCH_BUDGET allows, at least the resident
+                programs' worth). The model cannot compile: triton_persistent_pays is its
+                rule, from sm_90 compiles of both variants (fp32 and the fused blocks with
+                channels not multiples of 16 at k <= 5 go persistent, and the aligned fp16/bf16
+                fused blocks with BLOCK_CIN and BLOCK_COUT <= 32; the other aligned fp16/bf16
+                fused blocks, which spill at the 128-register cap, every fp16/bf16 split block,
+                which loses a block per SM, and k7 with channels not multiples of 16 fall back
+                to waves). The scratch of one round of tiles (a wave, or the persistent
+                programs' regions) beyond the GPU's L2 (l2_size) is charged to DRAM once per
+                round, as dirty lines evicted before the next round reuses them (none on an
                 H100 for MobileNetV2 in fp16 or fp32).
                 inverted_residual, split (SE, C_out > MAX_FUSED_COUT, or fewer fused programs
                 than SMs): the same expand + depthwise kernel, one program per tile and chunk,
@@ -671,8 +683,12 @@ TRITON_CHANGES = {
     "padded_hidden": "the split path's hidden tensor, project weight and gate padded to whole "
                      "BLOCK_HID channels, copied by F.pad where C_hidden is not (off: C_hidden, "
                      "no copies)",
-    "resident_waves": "a launch holds at least the GPU's resident programs (off: only what "
-                      "SCRATCH_BUDGET allows)",
+    "resident_waves": "a plain launch holds at least the GPU's resident programs (off: waves "
+                      "of only what SCRATCH_BUDGET allows, and no persistent launch)",
+    "persistent": "one persistent launch where launch_plan finds the looped variant as "
+                  "resident as the plain one (triton_persistent_pays; off: plain waves of "
+                  "whole images, at least the resident programs each, and the SE sums per "
+                  "wave copied into the pooled vector)",
     "channels_last": "fastdw's modules compute channels_last on CUDA: one NCHW -> NHWC copy of "
                      "the input at the stem (off: no copy)",
 }
@@ -691,14 +707,65 @@ def _channels_last_strides(n, c, h, w):
     return (c * h * w, 1, w * c, c)
 
 
+def triton_persistent_pays(fused, itemsize, regs, k, block_cin, block_cout):
+    """Whether inverted_residual.launch_plan, where it weighs the block kernel's persistent
+    variant on an H100 (sm_90), finds that it neither spills nor runs fewer programs at once
+    than the plain one: the model's stand-in for the GPU's compile, which it cannot run. The
+    rule is what sm_90 compiles of both variants gave (resources.compile_one on the rows
+    "... persistent" of `python -m fastdw.kernels.triton.resources`, and on MobileNetV2's k3
+    blocks: the loop changes the registers by -12 to +64):
+    - fp32 (cap 255): both variants at one block per SM (184-247 registers), no spill: pays;
+    - fp16/bf16 split: the plain kernel fits 3-4 blocks per SM (60-80 registers), the
+      persistent one 1-2 (86-136): does not pay;
+    - fp16/bf16 fused, channels not multiples of 16 (cap 255): V2's 24-channel k3 blocks stay
+      at one block per SM (130-162 -> 150-155 registers): pays; the k7 C=120 block drops from
+      2 to 1 (122 -> 189): k <= 5 only;
+    - fp16/bf16 fused, aligned (cap 128): the loop reaches the cap; it spills with BLOCK_CIN 64
+      or BLOCK_COUT >= 64 (V2's k3 blocks 8-104 B, the k7 one 24-40 B), not with BLOCK_CIN and
+      BLOCK_COUT <= 32 (V2's 32-channel blocks, 108-128 registers): pays only there. The
+      resources table's k5 s2 hardswish row (BLOCK_CIN 64, BLOCK_COUT 128) does not spill: there
+      the rule is pessimistic (waves where the launcher would go persistent).
+    Not modelled: configurations none of these compiles covers follow the nearest rule."""
+    if itemsize == 4:
+        return True
+    if not fused:
+        return False
+    if regs == _triton_module("_shared").MAXNREG_UNALIGNED:
+        return k <= 5
+    return block_cin <= 32 and block_cout <= 32
+
+
+def triton_residency(gpu, regs, warps, pays):
+    """launch_plan's `residency(persistent)` as the model gives it: (programs the GPU runs at
+    once, spilled bytes). Plain: the register cap's programs (resident_programs: a kernel below
+    its cap may fit more; split fp16/bf16 kernels do on sm_90, so the model's waves of those are
+    smaller than the GPU's). Persistent: the same where triton_persistent_pays, else a one-byte
+    spill, which stands for "spills or runs fewer programs" (the model does not know which)."""
+    resident = _triton_module("_shared").resident_programs(gpu.sms, regs, warps)
+    return lambda persistent: (resident, 0 if pays or not persistent else 1)
+
+
+def _waves(n, per_image, region_bytes, resident):
+    """Images per launch of the plain kernel by the waves rule before the persistent grid
+    (4b70f8b): as many as SCRATCH_BUDGET allows and, unless resident is None, at least the
+    programs the GPU runs at once."""
+    wave = _triton_module("inverted_residual").SCRATCH_BUDGET // max(1, per_image * region_bytes)
+    if resident is not None:
+        wave = max(wave, _cdiv(resident, per_image))
+    return max(1, min(n, wave))
+
+
 def triton_ir_plan(b, itemsize, gpu, off=()):
     """What fastdw/kernels/triton/inverted_residual.forward launches for block b (channels_last
     x, as fastdw's modules give it on CUDA) on `gpu`: a dict of fused (bool), the tile config,
     tiles per image, hidden chunks, the scratch row (columns per window pixel) and region
     (elements per program), its element size, the hidden tensor's padded row (hid_row), the
-    register cap (regs), the programs the GPU holds at once (resident), images per launch
-    (wave), launches, the grid of a full launch, and the scratch bytes no wave keeps in L2
-    (spill). `off`: TRITON_CHANGES switched off (the model's ablation, not the launcher)."""
+    register cap (regs), the programs the GPU holds at once by it (resident), whether the
+    launch is persistent, images per launch (wave), programs per launch along grid axis 0,
+    launches, the grid of a full launch, and the scratch bytes L2 does not keep (spill). The
+    launch comes from the launcher's own launch_plan, with triton_residency standing in for the
+    compiled kernels. `off`: TRITON_CHANGES switched off (the model's ablation, not the
+    launcher)."""
     off = _check_off(off)
     ir = _triton_module("inverted_residual")
     shared = _triton_module("_shared")
@@ -707,7 +774,7 @@ def triton_ir_plan(b, itemsize, gpu, off=()):
     fused = ir.runs_fused(b.squeeze > 0, b.c_out, b.n * tiles_hw,
                           None if "sm_split" in off else gpu.sms)
     config = ir.pick_config(b.c_in, b.hidden, b.c_out, b.oh, b.ow, fused, itemsize, True)
-    boh, bow, _, bhid, _, warps = config
+    boh, bow, bcin, bhid, bcout, warps = config
     chunks = _cdiv(b.hidden, bhid)
     grid_chunks = 1 if fused else chunks
     row = ir.scratch_row(b.hidden, bhid, fused and "x_once" not in off)
@@ -725,21 +792,33 @@ def triton_ir_plan(b, itemsize, gpu, off=()):
     regs = shared.maxnreg(itemsize, b.c_in, b.hidden, b.c_out, *x_strides, *y_strides)
     resident = shared.resident_programs(gpu.sms, regs, warps)
     per_image = tiles_hw * grid_chunks
-    wave = ir.SCRATCH_BUDGET // max(1, per_image * region * scratch_size)
-    if "resident_waves" not in off:
-        wave = max(wave, _cdiv(resident, per_image))
-    wave = max(1, min(b.n, wave))
+    region_bytes = region * scratch_size
+    before = "persistent" in off or "resident_waves" in off
+    if before:  # the plain waves, as before 4b70f8b
+        persistent = False
+        wave = _waves(b.n, per_image, region_bytes,
+                      None if "resident_waves" in off else resident)
+        programs = wave * tiles_hw
+    else:
+        pays = triton_persistent_pays(fused, itemsize, regs, b.k, bcin, bcout)
+        persistent, wave, programs = ir.launch_plan(
+            b.n, tiles_hw, grid_chunks, region_bytes, gpu.sms, regs, warps,
+            residency=triton_residency(gpu, regs, warps, pays))
     launches = _cdiv(b.n, wave)
-    # A wave's scratch beyond L2 is evicted (dirty) before the next wave overwrites it: written
-    # to DRAM once. The programs' live regions are assumed to stay for their read-back, and
-    # L2's other contents (x, weights) are not counted against it.
-    spill = sum(max(0, min(wave, b.n - n0) * per_image * region * scratch_size - gpu.l2_size)
-                for n0 in range(0, b.n, wave))
+    # Scratch beyond L2 is evicted (dirty) before the next round of tiles overwrites it:
+    # written to DRAM once per round (a wave, or the persistent programs' next tiles). The
+    # programs' live regions are assumed to stay for their read-back, and L2's other contents
+    # (x, weights) are not counted against it.
+    spill = 0
+    for n0 in range(0, b.n, wave):
+        tiles = min(wave, b.n - n0) * tiles_hw
+        for t0 in range(0, tiles, programs):
+            spill += max(0, min(programs, tiles - t0) * grid_chunks * region_bytes - gpu.l2_size)
     return dict(fused=fused, config=config, tiles_hw=tiles_hw, chunks=chunks, row=row,
                 region=region, scratch_size=scratch_size, hid_row=hid_row, regs=regs,
-                resident=resident, wave=wave, launches=launches, grid=(wave * tiles_hw,
-                                                                       grid_chunks),
-                spill=spill)
+                resident=resident, persistent=persistent, wave=wave, programs=programs,
+                launches=launches, grid=(min(programs, wave * tiles_hw), grid_chunks),
+                spill=spill, sums_per_wave=before)
 
 
 def _triton_ir(b, itemsize, gpu, off=()):
@@ -820,15 +899,18 @@ def _act_flops(name):
 
 def _se_gate_passes(b, itemsize, plan):
     """The split block's squeeze-excite between its two kernels, as torch ops on fp32 vectors
-    (inverted_residual.forward): per launch the per-tile sums summed (and copied into the
-    pooled vector), then the division by the pixels, fc1 (weights cast to fp32), se_act, fc2,
-    se_gate; each op a pass of its own."""
+    (inverted_residual.forward): the per-tile sums of every launch summed per image once (before
+    4b70f8b, plan["sums_per_wave"]: per launch, and copied into the pooled vector), then the
+    division by the pixels, fc1 (weights cast to fp32), se_act, fc2, se_gate; each op a pass
+    of its own."""
     st, f = b.stages, _SUM_BYTES
     per_image = plan["tiles_hw"] * b.hidden
+    sums = plan["launches"] if plan["sums_per_wave"] else 1
     ks = [Kernel({st["mean"]: (b.n * per_image + b.n * b.hidden) * f}, 0, b.n * per_image,
-                 launches=plan["launches"]),
-          Kernel({st["mean"]: 2 * b.n * b.hidden * f}, 0, 0, launches=plan["launches"]),
-          Kernel({st["mean"]: 2 * b.n * b.hidden * f}, 0, b.n * b.hidden)]
+                 launches=sums)]
+    if plan["sums_per_wave"]:
+        ks.append(Kernel({st["mean"]: 2 * b.n * b.hidden * f}, 0, 0, launches=sums))
+    ks.append(Kernel({st["mean"]: 2 * b.n * b.hidden * f}, 0, b.n * b.hidden))
     for fc, c_in, c_out, act in (("fc1", b.hidden, b.squeeze, b.se_act),
                                  ("fc2", b.squeeze, b.hidden, b.se_gate)):
         params = c_in * c_out + c_out

@@ -416,19 +416,27 @@ def test_every_triton_change_can_be_switched_off(monkeypatch):
 
 def test_triton_plan_follows_the_launcher(monkeypatch):
     # Run the launcher with its kernels replaced by recorders: the model's choice of path, tile,
-    # grid, waves and scratch dtype must be the launcher's own.
+    # grid, launches (persistent or not) and scratch must be the launcher's own. The launcher's
+    # residency compiles both variants (warmup) and reads them (compiled_residency): here the
+    # recorder's warmup hands over the variant, and the model's stand-in for a compiled kernel
+    # (perfmodel.triton_residency) answers, so the launcher's launch_plan decides.
     ir = _ir_module()
-    calls, projects = [], []
+    calls, projects, warmed = [], [], []
 
     class Recorder:
         def __getitem__(self, grid):
             return lambda *args, **kw: calls.append((grid, args, kw))
 
+        def warmup(self, *args, PERSISTENT, **kw):
+            warmed.append(PERSISTENT)
+            return PERSISTENT
+
     monkeypatch.setattr(ir, "ir_kernel", Recorder())
     monkeypatch.setattr(ir, "pw_forward", lambda *a, **kw: projects.append(a) or a[0])
-    # A budget of one byte leaves the launches to the resident-programs rule.
     tr = perfmodel.trace("mobilenet_v3_small", 8, 64)
     blocks = dict(perfmodel._blocks(tr.layers))
+    branches = set()
+    # A budget of one byte leaves the waves to the resident-programs rule.
     for sms, budget in ((1, ir.SCRATCH_BUDGET), (132, ir.SCRATCH_BUDGET), (3, 1), (132, 1)):
         monkeypatch.setattr(ir, "multiprocessors", lambda device: sms)
         monkeypatch.setattr(ir, "SCRATCH_BUDGET", budget)
@@ -436,27 +444,137 @@ def test_triton_plan_follows_the_launcher(monkeypatch):
         for name in ("features.1", "features.2", "features.4"):  # SE, plain, SE k5 s2
             b = perfmodel.ir_shape(tr, blocks[name])
             plan = perfmodel.triton_ir_plan(b, 2, gpu)
+            _, _, bcin, _, bcout, warps = plan["config"]
+            residency = perfmodel.triton_residency(gpu, plan["regs"], warps,
+                                                   perfmodel.triton_persistent_pays(
+                                                       plan["fused"], 2, plan["regs"], b.k,
+                                                       bcin, bcout))
+            monkeypatch.setattr(ir, "compiled_residency", residency)
             calls.clear()
             projects.clear()
+            warmed.clear()
             x = torch.randn(b.n, b.c_in, b.h, b.w, dtype=torch.float16)
             # channels_last, as fastdw's modules give it on CUDA (layers.feature_layout)
             ir.forward(x.contiguous(memory_format=torch.channels_last), _weights(b), b.stride,
                        b.act, b.residual, b.se_act, b.se_gate, gpu_tiles=True)
             grid, args, kw = calls[0]
             label = (name, sms, budget)
+            branches.add("plain" if not warmed else
+                         "persistent" if plan["persistent"] else "waves")
             assert len(calls) == plan["launches"] and grid == plan["grid"], label
+            assert all(kw["PERSISTENT"] == plan["persistent"] for _, _, kw in calls), label
             assert kw["maxnreg"] == plan["regs"], label
             assert not projects == plan["fused"], label
             assert (kw["BLOCK_OH"], kw["BLOCK_OW"], kw["BLOCK_CIN"], kw["BLOCK_HID"],
                     kw["BLOCK_COUT"], kw["num_warps"]) == plan["config"], label
             assert kw["SCRATCH_ROW"] == plan["row"] and kw["HID_ROW"] == plan["hid_row"], label
             # x, 3 expand and 3 depthwise and 3 project tensors, hidden, then the scratch: in
-            # x's dtype, as modelled.
+            # x's dtype, one region per program of a launch, as modelled.
             assert args[11].dtype == torch.float16, label
-            assert args[11].numel() == max(1, plan["grid"][0] * plan["grid"][1] * plan["region"])
+            assert args[11].numel() == max(1, plan["programs"] * plan["grid"][1]
+                                           * plan["region"]), label
             if projects:  # the project GEMM reads the padded hidden tensor and weight
                 hid, weight = projects[0][:2]
                 assert hid.shape[1] == weight.shape[1] == plan["hid_row"], label
+    assert branches == {"plain", "persistent", "waves"}
+
+
+# Whether the persistent variant pays on sm_90 (neither spills nor fits fewer blocks per SM than
+# the plain one), per " persistent" row of `python -m fastdw.kernels.triton.resources` as it
+# compiled at 4b70f8b: (plain, persistent) registers, and the persistent variant's spill.
+SM90_PERSISTENT_PAYS = {
+    "fused fp32 cin32 cout128 k5 s2 hardswish": True,    # 204 -> 221, 1 block each
+    "split fp32 cin32 cout16 k5 s2 hardswish": True,     # 209 -> 228, 1 block each
+    "split fp16 cin64 cout16 k5 s2 hardswish": False,    # 76 -> 96: 3 -> 2 blocks
+    "split bf16 cin64 cout16 k5 s2 hardswish": False,    # 76 -> 96: 3 -> 2 blocks
+    "fused fp32 cin32 cout128 k7 s1 silu c64": True,     # 206 -> 236, 1 block each
+    "split fp32 cin32 cout16 k7 s1 silu c64": True,      # 210 -> 236, 1 block each
+    "fused fp16 cin64 cout128 k7 s1 silu c64": False,    # 121 -> 128, spills 40 B
+    "split fp16 cin64 cout16 k7 s1 silu c64": False,     # 77 -> 124: 3 -> 2 blocks
+    "fused bf16 cin64 cout128 k7 s1 silu c64": False,    # 122 -> 128, spills 40 B
+    "split bf16 cin64 cout16 k7 s1 silu c64": False,     # 76 -> 124: 3 -> 2 blocks
+    "fused fp32 cin32 cout128 k7 s1 silu c120": True,    # 209 -> 241, 1 block each
+    "split fp32 cin32 cout16 k7 s1 silu c120": True,     # 209 -> 238, 1 block each
+    "fused fp16 cin64 cout128 k7 s1 silu c120": False,   # 122 -> 189: 2 -> 1 block
+    "split fp16 cin64 cout16 k7 s1 silu c120": False,    # 80 -> 136: 3 -> 1 block
+}
+# Where the model's rule is pessimistic: these compile to 105 -> 128 registers, 2 blocks each,
+# no spill (the launcher goes persistent), the rule says waves (it spills on V2's k3 blocks).
+SM90_RULE_PESSIMISTIC = {"fused fp16 cin64 cout128 k5 s2 hardswish",
+                         "fused bf16 cin64 cout128 k5 s2 hardswish"}
+
+
+def test_persistent_rule_agrees_with_the_resource_table():
+    # perfmodel.triton_persistent_pays on the constexprs and register cap of each persistent
+    # row the resource check compiles (its labels: a new row must be judged here), against
+    # what that row compiled to on sm_90, the H100 the model has.
+    from fastdw.kernels.triton import resources
+    rows = {label.removesuffix(" persistent"): (args, constexprs, options)
+            for _, label, args, constexprs, options in resources._kernel_cases(False, False)
+            if constexprs.get("PERSISTENT")}
+    assert set(rows) == set(SM90_PERSISTENT_PAYS) | SM90_RULE_PESSIMISTIC
+    for label, (args, c, options) in rows.items():
+        pays = perfmodel.triton_persistent_pays(c["PROJECT"], args["x_ptr"].itemsize,
+                                                options["maxnreg"], c["K"], c["BLOCK_CIN"],
+                                                c["BLOCK_COUT"])
+        assert pays == SM90_PERSISTENT_PAYS.get(label, False), label
+
+
+def test_persistent_grid_of_mobilenet_v2_at_batch_256():
+    # fp16 on the H100: the fused blocks with 16/24/32 channels go persistent, one launch each
+    # (sm_90 compiles of V2's blocks: the 24-channel ones stay at one block per SM, the
+    # 32-channel ones compile to 108-128 registers without spilling); the fused 64/96-channel
+    # blocks spill at the 128 cap (8-104 B) and the split 160/320-channel ones lose a block per
+    # SM: plain waves. Every fused block at batch 256 would otherwise launch in waves.
+    tr = _trace("mobilenet_v2", 256, 224)
+    plans = {name: perfmodel.triton_ir_plan(perfmodel.ir_shape(tr, idx), 2, perfmodel.H100_SXM)
+             for name, idx in perfmodel._blocks(tr.layers)
+             if perfmodel._is_inverted_residual(tr.layers, idx)}
+    persistent = {name for name, plan in plans.items() if plan["persistent"]}
+    assert persistent == {f"features.{i}" for i in range(1, 7)}
+    assert all(plans[name]["launches"] == 1 and plans[name]["grid"][0] ==
+               plans[name]["programs"] for name in persistent)
+    assert all(plans[name]["launches"] > 1 for name in plans if name not in persistent)
+    before = {name: perfmodel.triton_ir_plan(perfmodel.ir_shape(tr, idx), 2,
+                                             perfmodel.H100_SXM, off={"persistent"})
+              for name, idx in perfmodel._blocks(tr.layers) if name in persistent}
+    assert all(plan["launches"] > 1 for name, plan in before.items() if name != "features.1")
+
+
+def test_triton_persistent_scratch_beyond_l2_is_charged_per_round():
+    # The small V2 block (24 channels: cap 255, one program per SM, persistent) at batch 4 on
+    # one SM: one program takes the 4 tiles in turn, reusing one 128 x 144 fp16 region. With an
+    # L2 1000 bytes smaller than it, each of the 4 rounds evicts 1000 bytes to DRAM; the plain
+    # waves before (one wave of the 4 images, 4 regions) evicted 3 regions + 1000 bytes once.
+    tr = _trace("mobilenet_v2", 4, 32)
+    b = perfmodel.ir_shape(tr, dict(perfmodel._blocks(tr.layers))["features.3"])
+    region = 128 * 144 * 2
+    gpu = dataclasses.replace(perfmodel.H100_SXM, sms=1, l2_size=region - 1000)
+    plan = perfmodel.triton_ir_plan(b, 2, gpu)
+    assert (plan["fused"], plan["persistent"], plan["programs"], plan["launches"]) == \
+        (True, True, 1, 1)
+    assert plan["spill"] == 4 * 1000
+    waves = perfmodel.triton_ir_plan(b, 2, gpu, off={"persistent"})
+    assert (waves["persistent"], waves["wave"], waves["spill"]) == (False, 4, 3 * region + 1000)
+
+
+def test_triton_se_tile_sums_are_summed_once(monkeypatch):
+    # MobileNetV3-small features.1 (SE, split) at batch 8 on one SM with a scratch budget of one
+    # byte: the fp16 split block does not go persistent, so it launches in waves of one image.
+    # The launcher sums every launch's per-tile sums once at the end (one pass); before
+    # 4b70f8b each wave's sums were summed and copied into the pooled vector.
+    monkeypatch.setattr(_ir_module(), "SCRATCH_BUDGET", 1)
+    tr = _trace("mobilenet_v3_small", 8, 64)
+    one_sm = dataclasses.replace(perfmodel.H100_SXM, sms=1)
+    b = perfmodel.ir_shape(tr, dict(perfmodel._blocks(tr.layers))["features.1"])
+    plan = perfmodel.triton_ir_plan(b, 2, one_sm)
+    assert (plan["persistent"], plan["launches"]) == (False, 8)
+    now, before = (_block_kernels(tr, "triton", "features.1", one_sm, off)
+                   for off in ((), {"persistent"}))
+    sums = 8 * b.hidden * 4
+    assert len(before) == len(now) + 1
+    assert [k.launches for k in now[2:4]] == [1, 1]
+    assert [(k.bytes, k.launches) for k in before[2:4]] == [(now[2].bytes, 8), (2 * sums, 8)]
 
 
 def _weights(b):
