@@ -339,7 +339,8 @@ def test_tf32_follows_torch_matmul_flag(dtype, allow_tf32, precision, launches, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_fused_expand_scratch_in_input_dtype(dtype, launches, monkeypatch):
     """The fused block's expand scratch is in x's dtype (fp16: half the bytes of fp32), one
-    region per program, and the block still matches the oracle."""
+    region per program, poisoned like the outputs (a tile that read a scratch row it did not
+    write would read NaN), and the block still matches the oracle."""
     kernel = ir.ir_kernel
     index = kernel.arg_names.index("scratch_ptr")
     scratch = []
@@ -348,6 +349,7 @@ def test_fused_expand_scratch_in_input_dtype(dtype, launches, monkeypatch):
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
                 scratch.append(args[index])
+                assert args[index].isnan().all(), "the scratch escaped the poisoned fixture"
                 return kernel[grid](*args, **kwargs)
             return launch
 
