@@ -512,3 +512,18 @@ def test_launch_plan():
     spills = {True: (12, 8), False: (12, 0)}
     assert ir.launch_plan(10, 4, 2, 1024, 4, 128, 8, spills.get) == (False, 10, 40)
     assert ir.launch_plan(10, 4, 2, ir.SCRATCH_BUDGET, 4, 128, 8, spills.get) == (False, 2, 8)
+
+
+@pytest.mark.parametrize("sms", [None, 4], ids=["off-gpu", "4sm"])
+@pytest.mark.parametrize("se", [False, True], ids=["fused", "split-se"])
+def test_empty_batch_launches_no_block_kernel(se, sms, launches, monkeypatch):
+    """N = 0 (the ops route it to reference, a direct kernel call need not): an empty output of
+    the block's shape and no block kernel launch, off a GPU and on one; launch_plan steps through
+    the batch at least an image at a time."""
+    monkeypatch.setattr(ir, "multiprocessors", lambda device: sms)
+    x = op_oracle.feature_map((0, 16, 10, 10), torch.float16, "channels_last")
+    weights, _ = block_weights(16, 24, 16, 3, torch.float16, se)
+    out = ir.forward(x, weights, 2, "relu6", False, "relu", "hardsigmoid", gpu_tiles=True)
+    assert out.shape == (0, 16, 5, 5) and out.dtype == torch.float16
+    assert "ir_kernel" not in [launch.kernel for launch in launches]
+    assert ir.launch_plan(0, 4, 2, 1024, sms, 128, 8, None)[1] >= 1

@@ -134,12 +134,13 @@ def launch_plan(n, tiles_hw, chunks, region_bytes, sms, regs, warps, residency):
     takes ~20 more registers: the fp16 k7 fused block spills at the 128 cap, the unaligned
     C=120 one falls to a block per SM; resources.py); else plain launches in waves of whole
     images, as many as SCRATCH_BUDGET allows and at least the programs the GPU runs at once,
-    which reuse one scratch."""
+    which reuse one scratch. Images per launch are at least 1 (an empty batch: no launch)."""
     tiles = n * tiles_hw
+    whole = max(1, n)
     if sms is None:
-        return True, n, max(1, min(tiles, SCRATCH_BUDGET // max(1, chunks * region_bytes)))
+        return True, whole, max(1, min(tiles, SCRATCH_BUDGET // max(1, chunks * region_bytes)))
     if tiles * chunks <= resident_programs(sms, regs, warps):
-        return False, n, tiles
+        return False, whole, tiles
     (looped, spills), (plain, _) = residency(True), residency(False)
     if not spills and looped >= plain:
         return True, n, max(1, min(tiles, looped // chunks))
