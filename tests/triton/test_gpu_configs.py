@@ -46,7 +46,8 @@ class Launch(NamedTuple):
 
 @pytest.fixture
 def launches(monkeypatch):
-    """Every kernel launch the interpreter runs, in order, as a Launch."""
+    """Every kernel launch the interpreter runs, in order, as a Launch (not the warmups, which
+    launch nothing)."""
     from triton.runtime.interpreter import InterpretedFunction
     seen = []
     run = InterpretedFunction.run
@@ -55,7 +56,8 @@ def launches(monkeypatch):
         meta = {k: v for k, v in kwargs.items()
                 if k.startswith("BLOCK_") or k.startswith("VEC")
                 or k in ("PROJECT", "PERSISTENT", "PRECISION", "num_warps", "maxnreg")}
-        seen.append(Launch(self.__name__, tuple(grid), meta))
+        if not warmup:
+            seen.append(Launch(self.__name__, tuple(grid), meta))
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     monkeypatch.setattr(InterpretedFunction, "run", recording)
@@ -527,3 +529,17 @@ def test_empty_batch_launches_no_block_kernel(se, sms, launches, monkeypatch):
     assert out.shape == (0, 16, 5, 5) and out.dtype == torch.float16
     assert "ir_kernel" not in [launch.kernel for launch in launches]
     assert ir.launch_plan(0, 4, 2, 1024, sms, 128, 8, None)[1] >= 1
+
+
+def test_plain_waves_where_no_compiled_kernel_comes_back(launches, monkeypatch):
+    """ir_kernel.warmup hands back no compiled kernel under the interpreter (nor on a GPU where
+    a jit_cache_hook takes the compile over): with more tiles than the GPU surely runs at once
+    (2 images x 4 tiles on 1 SM, 2 fp16 programs by the register cap) the launcher cannot weigh
+    the persistent variant and launches the plain one, in waves of at least the programs the
+    register cap fits; the block matches the oracle."""
+    monkeypatch.setattr(ir, "multiprocessors", lambda device: 1)
+    run_block(16, 48, 16, 3, 1, "relu6", False, torch.float16, 2, 10, 10, "channels_last",
+              launches)
+    assert [(launch.grid, launch.meta["PERSISTENT"]) for launch in launches] == [((8, 1), False)]
+    unknown = {True: None, False: None}.get
+    assert ir.launch_plan(10, 4, 2, ir.SCRATCH_BUDGET, 4, 128, 8, unknown) == (False, 1, 4)

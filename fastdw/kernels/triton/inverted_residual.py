@@ -124,7 +124,9 @@ def launch_plan(n, tiles_hw, chunks, region_bytes, sms, regs, warps, residency):
     """(persistent, images per launch, programs per launch along grid axis 0) of the block
     kernel over n images of tiles_hw output tiles, `chunks` programs along axis 1, a scratch
     region of `region_bytes` per program. `residency(persistent)`: (programs the GPU runs at
-    once, spilled bytes) of that variant as compiled for this launch.
+    once, spilled bytes) of that variant as compiled for this launch, or None where no compiled
+    kernel is known (the interpreter's warmup; a jit_cache_hook that takes the compile over):
+    then plain waves, of at least the programs the GPU surely runs by the register cap.
 
     Off a GPU (sms None): one persistent launch of as many programs as SCRATCH_BUDGET allows.
     On a GPU, a program per tile when the tiles are no more than the programs it surely runs
@@ -141,9 +143,10 @@ def launch_plan(n, tiles_hw, chunks, region_bytes, sms, regs, warps, residency):
         return True, whole, max(1, min(tiles, SCRATCH_BUDGET // max(1, chunks * region_bytes)))
     if tiles * chunks <= resident_programs(sms, regs, warps):
         return False, whole, tiles
-    (looped, spills), (plain, _) = residency(True), residency(False)
-    if not spills and looped >= plain:
-        return True, n, max(1, min(tiles, looped // chunks))
+    looped, plain = residency(True), residency(False)
+    if looped is not None and plain is not None and not looped[1] and looped[0] >= plain[0]:
+        return True, n, max(1, min(tiles, looped[0] // chunks))
+    plain = resident_programs(sms, regs, warps) if plain is None else plain[0]
     wave = SCRATCH_BUDGET // max(1, tiles_hw * chunks * region_bytes)
     wave = max(1, min(n, max(wave, triton.cdiv(plain, tiles_hw * chunks))))
     return False, wave, wave * tiles_hw
@@ -433,7 +436,7 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
         # A one-element scratch specialises like the real one (aligned, x's dtype).
         kernel = ir_kernel.warmup(x, *kernel_weights, hid, x.new_empty(1), tile_sums, y,
                                   grid=(1,), TILES=n * tiles_hw, PERSISTENT=persistent, **meta)
-        return compiled_residency(kernel)
+        return None if kernel is None else compiled_residency(kernel)
 
     with on_device_of(x):
         persistent, wave, programs = launch_plan(n, tiles_hw, chunks, region * x.element_size(),
