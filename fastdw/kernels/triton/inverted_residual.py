@@ -16,12 +16,14 @@ shifted views of an on-chip tile, hence the scratch: one region of ceil(HALO/BLO
 HID (rounded up to BLOCK_HID) per program in x's dtype (the expanded map is rounded to it, as
 stock PyTorch's expand layer stores it; fp16, HID 384: 96 KiB for the 8x8 GPU tile at k=3 s=1,
 240 KiB at k=3 s=2; fp32 twice that), written and read back by the same program. Where there
-are more tiles than programs the GPU runs at once, the launch is persistent (launch_plan): one
-launch of the programs the GPU runs at once, each taking every P-th tile in turn and reusing
-its region, so the scratch is no more than those programs' regions and should stay in L2
-rather than reach DRAM (modelled; no GPU has measured it). Expand work per tile and hidden
-chunk: the window's HALO_H*HALO_W pixels once, in whole BLOCK_P steps (8x8 tile: 128 rows for 100 pixels at k=3 s=1, 320 for 289 at
-k=3 s=2), where recomputing the expansion at every tap took k*k*BLOCK_P.
+are more tiles than programs the GPU runs at once and the looped variant compiles as resident
+as the plain one, the launch is persistent (launch_plan): one launch of the programs the GPU
+runs at once, each taking every P-th tile in turn and reusing its region, so the scratch is
+no more than those programs' regions and should stay in L2 rather than reach DRAM (modelled;
+no GPU has measured it); else plain waves of whole images within SCRATCH_BUDGET. Expand work
+per tile and hidden chunk: the window's HALO_H*HALO_W pixels once, in whole BLOCK_P steps (8x8
+tile: 128 rows for 100 pixels at k=3 s=1, 320 for 289 at k=3 s=2), where recomputing the
+expansion at every tap took k*k*BLOCK_P.
 
 Split (two kernels) when the project accumulator would not fit in registers (C_OUT > 128), when
 the block has squeeze-excite (its gate needs the whole map pooled before projecting), or when
