@@ -543,3 +543,34 @@ def test_plain_waves_where_no_compiled_kernel_comes_back(launches, monkeypatch):
     assert [(launch.grid, launch.meta["PERSISTENT"]) for launch in launches] == [((8, 1), False)]
     unknown = {True: None, False: None}.get
     assert ir.launch_plan(10, 4, 2, ir.SCRATCH_BUDGET, 4, 128, 8, unknown) == (False, 1, 4)
+
+
+def test_plain_waves_launch_the_variant_whose_residency_was_weighed(monkeypatch):
+    """The residency warmups and the launches hand ir_kernel the same TILES for the plain
+    variant (Triton specialises an int by whether it is 1 or a multiple of 16, so a different
+    value is another compile, not the one weighed): 256 images of 4 tiles in waves whose tiles
+    (264, 232) are no multiple of 16 where the batch's (1024) is. Stub kernels on meta
+    tensors, the looped variant less resident than the plain one."""
+    seen = []
+
+    class Stub:
+        def warmup(self, *args, grid, **kwargs):
+            seen.append(("warmup", kwargs["PERSISTENT"], kwargs["TILES"]))
+            return kwargs["PERSISTENT"]  # compiled_residency below tells the variants apart
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append(
+                ("launch", kwargs["PERSISTENT"], kwargs["TILES"]))
+
+    monkeypatch.setattr(ir, "ir_kernel", Stub())
+    monkeypatch.setattr(ir, "compiled_residency", lambda looped: (100 if looped else 264, 0))
+    monkeypatch.setattr(ir, "multiprocessors", lambda device: 132)
+    weights, _ = block_weights(24, 144, 24, 3, torch.float16, False)
+    weights = type(weights)(*(t if t is None else t.to("meta") for t in weights))
+    x = torch.empty(256, 24, 56, 56, dtype=torch.float16, device="meta")
+    ir.forward(x.contiguous(memory_format=torch.channels_last), weights, 1, "relu6", True,
+               "relu", "hardsigmoid")
+    launched = {tiles for kind, looped, tiles in seen if kind == "launch"}
+    assert {looped for kind, looped, _ in seen if kind == "launch"} == {False}
+    assert len(seen) > 3  # the two warmups, then waves
+    assert launched == {tiles for kind, looped, tiles in seen if kind == "warmup" and not looped}

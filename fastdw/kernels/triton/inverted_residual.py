@@ -236,7 +236,8 @@ def ir_kernel(
     sxn, sxc, sxh, sxw,        # strides of x (sxn, sxh, sxw / VEC)
     syn, syc, syh, syw,        # strides of y (syn, syh, syw / VEC); not PROJECT: unused
     PAD, TILES_W, TILES_HW,    # padding (K-1)//2; output tiles per tile row / per image
-    TILES,                     # output tiles of the launch: its images x TILES_HW
+    TILES,                     # PERSISTENT: output tiles of the launch, its images x TILES_HW;
+                               # else unused (the launcher passes the call's, as it warmed up)
     SCRATCH_ROW,               # scratch columns per window pixel: the hidden channels this
                                # program expands (PROJECT: all, rounded up to BLOCK_HID)
     HID_ROW,                   # (not PROJECT) the hidden tensor's pixel stride: HID rounded up
@@ -449,7 +450,7 @@ def forward(x, block, stride, act, residual, se_act, se_gate, gpu_tiles=False):
             ir_kernel[(min(programs, images * tiles_hw), chunks)](
                 x[n0:n0 + images], *kernel_weights, hid[n0:n0 + images], scratch,
                 tile_sums[n0 * tiles_hw * hidden:] if se else tile_sums, y[n0:n0 + images],
-                TILES=images * tiles_hw, PERSISTENT=persistent, **meta)
+                TILES=(images if persistent else n) * tiles_hw, PERSISTENT=persistent, **meta)
     if se:
         pooled = tile_sums.view(n, tiles_hw, hidden).sum(1)
     if fused:
