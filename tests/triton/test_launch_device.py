@@ -3,8 +3,8 @@ makes its input's device current first (torch.cuda.device_of), or a tensor on cu
 0 current would be handed to a kernel on the wrong GPU.
 
 Without a GPU this is checked at the seam: torch.cuda.device_of is replaced by a recording guard
-(that still enters the real one), and every kernel launch the interpreter runs must happen
-inside a guard entered with a tensor on the input's device. With two GPUs the real thing runs.
+(that still enters the real one), and every kernel launch the interpreter runs, and every
+warmup compile, must happen inside a guard entered with a tensor on the input's device. With two GPUs the real thing runs.
 """
 import math
 import os
@@ -48,13 +48,17 @@ def every_kernel(x):
     return [y, *grads, p, fused, split]
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="records the interpreter's launches (TRITON_INTERPRET=1)")
-def test_every_launch_runs_under_a_device_guard_of_its_input(monkeypatch):
+@pytest.fixture
+def guarded(monkeypatch):
+    """(launched, active): torch.cuda.device_of replaced by a recording guard; `launched` gets
+    (kernel name, warmup, devices of the active guards) at each interpreted launch or warmup,
+    `active` the tensors of the guards entered and not yet left, innermost last."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("records the interpreter's launches (TRITON_INTERPRET=1)")
     from triton.runtime.interpreter import InterpretedFunction
     real_device_of = torch.cuda.device_of
-    active = []     # the tensors of the guards entered and not yet left, innermost last
-    launched = []   # (kernel name, devices of the active guards) at each launch
+    active = []
+    launched = []
 
     class RecordingGuard:
         def __init__(self, obj):
@@ -70,21 +74,45 @@ def test_every_launch_runs_under_a_device_guard_of_its_input(monkeypatch):
 
     run = InterpretedFunction.run
 
-    def recording_run(self, *args, **kwargs):
-        launched.append((self.__name__, [t.device for t in active]))
-        return run(self, *args, **kwargs)
+    def recording_run(self, *args, warmup, **kwargs):
+        launched.append((self.__name__, warmup, [t.device for t in active]))
+        return run(self, *args, warmup=warmup, **kwargs)
 
     monkeypatch.setattr(torch.cuda, "device_of", RecordingGuard)
     monkeypatch.setattr(InterpretedFunction, "run", recording_run)
-    x = torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last)
-    every_kernel(x)
-    assert {name for name, _ in launched} == {
-        "dw_forward_kernel", "dw_backward_params_kernel", "dw_backward_input_kernel",
-        "pw_kernel", "ir_kernel"}
-    for name, devices in launched:
+    return launched, active
+
+
+def assert_guarded(launched, active, x):
+    for name, _, devices in launched:
         assert devices, f"{name} launched outside a device guard"
         assert devices[-1] == x.device, f"{name} launched under a guard of {devices[-1]}"
     assert not active
+
+
+def test_every_launch_runs_under_a_device_guard_of_its_input(guarded):
+    launched, active = guarded
+    x = torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    every_kernel(x)
+    assert {name for name, _, _ in launched} == {
+        "dw_forward_kernel", "dw_backward_params_kernel", "dw_backward_input_kernel",
+        "pw_kernel", "ir_kernel"}
+    assert_guarded(launched, active, x)
+
+
+def test_block_residency_warmups_run_under_the_device_guard(guarded, monkeypatch):
+    """On a GPU with more block tiles than it surely runs at once (6 single-tile images, 4 fp16
+    programs by the register cap of its 1 SM) the launcher compiles both ir_kernel variants
+    (warmup) to weigh them: those compiles, like the launches, run with x's device current."""
+    import importlib
+    ir = importlib.import_module("fastdw.kernels.triton.inverted_residual")
+    monkeypatch.setattr(ir, "multiprocessors", lambda device: 1)
+    launched, active = guarded
+    x = torch.randn(6, 16, 6, 6).half().contiguous(memory_format=torch.channels_last)
+    weights = BlockWeights(*(t if t is None else t.half() for t in block(16, 32, 16, False)))
+    kernels.inverted_residual(x, weights, 1, "relu6", True, "relu", "hardsigmoid")
+    assert [warmup for _, warmup, _ in launched] == [True, True, False]
+    assert_guarded(launched, active, x)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
