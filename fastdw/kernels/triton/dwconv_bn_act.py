@@ -51,11 +51,14 @@ def pick_config(channels, element_size, out_h, out_w, gpu_tiles=False):
 
 
 @triton.jit
-def spatial_tile(pid, TILES_W, TILES_HW, BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr):
-    """Image n and the (BLOCK_OH*BLOCK_OW,) row/column indices of program pid's 2-D tile."""
+def spatial_tile(pid, TILES_W, TILES_HW, BLOCK_OH: tl.constexpr, BLOCK_OW: tl.constexpr,
+                 zero=0):
+    """Image n and the (BLOCK_OH*BLOCK_OW,) row/column indices of program pid's 2-D tile;
+    `zero`: 0, added to the index range (the block kernel's persistent loop passes one the
+    compiler cannot hoist: inverted_residual._ir_tile)."""
     n = pid // TILES_HW
     t = pid % TILES_HW
-    p = tl.arange(0, BLOCK_OH * BLOCK_OW)
+    p = tl.arange(0, BLOCK_OH * BLOCK_OW) + zero
     rows = (t // TILES_W) * BLOCK_OH + p // BLOCK_OW
     cols = (t % TILES_W) * BLOCK_OW + p % BLOCK_OW
     return n, rows, cols

@@ -155,8 +155,8 @@ def launch_plan(n, tiles_hw, chunks, region_bytes, sms, regs, warps, residency):
 
 
 @triton.jit
-def _expand_step(q0, h_start, h_end, x_base, x_ptr, we_ptr, es_ptr, eb_ptr, scratch, row0, col0,
-                 C_IN, HID, H, W, sxc, sxh, sxw, SCRATCH_ROW, STEP: tl.constexpr,
+def _expand_step(q0, zero, h_start, h_end, x_base, x_ptr, we_ptr, es_ptr, eb_ptr, scratch, row0,
+                 col0, C_IN, HID, H, W, sxc, sxh, sxw, SCRATCH_ROW, STEP: tl.constexpr,
                  HALO: tl.constexpr, HALO_W: tl.constexpr, ACT: tl.constexpr,
                  DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_CIN: tl.constexpr,
                  BLOCK_HID: tl.constexpr, RESIDENT: tl.constexpr):
@@ -167,12 +167,12 @@ def _expand_step(q0, h_start, h_end, x_base, x_ptr, we_ptr, es_ptr, eb_ptr, scra
     for every hidden chunk, so with C_IN <= BLOCK_CIN each program reads its x window once;
     further input chunks are reloaded per hidden chunk. Otherwise (split: one chunk) a plain
     loop over the input chunks, which takes fewer registers."""
-    q = q0 + tl.arange(0, STEP)
+    q = q0 + zero + tl.arange(0, STEP)  # zero: _ir_tile's
     ih = row0 + q // HALO_W
     iw = col0 + q % HALO_W
     inside = (q < HALO) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
     pix = ih * sxh + iw * sxw
-    ci = tl.arange(0, BLOCK_CIN)
+    ci = tl.arange(0, BLOCK_CIN) + zero
     if RESIDENT:
         x0 = tl.load(x_base + pix[:, None] + (ci * sxc)[None, :],
                      mask=inside[:, None] & (ci < C_IN)[None, :], other=0.0)
@@ -276,46 +276,54 @@ def ir_kernel(
         .to(tl.int64) * (ROWS * SCRATCH_ROW)
     if PERSISTENT:  # program i of the P along grid axis 0 takes tiles i, i + P, ... in turn
         for tile in tl.range(tl.program_id(0), TILES, tl.num_programs(0), num_stages=1):
-            _ir_tile(tile, x_ptr, we_ptr, es_ptr, eb_ptr, wd_ptr, ds_ptr, db_ptr, wp_ptr, ps_ptr,
-                     pb_ptr, hid_ptr, scratch, pool_ptr, y_ptr, C_IN, HID, C_OUT, H, W, OH, OW,
-                     sxn, sxc, sxh, sxw, syn, syc, syh, syw, PAD, TILES_W, TILES_HW, SCRATCH_ROW,
-                     HID_ROW, K, STRIDE, ACT, EXPAND, PROJECT, POOL, RESIDUAL, DOT_FP32,
-                     PRECISION, BLOCK_OH, BLOCK_OW, BLOCK_CIN, BLOCK_HID, BLOCK_COUT, HALO_W,
-                     HALO, WHOLE, PART)
+            # 0 (tile < TILES), opaque to the compiler: see _ir_tile
+            _ir_tile(tile, (tile // TILES) * 16, x_ptr, we_ptr, es_ptr, eb_ptr, wd_ptr, ds_ptr,
+                     db_ptr, wp_ptr, ps_ptr, pb_ptr, hid_ptr, scratch, pool_ptr, y_ptr, C_IN, HID,
+                     C_OUT, H, W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, syh, syw, PAD, TILES_W,
+                     TILES_HW, SCRATCH_ROW, HID_ROW, K, STRIDE, ACT, EXPAND, PROJECT, POOL,
+                     RESIDUAL, DOT_FP32, PRECISION, BLOCK_OH, BLOCK_OW, BLOCK_CIN, BLOCK_HID,
+                     BLOCK_COUT, HALO_W, HALO, WHOLE, PART)
             if EXPAND:
                 tl.debug_barrier()  # every tap is read before the next tile's expand writes
     else:  # a program per tile
-        _ir_tile(tl.program_id(0), x_ptr, we_ptr, es_ptr, eb_ptr, wd_ptr, ds_ptr, db_ptr, wp_ptr,
-                 ps_ptr, pb_ptr, hid_ptr, scratch, pool_ptr, y_ptr, C_IN, HID, C_OUT, H, W, OH,
-                 OW, sxn, sxc, sxh, sxw, syn, syc, syh, syw, PAD, TILES_W, TILES_HW, SCRATCH_ROW,
-                 HID_ROW, K, STRIDE, ACT, EXPAND, PROJECT, POOL, RESIDUAL, DOT_FP32, PRECISION,
-                 BLOCK_OH, BLOCK_OW, BLOCK_CIN, BLOCK_HID, BLOCK_COUT, HALO_W, HALO, WHOLE, PART)
+        _ir_tile(tl.program_id(0), 0, x_ptr, we_ptr, es_ptr, eb_ptr, wd_ptr, ds_ptr, db_ptr,
+                 wp_ptr, ps_ptr, pb_ptr, hid_ptr, scratch, pool_ptr, y_ptr, C_IN, HID, C_OUT, H,
+                 W, OH, OW, sxn, sxc, sxh, sxw, syn, syc, syh, syw, PAD, TILES_W, TILES_HW,
+                 SCRATCH_ROW, HID_ROW, K, STRIDE, ACT, EXPAND, PROJECT, POOL, RESIDUAL, DOT_FP32,
+                 PRECISION, BLOCK_OH, BLOCK_OW, BLOCK_CIN, BLOCK_HID, BLOCK_COUT, HALO_W, HALO,
+                 WHOLE, PART)
 
 
 @triton.jit
-def _ir_tile(tile, x_ptr, we_ptr, es_ptr, eb_ptr, wd_ptr, ds_ptr, db_ptr, wp_ptr, ps_ptr, pb_ptr,
-             hid_ptr, scratch, pool_ptr, y_ptr, C_IN, HID, C_OUT, H, W, OH, OW, sxn, sxc, sxh,
-             sxw, syn, syc, syh, syw, PAD, TILES_W, TILES_HW, SCRATCH_ROW, HID_ROW,
+def _ir_tile(tile, zero, x_ptr, we_ptr, es_ptr, eb_ptr, wd_ptr, ds_ptr, db_ptr, wp_ptr, ps_ptr,
+             pb_ptr, hid_ptr, scratch, pool_ptr, y_ptr, C_IN, HID, C_OUT, H, W, OH, OW, sxn, sxc,
+             sxh, sxw, syn, syc, syh, syw, PAD, TILES_W, TILES_HW, SCRATCH_ROW, HID_ROW,
              K: tl.constexpr, STRIDE: tl.constexpr, ACT: tl.constexpr, EXPAND: tl.constexpr,
              PROJECT: tl.constexpr, POOL: tl.constexpr, RESIDUAL: tl.constexpr,
              DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_OH: tl.constexpr,
              BLOCK_OW: tl.constexpr, BLOCK_CIN: tl.constexpr, BLOCK_HID: tl.constexpr,
              BLOCK_COUT: tl.constexpr, HALO_W: tl.constexpr, HALO: tl.constexpr,
              WHOLE: tl.constexpr, PART: tl.constexpr):
-    """ir_kernel's work for output tile `tile` (image tile // TILES_HW), inlined in its loop."""
+    """ir_kernel's work for output tile `tile` (image tile // TILES_HW), inlined in its loop.
+    `zero` is 0: a constant for the plain kernel, a value computed from the tile in the
+    persistent loop, added to the index ranges so they are computed in the loop. Loop-invariant
+    code motion would otherwise hoist every range and the index tensors built from them out of
+    the tile loop, where they stay live across it: the looped fp16 fused kernels spilled at the
+    128-register cap and most others lost a block per SM (resources.py's persistent rows). A
+    multiple of 16, so the ranges keep their divisibility and the loads stay vectors."""
     BLOCK_P: tl.constexpr = BLOCK_OH * BLOCK_OW
     tile = tl.cast(tile, tl.int32)  # the interpreter's loop index is a Python int
-    o = tl.arange(0, BLOCK_COUT)
+    o = tl.arange(0, BLOCK_COUT) + zero
     o_mask = o < C_OUT
-    hl = tl.arange(0, BLOCK_HID)
-    n, rows, cols = spatial_tile(tile, TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW)
+    hl = tl.arange(0, BLOCK_HID) + zero
+    n, rows, cols = spatial_tile(tile, TILES_W, TILES_HW, BLOCK_OH, BLOCK_OW, zero)
     x_base = x_ptr + n.to(tl.int64) * sxn
     out = (rows < OH) & (cols < OW)
     # This tile's first input row/column of the window, and each tile pixel's window offset.
     t = tile % TILES_HW
     row0 = (t // TILES_W) * (BLOCK_OH * STRIDE) - PAD
     col0 = (t % TILES_W) * (BLOCK_OW * STRIDE) - PAD
-    p = tl.arange(0, BLOCK_P)
+    p = tl.arange(0, BLOCK_P) + zero
     p_win = (p // BLOCK_OW) * (STRIDE * HALO_W) + (p % BLOCK_OW) * STRIDE
     acc = tl.zeros((BLOCK_P, BLOCK_COUT), tl.float32)
     if PROJECT:  # this program walks every hidden chunk
@@ -326,13 +334,14 @@ def _ir_tile(tile, x_ptr, we_ptr, es_ptr, eb_ptr, wd_ptr, ds_ptr, db_ptr, wp_ptr
         h_end = h_start + BLOCK_HID
     if EXPAND:  # the window expanded for this program's hidden channels, each pixel once
         for q0 in range(0, WHOLE, BLOCK_P):
-            _expand_step(q0, h_start, h_end, x_base, x_ptr, we_ptr, es_ptr, eb_ptr, scratch,
-                         row0, col0, C_IN, HID, H, W, sxc, sxh, sxw, SCRATCH_ROW, BLOCK_P, HALO,
-                         HALO_W, ACT, DOT_FP32, PRECISION, BLOCK_CIN, BLOCK_HID, PROJECT)
+            _expand_step(q0, zero, h_start, h_end, x_base, x_ptr, we_ptr, es_ptr, eb_ptr,
+                         scratch, row0, col0, C_IN, HID, H, W, sxc, sxh, sxw, SCRATCH_ROW,
+                         BLOCK_P, HALO, HALO_W, ACT, DOT_FP32, PRECISION, BLOCK_CIN, BLOCK_HID,
+                         PROJECT)
         if PART > 0:
-            _expand_step(WHOLE, h_start, h_end, x_base, x_ptr, we_ptr, es_ptr, eb_ptr, scratch,
-                         row0, col0, C_IN, HID, H, W, sxc, sxh, sxw, SCRATCH_ROW, PART, HALO,
-                         HALO_W, ACT, DOT_FP32, PRECISION, BLOCK_CIN, BLOCK_HID, PROJECT)
+            _expand_step(WHOLE, zero, h_start, h_end, x_base, x_ptr, we_ptr, es_ptr, eb_ptr,
+                         scratch, row0, col0, C_IN, HID, H, W, sxc, sxh, sxw, SCRATCH_ROW, PART,
+                         HALO, HALO_W, ACT, DOT_FP32, PRECISION, BLOCK_CIN, BLOCK_HID, PROJECT)
         tl.debug_barrier()  # the taps read pixels other threads stored
     for h0 in range(h_start, h_end, BLOCK_HID):
         hc = h0 + hl
