@@ -711,29 +711,28 @@ def triton_persistent_pays(fused, itemsize, regs, k, block_cin, block_cout):
     """Whether inverted_residual.launch_plan, where it weighs the block kernel's persistent
     variant on an H100 (sm_90), finds that it neither spills nor runs fewer programs at once
     than the plain one: the model's stand-in for the GPU's compile, which it cannot run. The
-    rule is what sm_90 compiles of both variants gave (resources.compile_one on the rows
-    "... persistent" of `python -m fastdw.kernels.triton.resources`, and on MobileNetV2's k3
-    blocks: the loop changes the registers by -12 to +64):
-    - fp32 (cap 255): both variants at one block per SM (184-247 registers), no spill: pays;
+    rule is what sm_90 compiles of both variants gave (the rows "... persistent" of `python -m
+    fastdw.kernels.triton.resources` and their plain twins, and MobileNetV2's blocks, since
+    394802d keeps the loop's index ranges in the loop):
+    - fp32 (cap 255): both variants at one block per SM (204-234 registers), no spill: pays;
     - fp16/bf16 split: the plain kernel fits 3-4 blocks per SM (60-80 registers), the
-      persistent one 1-2 (86-136): does not pay;
+      persistent one 2 (86-124): does not pay;
     - fp16/bf16 fused, channels not multiples of 16 (cap 255): V2's 24-channel k3 blocks stay
-      at one block per SM (130-162 -> 150-155 registers): pays; the k7 C=120 block drops from
-      2 to 1 (122 -> 189): k <= 5 only;
-    - fp16/bf16 fused, aligned (cap 128): the loop reaches the cap; it spills with BLOCK_CIN 64
-      or BLOCK_COUT >= 64 (V2's k3 blocks 8-104 B, the k7 one 24-40 B), not with BLOCK_CIN and
-      BLOCK_COUT <= 32 (V2's 32-channel blocks, 108-128 registers): pays only there. The
-      resources table's k5 s2 hardswish row (BLOCK_CIN 64, BLOCK_COUT 128) does not spill: there
-      the rule is pessimistic (waves where the launcher would go persistent).
-    Not modelled: configurations none of these compiles covers follow the nearest rule."""
+      at one block per SM (130-162 -> 168 registers): pays; the k7 C=120 block drops from 2 to
+      1 (122 -> 182): k <= 5 only;
+    - fp16/bf16 fused, aligned (cap 128): both at two blocks per SM, no spill (V2's 32- and
+      96-channel k3 blocks, the k5 s2 and k7 s1 rows): pays; except BLOCK_CIN 64 with
+      BLOCK_COUT 64 (V2's 64 -> 384 -> 64 block), whose persistent variant spills 8 B.
+    Known optimistic: a fused block whose plain kernel fits three blocks per SM (BLOCK_COUT 16
+    at k5 s2: 74 registers) loses one (96). Configurations none of these compiles covers follow
+    the nearest rule."""
     if itemsize == 4:
         return True
     if not fused:
         return False
     if regs == _triton_module("_shared").MAXNREG_UNALIGNED:
         return k <= 5
-    return block_cin <= 32 and block_cout <= 32
-
+    return (block_cin, block_cout) != (64, 64)
 
 def triton_residency(gpu, regs, warps, pays):
     """launch_plan's `residency(persistent)` as the model gives it: (programs the GPU runs at

@@ -152,7 +152,6 @@ def _kernel_cases(full, worst):
     # inverted residual: every channel block the launcher can pick, fused and split.
     shapes = itertools.product((3, 5, 7), (1, 2), _ACTS, (True, False)) if full else \
         [(5, 2, "hardswish", True)]
-    boh, bow, bh, warps = ir.GPU_CONFIG
     for dt, (k, stride, act, expand) in itertools.product(_DTYPES, shapes):
         cin_blocks = [b for b in (16, 32, 64) if b <= ir.GPU_MAX_BLOCK_CIN[dt.itemsize]]
         widest = cin_blocks[-1]
@@ -169,19 +168,9 @@ def _kernel_cases(full, worst):
             name = (f"{'fused' if fused else 'split'} {_DTYPES[dt]} cin{bcin} cout{bcout} k{k} "
                     f"s{stride} {act}{'' if expand else ' no-expand'}{_INDEX[int64]}"
                     f"{_PRECISION[precision]}{_PERSISTENT[persistent]}")
-            strides = {f"s{t}{d}": v for t in "xy" for d, v in zip("nchw", (200704, 1, 3584, 64))}
-            yield ir.ir_kernel, name, dict(
-                x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
-                wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
-                y_ptr=dt,
-                C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=28, OW=28, **strides, PAD=2,
-                TILES_W=4, TILES_HW=28, TILES=28 * 64, SCRATCH_ROW=384 if fused else bh,
-                HID_ROW=384), dict(
-                K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused, POOL=not fused,
-                RESIDUAL=fused and stride == 1, DOT_FP32=False, PRECISION=precision,
-                BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout,
-                INT64=int64, PERSISTENT=persistent), \
-                _dot_options(warps, dt, C_IN=64, HID=384, C_OUT=64, **strides)
+            yield _ir_case(ir, name, dt, 64, 384, 64, 56, k, stride, act, fused, bcin, bcout,
+                           expand=expand, residual=fused and stride == 1, int64=int64,
+                           precision=precision, persistent=persistent)
     yield from _worst_cases(dw, pw, ir, worst)
 
 
@@ -192,10 +181,39 @@ def _dot_options(warps, dt, **ints):
     return dict(num_warps=warps, maxnreg=maxnreg(dt.itemsize, *ints.values()))
 
 
+
+def _ir_case(ir, name, dt, c_in, hidden, c_out, size, k, stride, act, fused, bcin, bcout,
+             expand=True, residual=False, int64=False, precision="ieee", persistent=False):
+    """One inverted-residual kernel case: a channels_last size x size input of c_in channels,
+    the GPU tile (GPU_CONFIG), these channel blocks, fused (PROJECT, into a channels_last
+    output) or split (the hidden tensor and per-tile SE sums), with its launcher's register
+    cap and vector width (_cases applies VEC)."""
+    f32 = torch.float32
+    boh, bow, bh, warps = ir.GPU_CONFIG
+    pad, out = (k - 1) // 2, (size - 1) // stride + 1
+    tiles_w = -(-out // bow)
+    tiles_hw = -(-out // boh) * tiles_w
+    row = -(-hidden // bh) * bh
+    strides = {f"sx{d}": v for d, v in zip("nchw", (size * size * c_in, 1, size * c_in, c_in))}
+    strides.update({f"sy{d}": v for d, v in zip("nchw", (out * out * c_out, 1, out * c_out,
+                                                         c_out))})
+    args = dict(x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
+                wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
+                y_ptr=dt, C_IN=c_in, HID=hidden, C_OUT=c_out, H=size, W=size, OH=out, OW=out,
+                **strides, PAD=pad, TILES_W=tiles_w, TILES_HW=tiles_hw, TILES=tiles_hw * 64,
+                SCRATCH_ROW=row if fused else bh, HID_ROW=row)
+    constexprs = dict(K=k, STRIDE=stride, ACT=act, EXPAND=expand, PROJECT=fused,
+                      POOL=not fused, RESIDUAL=residual, DOT_FP32=False, PRECISION=precision,
+                      BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_CIN=bcin, BLOCK_HID=bh,
+                      BLOCK_COUT=bcout, INT64=int64, PERSISTENT=persistent)
+    return ir.ir_kernel, name, args, constexprs, _dot_options(
+        warps, dt, C_IN=c_in, HID=hidden, C_OUT=c_out, **strides)
+
 def _worst_cases(dw, pw, ir, known_spills):
     """The worst cases, with the widest channel blocks: the fused block at stride 1 with the
     residual and k 7 (and the split one: k 7 s 1 has a tail expand step), channels multiples
-    of 16 (the register cap is then MAXNREG, 128 for fp16/bf16); the same and every other
+    of 16 (the register cap is then MAXNREG, 128 for fp16/bf16), each also persistent, and
+    MobileNetV2's fp16 k3 s1 residual blocks in both variants; the same and every other
     kernel with channel counts that are not multiples of 16 (120, as V3's 120-channel layers;
     360 hidden): Triton's divisibility hints do not apply, so
     the tl.dot kernels load scalars, the depthwise kernels vectors of VEC = 8 channels. The
@@ -203,22 +221,18 @@ def _worst_cases(dw, pw, ir, known_spills):
     and so the unaligned bf16 tl.dot cases, which compile to the registers of their fp16 twins
     (within 1), to save CI time."""
     f32 = torch.float32
-    boh, bow, bh, warps = ir.GPU_CONFIG
-    aligned = {f"s{t}{d}": v for t in "xy" for d, v in zip("nchw", (56 * 56 * 64, 1, 56 * 64, 64))}
     for dt, fused, persistent in itertools.product(_DTYPES, (True, False), (False, True)):
         bcin, bcout = ir.GPU_MAX_BLOCK_CIN[dt.itemsize], 128 if fused else 16
         name = (f"{'fused' if fused else 'split'} {_DTYPES[dt]} cin{bcin} cout{bcout} k7 s1 silu "
                 f"c64{_PERSISTENT[persistent]}")
-        yield ir.ir_kernel, name, dict(
-            x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
-            wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
-            y_ptr=dt, C_IN=64, HID=384, C_OUT=64, H=56, W=56, OH=56, OW=56, **aligned, PAD=3,
-            TILES_W=7, TILES_HW=49, TILES=49 * 64, SCRATCH_ROW=384 if fused else bh, HID_ROW=384), dict(
-            K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=fused, POOL=not fused,
-            RESIDUAL=fused, DOT_FP32=False, PRECISION="ieee", BLOCK_OH=boh, BLOCK_OW=bow,
-            BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=False,
-            PERSISTENT=persistent), \
-            _dot_options(warps, dt, C_IN=64, HID=384, C_OUT=64, **aligned)
+        yield _ir_case(ir, name, dt, 64, 384, 64, 56, 7, 1, "silu", fused, bcin, bcout,
+                       residual=fused, persistent=persistent)
+    # MobileNetV2's fp16 k3 s1 fused blocks with the residual: 64 -> 384 -> 64 (BLOCK_COUT 64)
+    # and 96 -> 576 -> 96 (128), where the persistent variant is closest to the 128 cap.
+    for (c_v2, bcout), persistent in itertools.product(((64, 64), (96, 128)), (False, True)):
+        name = f"fused fp16 cin64 cout{bcout} k3 s1 relu6 c{c_v2}{_PERSISTENT[persistent]}"
+        yield _ir_case(ir, name, torch.float16, c_v2, 6 * c_v2, c_v2, 14, 3, 1, "relu6", True,
+                       64, bcout, residual=True, persistent=persistent)
     c, hidden = 120, 360
     strides = {f"s{t}{d}": v for t in "xgry" for d, v in zip("nchw", (56 * 56 * c, 1, 56 * c, c))}
     ints = dict(C=c, H=56, W=56, OH=56, OW=56, PAD=3, TILES_W=7, TILES_HW=49)
@@ -256,19 +270,8 @@ def _worst_cases(dw, pw, ir, known_spills):
         bcin, bcout = ir.GPU_MAX_BLOCK_CIN[dt.itemsize], 128 if fused else 16
         name = (f"{'fused' if fused else 'split'} {_DTYPES[dt]} cin{bcin} cout{bcout} k7 s1 silu "
                 f"c{c}{_PERSISTENT[persistent]}")
-        xy = {k: v for k, v in strides.items() if k[1] in "xy"}
-        yield ir.ir_kernel, name, dict(
-            x_ptr=dt, we_ptr=dt, es_ptr=f32, eb_ptr=f32, wd_ptr=dt, ds_ptr=f32, db_ptr=f32,
-            wp_ptr=dt, ps_ptr=f32, pb_ptr=f32, hid_ptr=dt, scratch_ptr=dt, pool_ptr=f32,
-                y_ptr=dt,
-            C_IN=c, HID=hidden, C_OUT=c, H=56, W=56, OH=56, OW=56, **xy, PAD=3, TILES_W=7,
-            TILES_HW=49, TILES=49 * 64, SCRATCH_ROW=368 if fused else bh, HID_ROW=368), dict(
-            K=7, STRIDE=1, ACT="silu", EXPAND=True, PROJECT=fused, POOL=not fused,
-            RESIDUAL=fused, DOT_FP32=False, PRECISION="ieee", BLOCK_OH=boh, BLOCK_OW=bow,
-            BLOCK_CIN=bcin, BLOCK_HID=bh, BLOCK_COUT=bcout, INT64=False,
-            PERSISTENT=persistent), _dot_options(
-                warps, dt, C_IN=c, HID=hidden, C_OUT=c, **xy)
-
+        yield _ir_case(ir, name, dt, c, hidden, c, 56, 7, 1, "silu", fused, bcin, bcout,
+                       residual=fused, persistent=persistent)
 
 def _signature(fn, args, constexprs):
     """ASTSource signature, constexprs and divisibility attrs, specialised like a launch."""
