@@ -944,11 +944,12 @@ def _triton_pw(n, pixels, c_in, c_out, itemsize, act, residual, layer, gate=Fals
     return Kernel(dram, tensor, cuda, l2)
 
 
-def _triton_dw(n, c, h, w, oh, ow, k, stride, itemsize, act, layer):
+def _triton_dw(n, c, h, w, oh, ow, k, stride, itemsize, act, layer, gpu):
     """dwconv_bn_act's tile kernel (fastdw/kernels/triton/dwconv_bn_act.py): a program loads
-    the window of its BLOCK_OH x BLOCK_OW tile for BLOCK_C channels."""
+    the window of its BLOCK_OH x BLOCK_OW tile for BLOCK_C channels (the launcher's tile on
+    `gpu`: smaller on maps whose 8x8 tiles leave SMs idle)."""
     dw = _triton_module("dwconv_bn_act")
-    boh, bow, bc, _ = dw.pick_config(c, itemsize, oh, ow, True)
+    boh, bow, bc, _ = dw.pick_config(c, itemsize, oh, ow, True, n, gpu.sms)
     programs = n * _cdiv(oh, boh) * _cdiv(ow, bow) * _cdiv(c, bc)
     window = n * _window_pixels(h, oh, boh, stride, k) * _window_pixels(w, ow, bow, stride, k)
     params = k * k * c * itemsize + 2 * c * PARAM_BYTES
@@ -1221,8 +1222,8 @@ def _committed(tr, indices, backend, dtype, gpu, off=()):
         elif is_conv and base == "dw":
             n, c, h, w = tr.shape[layer.inputs[0]]
             _, _, oh, ow = tr.shape[layer.out]
-            run = _triton_dw if backend == "triton" else _cuda_dw
-            ks += run(n, c, h, w, oh, ow, conv["k"], conv["stride"], itemsize, act, i)
+            args = (n, c, h, w, oh, ow, conv["k"], conv["stride"], itemsize, act, i)
+            ks += _triton_dw(*args, gpu) if backend == "triton" else _cuda_dw(*args)
         else:
             ks += _stock(tr, i, itemsize)
     return ks

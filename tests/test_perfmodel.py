@@ -719,6 +719,24 @@ def test_cuda_pwconv_layer_by_hand(dtype, mma):
                                               else (0, gemm + m * c_out * 4))
 
 
+def test_triton_dwconv_layer_takes_the_launchers_tile_for_small_maps():
+    # MobileNetV1's last depthwise (1024 channels at 7x7 at 224x224, fp16), batch 1: 16 programs
+    # of 8x8 tiles (16 channel blocks of 64), fewer than an H100's 132 SMs, so the launcher takes
+    # 4x4 tiles: 64 programs, each loading its k*k weights and scale and shift, and windows of
+    # 5 + 4 rows and columns inside the map (7 with the 8x8 tile, on a GPU of 16 SMs).
+    tr = perfmodel.trace("mobilenet_v1", 1, 224)
+    i = next(i for i, layer in enumerate(tr.layers) if layer.desc.startswith("dw3x3 s1 1024 @7"))
+
+    def kernel(sms):
+        gpu = dataclasses.replace(perfmodel.H100_SXM, sms=sms)
+        return [k for _, ks in perfmodel.kernels(tr, "triton", "fp16", gpu) for k in ks
+                if i in k.bytes_by_layer][1]
+    c, s = 1024, 2
+    y = 49 * c * s
+    assert kernel(132).l2_bytes == 9 * 9 * c * s + 64 * (9 + 2) * 64 * s + y
+    assert kernel(16).l2_bytes == 7 * 7 * c * s + 16 * (9 + 2) * 64 * s + y
+
+
 def test_cuda_dwconv_layer_by_hand():
     # MobileNetV1 features.1's depthwise at 32x32 input, batch 1: 32 channels at 16x16, 3x3 s1.
     tr = perfmodel.trace("mobilenet_v1", 1, 32)

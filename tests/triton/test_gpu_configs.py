@@ -108,6 +108,41 @@ def dw_case_id(case):
 
 @pytest.mark.parametrize("case", DW_CASES, ids=dw_case_id)
 def test_dwconv_gpu_configs_forward_and_backward(case, launches):
+    run_dw_case(case, launches, dw.GPU_CONFIGS[case[0]])
+
+
+# Small maps (the last stages' 7x7 and 14x14) on a GPU of 132 SMs, where the 8x8 tiles give
+# fewer programs than SMs: every depthwise kernel takes its config's "_small" twin (4x4 tiles);
+# 2 x 2 output tiles (3 x 3 input tiles at stride 2), partial ones.
+SMALL_MAP_CASES = [
+    ("narrow", torch.float32, 1, 12, 7, 7, 3, 1, 1, 1, "relu6", "channels_last"),
+    ("narrow", torch.float16, 1, 13, 6, 7, 5, 1, 2, 1, "hardswish", "nchw"),
+    ("wide4", torch.float32, 1, 40, 10, 10, 3, 2, 1, 1, "hardswish", "nchw"),
+    ("wide2", torch.float16, 2, 40, 7, 7, 3, 1, 1, 1, "silu", "channels_last"),
+]
+
+
+@pytest.mark.parametrize("case", SMALL_MAP_CASES, ids=dw_case_id)
+def test_dwconv_small_map_tiles_forward_and_backward(case, launches, monkeypatch):
+    monkeypatch.setattr(dw, "multiprocessors", lambda device: 132)
+    run_dw_case(case, launches, dw.GPU_CONFIGS[case[0] + "_small"])
+
+
+def test_dwconv_small_map_rule():
+    """The small-map tile where the GPU tiles give fewer programs than SMs, else the GPU tile;
+    off a GPU (no SM count) always the GPU tile."""
+    wide2, small = dw.GPU_CONFIGS["wide2"], dw.GPU_CONFIGS["wide2_small"]
+    assert dw.pick_config(960, 2, 7, 7, True, 1, 132) == small  # 15 programs
+    assert dw.pick_config(960, 2, 7, 7, True, 9, 132) == wide2  # 135
+    assert dw.pick_config(64, 2, 56, 56, True, 1, 49) == wide2  # 49
+    assert dw.pick_config(64, 2, 56, 56, True, 1, 50) == small
+    assert dw.pick_config(12, 4, 7, 7, True, 1, 132) == dw.GPU_CONFIGS["narrow_small"]
+    assert dw.pick_config(960, 2, 7, 7, True, 1, None) == wide2
+
+
+def run_dw_case(case, launches, config):
+    """The three depthwise kernels on the case with the GPU's tiles against the float64 oracle:
+    each launched with `config`, every map in several tiles, the last partial."""
     label, dtype, n, c, h, w, k, stride, padding, dilation, act, layout = case
     x, weight, scale, shift = dw_inputs(n, c, h, w, k, dtype, layout)
     conv = (stride, padding, dilation, act)
@@ -124,7 +159,7 @@ def test_dwconv_gpu_configs_forward_and_backward(case, launches):
 
     assert [launch.kernel for launch in launches] == [
         "dw_forward_kernel", "dw_backward_params_kernel", "dw_backward_input_kernel"]
-    assert all(dw_config(launch) == dw.GPU_CONFIGS[label] for launch in launches)
+    assert all(dw_config(launch) == config for launch in launches)
     oh, ow = out.shape[2:]
     assert_tiled(launches[0], n, oh, ow, c)
     assert_tiled(launches[1], n, oh, ow, c)

@@ -21,8 +21,9 @@ import triton.language as tl
 
 from fastdw.contract import conv_output_size, output_memory_format
 from fastdw.kernels.triton._shared import (activation, activation_backward, as_offset,
-                                           interpreting, needs_int64, on_device_of, row_strides,
-                                           tap_major, vec_int, vec_strides, vector_width)
+                                           interpreting, multiprocessors, needs_int64,
+                                           on_device_of, row_strides, tap_major, vec_int,
+                                           vec_strides, vector_width)
 
 
 # Tile configs (BLOCK_OH, BLOCK_OW, BLOCK_C, num_warps), chosen by channel count and element size.
@@ -31,7 +32,14 @@ from fastdw.kernels.triton._shared import (activation, activation_backward, as_o
 # as much of the map as possible, unless the launcher is asked for the GPU's tiles (gpu_tiles=True:
 # how tests/triton/test_gpu_configs.py runs them numerically). resources.py compiles every entry of
 # GPU_CONFIGS.
-GPU_CONFIGS = {"narrow": (8, 16, 16, 4), "wide4": (8, 8, 32, 4), "wide2": (8, 8, 64, 4)}
+# "<label>_small": where those tiles give the GPU fewer programs than it has SMs (the 7x7 and
+# 14x14 maps of the last stages at small batches: a 7x7 map of 960 fp16 channels is 15
+# programs on a 132-SM H100), 4x4 pixels of the same channel block: 3-4x the programs on 7x7
+# and 14x14 maps. The narrow one on one warp, 8 elements a thread (4 warps gave 2, and scalar
+# fp16 loads).
+GPU_CONFIGS = {"narrow": (8, 16, 16, 4), "wide4": (8, 8, 32, 4), "wide2": (8, 8, 64, 4),
+               "narrow_small": (4, 4, 16, 1), "wide4_small": (4, 4, 32, 4),
+               "wide2_small": (4, 4, 64, 4)}
 # Register cap of the forward and grad-input kernels (4 warps: 4 blocks per SM or more). Without
 # one ptxas chose 56-128 registers and an 8-byte stack spill for some configs (the fp16 narrow
 # grad-input, the fp16 forward on 120 channels; seen in resources.py), which fit at 128 with
@@ -39,15 +47,19 @@ GPU_CONFIGS = {"narrow": (8, 16, 16, 4), "wide4": (8, 8, 32, 4), "wide2": (8, 8,
 MAXNREG = 128
 
 
-def pick_config(channels, element_size, out_h, out_w, gpu_tiles=False):
+def pick_config(channels, element_size, out_h, out_w, gpu_tiles=False, images=1, sms=None):
+    """(BLOCK_OH, BLOCK_OW, BLOCK_C, num_warps) for `images` maps of out_h x out_w (the tiled
+    map) and `channels`; sms: the GPU's SMs (multiprocessors), None off a GPU."""
     if interpreting() and not gpu_tiles:
         block_c = min(triton.next_power_of_2(channels), 256)
         block_ow = min(triton.next_power_of_2(out_w), 64)
         block_oh = min(triton.next_power_of_2(out_h), max(1, 65536 // (block_ow * block_c)))
         return block_oh, block_ow, block_c, 4
-    if channels <= 16:
-        return GPU_CONFIGS["narrow"]
-    return GPU_CONFIGS["wide4" if element_size == 4 else "wide2"]
+    label = "narrow" if channels <= 16 else "wide4" if element_size == 4 else "wide2"
+    block_oh, block_ow, block_c, _ = GPU_CONFIGS[label]
+    programs = images * triton.cdiv(out_h, block_oh) * triton.cdiv(out_w, block_ow) \
+        * triton.cdiv(channels, block_c)
+    return GPU_CONFIGS[label + "_small" if sms is not None and programs < sms else label]
 
 
 @triton.jit
@@ -264,7 +276,7 @@ def forward(x, weight, scale, shift, stride, padding, dilation, act, gpu_tiles=F
     oh, ow = (conv_output_size(s, k, stride, padding, dilation) for s in (h, w))
     y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device,
                     memory_format=output_memory_format(x))
-    cfg = pick_config(c, x.element_size(), oh, ow, gpu_tiles)
+    cfg = pick_config(c, x.element_size(), oh, ow, gpu_tiles, n, multiprocessors(x.device))
     grid, tiles_w, tiles_hw = _grid(n, oh, ow, c, cfg)
     vec = vector_width(c, *row_strides(x, y))
     with on_device_of(x):
@@ -285,7 +297,8 @@ def backward(grad, x, weight, scale, shift, stride, padding, dilation, act, gpu_
     grad_x = torch.empty_like(x, memory_format=output_memory_format(x))
     int64 = needs_int64(grad, x, grad_x)  # g_z and partial are int64-indexed on every path
     vec = vector_width(c, *row_strides(grad, x))
-    cfg = pick_config(c, x.element_size(), oh, ow, gpu_tiles)
+    sms = multiprocessors(x.device)
+    cfg = pick_config(c, x.element_size(), oh, ow, gpu_tiles, n, sms)
     grid, tiles_w, tiles_hw = _grid(n, oh, ow, c, cfg)
     g_z = torch.empty((n, oh, ow, c), dtype=torch.float32, device=x.device)
     partial = torch.empty((grid[0], k * k + 2, c), dtype=torch.float32, device=x.device)
@@ -296,7 +309,7 @@ def backward(grad, x, weight, scale, shift, stride, padding, dilation, act, gpu_
             STRIDE=stride, DILATION=dilation, ACT=act, BLOCK_OH=cfg[0], BLOCK_OW=cfg[1],
             BLOCK_C=cfg[2], INT64=int64, VEC=vec, num_warps=cfg[3])
     sums = partial.sum(0)
-    cfg = pick_config(c, x.element_size(), h, w, gpu_tiles)
+    cfg = pick_config(c, x.element_size(), h, w, gpu_tiles, n, sms)
     grid, tiles_w, tiles_hw = _grid(n, h, w, c, cfg)
     vec = vector_width(c, *row_strides(grad_x))  # g_z is NHWC: channels contiguous
     with on_device_of(x):

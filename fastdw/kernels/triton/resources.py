@@ -108,13 +108,17 @@ def _kernel_cases(full, worst):
                   ("dwconv_bn_act", "pwconv_bn_act", "inverted_residual"))
 
     f32 = torch.float32
-    # dwconv: each tile config with the dtypes pick_config serves it for.
-    dw_cfgs = [("narrow", dt) for dt in _DTYPES] + [("wide4", f32)] + \
-        [("wide2", dt) for dt in (torch.float16, torch.bfloat16)]
+    # dwconv: each tile config with the dtypes pick_config serves it for (the small maps'
+    # configs with int32 offsets only).
+    dw_cfgs = [(label + small, dt) for small in ("", "_small") for label, dt in
+               [("narrow", dt) for dt in _DTYPES] + [("wide4", f32)] +
+               [("wide2", dt) for dt in (torch.float16, torch.bfloat16)]]
     shapes = itertools.product((3, 5, 7), (1, 2), (1, 2), _ACTS) if full else \
         [(7, 2, 1, "silu")]
     for (label, dt), (k, stride, dil, act), int64 in itertools.product(dw_cfgs, shapes,
                                                                        (False, True)):
+        if int64 and label.endswith("_small"):
+            continue
         boh, bow, bc, warps = dw.GPU_CONFIGS[label]
         tile = dict(K=k, STRIDE=stride, DILATION=dil, BLOCK_OH=boh, BLOCK_OW=bow, BLOCK_C=bc,
                     INT64=int64)
