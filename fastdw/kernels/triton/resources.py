@@ -108,8 +108,9 @@ def _kernel_cases(full, worst):
                   ("dwconv_bn_act", "pwconv_bn_act", "inverted_residual"))
 
     f32 = torch.float32
-    # dwconv: each tile config with the dtypes pick_config serves it for (the small maps'
-    # configs with int32 offsets only).
+    # dwconv: each tile config with the dtypes pick_config serves it for; the small maps'
+    # configs with int32 offsets only (an image of 2**31 elements has more 8x8 tiles and
+    # channel blocks than a GPU has SMs, so it never takes them).
     dw_cfgs = [(label + small, dt) for small in ("", "_small") for label, dt in
                [("narrow", dt) for dt in _DTYPES] + [("wide4", f32)] +
                [("wide2", dt) for dt in (torch.float16, torch.bfloat16)]]
