@@ -135,8 +135,9 @@ def launch_plan(n, tiles_hw, chunks, region_bytes, sms, regs, warps, residency):
     at once (by the register cap `regs`); else one persistent launch of the programs the GPU
     runs at once, each looping over every P-th tile and reusing its scratch, when that variant
     compiles without spilling and runs as many programs at once as the plain one (its loop
-    takes ~20 more registers: the fp16 k7 fused block spills at the 128 cap, the unaligned
-    C=120 one falls to a block per SM; resources.py); else plain launches in waves of whole
+    can take more registers: on sm_90 the split fp16 blocks and the unaligned C=120 fused one
+    lose a block per SM, V2's 64-channel fused block spills 8 B; resources.py's persistent
+    rows); else plain launches in waves of whole
     images, as many as SCRATCH_BUDGET allows and at least the programs the GPU runs at once,
     which reuse one scratch. Images per launch are at least 1 (an empty batch: no launch)."""
     tiles = n * tiles_hw
