@@ -744,13 +744,10 @@ def triton_residency(gpu, regs, warps, pays):
     return lambda persistent: (resident, 0 if pays or not persistent else 1)
 
 
-def _waves(n, per_image, region_bytes, resident):
-    """Images per launch of the plain kernel by the waves rule before the persistent grid
-    (4b70f8b): as many as SCRATCH_BUDGET allows and, unless resident is None, at least the
-    programs the GPU runs at once."""
+def _budget_waves(n, per_image, region_bytes):
+    """Images per launch of the plain kernel before launches held the resident programs
+    (2700808): as many as SCRATCH_BUDGET allows, at least one."""
     wave = _triton_module("inverted_residual").SCRATCH_BUDGET // max(1, per_image * region_bytes)
-    if resident is not None:
-        wave = max(wave, _cdiv(resident, per_image))
     return max(1, min(n, wave))
 
 
@@ -793,13 +790,12 @@ def triton_ir_plan(b, itemsize, gpu, off=()):
     per_image = tiles_hw * grid_chunks
     region_bytes = region * scratch_size
     before = "persistent" in off or "resident_waves" in off
-    if before:  # the plain waves, as before 4b70f8b
-        persistent = False
-        wave = _waves(b.n, per_image, region_bytes,
-                      None if "resident_waves" in off else resident)
+    if "resident_waves" in off:  # plain waves within the scratch budget alone
+        persistent, wave = False, _budget_waves(b.n, per_image, region_bytes)
         programs = wave * tiles_hw
-    else:
-        pays = triton_persistent_pays(fused, itemsize, regs, b.k, bcin, bcout)
+    else:  # "persistent" off: launch_plan told the looped variant never pays (its waves)
+        pays = "persistent" not in off and triton_persistent_pays(fused, itemsize, regs, b.k,
+                                                                  bcin, bcout)
         persistent, wave, programs = ir.launch_plan(
             b.n, tiles_hw, grid_chunks, region_bytes, gpu.sms, regs, warps,
             residency=triton_residency(gpu, regs, warps, pays))

@@ -4,7 +4,8 @@ makes its input's device current first (torch.cuda.device_of), or a tensor on cu
 
 Without a GPU this is checked at the seam: torch.cuda.device_of is replaced by a recording guard
 (that still enters the real one), and every kernel launch the interpreter runs, and every
-warmup compile, must happen inside a guard entered with a tensor on the input's device. With two GPUs the real thing runs.
+warmup compile, must happen inside a guard entered with a tensor on the input's device. With
+two GPUs the real thing runs.
 """
 import math
 import os

@@ -144,12 +144,13 @@ def launch_plan(n, tiles_hw, chunks, region_bytes, sms, regs, warps, residency):
     whole = max(1, n)
     if sms is None:
         return True, whole, max(1, min(tiles, SCRATCH_BUDGET // max(1, chunks * region_bytes)))
-    if tiles * chunks <= resident_programs(sms, regs, warps):
+    surely = resident_programs(sms, regs, warps)
+    if tiles * chunks <= surely:
         return False, whole, tiles
     looped, plain = residency(True), residency(False)
     if looped is not None and plain is not None and not looped[1] and looped[0] >= plain[0]:
         return True, n, max(1, min(tiles, looped[0] // chunks))
-    plain = resident_programs(sms, regs, warps) if plain is None else plain[0]
+    plain = surely if plain is None else plain[0]
     wave = SCRATCH_BUDGET // max(1, tiles_hw * chunks * region_bytes)
     wave = max(1, min(n, max(wave, triton.cdiv(plain, tiles_hw * chunks))))
     return False, wave, wave * tiles_hw
